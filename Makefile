@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make run` (the service) and `make test` (the suite).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint format clean-data
+
+$(STAMP): requirements.txt requirements-dev.txt scripts/install_system_packages.sh
+	scripts/install_system_packages.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Run redis, the Celery worker and gunicorn under supervisord; prints an API key and curl.
+run: install
+	$(PY) -m model stack --print-key
+
+## Lint, then the whole suite against a live stack the tests start themselves.
+test: install lint
+	$(PY) -m pytest -v
+
+lint: install
+	$(VENV)/bin/ruff check model server scripts
+	$(VENV)/bin/ruff format --check model server scripts
+
+format: install
+	$(VENV)/bin/ruff format model server scripts
+	$(VENV)/bin/ruff check --fix model server scripts

@@ -1,0 +1,1 @@
+"""HTTP routes (flask-openapi3 blueprints), auth and JSON errors. Never imports torch."""

@@ -1,0 +1,43 @@
+"""API-key authentication: `X-API-Key: <key>` or `Authorization: Bearer <key>`."""
+
+from __future__ import annotations
+
+from flask import g, request
+
+from model.api.errors import ApiError
+from model.api.services import services
+
+SECURITY = [{"ApiKey": []}, {"Bearer": []}]
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "Bearer": {"type": "http", "scheme": "bearer"},
+}
+
+
+def presented_key() -> str | None:
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def require_key() -> None:
+    """before_request hook of authenticated blueprints: sets g.owner or answers 401."""
+    key = presented_key()
+    if not key:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing API key: send X-API-Key or Bearer token",
+            {"WWW-Authenticate": 'Bearer realm="scriptorium"'},
+        )
+    owner = services().keys.owner_of(key)
+    if owner is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "invalid or revoked API key",
+            {"WWW-Authenticate": 'Bearer realm="scriptorium"'},
+        )
+    g.owner = owner

@@ -1,0 +1,118 @@
+"""Request and response bodies of the public API (they generate the OpenAPI document)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.jobs import detect
+from model.store import State
+
+TASK_ID_PATTERN = r"[0-9a-f]{32}"
+
+
+class TaskError(BaseModel):
+    code: str
+    message: str
+
+
+class TaskRequest(BaseModel):
+    """JSON body of POST /task (multipart carries the same fields as form parts)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["detect"] = Field(description="Job type")
+    input: detect.Input = Field(default_factory=detect.Input)
+    params: detect.Params = Field(default_factory=detect.Params)
+    timeout: float | None = Field(
+        None, gt=0, description="Soft time limit in seconds (at most the job type's maximum)"
+    )
+
+
+class TaskPath(BaseModel):
+    task_id: str = Field(description="Task id returned by POST /task")
+
+
+class TaskCreated(BaseModel):
+    task_id: str
+    state: State
+    status_url: str
+    terminate_url: str
+    expires_at: datetime | None = None
+
+
+class Progress(BaseModel):
+    done: int
+    total: int
+    failed: int
+
+
+class Detection(BaseModel):
+    xywh: list[int] = Field(description="x, y, width, height in the original image's pixels")
+    confidence: float
+    label: str
+
+
+class ResultItem(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    index: int
+    source: str
+    status: Literal["ok", "failed"]
+    width: int | None = None
+    height: int | None = None
+    detections: list[Detection] = []
+    error: TaskError | None = None
+    timings: dict[str, float] | None = None
+
+
+class TaskResult(BaseModel):
+    items: list[ResultItem]
+    provenance: dict[str, Any] | None = None
+
+
+class TaskStatus(BaseModel):
+    task_id: str
+    type: str
+    state: State
+    progress: Progress
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    expires_at: datetime | None = None
+    result: TaskResult | None = Field(
+        None, description="When SUCCEEDED; partial when TIMED_OUT or CANCELLED"
+    )
+    error: TaskError | None = None
+    queue_position: int | None = Field(None, description="1 = next to run (QUEUED only)")
+    eta_s: float | None = Field(None, description="Estimated wait before it runs (QUEUED only)")
+
+
+class ModelDescription(BaseModel):
+    name: str
+    task: str
+    classes: list[str]
+    input_size: int
+    sha256: str
+    default: bool
+    backends: list[str]
+
+
+class ModelList(BaseModel):
+    models: list[ModelDescription]
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    redis: bool
+    workers: list[dict[str, Any]]
+
+
+def timestamp(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)

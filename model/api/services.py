@@ -1,0 +1,26 @@
+"""The objects views use, built once per app and kept in `app.extensions`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import current_app
+from redis import Redis
+
+from model.keys import KeyStore
+from model.settings import Settings
+from model.store import TaskStore
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    store: TaskStore
+    keys: KeyStore
+    celery: Celery
+
+
+def services() -> Services:
+    return current_app.extensions["scriptorium"]

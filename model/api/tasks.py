@@ -1,0 +1,267 @@
+"""POST /task, GET /status/<id>, DELETE /terminate/<id>: thin views over the task store."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from flask import Response, g, jsonify, request
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import ValidationError
+from werkzeug.datastructures import FileStorage
+
+from model import uploads
+from model.api.auth import SECURITY, require_key
+from model.api.errors import ApiError, ErrorResponse, describe_validation_error
+from model.api.schemas import (
+    TASK_ID_PATTERN,
+    Progress,
+    TaskCreated,
+    TaskPath,
+    TaskRequest,
+    TaskResult,
+    TaskStatus,
+    timestamp,
+)
+from model.api.services import Services, services
+from model.celery_app import RUN_JOB
+from model.inference.registry import discover
+from model.sources.images import sniff_image
+from model.store import State, TaskRecord
+
+tag = Tag(name="tasks", description="Submit, poll and stop jobs")
+api = APIBlueprint("tasks", __name__, abp_tags=[tag], abp_security=SECURITY)
+api.before_request(require_key)
+
+ERRORS: dict[Any, Any] = {
+    status: ErrorResponse for status in (400, 401, 404, 410, 413, 415, 422, 429, 503)
+}
+RETRY_AFTER_S = "1"
+
+
+def _task_request_body() -> dict[str, Any]:
+    """Document both request encodings (flask-openapi3 validates JSON only; we parse both)."""
+    schema = TaskRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    multipart = {
+        "type": "object",
+        "required": ["type", "images"],
+        "properties": {
+            "type": {"type": "string", "enum": ["detect"]},
+            "params": {"type": "string", "description": "params as a JSON object string"},
+            "input": {"type": "string", "description": "input as a JSON object string"},
+            "timeout": {"type": "number"},
+            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        },
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {k: v for k, v in schema.items() if k != "$defs"}},
+                "multipart/form-data": {"schema": multipart},
+            },
+        }
+    }
+
+
+def request_schema_components() -> dict[str, Any]:
+    """Schemas the hand-written request body refers to; added to the document's components."""
+    return TaskRequest.model_json_schema(ref_template="#/components/schemas/{model}").get(
+        "$defs", {}
+    )
+
+
+def _json_field(raw: str | None, name: str) -> Any:
+    if raw is None or raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, "malformed_json", f"form field {name!r} is not valid JSON") from exc
+
+
+def _parse_request() -> tuple[TaskRequest, list[FileStorage]]:
+    files: list[FileStorage] = []
+    if request.mimetype == "application/json":
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise ApiError(400, "malformed_json", "body must be a JSON object")
+    elif request.mimetype == "multipart/form-data":
+        form = request.form
+        data = {"type": form.get("type")}
+        for name in ("params", "input"):
+            value = _json_field(form.get(name), name)
+            if value is not None:
+                data[name] = value
+        if form.get("timeout"):
+            data["timeout"] = form["timeout"]
+        files = [f for f in request.files.getlist("images") if f.filename or f.content_length]
+    else:
+        raise ApiError(
+            415, "unsupported_media_type", "send application/json or multipart/form-data"
+        )
+    try:
+        return TaskRequest.model_validate(data), files
+    except ValidationError as exc:
+        message, details = describe_validation_error(exc)
+        raise ApiError(422, "invalid_request", message, details=details) from exc
+
+
+def _check_model(svc: Services, name: str | None) -> None:
+    if name is None:
+        return
+    if any(part in name for part in ("/", "\\", "..")) or name.endswith((".pt", ".onnx")):
+        raise ApiError(
+            400, "invalid_model_name", "model must be a name from GET /models, not a path"
+        )
+    if name not in discover(svc.settings.model_dirs):
+        raise ApiError(422, "unknown_model", f"no model named {name!r}; see GET /models")
+
+
+def _read_uploads(files: list[FileStorage]) -> list[tuple[str, str, bytes]]:
+    """(filename, suffix, bytes) of each upload, refusing anything that is not an image."""
+    read = []
+    for upload in files:
+        data = upload.read()
+        fmt = sniff_image(data) if data else None
+        if fmt is None:
+            raise ApiError(
+                415, "unsupported_media_type", f"upload {upload.filename!r} is not a readable image"
+            )
+        read.append((upload.filename or "", "." + fmt.lower(), data))
+    return read
+
+
+@api.post("/task", responses={202: TaskCreated, **ERRORS}, openapi_extensions=_task_request_body())
+def submit_task() -> Response:
+    """Submit a job; answers 202 with the task id and where to poll it."""
+    svc = services()
+    task_request, files = _parse_request()
+    _check_model(svc, task_request.params.model)
+    limits = svc.settings.job_limits(task_request.type)
+    timeout = task_request.timeout or limits.timeout_default_s
+    if timeout > limits.timeout_max_s:
+        raise ApiError(
+            422,
+            "invalid_timeout",
+            f"timeout may be at most {limits.timeout_max_s} s for {task_request.type}",
+        )
+    urls = task_request.input.image_urls
+    if not urls and not files:
+        raise ApiError(422, "no_input", "give input.image_urls or upload files as 'images'")
+    if len(urls) + len(files) > limits.max_images:
+        raise ApiError(
+            422,
+            "too_many_images",
+            f"at most {limits.max_images} images per {task_request.type} task",
+        )
+    uploaded = _read_uploads(files)
+
+    task_id = uuid.uuid4().hex
+    inputs: list[dict[str, Any]] = [{"url": url} for url in urls]
+    for index, (filename, suffix, data) in enumerate(uploaded, start=len(inputs)):
+        path = uploads.save(svc.settings.uploads_dir, task_id, index, suffix, data)
+        inputs.append({"upload": str(path), "filename": filename})
+    spec = {"params": task_request.params.model_dump(), "inputs": inputs}
+    record = svc.store.create(g.owner, task_request.type, spec, len(inputs), timeout, task_id)
+    try:
+        svc.celery.send_task(
+            RUN_JOB,
+            args=[task_id],
+            task_id=task_id,
+            soft_time_limit=timeout,
+            time_limit=svc.settings.hard_limit_s(timeout),
+        )
+    except Exception as exc:
+        svc.store.finish(task_id, State.FAILED, ("queue_unavailable", "could not enqueue"))
+        uploads.discard(svc.settings.uploads_dir, task_id)
+        raise ApiError(
+            503,
+            "queue_unavailable",
+            "the task queue is unavailable; retry later",
+            {"Retry-After": "5"},
+        ) from exc
+    body = TaskCreated(
+        task_id=task_id,
+        state=record.state,
+        status_url=f"/status/{task_id}",
+        terminate_url=f"/terminate/{task_id}",
+    )
+    response = jsonify(body.model_dump(mode="json"))
+    response.status_code = 202
+    response.headers["Location"] = body.status_url
+    return response
+
+
+def _owned_record(svc: Services, task_id: str) -> TaskRecord:
+    """The caller's task; another key's task is indistinguishable from an unknown one."""
+    well_formed = re.fullmatch(TASK_ID_PATTERN, task_id) is not None
+    record = svc.store.get(task_id) if well_formed else None
+    if record is not None and record.owner == g.owner:
+        return record
+    if record is None and well_formed and svc.store.expired_owner(task_id) == g.owner:
+        raise ApiError(410, "expired", "this task's result has expired and was deleted")
+    raise ApiError(404, "not_found", "no such task")
+
+
+def _status_body(svc: Services, record: TaskRecord) -> TaskStatus:
+    result = None
+    if record.state in (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED):
+        items = sorted(svc.store.items(record.id), key=lambda item: item["index"])
+        result = TaskResult(items=items, provenance=record.provenance)
+    position = eta = None
+    if record.state == State.QUEUED:
+        rank = svc.store.queue_position(record.id)
+        position = None if rank is None else rank + 1
+        mean = svc.store.mean_duration_s()
+        if position is not None and mean is not None:
+            eta = round(mean * position / max(1, svc.settings.worker.concurrency), 1)
+    error = None
+    if record.error_code:
+        error = {"code": record.error_code, "message": record.error_message or ""}
+    return TaskStatus(
+        task_id=record.id,
+        type=record.type,
+        state=record.state,
+        progress=Progress(done=record.done, total=record.total, failed=record.failed),
+        created_at=timestamp(record.created_at),
+        started_at=timestamp(record.started_at),
+        finished_at=timestamp(record.finished_at),
+        expires_at=timestamp(record.expires_at),
+        result=result,
+        error=error,
+        queue_position=position,
+        eta_s=eta,
+    )
+
+
+def _status_response(body: TaskStatus, status: int | None = None) -> Response:
+    response = jsonify(body.model_dump(mode="json", exclude_none=False))
+    active = not body.state.terminal
+    response.status_code = status or (202 if active else 200)
+    if active:
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+@api.get("/status/<task_id>", responses={200: TaskStatus, 202: TaskStatus, **ERRORS})
+def task_status(path: TaskPath) -> Response:
+    """State, progress and (when finished) result of a task: 202 while active, 200 when done."""
+    svc = services()
+    return _status_response(_status_body(svc, _owned_record(svc, path.task_id)))
+
+
+@api.delete("/terminate/<task_id>", responses={200: TaskStatus, 202: TaskStatus, **ERRORS})
+def terminate_task(path: TaskPath) -> Response:
+    """Stop a task: 202 while it is being cancelled, 200 (unchanged) if it had already ended."""
+    svc = services()
+    record = _owned_record(svc, path.task_id)
+    if record.state.terminal:
+        return _status_response(_status_body(svc, record), 200)
+    previous = svc.store.request_cancel(record.id)
+    if previous == State.QUEUED:
+        uploads.discard(svc.settings.uploads_dir, record.id)
+    latest = svc.store.get(record.id) or record
+    return _status_response(_status_body(svc, latest), 202)

@@ -1,0 +1,41 @@
+"""The Celery app, built from the same settings as the Flask app (torch-free: both sides import it).
+
+The HTTP side only *sends* tasks by name; the task code lives in `model.worker`, which only the
+worker process imports.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from model.settings import Settings
+
+RUN_JOB = "scriptorium.run_job"
+PING = "scriptorium.ping"
+QUEUE = "scriptorium"
+
+
+def make_celery(settings: Settings) -> Celery:
+    url = settings.redis_url()
+    app = Celery("scriptorium", broker=url, backend=url)
+    redelivery = {"visibility_timeout": int(settings.longest_hard_limit_s()) + 60}
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_serializer="json",
+        accept_content=["json"],
+        # A task is acknowledged only once it has finished, and a worker that dies mid-task
+        # gives it back: no task is lost to a crash.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # Redis re-delivers an unacknowledged task after this long: it must outlast the longest
+        # allowed task, or a slow task would run twice.
+        broker_transport_options=redelivery,
+        result_backend_transport_options=redelivery,
+        result_expires=3600,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    return app

@@ -1,0 +1,136 @@
+"""`python -m model ...`: set up the data dir, manage API keys, run and operate the stack."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from model.keys import KeyStore, KeyStoreError
+from model.settings import PROJECT_ROOT, Settings, get_settings
+
+DEV_KEY_PREFIX = "dev-"
+
+
+def _write_secret(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+
+
+def init_data_dir(settings: Settings) -> None:
+    """Create the data dir layout and generate missing secrets (idempotent)."""
+    data = settings.data_path
+    for sub in ("secrets", "redis", "logs", "uploads", "run", "models"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.secrets_dir, 0o700)
+    password_file = settings.secrets_dir / "redis_password"
+    if not password_file.exists():
+        _write_secret(password_file, secrets.token_urlsafe(32) + "\n")
+    password = settings.redis_password() or ""
+    _write_secret(settings.secrets_dir / "redis.conf", f"requirepass {password}\n")
+
+
+def dev_key(settings: Settings) -> str:
+    """The local development key: created on first use, kept in secrets/ (mode 0600)."""
+    path = settings.secrets_dir / "dev_api_key"
+    store = KeyStore(settings.keys_db)
+    if path.exists():
+        key = path.read_text().strip()
+        if store.owner_of(key):
+            return key
+    key = store.create(f"{DEV_KEY_PREFIX}{int(time.time())}")
+    _write_secret(path, key + "\n")
+    return key
+
+
+def supervisor_env(settings: Settings) -> dict[str, str]:
+    """Values supervisord.conf refers to as %(ENV_SC_*)s."""
+    return {
+        "SC_HOME": str(PROJECT_ROOT),
+        "SC_VENV": sys.prefix,
+        "SC_DATA": str(settings.data_path),
+        "SC_REDIS_PORT": str(settings.redis.port),
+        "SC_CONCURRENCY": str(settings.worker.concurrency),
+    }
+
+
+def _exec(argv: list[str], settings: Settings) -> None:
+    os.chdir(PROJECT_ROOT)
+    os.execvpe(argv[0], argv, {**os.environ, **supervisor_env(settings)})
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
+    init_data_dir(settings)
+    if args.print_key:
+        key = dev_key(settings)
+        base = f"http://{settings.http.host}:{settings.http.port}"
+        print(f"\nScriptorium starting on {base}  (Ctrl-C stops everything)\n")
+        print(f"API key: {key}\n")
+        print("Try it once the worker is ready (curl " + base + "/readyz):")
+        print(f'  curl -H "X-API-Key: {key}" -F type=detect -F images=@page.jpg {base}/task')
+        print(f'  curl -H "X-API-Key: {key}" {base}/status/<task_id>')
+        print(f'  curl -X DELETE -H "X-API-Key: {key}" {base}/terminate/<task_id>')
+        print(f"API docs: {base}/openapi\n", flush=True)
+    bin_dir = Path(sys.prefix) / "bin"
+    _exec(
+        [str(bin_dir / "supervisord"), "-n", "-c", str(PROJECT_ROOT / "supervisord.conf")], settings
+    )
+
+
+def cmd_ctl(args: argparse.Namespace, settings: Settings) -> None:
+    bin_dir = Path(sys.prefix) / "bin"
+    conf = str(PROJECT_ROOT / "supervisord.conf")
+    _exec([str(bin_dir / "supervisorctl"), "-c", conf, *args.ctl_args], settings)
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
+    init_data_dir(settings)
+    print(f"data dir ready: {settings.data_path}")
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    store = KeyStore(settings.keys_db)
+    try:
+        if args.keys_cmd == "create":
+            print(store.create(args.name))
+            print(f"(key {args.name!r} is shown once; store it now)", file=sys.stderr)
+        elif args.keys_cmd == "revoke":
+            store.revoke(args.name)
+            print(f"revoked {args.name}")
+        else:
+            for key in store.list():
+                status = "active" if key.active else "revoked"
+                print(f"{key.name}\t...{key.hint}\t{status}")
+    except KeyStoreError as exc:
+        sys.exit(f"error: {exc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    stack = sub.add_parser("stack", help="run redis, worker and gunicorn under supervisord")
+    stack.add_argument("--print-key", action="store_true", help="print a dev API key and curl")
+    stack.set_defaults(func=cmd_stack)
+    ctl = sub.add_parser("ctl", help="supervisorctl for the running stack, e.g. `ctl status`")
+    ctl.add_argument("ctl_args", nargs=argparse.REMAINDER)
+    ctl.set_defaults(func=cmd_ctl)
+    sub.add_parser("init", help="create the data dir and secrets").set_defaults(func=cmd_init)
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
+    for name in ("create", "revoke"):
+        keys_sub.add_parser(name).add_argument("name")
+    keys_sub.add_parser("list")
+    keys.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args, get_settings())

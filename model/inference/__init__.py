@@ -1,0 +1,1 @@
+"""Model registry (metadata, torch-free) and inference backends (worker only)."""

@@ -1,0 +1,95 @@
+"""Runs one task in the worker: state transitions around a job, whatever way the job ends.
+
+Jobs know nothing of Redis or Celery: they get a JobContext to emit per-item results, publish
+provenance and check for cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from model import uploads
+from model.jobs import JobCancelled, JobFailed, job_module
+from model.store import State, TaskRecord, TaskStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobContext:
+    """What a running job may touch."""
+
+    record: TaskRecord
+    store: TaskStore
+    resources: dict[str, Any]  # loaded models, fetcher, settings: provided by the worker
+    _finished: set[int] = field(default_factory=set)
+
+    @property
+    def task_id(self) -> str:
+        return self.record.id
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.record.spec
+
+    def finished_indices(self) -> set[int]:
+        """Items already stored: a task redelivered after a crash resumes after them."""
+        if not self._finished:
+            self._finished = {item["index"] for item in self.store.items(self.task_id)}
+        return self._finished
+
+    def check_cancel(self) -> None:
+        if self.store.is_cancel_requested(self.task_id):
+            raise JobCancelled()
+
+    def emit(self, item: dict[str, Any], failed: bool = False) -> None:
+        self.store.add_item(self.task_id, item, failed)
+
+    def set_provenance(self, provenance: dict[str, Any]) -> None:
+        self.store.set_provenance(self.task_id, provenance)
+
+
+def run_task(
+    task_id: str,
+    store: TaskStore,
+    resources: dict[str, Any],
+    uploads_root: Path,
+    on_end: Callable[[], None] | None = None,
+) -> State | None:
+    """Run a task to a terminal state; returns the state it ended in (None: nothing to do)."""
+    record = store.get(task_id)
+    if record is None or record.state.terminal:
+        return None  # cancelled while queued, or expired: never starts
+    if record.cancel_requested_at is not None:
+        store.finish(task_id, State.CANCELLED)
+        return State.CANCELLED
+    if not store.mark_running(task_id, os.getpid()):
+        return None
+    ctx = JobContext(record=record, store=store, resources=resources)
+    state, error = State.SUCCEEDED, None
+    try:
+        job_module(record.type).run(ctx)
+    except JobCancelled:
+        state = State.CANCELLED
+    except SoftTimeLimitExceeded:
+        state = State.TIMED_OUT
+        error = ("timeout", f"task exceeded its time limit of {record.timeout_s:g} s")
+    except JobFailed as exc:
+        state, error = State.FAILED, (exc.code, exc.message)
+    except Exception:
+        # The traceback goes to the worker log with the task id; the client gets a code only.
+        log.exception("task %s failed", task_id)
+        state = State.FAILED
+        error = ("internal_error", f"the job failed unexpectedly; worker logs name task {task_id}")
+    store.finish(task_id, state, error)
+    uploads.discard(uploads_root, task_id)
+    if on_end:
+        on_end()
+    return state

@@ -1,0 +1,154 @@
+"""One settings object for both processes: flask_config.yaml, overridden by SCRIPTORIUM_* env vars.
+
+Imported by the HTTP process and the worker alike, so it must stay light (no torch).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE = Path(os.environ.get("SCRIPTORIUM_CONFIG", PROJECT_ROOT / "flask_config.yaml"))
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 5005
+    max_body_bytes: int = 50 * 1024 * 1024
+
+
+class RedisSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 6390
+    db: int = 0
+    # Normally read from <data_dir>/secrets/redis_password (generated at setup).
+    password: str | None = None
+
+
+class WorkerSettings(BaseModel):
+    concurrency: int = 1
+    batch_size: int = 4
+
+
+class ResultSettings(BaseModel):
+    ttl_s: int = 86400
+    tombstone_ttl_s: int = 7 * 86400
+
+
+class JobLimits(BaseModel):
+    timeout_default_s: int = 600
+    timeout_max_s: int = 3600
+    max_images: int = 500
+
+
+class CancelSettings(BaseModel):
+    grace_s: float = 10.0
+
+
+class ModelSettings(BaseModel):
+    dirs: list[str] = ["model/weights", "var/models"]
+    default: str = "illustrations-demo"
+
+
+class InferenceSettings(BaseModel):
+    backend: str = "auto"
+    cpu_threads: int = 0
+
+
+class FetchSettings(BaseModel):
+    connect_timeout_s: float = 5
+    read_timeout_s: float = 30
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 178_956_970
+    max_redirects: int = 3
+    user_agent: str = "Scriptorium/0.1"
+    allow: list[str] = []
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SCRIPTORIUM_",
+        env_nested_delimiter="__",
+        yaml_file=CONFIG_FILE,
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("var")
+    http: HttpSettings = HttpSettings()
+    redis: RedisSettings = RedisSettings()
+    worker: WorkerSettings = WorkerSettings()
+    results: ResultSettings = ResultSettings()
+    jobs: dict[str, JobLimits] = Field(default_factory=lambda: {"detect": JobLimits()})
+    cancel: CancelSettings = CancelSettings()
+    models: ModelSettings = ModelSettings()
+    inference: InferenceSettings = InferenceSettings()
+    fetch: FetchSettings = FetchSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the YAML file, which wins over the defaults above.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    # Derived paths, all under the one data directory.
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir if self.data_dir.is_absolute() else PROJECT_ROOT / self.data_dir
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_path / "secrets"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_path / "uploads"
+
+    @property
+    def keys_db(self) -> Path:
+        return self.data_path / "keys.sqlite3"
+
+    @property
+    def model_dirs(self) -> list[Path]:
+        return [p if (p := Path(d)).is_absolute() else PROJECT_ROOT / p for d in self.models.dirs]
+
+    def redis_password(self) -> str | None:
+        if self.redis.password:
+            return self.redis.password
+        secret = self.secrets_dir / "redis_password"
+        return secret.read_text().strip() if secret.exists() else None
+
+    def redis_url(self) -> str:
+        password = self.redis_password()
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}{self.redis.host}:{self.redis.port}/{self.redis.db}"
+
+    def job_limits(self, job_type: str) -> JobLimits:
+        return self.jobs.get(job_type, JobLimits())
+
+    def hard_limit_s(self, timeout_s: float) -> float:
+        """The soft limit (timeout_s) lets a job stop cleanly; this hard limit is the fallback."""
+        return timeout_s + self.cancel.grace_s
+
+    def longest_hard_limit_s(self) -> float:
+        return self.hard_limit_s(max(limits.timeout_max_s for limits in self.jobs.values()))
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

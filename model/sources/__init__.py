@@ -1,0 +1,1 @@
+"""Where job inputs come from: safe network fetching and image decoding."""

@@ -1,0 +1,276 @@
+"""The task record in Redis: the one place task state lives, shared by the API and the worker.
+
+Celery's own states cannot tell "queued" from "unknown" from "expired", so every task has a hash
+`sc:task:<id>` (owner, type, state, progress, timestamps, error, job spec), a list of per-item
+results `sc:task:<id>:items` (kept as they complete, so they survive a timeout or cancel), and
+after expiry a small tombstone `sc:tomb:<id>` so an expired id answers 410 instead of 404.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from redis import Redis
+
+PREFIX = "sc"
+QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, for queue positions
+RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
+DURATIONS_KEY = f"{PREFIX}:durations"  # recent run durations (s), for ETAs
+WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
+RECENT_DURATIONS = 20
+
+
+class State(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (State.QUEUED, State.RUNNING)
+
+
+ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+
+# Move a task to a new state only if its current state is one of the allowed ones; atomic, so a
+# task is finished exactly once even when the job, the reaper and a DELETE race.
+_TRANSITION = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+local allowed = cjson.decode(ARGV[1])
+for _, s in ipairs(allowed) do
+  if s == state then
+    local fields = cjson.decode(ARGV[2])
+    for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
+    return state
+  end
+end
+return false
+"""
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    id: str
+    owner: str
+    type: str
+    state: State
+    spec: dict[str, Any]
+    created_at: float
+    timeout_s: float
+    total: int
+    done: int = 0
+    failed: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    cancel_requested_at: float | None = None
+    worker_pid: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    provenance: dict[str, Any] | None = None
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> TaskRecord:
+        def num(key: str) -> float | None:
+            return float(data[key]) if data.get(key) else None
+
+        return cls(
+            id=data["id"],
+            owner=data["owner"],
+            type=data["type"],
+            state=State(data["state"]),
+            spec=json.loads(data.get("spec") or "{}"),
+            created_at=float(data["created_at"]),
+            timeout_s=float(data["timeout_s"]),
+            total=int(data.get("total") or 0),
+            done=int(data.get("done") or 0),
+            failed=int(data.get("failed") or 0),
+            started_at=num("started_at"),
+            finished_at=num("finished_at"),
+            expires_at=num("expires_at"),
+            cancel_requested_at=num("cancel_requested_at"),
+            worker_pid=int(data["worker_pid"]) if data.get("worker_pid") else None,
+            error_code=data.get("error_code") or None,
+            error_message=data.get("error_message") or None,
+            provenance=json.loads(data["provenance"]) if data.get("provenance") else None,
+        )
+
+
+def task_key(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}"
+
+
+def items_key(task_id: str) -> str:
+    return f"{PREFIX}:task:{task_id}:items"
+
+
+def tomb_key(task_id: str) -> str:
+    return f"{PREFIX}:tomb:{task_id}"
+
+
+class TaskStore:
+    def __init__(self, redis: Redis, result_ttl_s: int, tombstone_ttl_s: int) -> None:
+        self.redis = redis
+        self.result_ttl_s = result_ttl_s
+        self.tombstone_ttl_s = tombstone_ttl_s
+        self._transition = redis.register_script(_TRANSITION)
+
+    # --- submit side -------------------------------------------------------------------------
+    def create(
+        self,
+        owner: str,
+        job_type: str,
+        spec: dict[str, Any],
+        total: int,
+        timeout_s: float,
+        task_id: str | None = None,
+    ) -> TaskRecord:
+        task_id = task_id or uuid.uuid4().hex
+        now = time.time()
+        fields = {
+            "id": task_id,
+            "owner": owner,
+            "type": job_type,
+            "state": State.QUEUED.value,
+            "spec": json.dumps(spec),
+            "created_at": now,
+            "timeout_s": timeout_s,
+            "total": total,
+            "done": 0,
+            "failed": 0,
+        }
+        with self.redis.pipeline() as pipe:
+            pipe.hset(task_key(task_id), mapping=fields)
+            pipe.zadd(QUEUE_KEY, {task_id: now})
+            pipe.execute()
+        return TaskRecord.from_hash({k: str(v) for k, v in fields.items()})
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        data = self.redis.hgetall(task_key(task_id))
+        return TaskRecord.from_hash(data) if data else None
+
+    def expired_owner(self, task_id: str) -> str | None:
+        """Owner of a task whose record has expired, if its tombstone is still kept."""
+        return self.redis.get(tomb_key(task_id))
+
+    def queue_position(self, task_id: str) -> int | None:
+        rank = self.redis.zrank(QUEUE_KEY, task_id)
+        return None if rank is None else int(rank)
+
+    def mean_duration_s(self) -> float | None:
+        values = [float(v) for v in self.redis.lrange(DURATIONS_KEY, 0, -1)]
+        return sum(values) / len(values) if values else None
+
+    def items(self, task_id: str) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in self.redis.lrange(items_key(task_id), 0, -1)]
+
+    def request_cancel(self, task_id: str) -> State | None:
+        """Cancel a task: a queued one ends at once, a running one gets a flag its job checks.
+
+        Returns the state the task was in, or None when it does not exist.
+        """
+        record = self.get(task_id)
+        if record is None:
+            return None
+        now = time.time()
+        if record.state == State.QUEUED and self.finish(
+            task_id, State.CANCELLED, allowed=[State.QUEUED], cancel_requested_at=now
+        ):
+            return State.QUEUED
+        # Running (or it started since we looked): raise the flag the job checks between batches.
+        if self._move(task_id, [State.RUNNING], {"cancel_requested_at": now}) is not None:
+            return State.RUNNING
+        latest = self.get(task_id)
+        return None if latest is None else latest.state
+
+    # --- worker side -------------------------------------------------------------------------
+    def mark_running(self, task_id: str, worker_pid: int) -> bool:
+        """QUEUED -> RUNNING (or RUNNING again when redelivered after a crash)."""
+        moved = self._move(
+            task_id,
+            [State.QUEUED, State.RUNNING],
+            {"state": State.RUNNING.value, "worker_pid": worker_pid},
+        )
+        if moved is None:
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.hsetnx(task_key(task_id), "started_at", time.time())
+            pipe.zrem(QUEUE_KEY, task_id)
+            pipe.sadd(RUNNING_KEY, task_id)
+            pipe.execute()
+        return True
+
+    def add_item(self, task_id: str, item: dict[str, Any], failed: bool) -> None:
+        with self.redis.pipeline() as pipe:
+            pipe.rpush(items_key(task_id), json.dumps(item))
+            pipe.hincrby(task_key(task_id), "failed" if failed else "done", 1)
+            pipe.execute()
+
+    def set_provenance(self, task_id: str, provenance: dict[str, Any]) -> None:
+        self.redis.hset(task_key(task_id), "provenance", json.dumps(provenance))
+
+    def is_cancel_requested(self, task_id: str) -> bool:
+        return bool(self.redis.hexists(task_key(task_id), "cancel_requested_at"))
+
+    def running_ids(self) -> list[str]:
+        return list(self.redis.smembers(RUNNING_KEY))
+
+    def forget_running(self, task_id: str) -> None:
+        self.redis.srem(RUNNING_KEY, task_id)
+
+    def finish(
+        self,
+        task_id: str,
+        state: State,
+        error: tuple[str, str] | None = None,
+        allowed: list[State] | None = None,
+        **extra: float,
+    ) -> bool:
+        """Move an active task to a terminal state, once; start its expiry clock."""
+        now = time.time()
+        expires_at = now + self.result_ttl_s
+        fields: dict[str, Any] = {
+            "state": state.value,
+            "finished_at": now,
+            "expires_at": expires_at,
+            **extra,
+        }
+        if error:
+            fields["error_code"], fields["error_message"] = error
+        previous = self._move(task_id, allowed or list(ACTIVE_STATES), fields)
+        if previous is None:
+            return False
+        record = self.get(task_id)
+        with self.redis.pipeline() as pipe:
+            pipe.expireat(task_key(task_id), int(expires_at) + 1)
+            pipe.expireat(items_key(task_id), int(expires_at) + 1)
+            if record is not None:
+                pipe.set(
+                    tomb_key(task_id), record.owner, exat=int(expires_at) + self.tombstone_ttl_s
+                )
+                if record.started_at is not None:
+                    pipe.lpush(DURATIONS_KEY, now - record.started_at)
+                    pipe.ltrim(DURATIONS_KEY, 0, RECENT_DURATIONS - 1)
+            pipe.zrem(QUEUE_KEY, task_id)
+            pipe.srem(RUNNING_KEY, task_id)
+            pipe.execute()
+        return True
+
+    def _move(self, task_id: str, allowed: list[State], fields: dict[str, Any]) -> str | None:
+        previous = self._transition(
+            keys=[task_key(task_id)],
+            args=[
+                json.dumps([s.value for s in allowed]),
+                json.dumps({k: str(v) for k, v in fields.items()}),
+            ],
+        )
+        return previous or None

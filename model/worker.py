@@ -1,0 +1,179 @@
+"""The Celery worker: `celery -A model.worker worker`. Only this process imports torch.
+
+- Each pool process loads every registered model once, at start (`worker_process_init`), and
+  publishes a heartbeat that `/readyz` reads.
+- The main process runs a small reaper thread that enforces what a job cannot do for itself:
+  a cancel the job did not honour within the grace period (kill the child; the model reloads
+  in its replacement) and a hard time limit that killed the child (record TIMED_OUT).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from importlib import metadata
+from typing import Any
+
+from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from redis import Redis
+
+from model import uploads
+from model.celery_app import PING, RUN_JOB, make_celery
+from model.inference.registry import discover
+from model.runner import run_task
+from model.settings import get_settings
+from model.sources.fetch import SafeFetcher
+from model.store import WORKERS_PREFIX, State, TaskStore
+
+log = logging.getLogger("scriptorium.worker")
+settings = get_settings()
+celery = make_celery(settings)
+
+HEARTBEAT_S = 5
+HEARTBEAT_TTL_S = 20
+REAPER_PERIOD_S = 0.5
+
+_resources: dict[str, Any] = {}
+
+
+def _redis() -> Redis:
+    return Redis.from_url(settings.redis_url(), decode_responses=True)
+
+
+def _store(redis: Redis) -> TaskStore:
+    return TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s)
+
+
+def _heartbeat_key() -> str:
+    return f"{WORKERS_PREFIX}{socket.gethostname()}:{os.getpid()}"
+
+
+def _versions() -> dict[str, str]:
+    names = ("ultralytics", "torch", "onnxruntime", "celery")
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@worker_process_init.connect
+def load_models(**_: Any) -> None:
+    from model.inference import detector as detector_module
+    from model.inference.offline import configure_offline
+
+    configure_offline(settings.data_path / "ultralytics")
+    registry = discover(settings.model_dirs)
+    detectors = {
+        name: detector_module.YoloDetector(
+            info, settings.inference.backend, settings.inference.cpu_threads
+        )
+        for name, info in registry.items()
+    }
+    redis = _redis()
+    versions = _versions()
+
+    def provenance(det: Any) -> dict[str, Any]:
+        return {
+            "model": det.name,
+            "model_sha256": det.info.sha256,
+            "backend": det.backend,
+            "device": det.device,
+            "worker_pid": os.getpid(),
+            "model_loads_in_process": detector_module.LOAD_COUNT,
+            "versions": versions,
+        }
+
+    _resources.update(
+        redis=redis,
+        store=_store(redis),
+        detectors=detectors,
+        default_model=settings.models.default,
+        settings=settings,
+        provenance=provenance,
+        fetcher=SafeFetcher(
+            allow=settings.fetch.allow,
+            connect_timeout_s=settings.fetch.connect_timeout_s,
+            read_timeout_s=settings.fetch.read_timeout_s,
+            max_bytes=settings.fetch.max_bytes,
+            max_redirects=settings.fetch.max_redirects,
+            user_agent=settings.fetch.user_agent,
+        ),
+    )
+    beat = {
+        "pid": os.getpid(),
+        "models": sorted(detectors),
+        "backends": {n: d.backend for n, d in detectors.items()},
+        "model_loads": detector_module.LOAD_COUNT,
+        "started_at": time.time(),
+    }
+    threading.Thread(target=_heartbeat, args=(redis, beat), daemon=True).start()
+
+
+def _heartbeat(redis: Redis, beat: dict[str, Any]) -> None:
+    while True:
+        try:
+            redis.set(_heartbeat_key(), json.dumps(beat), ex=HEARTBEAT_TTL_S)
+        except Exception:
+            log.warning("heartbeat failed", exc_info=True)
+        time.sleep(HEARTBEAT_S)
+
+
+@worker_process_shutdown.connect
+def clear_heartbeat(**_: Any) -> None:
+    if "redis" in _resources:
+        _resources["redis"].delete(_heartbeat_key())
+
+
+@celery.task(name=RUN_JOB, ignore_result=True)
+def run_job(task_id: str) -> None:
+    run_task(task_id, _resources["store"], _resources, settings.uploads_dir)
+
+
+@celery.task(name=PING)
+def ping() -> dict[str, Any]:
+    """A no-op round trip (benchmarks compare the API's overhead against it)."""
+    return {"pid": os.getpid()}
+
+
+@worker_ready.connect
+def start_reaper(**_: Any) -> None:
+    threading.Thread(target=_reap_forever, daemon=True, name="reaper").start()
+
+
+def _reap_forever() -> None:
+    store = _store(_redis())
+    while True:
+        try:
+            reap_once(store, time.time())
+        except Exception:
+            log.exception("reaper pass failed")
+        time.sleep(REAPER_PERIOD_S)
+
+
+def reap_once(store: TaskStore, now: float) -> None:
+    for task_id in store.running_ids():
+        record = store.get(task_id)
+        if record is None or record.state.terminal:
+            store.forget_running(task_id)
+            continue
+        cancel_at = record.cancel_requested_at
+        hard_deadline = (record.started_at or now) + settings.hard_limit_s(record.timeout_s) + 5
+        if cancel_at and now - cancel_at > settings.cancel.grace_s:
+            log.warning("task %s ignored its cancel flag: killing its process", task_id)
+            celery.control.revoke(task_id, terminate=True, signal="SIGKILL")
+            ended = store.finish(task_id, State.CANCELLED)
+        elif now > hard_deadline:
+            # The hard limit killed the process before the job could record anything.
+            error = ("timeout", f"task exceeded its time limit of {record.timeout_s:g} s")
+            ended = store.finish(task_id, State.TIMED_OUT, error)
+        else:
+            ended = False
+        if ended:
+            uploads.discard(settings.uploads_dir, task_id)

@@ -1,0 +1,75 @@
+"""Fixtures: one live stack per session, API clients for two keys, a local image server."""
+
+from __future__ import annotations
+
+import functools
+import io
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from model.synthetic import RenderedPage, render_page
+from server.tests.stack import Api, Stack, start_stack
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(tmp_path_factory.mktemp("stack"))
+    stack.create_key("alice")
+    stack.create_key("bob")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Api:
+    return stack.client(stack.keys["alice"])
+
+
+@pytest.fixture(scope="session")
+def other_api(stack: Stack) -> Api:
+    return stack.client(stack.keys["bob"])
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@dataclass
+class ImageServer:
+    """Serves files from a folder over HTTP on 127.0.0.1 (stands in for remote image hosts)."""
+
+    root: Path
+    url: str
+
+    def add(self, name: str, data: bytes) -> str:
+        (self.root / name).write_bytes(data)
+        return f"{self.url}/{name}"
+
+
+@pytest.fixture(scope="session")
+def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageServer]:
+    root = tmp_path_factory.mktemp("images")
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield ImageServer(root, f"http://127.0.0.1:{server.server_address[1]}")
+    server.shutdown()
+
+
+def jpeg_bytes(page: RenderedPage, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    page.image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def pages() -> list[RenderedPage]:
+    """Fresh pages (seeds far from the training range) with known illustration boxes."""
+    return [render_page(900_000 + i, n_illustrations=1 + i % 3) for i in range(6)]

@@ -1,0 +1,176 @@
+"""Start and stop the real stack (supervisord running redis, the Celery worker and gunicorn) for
+tests, on free ports in a temporary data dir — the same `python -m model stack` a user runs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    env: dict[str, str]
+    base_url: str
+    process: subprocess.Popen
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "model", *args],
+            env=self.env,
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def create_key(self, name: str) -> str:
+        result = self.cli("keys", "create", name)
+        assert result.returncode == 0, result.stderr
+        self.keys[name] = result.stdout.strip()
+        return self.keys[name]
+
+    def client(self, key: str | None) -> Api:
+        return Api(self.base_url, key)
+
+    def ctl(self, *args: str) -> str:
+        return self.cli("ctl", *args).stdout
+
+    def program_pid(self, name: str) -> int:
+        return int(self.ctl("pid", name).strip())
+
+    def log(self, name: str) -> str:
+        return (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def start_stack(tmp: Path, **overrides: str) -> Stack:
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "SCRIPTORIUM_DATA_DIR": str(tmp),
+        "SCRIPTORIUM_REDIS__PORT": str(free_port()),
+        "SCRIPTORIUM_HTTP__PORT": str(http_port),
+        # Tests serve their images from loopback.
+        "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
+        "SCRIPTORIUM_CANCEL__GRACE_S": "5",
+        **overrides,
+    }
+    tmp.mkdir(parents=True, exist_ok=True)
+    log = (tmp / "stack.out").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model", "stack"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack = Stack(tmp, env, f"http://127.0.0.1:{http_port}", process)
+    wait_ready(stack)
+    return stack
+
+
+def wait_ready(stack: Stack, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if stack.process.poll() is not None:
+            raise RuntimeError(f"supervisord exited: {(stack.data_dir / 'stack.out').read_text()}")
+        try:
+            resp = requests.get(stack.base_url + "/readyz", timeout=2)
+            if resp.status_code == 200:
+                return
+            last = resp.text
+        except requests.RequestException as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    raise RuntimeError(f"stack not ready after {timeout_s}s: {last}")
+
+
+class Api:
+    """A tiny client for the public API, as a front end would use it."""
+
+    def __init__(self, base_url: str, key: str | None) -> None:
+        self.base_url = base_url
+        self.session = requests.Session()
+        if key:
+            self.session.headers["X-API-Key"] = key
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, self.base_url + path, **kwargs)
+
+    def submit(self, body: dict[str, Any] | None = None, **kwargs: Any) -> requests.Response:
+        return (
+            self.request("POST", "/task", json=body, **kwargs)
+            if body is not None
+            else self.request("POST", "/task", **kwargs)
+        )
+
+    def submit_ok(self, body: dict[str, Any] | None = None, **kwargs: Any) -> str:
+        resp = self.submit(body, **kwargs)
+        assert resp.status_code == 202, resp.text
+        return resp.json()["task_id"]
+
+    def upload(
+        self, images: list[tuple[str, bytes]], params: dict | None = None, **fields: str
+    ) -> requests.Response:
+        files = [
+            ("images", (name, io.BytesIO(data), "application/octet-stream"))
+            for name, data in images
+        ]
+        data = {"type": "detect", **fields}
+        if params is not None:
+            data["params"] = json.dumps(params)
+        return self.request("POST", "/task", data=data, files=files)
+
+    def status(self, task_id: str) -> requests.Response:
+        return self.request("GET", f"/status/{task_id}")
+
+    def terminate(self, task_id: str) -> requests.Response:
+        return self.request("DELETE", f"/terminate/{task_id}")
+
+    def wait(
+        self,
+        task_id: str,
+        until: set[str] | None = None,
+        timeout_s: float = 120,
+        predicate: Any = None,
+    ) -> dict[str, Any]:
+        """Poll until the task reaches one of `until` (default: any terminal state)."""
+        until = until or TERMINAL
+        deadline = time.monotonic() + timeout_s
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            body = self.status(task_id).json()
+            if body.get("state") in until and (predicate is None or predicate(body)):
+                return body
+            time.sleep(0.1)
+        raise AssertionError(f"task {task_id} did not reach {until}: {body}")
