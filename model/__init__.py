@@ -31,8 +31,9 @@ class _RequestIdFilter(logging.Filter):
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
-    from model.api import errors, meta, tasks
+    from model.api import errors, listing, meta, tasks
     from model.api.auth import SECURITY_SCHEMES
+    from model.api.limits import init_limits
     from model.api.services import Services
     from model.celery_app import make_celery
     from model.keys import KeyStore
@@ -66,6 +67,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(tasks.api)
     app.register_api(meta.models_api)
     app.register_api(meta.probes_api)
+    app.register_api(listing.api)
+    # Probes stay unlimited: monitoring must never be told to back off.
+    init_limits(app, settings, exempt=[meta.probes_api])
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
     for name, schema in tasks.request_schema_components().items():
         app.components_schemas.setdefault(name, schema)
@@ -80,5 +84,19 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
         return response
 
-    logging.getLogger().addFilter(_RequestIdFilter())
+    _configure_logging()
     return app
+
+
+def _configure_logging() -> None:
+    """App log lines carry the request id (gunicorn's access log carries it too)."""
+    root = logging.getLogger()
+    if any(isinstance(f, _RequestIdFilter) for h in root.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [rid=%(request_id)s] %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

@@ -99,17 +99,36 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
     store = KeyStore(settings.keys_db)
     try:
         if args.keys_cmd == "create":
-            print(store.create(args.name))
+            if args.rate:
+                _check_rate(args.rate)
+            print(store.create(args.name, args.admin, args.max_queued, args.rate))
             print(f"(key {args.name!r} is shown once; store it now)", file=sys.stderr)
+        elif args.keys_cmd == "rotate":
+            print(store.rotate(args.name))
+            print(f"(new key for {args.name!r}; the old one no longer works)", file=sys.stderr)
         elif args.keys_cmd == "revoke":
             store.revoke(args.name)
             print(f"revoked {args.name}")
         else:
             for key in store.list():
                 status = "active" if key.active else "revoked"
-                print(f"{key.name}\t...{key.hint}\t{status}")
+                extras = [
+                    "admin" if key.admin else "",
+                    f"max_queued={key.max_queued}" if key.max_queued is not None else "",
+                    f"rate={key.rate_limit}" if key.rate_limit else "",
+                ]
+                print("\t".join([key.name, f"...{key.hint}", status, *filter(None, extras)]))
     except KeyStoreError as exc:
         sys.exit(f"error: {exc}")
+
+
+def _check_rate(rate: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(rate)
+    except ValueError:
+        sys.exit(f"error: {rate!r} is not a rate such as '10/second' or '100 per minute'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="create the data dir and secrets").set_defaults(func=cmd_init)
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
-    for name in ("create", "revoke"):
+    create = keys_sub.add_parser("create", help="create a key (printed once)")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="may list and stop all tasks")
+    create.add_argument("--max-queued", type=int, help="queued tasks allowed at once")
+    create.add_argument("--rate", help="request rate limit, e.g. '10/second'")
+    for name in ("rotate", "revoke"):
         keys_sub.add_parser(name).add_argument("name")
     keys_sub.add_parser("list")
     keys.set_defaults(func=cmd_keys)

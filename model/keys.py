@@ -1,7 +1,8 @@
 """API keys in SQLite, stored only as SHA-256 hashes.
 
 Keys are 256-bit random tokens, so a fast hash is enough (no password stretching needed): the
-database never holds anything that would let a reader call the API.
+database never holds anything that would let a reader call the API. A key's name is the owner of
+its tasks, so rotating a key keeps its tasks visible to the new key.
 """
 
 from __future__ import annotations
@@ -21,9 +22,13 @@ CREATE TABLE IF NOT EXISTS api_keys (
     key_hash TEXT NOT NULL UNIQUE,
     hint TEXT NOT NULL,
     created_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    admin INTEGER NOT NULL DEFAULT 0,
+    max_queued INTEGER,
+    rate_limit TEXT
 )
 """
+_COLUMNS = ("name", "hint", "created_at", "revoked_at", "admin", "max_queued", "rate_limit")
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class ApiKey:
     hint: str
     created_at: float
     revoked_at: float | None
+    admin: bool = False
+    max_queued: int | None = None  # queued tasks this key may have at once (None: default)
+    rate_limit: str | None = None  # flask-limiter string, e.g. "10/second" (None: default)
 
     @property
     def active(self) -> bool:
@@ -46,6 +54,10 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
 class KeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -57,17 +69,44 @@ class KeyStore:
         # A connection per call: cheap for SQLite, and safe across gunicorn threads.
         return sqlite3.connect(self.path, timeout=5)
 
-    def create(self, name: str) -> str:
+    def create(
+        self,
+        name: str,
+        admin: bool = False,
+        max_queued: int | None = None,
+        rate_limit: str | None = None,
+    ) -> str:
         """Create a key and return it; this is the only time the plaintext exists."""
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = new_key()
         try:
             with self._connect() as db:
                 db.execute(
-                    "INSERT INTO api_keys (name, key_hash, hint, created_at) VALUES (?, ?, ?, ?)",
-                    (name, hash_key(key), key[-4:], time.time()),
+                    "INSERT INTO api_keys (name, key_hash, hint, created_at, admin, max_queued,"
+                    " rate_limit) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        name,
+                        hash_key(key),
+                        key[-4:],
+                        time.time(),
+                        int(admin),
+                        max_queued,
+                        rate_limit,
+                    ),
                 )
         except sqlite3.IntegrityError as exc:
             raise KeyStoreError(f"a key named {name!r} already exists") from exc
+        return key
+
+    def rotate(self, name: str) -> str:
+        """Replace an active key's secret; the old one stops working at once."""
+        key = new_key()
+        with self._connect() as db:
+            cursor = db.execute(
+                "UPDATE api_keys SET key_hash = ?, hint = ? WHERE name = ? AND revoked_at IS NULL",
+                (hash_key(key), key[-4:], name),
+            )
+        if cursor.rowcount == 0:
+            raise KeyStoreError(f"no active key named {name!r}")
         return key
 
     def revoke(self, name: str) -> None:
@@ -82,15 +121,25 @@ class KeyStore:
     def list(self) -> list[ApiKey]:
         with self._connect() as db:
             rows = db.execute(
-                "SELECT name, hint, created_at, revoked_at FROM api_keys ORDER BY created_at"
+                f"SELECT {', '.join(_COLUMNS)} FROM api_keys ORDER BY created_at"
             ).fetchall()
-        return [ApiKey(*row) for row in rows]
+        return [_row_to_key(row) for row in rows]
 
-    def owner_of(self, key: str) -> str | None:
-        """Name of the active key matching `key`, or None."""
+    def lookup(self, key: str) -> ApiKey | None:
+        """The active key matching `key`, or None."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT name FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+                f"SELECT {', '.join(_COLUMNS)} FROM api_keys "
+                "WHERE key_hash = ? AND revoked_at IS NULL",
                 (hash_key(key),),
             ).fetchone()
-        return row[0] if row else None
+        return _row_to_key(row) if row else None
+
+    def owner_of(self, key: str) -> str | None:
+        found = self.lookup(key)
+        return found.name if found else None
+
+
+def _row_to_key(row: tuple) -> ApiKey:
+    name, hint, created_at, revoked_at, admin, max_queued, rate_limit = row
+    return ApiKey(name, hint, created_at, revoked_at, bool(admin), max_queued, rate_limit)

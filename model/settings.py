@@ -65,6 +65,18 @@ class InferenceSettings(BaseModel):
     cpu_threads: int = 0
 
 
+class LimitSettings(BaseModel):
+    # Per API key (flask-limiter syntax); a key created with --rate overrides it.
+    rate: str = "50/second;3000/minute"
+    max_queued_total: int = 1000
+    max_queued_per_key: int = 200
+    max_json_depth: int = 32
+
+
+class CorsSettings(BaseModel):
+    origins: list[str] = []
+
+
 class FetchSettings(BaseModel):
     connect_timeout_s: float = 5
     read_timeout_s: float = 30
@@ -93,6 +105,8 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     inference: InferenceSettings = InferenceSettings()
     fetch: FetchSettings = FetchSettings()
+    limits: LimitSettings = LimitSettings()
+    cors: CorsSettings = CorsSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ after expiry a small tombstone `sc:tomb:<id>` so an expired id answers 410 inste
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -22,6 +23,7 @@ QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, for queue posit
 RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
 DURATIONS_KEY = f"{PREFIX}:durations"  # recent run durations (s), for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
+ALL_TASKS_KEY = f"{PREFIX}:tasks"  # sorted set of every live task id (admin listing)
 RECENT_DURATIONS = 20
 
 
@@ -117,6 +119,19 @@ def tomb_key(task_id: str) -> str:
     return f"{PREFIX}:tomb:{task_id}"
 
 
+def owner_tasks_key(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}:tasks"
+
+
+def owner_queue_key(owner: str) -> str:
+    return f"{PREFIX}:owner:{owner}:queued"
+
+
+def idempotency_key(owner: str, key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+    return f"{PREFIX}:idem:{owner}:{digest}"
+
+
 class TaskStore:
     def __init__(self, redis: Redis, result_ttl_s: int, tombstone_ttl_s: int) -> None:
         self.redis = redis
@@ -151,6 +166,9 @@ class TaskStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(task_key(task_id), mapping=fields)
             pipe.zadd(QUEUE_KEY, {task_id: now})
+            pipe.zadd(owner_queue_key(owner), {task_id: now})
+            pipe.zadd(owner_tasks_key(owner), {task_id: now})
+            pipe.zadd(ALL_TASKS_KEY, {task_id: now})
             pipe.execute()
         return TaskRecord.from_hash({k: str(v) for k, v in fields.items()})
 
@@ -161,6 +179,37 @@ class TaskStore:
     def expired_owner(self, task_id: str) -> str | None:
         """Owner of a task whose record has expired, if its tombstone is still kept."""
         return self.redis.get(tomb_key(task_id))
+
+    def queued_count(self, owner: str | None = None) -> int:
+        return int(self.redis.zcard(owner_queue_key(owner) if owner else QUEUE_KEY))
+
+    def claim_idempotency(self, owner: str, key: str, task_id: str) -> str | None:
+        """Bind an Idempotency-Key to task_id; returns the task an earlier claim bound instead."""
+        name = idempotency_key(owner, key)
+        ttl = self.result_ttl_s + 3600
+        if self.redis.set(name, task_id, nx=True, ex=ttl):
+            return None
+        return self.redis.get(name)
+
+    def idempotent_task(self, owner: str, key: str) -> str | None:
+        return self.redis.get(idempotency_key(owner, key))
+
+    def list(
+        self, owner: str | None, state: State | None, offset: int, limit: int
+    ) -> tuple[list[TaskRecord], int]:
+        """Tasks newest first (one owner's, or everyone's for None), and how many match."""
+        index = owner_tasks_key(owner) if owner else ALL_TASKS_KEY
+        ids = self.redis.zrevrange(index, 0, -1)
+        with self.redis.pipeline() as pipe:
+            for task_id in ids:
+                pipe.hgetall(task_key(task_id))
+            rows = pipe.execute()
+        expired = [task_id for task_id, row in zip(ids, rows, strict=True) if not row]
+        if expired:  # records expire on their own; prune the index lazily
+            self.redis.zrem(index, *expired)
+        records = [TaskRecord.from_hash(row) for row in rows if row]
+        matching = [r for r in records if state is None or r.state == state]
+        return matching[offset : offset + limit], len(matching)
 
     def queue_position(self, task_id: str) -> int | None:
         rank = self.redis.zrank(QUEUE_KEY, task_id)
@@ -202,9 +251,11 @@ class TaskStore:
         )
         if moved is None:
             return False
+        owner = self.redis.hget(task_key(task_id), "owner") or ""
         with self.redis.pipeline() as pipe:
             pipe.hsetnx(task_key(task_id), "started_at", time.time())
             pipe.zrem(QUEUE_KEY, task_id)
+            pipe.zrem(owner_queue_key(owner), task_id)
             pipe.sadd(RUNNING_KEY, task_id)
             pipe.execute()
         return True
@@ -257,6 +308,7 @@ class TaskStore:
                 pipe.set(
                     tomb_key(task_id), record.owner, exat=int(expires_at) + self.tombstone_ttl_s
                 )
+                pipe.zrem(owner_queue_key(record.owner), task_id)
                 if record.started_at is not None:
                     pipe.lpush(DURATIONS_KEY, now - record.started_at)
                     pipe.ltrim(DURATIONS_KEY, 0, RECENT_DURATIONS - 1)

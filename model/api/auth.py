@@ -32,12 +32,17 @@ def require_key() -> None:
             "missing API key: send X-API-Key or Bearer token",
             {"WWW-Authenticate": 'Bearer realm="scriptorium"'},
         )
-    owner = services().keys.owner_of(key)
-    if owner is None:
+    api_key = services().keys.lookup(key)
+    if api_key is None:
         raise ApiError(
             401,
             "unauthorized",
             "invalid or revoked API key",
             {"WWW-Authenticate": 'Bearer realm="scriptorium"'},
         )
-    g.owner = owner
+    g.api_key = api_key
+    g.owner = api_key.name
+
+
+def is_admin() -> bool:
+    return bool(getattr(g.get("api_key"), "admin", False))

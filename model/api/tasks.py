@@ -13,7 +13,13 @@ from pydantic import ValidationError
 from werkzeug.datastructures import FileStorage
 
 from model import uploads
-from model.api.auth import SECURITY, require_key
+from model.api.admission import (
+    check_backpressure,
+    check_json_depth,
+    claim_idempotency,
+    earlier_submit,
+)
+from model.api.auth import SECURITY, is_admin, require_key
 from model.api.errors import ApiError, ErrorResponse, describe_validation_error
 from model.api.schemas import (
     TASK_ID_PATTERN,
@@ -85,9 +91,13 @@ def _json_field(raw: str | None, name: str) -> Any:
 def _parse_request() -> tuple[TaskRequest, list[FileStorage]]:
     files: list[FileStorage] = []
     if request.mimetype == "application/json":
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:
+            data = None
         if not isinstance(data, dict):
             raise ApiError(400, "malformed_json", "body must be a JSON object")
+        check_json_depth(data, services().settings.limits.max_json_depth)
     elif request.mimetype == "multipart/form-data":
         form = request.form
         data = {"type": form.get("type")}
@@ -138,6 +148,9 @@ def _read_uploads(files: list[FileStorage]) -> list[tuple[str, str, bytes]]:
 def submit_task() -> Response:
     """Submit a job; answers 202 with the task id and where to poll it."""
     svc = services()
+    earlier = earlier_submit(svc)
+    if earlier is not None and (existing := svc.store.get(earlier)) is not None:
+        return _created_response(earlier, existing.state)  # a retried submit
     task_request, files = _parse_request()
     _check_model(svc, task_request.params.model)
     limits = svc.settings.job_limits(task_request.type)
@@ -157,9 +170,13 @@ def submit_task() -> Response:
             "too_many_images",
             f"at most {limits.max_images} images per {task_request.type} task",
         )
+    check_backpressure(svc)
     uploaded = _read_uploads(files)
 
     task_id = uuid.uuid4().hex
+    concurrent = claim_idempotency(svc, task_id)
+    if concurrent is not None:  # the same submit, racing: one task for both
+        return _created_response(concurrent, State.QUEUED)
     inputs: list[dict[str, Any]] = [{"url": url} for url in urls]
     for index, (filename, suffix, data) in enumerate(uploaded, start=len(inputs)):
         path = uploads.save(svc.settings.uploads_dir, task_id, index, suffix, data)
@@ -183,9 +200,13 @@ def submit_task() -> Response:
             "the task queue is unavailable; retry later",
             {"Retry-After": "5"},
         ) from exc
+    return _created_response(task_id, record.state)
+
+
+def _created_response(task_id: str, state: State) -> Response:
     body = TaskCreated(
         task_id=task_id,
-        state=record.state,
+        state=state,
         status_url=f"/status/{task_id}",
         terminate_url=f"/terminate/{task_id}",
     )
@@ -199,7 +220,7 @@ def _owned_record(svc: Services, task_id: str) -> TaskRecord:
     """The caller's task; another key's task is indistinguishable from an unknown one."""
     well_formed = re.fullmatch(TASK_ID_PATTERN, task_id) is not None
     record = svc.store.get(task_id) if well_formed else None
-    if record is not None and record.owner == g.owner:
+    if record is not None and (record.owner == g.owner or is_admin()):
         return record
     if record is None and well_formed and svc.store.expired_owner(task_id) == g.owner:
         raise ApiError(410, "expired", "this task's result has expired and was deleted")

@@ -1,0 +1,74 @@
+"""What POST /task checks before it queues anything: body shape limits, backpressure, retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import g, request
+
+from model.api.errors import ApiError
+from model.api.services import Services
+
+MAX_IDEMPOTENCY_KEY = 200
+RETRY_AFTER_FULL_S = "10"
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: deep input cannot blow the stack)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def check_json_depth(value: Any, limit: int) -> None:
+    if json_depth(value) > limit:
+        raise ApiError(400, "too_deep", f"JSON nesting deeper than {limit} levels")
+
+
+def check_backpressure(svc: Services) -> None:
+    """Refuse new work instead of letting the queue grow without bound."""
+    limits = svc.settings.limits
+    if svc.store.queued_count() >= limits.max_queued_total:
+        raise ApiError(
+            503,
+            "queue_full",
+            "the service has too many queued tasks; retry later",
+            {"Retry-After": RETRY_AFTER_FULL_S},
+        )
+    per_key = (
+        g.api_key.max_queued if g.api_key.max_queued is not None else limits.max_queued_per_key
+    )
+    if svc.store.queued_count(g.owner) >= per_key:
+        raise ApiError(
+            429,
+            "too_many_queued",
+            f"this key already has {per_key} queued tasks; wait for some to start",
+            {"Retry-After": RETRY_AFTER_FULL_S},
+        )
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and (not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isprintable()):
+        raise ApiError(
+            400, "invalid_idempotency_key", f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} chars"
+        )
+    return key
+
+
+def earlier_submit(svc: Services) -> str | None:
+    """The task an earlier submit with the same Idempotency-Key created (checked first, so a
+    retry is answered even when the queue has filled up since)."""
+    key = _idempotency_key()
+    return svc.store.idempotent_task(g.owner, key) if key else None
+
+
+def claim_idempotency(svc: Services, task_id: str) -> str | None:
+    """Bind the request's Idempotency-Key to task_id; if a concurrent submit won, its task id."""
+    key = _idempotency_key()
+    return svc.store.claim_idempotency(g.owner, key, task_id) if key else None
