@@ -64,15 +64,6 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         celery=make_celery(settings),
     )
     errors.register(app)
-    app.register_api(tasks.api)
-    app.register_api(meta.models_api)
-    app.register_api(meta.probes_api)
-    app.register_api(listing.api)
-    # Probes stay unlimited: monitoring must never be told to back off.
-    init_limits(app, settings, exempt=[meta.probes_api])
-    # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
-    for name, schema in tasks.request_schema_components().items():
-        app.components_schemas.setdefault(name, schema)
 
     @app.before_request
     def _assign_request_id() -> None:
@@ -83,6 +74,16 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     def _return_request_id(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
         return response
+
+    app.register_api(tasks.api)
+    app.register_api(meta.models_api)
+    app.register_api(meta.probes_api)
+    app.register_api(listing.api)
+    # Probes stay unlimited: monitoring must never be told to back off.
+    init_limits(app, settings, exempt=[meta.probes_api])
+    # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
+    for name, schema in tasks.request_schema_components().items():
+        app.components_schemas.setdefault(name, schema)
 
     _configure_logging()
     return app

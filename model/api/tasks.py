@@ -148,10 +148,10 @@ def _read_uploads(files: list[FileStorage]) -> list[tuple[str, str, bytes]]:
 def submit_task() -> Response:
     """Submit a job; answers 202 with the task id and where to poll it."""
     svc = services()
+    task_request, files = _parse_request()  # reads the whole body, even for a retry
     earlier = earlier_submit(svc)
     if earlier is not None and (existing := svc.store.get(earlier)) is not None:
         return _created_response(earlier, existing.state)  # a retried submit
-    task_request, files = _parse_request()
     _check_model(svc, task_request.params.model)
     limits = svc.settings.job_limits(task_request.type)
     timeout = task_request.timeout or limits.timeout_default_s

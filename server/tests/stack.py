@@ -44,8 +44,8 @@ class Stack:
             timeout=60,
         )
 
-    def create_key(self, name: str) -> str:
-        result = self.cli("keys", "create", name)
+    def create_key(self, name: str, *options: str) -> str:
+        result = self.cli("keys", "create", name, *options)
         assert result.returncode == 0, result.stderr
         self.keys[name] = result.stdout.strip()
         return self.keys[name]
