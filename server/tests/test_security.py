@@ -95,10 +95,12 @@ def test_idempotent_submit_returns_the_same_task(stack: Stack, pages) -> None:
     client = stack.client(stack.create_key("retrier"))
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     image = [("p.jpg", jpeg_bytes(pages[0]))]
-    first = client.request("POST", "/task", headers=headers, data={"type": "detect"},
-                           files=[("images", image[0])])
-    again = client.request("POST", "/task", headers=headers, data={"type": "detect"},
-                           files=[("images", image[0])])
+    first = client.request(
+        "POST", "/task", headers=headers, data={"type": "detect"}, files=[("images", image[0])]
+    )
+    again = client.request(
+        "POST", "/task", headers=headers, data={"type": "detect"}, files=[("images", image[0])]
+    )
     assert first.status_code == again.status_code == 202
     assert first.json()["task_id"] == again.json()["task_id"]
     client.wait(first.json()["task_id"])
@@ -127,8 +129,9 @@ def test_cors_is_off_by_default(api: Api) -> None:
 
 def test_request_id_and_access_log_privacy(stack: Stack, api: Api) -> None:
     rid = uuid.uuid4().hex
-    resp = api.request("GET", "/models", headers={"X-Request-Id": rid,
-                                                   "User-Agent": "PrivateAgent/1.0"})
+    resp = api.request(
+        "GET", "/models", headers={"X-Request-Id": rid, "User-Agent": "PrivateAgent/1.0"}
+    )
     assert resp.headers["X-Request-Id"] == rid
     generated = api.request("GET", "/models").headers["X-Request-Id"]
     assert len(generated) == 32
