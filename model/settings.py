@@ -43,6 +43,8 @@ class WorkerSettings(BaseModel):
 class ResultSettings(BaseModel):
     ttl_s: int = 86400
     tombstone_ttl_s: int = 7 * 86400
+    # How often orphaned uploads and stale index entries are purged.
+    purge_interval_s: float = 300
 
 
 class JobLimits(BaseModel):

@@ -211,6 +211,21 @@ class TaskStore:
         matching = [r for r in records if state is None or r.state == state]
         return matching[offset : offset + limit], len(matching)
 
+    def prune_indexes(self) -> int:
+        """Drop index entries whose record has expired; returns how many were dropped."""
+        indexes = [ALL_TASKS_KEY, *self.redis.scan_iter(match=f"{PREFIX}:owner:*:tasks")]
+        dropped = 0
+        for index in indexes:
+            ids = self.redis.zrange(index, 0, -1)
+            with self.redis.pipeline() as pipe:
+                for task_id in ids:
+                    pipe.exists(task_key(task_id))
+                alive = pipe.execute()
+            gone = [task_id for task_id, ok in zip(ids, alive, strict=True) if not ok]
+            if gone:
+                dropped += self.redis.zrem(index, *gone)
+        return dropped
+
     def queue_position(self, task_id: str) -> int | None:
         rank = self.redis.zrank(QUEUE_KEY, task_id)
         return None if rank is None else int(rank)

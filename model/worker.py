@@ -23,6 +23,7 @@ from redis import Redis
 
 from model import uploads
 from model.celery_app import PING, RUN_JOB, make_celery
+from model.housekeeping import housekeeping
 from model.inference.registry import discover
 from model.runner import run_task
 from model.settings import get_settings
@@ -149,10 +150,15 @@ def start_reaper(**_: Any) -> None:
 
 def _reap_forever() -> None:
     store = _store(_redis())
+    next_housekeeping = 0.0
     while True:
         try:
-            reap_once(store, time.time())
-        except Exception:
+            now = time.time()
+            reap_once(store, now)
+            if now >= next_housekeeping:
+                housekeeping(store, settings.uploads_dir)
+                next_housekeeping = now + settings.results.purge_interval_s
+        except Exception:  # keep reaping whatever one pass hit
             log.exception("reaper pass failed")
         time.sleep(REAPER_PERIOD_S)
 
