@@ -18,7 +18,8 @@ QUEUE = "scriptorium"
 def make_celery(settings: Settings) -> Celery:
     url = settings.redis_url()
     app = Celery("scriptorium", broker=url, backend=url)
-    redelivery = {"visibility_timeout": int(settings.longest_hard_limit_s()) + 60}
+    visibility = int(settings.longest_hard_limit_s()) + settings.worker.visibility_margin_s
+    redelivery = {"visibility_timeout": visibility}
     app.conf.update(
         task_default_queue=QUEUE,
         task_serializer="json",
@@ -34,6 +35,9 @@ def make_celery(settings: Settings) -> Celery:
         result_backend_transport_options=redelivery,
         result_expires=3600,
         broker_connection_retry_on_startup=True,
+        # A pool process loads every model before it reports for work; Celery's default 4 s
+        # makes it kill (and respawn, forever) a child that loads slowly on a busy machine.
+        worker_proc_alive_timeout=300,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_send_sent_event=False,

@@ -38,6 +38,8 @@ class RedisSettings(BaseModel):
 class WorkerSettings(BaseModel):
     concurrency: int = 1
     batch_size: int = 4
+    # Redis re-delivers an unacknowledged task this long after the longest hard time limit.
+    visibility_margin_s: int = 60
 
 
 class ResultSettings(BaseModel):
@@ -79,6 +81,18 @@ class CorsSettings(BaseModel):
     origins: list[str] = []
 
 
+class SpipedSettings(BaseModel):
+    """The server end of the spiped tunnel the front end reaches the API through."""
+
+    enabled: bool = False
+    # Where the encrypted tunnel is accepted (spiped's [address]:port syntax).
+    listen: str = "[0.0.0.0]:8025"
+    # Where decrypted connections go; empty means nginx's public entry point (http.host:port).
+    target: str = ""
+    # 32 random bytes shared with the front end; empty means <data_dir>/secrets/spiped.key.
+    key_file: str = ""
+
+
 class FetchSettings(BaseModel):
     connect_timeout_s: float = 5
     read_timeout_s: float = 30
@@ -87,6 +101,33 @@ class FetchSettings(BaseModel):
     max_redirects: int = 3
     user_agent: str = "Scriptorium/0.1"
     allow: list[str] = []
+    # Simultaneous requests to one host from one worker process (be kind to library servers).
+    per_host_concurrency: int = 4
+    retries: int = 2
+
+
+class IiifSettings(BaseModel):
+    # Nested collections are followed this deep (0: a collection's manifests only).
+    max_collection_depth: int = 2
+    # Canvases read per task, all manifests together; the rest are left out (and said so).
+    max_canvases: int = 500
+    # Manifests and collections fetched per task.
+    max_manifests: int = 50
+    # Cap on one manifest/collection/info.json body (images have fetch.max_bytes).
+    max_json_bytes: int = 10 * 1024 * 1024
+
+
+class PipelineSettings(BaseModel):
+    # Threads downloading and decoding ahead of inference.
+    download_threads: int = 4
+    # Decoded images waiting for inference, at most (bounds memory).
+    prefetch_depth: int = 8
+
+
+class CacheSettings(BaseModel):
+    # Detections cached by (image bytes sha256, model sha256, params); 0 disables.
+    ttl_s: int = 7 * 86400
+    max_entries: int = 100_000
 
 
 class Settings(BaseSettings):
@@ -107,8 +148,12 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     inference: InferenceSettings = InferenceSettings()
     fetch: FetchSettings = FetchSettings()
+    iiif: IiifSettings = IiifSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    cache: CacheSettings = CacheSettings()
     limits: LimitSettings = LimitSettings()
     cors: CorsSettings = CorsSettings()
+    spiped: SpipedSettings = SpipedSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -138,6 +183,21 @@ class Settings(BaseSettings):
     @property
     def keys_db(self) -> Path:
         return self.data_path / "keys.sqlite3"
+
+    @property
+    def run_dir(self) -> Path:
+        """Sockets, pid files, the rendered nginx.conf."""
+        return self.data_path / "run"
+
+    @property
+    def spiped_key(self) -> Path:
+        return (
+            Path(self.spiped.key_file) if self.spiped.key_file else self.secrets_dir / "spiped.key"
+        )
+
+    @property
+    def spiped_target(self) -> str:
+        return self.spiped.target or f"[{self.http.host}]:{self.http.port}"
 
     @property
     def model_dirs(self) -> list[Path]:

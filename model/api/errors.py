@@ -22,6 +22,11 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+# Any authenticated operation may answer these; blueprints declare them for the OpenAPI document
+# (flask-openapi3 would otherwise document 422 in pydantic's own shape, not ours).
+COMMON_RESPONSES: dict = {401: ErrorResponse, 422: ErrorResponse, 429: ErrorResponse}
+
+
 class ApiError(Exception):
     def __init__(
         self,

@@ -9,12 +9,18 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from model.api.auth import SECURITY, is_admin, require_key
-from model.api.errors import ApiError, ErrorResponse
+from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse
 from model.api.schemas import Progress, timestamp
 from model.api.services import services
 from model.store import State, TaskRecord
 
-api = APIBlueprint("listing", __name__, abp_tags=[Tag(name="tasks")], abp_security=SECURITY)
+api = APIBlueprint(
+    "listing",
+    __name__,
+    abp_tags=[Tag(name="tasks")],
+    abp_security=SECURITY,
+    abp_responses=COMMON_RESPONSES,
+)
 api.before_request(require_key)
 
 

@@ -8,13 +8,19 @@ from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from model.api.auth import SECURITY, require_key
-from model.api.errors import ErrorResponse, error_response
+from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import services
 from model.inference.registry import discover
 from model.store import WORKERS_PREFIX
 
-models_api = APIBlueprint("models", __name__, abp_tags=[Tag(name="models")], abp_security=SECURITY)
+models_api = APIBlueprint(
+    "models",
+    __name__,
+    abp_tags=[Tag(name="models")],
+    abp_security=SECURITY,
+    abp_responses=COMMON_RESPONSES,
+)
 models_api.before_request(require_key)
 probes_api = APIBlueprint("probes", __name__, abp_tags=[Tag(name="probes")])
 

@@ -1,0 +1,222 @@
+"""Crashes and restarts on a live stack of its own: nothing queued or running is lost.
+
+Each Celery durability setting is checked by its effect, not by reading the config:
+acks_late + reject_on_worker_lost (a killed child's task is redelivered and resumes), prefetch 1
+(waiting tasks stay in Redis, not in the worker), the visibility timeout (a task whose whole
+worker died comes back, but only after it), Redis AOF (queued tasks survive a Redis restart).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from server.tests.conftest import ImageServer, jpeg_bytes
+from server.tests.stack import TERMINAL, Api, Stack, start_stack
+
+KILLS = 20
+TIMEOUT_MAX_S = 20
+GRACE_S = 2
+VISIBILITY_MARGIN_S = 6
+VISIBILITY_S = TIMEOUT_MAX_S + GRACE_S + VISIBILITY_MARGIN_S
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(
+        tmp_path_factory.mktemp("faults"),
+        SCRIPTORIUM_JOBS__DETECT__TIMEOUT_DEFAULT_S=str(TIMEOUT_MAX_S),
+        SCRIPTORIUM_JOBS__DETECT__TIMEOUT_MAX_S=str(TIMEOUT_MAX_S),
+        SCRIPTORIUM_CANCEL__GRACE_S=str(GRACE_S),
+        SCRIPTORIUM_WORKER__VISIBILITY_MARGIN_S=str(VISIBILITY_MARGIN_S),
+    )
+    stack.create_key("faults", "--rate", "100000/second")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="module")
+def client(faulty: Stack) -> Api:
+    return faulty.client(faulty.keys["faults"])
+
+
+@pytest.fixture(scope="module")
+def page_url(image_server: ImageServer, pages) -> str:
+    return image_server.add("fault-page.jpg", jpeg_bytes(pages[1]))
+
+
+def redis_client(stack: Stack) -> redis.Redis:
+    password = (stack.data_dir / "secrets" / "redis_password").read_text().strip()
+    port = int(stack.env["SCRIPTORIUM_REDIS__PORT"])
+    return redis.Redis(port=port, password=password, decode_responses=True)
+
+
+def pool_child(stack: Stack, timeout_s: float = 60) -> int:
+    """The worker's prefork child (the process that runs tasks and holds the model)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            main = stack.program_pid("worker")
+        except ValueError:
+            main = 0
+        if main:
+            out = subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(main)], capture_output=True, text=True
+            ).stdout.split()
+            if out:
+                return int(out[0])
+        time.sleep(0.2)
+    raise AssertionError("worker has no pool child")
+
+
+def check_complete(body: dict[str, Any]) -> None:
+    """SUCCEEDED, every item exactly once."""
+    assert body["state"] == "SUCCEEDED", body["state"]
+    total = body["progress"]["total"]
+    assert body["progress"] == {"done": total, "total": total, "failed": 0}
+    indices = [item["index"] for item in body["result"]["items"]]
+    assert sorted(indices) == list(range(total)), indices
+
+
+def test_prefetch_one_leaves_waiting_tasks_in_redis(faulty: Stack, client: Api, page_url) -> None:
+    running = client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 60}})
+    client.wait(running, {"RUNNING"})
+    waiting = [
+        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url]}}) for _ in range(3)
+    ]
+    time.sleep(1)  # give a greedy worker the time to reserve them
+    assert redis_client(faulty).llen("scriptorium") == 3
+    for task_id in [running, *waiting]:
+        client.terminate(task_id)
+    for task_id in [running, *waiting]:
+        client.wait(task_id)
+
+
+def test_killing_the_pool_child_twenty_times_loses_nothing(
+    faulty: Stack, client: Api, page_url: str
+) -> None:
+    def submit() -> str:
+        return client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 12}})
+
+    task_ids = [submit() for _ in range(KILLS)]
+    kills, progress_at_last_kill = 0, -1
+    deadline = time.monotonic() + 600
+    while kills < KILLS and time.monotonic() < deadline:
+        bodies = [client.status(t).json() for t in task_ids]
+        progress = sum(b["progress"]["done"] for b in bodies)
+        if all(b["state"] in TERMINAL for b in bodies):
+            task_ids.append(submit())  # finished before 20 kills: more work to kill
+        # Kill only mid-task: a task is running and the (new) child has stored progress.
+        elif progress > progress_at_last_kill and any(b["state"] == "RUNNING" for b in bodies):
+            os.kill(pool_child(faulty), signal.SIGKILL)
+            kills += 1
+            progress_at_last_kill = progress
+        time.sleep(0.1)
+    assert kills == KILLS
+    for task_id in task_ids:
+        check_complete(client.wait(task_id, timeout_s=300))
+    assert "RUNNING" in faulty.ctl("status", "worker")
+
+
+def test_task_of_a_dead_worker_comes_back_after_visibility_timeout(
+    faulty: Stack, client: Api, page_url: str
+) -> None:
+    task_id = client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 40}})
+    client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
+    main = faulty.program_pid("worker")
+    child = pool_child(faulty)
+    killed_at = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+    os.kill(main, signal.SIGKILL)  # the whole worker dies: nobody rejects the message
+    new_main = main
+    while new_main == main and time.monotonic() - killed_at < 30:
+        time.sleep(0.2)
+        try:
+            new_main = faulty.program_pid("worker")
+        except ValueError:
+            continue
+    assert new_main != main, "supervisord did not restart the worker"
+    done_at_kill = client.status(task_id).json()["progress"]["done"]
+    body = client.wait(task_id, timeout_s=VISIBILITY_S + 120)
+    check_complete(body)
+    # The redelivery waited for the visibility timeout (no second copy ran meanwhile).
+    assert time.monotonic() - killed_at >= VISIBILITY_S - 5
+    assert body["progress"]["done"] >= done_at_kill
+
+
+def test_queued_tasks_survive_a_redis_restart(faulty: Stack, client: Api, page_url: str) -> None:
+    assert "stopped" in faulty.ctl("stop", "worker")
+    task_ids = [
+        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url]}}) for _ in range(50)
+    ]
+    time.sleep(1.5)  # appendfsync everysec
+    assert "started" in faulty.ctl("restart", "redis")
+    assert "started" in faulty.ctl("start", "worker")
+    for task_id in task_ids:
+        check_complete(client.wait(task_id, timeout_s=300))
+
+
+def test_killing_gunicorn_workers_loses_no_task(faulty: Stack, page_url: str) -> None:
+    api = faulty.client(faulty.keys["faults"])
+    tasks_before = api.request("GET", "/tasks").json()["total"]
+    results: dict[str, str] = {}
+    retries = {"count": 0}
+    stop = threading.Event()
+
+    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A careful client: retries a dropped connection (same Idempotency-Key)."""
+        for _ in range(20):
+            try:
+                resp = api.request(method, path, **kwargs)
+                if resp.status_code not in (502, 503):
+                    return resp
+            except requests.ConnectionError:
+                pass
+            retries["count"] += 1
+            time.sleep(0.2)
+        raise AssertionError(f"{method} {path} kept failing")
+
+    def submitter() -> None:
+        while not stop.is_set():
+            key = uuid.uuid4().hex
+            resp = call(
+                "POST",
+                "/task",
+                headers={"Idempotency-Key": key},
+                json={"type": "detect", "input": {"image_urls": [page_url]}},
+            )
+            assert resp.status_code == 202, resp.text
+            results[key] = resp.json()["task_id"]
+            call("GET", f"/status/{results[key]}")
+
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    try:
+        for _ in range(3):
+            time.sleep(1.0)
+            master = faulty.program_pid("gunicorn")
+            children = subprocess.run(
+                ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
+            ).stdout.split()
+            os.kill(int(children[0]), signal.SIGKILL)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(timeout=120)
+    assert len(results) >= 5
+    assert len(set(results.values())) == len(results)  # one task per submit, no duplicates
+    for task_id in results.values():
+        check_complete(api.wait(task_id, timeout_s=300))
+    print(f"gunicorn kills: 3, client retries: {retries['count']}, tasks: {len(results)}")
+    # No retried submit created a second task.
+    assert api.request("GET", "/tasks").json()["total"] == tasks_before + len(results)
