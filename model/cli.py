@@ -131,6 +131,26 @@ def _check_rate(rate: str) -> None:
         sys.exit(f"error: {rate!r} is not a rate such as '10/second' or '100 per minute'")
 
 
+def cmd_manifest(args: argparse.Namespace, settings: Settings) -> None:
+    """Print what a detect task would fetch for a manifest (no image is downloaded)."""
+    import json
+
+    from model.iiif.loader import ManifestError
+    from model.iiif.preview import preview
+    from model.inference.registry import discover
+    from model.jobs.detect import MAX_SIDE_FACTOR
+
+    default = discover(settings.model_dirs).get(settings.models.default)
+    imgsz = default.imgsz if default else 640
+    max_side = args.max_side or imgsz * MAX_SIDE_FACTOR
+    try:
+        report = preview(args.source, settings, max_side, min(max_side, imgsz))
+    except ManifestError as exc:
+        print(json.dumps({"error": {"code": exc.code, "message": exc.message}}, indent=2))
+        sys.exit(2)
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m model", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -152,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         keys_sub.add_parser(name).add_argument("name")
     keys_sub.add_parser("list")
     keys.set_defaults(func=cmd_keys)
+    manifest = sub.add_parser(
+        "manifest", help="show what a task would fetch for a IIIF manifest (URL or file)"
+    )
+    manifest.add_argument("source", help="manifest or collection: http(s) URL or JSON file")
+    manifest.add_argument("--max-side", type=int, help="longest side analysed (px)")
+    manifest.set_defaults(func=cmd_manifest)
     return parser
 
 

@@ -55,6 +55,10 @@ class JobContext:
     def set_provenance(self, provenance: dict[str, Any]) -> None:
         self.store.set_provenance(self.task_id, provenance)
 
+    def set_total(self, total: int) -> None:
+        """How many items the task will have, once its inputs are expanded (IIIF manifests)."""
+        self.store.set_total(self.task_id, total)
+
 
 def run_task(
     task_id: str,

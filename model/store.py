@@ -284,6 +284,9 @@ class TaskStore:
     def set_provenance(self, task_id: str, provenance: dict[str, Any]) -> None:
         self.redis.hset(task_key(task_id), "provenance", json.dumps(provenance))
 
+    def set_total(self, task_id: str, total: int) -> None:
+        self.redis.hset(task_key(task_id), "total", total)
+
     def is_cancel_requested(self, task_id: str) -> bool:
         return bool(self.redis.hexists(task_key(task_id), "cancel_requested_at"))
 

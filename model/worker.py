@@ -54,7 +54,7 @@ def _heartbeat_key() -> str:
 
 
 def _versions() -> dict[str, str]:
-    names = ("ultralytics", "torch", "onnxruntime", "celery")
+    names = ("ultralytics", "torch", "onnxruntime", "celery", "pillow", "numpy", "requests")
     found = {}
     for name in names:
         try:
@@ -105,6 +105,8 @@ def load_models(**_: Any) -> None:
             max_bytes=settings.fetch.max_bytes,
             max_redirects=settings.fetch.max_redirects,
             user_agent=settings.fetch.user_agent,
+            retries=settings.fetch.retries,
+            per_host_concurrency=settings.fetch.per_host_concurrency,
         ),
     )
     beat = {

@@ -50,7 +50,10 @@ class Progress(BaseModel):
 
 
 class Detection(BaseModel):
-    xywh: list[int] = Field(description="x, y, width, height in the original image's pixels")
+    xywh: list[int] = Field(
+        description="x, y, width, height: in canvas coordinates for IIIF canvases, else in the "
+        "original image's pixels"
+    )
     confidence: float
     label: str
 
@@ -66,6 +69,13 @@ class ResultItem(BaseModel):
     detections: list[Detection] = []
     error: TaskError | None = None
     timings: dict[str, float] | None = None
+    # IIIF canvases only:
+    canvas_id: str | None = None
+    label: str | None = None
+    manifest: int | None = Field(None, description="Index of the manifest in provenance")
+    image_url: str | None = Field(None, description="Image request sent (size negotiated)")
+    canvas_width: int | None = None
+    canvas_height: int | None = None
 
 
 class TaskResult(BaseModel):

@@ -33,6 +33,7 @@ from model.api.schemas import (
 )
 from model.api.services import Services, services
 from model.celery_app import RUN_JOB
+from model.iiif.presentation import document_kind
 from model.inference.registry import discover
 from model.sources.images import sniff_image
 from model.store import State, TaskRecord
@@ -52,13 +53,18 @@ def _task_request_body() -> dict[str, Any]:
     schema = TaskRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     multipart = {
         "type": "object",
-        "required": ["type", "images"],
+        "required": ["type"],
         "properties": {
             "type": {"type": "string", "enum": ["detect"]},
             "params": {"type": "string", "description": "params as a JSON object string"},
             "input": {"type": "string", "description": "input as a JSON object string"},
             "timeout": {"type": "number"},
             "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "manifest": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary"},
+                "description": "IIIF manifest or collection JSON file(s)",
+            },
         },
     }
     return {
@@ -144,6 +150,27 @@ def _read_uploads(files: list[FileStorage]) -> list[tuple[str, str, bytes]]:
     return read
 
 
+def _read_manifest_uploads() -> list[tuple[str, bytes]]:
+    """Uploaded manifests (multipart part `manifest`): JSON of a IIIF manifest or collection."""
+    if request.mimetype != "multipart/form-data":
+        return []
+    read = []
+    for upload in request.files.getlist("manifest"):
+        data = upload.read()
+        try:
+            kind = document_kind(json.loads(data))
+        except (ValueError, RecursionError):
+            kind = None
+        if kind is None:
+            raise ApiError(
+                422,
+                "invalid_manifest",
+                f"upload {upload.filename!r} is not a IIIF manifest or collection (JSON)",
+            )
+        read.append((upload.filename or "manifest.json", data))
+    return read
+
+
 @api.post("/task", responses={202: TaskCreated, **ERRORS}, openapi_extensions=_task_request_body())
 def submit_task() -> Response:
     """Submit a job; answers 202 with the task id and where to poll it."""
@@ -162,8 +189,20 @@ def submit_task() -> Response:
             f"timeout may be at most {limits.timeout_max_s} s for {task_request.type}",
         )
     urls = task_request.input.image_urls
-    if not urls and not files:
-        raise ApiError(422, "no_input", "give input.image_urls or upload files as 'images'")
+    manifest_urls = task_request.input.all_manifest_urls()
+    manifest_files = _read_manifest_uploads()
+    if not urls and not files and not manifest_urls and not manifest_files:
+        raise ApiError(
+            422,
+            "no_input",
+            "give input.image_urls or input.manifest_url(s), or upload 'images' or a 'manifest'",
+        )
+    if len(manifest_urls) + len(manifest_files) > svc.settings.iiif.max_manifests:
+        raise ApiError(
+            422,
+            "too_many_manifests",
+            f"at most {svc.settings.iiif.max_manifests} manifests per task",
+        )
     if len(urls) + len(files) > limits.max_images:
         raise ApiError(
             422,
@@ -181,8 +220,13 @@ def submit_task() -> Response:
     for index, (filename, suffix, data) in enumerate(uploaded, start=len(inputs)):
         path = uploads.save(svc.settings.uploads_dir, task_id, index, suffix, data)
         inputs.append({"upload": str(path), "filename": filename})
+    images = len(inputs)  # the worker adds the canvases of the manifests once it has read them
+    inputs.extend({"manifest_url": url} for url in manifest_urls)
+    for index, (filename, data) in enumerate(manifest_files, start=len(inputs)):
+        path = uploads.save(svc.settings.uploads_dir, task_id, index, ".json", data)
+        inputs.append({"manifest_upload": str(path), "filename": filename})
     spec = {"params": task_request.params.model_dump(), "inputs": inputs}
-    record = svc.store.create(g.owner, task_request.type, spec, len(inputs), timeout, task_id)
+    record = svc.store.create(g.owner, task_request.type, spec, images, timeout, task_id)
     try:
         svc.celery.send_task(
             RUN_JOB,

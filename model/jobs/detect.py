@@ -1,24 +1,28 @@
-"""Detect illustrations on a list of images (URLs or uploads).
+"""Detect illustrations on images (URLs, uploads) and on the canvases of IIIF manifests.
 
-Each image becomes one result item as soon as its batch is done, so a timeout or cancel keeps
-everything finished so far. A page that cannot be fetched or decoded is a failed item, not a
-failed job.
+Downloads run in threads ahead of inference (a bounded prefetch), inference runs in batches, and
+each page becomes one result item as soon as it is done, so a timeout or cancel keeps everything
+finished so far. A page that cannot be fetched or decoded is a failed item, not a failed job;
+only an unusable manifest fails the job. Boxes of canvases are in canvas coordinates.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.iiif.loader import json_getter
+from model.iiif.negotiate import ServiceInfo
 from model.jobs import JobFailed
-from model.sources.fetch import FetchError
-from model.sources.images import ImageDecodeError, decode_image, fit_within
+from model.jobs.loading import PageLoader, Prepared, to_output_box
+from model.jobs.units import plan_units
+from model.pipeline.cache import DetectionCache, params_digest
+from model.pipeline.prefetch import Prefetcher
 
 # Without an explicit max_side, images are shrunk to this many times the model's input size
 # before inference: enough detail for the letterbox resize, far fewer pixels to move.
@@ -40,16 +44,36 @@ class Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_urls: list[str] = Field(default_factory=list, description="http(s) URLs of images")
+    manifest_url: str | None = Field(
+        None, description="http(s) URL of a IIIF manifest or collection (Presentation 2.x/3.0)"
+    )
+    manifest_urls: list[str] = Field(
+        default_factory=list, description="http(s) URLs of IIIF manifests or collections"
+    )
 
-    @field_validator("image_urls")
+    @field_validator("image_urls", "manifest_urls")
     @classmethod
     def _http_urls(cls, urls: list[str]) -> list[str]:
         # Only the shape is checked here; the worker's fetcher decides which hosts it may reach.
         for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"not an http(s) URL: {url[:200]!r}")
+            _check_http_url(url)
         return urls
+
+    @field_validator("manifest_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            _check_http_url(url)
+        return url
+
+    def all_manifest_urls(self) -> list[str]:
+        return ([self.manifest_url] if self.manifest_url else []) + self.manifest_urls
+
+
+def _check_http_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url[:200]!r}")
 
 
 class Detector(Protocol):
@@ -61,79 +85,157 @@ class Detector(Protocol):
     ) -> list[list[dict[str, Any]]]: ...
 
 
-def _load(source: dict[str, Any], resources: dict[str, Any]) -> tuple[bytes, float]:
-    started = time.perf_counter()
-    if "url" in source:
-        data = resources["fetcher"].get(source["url"]).content
-    else:
-        data = Path(source["upload"]).read_bytes()
-    return data, time.perf_counter() - started
-
-
-def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _source_label(source: dict[str, Any]) -> str:
-    return source.get("url") or f"upload:{source.get('filename', '')}"
-
-
 def run(ctx: Any) -> None:
     params = Params(**ctx.spec.get("params", {}))
     resources = ctx.resources
+    settings = resources["settings"]
     name = params.model or resources["default_model"]
     detector: Detector | None = resources["detectors"].get(name)
     if detector is None:
         raise JobFailed("model_unavailable", f"model {name!r} is not loaded on this worker")
     max_side = params.max_side or detector.imgsz * MAX_SIDE_FACTOR
-    ctx.set_provenance({**resources["provenance"](detector), "params": params.model_dump()})
-
-    inputs: list[dict[str, Any]] = ctx.spec["inputs"]
-    finished = ctx.finished_indices()
-    pending = [(i, src) for i, src in enumerate(inputs) if i not in finished]
-    max_pixels = resources["settings"].fetch.max_pixels
-
-    for batch in _batches(pending, resources["settings"].worker.batch_size):
-        ctx.check_cancel()
-        ready: list[tuple[dict[str, Any], Image.Image, float]] = []
-        for index, source in batch:
-            item: dict[str, Any] = {"index": index, "source": _source_label(source)}
-            try:
-                data, fetch_s = _load(source, resources)
-                started = time.perf_counter()
-                image = decode_image(data, max_pixels)
-                item.update(width=image.width, height=image.height)
-                small, scale = fit_within(image, max_side)
-                item["timings"] = {"fetch_s": fetch_s, "decode_s": time.perf_counter() - started}
-                ready.append((item, small, scale))
-            except (FetchError, ImageDecodeError) as exc:
-                ctx.emit(
-                    {
-                        **item,
-                        "status": "failed",
-                        "detections": [],
-                        "error": {"code": exc.code, "message": exc.message},
-                    },
-                    failed=True,
-                )
-        if not ready:
-            continue
-        started = time.perf_counter()
-        predictions = detector.predict([img for _, img, _ in ready], params.confidence, params.iou)
-        per_image_s = (time.perf_counter() - started) / len(ready)
-        for (item, _, scale), detections in zip(ready, predictions, strict=True):
-            item["timings"]["inference_s"] = per_image_s
-            item["detections"] = [_to_original(d, scale) for d in detections]
-            item["status"] = "ok"
-            ctx.emit(item)
-
-
-def _to_original(detection: dict[str, Any], scale: float) -> dict[str, Any]:
-    """Boxes come in the analysed image's pixels; report them in the original image's."""
-    x1, y1, x2, y2 = (v / scale for v in detection["xyxy"])
-    return {
-        "xywh": [round(x1), round(y1), round(x2 - x1), round(y2 - y1)],
-        "confidence": round(float(detection["confidence"]), 4),
-        "label": detection["label"],
+    info = getattr(detector, "info", None)
+    provenance: dict[str, Any] = {
+        **resources["provenance"](detector),
+        "params": params.model_dump(),
+        "max_side": max_side,
+        "classes": list(getattr(info, "classes", [])),
     }
+    ctx.set_provenance(provenance)
+
+    fetcher = resources["fetcher"]
+    plan = plan_units(ctx.spec["inputs"], fetcher, settings)
+    ctx.set_total(len(plan.units))
+    finished = ctx.finished_indices()
+    pending = [unit for unit in plan.units if unit.index not in finished]
+    analysis = {"confidence": params.confidence, "iou": params.iou, "max_side": max_side}
+    loader = PageLoader(
+        fetcher=fetcher,
+        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
+        cache=DetectionCache(
+            resources.get("redis"), settings.cache.ttl_s, settings.cache.max_entries
+        ),
+        params_key=params_digest(getattr(info, "sha256", name), analysis),
+        max_side=max_side,
+        min_side=min(max_side, detector.imgsz),
+        max_pixels=settings.fetch.max_pixels,
+    )
+    stats = _Stats()
+    started = time.perf_counter()
+    try:
+        with Prefetcher(
+            pending,
+            loader,
+            loader.failed,
+            threads=settings.pipeline.download_threads,
+            depth=settings.pipeline.prefetch_depth,
+        ) as prefetch:
+            # next_batch checks the cancel flag while it waits, so a cancel is seen between
+            # batches and while downloads are slow.
+            while batch := prefetch.next_batch(settings.worker.batch_size, ctx.check_cancel):
+                _analyse(ctx, batch, detector, params, loader.cache, stats)
+    finally:
+        provenance.update(
+            manifests=[m.as_dict() for m in plan.manifests],
+            manifest_problems=plan.problems,
+            resumed_after=len(finished),
+            pipeline={
+                "download_threads": settings.pipeline.download_threads,
+                "prefetch_depth": settings.pipeline.prefetch_depth,
+                "batch_size": settings.worker.batch_size,
+                "per_host_concurrency": settings.fetch.per_host_concurrency,
+            },
+            cache={"hits": stats.hits, "misses": stats.misses},
+            bytes_fetched=stats.bytes_fetched,
+            timings={
+                **{k: round(v, 3) for k, v in stats.timings.items()},
+                "wall_s": round(time.perf_counter() - started, 3),
+            },
+        )
+        ctx.set_provenance(provenance)
+
+
+@dataclass
+class _Stats:
+    hits: int = 0
+    misses: int = 0
+    bytes_fetched: int = 0
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"fetch_s": 0.0, "decode_s": 0.0, "inference_s": 0.0}
+    )
+
+    def add(self, prepared: Prepared) -> None:
+        self.bytes_fetched += prepared.item.get("bytes", 0)
+        for stage, seconds in prepared.timings.items():
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+
+def _analyse(
+    ctx: Any,
+    batch: list[Prepared],
+    detector: Detector,
+    params: Params,
+    cache: DetectionCache,
+    stats: _Stats,
+) -> None:
+    ready: list[Prepared] = []
+    for prepared in batch:
+        stats.add(prepared)
+        if prepared.error is not None:
+            code, message = prepared.error
+            failed = {**prepared.item, "status": "failed", "detections": [], "timings": {}}
+            failed["timings"] = {k: round(v, 4) for k, v in prepared.timings.items()}
+            ctx.emit({**failed, "error": {"code": code, "message": message}}, failed=True)
+        elif prepared.cached is not None:
+            stats.hits += 1
+            _emit_ok(ctx, prepared, prepared.cached, cached=True)
+        else:
+            ready.append(prepared)
+    if not ready:
+        return
+    started = time.perf_counter()
+    predictions = detector.predict([p.image for p in ready], params.confidence, params.iou)
+    per_image_s = (time.perf_counter() - started) / len(ready)
+    stats.misses += len(ready)
+    stats.timings["inference_s"] += per_image_s * len(ready)
+    for prepared, detections in zip(ready, predictions, strict=True):
+        # Boxes come in the analysed image's pixels: keep them in the decoded image's.
+        decoded = [
+            {
+                "xyxy": [round(v / prepared.scale, 2) for v in d["xyxy"]],
+                "confidence": round(float(d["confidence"]), 4),
+                "label": d["label"],
+            }
+            for d in detections
+        ]
+        width, height = prepared.decoded_size
+        if prepared.cache_key:
+            cache.put(prepared.cache_key, {"width": width, "height": height, "detections": decoded})
+        prepared.image = None  # free the pixels now, not when the batch list goes
+        prepared.timings["inference_s"] = per_image_s
+        _emit_ok(ctx, prepared, decoded, cached=False)
+
+
+def _emit_ok(ctx: Any, prepared: Prepared, decoded: list[dict[str, Any]], cached: bool) -> None:
+    width, height = prepared.decoded_size
+    item = {
+        **prepared.item,
+        "status": "ok",
+        "width": width,
+        "height": height,
+        "cached": cached,
+        "detections": [
+            {
+                "xywh": to_output_box(prepared, d["xyxy"]),
+                "confidence": d["confidence"],
+                "label": d["label"],
+            }
+            for d in decoded
+        ],
+        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
+    }
+    if prepared.unit.canvas is not None:
+        item["coordinates"] = "canvas"
+        item["canvas_width"] = item.get("canvas_width") or width
+        item["canvas_height"] = item.get("canvas_height") or height
+    ctx.emit(item)

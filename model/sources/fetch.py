@@ -5,13 +5,16 @@
   DNS answer that changes between check and connect cannot reach an internal address; every
   redirect opens a new connection and is checked the same way;
 - connect/read timeouts, a streamed body-size cap, bounded redirects;
-- retries with backoff on connection errors, 429 and 5xx, honouring Retry-After.
+- retries with backoff on connection errors, 429 and 5xx, honouring Retry-After;
+- at most `per_host_concurrency` requests in flight to one host from this process (download
+  threads share one fetcher), so a library's server is never hammered.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -93,9 +96,9 @@ def _guarded_classes(policy: AddressPolicy) -> dict[str, type]:
 
 
 class _GuardedAdapter(HTTPAdapter):
-    def __init__(self, policy: AddressPolicy) -> None:
+    def __init__(self, policy: AddressPolicy, pool_maxsize: int = 10) -> None:
         self._pool_classes = _guarded_classes(policy)
-        super().__init__(max_retries=0)
+        super().__init__(max_retries=0, pool_maxsize=pool_maxsize)
 
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         super().init_poolmanager(*args, **kwargs)
@@ -121,17 +124,21 @@ class SafeFetcher:
         user_agent: str = "Scriptorium",
         retries: int = 2,
         backoff_s: float = 0.5,
+        per_host_concurrency: int = 4,
     ) -> None:
         self.policy = AddressPolicy.from_list(allow)
         self.timeout = (connect_timeout_s, read_timeout_s)
         self.max_bytes = max_bytes
         self.retries = retries
         self.backoff_s = backoff_s
+        self.per_host_concurrency = max(1, per_host_concurrency)
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies from the environment
         self.session.max_redirects = max_redirects
         self.session.headers["User-Agent"] = user_agent
-        adapter = _GuardedAdapter(self.policy)
+        adapter = _GuardedAdapter(self.policy, pool_maxsize=max(10, self.per_host_concurrency))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -153,20 +160,35 @@ class SafeFetcher:
                 "blocked_address", f"{parts.hostname} resolves to a non-public address"
             )
 
-    def get(self, url: str) -> FetchResult:
+    def _host_slot(self, url: str) -> threading.BoundedSemaphore:
+        parts = urlsplit(url)
+        host = f"{parts.hostname}:{parts.port or ''}"
+        with self._slots_lock:
+            slot = self._host_slots.get(host)
+            if slot is None:
+                slot = self._host_slots[host] = threading.BoundedSemaphore(
+                    self.per_host_concurrency
+                )
+            return slot
+
+    def get(self, url: str, max_bytes: int | None = None) -> FetchResult:
+        """Fetch `url`; `max_bytes` lowers the body cap (manifests and info.json are small)."""
         self.check_url(url)
+        cap = min(max_bytes, self.max_bytes) if max_bytes else self.max_bytes
+        slot = self._host_slot(url)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._get_once(url, attempt)
+                with slot:  # not held while sleeping before a retry
+                    return self._get_once(url, attempt, cap)
             except _Retryable as exc:
                 if attempt > self.retries:
                     raise exc.error from None
                 backoff = self.backoff_s * 2 ** (attempt - 1)
                 time.sleep(exc.wait_s if exc.wait_s is not None else backoff)
 
-    def _get_once(self, url: str, attempt: int) -> FetchResult:
+    def _get_once(self, url: str, attempt: int, max_bytes: int) -> FetchResult:
         try:
             with self.session.get(url, timeout=self.timeout, stream=True) as resp:
                 if resp.status_code in RETRY_STATUSES:
@@ -177,7 +199,10 @@ class SafeFetcher:
                 if resp.status_code >= 400:
                     raise FetchError("http_error", f"HTTP {resp.status_code} from {resp.url}")
                 return FetchResult(
-                    resp.url, self._read_capped(resp), resp.headers.get("Content-Type"), attempt
+                    resp.url,
+                    self._read_capped(resp, max_bytes),
+                    resp.headers.get("Content-Type"),
+                    attempt,
                 )
         except FetchError:
             raise
@@ -196,16 +221,16 @@ class SafeFetcher:
         except requests.exceptions.RequestException as exc:
             raise FetchError("fetch_error", f"cannot fetch {url}: {exc}") from exc
 
-    def _read_capped(self, resp: requests.Response) -> bytes:
+    def _read_capped(self, resp: requests.Response, max_bytes: int) -> bytes:
         declared = resp.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared and declared.isdigit() and int(declared) > max_bytes:
             raise FetchError("too_large", f"body of {declared} bytes is over the limit")
         chunks: list[bytes] = []
         size = 0
         for chunk in resp.iter_content(chunk_size=1 << 16):
             size += len(chunk)
-            if size > self.max_bytes:
-                raise FetchError("too_large", f"body is over the limit of {self.max_bytes} bytes")
+            if size > max_bytes:
+                raise FetchError("too_large", f"body is over the limit of {max_bytes} bytes")
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from model.synthetic import RenderedPage, render_page
+from server.tests.iiif_server import IiifServer, Published
 from server.tests.stack import Api, Stack, start_stack
 
 
@@ -73,3 +74,49 @@ def jpeg_bytes(page: RenderedPage, quality: int = 90) -> bytes:
 def pages() -> list[RenderedPage]:
     """Fresh pages (seeds far from the training range) with known illustration boxes."""
     return [render_page(900_000 + i, n_illustrations=1 + i % 3) for i in range(6)]
+
+
+# --- IIIF: a stack of its own (short read timeout) and a local IIIF image server ---------------
+
+
+@pytest.fixture(scope="session")
+def iiif_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    stack = start_stack(
+        tmp_path_factory.mktemp("iiif-stack"),
+        # A page slower than this fails as a timeout (after one retry) instead of stalling.
+        SCRIPTORIUM_FETCH__READ_TIMEOUT_S="1",
+        SCRIPTORIUM_FETCH__RETRIES="1",
+        # Decompression bombs need not be huge to be refused.
+        SCRIPTORIUM_FETCH__MAX_PIXELS=str(40_000_000),
+    )
+    stack.create_key("iiif", "--rate", "100000/second")
+    stack.create_key("iiif-other", "--rate", "100000/second")
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def iiif_api(iiif_stack: Stack) -> Api:
+    return iiif_stack.client(iiif_stack.keys["iiif"])
+
+
+@pytest.fixture(scope="session")
+def iiif_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IiifServer]:
+    server = IiifServer(tmp_path_factory.mktemp("iiif-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def private_server(iiif_server: IiifServer) -> Iterator[IiifServer]:
+    """The same files on 127.0.0.2: loopback too, but not allow-listed for the worker."""
+    server = IiifServer(iiif_server.root, host="127.0.0.2")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def iiif_pages(iiif_server: IiifServer) -> list[tuple[RenderedPage, Published]]:
+    """Synthetic pages with known boxes, each behind a level-0 Image API 3.0 service."""
+    pages = [render_page(910_000 + i, 1200, 1600, n_illustrations=1 + i % 3) for i in range(4)]
+    return [(p, iiif_server.publish(f"page{i}", p.image, 3)) for i, p in enumerate(pages)]

@@ -1,0 +1,195 @@
+"""IIIF Image API 2 and 3 services: read their description and ask for only the pixels we need.
+
+Size choice by compliance level:
+- level 1/2: any width (`w,`), capped by `maxWidth`/`maxHeight`/`maxArea`;
+- level 0 (and services whose level is unknown): only the sizes the service lists, or the full
+  image — the smallest listed size at least `max_side` long, else the largest one still at least
+  `min_side` long (the detector's own input), else the full image;
+- never more than the full image (no upscaling), never a service we cannot speak (Image API 1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from model.iiif.jsonld import as_list, contexts, node_id, node_type, positive_int
+
+_LEVEL = re.compile(r"level\s*([0-2])")
+
+
+@dataclass(frozen=True)
+class ImageService:
+    id: str  # base URI, without a trailing slash
+    version: int  # Image API major version: 2 or 3
+    level: int  # compliance level 0-2; 0 when the service does not say
+    width: int | None = None
+    height: int | None = None
+    sizes: tuple[tuple[int, int], ...] = ()
+    max_width: int | None = None
+    max_height: int | None = None
+    max_area: int | None = None
+    described: bool = False  # read from info.json (not only the manifest's embedded stub)
+
+    @property
+    def info_url(self) -> str:
+        return f"{self.id}/info.json"
+
+    def merged(self, info: ImageService) -> ImageService:
+        """This (embedded) description completed by the service's own info.json."""
+        return replace(
+            info,
+            id=info.id or self.id,
+            width=info.width or self.width,
+            height=info.height or self.height,
+            sizes=info.sizes or self.sizes,
+            described=True,
+        )
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    url: str
+    width: int | None  # expected size of the answer (the server may round by a pixel)
+    height: int | None
+    full_width: int | None
+    full_height: int | None
+    method: str  # "scaled", "listed_size", "full" (via the service) or "image" (no service)
+    notes: list[str] = field(default_factory=list)
+
+
+def _version(node: dict[str, Any]) -> int | None:
+    kind = node_type(node)
+    hints = " ".join(
+        [*contexts(node), *(p for p in as_list(node.get("profile")) if isinstance(p, str))]
+    )
+    if kind == "imageservice3" or "image/3" in hints:
+        return 3
+    if kind == "imageservice2" or "image/2" in hints:
+        return 2
+    if kind == "imageservice1" or "image/1" in hints:
+        return 1
+    return None
+
+
+def _level(node: dict[str, Any]) -> int:
+    for entry in as_list(node.get("profile")):
+        if isinstance(entry, str) and (match := _LEVEL.search(entry)):
+            return int(match.group(1))
+    return 0
+
+
+def _limits(node: dict[str, Any]) -> dict[str, int | None]:
+    # 3.0 puts maxWidth & co. on the service; 2.x inside the profile's description object.
+    sources = [node, *(p for p in as_list(node.get("profile")) if isinstance(p, dict))]
+    found: dict[str, int | None] = {"maxWidth": None, "maxHeight": None, "maxArea": None}
+    for source in sources:
+        for key in found:
+            found[key] = found[key] or positive_int(source.get(key))
+    return found
+
+
+def parse_service(value: Any, default_version: int = 2) -> ImageService | None:
+    """The first Image API 2/3 service in a `service` value (object or list), if any.
+
+    A service that names no version is taken as `default_version` (lenient: real manifests omit
+    `@context`/`profile`); an Image API 1 service is not used.
+    """
+    for node in as_list(value):
+        if not isinstance(node, dict):
+            continue
+        service_id = node_id(node)
+        kind = node_type(node)
+        hints = " ".join(
+            contexts(node) + [p for p in as_list(node.get("profile")) if isinstance(p, str)]
+        )
+        other_api = (kind and not kind.startswith("imageservice")) or "iiif.io/api/" in hints
+        if not service_id or (_version(node) is None and other_api):
+            continue  # e.g. an auth or search service
+        version = _version(node) or default_version
+        if version not in (2, 3):
+            continue
+        limits = _limits(node)
+        sizes = tuple(
+            (w, h)
+            for size in as_list(node.get("sizes"))
+            if isinstance(size, dict)
+            and (w := positive_int(size.get("width")))
+            and (h := positive_int(size.get("height")))
+        )
+        max_width = limits["maxWidth"]
+        return ImageService(
+            id=service_id.rstrip("/"),
+            version=version,
+            level=_level(node),
+            width=positive_int(node.get("width")),
+            height=positive_int(node.get("height")),
+            sizes=sizes,
+            max_width=max_width,
+            max_height=limits["maxHeight"] or max_width,  # maxHeight defaults to maxWidth
+            max_area=limits["maxArea"],
+        )
+    return None
+
+
+def parse_info(data: Any, fallback_id: str, default_version: int) -> ImageService | None:
+    """An info.json document as a service description."""
+    if not isinstance(data, dict):
+        return None
+    if not node_id(data):
+        data = {**data, "id": fallback_id}
+    return parse_service(data, default_version)
+
+
+def _full_url(service: ImageService) -> str:
+    return f"{service.id}/full/{'max' if service.version == 3 else 'full'}/0/default.jpg"
+
+
+def _size_url(service: ImageService, width: int, height: int) -> str:
+    # Canonical size forms: `w,` in 2.x, `w,h` in 3.0 (what level-0 servers store).
+    size = f"{width},{height}" if service.version == 3 else f"{width},"
+    return f"{service.id}/full/{size}/0/default.jpg"
+
+
+def choose_request(
+    service: ImageService,
+    max_side: int,
+    min_side: int,
+) -> ImageRequest:
+    """The request for the smallest image that still gives the detector `max_side` pixels."""
+    width, height = service.width, service.height
+    if not width or not height:
+        return ImageRequest(
+            _full_url(service),
+            None,
+            None,
+            None,
+            None,
+            "full",
+            ["service does not give the image size: full image requested"],
+        )
+    longest = max(width, height)
+    full = ImageRequest(_full_url(service), width, height, width, height, "full")
+    if service.level >= 1:
+        scale = min(1.0, max_side / longest)
+        if service.max_width:
+            scale = min(scale, service.max_width / width)
+        if service.max_height:
+            scale = min(scale, service.max_height / height)
+        if service.max_area:
+            scale = min(scale, math.sqrt(service.max_area / (width * height)))
+        if scale >= 1.0:
+            return full
+        w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+        return ImageRequest(_size_url(service, w, h), w, h, width, height, "scaled")
+    if longest <= max_side:
+        return full
+    listed = sorted((s for s in service.sizes if s[0] <= width and s[1] <= height), key=max)
+    big_enough = [s for s in listed if max(s) >= max_side]
+    usable = big_enough[:1] or [s for s in listed if max(s) >= min_side][-1:]
+    if not usable or usable[0] == (width, height):
+        return full
+    w, h = usable[0]
+    return ImageRequest(_size_url(service, w, h), w, h, width, height, "listed_size")

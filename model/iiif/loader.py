@@ -1,0 +1,191 @@
+"""Read the manifests a task names (URLs through the safe fetcher, or uploaded JSON) and expand
+collections, within limits: collection depth, number of documents fetched, number of canvases.
+
+A manifest the task names that cannot be used fails the task (`ManifestError`, with a clear
+code); a broken member deep in a collection is only reported, the rest goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from model.iiif.presentation import Canvas, Document, NotIiif, parse_document
+from model.sources.fetch import FetchError
+
+JsonGetter = Callable[[str], Any]  # URL -> parsed JSON; raises FetchError or ValueError
+
+REFUSED_CODES = {"blocked_address", "bad_scheme", "bad_url"}
+
+
+class ManifestError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_depth: int = 2
+    max_canvases: int = 500
+    max_documents: int = 50
+
+
+@dataclass
+class ManifestSummary:
+    """What was read from one manifest (kept in the result's provenance)."""
+
+    index: int
+    source: str  # URL or upload name the manifest came from
+    id: str
+    label: str
+    version: int
+    canvases: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "source": self.source,
+            "id": self.id,
+            "label": self.label,
+            "version": self.version,
+            "canvases": self.canvases,
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(frozen=True)
+class CanvasTask:
+    manifest: ManifestSummary
+    canvas: Canvas
+    position: int  # 0-based position of the canvas in its manifest
+
+
+@dataclass
+class Loaded:
+    manifests: list[ManifestSummary] = field(default_factory=list)
+    canvases: list[CanvasTask] = field(default_factory=list)
+    problems: list[dict[str, str]] = field(default_factory=list)  # members left out, limits hit
+
+
+def json_getter(fetcher: Any, max_bytes: int) -> JsonGetter:
+    def get(url: str) -> Any:
+        return json.loads(fetcher.get(url, max_bytes=max_bytes).content)
+
+    return get
+
+
+class _Reader:
+    def __init__(self, get_json: JsonGetter, limits: Limits) -> None:
+        self.get_json = get_json
+        self.limits = limits
+        self.loaded = Loaded()
+        self.fetched = 0
+
+    def fetch(self, url: str) -> Document:
+        if self.fetched >= self.limits.max_documents:
+            raise ManifestError(
+                "too_many_manifests", f"more than {self.limits.max_documents} manifests to read"
+            )
+        self.fetched += 1
+        try:
+            return parse_document(self.get_json(url))
+        except FetchError as exc:
+            code = "manifest_refused" if exc.code in REFUSED_CODES else "manifest_unavailable"
+            raise ManifestError(code, f"cannot fetch {url}: {exc.code}: {exc.message}") from exc
+        except (ValueError, RecursionError) as exc:
+            # json.JSONDecodeError and NotIiif are ValueErrors too.
+            reason = str(exc) if isinstance(exc, NotIiif) else "not valid JSON"
+            raise ManifestError("manifest_invalid", f"{url}: {reason}") from exc
+
+    def full(self) -> bool:
+        return len(self.loaded.canvases) >= self.limits.max_canvases
+
+    def add(self, doc: Document, source: str, depth: int) -> None:
+        if doc.kind == "collection":
+            self._expand(doc, source, depth)
+            return
+        summary = ManifestSummary(
+            len(self.loaded.manifests), source, doc.id, doc.label, doc.version
+        )
+        self.loaded.manifests.append(summary)
+        for position, canvas in enumerate(doc.canvases):
+            if canvas.image is None:
+                summary.skipped.append(
+                    {
+                        "canvas_id": canvas.id,
+                        "label": canvas.label,
+                        "reason": canvas.skip_reason or "",
+                    }
+                )
+                continue
+            if self.full():
+                summary.skipped.append(
+                    {
+                        "canvas_id": canvas.id,
+                        "label": canvas.label,
+                        "reason": f"over the limit of {self.limits.max_canvases} canvases per task",
+                    }
+                )
+                continue
+            self.loaded.canvases.append(CanvasTask(summary, canvas, position))
+            summary.canvases += 1
+
+    def _expand(self, collection: Document, source: str, depth: int) -> None:
+        if depth >= self.limits.max_depth + 1:
+            self.loaded.problems.append(
+                {
+                    "source": source,
+                    "reason": f"collection nested deeper than {self.limits.max_depth}",
+                }
+            )
+            return
+        for member in collection.members:
+            if self.full():
+                self.loaded.problems.append(
+                    {"source": member.id or "", "reason": "canvas limit reached: not read"}
+                )
+                continue
+            if member.kind == "collection" and depth >= self.limits.max_depth:
+                self.loaded.problems.append(
+                    {
+                        "source": member.id or "",
+                        "reason": f"collection nested deeper than {self.limits.max_depth}",
+                    }
+                )
+                continue
+            try:
+                if member.embedded is not None:
+                    doc = parse_document(member.embedded)
+                elif member.id:
+                    doc = self.fetch(member.id)
+                else:
+                    raise ManifestError("manifest_invalid", "collection member without an id")
+                self.add(doc, member.id or source, depth + 1)
+            except ManifestError as exc:
+                if exc.code == "too_many_manifests":
+                    raise
+                self.loaded.problems.append({"source": member.id or "", "reason": exc.message})
+
+
+def load(
+    urls: list[str],
+    uploaded: list[tuple[str, Any]],
+    get_json: JsonGetter,
+    limits: Limits,
+) -> Loaded:
+    """Read manifest URLs, then uploaded manifests ((name, parsed JSON)), in that order."""
+    reader = _Reader(get_json, limits)
+    for url in urls:
+        reader.add(reader.fetch(url), url, 0)
+    for name, doc in uploaded:
+        try:
+            parsed = parse_document(doc)
+        except NotIiif as exc:
+            raise ManifestError("manifest_invalid", f"upload {name!r}: {exc}") from exc
+        reader.add(parsed, f"upload:{name}", 0)
+    return reader.loaded

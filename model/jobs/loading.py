@@ -1,0 +1,137 @@
+"""Bring one unit of work to the point where only inference is left (runs in prefetch threads):
+pick the image request (IIIF size negotiation), fetch, hash, look up the cache, decode, shrink.
+
+Every outcome is a `Prepared` — failures included — so the consumer can record each page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from model.iiif.negotiate import ServiceInfo, plan_request
+from model.jobs.units import WorkUnit
+from model.pipeline.cache import DetectionCache
+from model.sources.fetch import FetchError
+from model.sources.images import ImageDecodeError, decode_image, fit_within
+
+
+@dataclass
+class Prepared:
+    unit: WorkUnit
+    item: dict[str, Any]  # the result item so far
+    image: Image.Image | None = None  # what the detector sees (None: failed or cached)
+    scale: float = 1.0  # analysed image / decoded image
+    decoded_size: tuple[int, int] = (0, 0)
+    cache_key: str | None = None
+    cached: list[dict[str, Any]] | None = None  # detections (xyxy in decoded pixels)
+    error: tuple[str, str] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PageLoader:
+    fetcher: Any
+    services: ServiceInfo
+    cache: DetectionCache
+    params_key: str
+    max_side: int
+    min_side: int
+    max_pixels: int
+
+    def __call__(self, unit: WorkUnit) -> Prepared:
+        prepared = Prepared(unit, base_item(unit))
+        try:
+            self._load(prepared)
+        except (FetchError, ImageDecodeError) as exc:
+            prepared.error = (exc.code, exc.message)
+        return prepared
+
+    def failed(self, unit: WorkUnit, exc: Exception) -> Prepared:
+        """An unexpected error while loading one page fails that page only."""
+        return Prepared(unit, base_item(unit), error=("load_error", f"{type(exc).__name__}: {exc}"))
+
+    def _load(self, prepared: Prepared) -> None:
+        unit, item = prepared.unit, prepared.item
+        started = time.perf_counter()
+        if unit.canvas is not None:
+            canvas = unit.canvas.canvas
+            assert canvas.image is not None
+            request = plan_request(
+                canvas.image,
+                self.services,
+                self.max_side,
+                self.min_side,
+                (canvas.width, canvas.height),
+            )
+            item.update(
+                source=request.url,
+                image_url=request.url,
+                request={
+                    "method": request.method,
+                    "expected_width": request.width,
+                    "expected_height": request.height,
+                    "full_width": request.full_width,
+                    "full_height": request.full_height,
+                },
+            )
+            if request.notes:
+                item["notes"] = request.notes
+            data = self.fetcher.get(request.url).content
+        elif unit.url is not None:
+            data = self.fetcher.get(unit.url).content
+        else:
+            data = Path(unit.upload or "").read_bytes()
+        prepared.timings["fetch_s"] = time.perf_counter() - started
+        if unit.upload is None:
+            item["bytes"] = len(data)
+        prepared.cache_key = self.cache.key(hashlib.sha256(data).hexdigest(), self.params_key)
+        hit = self.cache.get(prepared.cache_key)
+        if hit is not None:
+            prepared.decoded_size = (hit["width"], hit["height"])
+            prepared.cached = hit["detections"]
+            return
+        started = time.perf_counter()
+        decoded = decode_image(data, self.max_pixels)
+        del data
+        prepared.decoded_size = decoded.size
+        prepared.image, prepared.scale = fit_within(decoded, self.max_side)
+        prepared.timings["decode_s"] = time.perf_counter() - started
+
+
+def base_item(unit: WorkUnit) -> dict[str, Any]:
+    item: dict[str, Any] = {"index": unit.index, "source": unit.source}
+    if unit.canvas is not None:
+        canvas = unit.canvas.canvas
+        item.update(
+            canvas_id=canvas.id,
+            label=canvas.label,
+            manifest=unit.canvas.manifest.index,
+            canvas_width=canvas.width,
+            canvas_height=canvas.height,
+        )
+    return item
+
+
+def to_output_box(prepared: Prepared, xyxy: list[float]) -> list[int]:
+    """A box in decoded-image pixels, as x, y, w, h in the item's coordinate space: the canvas
+    for IIIF canvases (the image may be smaller, larger, or painted on part of it), else the
+    decoded image."""
+    x1, y1, x2, y2 = xyxy
+    unit = prepared.unit
+    width, height = prepared.decoded_size
+    if unit.canvas is not None and width and height:
+        canvas = unit.canvas.canvas
+        region = canvas.image.region if canvas.image else None
+        if region is None:
+            region = (0, 0, canvas.width or width, canvas.height or height)
+        rx, ry, rw, rh = region
+        sx, sy = rw / width, rh / height
+        x1, x2 = rx + x1 * sx, rx + x2 * sx
+        y1, y2 = ry + y1 * sy, ry + y2 * sy
+    return [round(x1), round(y1), round(x2 - x1), round(y2 - y1)]

@@ -1,0 +1,73 @@
+"""A detect task's inputs as units of work, one per result item: image URLs and uploads first
+(in the order given), then the canvases of every manifest (manifest URLs, then uploads).
+
+The numbering is deterministic, so a task redelivered after a crash plans the same units and
+resumes after the items already stored (JobContext.finished_indices).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from model.iiif.loader import CanvasTask, Limits, ManifestError, ManifestSummary, json_getter, load
+from model.jobs import JobFailed
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    index: int
+    source: str  # what the item is reported as: URL, upload:<name>, or the canvas id
+    url: str | None = None
+    upload: str | None = None
+    canvas: CanvasTask | None = None
+
+
+@dataclass
+class Plan:
+    units: list[WorkUnit]
+    manifests: list[ManifestSummary] = field(default_factory=list)
+    problems: list[dict[str, str]] = field(default_factory=list)
+
+
+def _uploaded_manifest(entry: dict[str, Any]) -> tuple[str, Any]:
+    name = entry.get("filename") or Path(entry["manifest_upload"]).name
+    try:
+        return name, json.loads(Path(entry["manifest_upload"]).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise JobFailed(
+            "manifest_invalid", f"uploaded manifest {name!r} is not readable JSON"
+        ) from exc
+
+
+def plan_units(inputs: list[dict[str, Any]], fetcher: Any, settings: Any) -> Plan:
+    units: list[WorkUnit] = []
+    for entry in inputs:
+        if "url" in entry:
+            units.append(WorkUnit(len(units), entry["url"], url=entry["url"]))
+        elif "upload" in entry:
+            label = f"upload:{entry.get('filename', '')}"
+            units.append(WorkUnit(len(units), label, upload=entry["upload"]))
+    urls = [e["manifest_url"] for e in inputs if "manifest_url" in e]
+    uploads = [_uploaded_manifest(e) for e in inputs if "manifest_upload" in e]
+    if not urls and not uploads:
+        return Plan(units)
+    limits = Limits(
+        max_depth=settings.iiif.max_collection_depth,
+        max_canvases=settings.iiif.max_canvases,
+        max_documents=settings.iiif.max_manifests,
+    )
+    try:
+        loaded = load(urls, uploads, json_getter(fetcher, settings.iiif.max_json_bytes), limits)
+    except ManifestError as exc:
+        raise JobFailed(exc.code, exc.message) from exc
+    if not loaded.canvases and not units:
+        skipped = sum(len(m.skipped) for m in loaded.manifests)
+        raise JobFailed(
+            "no_images", f"the manifests have no canvas with an image ({skipped} canvases skipped)"
+        )
+    for task in loaded.canvases:
+        units.append(WorkUnit(len(units), task.canvas.id, canvas=task))
+    return Plan(units, loaded.manifests, loaded.problems)

@@ -1,0 +1,270 @@
+"""A real IIIF source for the tests: static level-0 Image API 2.1/3.0 trees produced by the `iiif`
+reference implementation's static generator (iiif.static), plus manifests, served over HTTP with
+a request log (to count the bytes the worker actually fetched) and a few misbehaviours (404,
+slow, 503 + Retry-After, redirects) that stand in for remote hosts we cannot run."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from iiif.static import IIIFStatic
+from PIL import Image
+
+CONTENT_TYPES = {".json": "application/json", ".jpg": "image/jpeg", ".png": "image/png"}
+
+
+@dataclass
+class Rule:
+    status: int | None = None
+    delay_s: float = 0.0
+    redirect: str | None = None
+    fail_times: int = 0  # answer 503 + Retry-After this many times first
+    retry_after_s: int = 1
+
+
+@dataclass
+class Logged:
+    path: str
+    status: int
+    bytes: int
+    at: float
+
+
+@dataclass
+class Published:
+    identifier: str
+    version: int
+    service_id: str
+    full_url: str  # the original JPEG, as a server without an image service offers it
+    width: int
+    height: int
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        path = unquote(urlsplit(self.path).path)
+        rule = self.server.owner.rules.get(path)
+        if rule is not None:
+            if rule.delay_s:
+                time.sleep(rule.delay_s)
+            if rule.redirect:
+                return self._send(path, 302, b"", {"Location": rule.redirect})
+            if rule.fail_times > 0:
+                rule.fail_times -= 1
+                return self._send(path, 503, b"busy", {"Retry-After": str(rule.retry_after_s)})
+            if rule.status:
+                return self._send(path, rule.status, b"no")
+        root = self.server.owner.root.resolve()
+        file = (root / path.lstrip("/")).resolve()
+        if root not in file.parents or not file.is_file():
+            return self._send(path, 404, b"not found")
+        ctype = CONTENT_TYPES.get(file.suffix, "application/octet-stream")
+        self._send(path, 200, file.read_bytes(), {"Content-Type": ctype})
+
+    def _send(self, path: str, status: int, body: bytes, headers: dict[str, str] | None = None):
+        self.server.owner.log.append(Logged(path, status, len(body), time.monotonic()))
+        try:
+            self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (read timeout)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: IiifServer
+
+
+@dataclass
+class IiifServer:
+    root: Path
+    host: str = "127.0.0.1"
+    rules: dict[str, Rule] = field(default_factory=dict)
+    log: list[Logged] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._server = _Server((self.host, 0), _Handler)
+        self._server.owner = self
+        self.url = f"http://{self.host}:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+
+    # --- content ---------------------------------------------------------------------------
+    def add(self, name: str, data: bytes) -> str:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return f"{self.url}/{name}"
+
+    def add_json(self, name: str, doc: Any) -> str:
+        return self.add(name, json.dumps(doc).encode())
+
+    def publish(self, identifier: str, image: Image.Image, version: int) -> Published:
+        """A level-0 static Image API service for `image` (tiles, listed sizes, info.json)."""
+        source = self.root / "originals" / f"{identifier}.jpg"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        image.save(source, format="JPEG", quality=85)
+        tree = self.root / f"iiif{version}"
+        prefix = f"{self.url}/iiif{version}"
+        generator = IIIFStatic(
+            dst=str(tree),
+            tilesize=1024,
+            api_version=f"{version}.{1 if version == 2 else 0}",
+            prefix=prefix,
+        )
+        generator.generate(src=str(source), identifier=identifier)
+        base = tree / identifier
+        # Full size under the canonical name (`full` in 2.x, `max` in 3.0), as level 0 allows.
+        full = base / "full" / ("full" if version == 2 else "max") / "0"
+        full.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, full / "default.jpg")
+        return Published(
+            identifier,
+            version,
+            f"{prefix}/{identifier}",
+            f"{self.url}/originals/{identifier}.jpg",
+            image.width,
+            image.height,
+        )
+
+    # --- request log -----------------------------------------------------------------------
+    def requests_to(self, prefix: str) -> list[Logged]:
+        return [entry for entry in self.log if entry.path.startswith(prefix)]
+
+    def bytes_sent(self, paths: set[str]) -> int:
+        return sum(entry.bytes for entry in self.log if entry.path in paths and entry.status == 200)
+
+
+# --- manifests --------------------------------------------------------------------------------
+
+
+def path_of(url: str) -> str:
+    return urlsplit(url).path
+
+
+def v3_canvas(
+    canvas_id: str,
+    label: str,
+    width: int,
+    height: int,
+    body: dict[str, Any] | None,
+) -> dict[str, Any]:
+    canvas: dict[str, Any] = {
+        "id": canvas_id,
+        "type": "Canvas",
+        "label": {"en": [label]},
+        "width": width,
+        "height": height,
+        "items": [],
+    }
+    if body is not None:
+        canvas["items"] = [
+            {
+                "id": f"{canvas_id}/page",
+                "type": "AnnotationPage",
+                "items": [
+                    {
+                        "id": f"{canvas_id}/painting",
+                        "type": "Annotation",
+                        "motivation": "painting",
+                        "body": body,
+                        "target": canvas_id,
+                    }
+                ],
+            }
+        ]
+    return canvas
+
+
+def v3_image(page: Published | None, url: str | None = None, service: bool = True) -> dict:
+    body: dict[str, Any] = {
+        "id": url or (page.full_url if page else ""),
+        "type": "Image",
+        "format": "image/jpeg",
+    }
+    if page is not None:
+        body.update(width=page.width, height=page.height)
+        if service:
+            body["service"] = [
+                {"id": page.service_id, "type": "ImageService3", "profile": "level0"}
+            ]
+    return body
+
+
+def v3_manifest(manifest_id: str, label: str, canvases: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "@context": "http://iiif.io/api/presentation/3/context.json",
+        "id": manifest_id,
+        "type": "Manifest",
+        "label": {"en": [label]},
+        "items": canvases,
+    }
+
+
+def v2_canvas(canvas_id: str, label: str, width: int, height: int, resource: dict) -> dict:
+    return {
+        "@id": canvas_id,
+        "@type": "sc:Canvas",
+        "label": label,
+        "width": width,
+        "height": height,
+        "images": [
+            {
+                "@type": "oa:Annotation",
+                "motivation": "sc:painting",
+                "resource": resource,
+                "on": canvas_id,
+            }
+        ],
+    }
+
+
+def v2_image(page: Published) -> dict[str, Any]:
+    return {
+        "@id": f"{page.service_id}/full/full/0/default.jpg",
+        "@type": "dctypes:Image",
+        "format": "image/jpeg",
+        "width": page.width,
+        "height": page.height,
+        "service": {
+            "@context": "http://iiif.io/api/image/2/context.json",
+            "@id": page.service_id,
+            "profile": "http://iiif.io/api/image/2/level0.json",
+        },
+    }
+
+
+def v2_manifest(manifest_id: str, label: str, canvases: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "@context": "http://iiif.io/api/presentation/2/context.json",
+        "@id": manifest_id,
+        "@type": "sc:Manifest",
+        "label": label,
+        "sequences": [{"@type": "sc:Sequence", "canvases": canvases}],
+    }
+
+
+def jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
