@@ -198,33 +198,26 @@ class TaskStore:
         self, owner: str | None, state: State | None, offset: int, limit: int
     ) -> tuple[list[TaskRecord], int]:
         """Tasks newest first (one owner's, or everyone's for None), and how many match."""
-        index = owner_tasks_key(owner) if owner else ALL_TASKS_KEY
+        records = self._index_records(owner_tasks_key(owner) if owner else ALL_TASKS_KEY)
+        matching = [r for r in records if state is None or r.state == state]
+        return matching[offset : offset + limit], len(matching)
+
+    def prune_indexes(self) -> None:
+        """Drop index entries whose record has expired (listing does it too, lazily)."""
+        for index in [ALL_TASKS_KEY, *self.redis.scan_iter(match=f"{PREFIX}:owner:*:tasks")]:
+            self._index_records(index)
+
+    def _index_records(self, index: str) -> list[TaskRecord]:
+        """Records an index names, newest first; entries whose record expired are removed."""
         ids = self.redis.zrevrange(index, 0, -1)
         with self.redis.pipeline() as pipe:
             for task_id in ids:
                 pipe.hgetall(task_key(task_id))
             rows = pipe.execute()
         expired = [task_id for task_id, row in zip(ids, rows, strict=True) if not row]
-        if expired:  # records expire on their own; prune the index lazily
+        if expired:
             self.redis.zrem(index, *expired)
-        records = [TaskRecord.from_hash(row) for row in rows if row]
-        matching = [r for r in records if state is None or r.state == state]
-        return matching[offset : offset + limit], len(matching)
-
-    def prune_indexes(self) -> int:
-        """Drop index entries whose record has expired; returns how many were dropped."""
-        indexes = [ALL_TASKS_KEY, *self.redis.scan_iter(match=f"{PREFIX}:owner:*:tasks")]
-        dropped = 0
-        for index in indexes:
-            ids = self.redis.zrange(index, 0, -1)
-            with self.redis.pipeline() as pipe:
-                for task_id in ids:
-                    pipe.exists(task_key(task_id))
-                alive = pipe.execute()
-            gone = [task_id for task_id, ok in zip(ids, alive, strict=True) if not ok]
-            if gone:
-                dropped += self.redis.zrem(index, *gone)
-        return dropped
+        return [TaskRecord.from_hash(row) for row in rows if row]
 
     def queue_position(self, task_id: str) -> int | None:
         rank = self.redis.zrank(QUEUE_KEY, task_id)

@@ -39,6 +39,8 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         SCRIPTORIUM_JOBS__DETECT__TIMEOUT_MAX_S=str(TIMEOUT_MAX_S),
         SCRIPTORIUM_CANCEL__GRACE_S=str(GRACE_S),
         SCRIPTORIUM_WORKER__VISIBILITY_MARGIN_S=str(VISIBILITY_MARGIN_S),
+        # Every page is the same image: without this, cached detections finish tasks at once.
+        SCRIPTORIUM_CACHE__TTL_S="0",
     )
     stack.create_key("faults", "--rate", "100000/second")
     yield stack
