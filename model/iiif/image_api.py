@@ -182,7 +182,14 @@ def choose_request(
             scale = min(scale, math.sqrt(service.max_area / (width * height)))
         if scale >= 1.0:
             return full
-        w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+        w, h = max(1, round(width * scale)), max(1, round(height * scale))
+        over = (
+            (service.max_width and w > service.max_width)
+            or (service.max_height and h > service.max_height)
+            or (service.max_area and w * h > service.max_area)
+        )
+        if over:  # rounding up broke a server limit: round down instead
+            w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
         return ImageRequest(_size_url(service, w, h), w, h, width, height, "scaled")
     if longest <= max_side:
         return full

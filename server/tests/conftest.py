@@ -88,6 +88,9 @@ def iiif_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         SCRIPTORIUM_FETCH__RETRIES="1",
         # Decompression bombs need not be huge to be refused.
         SCRIPTORIUM_FETCH__MAX_PIXELS=str(40_000_000),
+        # Fewer than the 4 download threads, so the tests can see the per-host limit bite.
+        SCRIPTORIUM_FETCH__PER_HOST_CONCURRENCY="2",
+        SCRIPTORIUM_CACHE__TTL_S="3600",
     )
     stack.create_key("iiif", "--rate", "100000/second")
     stack.create_key("iiif-other", "--rate", "100000/second")

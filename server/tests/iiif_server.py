@@ -56,6 +56,13 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        owner = self.server.owner
+        with owner.lock:
+            owner.inflight += 1
+            owner.max_inflight = max(owner.max_inflight, owner.inflight)
+        self._answer()
+
+    def _answer(self) -> None:
         path = unquote(urlsplit(self.path).path)
         rule = self.server.owner.rules.get(path)
         if rule is not None:
@@ -76,7 +83,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(path, 200, file.read_bytes(), {"Content-Type": ctype})
 
     def _send(self, path: str, status: int, body: bytes, headers: dict[str, str] | None = None):
-        self.server.owner.log.append(Logged(path, status, len(body), time.monotonic()))
+        owner = self.server.owner
+        with owner.lock:
+            # Counted until the answer starts: the client cannot have it (and ask again) sooner.
+            owner.inflight -= 1
+        owner.log.append(Logged(path, status, len(body), time.monotonic()))
         try:
             self.send_response(status)
             for name, value in (headers or {}).items():
@@ -99,6 +110,10 @@ class IiifServer:
     host: str = "127.0.0.1"
     rules: dict[str, Rule] = field(default_factory=dict)
     log: list[Logged] = field(default_factory=list)
+    # Requests being answered at once (the worker's per-host limit caps it).
+    inflight: int = 0
+    max_inflight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._server = _Server((self.host, 0), _Handler)
@@ -125,6 +140,7 @@ class IiifServer:
         source.parent.mkdir(parents=True, exist_ok=True)
         image.save(source, format="JPEG", quality=85)
         tree = self.root / f"iiif{version}"
+        tree.mkdir(exist_ok=True)  # before the generator, which races itself in threads
         prefix = f"{self.url}/iiif{version}"
         generator = IIIFStatic(
             dst=str(tree),

@@ -81,6 +81,9 @@ def start_stack(tmp: Path, **overrides: str) -> Stack:
         # Tests serve their images from loopback.
         "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
         "SCRIPTORIUM_CANCEL__GRACE_S": "5",
+        # Long test tasks repeat one page under many URLs: the detection cache would make them
+        # short. Stacks that test the cache turn it back on.
+        "SCRIPTORIUM_CACHE__TTL_S": "0",
         **overrides,
     }
     tmp.mkdir(parents=True, exist_ok=True)
