@@ -7,10 +7,16 @@ from __future__ import annotations
 import io
 import json
 import re
+import subprocess
+import sys
+import time
 import zipfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from model.synthetic import RenderedPage
 from server.tests.iiif_server import (
@@ -24,7 +30,7 @@ from server.tests.iiif_server import (
     v3_image,
     v3_manifest,
 )
-from server.tests.stack import Api, Stack
+from server.tests.stack import Api, Stack, free_port
 from server.tests.test_detect import iou
 
 XYWH = re.compile(r"^(?P<canvas>[^#]+)#xywh=(\d+),(\d+),(\d+),(\d+)$")
@@ -256,7 +262,8 @@ def test_collection_expands_manifests_and_subcollections(
     items = body["result"]["items"]
     assert [i["manifest"] for i in items] == [0, 0, 0, 1]
 
-    # Depth limit (2 by default): top -> deep -> inner -> single is fine, one more is not.
+    # Depth limit (2 by default): deepest -> deeper -> deep -> inner nests one collection too
+    # many, so its manifest is never read and nothing is left to analyse.
     deeper = {
         "id": f"{base}/deeper.json",
         "type": "Collection",
@@ -317,3 +324,98 @@ def test_manifest_cli_shows_what_would_be_fetched(
     assert refused.returncode == 2
     assert json.loads(refused.stdout)["error"]["code"] == "manifest_refused"
     assert path_of(v3_book) == "/v3book/manifest.json"
+
+
+@pytest.fixture(scope="module")
+def level1_server(tmp_path_factory: pytest.TempPathFactory, iiif_pages) -> Iterator[str]:
+    """The `iiif` reference implementation's image server (PIL, level 1, Image API 2.1 + 3.0)."""
+    images = tmp_path_factory.mktemp("level1")
+    page, _ = iiif_pages[0]
+    page.image.save(images / "page.jpg", format="JPEG", quality=85)
+    port = free_port()
+    script = Path(sys.executable).parent / "iiif_testserver.py"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--quiet",
+            "--image-dir",
+            str(images),
+            "--api-versions",
+            "2.1,3.0",
+            "--manipulators",
+            "pil",
+        ],
+        cwd=images,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/3.0_pil/page/info.json", timeout=1).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_level1_service_gets_exactly_the_size_asked(
+    iiif_api: Api, iiif_server: IiifServer, level1_server: str
+) -> None:
+    v3_service = {
+        "id": f"{level1_server}/3.0_pil/page",
+        "type": "ImageService3",
+        "profile": "level1",
+    }
+    v3_body = {
+        "id": f"{level1_server}/3.0_pil/page/full/max/0/default.jpg",
+        "type": "Image",
+        "format": "image/jpeg",
+        "service": [v3_service],
+    }
+    base = f"{iiif_server.url}/level1"
+    manifest = v3_manifest(
+        f"{base}/m3.json", "L1", [v3_canvas(f"{base}/c/3", "v3", 1200, 1600, v3_body)]
+    )
+    v2_resource = {
+        "@id": f"{level1_server}/2.1_pil/page/full/full/0/default.jpg",
+        "@type": "dctypes:Image",
+        "service": {"@id": f"{level1_server}/2.1_pil/page"},
+    }  # no profile: read info.json
+    manifest2 = v2_manifest(
+        f"{base}/m2.json", "L1 v2", [v2_canvas(f"{base}/c/2", "v2", 600, 800, v2_resource)]
+    )
+    body = iiif_api.wait(
+        iiif_api.submit_ok(
+            {
+                "type": "detect",
+                "input": {
+                    "manifest_urls": [
+                        iiif_server.add_json("level1/m3.json", manifest),
+                        iiif_server.add_json("level1/m2.json", manifest2),
+                    ]
+                },
+            }
+        ),
+        timeout_s=120,
+    )
+    assert body["state"] == "SUCCEEDED", body
+    v3_item, v2_item = body["result"]["items"]
+    # 832 px on the long side (the demo model's 416 x 2), the width the aspect ratio gives.
+    assert v3_item["image_url"] == f"{level1_server}/3.0_pil/page/full/624,832/0/default.jpg"
+    assert v2_item["image_url"] == f"{level1_server}/2.1_pil/page/full/624,/0/default.jpg"
+    assert (v3_item["width"], v3_item["height"]) == (624, 832)
+    assert (v2_item["width"], v2_item["height"]) == (624, 832)
+    # The v2 canvas is half the image: its boxes are halved, not the image's pixels.
+    assert (v2_item["canvas_width"], v2_item["canvas_height"]) == (600, 800)
+    for d in v2_item["detections"]:
+        x, y, w, h = d["xywh"]
+        assert x + w <= 601 and y + h <= 801
