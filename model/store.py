@@ -72,6 +72,7 @@ class TaskRecord:
     done: int = 0
     failed: int = 0
     started_at: float | None = None
+    attempt_started_at: float | None = None  # a task redelivered after a crash starts again
     finished_at: float | None = None
     expires_at: float | None = None
     cancel_requested_at: float | None = None
@@ -97,6 +98,7 @@ class TaskRecord:
             done=int(data.get("done") or 0),
             failed=int(data.get("failed") or 0),
             started_at=num("started_at"),
+            attempt_started_at=num("attempt_started_at"),
             finished_at=num("finished_at"),
             expires_at=num("expires_at"),
             cancel_requested_at=num("cancel_requested_at"),
@@ -252,16 +254,17 @@ class TaskStore:
     # --- worker side -------------------------------------------------------------------------
     def mark_running(self, task_id: str, worker_pid: int) -> bool:
         """QUEUED -> RUNNING (or RUNNING again when redelivered after a crash)."""
+        now = time.time()
         moved = self._move(
             task_id,
             [State.QUEUED, State.RUNNING],
-            {"state": State.RUNNING.value, "worker_pid": worker_pid},
+            {"state": State.RUNNING.value, "worker_pid": worker_pid, "attempt_started_at": now},
         )
         if moved is None:
             return False
         owner = self.redis.hget(task_key(task_id), "owner") or ""
         with self.redis.pipeline() as pipe:
-            pipe.hsetnx(task_key(task_id), "started_at", time.time())
+            pipe.hsetnx(task_key(task_id), "started_at", now)
             pipe.zrem(QUEUE_KEY, task_id)
             pipe.zrem(owner_queue_key(owner), task_id)
             pipe.sadd(RUNNING_KEY, task_id)

@@ -172,7 +172,9 @@ def reap_once(store: TaskStore, now: float) -> None:
             store.forget_running(task_id)
             continue
         cancel_at = record.cancel_requested_at
-        hard_deadline = (record.started_at or now) + settings.hard_limit_s(record.timeout_s) + 5
+        # Time limits apply per attempt: a task redelivered after a crash gets its time again.
+        attempt_start = record.attempt_started_at or record.started_at or now
+        hard_deadline = attempt_start + settings.hard_limit_s(record.timeout_s) + 5
         if cancel_at and now - cancel_at > settings.cancel.grace_s:
             log.warning("task %s ignored its cancel flag: killing its process", task_id)
             celery.control.revoke(task_id, terminate=True, signal="SIGKILL")
