@@ -98,16 +98,7 @@ def load_models(**_: Any) -> None:
         default_model=settings.models.default,
         settings=settings,
         provenance=provenance,
-        fetcher=SafeFetcher(
-            allow=settings.fetch.allow,
-            connect_timeout_s=settings.fetch.connect_timeout_s,
-            read_timeout_s=settings.fetch.read_timeout_s,
-            max_bytes=settings.fetch.max_bytes,
-            max_redirects=settings.fetch.max_redirects,
-            user_agent=settings.fetch.user_agent,
-            retries=settings.fetch.retries,
-            per_host_concurrency=settings.fetch.per_host_concurrency,
-        ),
+        fetcher=SafeFetcher.from_settings(settings.fetch),
     )
     beat = {
         "pid": os.getpid(),

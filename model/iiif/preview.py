@@ -15,22 +15,9 @@ from model.settings import Settings
 from model.sources.fetch import SafeFetcher
 
 
-def fetcher_from(settings: Settings) -> SafeFetcher:
-    return SafeFetcher(
-        allow=settings.fetch.allow,
-        connect_timeout_s=settings.fetch.connect_timeout_s,
-        read_timeout_s=settings.fetch.read_timeout_s,
-        max_bytes=settings.fetch.max_bytes,
-        max_redirects=settings.fetch.max_redirects,
-        user_agent=settings.fetch.user_agent,
-        retries=settings.fetch.retries,
-        per_host_concurrency=settings.fetch.per_host_concurrency,
-    )
-
-
 def preview(source: str, settings: Settings, max_side: int, min_side: int) -> dict[str, Any]:
     """Raises ManifestError when the manifest itself cannot be used."""
-    fetcher = fetcher_from(settings)
+    fetcher = SafeFetcher.from_settings(settings.fetch)
     get_json = json_getter(fetcher, settings.iiif.max_json_bytes)
     path = Path(source)
     urls, uploads = [], []

@@ -18,12 +18,16 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+if TYPE_CHECKING:
+    from model.settings import FetchSettings
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 30.0
@@ -141,6 +145,20 @@ class SafeFetcher:
         adapter = _GuardedAdapter(self.policy, pool_maxsize=max(10, self.per_host_concurrency))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    @classmethod
+    def from_settings(cls, fetch: FetchSettings) -> SafeFetcher:
+        """The fetcher the service uses, configured by flask_config.yaml's `fetch` section."""
+        return cls(
+            allow=fetch.allow,
+            connect_timeout_s=fetch.connect_timeout_s,
+            read_timeout_s=fetch.read_timeout_s,
+            max_bytes=fetch.max_bytes,
+            max_redirects=fetch.max_redirects,
+            user_agent=fetch.user_agent,
+            retries=fetch.retries,
+            per_host_concurrency=fetch.per_host_concurrency,
+        )
 
     def check_url(self, url: str) -> None:
         """Early, friendly refusal of URLs that can never be fetched (the socket check is final)."""
