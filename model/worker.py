@@ -2,9 +2,9 @@
 
 - Each pool process loads every registered model once, at start (`worker_process_init`), and
   publishes a heartbeat that `/readyz` reads.
-- The main process runs a small reaper thread that enforces what a job cannot do for itself:
-  a cancel the job did not honour within the grace period (kill the child; the model reloads
-  in its replacement) and a hard time limit that killed the child (record TIMED_OUT).
+- The main process runs a small reaper thread that enforces a cancel the job did not honour
+  within the grace period (kill the child; the model reloads in its replacement), and records a
+  task that the hard time limit killed as TIMED_OUT (Celery reports that in the main process).
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ import time
 from importlib import metadata
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown, worker_ready
+from celery.exceptions import TimeLimitExceeded
+from celery.signals import (
+    task_failure,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from redis import Redis
 
 from model import uploads
@@ -157,24 +163,27 @@ def _reap_forever() -> None:
 
 
 def reap_once(store: TaskStore, now: float) -> None:
+    """Enforce cancels that a job did not honour within the grace period."""
     for task_id in store.running_ids():
         record = store.get(task_id)
         if record is None or record.state.terminal:
             store.forget_running(task_id)
             continue
         cancel_at = record.cancel_requested_at
-        # Time limits apply per attempt: a task redelivered after a crash gets its time again.
-        attempt_start = record.attempt_started_at or record.started_at or now
-        hard_deadline = attempt_start + settings.hard_limit_s(record.timeout_s) + 5
         if cancel_at and now - cancel_at > settings.cancel.grace_s:
             log.warning("task %s ignored its cancel flag: killing its process", task_id)
             celery.control.revoke(task_id, terminate=True, signal="SIGKILL")
-            ended = store.finish(task_id, State.CANCELLED)
-        elif now > hard_deadline:
-            # The hard limit killed the process before the job could record anything.
-            error = ("timeout", f"task exceeded its time limit of {record.timeout_s:g} s")
-            ended = store.finish(task_id, State.TIMED_OUT, error)
-        else:
-            ended = False
-        if ended:
+            if store.finish(task_id, State.CANCELLED):
+                uploads.discard(settings.uploads_dir, task_id)
+
+
+@task_failure.connect
+def record_hard_time_limit(task_id: str | None = None, exception: Any = None, **_: Any) -> None:
+    """The hard limit killed the job before it could record anything (main process, where
+    Celery reports it): end the task TIMED_OUT with the items it had stored."""
+    if task_id and isinstance(exception, TimeLimitExceeded):
+        store = _store(_redis())
+        timeout_s = getattr(store.get(task_id), "timeout_s", 0)
+        error = ("timeout", f"task exceeded its time limit of {timeout_s:g} s")
+        if store.finish(task_id, State.TIMED_OUT, error):
             uploads.discard(settings.uploads_dir, task_id)
