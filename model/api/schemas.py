@@ -23,7 +23,9 @@ class TaskRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["detect"] = Field(description="Job type")
+    type: Literal["detect", "noop"] = Field(
+        description="Job type (noop: runs nothing; measures the service's own round trip)"
+    )
     input: detect.Input = Field(default_factory=detect.Input)
     params: detect.Params = Field(default_factory=detect.Params)
     timeout: float | None = Field(

@@ -35,6 +35,7 @@ from model.api.services import Services, services
 from model.celery_app import RUN_JOB
 from model.iiif.presentation import document_kind
 from model.inference.registry import discover
+from model.jobs import job_module
 from model.sources.images import sniff_image
 from model.store import State, TaskRecord
 
@@ -55,7 +56,7 @@ def _task_request_body() -> dict[str, Any]:
         "type": "object",
         "required": ["type"],
         "properties": {
-            "type": {"type": "string", "enum": ["detect"]},
+            "type": {"type": "string", "enum": ["detect", "noop"]},
             "params": {"type": "string", "description": "params as a JSON object string"},
             "input": {"type": "string", "description": "input as a JSON object string"},
             "timeout": {"type": "number"},
@@ -191,7 +192,8 @@ def submit_task() -> Response:
     urls = task_request.input.image_urls
     manifest_urls = task_request.input.all_manifest_urls()
     manifest_files = _read_manifest_uploads()
-    if not urls and not files and not manifest_urls and not manifest_files:
+    needs_input = getattr(job_module(task_request.type), "NEEDS_INPUT", True)
+    if needs_input and not urls and not files and not manifest_urls and not manifest_files:
         raise ApiError(
             422,
             "no_input",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-JOB_TYPES = {"detect": "model.jobs.detect"}
+JOB_TYPES = {"detect": "model.jobs.detect", "noop": "model.jobs.noop"}
 
 
 class JobCancelled(Exception):
