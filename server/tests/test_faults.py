@@ -25,7 +25,7 @@ from server.tests.conftest import ImageServer, jpeg_bytes
 from server.tests.stack import TERMINAL, Api, Stack, start_stack
 
 KILLS = 20
-TIMEOUT_MAX_S = 20
+TIMEOUT_MAX_S = 60
 GRACE_S = 2
 VISIBILITY_MARGIN_S = 6
 VISIBILITY_S = TIMEOUT_MAX_S + GRACE_S + VISIBILITY_MARGIN_S
