@@ -7,9 +7,10 @@ from model.settings import get_settings
 _settings = get_settings()
 _logs = _settings.data_path / "logs"
 
-# The public entry point unless nginx is put in front (then set SCRIPTORIUM_GUNICORN_BIND to a
-# unix socket and let nginx listen on http.port).
-bind = os.environ.get("SCRIPTORIUM_GUNICORN_BIND", f"{_settings.http.host}:{_settings.http.port}")
+# nginx owns the public entry point (http.port) and proxies to this unix socket in the data dir
+# (config/nginx/scriptorium.conf). SCRIPTORIUM_GUNICORN_BIND overrides it (the program
+# `gunicorn-next` binds gunicorn-next.sock; "127.0.0.1:8000" would serve TCP without nginx).
+bind = os.environ.get("SCRIPTORIUM_GUNICORN_BIND", f"unix:{_settings.run_dir}/gunicorn.sock")
 worker_class = "gthread"
 workers = int(os.environ.get("SCRIPTORIUM_GUNICORN_WORKERS", "2"))
 threads = 4

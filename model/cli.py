@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from model import frontdoor
 from model.keys import KeyStore, KeyStoreError
 from model.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -34,6 +35,10 @@ def init_data_dir(settings: Settings) -> None:
         _write_secret(password_file, secrets.token_urlsafe(32) + "\n")
     password = settings.redis_password() or ""
     _write_secret(settings.secrets_dir / "redis.conf", f"requirepass {password}\n")
+    frontdoor.ensure_spiped_key(settings)
+    frontdoor.write_nginx_conf(settings)
+    if not (settings.run_dir / frontdoor.UPSTREAM_LINK).is_symlink():
+        frontdoor.point_upstream(settings)
 
 
 def dev_key(settings: Settings) -> str:
@@ -49,24 +54,42 @@ def dev_key(settings: Settings) -> str:
     return key
 
 
+def home() -> Path:
+    """The code supervisord's programs run. A deployment sets SC_HOME=<prefix>/current (and
+    SC_VENV=<prefix>/current/.venv), so a restarted program runs the release `current` points to
+    at that moment; by default it is this checkout."""
+    return Path(os.environ.get("SC_HOME", PROJECT_ROOT))
+
+
 def supervisor_env(settings: Settings) -> dict[str, str]:
     """Values supervisord.conf refers to as %(ENV_SC_*)s."""
     return {
-        "SC_HOME": str(PROJECT_ROOT),
-        "SC_VENV": sys.prefix,
+        "SC_HOME": str(home()),
+        "SC_VENV": os.environ.get("SC_VENV", sys.prefix),
         "SC_DATA": str(settings.data_path),
         "SC_REDIS_PORT": str(settings.redis.port),
         "SC_CONCURRENCY": str(settings.worker.concurrency),
+        "SC_NGINX": frontdoor.find_binary("nginx"),
+        "SC_NGINX_CONF": str(frontdoor.nginx_conf_path(settings)),
+        # supervisord cannot make a program conditional, but autostart can come from here.
+        "SC_SPIPED_AUTOSTART": "true" if settings.spiped.enabled else "false",
+        "SC_SPIPED": frontdoor.find_binary("spiped"),
+        "SC_SPIPED_LISTEN": settings.spiped.listen,
+        "SC_SPIPED_TARGET": settings.spiped_target,
+        "SC_SPIPED_KEY": str(settings.spiped_key),
     }
 
 
 def _exec(argv: list[str], settings: Settings) -> None:
-    os.chdir(PROJECT_ROOT)
+    os.chdir(home())
     os.execvpe(argv[0], argv, {**os.environ, **supervisor_env(settings)})
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
     init_data_dir(settings)
+    # A release interrupted half-way may have left nginx pointed at gunicorn-next, which
+    # supervisord does not start: point it back at `gunicorn`.
+    frontdoor.point_upstream(settings)
     if args.print_key:
         key = dev_key(settings)
         base = f"http://{settings.http.host}:{settings.http.port}"
@@ -78,20 +101,40 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
         print(f'  curl -X DELETE -H "X-API-Key: {key}" {base}/terminate/<task_id>')
         print(f"API docs: {base}/openapi\n", flush=True)
     bin_dir = Path(sys.prefix) / "bin"
-    _exec(
-        [str(bin_dir / "supervisord"), "-n", "-c", str(PROJECT_ROOT / "supervisord.conf")], settings
-    )
+    _exec([str(bin_dir / "supervisord"), "-n", "-c", str(home() / "supervisord.conf")], settings)
 
 
 def cmd_ctl(args: argparse.Namespace, settings: Settings) -> None:
     bin_dir = Path(sys.prefix) / "bin"
-    conf = str(PROJECT_ROOT / "supervisord.conf")
+    conf = str(home() / "supervisord.conf")
     _exec([str(bin_dir / "supervisorctl"), "-c", conf, *args.ctl_args], settings)
 
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
     init_data_dir(settings)
     print(f"data dir ready: {settings.data_path}")
+
+
+def cmd_spiped_key(args: argparse.Namespace, settings: Settings) -> None:
+    if frontdoor.ensure_spiped_key(settings, rotate=args.rotate):
+        print(f"new spiped key: {settings.spiped_key}", file=sys.stderr)
+    print(settings.spiped_key)
+
+
+def cmd_upstream(args: argparse.Namespace, settings: Settings) -> None:
+    frontdoor.point_upstream(settings, f"{args.program}.sock")
+    print(f"nginx now sends new requests to {args.program}")
+
+
+def cmd_smoke(args: argparse.Namespace, settings: Settings) -> None:
+    from model.smoke import run_smoke_checks
+
+    failures = run_smoke_checks(settings)
+    for failure in failures:
+        print(f"smoke check failed: {failure}", file=sys.stderr)
+    if failures:
+        sys.exit(1)
+    print("smoke checks passed")
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
@@ -161,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("ctl_args", nargs=argparse.REMAINDER)
     ctl.set_defaults(func=cmd_ctl)
     sub.add_parser("init", help="create the data dir and secrets").set_defaults(func=cmd_init)
+    spiped_key = sub.add_parser("spiped-key", help="create (or --rotate) the tunnel key")
+    spiped_key.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    spiped_key.set_defaults(func=cmd_spiped_key)
+    upstream = sub.add_parser("upstream", help="which gunicorn nginx sends new requests to")
+    upstream.add_argument("program", choices=["gunicorn", "gunicorn-next"])
+    upstream.set_defaults(func=cmd_upstream)
+    smoke = sub.add_parser("smoke", help="checks a release must pass before it goes live")
+    smoke.set_defaults(func=cmd_smoke)
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
     create = keys_sub.add_parser("create", help="create a key (printed once)")

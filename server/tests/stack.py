@@ -84,6 +84,9 @@ def start_stack(tmp: Path, **overrides: str) -> Stack:
         # Long test tasks repeat one page under many URLs: the detection cache would make them
         # short. Stacks that test the cache turn it back on.
         "SCRIPTORIUM_CACHE__TTL_S": "0",
+        # The tunnel's server end, on loopback (test_spiped.py plays the front end).
+        "SCRIPTORIUM_SPIPED__ENABLED": "true",
+        "SCRIPTORIUM_SPIPED__LISTEN": f"[127.0.0.1]:{free_port()}",
         **overrides,
     }
     tmp.mkdir(parents=True, exist_ok=True)

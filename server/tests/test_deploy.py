@@ -1,0 +1,361 @@
+"""scripts/cloudvps_setup.sh and scripts/release.sh for real, as root, into a temporary prefix with
+test ports: setup twice (the second run changes nothing), the installed stack answers and runs a
+task, a release under load drops no request and loses no task, a broken release rolls itself back,
+and --rollback goes back by hand.
+
+Slow (the first setup builds a venv with torch, 2-3 min; the whole module ~6 min), so it has its
+own module: `pytest --ignore=server/tests/test_deploy.py` leaves it out.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from server.tests.conftest import jpeg_bytes
+from server.tests.stack import PROJECT_ROOT, TERMINAL, free_port
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("apt-get"),
+    reason="cloudvps_setup.sh needs root on Debian (as in CI)",
+)
+
+SERVICE_USER = "scriptorium-test"
+GIT = ["git", "-c", "user.name=Scriptorium tests", "-c", "user.email=tests@scriptorium.invalid"]
+
+
+def _clean_env() -> dict[str, str]:
+    """The scripts must not depend on this shell's settings (they scrub SCRIPTORIUM_* anyway)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SCRIPTORIUM_", "SC_"))}
+
+
+def _run(argv: list[str], timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=_clean_env(), cwd="/"
+    )
+    return result, time.monotonic() - started
+
+
+def _commit(repo: Path, message: str) -> str:
+    subprocess.run([*GIT, "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run([*GIT, "-C", str(repo), "commit", "-qm", message], check=True)
+    return subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def source_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git repository holding this working tree (what a release installs: a commit)."""
+    repo = tmp_path_factory.mktemp("source")
+    files = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, files):
+        src = PROJECT_ROOT / name.decode()
+        if src.is_file():
+            (repo / name.decode()).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, repo / name.decode())
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    _commit(repo, "snapshot of the working tree")
+    return repo
+
+
+@dataclass
+class Installation:
+    prefix: Path
+    url: str
+    runs: list[tuple[str, float]] = field(default_factory=list)  # (output, seconds) per setup
+    admin_key: str = ""
+
+    @property
+    def var(self) -> Path:
+        return self.prefix / "shared" / "var"
+
+    def current(self) -> str:
+        return (self.prefix / "current").readlink().name
+
+    def service(self, *args: str, check: bool = True) -> str:
+        """python -m model ... as the service user, in the current release."""
+        python = str(self.prefix / "current" / ".venv" / "bin" / "python")
+        env_cmd = str(self.prefix / "bin" / "scriptorium-env")
+        result, _ = _run([env_cmd, python, "-m", "model", *args], timeout=120)
+        assert result.returncode == 0 or not check, result.stdout + result.stderr
+        return result.stdout
+
+    def release(self, *args: str) -> tuple[subprocess.CompletedProcess, float]:
+        # The operator's way: the script of the running release finds its prefix itself.
+        return _run([str(self.prefix / "current" / "scripts" / "release.sh"), *args])
+
+    def wait_ready(self, timeout_s: float = 240) -> dict:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                resp = requests.get(self.url + "/readyz", timeout=5)
+                if resp.status_code == 200:
+                    return resp.json()
+                last = resp.text
+            except requests.RequestException as exc:
+                last = str(exc)
+            time.sleep(1)
+        raise AssertionError(f"installed stack not ready: {last}")
+
+
+@pytest.fixture(scope="module")
+def installation(source_repo: Path) -> Iterator[Installation]:
+    prefix = Path(tempfile.mkdtemp(prefix="scriptorium-deploy-", dir="/tmp"))
+    prefix.chmod(0o755)  # the service user must reach its release
+    # Until the shipped weights are committed, a test run may name other model dirs: their
+    # models go where an operator adds models.
+    models = prefix / "shared" / "models"
+    models.mkdir(parents=True)
+    for folder in json.loads(os.environ.get("SCRIPTORIUM_MODELS__DIRS", "[]")):
+        for path in Path(folder).glob("*"):
+            shutil.copy2(path, models / path.name)
+    (prefix / "shared").chmod(0o755)
+    http_port = free_port()
+    setup = [
+        str(PROJECT_ROOT / "scripts" / "cloudvps_setup.sh"),
+        *("--prefix", str(prefix), "--user", SERVICE_USER, "--source", str(source_repo)),
+        *("--http-port", str(http_port), "--redis-port", str(free_port())),
+        *("--spiped-bind", "127.0.0.1", "--spiped-port", str(free_port())),
+        "--start",
+    ]
+    inst = Installation(prefix, f"http://127.0.0.1:{http_port}")
+    try:
+        for _ in range(2):
+            result, seconds = _run(setup, timeout=1500)
+            assert result.returncode == 0, result.stdout + result.stderr
+            inst.runs.append((result.stdout, seconds))
+        key_lines = [line for line in inst.runs[0][0].splitlines() if "ADMIN API KEY" in line]
+        assert key_lines, inst.runs[0][0]
+        inst.admin_key = key_lines[0].rsplit(" ", 1)[1]
+        inst.wait_ready()
+        yield inst
+    finally:
+        _run([str(prefix / "bin" / "scriptoriumctl"), "shutdown"], timeout=200)
+        pid_file = prefix / "shared" / "var" / "run" / "supervisord.pid"
+        deadline = time.monotonic() + 200
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        shutil.rmtree(prefix, ignore_errors=True)
+        subprocess.run(["userdel", SERVICE_USER], capture_output=True)
+
+
+def test_setup_twice_second_run_changes_nothing(installation: Installation) -> None:
+    (first, first_s), (second, second_s) = installation.runs
+    print(f"\ncloudvps_setup.sh: first run {first_s:.0f} s, second run {second_s:.1f} s")
+    assert "changed: installed release" in first
+    assert "\nsetup: no change\n" in second, second
+    assert "changed:" not in second and "ADMIN API KEY" not in second
+
+
+def test_installed_layout_users_and_permissions(installation: Installation) -> None:
+    prefix = installation.prefix
+    release = prefix / "current"
+    assert release.is_symlink() and (release / "RELEASE").is_file()
+    assert (release / ".venv").resolve().parent == prefix / "shared" / "venvs"
+    key = prefix / "shared" / "keys" / "spiped.key"
+    assert key.stat().st_size == 32 and key.stat().st_mode & 0o777 == 0o600
+    assert key.owner() == SERVICE_USER
+    unit = prefix / "shared" / "systemd" / "scriptorium.service"
+    if not Path("/run/systemd/system").is_dir():
+        assert f"User={SERVICE_USER}" in unit.read_text()
+    supervisord = int((installation.var / "run" / "supervisord.pid").read_text())
+    assert Path(f"/proc/{supervisord}").owner() == SERVICE_USER
+    # (exit status 3: gunicorn-next is stopped, as it is except during a release)
+    status = installation.service("ctl", "status", check=False)
+    for program in ("redis", "worker", "gunicorn", "nginx", "spiped"):
+        assert f"{program} " in status and "RUNNING" in status.split(f"{program} ", 1)[1][:40]
+
+
+def _upload(url: str, key: str, image: bytes, session: requests.Session | None = None) -> str:
+    resp = (session or requests).post(
+        url + "/task",
+        headers={"X-API-Key": key},
+        data={"type": "detect"},
+        files=[("images", ("page.jpg", io.BytesIO(image), "image/jpeg"))],
+        timeout=30,
+    )
+    assert resp.status_code == 202, resp.text
+    return resp.json()["task_id"]
+
+
+def _wait_task(url: str, key: str, task_id: str, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = requests.get(
+            url + f"/status/{task_id}", headers={"X-API-Key": key}, timeout=30
+        ).json()
+        if body.get("state") in TERMINAL:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} never ended: {body}")
+
+
+@pytest.fixture(scope="module")
+def image(pages) -> bytes:
+    return jpeg_bytes(pages[2])
+
+
+def test_installed_stack_answers_and_completes_a_task(
+    installation: Installation, image: bytes
+) -> None:
+    ready = installation.wait_ready()
+    assert ready["workers"]
+    task_id = _upload(installation.url, installation.admin_key, image)
+    body = _wait_task(installation.url, installation.admin_key, task_id)
+    assert body["state"] == "SUCCEEDED", body
+
+
+class Load:
+    """What a front end does meanwhile: status polls and task submissions, each thread with its
+    own keep-alive session, at a bounded rate. Any error or unexpected status is a failure."""
+
+    def __init__(self, url: str, key: str, image: bytes, pollers: int = 3) -> None:
+        self.url, self.key, self.image = url, key, image
+        self.stop_event = threading.Event()
+        self.failures: list[str] = []
+        self.requests = 0
+        self.task_ids: list[str] = [_upload(url, key, image)]
+        self.threads = [threading.Thread(target=self._poll) for _ in range(pollers)]
+        self.threads.append(threading.Thread(target=self._submit))
+
+    def _call(self, session: requests.Session, method: str, path: str, ok: set[int], **kw) -> None:
+        self.requests += 1
+        try:
+            resp = session.request(method, self.url + path, timeout=30, **kw)
+            if resp.status_code not in ok:
+                self.failures.append(f"{method} {path}: {resp.status_code} {resp.text[:200]}")
+            elif method == "POST":
+                self.task_ids.append(resp.json()["task_id"])
+        except requests.RequestException as exc:
+            self.failures.append(f"{method} {path}: {exc!r}")
+
+    def _poll(self) -> None:
+        session = requests.Session()
+        session.headers["X-API-Key"] = self.key
+        while not self.stop_event.wait(0.05):
+            task_id = random.choice(self.task_ids)
+            self._call(session, "GET", f"/status/{task_id}", {200, 202})
+
+    def _submit(self) -> None:
+        session = requests.Session()
+        session.headers["X-API-Key"] = self.key
+        while not self.stop_event.wait(0.5):
+            files = [("images", ("page.jpg", io.BytesIO(self.image), "image/jpeg"))]
+            self._call(session, "POST", "/task", {202}, data={"type": "detect"}, files=files)
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(1)
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def lost_tasks(self) -> list[str]:
+        ends = {tid: _wait_task(self.url, self.key, tid)["state"] for tid in self.task_ids}
+        return [tid for tid, state in ends.items() if state != "SUCCEEDED"]
+
+
+@pytest.fixture(scope="module")
+def load_key(installation: Installation) -> str:
+    # Its own key with a high rate limit: the load must not be told to back off (429).
+    return installation.service("keys", "create", "load-test", "--rate", "100000/minute").strip()
+
+
+def test_release_under_load_drops_no_request_and_loses_no_task(
+    installation: Installation, source_repo: Path, load_key: str, image: bytes
+) -> None:
+    before = installation.current()
+    (source_repo / "RELEASE_NOTES").write_text("second release\n")
+    commit = _commit(source_repo, "second release")
+    with Load(installation.url, load_key, image) as load:
+        result, seconds = installation.release("HEAD")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lost = load.lost_tasks()
+    print(
+        f"\nrelease.sh: {seconds:.0f} s; during it {load.requests} requests, "
+        f"{len(load.failures)} failed, {len(load.task_ids)} tasks submitted, {len(lost)} lost"
+    )
+    assert load.failures == []
+    assert lost == []
+    assert installation.current() != before
+    assert f"commit={commit}" in (installation.prefix / "current" / "RELEASE").read_text()
+    # Every program now runs the new release's code.
+    for program in ("gunicorn", "worker"):
+        pid = installation.service("ctl", "pid", program).strip()
+        assert Path(f"/proc/{pid}/cwd").resolve().name == installation.current()
+
+
+BROKEN = """
+
+# Deliberately broken release (server/tests/test_deploy.py): never ready.
+from flask import abort as _abort, request as _request  # noqa: E402
+
+
+@app.before_request
+def _never_ready() -> None:
+    if _request.path == "/readyz":
+        _abort(503)
+"""
+
+
+def test_broken_release_rolls_back_by_itself(
+    installation: Installation, source_repo: Path, load_key: str, image: bytes
+) -> None:
+    before = installation.current()
+    with (source_repo / "model" / "wsgi.py").open("a") as fh:
+        fh.write(BROKEN)
+    _commit(source_repo, "a release whose /readyz always fails")
+    with Load(installation.url, load_key, image) as load:
+        result, seconds = installation.release("--ready-timeout", "20", "HEAD")
+    out = result.stdout + result.stderr
+    assert result.returncode == 3, out
+    assert "rolling back" in out
+    lost = load.lost_tasks()
+    print(
+        f"\nbroken release + automatic rollback: {seconds:.0f} s; {load.requests} requests, "
+        f"{len(load.failures)} failed, {len(lost)} tasks lost"
+    )
+    assert installation.current() == before
+    failed = sorted(p for p in (installation.prefix / "releases").iterdir() if p.name > before)
+    assert failed and (failed[-1] / "FAILED").exists()
+    assert installation.wait_ready(timeout_s=30)["status"] == "ready"
+    assert load.failures == []
+    assert lost == []
+
+
+def test_rollback_by_hand(installation: Installation, image: bytes) -> None:
+    before = installation.current()
+    result, seconds = installation.release("--rollback")
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"\nrelease.sh --rollback: {seconds:.0f} s")
+    assert installation.current() < before
+    assert not (installation.prefix / "current" / "RELEASE_NOTES").exists()
+    installation.wait_ready(timeout_s=30)
+    task_id = _upload(installation.url, installation.admin_key, image)
+    assert _wait_task(installation.url, installation.admin_key, task_id)["state"] == "SUCCEEDED"
