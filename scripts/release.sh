@@ -67,22 +67,29 @@ wait_socket() {
 	return 1
 }
 
+# restart NAME: stop, take this release's definition of the program (after `reread`), start.
+restart() {
+	ctl stop "$1" >/dev/null
+	ctl update "$1" >/dev/null
+	ctl start "$1" >/dev/null
+}
+
 roll_gunicorn() {
 	if [ "$(readlink "$RUN/upstream.sock")" != gunicorn-next.sock ]; then
-		ctl stop gunicorn-next >/dev/null 2>&1 || true # not serving; it would run older code
-		ctl start gunicorn-next >/dev/null || {
+		# (a running gunicorn-next is not serving and would run older code: restart it)
+		restart gunicorn-next
+		wait_socket gunicorn-next.sock || {
 			log "  gunicorn-next did not start (logs/gunicorn-next.log)"
 			return 1
 		}
-		wait_socket gunicorn-next.sock || return 1
 		py -m model upstream gunicorn-next >/dev/null
 		sleep "$DRAIN_S" # requests already connected to `gunicorn` get accepted
 	fi
-	ctl restart gunicorn >/dev/null || {
+	restart gunicorn
+	wait_socket gunicorn.sock || {
 		log "  gunicorn did not restart (logs/gunicorn.log); gunicorn-next keeps serving"
 		return 1
 	}
-	wait_socket gunicorn.sock || return 1
 	py -m model upstream gunicorn >/dev/null
 	sleep "$DRAIN_S"
 	ctl stop gunicorn-next >/dev/null
@@ -119,11 +126,15 @@ activate() {
 		log "  nginx config changed: graceful reload"
 		ctl signal HUP nginx >/dev/null
 	fi
+	# This release's config/supervisor/*.conf: applied to gunicorn and the worker as they
+	# restart, to the other programs (only those it changed) once the release is ready.
+	ctl reread >/dev/null
 	roll_gunicorn || return 1
 	since=$(date +%s)
 	log "  worker: warm restart (a running task finishes first, or is redelivered)"
-	ctl restart worker >/dev/null || return 1
-	wait_ready "$since"
+	restart worker
+	wait_ready "$since" || return 1
+	ctl update | sed 's/^/  supervisord: /'
 }
 
 release_ids() { find "$PREFIX/releases" -mindepth 1 -maxdepth 1 -type d ! -name '.*' -printf '%f\n' | sort; }

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.skipif(
     reason="cloudvps_setup.sh needs root on Debian (as in CI)",
 )
 
-SERVICE_USER = "scriptorium-test"
+# Per run: two runs on one machine must not share (or delete) each other's user.
+SERVICE_USER = f"sc-test-{os.getpid()}"
 GIT = ["git", "-c", "user.name=Scriptorium tests", "-c", "user.email=tests@scriptorium.invalid"]
 
 
@@ -287,11 +288,19 @@ def load_key(installation: Installation) -> str:
     return installation.service("keys", "create", "load-test", "--rate", "100000/minute").strip()
 
 
+PROBE_PROGRAM = """[program:release-probe]
+command=sleep 100000
+stdout_logfile=%(ENV_SC_DATA)s/logs/release-probe.log
+"""
+
+
 def test_release_under_load_drops_no_request_and_loses_no_task(
     installation: Installation, source_repo: Path, load_key: str, image: bytes
 ) -> None:
     before = installation.current()
     (source_repo / "RELEASE_NOTES").write_text("second release\n")
+    # A release may bring supervisord programs of its own: they must be running after it.
+    (source_repo / "config" / "supervisor" / "release-probe.conf").write_text(PROBE_PROGRAM)
     commit = _commit(source_repo, "second release")
     with Load(installation.url, load_key, image) as load:
         result, seconds = installation.release("HEAD")
@@ -309,6 +318,7 @@ def test_release_under_load_drops_no_request_and_loses_no_task(
     for program in ("gunicorn", "worker"):
         pid = installation.service("ctl", "pid", program).strip()
         assert Path(f"/proc/{pid}/cwd").resolve().name == installation.current()
+    assert "RUNNING" in installation.service("ctl", "status", "release-probe", check=False)
 
 
 BROKEN = """
@@ -356,6 +366,7 @@ def test_rollback_by_hand(installation: Installation, image: bytes) -> None:
     print(f"\nrelease.sh --rollback: {seconds:.0f} s")
     assert installation.current() < before
     assert not (installation.prefix / "current" / "RELEASE_NOTES").exists()
+    assert "release-probe" not in installation.service("ctl", "status", check=False)
     installation.wait_ready(timeout_s=30)
     task_id = _upload(installation.url, installation.admin_key, image)
     assert _wait_task(installation.url, installation.admin_key, task_id)["state"] == "SUCCEEDED"
