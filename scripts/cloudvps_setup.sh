@@ -123,6 +123,7 @@ SCRIPTORIUM_SPIPED__LISTEN='[$SPIPED_BIND]:$SPIPED_PORT'
 SCRIPTORIUM_SPIPED__KEY_FILE=$PREFIX/shared/keys/spiped.key
 SCRIPTORIUM_MODELS__DIRS='["model/weights", "$PREFIX/shared/models"]'
 EOF
+SETTINGS_CHANGED=$PUT_CHANGED
 put_file "$PREFIX/shared/deploy.env" 644 "$ROOT" <<EOF
 # Read by scripts/release.sh.
 SOURCE='$SOURCE'
@@ -161,6 +162,14 @@ put_file "$PREFIX/bin/scriptorium-run" 755 "$ROOT" <<EOF
 exec $PREFIX/bin/scriptorium-env $PREFIX/current/.venv/bin/python -m model stack
 EOF
 
+var="$PREFIX/shared/var"
+# What `init` may create: compared by content, mode and owner (it rewrites some files as they were).
+state() {
+	find "$var/secrets" "$PREFIX/shared/keys" "$var/run/nginx.conf" -type f \
+		-printf '%p %m %u ' -exec md5sum {} \; 2>/dev/null | md5sum
+}
+before=$(state)
+
 log "== first release"
 if [ -L "$PREFIX/current" ]; then
 	unchanged "release $(current_id) installed (upgrade with scripts/release.sh REF)"
@@ -174,13 +183,6 @@ else
 fi
 
 log "== data dir, secrets"
-var="$PREFIX/shared/var"
-# What `init` may create: compared by content, mode and owner (it rewrites some files as they were).
-state() {
-	find "$var/secrets" "$PREFIX/shared/keys" "$var/run/nginx.conf" -type f \
-		-printf '%p %m %u ' -exec md5sum {} \; 2>/dev/null | md5sum
-}
-before=$(state)
 as_service "$PREFIX/current/.venv/bin/python" -m model init >/dev/null
 if [ "$before" = "$(state)" ]; then
 	unchanged "data dir $var, redis password, spiped key"
@@ -188,7 +190,7 @@ else
 	changed "initialised $var (redis password, spiped key $PREFIX/shared/keys/spiped.key)"
 fi
 if as_service "$PREFIX/current/.venv/bin/python" -m model keys list | grep -q $'^admin\t.*\tactive'; then
-	unchanged "admin API key exists (rotate: python -m model keys rotate admin)"
+	unchanged "admin API key exists (rotate: $PREFIX/bin/scriptorium keys rotate admin)"
 else
 	key=$(as_service "$PREFIX/current/.venv/bin/python" -m model keys create admin --admin 2>/dev/null)
 	changed "created the admin API key"
@@ -227,6 +229,7 @@ if [ $SYSTEMD -eq 1 ]; then
 	put_file /etc/systemd/system/scriptorium.service 644 "$ROOT" <<<"$unit"
 	[ $PUT_CHANGED -eq 0 ] || systemctl daemon-reload
 	if systemctl is-enabled --quiet scriptorium && systemctl is-active --quiet scriptorium; then
+		running=1
 		unchanged "scriptorium.service enabled and running"
 	else
 		systemctl enable --now --quiet scriptorium
@@ -237,6 +240,7 @@ else
 	unchanged "no systemd here: unit left in $PREFIX/shared/systemd/scriptorium.service"
 	pidfile="$var/run/supervisord.pid"
 	if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+		running=1
 		unchanged "supervisord running (pid $(cat "$pidfile"))"
 	elif [ $START -eq 1 ]; then
 		setsid "$PREFIX/bin/scriptorium-run" </dev/null >>"$var/scriptorium-run.out" 2>&1 &
@@ -244,6 +248,11 @@ else
 	else
 		log "  note: start it with $PREFIX/bin/scriptorium-run (or run this again with --start)"
 	fi
+fi
+
+if [ "$SETTINGS_CHANGED" -eq 1 ] && [ -n "${running:-}" ]; then
+	log "  note: shared/scriptorium.env changed under a running stack: it applies after"
+	log "        systemctl restart scriptorium (or $PREFIX/bin/scriptoriumctl shutdown; --start)"
 fi
 
 log ""

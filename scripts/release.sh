@@ -93,7 +93,7 @@ roll_gunicorn() {
 	py -m model upstream gunicorn >/dev/null
 	sleep "$DRAIN_S"
 	ctl stop gunicorn-next >/dev/null
-	log "  gunicorn on $(current_id) (no request was refused meanwhile)"
+	log "  gunicorn runs $(current_id) (nginx never lacked a live socket)"
 }
 
 # wait_ready SINCE: until /readyz shows a worker that loaded its models after SINCE (epoch s).
