@@ -6,6 +6,7 @@ from flask import g, request
 
 from model.api.errors import ApiError
 from model.api.services import services
+from model.keys import ApiKey
 
 SECURITY = [{"ApiKey": []}, {"Bearer": []}]
 SECURITY_SCHEMES = {
@@ -22,6 +23,15 @@ def presented_key() -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def lookup_presented_key() -> ApiKey | None:
+    """The active key the request presents, read once per request (the rate limiter and the
+    auth hook both need it; a key revoked meanwhile is refused from the next request on)."""
+    if "key_lookup" not in g:
+        key = presented_key()
+        g.key_lookup = services().keys.lookup(key) if key else None
+    return g.key_lookup
+
+
 def require_key() -> None:
     """before_request hook of authenticated blueprints: sets g.owner or answers 401."""
     key = presented_key()
@@ -32,7 +42,7 @@ def require_key() -> None:
             "missing API key: send X-API-Key or Bearer token",
             {"WWW-Authenticate": 'Bearer realm="scriptorium"'},
         )
-    api_key = services().keys.lookup(key)
+    api_key = lookup_presented_key()
     if api_key is None:
         raise ApiError(
             401,

@@ -262,10 +262,24 @@ def _created_response(task_id: str, state: State) -> Response:
     return response
 
 
+WITH_ITEMS = (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED)  # states that show a result
+
+
 def _owned_record(svc: Services, task_id: str) -> TaskRecord:
     """The caller's task; another key's task is indistinguishable from an unknown one."""
     well_formed = re.fullmatch(TASK_ID_PATTERN, task_id) is not None
-    record = svc.store.get(task_id) if well_formed else None
+    return _check_owner(svc, task_id, svc.store.get(task_id) if well_formed else None)
+
+
+def _owned_snapshot(svc: Services, task_id: str) -> tuple[TaskRecord, list[dict] | None]:
+    """The caller's task and, once it has ended, its items: one Redis round trip."""
+    well_formed = re.fullmatch(TASK_ID_PATTERN, task_id) is not None
+    record, items = svc.store.snapshot(task_id, WITH_ITEMS) if well_formed else (None, None)
+    return _check_owner(svc, task_id, record), items
+
+
+def _check_owner(svc: Services, task_id: str, record: TaskRecord | None) -> TaskRecord:
+    well_formed = re.fullmatch(TASK_ID_PATTERN, task_id) is not None
     if record is not None and (record.owner == g.owner or is_admin()):
         return record
     if record is None and well_formed and svc.store.expired_owner(task_id) == g.owner:
@@ -273,10 +287,11 @@ def _owned_record(svc: Services, task_id: str) -> TaskRecord:
     raise ApiError(404, "not_found", "no such task")
 
 
-def _status_body(svc: Services, record: TaskRecord) -> TaskStatus:
+def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = None) -> TaskStatus:
     result = None
-    if record.state in (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED):
-        items = sorted(svc.store.items(record.id), key=lambda item: item["index"])
+    if record.state in WITH_ITEMS:
+        items = svc.store.items(record.id) if items is None else items
+        items = sorted(items, key=lambda item: item["index"])
         result = TaskResult(items=items, provenance=record.provenance)
     position = eta = None
     if record.state == State.QUEUED:
@@ -317,7 +332,8 @@ def _status_response(body: TaskStatus, status: int | None = None) -> Response:
 def task_status(path: TaskPath) -> Response:
     """State, progress and (when finished) result of a task: 202 while active, 200 when done."""
     svc = services()
-    return _status_response(_status_body(svc, _owned_record(svc, path.task_id)))
+    record, items = _owned_snapshot(svc, path.task_id)
+    return _status_response(_status_body(svc, record, items))
 
 
 @api.delete("/terminate/<task_id>", responses={200: TaskStatus, 202: TaskStatus, **ERRORS})
