@@ -46,9 +46,36 @@ class YoloDetector:
         self.model = YOLO(str(path), task="detect")
         self.labels: dict[int, str] = dict(enumerate(info.classes))
         # The first predict builds kernels/sessions (seconds): pay it at start, not on a task.
-        self.predict([Image.new("RGB", (self.imgsz, self.imgsz), "white")], 0.5, 0.5)
+        blank = Image.new("RGB", (self.imgsz, self.imgsz), "white")
+        self.predict([blank], 0.5, 0.5)
+        if self.backend == "onnx" and self.device == "cpu":
+            self._onnx_session_without_spinning(path, cpu_threads)
+            self.predict([blank], 0.5, 0.5)
         LOAD_COUNT += 1
         log.info("loaded model %s (%s on %s)", self.name, self.backend, self.device)
+
+    def _onnx_session_without_spinning(self, path: Any, cpu_threads: int) -> None:
+        """Rebuild ultralytics' ONNX Runtime session with spin-waiting off.
+
+        By default ORT's threads spin between operators: on a CPU shared with our download and
+        decode threads (and other processes), they burn the cores those need, and a spinning
+        thread descheduled mid-operator stalls its peers — 3-4x slower on a busy 2-core machine
+        (bench/README.md). ultralytics takes no session options, so its session is replaced.
+        """
+        import onnxruntime as ort
+
+        backend = getattr(getattr(self.model.predictor, "model", None), "backend", None)
+        session = getattr(backend, "session", None)
+        if session is None or getattr(backend, "use_io_binding", False):
+            log.warning("ONNX session not found where expected: keeping ultralytics' own")
+            return
+        options = ort.SessionOptions()
+        if cpu_threads > 0:
+            options.intra_op_num_threads = cpu_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        backend.session = ort.InferenceSession(
+            str(path), options, providers=session.get_providers()
+        )
 
     def predict(
         self, images: list[Image.Image], confidence: float, iou: float
