@@ -24,8 +24,8 @@ from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache, params_digest
 from model.pipeline.prefetch import Prefetcher
 
-# Without an explicit max_side, images are shrunk to this many times the model's input size
-# before inference: enough detail for the letterbox resize, far fewer pixels to move.
+# Without an explicit max_side, IIIF images are requested at this many times the model's input
+# size: enough detail for the one shrink to the model's input, far fewer pixels to move.
 MAX_SIDE_FACTOR = 2
 
 
@@ -36,7 +36,11 @@ class Params(BaseModel):
     confidence: float = Field(0.25, ge=0.0, le=1.0, description="Minimum detection confidence")
     iou: float = Field(0.45, ge=0.0, le=1.0, description="IoU threshold of non-maximum suppression")
     max_side: int | None = Field(
-        None, ge=32, le=20000, description="Longest image side analysed (px); default 2x model size"
+        None,
+        ge=32,
+        le=20000,
+        description="Longest image side requested from IIIF image services (px); the model sees "
+        "at most its own input size; default 2x model size",
     )
 
 
@@ -119,6 +123,7 @@ def run(ctx: Any) -> None:
         max_side=max_side,
         min_side=min(max_side, detector.imgsz),
         max_pixels=settings.fetch.max_pixels,
+        analyse_side=min(max_side, detector.imgsz),
     )
     stats = _Stats()
     started = time.perf_counter()

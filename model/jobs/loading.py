@@ -18,7 +18,7 @@ from model.iiif.negotiate import ServiceInfo, plan_request
 from model.jobs.units import WorkUnit
 from model.pipeline.cache import DetectionCache
 from model.sources.fetch import FetchError
-from model.sources.images import ImageDecodeError, decode_image, fit_within
+from model.sources.images import ImageDecodeError, decode_image, decode_within, fit_within
 
 
 @dataclass
@@ -43,6 +43,11 @@ class PageLoader:
     max_side: int
     min_side: int
     max_pixels: int
+    # Longest side handed to the model; None: max_side. Detect passes the detector's input size:
+    # one shrink (at reduced JPEG scale when possible) instead of decoding everything, shrinking
+    # to max_side and letting the letterbox shrink again — the largest CPU cost per page after
+    # inference on a 2-core worker (bench/README.md).
+    analyse_side: int | None = None
 
     def __call__(self, unit: WorkUnit) -> Prepared:
         prepared = Prepared(unit, base_item(unit))
@@ -97,10 +102,15 @@ class PageLoader:
             prepared.cached = hit["detections"]
             return
         started = time.perf_counter()
-        decoded = decode_image(data, self.max_pixels)
+        if self.analyse_side:
+            prepared.image, prepared.decoded_size, prepared.scale = decode_within(
+                data, self.max_pixels, self.analyse_side
+            )
+        else:
+            decoded = decode_image(data, self.max_pixels)
+            prepared.decoded_size = decoded.size
+            prepared.image, prepared.scale = fit_within(decoded, self.max_side)
         del data
-        prepared.decoded_size = decoded.size
-        prepared.image, prepared.scale = fit_within(decoded, self.max_side)
         prepared.timings["decode_s"] = time.perf_counter() - started
 
 
