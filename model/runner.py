@@ -55,6 +55,11 @@ class JobContext:
     def set_provenance(self, provenance: dict[str, Any]) -> None:
         self.store.set_provenance(self.task_id, provenance)
 
+    def set_summary(self, summary: dict[str, Any]) -> None:
+        """Result fields beside the items (replaced whole on each call; kept if the task is
+        cancelled or times out)."""
+        self.store.set_summary(self.task_id, summary)
+
     def set_total(self, total: int) -> None:
         """How many items the task will have, once its inputs are expanded (IIIF manifests)."""
         self.store.set_total(self.task_id, total)

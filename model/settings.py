@@ -130,6 +130,17 @@ class CacheSettings(BaseModel):
     max_entries: int = 100_000
 
 
+class SimilaritySettings(BaseModel):
+    # Feature extractor (a model card with task "embed") used when a task names none.
+    embed_model: str = "illustrations-demo-backbone"
+    # Documents per similarity task (every pair, each with itself, is compared).
+    max_documents: int = 10
+    # Page features cached by (image sha256, model sha256s, params), like detections; entries
+    # are larger (keypoints), so fewer are kept. 0 disables.
+    cache_ttl_s: int = 7 * 86400
+    cache_max_entries: int = 5000
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRIPTORIUM_",
@@ -151,6 +162,7 @@ class Settings(BaseSettings):
     iiif: IiifSettings = IiifSettings()
     pipeline: PipelineSettings = PipelineSettings()
     cache: CacheSettings = CacheSettings()
+    similarity: SimilaritySettings = SimilaritySettings()
     limits: LimitSettings = LimitSettings()
     cors: CorsSettings = CorsSettings()
     spiped: SpipedSettings = SpipedSettings()

@@ -95,6 +95,9 @@ class TaskRecord:
     error_code: str | None = None
     error_message: str | None = None
     provenance: dict[str, Any] | None = None
+    # Result fields of a whole task beside its items (similarity: the compared pairs); kept in
+    # the record's hash, so they expire with it.
+    summary: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> TaskRecord:
@@ -121,6 +124,7 @@ class TaskRecord:
             error_code=data.get("error_code") or None,
             error_message=data.get("error_message") or None,
             provenance=json.loads(data["provenance"]) if data.get("provenance") else None,
+            summary=json.loads(data["summary"]) if data.get("summary") else None,
         )
 
 
@@ -318,6 +322,9 @@ class TaskStore:
 
     def set_provenance(self, task_id: str, provenance: dict[str, Any]) -> None:
         self.redis.hset(task_key(task_id), "provenance", json.dumps(provenance))
+
+    def set_summary(self, task_id: str, summary: dict[str, Any]) -> None:
+        self.redis.hset(task_key(task_id), "summary", json.dumps(summary))
 
     def set_total(self, task_id: str, total: int) -> None:
         self.redis.hset(task_key(task_id), "total", total)

@@ -76,13 +76,22 @@ def load_models(**_: Any) -> None:
     from model.inference.offline import configure_offline
 
     configure_offline(settings.data_path / "ultralytics")
+    from model.similarity import embedders as embedder_module
+
     registry = discover(settings.model_dirs)
     detectors = {
         name: detector_module.YoloDetector(
             info, settings.inference.backend, settings.inference.cpu_threads
         )
         for name, info in registry.items()
+        if info.task == "detect"
     }
+    # Feature extractors (similarity job): the configured one now, others on first use.
+    embedders = embedder_module.Embedders(registry, settings.inference.cpu_threads)
+    try:
+        embedders.get(settings.similarity.embed_model)
+    except Exception:  # a broken plug-in must not stop detection: its tasks fail instead
+        log.exception("feature extractor %s did not load", settings.similarity.embed_model)
     redis = _redis()
     versions = _versions()
 
@@ -101,6 +110,8 @@ def load_models(**_: Any) -> None:
         redis=redis,
         store=_store(redis),
         detectors=detectors,
+        embedders=embedders,
+        versions=versions,
         default_model=settings.models.default,
         settings=settings,
         provenance=provenance,
@@ -109,6 +120,7 @@ def load_models(**_: Any) -> None:
     beat = {
         "pid": os.getpid(),
         "models": sorted(detectors),
+        "embedders": sorted(embedders.loaded),
         "backends": {n: d.backend for n, d in detectors.items()},
         "model_loads": detector_module.LOAD_COUNT,
         "started_at": time.time(),

@@ -79,6 +79,7 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         record.provenance,
         error if record.error_code else None,
     )
+    body.update(record.summary or {})  # similarity: the compared pairs
     return jsonify(body)
 
 

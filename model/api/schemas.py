@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.jobs import detect
+from model.jobs import detect, similarity
 from model.store import State
 
 TASK_ID_PATTERN = r"[0-9a-f]{32}"
@@ -28,6 +28,21 @@ class TaskRequest(BaseModel):
     )
     input: detect.Input = Field(default_factory=detect.Input)
     params: detect.Params = Field(default_factory=detect.Params)
+    timeout: float | None = Field(
+        None, gt=0, description="Soft time limit in seconds (at most the job type's maximum)"
+    )
+
+
+class SimilarityRequest(BaseModel):
+    """JSON body of POST /task for a similarity job: documents (IIIF manifests) to compare."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["similarity"] = Field(
+        description="similarity: find the same illustrations or pages across documents"
+    )
+    input: similarity.Input
+    params: similarity.Params = Field(default_factory=similarity.Params)
     timeout: float | None = Field(
         None, gt=0, description="Soft time limit in seconds (at most the job type's maximum)"
     )
@@ -81,6 +96,11 @@ class ResultItem(BaseModel):
 
 
 class TaskResult(BaseModel):
+    """Items (one per image or canvas) and provenance; a similarity task adds `pairs` (one per
+    pair of documents: its top-k item pairs, best first) and `comparison` ({done, total})."""
+
+    model_config = ConfigDict(extra="allow")
+
     items: list[ResultItem]
     provenance: dict[str, Any] | None = None
 

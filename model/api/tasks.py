@@ -24,6 +24,7 @@ from model.api.errors import ApiError, ErrorResponse, describe_validation_error
 from model.api.schemas import (
     TASK_ID_PATTERN,
     Progress,
+    SimilarityRequest,
     TaskCreated,
     TaskPath,
     TaskRequest,
@@ -49,14 +50,24 @@ ERRORS: dict[Any, Any] = {
 RETRY_AFTER_S = "1"
 
 
+REQUEST_MODELS = (TaskRequest, SimilarityRequest)
+
+
 def _task_request_body() -> dict[str, Any]:
     """Document both request encodings (flask-openapi3 validates JSON only; we parse both)."""
-    schema = TaskRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = [
+        {
+            k: v
+            for k, v in model.model_json_schema(ref_template="#/components/schemas/{model}").items()
+            if k != "$defs"
+        }
+        for model in REQUEST_MODELS
+    ]
     multipart = {
         "type": "object",
         "required": ["type"],
         "properties": {
-            "type": {"type": "string", "enum": ["detect", "noop"]},
+            "type": {"type": "string", "enum": ["detect", "noop", "similarity"]},
             "params": {"type": "string", "description": "params as a JSON object string"},
             "input": {"type": "string", "description": "input as a JSON object string"},
             "timeout": {"type": "number"},
@@ -72,7 +83,7 @@ def _task_request_body() -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": {k: v for k, v in schema.items() if k != "$defs"}},
+                "application/json": {"schema": {"oneOf": schemas}},
                 "multipart/form-data": {"schema": multipart},
             },
         }
@@ -81,9 +92,11 @@ def _task_request_body() -> dict[str, Any]:
 
 def request_schema_components() -> dict[str, Any]:
     """Schemas the hand-written request body refers to; added to the document's components."""
-    return TaskRequest.model_json_schema(ref_template="#/components/schemas/{model}").get(
-        "$defs", {}
-    )
+    components: dict[str, Any] = {}
+    for model in REQUEST_MODELS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.get("$defs", {}))
+    return components
 
 
 def _json_field(raw: str | None, name: str) -> Any:
@@ -95,7 +108,7 @@ def _json_field(raw: str | None, name: str) -> Any:
         raise ApiError(400, "malformed_json", f"form field {name!r} is not valid JSON") from exc
 
 
-def _parse_request() -> tuple[TaskRequest, list[FileStorage]]:
+def _parse_request() -> tuple[TaskRequest | SimilarityRequest, list[FileStorage]]:
     files: list[FileStorage] = []
     if request.mimetype == "application/json":
         try:
@@ -120,21 +133,27 @@ def _parse_request() -> tuple[TaskRequest, list[FileStorage]]:
             415, "unsupported_media_type", "send application/json or multipart/form-data"
         )
     try:
-        return TaskRequest.model_validate(data), files
+        model = SimilarityRequest if data.get("type") == "similarity" else TaskRequest
+        return model.model_validate(data), files
     except ValidationError as exc:
         message, details = describe_validation_error(exc)
         raise ApiError(422, "invalid_request", message, details=details) from exc
 
 
-def _check_model(svc: Services, name: str | None) -> None:
+def _check_model(svc: Services, name: str | None, task: str = "detect") -> None:
     if name is None:
         return
     if any(part in name for part in ("/", "\\", "..")) or name.endswith((".pt", ".onnx")):
         raise ApiError(
             400, "invalid_model_name", "model must be a name from GET /models, not a path"
         )
-    if name not in discover(svc.settings.model_dirs):
+    found = discover(svc.settings.model_dirs).get(name)
+    if found is None:
         raise ApiError(422, "unknown_model", f"no model named {name!r}; see GET /models")
+    if found.task != task:
+        raise ApiError(
+            422, "wrong_model_task", f"{name!r} is a {found.task} model; this needs a {task} model"
+        )
 
 
 def _read_uploads(files: list[FileStorage]) -> list[tuple[str, str, bytes]]:
@@ -180,7 +199,11 @@ def submit_task() -> Response:
     earlier = earlier_submit(svc)
     if earlier is not None and (existing := svc.store.get(earlier)) is not None:
         return _created_response(earlier, existing.state)  # a retried submit
-    _check_model(svc, task_request.params.model)
+    if isinstance(task_request, SimilarityRequest):
+        _check_model(svc, task_request.params.model, "embed")
+        _check_model(svc, task_request.params.detector, "detect")
+    else:
+        _check_model(svc, task_request.params.model)
     limits = svc.settings.job_limits(task_request.type)
     timeout = task_request.timeout or limits.timeout_default_s
     if timeout > limits.timeout_max_s:
@@ -189,6 +212,8 @@ def submit_task() -> Response:
             "invalid_timeout",
             f"timeout may be at most {limits.timeout_max_s} s for {task_request.type}",
         )
+    if isinstance(task_request, SimilarityRequest):
+        return _submit_similarity(svc, task_request, files, timeout)
     urls = task_request.input.image_urls
     manifest_urls = task_request.input.all_manifest_urls()
     manifest_files = _read_manifest_uploads()
@@ -228,7 +253,41 @@ def submit_task() -> Response:
         path = uploads.save(svc.settings.uploads_dir, task_id, index, ".json", data)
         inputs.append({"manifest_upload": str(path), "filename": filename})
     spec = {"params": task_request.params.model_dump(), "inputs": inputs}
-    record = svc.store.create(g.owner, task_request.type, spec, images, timeout, task_id)
+    return _enqueue(svc, task_id, task_request.type, spec, images, timeout)
+
+
+def _submit_similarity(
+    svc: Services, task_request: SimilarityRequest, files: list[FileStorage], timeout: float
+) -> Response:
+    """A similarity task names documents (manifest URLs) only: checked here, read by the worker
+    (a URL that turns out not to be a manifest fails the task with `manifest_invalid`)."""
+    documents = task_request.input.documents
+    if files or _read_manifest_uploads():
+        raise ApiError(
+            422, "invalid_request", "a similarity task compares manifest URLs: upload nothing"
+        )
+    if len(documents) > svc.settings.similarity.max_documents:
+        raise ApiError(
+            422,
+            "too_many_documents",
+            f"at most {svc.settings.similarity.max_documents} documents per similarity task",
+        )
+    check_backpressure(svc)
+    task_id = uuid.uuid4().hex
+    concurrent = claim_idempotency(svc, task_id)
+    if concurrent is not None:
+        return _created_response(concurrent, State.QUEUED)
+    spec = {
+        "params": task_request.params.model_dump(),
+        "inputs": [{"document": key, "manifest_url": url} for key, url in documents.items()],
+    }
+    return _enqueue(svc, task_id, task_request.type, spec, 0, timeout)
+
+
+def _enqueue(
+    svc: Services, task_id: str, job_type: str, spec: dict[str, Any], images: int, timeout: float
+) -> Response:
+    record = svc.store.create(g.owner, job_type, spec, images, timeout, task_id)
     try:
         svc.celery.send_task(
             RUN_JOB,
@@ -292,7 +351,7 @@ def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = N
     if record.state in WITH_ITEMS:
         items = svc.store.items(record.id) if items is None else items
         items = sorted(items, key=lambda item: item["index"])
-        result = TaskResult(items=items, provenance=record.provenance)
+        result = TaskResult(items=items, provenance=record.provenance, **(record.summary or {}))
     position = eta = None
     if record.state == State.QUEUED:
         rank = svc.store.queue_position(record.id)

@@ -1,5 +1,9 @@
 """Which models exist: `<name>.pt` + `<name>.json` card pairs in the configured folders.
 
+A card's `task` says what the model does: `detect` (a YOLO detector, the default) or `embed` (a
+feature extractor for the similarity job: no classes; `format` says how to run it, see
+model/similarity/embedders.py).
+
 Torch-free on purpose: the HTTP process lists models and validates the `model` param from here,
 by name only — a client never supplies a path, so no request can make us unpickle a file.
 """
@@ -8,9 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+
+EMBED_FORMATS = ("ultralytics-backbone", "onnx", "torchscript")
+# Card keys an embed model may set (how to feed it and pool its output).
+EMBED_OPTIONS = ("layers", "mean", "std", "resize", "pooling")
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,9 @@ class ModelInfo:
     weights: Path
     onnx: Path | None
     sha256: str
+    # embed models: "ultralytics-backbone" | "onnx" | "torchscript", and the card's own options
+    format: str = "ultralytics"
+    options: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def describe(self, default: str) -> dict[str, object]:
         return {
@@ -31,8 +43,14 @@ class ModelInfo:
             "input_size": self.imgsz,
             "sha256": self.sha256,
             "default": self.name == default,
-            "backends": ["torch", "onnx"] if self.onnx else ["torch"],
+            "backends": self.backends,
         }
+
+    @property
+    def backends(self) -> list[str]:
+        if self.format == "onnx":
+            return ["onnx"]
+        return ["torch", "onnx"] if self.onnx else ["torch"]
 
 
 @lru_cache(maxsize=64)
@@ -51,14 +69,24 @@ def _load_card(card_path: Path) -> ModelInfo | None:
         if not weights.is_file():
             return None
         onnx = card_path.parent / card["onnx"] if card.get("onnx") else None
+        task = card.get("task", "detect")
+        if task == "embed":
+            fmt = card.get("format") or ("onnx" if weights.suffix == ".onnx" else "torchscript")
+            if fmt not in EMBED_FORMATS:
+                return None
+        else:
+            fmt = "ultralytics"
         return ModelInfo(
             name=card.get("name", card_path.stem),
-            task=card.get("task", "detect"),
-            classes=list(card["classes"]),
+            task=task,
+            # A feature extractor has no classes; a detector without them is a broken card.
+            classes=list(card.get("classes", [])) if task == "embed" else list(card["classes"]),
             imgsz=int(card["imgsz"]),
             weights=weights,
             onnx=onnx if onnx and onnx.is_file() else None,
             sha256=_sha256(weights, weights.stat().st_mtime_ns),
+            format=fmt,
+            options={k: v for k, v in card.items() if k in EMBED_OPTIONS},
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # an unreadable card is not a model; it is simply not listed

@@ -6,7 +6,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-JOB_TYPES = {"detect": "model.jobs.detect", "noop": "model.jobs.noop"}
+JOB_TYPES = {
+    "detect": "model.jobs.detect",
+    "noop": "model.jobs.noop",
+    "similarity": "model.jobs.similarity",
+}
 
 
 class JobCancelled(Exception):

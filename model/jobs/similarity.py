@@ -1,0 +1,86 @@
+"""Find the same (or related) illustrations or pages across documents.
+
+Every pair of documents is compared — each with itself too, skipping an item against itself —
+and each pair gets its top-k most similar items, with scores, canvas ids and boxes in canvas
+coordinates. `level: "region"` runs the detector and compares the detected illustrations;
+`"page"` compares whole pages. How: model/similarity/ (global descriptor shortlist, SIFT +
+RANSAC verification, photometric check).
+
+This module is imported by the HTTP process (request validation): it must stay torch-free, so
+the worker side is imported inside run().
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DOCUMENT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+# A hard ceiling for validation; the service's own limit is `similarity.max_documents`.
+MAX_DOCUMENTS = 50
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["region", "page"] = Field(
+        "region", description="region: compare detected illustrations; page: whole pages"
+    )
+    top_k: int = Field(10, ge=1, le=200, description="Most similar item pairs kept per pair")
+    model: str | None = Field(
+        None,
+        description="Feature extractor (GET /models, task 'embed'); the configured one if omitted",
+    )
+    detector: str | None = Field(
+        None, description="Detection model for level 'region' (GET /models, task 'detect')"
+    )
+    confidence: float = Field(0.25, ge=0.0, le=1.0, description="Detector threshold (region)")
+    iou: float = Field(0.45, ge=0.0, le=1.0, description="Detector NMS IoU threshold (region)")
+    max_side: int = Field(
+        1024, ge=256, le=4096, description="Longest side (px) at which pages are analysed"
+    )
+    candidates: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Items shortlisted per item by the global descriptor before verification",
+    )
+    min_score: float = Field(
+        0.0, ge=0.0, le=1.0, description="Leave out item pairs scoring below this"
+    )
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    documents: dict[str, str] = Field(
+        description="Documents to compare: a short name of your choice -> http(s) URL of a IIIF "
+        "manifest or collection (at least 2)",
+    )
+
+    @field_validator("documents")
+    @classmethod
+    def _documents(cls, documents: dict[str, str]) -> dict[str, str]:
+        if len(documents) < 2:
+            raise ValueError("give at least 2 documents to compare")
+        if len(documents) > MAX_DOCUMENTS:
+            raise ValueError(f"at most {MAX_DOCUMENTS} documents")
+        for key, url in documents.items():
+            if not DOCUMENT_KEY.match(key):
+                raise ValueError(
+                    f"document name {key[:80]!r}: 1-64 letters, digits, '_', '.', ':' or '-'"
+                )
+            parts = urlsplit(url)
+            # Only the shape is checked here; the worker's fetcher decides what it may reach.
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"document {key!r}: not an http(s) URL: {url[:200]!r}")
+        return documents
+
+
+def run(ctx: Any) -> None:
+    from model.similarity.job import run_similarity
+
+    run_similarity(ctx, Params(**ctx.spec.get("params", {})))

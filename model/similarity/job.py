@@ -1,0 +1,402 @@
+"""The similarity job in the worker: pages through the same pipeline as detection (safe fetch,
+IIIF size negotiation, prefetch threads, a content-addressed cache), features per page or per
+detected region, then every pair of documents compared (compare.py).
+
+Stages and what survives an interruption:
+1. Features, page by page: each page becomes a result item as soon as it is done (progress
+   counts pages; a failed page is a failed item, not a failed task). A page redelivered after
+   a crash is not emitted twice; its features come back from the cache (or are recomputed).
+2. Comparison, document pair by document pair: the result's `pairs` grow as each pair is done,
+   so a timeout or cancel keeps the finished pairs (`comparison.done` of `comparison.total`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+
+from model.iiif.loader import json_getter
+from model.iiif.negotiate import ServiceInfo
+from model.jobs import JobFailed
+from model.jobs.loading import PageLoader, Prepared, to_output_box
+from model.pipeline.cache import params_digest
+from model.pipeline.prefetch import Prefetcher
+from model.similarity import compare as comparing
+from model.similarity.cache import FeatureCache
+from model.similarity.features import ItemFeatures, pack, page_items, unpack
+
+# Bump when feature extraction changes: cached features of older code are then not reused.
+FEATURES_VERSION = 1
+EMBED_BATCH = 32
+METHOD = {
+    "global": "feature extractor's pooled features (GeM) + 16x16 contrast-normalised layout "
+    "thumbnail; cosine = mean of the two",
+    "shortlist": "each item's `candidates` nearest items on the other side, both ways",
+    "verification": "RootSIFT, ratio test 0.8 + mutual nearest neighbours, RANSAC similarity "
+    "transform (threshold 1.5% of the item side); degenerate (collinear) inliers rejected",
+    "photometric": "normalised cross-correlation of the two items aligned by that transform, "
+    "over the inliers' bounding box",
+    "score": "(1 - exp(-(inliers - 4) / 8)) * max(0, correlation), in [0, 1]",
+    "page_keypoints": "at page level keypoints smaller than 0.8% of the page side (letters) "
+    "are dropped",
+}
+
+
+@dataclass
+class PageInfo:
+    document: str
+    item: dict[str, Any]
+    origin: tuple[float, float]  # decoded pixels -> canvas: canvas = origin + px * factor
+    factor: tuple[float, float]
+    detections: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_canvas(self, box: tuple[float, float, float, float]) -> list[int]:
+        x1, y1, x2, y2 = box
+        (ox, oy), (fx, fy) = self.origin, self.factor
+        return [
+            round(ox + x1 * fx),
+            round(oy + y1 * fy),
+            round((x2 - x1) * fx),
+            round((y2 - y1) * fy),
+        ]
+
+
+@dataclass
+class _Run:
+    ctx: Any
+    params: Any
+    embedder: Any
+    detector: Any
+    cache: FeatureCache
+    document_of: list[str]
+    finished: set[int]
+    pages: dict[int, PageInfo] = field(default_factory=dict)
+    items: dict[str, list[ItemFeatures]] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+    timings: dict[str, float] = field(
+        default_factory=lambda: {
+            "fetch_s": 0.0,
+            "decode_s": 0.0,
+            "detect_s": 0.0,
+            "features_s": 0.0,
+            "embed_s": 0.0,
+        }
+    )
+
+
+def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
+    resources = ctx.resources
+    name = params.model or resources["settings"].similarity.embed_model
+    embedders = resources.get("embedders")
+    try:
+        embedder = embedders.get(name) if embedders is not None else None
+    except Exception as exc:  # a broken plug-in model fails the task, not the worker
+        raise JobFailed(
+            "model_unavailable", f"feature extractor {name!r} did not load: {exc}"
+        ) from exc
+    if embedder is None:
+        raise JobFailed("model_unavailable", f"feature extractor {name!r} is not available")
+    detector = None
+    if params.level == "region":
+        det_name = params.detector or resources["default_model"]
+        detector = resources["detectors"].get(det_name)
+        if detector is None:
+            raise JobFailed("model_unavailable", f"detector {det_name!r} is not loaded")
+    return embedder, detector
+
+
+def _model_provenance(model: Any) -> dict[str, Any]:
+    return {
+        "model": model.name,
+        "sha256": model.info.sha256,
+        "backend": model.backend,
+        "device": model.device,
+    }
+
+
+def run_similarity(ctx: Any, params: Any) -> None:
+    from model.similarity.plan import plan_documents
+
+    resources = ctx.resources
+    settings = resources["settings"]
+    embedder, detector = _models(ctx, params)
+    documents = [(e["document"], e["manifest_url"]) for e in ctx.spec["inputs"]]
+    provenance: dict[str, Any] = {
+        "method": METHOD,
+        "level": params.level,
+        "embedder": {**_model_provenance(embedder), "dim": embedder.dim},
+        "detector": _model_provenance(detector) if detector else None,
+        "params": params.model_dump(),
+        "worker_pid": os.getpid(),
+        "versions": {**resources.get("versions", {}), "opencv": cv2.__version__},
+        "stage": "reading manifests",
+    }
+    ctx.set_provenance(provenance)
+    fetcher = resources["fetcher"]
+    plan = plan_documents(documents, fetcher, settings)
+    ctx.set_total(len(plan.units))
+    provenance.update(
+        documents=plan.documents,
+        manifests=[m.as_dict() for m in plan.manifests],
+        manifest_problems=plan.problems,
+        stage="features",
+    )
+    ctx.set_provenance(provenance)
+
+    model_key = f"{embedder.info.sha256}:{detector.info.sha256 if detector else '-'}"
+    shaping = {"level": params.level, "max_side": params.max_side, "v": FEATURES_VERSION}
+    if detector:
+        shaping.update(confidence=params.confidence, iou=params.iou)
+    cache = FeatureCache(
+        resources.get("redis"),
+        settings.similarity.cache_ttl_s,
+        settings.similarity.cache_max_entries,
+    )
+    loader = PageLoader(
+        fetcher=fetcher,
+        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
+        cache=cache,  # type: ignore[arg-type]  # same key/get protocol as DetectionCache
+        params_key=params_digest(model_key, shaping),
+        max_side=params.max_side,
+        min_side=min(params.max_side, 512),
+        max_pixels=settings.fetch.max_pixels,
+    )
+    run = _Run(ctx, params, embedder, detector, cache, plan.document_of, ctx.finished_indices())
+    run.items = {key: [] for key, _ in documents}
+    started = time.perf_counter()
+    try:
+        with Prefetcher(
+            plan.units,
+            loader,
+            loader.failed,
+            threads=settings.pipeline.download_threads,
+            depth=settings.pipeline.prefetch_depth,
+        ) as prefetch:
+            while batch := prefetch.next_batch(settings.worker.batch_size, ctx.check_cancel):
+                _features(run, batch)
+        features_wall = time.perf_counter() - started
+        provenance["stage"] = "comparing"
+        ctx.set_provenance(provenance)
+        compare_started = time.perf_counter()
+        _compare_all(run, [key for key, _ in documents])
+        run.timings["compare_s"] = time.perf_counter() - compare_started
+        provenance["stage"] = "done"
+        pages_done = max(1, len(run.pages))
+        run.timings["per_page_s"] = features_wall / pages_done
+    finally:
+        provenance.update(
+            cache={"hits": run.hits, "misses": run.misses},
+            items={key: len(v) for key, v in run.items.items()},
+            resumed_after=len(run.finished),
+            timings={
+                **{k: round(v, 4) for k, v in run.timings.items()},
+                "wall_s": round(time.perf_counter() - started, 3),
+            },
+        )
+        ctx.set_provenance(provenance)
+
+
+# --- stage 1: features --------------------------------------------------------------------------
+
+
+def _features(run: _Run, batch: list[Prepared]) -> None:
+    fresh: list[Prepared] = []
+    for prepared in batch:
+        for stage, seconds in prepared.timings.items():
+            run.timings[stage] = run.timings.get(stage, 0.0) + seconds
+        if prepared.error is not None:
+            _emit_failed(run, prepared)
+        elif prepared.cached is not None:
+            run.hits += 1
+            payload = prepared.cached
+            items = unpack(payload["items"], prepared.unit.index)  # type: ignore[index]
+            _accept(run, prepared, payload["detections"], items, cached=True)  # type: ignore[index]
+        else:
+            fresh.append(prepared)
+    if not fresh:
+        return
+    run.misses += len(fresh)
+    detections: list[list[dict[str, Any]]] = [[] for _ in fresh]
+    if run.detector is not None:
+        t0 = time.perf_counter()
+        found = run.detector.predict(
+            [p.image for p in fresh], run.params.confidence, run.params.iou
+        )
+        run.timings["detect_s"] += time.perf_counter() - t0
+        detections = [
+            [
+                {
+                    "xyxy": [round(v / p.scale, 2) for v in d["xyxy"]],
+                    "confidence": round(float(d["confidence"]), 4),
+                    "label": d["label"],
+                }
+                for d in dets
+            ]
+            for p, dets in zip(fresh, found, strict=True)
+        ]
+    t0 = time.perf_counter()
+    per_page, crops = [], []
+    for prepared, dets in zip(fresh, detections, strict=True):
+        regions = [d["xyxy"] for d in dets] if run.detector is not None else None
+        items, page_crops = page_items(
+            prepared.unit.index, prepared.image, prepared.scale, regions, run.params.max_side
+        )
+        per_page.append(items)
+        crops.append(page_crops)
+    run.timings["features_s"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    flat = [c for page in crops for c in page]
+    vectors = [
+        v
+        for i in range(0, len(flat), EMBED_BATCH)
+        for v in run.embedder.embed(flat[i : i + EMBED_BATCH])
+    ]
+    run.timings["embed_s"] += time.perf_counter() - t0
+    position = 0
+    for prepared, dets, items in zip(fresh, detections, per_page, strict=True):
+        for item in items:
+            item.embedding = vectors[position]
+            position += 1
+        width, height = prepared.decoded_size
+        packed = pack(items)
+        if prepared.cache_key:
+            run.cache.put(prepared.cache_key, width, height, {"detections": dets, "items": packed})
+        # Compare what the cache holds (bytes-quantised descriptors): a page scores the same
+        # whether its features were just computed or come from the cache.
+        items = unpack(packed, prepared.unit.index)
+        prepared.image = None  # free the pixels now
+        _accept(run, prepared, dets, items, cached=False)
+
+
+def _accept(
+    run: _Run,
+    prepared: Prepared,
+    detections: list[dict[str, Any]],
+    items: list[ItemFeatures],
+    cached: bool,
+) -> None:
+    index = prepared.unit.index
+    document = run.document_of[index]
+    width, height = prepared.decoded_size
+    rx, ry, rw, rh = to_output_box(prepared, [0, 0, width, height])
+    info = PageInfo(
+        document=document,
+        item=prepared.item,
+        origin=(rx, ry),
+        factor=(rw / max(1, width), rh / max(1, height)),
+    )
+    info.detections = [
+        {
+            "xywh": to_output_box(prepared, d["xyxy"]),
+            "confidence": d["confidence"],
+            "label": d["label"],
+        }
+        for d in detections
+    ]
+    run.pages[index] = info
+    run.items[document].extend(items)
+    if index in run.finished:
+        return  # stored by an earlier attempt of this task
+    item = {
+        **prepared.item,
+        "document": document,
+        "status": "ok",
+        "width": width,
+        "height": height,
+        "cached": cached,
+        "detections": info.detections,
+        "compared": len(items),
+        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
+    }
+    if prepared.unit.canvas is not None:
+        item["coordinates"] = "canvas"
+        item["canvas_width"] = item.get("canvas_width") or width
+        item["canvas_height"] = item.get("canvas_height") or height
+    run.ctx.emit(item)
+
+
+def _emit_failed(run: _Run, prepared: Prepared) -> None:
+    if prepared.unit.index in run.finished:
+        return
+    code, message = prepared.error or ("load_error", "")
+    item = {
+        **prepared.item,
+        "document": run.document_of[prepared.unit.index],
+        "status": "failed",
+        "detections": [],
+        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
+        "error": {"code": code, "message": message},
+    }
+    run.ctx.emit(item, failed=True)
+
+
+# --- stage 2: comparison ------------------------------------------------------------------------
+
+
+def _compare_all(run: _Run, keys: list[str]) -> None:
+    pairs = [(a, b) for i, a in enumerate(keys) for b in keys[i:]]
+    for items in run.items.values():  # pages finish in any order: compare in a fixed one
+        items.sort(key=lambda item: (item.page, -1 if item.region is None else item.region))
+    summary: dict[str, Any] = {"pairs": [], "comparison": {"done": 0, "total": len(pairs)}}
+    run.ctx.set_summary(summary)
+    for key_a, key_b in pairs:
+        run.ctx.check_cancel()
+        started = time.perf_counter()
+        matches, stats = comparing.compare(
+            run.items[key_a],
+            run.items[key_b],
+            same=key_a == key_b,
+            candidates=run.params.candidates,
+            top_k=run.params.top_k,
+            min_score=run.params.min_score,
+            check=run.ctx.check_cancel,
+        )
+        summary["pairs"].append(
+            {
+                "documents": [key_a, key_b],
+                "items": [len(run.items[key_a]), len(run.items[key_b])],
+                "verified": stats.verified,
+                "seconds": round(time.perf_counter() - started, 3),
+                "matches": [_describe(run, m) for m in matches],
+            }
+        )
+        summary["comparison"]["done"] += 1
+        run.ctx.set_summary(summary)
+
+
+def _side(run: _Run, item: ItemFeatures, area: tuple[float, ...] | None) -> dict[str, Any]:
+    page = run.pages[item.page]
+    side: dict[str, Any] = {
+        "document": page.document,
+        "index": item.page,
+        "canvas_id": page.item.get("canvas_id"),
+        "label": page.item.get("label"),
+        "manifest": page.item.get("manifest"),
+        "region": item.region,
+    }
+    if item.region is not None and item.region < len(page.detections):
+        side["xywh"] = page.detections[item.region]["xywh"]
+    else:
+        side["xywh"] = page.to_canvas(item.box)
+    side["match_xywh"] = page.to_canvas(area) if area else None
+    return side
+
+
+def _describe(run: _Run, match: comparing.Match) -> dict[str, Any]:
+    v = match.verification
+    return {
+        "score": match.score,
+        "inliers": v.inliers,
+        "matches": v.matches,
+        "correlation": round(match.correlation, 4),
+        "cosine": round(match.cosine, 4),
+        "scale": round(v.scale, 4),
+        "rotation": round(v.angle, 2),
+        "a": _side(run, match.a, match.area_a),
+        "b": _side(run, match.b, match.area_b),
+    }
