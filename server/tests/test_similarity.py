@@ -8,6 +8,8 @@ cancel and timeout mid-task."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from server.tests.similarity_corpus import (
     evaluate_regions,
 )
 from server.tests.stack import PROJECT_ROOT, Api, Stack, start_stack
+from server.tests.test_faults import pool_child
 
 PLUG = "plug-embed"
 # alpha/beta/gamma: art numbers per page, True for a copy (kinds cycle line, diagram, ornament,
@@ -343,3 +346,19 @@ def test_timeout_mid_task(sim_api: Api, iiif_server: IiifServer, corpus: Corpus)
     done = end["progress"]["done"]
     assert 1 <= done < 27 and len(end["result"]["items"]) == done
     assert end["result"]["provenance"]["stage"] == "features"
+
+
+def test_killed_worker_resumes_without_repeating_pages(
+    sim_stack: Stack, sim_api: Api, iiif_server: IiifServer, corpus: Corpus
+) -> None:
+    slow = slow_document(iiif_server, "slow-kill", 10, 0.6)
+    documents = {"alpha": corpus.manifests["alpha"], "slow": slow}
+    task_id = sim_api.submit_ok({"type": "similarity", "input": {"documents": documents}})
+    sim_api.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 4)
+    os.kill(pool_child(sim_stack), signal.SIGKILL)  # acks_late: the task comes back
+    end = sim_api.wait(task_id, timeout_s=180)
+    assert end["state"] == "SUCCEEDED", end
+    indices = sorted(item["index"] for item in end["result"]["items"])
+    assert indices == list(range(13))  # every page once, none twice
+    assert end["result"]["provenance"]["resumed_after"] >= 4
+    assert end["result"]["comparison"] == {"done": 3, "total": 3}
