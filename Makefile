@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean-data
+.PHONY: install run test lint format clean-data bench
 
 $(STAMP): requirements.txt requirements-dev.txt scripts/install_system_packages.sh
 	scripts/install_system_packages.sh
@@ -23,9 +23,14 @@ test: install lint
 	$(PY) -m pytest -v
 
 lint: install
-	$(VENV)/bin/ruff check model server scripts
-	$(VENV)/bin/ruff format --check model server scripts
+	$(VENV)/bin/ruff check model server scripts bench
+	$(VENV)/bin/ruff format --check model server scripts bench
 
 format: install
-	$(VENV)/bin/ruff format model server scripts
-	$(VENV)/bin/ruff check --fix model server scripts
+	$(VENV)/bin/ruff format model server scripts bench
+	$(VENV)/bin/ruff check --fix model server scripts bench
+
+## Benchmarks (bench/README.md): service vs raw model vs seed-style, API overhead, cancel,
+## memory. BENCH_N=20 for fewer pages; BENCH_FLAGS=--quick for a smoke run, --gpu on CUDA.
+bench: install
+	$(PY) -m bench $(BENCH_FLAGS)

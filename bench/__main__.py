@@ -1,0 +1,115 @@
+"""`python -m bench` (`make bench`): the whole benchmark in one run; see bench/README.md.
+
+Environment defaults (flags override): BENCH_N (pages), BENCH_LATENCY_MS, BENCH_ROUNDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from bench import chart, report
+from bench.run import PARTS, Options, Run
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _parts(text: str) -> set[str]:
+    parts = {p.strip() for p in text.split(",") if p.strip()}
+    unknown = parts - set(PARTS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown parts {sorted(unknown)}; known: {PARTS}")
+    return parts
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--pages", type=int, default=int(env("BENCH_N", "50")), help="N (BENCH_N)")
+    p.add_argument("--latency-ms", type=float, default=float(env("BENCH_LATENCY_MS", "50")))
+    p.add_argument("--seed-pages", type=int, help="pages of the seed-style runs (default N)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=int(env("BENCH_ROUNDS", "2")),
+        help="alternating raw/service rounds",
+    )
+    p.add_argument("--scaling", type=_ints, default=[10, 50, 200], help="e.g. 10,50,200")
+    p.add_argument("--noop-tasks", type=int, default=200)
+    p.add_argument("--poll-ms", type=float, default=2.0, help="status polling of noop tasks")
+    p.add_argument("--wrk-seconds", type=int, default=10)
+    p.add_argument("--wrk-connections", type=int, default=16)
+    p.add_argument("--cancel-pages", type=int, default=200)
+    p.add_argument("--memory-tasks", type=int, default=500)
+    p.add_argument("--only", type=_parts, help=f"run only these parts: {','.join(PARTS)}")
+    p.add_argument("--skip", type=_parts, default=set(), help="leave these parts out")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run in ~3 min: N=10, 1 round, small counts (not for the record)",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="CUDA machine: torch/CUDA for raw and seed-style, results named gpu-*",
+    )
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--keep", action="store_true", help="keep the stack's temp data dir")
+    return p.parse_args(argv)
+
+
+def options(args: argparse.Namespace) -> Options:
+    o = Options(
+        pages=args.pages,
+        latency_ms=args.latency_ms,
+        seed_pages=args.seed_pages or args.pages,
+        rounds=args.rounds,
+        scaling=args.scaling,
+        noop_tasks=args.noop_tasks,
+        poll_ms=args.poll_ms,
+        wrk_seconds=args.wrk_seconds,
+        wrk_connections=args.wrk_connections,
+        cancel_pages=args.cancel_pages,
+        memory_tasks=args.memory_tasks,
+        parts=set(args.only or PARTS) - args.skip,
+        gpu=args.gpu,
+        cache_dir=args.out / "tmp" / "pages",
+        keep=args.keep,
+    )
+    if args.quick:
+        o.pages, o.seed_pages, o.rounds = 10, 5, 1
+        o.scaling, o.noop_tasks, o.wrk_seconds = [5, 10, 20], 40, 3
+        o.cancel_pages, o.memory_tasks = 40, 50
+    return o
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    # A plain `kill` must still stop the stack the run started (the `finally` blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.monotonic()
+    results = Run(options(args)).execute()
+    results["meta"]["wall_s"] = round(time.monotonic() - started, 1)
+    kind = "gpu" if args.gpu else "cpu"
+    stem = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}" + ("-quick" if args.quick else "")
+    paths = report.write(results, args.out, stem)
+    png = chart.write(results, args.out / f"{stem}.png")
+    if png is not None:
+        latest_png = args.out / f"latest{'-gpu' if args.gpu else ''}.png"
+        latest_png.write_bytes(png.read_bytes())
+    print()
+    print(paths["md"].read_text())
+    print(f"written: {', '.join(str(p) for p in [*paths.values(), png] if p)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

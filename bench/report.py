@@ -1,0 +1,374 @@
+"""Results as JSON and a markdown table (every figure next to its same-run baseline), with the
+issue's targets checked. Benchmarks report; nothing here fails a build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str, str, str]  # figure, value, baseline, ratio, target, met
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _fmt(value: float | None, digits: int = 2, unit: str = "") -> str:
+    return "—" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    service = _get(r, "service", "negotiated", "pages_per_s")
+    seed_b = _get(r, "seed_style", "B_load_once_per_task", "pages_per_s")
+    negotiated = _get(r, "service", "negotiated", "image_bytes")
+    full = _get(r, "service", "full_size", "image_bytes") or _get(
+        r, "setup", "full_size_bytes_total"
+    )
+    checks = [
+        ("service ≥ 0.9× raw", _ratio(service, _get(r, "raw", "pages_per_s")), ">=", 0.9),
+        ("service ≥ 8× seed-style (faster variant B)", _ratio(service, seed_b), ">=", 8.0),
+        ("negotiated bytes ≤ 1/4 of full size", _ratio(negotiated, full), "<=", 0.25),
+        (
+            "noop round trip ≤ 2× bare Celery (median)",
+            _get(r, "overhead", "ratio_median"),
+            "<=",
+            2.0,
+        ),
+        ("/status ≥ 0.7× /healthz requests/s", _get(r, "status_load", "ratio_rps"), ">=", 0.7),
+        ("cancel < 2 s", _get(r, "cancel", "terminate_to_cancelled_s"), "<", 2.0),
+        ("worker RSS growth < 5 %", _get(r, "memory", "rss_growth_pct"), "<", 5.0),
+    ]
+    out = []
+    for name, value, op, limit in checks:
+        met = None
+        if value is not None:
+            met = {">=": value >= limit, "<=": value <= limit, "<": value < limit}[op]
+        out.append({"target": name, "value": value, "limit": f"{op} {limit}", "met": met})
+    return out
+
+
+def download_ceiling(r: dict[str, Any]) -> dict[str, Any] | None:
+    """Pages/s the worker's downloads allow: at most `per_host_concurrency` requests at once to
+    the image server, each page taking `fetch_s / pages` of one download slot."""
+    rounds = _get(r, "service", "negotiated", "rounds") or []
+    timed = [x for x in rounds if x.get("worker_timings") and x.get("pipeline")]
+    if not timed:
+        return None
+    run = timed[-1]
+    per_host = min(run["pipeline"]["per_host_concurrency"], run["pipeline"]["download_threads"])
+    fetch_ms = run["worker_timings"]["fetch_s"] / run["pages"] * 1000
+    return {
+        "per_host": per_host,
+        "fetch_ms_per_page": fetch_ms,
+        "pages_per_s": per_host / fetch_ms * 1000,
+    }
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
+    raw_best = _get(r, "raw", "pages_per_s")
+    best = _get(r, "raw", "best_backend") or "?"
+    service = _get(r, "service", "negotiated", "pages_per_s")
+    seed_a = _get(r, "seed_style", "A_reload_per_image", "pages_per_s")
+    seed_b = _get(r, "seed_style", "B_load_once_per_task", "pages_per_s")
+    out: list[Row] = []
+    for name in ("onnx", "torch"):
+        timed = _get(r, "raw", name)
+        if timed:
+            out.append(
+                (
+                    f"raw {name}: pages/s (median latency)",
+                    f"{timed['pages_per_s']:.2f} ({timed['latency_median_ms']:.1f} ms)",
+                    f"raw best ({best}) {_fmt(raw_best)}",
+                    _fmt(_ratio(timed["pages_per_s"], raw_best)),
+                    "",
+                    "",
+                )
+            )
+    agreement = _get(r, "raw", "box_agreement")
+    if agreement and "max_box_diff_px" in agreement:
+        out.append(
+            (
+                "torch vs onnx: max box difference",
+                f"{agreement['max_box_diff_px']} px, conf {agreement['max_confidence_diff']}",
+                f"{agreement['matched_boxes']} matched, {agreement['unmatched_boxes']} unmatched "
+                f"(max conf {agreement['max_unmatched_confidence']})",
+                "",
+                "",
+                "",
+            )
+        )
+    for label, key in (
+        ("A: model loaded per image", "A_reload_per_image"),
+        ("B: model loaded per task", "B_load_once_per_task"),
+    ):
+        value = _get(r, "seed_style", key, "pages_per_s")
+        if value is not None:
+            out.append(
+                (
+                    f"seed-style {label}: pages/s",
+                    _fmt(value, 3),
+                    f"service {_fmt(service)}",
+                    f"service = {_fmt(_ratio(service, value), 1)}×",
+                    "",
+                    "",
+                )
+            )
+    tmap = {t["target"]: t for t in targets(r)}
+    if service is not None:
+        t = tmap["service ≥ 0.9× raw"]
+        out.append(
+            (
+                "service (IIIF, negotiated): pages/s",
+                _fmt(service),
+                f"raw best ({best}) {_fmt(raw_best)}",
+                _fmt(t["value"]),
+                "≥ 0.9",
+                _met(t["met"]),
+            )
+        )
+        t = tmap["service ≥ 8× seed-style (faster variant B)"]
+        out.append(
+            (
+                "service vs seed-style B",
+                _fmt(service),
+                f"seed B {_fmt(seed_b, 3)}",
+                _fmt(t["value"], 1),
+                "≥ 8",
+                _met(t["met"]),
+            )
+        )
+        out.append(
+            (
+                "service vs seed-style A",
+                _fmt(service),
+                f"seed A {_fmt(seed_a, 3)}",
+                _fmt(_ratio(service, seed_a), 1),
+                "",
+                "",
+            )
+        )
+        ceiling = download_ceiling(r)
+        if ceiling is not None:
+            out.append(
+                (
+                    "service: download ceiling (per-host limit / fetch time per page)",
+                    _fmt(ceiling["pages_per_s"]),
+                    f"{ceiling['per_host']} at once × {ceiling['fetch_ms_per_page']:.0f} ms "
+                    f"(info.json + image) per page",
+                    _fmt(_ratio(service, ceiling["pages_per_s"])),
+                    "",
+                    "",
+                )
+            )
+        ttfp = _get(r, "service", "negotiated", "time_to_first_page_s")
+        out.append(("service: time to first page result", _fmt(ttfp, 3, " s"), "", "", "", ""))
+    full_run = _get(r, "service", "full_size")
+    if full_run:
+        out.append(
+            (
+                "service without size negotiation: pages/s",
+                _fmt(full_run["pages_per_s"]),
+                f"negotiated {_fmt(service)}",
+                _fmt(_ratio(full_run["pages_per_s"], service)),
+                "",
+                "",
+            )
+        )
+        t = tmap["negotiated bytes ≤ 1/4 of full size"]
+        negotiated = _get(r, "service", "negotiated", "image_bytes")
+        out.append(
+            (
+                "image bytes downloaded, negotiated",
+                f"{negotiated / 1e6:.1f} MB",
+                f"full size {full_run['image_bytes'] / 1e6:.1f} MB",
+                _fmt(t["value"], 3),
+                "≤ 0.25",
+                _met(t["met"]),
+            )
+        )
+    scaling = _get(r, "scaling") or {}
+    first = next(iter(scaling.values()), None)
+    for n, run in scaling.items():
+        out.append(
+            (
+                f"scaling: service pages/s at N={n}",
+                _fmt(run["pages_per_s"]),
+                f"N={next(iter(scaling))} {_fmt(first['pages_per_s'])}" if first else "",
+                _fmt(_ratio(run["pages_per_s"], first["pages_per_s"] if first else None)),
+                "",
+                "",
+            )
+        )
+    ov = _get(r, "overhead")
+    if ov:
+        t = tmap["noop round trip ≤ 2× bare Celery (median)"]
+        noop, ping = ov["noop_submit_to_terminal"], ov["celery_ping_round_trip"]
+        out.append(
+            (
+                f"noop task submit→terminal ({ov['tasks']}), median / p99",
+                f"{noop['median_ms']:.1f} / {noop['p99_ms']:.1f} ms",
+                f"celery ping {ping['median_ms']:.1f} / {ping['p99_ms']:.1f} ms",
+                f"{ov['ratio_median']:.2f} / {ov['ratio_p99']:.2f}",
+                "≤ 2 (median)",
+                _met(t["met"]),
+            )
+        )
+        out.append(
+            (
+                "noop: submit request / record created→finished, medians",
+                f"{ov['noop_submit_request']['median_ms']:.1f} / "
+                f"{ov['noop_server_created_to_finished']['median_ms']:.1f} ms",
+                f"status polled every {ov['poll_interval_ms']:g} ms",
+                "",
+                "",
+                "",
+            )
+        )
+    sl = _get(r, "status_load")
+    if sl:
+        t = tmap["/status ≥ 0.7× /healthz requests/s"]
+        st, hz = sl["status"], sl["healthz"]
+        out.append(
+            (
+                "GET /status: req/s (p99)",
+                f"{st['requests_per_s']:.0f} ({st.get('p99_ms', 0):.1f} ms)",
+                f"/healthz {hz['requests_per_s']:.0f} ({hz.get('p99_ms', 0):.1f} ms)",
+                _fmt(sl["ratio_rps"]),
+                "≥ 0.7",
+                _met(t["met"]),
+            )
+        )
+    cancel = _get(r, "cancel")
+    if cancel:
+        t = tmap["cancel < 2 s"]
+        out.append(
+            (
+                "cancel: DELETE → CANCELLED",
+                _fmt(cancel["terminate_to_cancelled_s"], 3, " s"),
+                f"{cancel['done_when_cancelled']}/{cancel['pages']} pages done",
+                "",
+                "< 2 s",
+                _met(t["met"]),
+            )
+        )
+        pids, loads = cancel["worker_pid"], cancel["model_loads_in_process"]
+        out.append(
+            (
+                "next task: same process, no reload",
+                "yes" if cancel["same_process_no_reload"] else "**no**",
+                f"pid {pids['cancelled_task']} → {pids['next']}, loads "
+                f"{loads['cancelled_task']} → {loads['next']}",
+                "",
+                "",
+                "",
+            )
+        )
+    mem = _get(r, "memory")
+    if mem:
+        t = tmap["worker RSS growth < 5 %"]
+        out.append(
+            (
+                f"worker pool RSS after {mem['tasks']} tasks",
+                f"{mem['rss_after_mib']} MiB",
+                f"before {mem['rss_before_mib']} MiB (peak {mem.get('rss_peak_mib', '—')} MiB)",
+                f"{mem['rss_growth_pct']:+.2f} %",
+                "< 5 %",
+                _met(t["met"]),
+            )
+        )
+    return out
+
+
+def cpu_table(r: dict[str, Any]) -> list[str]:
+    cpu = r.get("cpu_ms_per_unit") or {}
+    if not cpu:
+        return []
+    groups = ["bench", "worker", "gunicorn", "nginx", "redis"]
+    lines = [
+        "",
+        "## CPU time per unit of work (ms, by process)",
+        "",
+        "`bench` is the benchmark's own process: the raw model loop, the seed-style loop, or",
+        "(in service phases) the IIIF image server and the polling client.",
+        "",
+        "| Phase | per | " + " | ".join(groups) + " | total |",
+        "| --- | --- | " + " | ".join("---" for _ in groups) + " | --- |",
+    ]
+    for phase, row in cpu.items():
+        values = " | ".join(f"{row[g]:.2f}" if g in row else "—" for g in groups)
+        lines.append(f"| {phase} | {row['unit']} | {values} | {row['total']:.2f} |")
+    return lines
+
+
+def markdown(r: dict[str, Any]) -> str:
+    meta = r.get("meta", {})
+    git = meta.get("git", {})
+    lines = [
+        f"# Scriptorium benchmark — {meta.get('started_at', '')}",
+        "",
+        f"Machine: {meta.get('cpus')} CPUs ({meta.get('cpu_model')}), "
+        f"{meta.get('memory_gib')} GiB, GPU: {meta.get('gpu', 'none')}; "
+        f"git {git.get('commit')}{' (dirty)' if git.get('dirty') else ''}; "
+        f"model {_get(r, 'meta', 'model', 'name')} "
+        f"({(_get(r, 'meta', 'model', 'sha256') or '')[:12]}); "
+        f"entry point: {_get(r, 'stack', 'entry_point') or '—'}; "
+        f"{_get(r, 'setup', 'pages')} pages, "
+        f"{_get(r, 'setup', 'page_sizes_px')} px, image-server latency "
+        f"{_get(r, 'setup', 'latency_ms')} ms.",
+        "",
+        "| Figure | Value | Baseline (same run) | Ratio | Target | Met |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in rows(r)]
+    lines += cpu_table(r)
+    lines += [
+        "",
+        "## Load during the run",
+        "",
+        "| Phase | s | load avg start→end | machine busy % | other processes (cores) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for p in meta.get("load_by_phase", []):
+        lines.append(
+            f"| {p['phase']} | {p['seconds']} | {p['load_start']:.2f} → {p['load_end']:.2f}"
+            f" | {p['machine_busy_pct']:.0f} | {p['foreign_cpu_cores']:.2f} |"
+        )
+    busy = meta.get("busy_foreign_processes_at_start") or []
+    lines += [
+        "",
+        "Busy processes outside the benchmark at start: "
+        + ("; ".join(f"`{b}`" for b in busy) if busy else "none"),
+    ]
+    notes = [f"- {k}: {v}" for k, v in (r.get("stack") or {}).items()]
+    if notes:
+        lines += ["", "## Stack", "", *notes]
+    skipped = r.get("skipped") or []
+    lines += ["", "## Skipped", ""]
+    lines += [f"- {s['part']}: {s['reason']}" for s in skipped] or ["- nothing"]
+    return "\n".join(lines) + "\n"
+
+
+def write(r: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    r["targets"] = targets(r)
+    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
+    paths["json"].write_text(json.dumps(r, indent=2, default=str) + "\n")
+    text = markdown(r)
+    paths["md"].write_text(text)
+    latest = out_dir / ("latest-gpu.md" if stem.startswith("gpu") else "latest.md")
+    latest.write_text(text)
+    paths["latest"] = latest
+    return paths

@@ -1,0 +1,121 @@
+"""The real stack for the benchmark: `python -m model stack` (supervisord: redis, Celery worker,
+gunicorn, nginx) in a temporary data dir on free ports — the tests' own starter, with the
+settings the benchmark needs and nothing else changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from model.settings import Settings
+from server.tests.stack import PROJECT_ROOT, Api, Stack, free_port, wait_ready
+
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
+
+
+def has_nginx() -> bool:
+    return (PROJECT_ROOT / "config/supervisor/nginx.conf").exists() and bool(
+        shutil.which("nginx", path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
+    )
+
+
+def start(data_dir: Path) -> tuple[Stack, dict[str, str]]:
+    """Start the stack; returns it and notes on how it was configured."""
+    http_port = free_port()
+    notes = {}
+    overrides = {
+        "SCRIPTORIUM_DATA_DIR": str(data_dir),
+        "SCRIPTORIUM_REDIS__PORT": str(free_port()),
+        "SCRIPTORIUM_HTTP__PORT": str(http_port),
+        # The benchmark's IIIF server runs on loopback.
+        "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
+        # The detection cache would answer repeated pages without inference: the benchmark
+        # measures inference, so it is off (runs repeat the same pages).
+        "SCRIPTORIUM_CACHE__TTL_S": "0",
+        "SCRIPTORIUM_LIMITS__MAX_QUEUED_TOTAL": "5000",
+    }
+    notes["detection_cache"] = "disabled (cache.ttl_s=0): every page is inferred"
+    if not has_nginx():
+        # Without nginx gunicorn itself must listen on the public port.
+        overrides["SCRIPTORIUM_GUNICORN_BIND"] = f"127.0.0.1:{http_port}"
+        notes["entry_point_fallback"] = "nginx not available: gunicorn serves the port itself"
+    env = {**os.environ, **overrides}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "stack.out").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model", "stack"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack = Stack(data_dir, env, f"http://127.0.0.1:{http_port}", process)
+    wait_ready(stack, timeout_s=300)
+    return stack, notes
+
+
+def bench_key(stack: Stack) -> str:
+    """A key no rate or queue limit gets in the way of (wrk sends thousands of requests/s)."""
+    return stack.create_key("bench", "--rate", "1000000/second", "--max-queued", "5000")
+
+
+def entry_point(base_url: str) -> str:
+    """What answers on the public port: nginx or gunicorn (their Server header)."""
+    server = requests.get(base_url + "/healthz", timeout=5).headers.get("Server", "")
+    return server.split("/")[0] or "unknown"
+
+
+def stack_settings(stack: Stack) -> Settings:
+    """The stack's settings as the processes read them (SCRIPTORIUM_* of its environment)."""
+    saved = dict(os.environ)
+    try:
+        os.environ.update({k: v for k, v in stack.env.items() if k.startswith("SCRIPTORIUM_")})
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def celery_client(stack: Stack) -> Any:
+    from model.celery_app import make_celery  # only stack parts need Celery installed
+
+    return make_celery(stack_settings(stack))
+
+
+def wait_terminal(
+    api: Api, task_id: str, poll_s: float = 0.02, timeout_s: float = 900
+) -> tuple[dict[str, Any], float]:
+    """Poll until the task ends; returns the final body and the monotonic time it was seen."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        body = api.status(task_id).json()
+        if body.get("state") in TERMINAL:
+            return body, time.monotonic()
+        time.sleep(poll_s)
+    raise TimeoutError(f"task {task_id} did not finish in {timeout_s} s")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise ValueError(f"no {field} for pid {pid}")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process (VmRSS), in KiB."""
+    return _status_kib(pid, "VmRSS")
+
+
+def peak_kib(pid: int) -> int:
+    """The largest resident set size the process ever had (VmHWM), in KiB."""
+    return _status_kib(pid, "VmHWM")
