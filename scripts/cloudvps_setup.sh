@@ -164,9 +164,10 @@ EOF
 
 var="$PREFIX/shared/var"
 # What `init` may create: compared by content, mode and owner (it rewrites some files as they were).
+# (Before the first install none of them exist: find fails, which must not stop the script.)
 state() {
-	find "$var/secrets" "$PREFIX/shared/keys" "$var/run/nginx.conf" -type f \
-		-printf '%p %m %u ' -exec md5sum {} \; 2>/dev/null | md5sum
+	{ find "$var/secrets" "$PREFIX/shared/keys" "$var/run/nginx.conf" -type f \
+		-printf '%p %m %u ' -exec md5sum {} \; 2>/dev/null || true; } | md5sum
 }
 before=$(state)
 
