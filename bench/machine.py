@@ -46,7 +46,10 @@ def describe() -> dict[str, Any]:
 
 def _git() -> dict[str, Any]:
     def run(*args: str) -> str:
-        done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        try:
+            done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        except OSError:  # no git on this machine (a bare GPU box)
+            return ""
         return done.stdout.strip()
 
     return {"commit": run("rev-parse", "--short", "HEAD"), "dirty": bool(run("status", "--short"))}
