@@ -20,7 +20,7 @@ from model.api.admission import (
     earlier_submit,
 )
 from model.api.auth import SECURITY, is_admin, require_key
-from model.api.errors import ApiError, ErrorResponse, describe_validation_error
+from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, describe_validation_error
 from model.api.schemas import (
     TASK_ID_PATTERN,
     Progress,
@@ -41,7 +41,9 @@ from model.sources.images import sniff_image
 from model.store import State, TaskRecord
 
 tag = Tag(name="tasks", description="Submit, poll and stop jobs")
-api = APIBlueprint("tasks", __name__, abp_tags=[tag], abp_security=SECURITY)
+api = APIBlueprint(
+    "tasks", __name__, abp_tags=[tag], abp_security=SECURITY, abp_responses=COMMON_RESPONSES
+)
 api.before_request(require_key)
 
 ERRORS: dict[Any, Any] = {
