@@ -19,7 +19,13 @@ def make_celery(settings: Settings) -> Celery:
     url = settings.redis_url()
     app = Celery("scriptorium", broker=url, backend=url)
     visibility = int(settings.longest_hard_limit_s()) + settings.worker.visibility_margin_s
-    redelivery = {"visibility_timeout": visibility}
+    redelivery = {
+        "visibility_timeout": visibility,
+        # Look for overdue unacknowledged tasks every 10 s (kombu's default sweeps only every
+        # 10th period: up to 100 s more before a dead worker's task is redelivered).
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_default_queue=QUEUE,
         task_serializer="json",

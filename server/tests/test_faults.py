@@ -37,12 +37,15 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("faults"),
         SCRIPTORIUM_JOBS__DETECT__TIMEOUT_DEFAULT_S=str(TIMEOUT_MAX_S),
         SCRIPTORIUM_JOBS__DETECT__TIMEOUT_MAX_S=str(TIMEOUT_MAX_S),
+        # The visibility timeout follows the longest limit of any job type.
+        SCRIPTORIUM_JOBS__SIMILARITY__TIMEOUT_DEFAULT_S=str(TIMEOUT_MAX_S),
+        SCRIPTORIUM_JOBS__SIMILARITY__TIMEOUT_MAX_S=str(TIMEOUT_MAX_S),
         SCRIPTORIUM_CANCEL__GRACE_S=str(GRACE_S),
         SCRIPTORIUM_WORKER__VISIBILITY_MARGIN_S=str(VISIBILITY_MARGIN_S),
         # Every page is the same image: without this, cached detections finish tasks at once.
         SCRIPTORIUM_CACHE__TTL_S="0",
     )
-    stack.create_key("faults", "--rate", "100000/second")
+    stack.create_key("faults", "--rate", "100000/second", "--max-queued", "100000")
     yield stack
     stack.stop()
 
