@@ -16,7 +16,7 @@ from PIL import Image
 
 from model.iiif.negotiate import ServiceInfo, plan_request
 from model.jobs.units import WorkUnit
-from model.pipeline.cache import DetectionCache
+from model.pipeline.cache import BoundedCache
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_image, decode_within, fit_within
 
@@ -38,7 +38,7 @@ class Prepared:
 class PageLoader:
     fetcher: Any
     services: ServiceInfo
-    cache: DetectionCache
+    cache: BoundedCache
     params_key: str
     max_side: int
     min_side: int

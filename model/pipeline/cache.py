@@ -14,16 +14,19 @@ from typing import Any
 
 from redis import Redis
 
-PREFIX = "sc:cache:"
-INDEX_KEY = "sc:cache-index"
-
 
 def params_digest(model_sha256: str, params: dict[str, Any]) -> str:
     canonical = json.dumps({"model": model_sha256, **params}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-class DetectionCache:
+class BoundedCache:
+    """JSON values in Redis under `prefix`, each with a TTL, the oldest evicted beyond
+    `max_entries` (an index by insertion time in `index_key`). Subclasses name the key space."""
+
+    prefix = "sc:cache:"
+    index_key = "sc:cache-index"
+
     def __init__(self, redis: Redis | None, ttl_s: int, max_entries: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
@@ -33,9 +36,9 @@ class DetectionCache:
     def enabled(self) -> bool:
         return self.redis is not None and self.ttl_s > 0 and self.max_entries > 0
 
-    @staticmethod
-    def key(image_sha256: str, params_key: str) -> str:
-        return f"{PREFIX}{params_key}:{image_sha256}"
+    @classmethod
+    def key(cls, image_sha256: str, params_key: str) -> str:
+        return f"{cls.prefix}{params_key}:{image_sha256}"
 
     def get(self, key: str) -> dict[str, Any] | None:
         if not self.enabled:
@@ -49,12 +52,16 @@ class DetectionCache:
         now = time.time()
         with self.redis.pipeline() as pipe:  # type: ignore[union-attr]
             pipe.set(key, json.dumps(value), ex=self.ttl_s)
-            pipe.zadd(INDEX_KEY, {key: now})
-            pipe.zremrangebyscore(INDEX_KEY, "-inf", now - self.ttl_s)  # expired on their own
-            pipe.zcard(INDEX_KEY)
+            pipe.zadd(self.index_key, {key: now})
+            pipe.zremrangebyscore(self.index_key, "-inf", now - self.ttl_s)  # expired on their own
+            pipe.zcard(self.index_key)
             size = pipe.execute()[-1]
         excess = int(size) - self.max_entries
         if excess > 0:
-            oldest = [k for k, _ in self.redis.zpopmin(INDEX_KEY, excess)]  # type: ignore[union-attr]
+            oldest = [k for k, _ in self.redis.zpopmin(self.index_key, excess)]  # type: ignore[union-attr]
             if oldest:
                 self.redis.delete(*oldest)  # type: ignore[union-attr]
+
+
+class DetectionCache(BoundedCache):
+    """Detections of a page: `{"width", "height", "detections"}`."""

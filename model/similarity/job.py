@@ -160,7 +160,7 @@ def run_similarity(ctx: Any, params: Any) -> None:
     loader = PageLoader(
         fetcher=fetcher,
         services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
-        cache=cache,  # type: ignore[arg-type]  # same key/get protocol as DetectionCache
+        cache=cache,
         params_key=params_digest(model_key, shaping),
         max_side=params.max_side,
         min_side=min(params.max_side, 512),
@@ -265,7 +265,14 @@ def _features(run: _Run, batch: list[Prepared]) -> None:
         width, height = prepared.decoded_size
         packed = pack(items)
         if prepared.cache_key:
-            run.cache.put(prepared.cache_key, width, height, {"detections": dets, "items": packed})
+            run.cache.put(
+                prepared.cache_key,
+                {
+                    "width": width,
+                    "height": height,
+                    "detections": {"detections": dets, "items": packed},
+                },
+            )
         # Compare what the cache holds (bytes-quantised descriptors): a page scores the same
         # whether its features were just computed or come from the cache.
         items = unpack(packed, prepared.unit.index)
