@@ -122,6 +122,9 @@ class PipelineSettings(BaseModel):
     download_threads: int = 4
     # Decoded images waiting for inference, at most (bounds memory).
     prefetch_depth: int = 8
+    # Bytes of decoded pixels the decode threads of one worker process hold at once; an image
+    # needing more on its own fails as `too_large_to_decode`. 0: no bound.
+    decode_budget_bytes: int = 1024 * 1024 * 1024
 
 
 class CacheSettings(BaseModel):

@@ -17,8 +17,9 @@ from PIL import Image
 from model.iiif.negotiate import ServiceInfo, plan_request
 from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
+from model.pipeline.memory import process_budget
 from model.sources.fetch import FetchError
-from model.sources.images import ImageDecodeError, decode_image, decode_within, fit_within
+from model.sources.images import ImageDecodeError, decode_within
 
 
 @dataclass
@@ -102,14 +103,15 @@ class PageLoader:
             prepared.cached = hit["detections"]
             return
         started = time.perf_counter()
-        if self.analyse_side:
-            prepared.image, prepared.decoded_size, prepared.scale = decode_within(
-                data, self.max_pixels, self.analyse_side
-            )
-        else:
-            decoded = decode_image(data, self.max_pixels)
-            prepared.decoded_size = decoded.size
-            prepared.image, prepared.scale = fit_within(decoded, self.max_side)
+        # Detect may decode JPEGs reduced (analyse_side); similarity keeps a full decode's
+        # pixels. Either way the process's decode budget is held only until the page is shrunk.
+        prepared.image, prepared.decoded_size, prepared.scale = decode_within(
+            data,
+            self.max_pixels,
+            self.analyse_side or self.max_side,
+            process_budget(),
+            reduce=bool(self.analyse_side),
+        )
         del data
         prepared.timings["decode_s"] = time.perf_counter() - started
 

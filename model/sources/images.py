@@ -1,11 +1,25 @@
-"""Decode untrusted image bytes: content checked by decoding, bombs and truncation refused."""
+"""Decode untrusted image bytes: content checked by decoding, bombs and truncation refused.
+
+Decoded memory is reserved before any pixel is decoded: the header gives the size and mode, so
+what the decode will take is known (and a JPEG is decoded reduced first where it can be); the
+reservation is given back once the full-size pixels are gone and only the shrunk image is left.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from PIL import Image, UnidentifiedImageError
+
+from model.pipeline.memory import BudgetRefused, BudgetTimeout, ByteBudget
+
+# Bytes a pixel takes in Pillow's memory by mode; every mode not named (RGB included) takes 4.
+_PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_RGB_PIXEL_BYTES = 4
 
 
 class ImageDecodeError(Exception):
@@ -16,46 +30,76 @@ class ImageDecodeError(Exception):
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Fully decode `data` into an RGB image, or raise ImageDecodeError."""
-    return _decode(data, max_pixels, None)[0]
+    """Fully decode `data` into an RGB image, or raise ImageDecodeError. Not budgeted: the
+    caller keeps the full-size image (the worker's pages go through `decode_within`)."""
+    return decode_within(data, max_pixels, None, reduce=False)[0]
 
 
 def decode_within(
-    data: bytes, max_pixels: int, max_side: int
+    data: bytes,
+    max_pixels: int,
+    max_side: int | None,
+    budget: ByteBudget | None = None,
+    reduce: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> tuple[Image.Image, tuple[int, int], float]:
     """Decode `data` shrunk to a longer side of at most `max_side`: the RGB image, the full
-    image's size and the scale used (as `fit_within` gives them). A JPEG at least twice too big
-    is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (in the DCT domain), several times
-    less work than decoding every pixel and then resizing; every byte is still read, so a
-    truncated file is refused all the same."""
-    image, full = _decode(data, max_pixels, max_side)
-    size, scale = fitted_size(full, max_side)
-    if image.size != size:
-        image = image.resize(size, Image.Resampling.BILINEAR)
+    image's size and the scale used (as `fit_within` gives them). With `reduce`, a JPEG at least
+    twice too big is decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (in the DCT domain),
+    several times less work and memory than decoding every pixel and then resizing; every byte
+    is still read, so a truncated file is refused all the same. Without it, the pixels are
+    those of `decode_image` + `fit_within`.
+
+    With a `budget`, the bytes the decode takes are held in it from just before decoding until
+    only the shrunk image is left: a decode needing more than the whole budget fails as
+    `too_large_to_decode`, one that cannot get it in time (or is told to `stop`) as
+    `decode_budget_timeout`."""
+    with _decode_errors():
+        img = _open(data, max_pixels)
+        try:
+            full = img.size
+            size, scale = fitted_size(full, max_side)
+            if reduce and scale < 1.0 and img.format == "JPEG":
+                img.draft(img.mode, size)
+            with _reserved(budget, decoded_bytes(img, full, size), stop):
+                image = _shrunk_rgb(img, size)
+        finally:
+            img.close()
     return image, full, scale
 
 
-def _decode(
-    data: bytes, max_pixels: int, draft_side: int | None
-) -> tuple[Image.Image, tuple[int, int]]:
-    """The decoded RGB image and the full size; with `draft_side`, a JPEG may come back smaller
-    (never smaller than fitting it within `draft_side` would make it)."""
+def decoded_bytes(img: Image.Image, full: tuple[int, int], size: tuple[int, int]) -> int:
+    """Bytes that decoding `img` (opened, not loaded; `full` its size before any draft) and
+    shrinking it to `size` takes at most: its pixels, an RGB copy unless it is RGB already, the
+    shrunk image, and for a progressive JPEG libjpeg's coefficients of the whole image."""
+    pixels = img.size[0] * img.size[1]
+    total = pixels * _PIXEL_BYTES.get(img.mode, 4)
+    if img.mode != "RGB":
+        total += pixels * _RGB_PIXEL_BYTES
+    total += size[0] * size[1] * _RGB_PIXEL_BYTES
+    if img.format == "JPEG" and img.info.get("progressive"):
+        total += _jpeg_coefficient_bytes(img, full)
+    return total
+
+
+def _jpeg_coefficient_bytes(img: Image.Image, full: tuple[int, int]) -> int:
+    """A progressive JPEG's coefficients are buffered whole, at full size whatever the draft
+    scale: 64 two-byte values per 8x8 block of each component (subsampled ones have fewer)."""
+    layers = getattr(img, "layer", None) or [("", 1, 1, 0)] * max(1, len(img.getbands()))
+    h_max = max(h for _, h, _, _ in layers)
+    v_max = max(v for _, _, v, _ in layers)
+    blocks = sum(
+        math.ceil(full[0] * h / h_max / 8) * math.ceil(full[1] * v / v_max / 8)
+        for _, h, v, _ in layers
+    )
+    return blocks * 64 * 2
+
+
+@contextmanager
+def _decode_errors() -> Iterator[None]:
+    """PIL's many exceptions as ImageDecodeError codes."""
     try:
-        with warnings.catch_warnings():
-            # PIL only warns between max_pixels and 2x; treat any excess as an error.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(
-                        "too_many_pixels", f"image has {width}x{height} pixels, over the limit"
-                    )
-                target, scale = fitted_size((width, height), draft_side)
-                if scale < 1.0 and img.format == "JPEG":
-                    img.draft(img.mode, target)
-                img.load()  # decodes every byte: a truncated file fails here
-                return img.convert("RGB"), (width, height)
+        yield
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -66,6 +110,59 @@ def _decode(
         raise ImageDecodeError("not_an_image", "content is not a supported image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("corrupt_image", f"image could not be decoded: {exc}") from exc
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """The image's header read (nothing decoded yet), refused when it has too many pixels."""
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        # PIL only warns between max_pixels and 2x; treat any excess as an error.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        img = Image.open(io.BytesIO(data))
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise ImageDecodeError(
+            "too_many_pixels", f"image has {width}x{height} pixels, over the limit"
+        )
+    return img
+
+
+@contextmanager
+def _reserved(
+    budget: ByteBudget | None, needed: int, stop: Callable[[], bool] | None
+) -> Iterator[None]:
+    if budget is None:
+        yield
+        return
+    try:
+        budget.acquire(needed, stop=stop)
+    except BudgetRefused as exc:
+        raise ImageDecodeError(
+            "too_large_to_decode",
+            f"decoding needs {needed} bytes, more than the worker's decode budget "
+            f"({budget.capacity} bytes, pipeline.decode_budget_bytes)",
+        ) from exc
+    except BudgetTimeout as exc:
+        raise ImageDecodeError("decode_budget_timeout", str(exc)) from exc
+    try:
+        yield
+    finally:
+        budget.release(needed)
+
+
+def _shrunk_rgb(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`img` decoded, as RGB, at `size`: always a new image. `img` is closed on the way out,
+    so its full-size pixels are gone before the caller gives the budget back."""
+    try:
+        img.load()  # decodes every byte: a truncated file fails here
+        # convert() would copy an RGB image whole: only convert what is not RGB already.
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        if rgb.size != size:
+            return rgb.resize(size, Image.Resampling.BILINEAR)
+        return rgb.copy() if rgb is img else rgb
+    finally:
+        img.close()
 
 
 def sniff_image(data: bytes) -> str | None:
