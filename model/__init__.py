@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api import errors, listing, meta, results, tasks
     from model.api.auth import SECURITY_SCHEMES
     from model.api.limits import init_limits
+    from model.api.request_doc import request_schema_components
     from model.api.services import Services
     from model.celery_app import make_celery
     from model.keys import KeyStore
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     # Probes stay unlimited: monitoring must never be told to back off.
     init_limits(app, settings, exempt=[meta.probes_api])
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
-    for name, schema in tasks.request_schema_components().items():
+    for name, schema in request_schema_components().items():
         app.components_schemas.setdefault(name, schema)
 
     _configure_logging()

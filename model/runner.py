@@ -15,7 +15,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from model import uploads
+from model.ending import end_task, internal_error, timeout_error
 from model.jobs import JobCancelled, JobFailed, job_module
 from model.store import State, TaskRecord, TaskStore
 
@@ -77,7 +77,7 @@ def run_task(
     if record is None or record.state.terminal:
         return None  # cancelled while queued, or expired: never starts
     if record.cancel_requested_at is not None:
-        store.finish(task_id, State.CANCELLED)
+        end_task(store, uploads_root, task_id, State.CANCELLED)
         return State.CANCELLED
     if not store.mark_running(task_id, os.getpid()):
         return None
@@ -88,17 +88,13 @@ def run_task(
     except JobCancelled:
         state = State.CANCELLED
     except SoftTimeLimitExceeded:
-        state = State.TIMED_OUT
-        error = ("timeout", f"task exceeded its time limit of {record.timeout_s:g} s")
+        state, error = State.TIMED_OUT, timeout_error(record.timeout_s)
     except JobFailed as exc:
         state, error = State.FAILED, (exc.code, exc.message)
     except Exception:
-        # The traceback goes to the worker log with the task id; the client gets a code only.
         log.exception("task %s failed", task_id)
-        state = State.FAILED
-        error = ("internal_error", f"the job failed unexpectedly; worker logs name task {task_id}")
-    store.finish(task_id, state, error)
-    uploads.discard(uploads_root, task_id)
+        state, error = State.FAILED, internal_error(task_id)
+    end_task(store, uploads_root, task_id, state, error)
     if on_end:
         on_end()
     return state

@@ -25,6 +25,12 @@ class HttpSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 5005
     max_body_bytes: int = 50 * 1024 * 1024
+    # The address clients use, for absolute URLs in results (IIIF annotation ids); never taken
+    # from a request's Host header, which any caller can set. Empty: http://host:port.
+    public_url: str = ""
+
+    def public_base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
 class RedisSettings(BaseModel):
@@ -72,6 +78,9 @@ class InferenceSettings(BaseModel):
 class LimitSettings(BaseModel):
     # Per API key (flask-limiter syntax); a key created with --rate overrides it.
     rate: str = "50/second;3000/minute"
+    # Requests whose key is missing, wrong or revoked, per client address (behind the tunnel:
+    # all of them together); beyond it they get 429 instead of 401. Valid keys are not affected.
+    auth_failures: str = "10/second;200/minute"
     max_queued_total: int = 1000
     max_queued_per_key: int = 200
     max_json_depth: int = 32
@@ -104,6 +113,9 @@ class FetchSettings(BaseModel):
     # Simultaneous requests to one host from one worker process (be kind to library servers).
     per_host_concurrency: int = 4
     retries: int = 2
+    # Whole response (connect, headers, body) of one attempt, at most: a server trickling bytes
+    # never trips the per-read timeout.
+    response_deadline_s: float = 60
 
 
 class IiifSettings(BaseModel):

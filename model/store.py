@@ -25,6 +25,9 @@ DURATIONS_KEY = f"{PREFIX}:durations"  # recent run durations (s), for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
 ALL_TASKS_KEY = f"{PREFIX}:tasks"  # sorted set of every live task id (admin listing)
 RECENT_DURATIONS = 20
+# Lists in a status (provenance: canvases skipped, manifest problems...) beyond this many
+# entries are cut, with their full length beside them; /result has them whole.
+STATUS_LIST_CAP = 100
 
 
 class State(StrEnum):
@@ -56,6 +59,55 @@ for _, s in ipairs(allowed) do
   end
 end
 return false
+"""
+
+
+# QUEUED -> RUNNING (or RUNNING again when redelivered after a crash), in one step: the state,
+# the queue indexes and the running set never disagree, whatever interrupts the worker (a soft
+# time limit can raise between any two Python statements).
+# KEYS: record, global queue, owner's queue, running set; ARGV: task id, pid, now.
+_MARK_RUNNING = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'QUEUED' and state ~= 'RUNNING' then return false end
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_pid', ARGV[2],
+           'attempt_started_at', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+return state
+"""
+
+# An active task's end, in one step: terminal state, expiry of its record, items and detail,
+# the tombstone, out of every queue index and the running set, its duration for ETAs. A task
+# is finished exactly once even when the job, the reaper, a signal handler and a DELETE race.
+# KEYS: record, items, detail, tombstone, global queue, owner's queue, running set, durations.
+# ARGV: allowed states (JSON), fields (JSON), task id, expire-at, tombstone expire-at, now,
+# recent durations kept.
+_FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return false end
+local ok = false
+for _, s in ipairs(cjson.decode(ARGV[1])) do
+  if s == state then ok = true end
+end
+if not ok then return false end
+for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
+local expire_at = tonumber(ARGV[4])
+redis.call('EXPIREAT', KEYS[1], expire_at)
+redis.call('EXPIREAT', KEYS[2], expire_at)
+redis.call('EXPIREAT', KEYS[3], expire_at)
+local owner = redis.call('HGET', KEYS[1], 'owner')
+redis.call('SET', KEYS[4], owner, 'EXAT', tonumber(ARGV[5]))
+redis.call('ZREM', KEYS[5], ARGV[3])
+redis.call('ZREM', KEYS[6], ARGV[3])
+redis.call('SREM', KEYS[7], ARGV[3])
+local started = redis.call('HGET', KEYS[1], 'started_at')
+if started then
+  redis.call('LPUSH', KEYS[8], tonumber(ARGV[6]) - tonumber(started))
+  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[7]) - 1)
+end
+return state
 """
 
 
@@ -128,6 +180,24 @@ class TaskRecord:
         )
 
 
+def summarise_lists(value: Any, cap: int) -> tuple[Any, bool]:
+    """`value` with every list longer than `cap` cut to its first `cap` entries; a cut list
+    under a dict key gets a `<key>_count` sibling with its full length. Returns (copy, cut?)."""
+    if isinstance(value, list):
+        parts = [summarise_lists(v, cap) for v in value[:cap]]
+        return [p for p, _ in parts], len(value) > cap or any(c for _, c in parts)
+    if not isinstance(value, dict):
+        return value, False
+    out: dict[str, Any] = {}
+    cut_any = False
+    for key, child in value.items():
+        out[key], cut = summarise_lists(child, cap)
+        if isinstance(child, list) and len(child) > cap:
+            out[f"{key}_count"] = len(child)
+        cut_any = cut_any or cut
+    return out, cut_any
+
+
 def _as_str_dict(flat: Any) -> dict[str, str]:
     """A Lua HGETALL reply (flat list, or a map under RESP3) as a dict of strings."""
     pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
@@ -143,6 +213,12 @@ def task_key(task_id: str) -> str:
 
 def items_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:items"
+
+
+def detail_key(task_id: str) -> str:
+    """The full provenance of a task whose lists were too long for its record (see
+    `set_provenance`): read by /result only, so /status stays small."""
+    return f"{PREFIX}:task:{task_id}:detail"
 
 
 def tomb_key(task_id: str) -> str:
@@ -168,6 +244,8 @@ class TaskStore:
         self.result_ttl_s = result_ttl_s
         self.tombstone_ttl_s = tombstone_ttl_s
         self._transition = redis.register_script(_TRANSITION)
+        self._mark_running = redis.register_script(_MARK_RUNNING)
+        self._finish = redis.register_script(_FINISH)
         self._snapshot = redis.register_script(_SNAPSHOT)
 
     # --- submit side -------------------------------------------------------------------------
@@ -228,33 +306,63 @@ class TaskStore:
     def queued_count(self, owner: str | None = None) -> int:
         return int(self.redis.zcard(owner_queue_key(owner) if owner else QUEUE_KEY))
 
-    def claim_idempotency(self, owner: str, key: str, task_id: str) -> str | None:
-        """Bind an Idempotency-Key to task_id; returns the task an earlier claim bound instead."""
+    def claim_idempotency(
+        self, owner: str, key: str, task_id: str, fingerprint: str
+    ) -> tuple[str, str | None] | None:
+        """Bind an Idempotency-Key to task_id and the request's fingerprint; returns what an
+        earlier claim bound instead: (task id, its fingerprint)."""
         name = idempotency_key(owner, key)
         ttl = self.result_ttl_s + 3600
-        if self.redis.set(name, task_id, nx=True, ex=ttl):
+        if self.redis.set(name, f"{task_id}:{fingerprint}", nx=True, ex=ttl):
             return None
-        return self.redis.get(name)
+        return self.idempotent_task(owner, key)
 
-    def idempotent_task(self, owner: str, key: str) -> str | None:
-        return self.redis.get(idempotency_key(owner, key))
+    def idempotent_task(self, owner: str, key: str) -> tuple[str, str | None] | None:
+        """(task id, request fingerprint) bound to an Idempotency-Key, if any."""
+        value = self.redis.get(idempotency_key(owner, key))
+        if not value:
+            return None
+        task_id, _, fingerprint = value.partition(":")
+        return task_id, fingerprint or None
 
     def list(
         self, owner: str | None, state: State | None, offset: int, limit: int
     ) -> tuple[list[TaskRecord], int]:
-        """Tasks newest first (one owner's, or everyone's for None), and how many match."""
-        records = self._index_records(owner_tasks_key(owner) if owner else ALL_TASKS_KEY)
-        matching = [r for r in records if state is None or r.state == state]
-        return matching[offset : offset + limit], len(matching)
+        """Tasks newest first (one owner's, or everyone's for None), and how many match.
+
+        Only the page's records are read whole; a state filter reads one field per task."""
+        index = owner_tasks_key(owner) if owner else ALL_TASKS_KEY
+        if state is None:
+            total = int(self.redis.zcard(index))
+            ids = self.redis.zrevrange(index, offset, offset + limit - 1)
+        else:
+            ids = self._ids_in_state(index, state)
+            total = len(ids)
+            ids = ids[offset : offset + limit]
+        return self._records(index, ids), total
+
+    def _ids_in_state(self, index: str, state: State) -> list[str]:
+        ids = self.redis.zrevrange(index, 0, -1)
+        with self.redis.pipeline() as pipe:
+            for task_id in ids:
+                pipe.hget(task_key(task_id), "state")
+            states = pipe.execute()
+        return [i for i, s in zip(ids, states, strict=True) if s == state.value]
 
     def prune_indexes(self) -> None:
         """Drop index entries whose record has expired (listing does it too, lazily)."""
         for index in [ALL_TASKS_KEY, *self.redis.scan_iter(match=f"{PREFIX}:owner:*:tasks")]:
-            self._index_records(index)
+            ids = self.redis.zrevrange(index, 0, -1)
+            with self.redis.pipeline() as pipe:
+                for task_id in ids:
+                    pipe.exists(task_key(task_id))
+                alive = pipe.execute()
+            expired = [i for i, here in zip(ids, alive, strict=True) if not here]
+            if expired:
+                self.redis.zrem(index, *expired)
 
-    def _index_records(self, index: str) -> list[TaskRecord]:
-        """Records an index names, newest first; entries whose record expired are removed."""
-        ids = self.redis.zrevrange(index, 0, -1)
+    def _records(self, index: str, ids: list[str]) -> list[TaskRecord]:
+        """The records of `ids`, in order; entries whose record expired leave the index."""
         with self.redis.pipeline() as pipe:
             for task_id in ids:
                 pipe.hgetall(task_key(task_id))
@@ -297,22 +405,12 @@ class TaskStore:
     # --- worker side -------------------------------------------------------------------------
     def mark_running(self, task_id: str, worker_pid: int) -> bool:
         """QUEUED -> RUNNING (or RUNNING again when redelivered after a crash)."""
-        now = time.time()
-        moved = self._move(
-            task_id,
-            [State.QUEUED, State.RUNNING],
-            {"state": State.RUNNING.value, "worker_pid": worker_pid, "attempt_started_at": now},
-        )
-        if moved is None:
-            return False
         owner = self.redis.hget(task_key(task_id), "owner") or ""
-        with self.redis.pipeline() as pipe:
-            pipe.hsetnx(task_key(task_id), "started_at", now)
-            pipe.zrem(QUEUE_KEY, task_id)
-            pipe.zrem(owner_queue_key(owner), task_id)
-            pipe.sadd(RUNNING_KEY, task_id)
-            pipe.execute()
-        return True
+        moved = self._mark_running(
+            keys=[task_key(task_id), QUEUE_KEY, owner_queue_key(owner), RUNNING_KEY],
+            args=[task_id, worker_pid, time.time()],
+        )
+        return bool(moved)
 
     def add_item(self, task_id: str, item: dict[str, Any], failed: bool) -> None:
         with self.redis.pipeline() as pipe:
@@ -321,7 +419,21 @@ class TaskStore:
             pipe.execute()
 
     def set_provenance(self, task_id: str, provenance: dict[str, Any]) -> None:
-        self.redis.hset(task_key(task_id), "provenance", json.dumps(provenance))
+        """The record keeps a summary (long lists cut to STATUS_LIST_CAP entries plus a count),
+        so every /status stays small; the whole provenance is kept beside it for /result."""
+        summary, cut = summarise_lists(provenance, STATUS_LIST_CAP)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(task_key(task_id), "provenance", json.dumps(summary))
+            if cut:
+                pipe.set(detail_key(task_id), json.dumps(provenance))
+            else:
+                pipe.delete(detail_key(task_id))
+            pipe.execute()
+
+    def full_provenance(self, record: TaskRecord) -> dict[str, Any] | None:
+        """The provenance with every list whole (the record's own copy may be summarised)."""
+        raw = self.redis.get(detail_key(record.id))
+        return json.loads(raw) if raw else record.provenance
 
     def set_summary(self, task_id: str, summary: dict[str, Any]) -> None:
         self.redis.hset(task_key(task_id), "summary", json.dumps(summary))
@@ -348,34 +460,38 @@ class TaskStore:
     ) -> bool:
         """Move an active task to a terminal state, once; start its expiry clock."""
         now = time.time()
-        expires_at = now + self.result_ttl_s
+        expires_at = int(now + self.result_ttl_s) + 1
         fields: dict[str, Any] = {
             "state": state.value,
             "finished_at": now,
-            "expires_at": expires_at,
+            "expires_at": now + self.result_ttl_s,
             **extra,
         }
         if error:
             fields["error_code"], fields["error_message"] = error
-        previous = self._move(task_id, allowed or list(ACTIVE_STATES), fields)
-        if previous is None:
-            return False
-        record = self.get(task_id)
-        with self.redis.pipeline() as pipe:
-            pipe.expireat(task_key(task_id), int(expires_at) + 1)
-            pipe.expireat(items_key(task_id), int(expires_at) + 1)
-            if record is not None:
-                pipe.set(
-                    tomb_key(task_id), record.owner, exat=int(expires_at) + self.tombstone_ttl_s
-                )
-                pipe.zrem(owner_queue_key(record.owner), task_id)
-                if record.started_at is not None:
-                    pipe.lpush(DURATIONS_KEY, now - record.started_at)
-                    pipe.ltrim(DURATIONS_KEY, 0, RECENT_DURATIONS - 1)
-            pipe.zrem(QUEUE_KEY, task_id)
-            pipe.srem(RUNNING_KEY, task_id)
-            pipe.execute()
-        return True
+        owner = self.redis.hget(task_key(task_id), "owner") or ""
+        previous = self._finish(
+            keys=[
+                task_key(task_id),
+                items_key(task_id),
+                detail_key(task_id),
+                tomb_key(task_id),
+                QUEUE_KEY,
+                owner_queue_key(owner),
+                RUNNING_KEY,
+                DURATIONS_KEY,
+            ],
+            args=[
+                json.dumps([s.value for s in (allowed or ACTIVE_STATES)]),
+                json.dumps({k: str(v) for k, v in fields.items()}),
+                task_id,
+                expires_at,
+                expires_at + self.tombstone_ttl_s,
+                now,
+                RECENT_DURATIONS,
+            ],
+        )
+        return bool(previous)
 
     def _move(self, task_id: str, allowed: list[State], fields: dict[str, Any]) -> str | None:
         previous = self._transition(

@@ -18,7 +18,6 @@ import time
 from importlib import metadata
 from typing import Any
 
-from celery.exceptions import TimeLimitExceeded
 from celery.signals import (
     task_failure,
     worker_process_init,
@@ -27,8 +26,8 @@ from celery.signals import (
 )
 from redis import Redis
 
-from model import uploads
 from model.celery_app import PING, RUN_JOB, make_celery
+from model.ending import end_after_failure, end_task
 from model.housekeeping import housekeeping
 from model.inference.registry import discover
 from model.runner import run_task
@@ -185,17 +184,17 @@ def reap_once(store: TaskStore, now: float) -> None:
         if cancel_at and now - cancel_at > settings.cancel.grace_s:
             log.warning("task %s ignored its cancel flag: killing its process", task_id)
             celery.control.revoke(task_id, terminate=True, signal="SIGKILL")
-            if store.finish(task_id, State.CANCELLED):
-                uploads.discard(settings.uploads_dir, task_id)
+            end_task(store, settings.uploads_dir, task_id, State.CANCELLED)
 
 
 @task_failure.connect
-def record_hard_time_limit(task_id: str | None = None, exception: Any = None, **_: Any) -> None:
-    """The hard limit killed the job before it could record anything (main process, where
-    Celery reports it): end the task TIMED_OUT with the items it had stored."""
-    if task_id and isinstance(exception, TimeLimitExceeded):
-        store = _store(_redis())
-        timeout_s = getattr(store.get(task_id), "timeout_s", 0)
-        error = ("timeout", f"task exceeded its time limit of {timeout_s:g} s")
-        if store.finish(task_id, State.TIMED_OUT, error):
-            uploads.discard(settings.uploads_dir, task_id)
+def end_failed_task(task_id: str | None = None, exception: Any = None, **_: Any) -> None:
+    """Whatever escaped a job ends its task: the hard time limit (reported here, in the main
+    process), a soft limit that fired before the runner's own handlers, any other error."""
+    if not task_id:
+        return
+    redis = _redis()
+    try:
+        end_after_failure(_store(redis), settings.uploads_dir, task_id, exception)
+    finally:
+        redis.close()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable
 from typing import Any
 
 from flask import g, request
+from werkzeug.datastructures import FileStorage
 
 from model.api.errors import ApiError
 from model.api.services import Services
@@ -61,14 +65,40 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def earlier_submit(svc: Services) -> str | None:
+def request_fingerprint(fields: dict[str, Any], files: Iterable[FileStorage]) -> str:
+    """What a submit asks for (its validated fields and the bytes of its files): a retry with
+    the same Idempotency-Key must ask for the same thing."""
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
+    for upload in files:
+        data = upload.stream.read()
+        upload.stream.seek(0)  # read again when the upload is stored
+        digest.update(hashlib.sha256(data).digest())
+    return digest.hexdigest()[:32]
+
+
+def _same_request(bound: tuple[str, str | None], fingerprint: str) -> str:
+    task_id, earlier = bound
+    if earlier is not None and earlier != fingerprint:
+        # As Stripe and the IETF Idempotency-Key draft do: a reused key is an error, never
+        # silently the first task.
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for a different request; use a new key",
+        )
+    return task_id
+
+
+def earlier_submit(svc: Services, fingerprint: str) -> str | None:
     """The task an earlier submit with the same Idempotency-Key created (checked first, so a
-    retry is answered even when the queue has filled up since)."""
+    retry is answered even when the queue has filled up since); 422 if it asked otherwise."""
     key = _idempotency_key()
-    return svc.store.idempotent_task(g.owner, key) if key else None
+    bound = svc.store.idempotent_task(g.owner, key) if key else None
+    return _same_request(bound, fingerprint) if bound else None
 
 
-def claim_idempotency(svc: Services, task_id: str) -> str | None:
+def claim_idempotency(svc: Services, task_id: str, fingerprint: str) -> str | None:
     """Bind the request's Idempotency-Key to task_id; if a concurrent submit won, its task id."""
     key = _idempotency_key()
-    return svc.store.claim_idempotency(g.owner, key, task_id) if key else None
+    bound = svc.store.claim_idempotency(g.owner, key, task_id, fingerprint) if key else None
+    return _same_request(bound, fingerprint) if bound else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import g, request
 
+from model.api import auth_failures
 from model.api.errors import ApiError
 from model.api.services import services
 from model.keys import ApiKey
@@ -32,24 +33,29 @@ def lookup_presented_key() -> ApiKey | None:
     return g.key_lookup
 
 
+def _refuse(message: str) -> ApiError:
+    """401, or 429 once failed authentications are over their budget."""
+    wait_s = auth_failures.retry_after(request.remote_addr or "-")
+    if wait_s is not None:
+        return ApiError(
+            429,
+            "too_many_failed_authentications",
+            "too many requests with a missing or invalid API key; retry later",
+            {"Retry-After": str(wait_s)},
+        )
+    return ApiError(
+        401, "unauthorized", message, {"WWW-Authenticate": 'Bearer realm="scriptorium"'}
+    )
+
+
 def require_key() -> None:
     """before_request hook of authenticated blueprints: sets g.owner or answers 401."""
     key = presented_key()
     if not key:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "missing API key: send X-API-Key or Bearer token",
-            {"WWW-Authenticate": 'Bearer realm="scriptorium"'},
-        )
+        raise _refuse("missing API key: send X-API-Key or Bearer token")
     api_key = lookup_presented_key()
     if api_key is None:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "invalid or revoked API key",
-            {"WWW-Authenticate": 'Bearer realm="scriptorium"'},
-        )
+        raise _refuse("invalid or revoked API key")
     g.api_key = api_key
     g.owner = api_key.name
 

@@ -88,8 +88,13 @@ def register(app: Flask) -> None:
         if exc.response is not None:
             return exc.response
         messages = {413: "request body is larger than the limit"}
+        # A 405 says which methods the route has (RFC 9110); werkzeug's headers carry it.
+        allow = {k: v for k, v in exc.get_headers() if k == "Allow"}
         return error_response(
-            exc.code or 500, _http_code(exc), messages.get(exc.code or 0, exc.description or "")
+            exc.code or 500,
+            _http_code(exc),
+            messages.get(exc.code or 0, exc.description or ""),
+            allow,
         )
 
     @app.errorhandler(Exception)

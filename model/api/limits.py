@@ -9,6 +9,7 @@ from flask_cors import CORS
 from flask_limiter import Limiter, RequestLimit
 
 from model.api.auth import lookup_presented_key, presented_key
+from model.api.auth_failures import init_auth_failures
 from model.api.errors import error_response
 from model.api.services import services
 from model.keys import hash_key
@@ -16,7 +17,7 @@ from model.settings import Settings
 
 
 def _limit_key() -> str:
-    """Count per API key (hashed: no secret in Redis); anonymous callers per address."""
+    """Count per API key (hashed: no secret in Redis)."""
     key = presented_key()
     return f"key:{hash_key(key)[:32]}" if key else f"addr:{request.remote_addr}"
 
@@ -49,7 +50,13 @@ def init_limits(app: Flask, settings: Settings, exempt: list) -> Limiter:
     limiter = Limiter(
         key_func=_limit_key,
         app=app,
-        default_limits=[_rate_for_caller],
+        # One budget per key for the whole API, not one per route (a key at 5/s could
+        # otherwise make 5/s on each endpoint).
+        application_limits=[_rate_for_caller],
+        # Anonymous requests: nginx sheds floods of them (limit_req) before they get here, and
+        # a keyed route refuses them with the failed-authentication budget. Counting them here
+        # would put every client behind the tunnel (one address) in one bucket.
+        application_limits_exempt_when=lambda: presented_key() is None,
         storage_uri=settings.redis_url(),
         storage_options={"socket_timeout": 2},
         # Rate headers only on a 429 (on_breach): on every response they cost two more Redis
@@ -61,6 +68,7 @@ def init_limits(app: Flask, settings: Settings, exempt: list) -> Limiter:
     )
     for blueprint in exempt:
         limiter.exempt(blueprint)
+    init_auth_failures(app, limiter, settings.limits.auth_failures)
     if settings.cors.origins:
         CORS(
             app,

@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
 from model.api.auth import SECURITY, require_key
-from model.api.errors import COMMON_RESPONSES, ApiError
+from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse
 from model.api.schemas import TaskPath
 from model.api.services import services
 from model.api.tasks import ERRORS, RETRY_AFTER_S, _owned_record
@@ -44,7 +44,7 @@ class ResultQuery(BaseModel):
     )
 
 
-@api.get("/result/<task_id>", responses={200: None, 202: None, **ERRORS})
+@api.get("/result/<task_id>", responses={200: None, 202: None, 409: ErrorResponse, **ERRORS})
 def task_result(path: TaskPath, query: ResultQuery) -> Response:
     """A finished task's result as JSON, IIIF annotations or a zip of YOLO label files."""
     svc = services()
@@ -61,7 +61,7 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
             f"task {record.state.value.lower()}: {record.error_code}: {record.error_message}",
         )
     items = svc.store.items(record.id)
-    provenance = record.provenance or {}
+    provenance = svc.store.full_provenance(record) or {}
     if query.format == "yolo":
         data = yolo_archive(items, provenance.get("classes", []), provenance.get("manifests", []))
         return Response(
@@ -70,13 +70,14 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
             headers={"Content-Disposition": f'attachment; filename="{record.id}-yolo.zip"'},
         )
     if query.format == "iiif":
-        return _iiif_response(record.id, items, provenance.get("manifests", []), query.manifest)
+        base = f"{svc.settings.http.public_base_url()}/result/{record.id}"
+        return _iiif_response(base, items, provenance.get("manifests", []), query.manifest)
     error = {"code": record.error_code, "message": record.error_message or ""}
     body = result_document(
         record.id,
         record.state.value,
         items,
-        record.provenance,
+        provenance or None,
         error if record.error_code else None,
     )
     body.update(record.summary or {})  # similarity: the compared pairs
@@ -84,13 +85,13 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
 
 
 def _iiif_response(
-    task_id: str, items: list[dict], manifests: list[dict], which: int | None
+    base: str, items: list[dict], manifests: list[dict], which: int | None
 ) -> Response:
     if not manifests:
-        raise ApiError(422, "no_iiif_input", "this task read no IIIF manifest; use format=json")
+        # The task exists but has no such form: a conflict with its inputs, not a bad request.
+        raise ApiError(409, "no_iiif_input", "this task read no IIIF manifest; use format=json")
     if which is not None and which >= len(manifests):
         raise ApiError(404, "not_found", f"this task read {len(manifests)} manifest(s)")
-    base = f"{request.host_url.rstrip('/')}/result/{task_id}"
     pages = [
         annotation_page(m, items, f"{base}?format=iiif&manifest={m['index']}")
         for m in manifests

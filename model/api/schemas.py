@@ -7,10 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.jobs import detect, similarity
+from model.jobs import detect, noop, similarity
 from model.store import State
 
 TASK_ID_PATTERN = r"[0-9a-f]{32}"
+# A shorter limit would fire inside the worker's own bookkeeping, before the job even starts.
+MIN_TIMEOUT_S = 1.0
 
 
 class TaskError(BaseModel):
@@ -18,19 +20,33 @@ class TaskError(BaseModel):
     message: str
 
 
+_TIMEOUT_DESCRIPTION = "Soft time limit in seconds (at least 1, at most the job type's maximum)"
+
+
 class TaskRequest(BaseModel):
-    """JSON body of POST /task (multipart carries the same fields as form parts)."""
+    """JSON body of POST /task for a detect job (multipart carries the same fields as parts)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["detect", "noop"] = Field(
-        description="Job type (noop: runs nothing; measures the service's own round trip)"
+    type: Literal["detect"] = Field(
+        description="detect: find the illustrations on images or IIIF canvases"
     )
     input: detect.Input = Field(default_factory=detect.Input)
     params: detect.Params = Field(default_factory=detect.Params)
-    timeout: float | None = Field(
-        None, gt=0, description="Soft time limit in seconds (at most the job type's maximum)"
+    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
+
+
+class NoopRequest(BaseModel):
+    """JSON body of POST /task for a noop job: no input, no params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["noop"] = Field(
+        description="noop: runs nothing; measures the service's own round trip"
     )
+    input: noop.Input = Field(default_factory=noop.Input)
+    params: noop.Params = Field(default_factory=noop.Params)
+    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
 
 
 class SimilarityRequest(BaseModel):
@@ -43,9 +59,16 @@ class SimilarityRequest(BaseModel):
     )
     input: similarity.Input
     params: similarity.Params = Field(default_factory=similarity.Params)
-    timeout: float | None = Field(
-        None, gt=0, description="Soft time limit in seconds (at most the job type's maximum)"
-    )
+    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
+
+
+AnyTaskRequest = TaskRequest | NoopRequest | SimilarityRequest
+# The request model of each job type: the body's `type` picks one.
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "detect": TaskRequest,
+    "noop": NoopRequest,
+    "similarity": SimilarityRequest,
+}
 
 
 class TaskPath(BaseModel):

@@ -18,11 +18,15 @@ from model.api.admission import (
     check_json_depth,
     claim_idempotency,
     earlier_submit,
+    request_fingerprint,
 )
 from model.api.auth import SECURITY, is_admin, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, describe_validation_error
+from model.api.request_doc import task_request_body
 from model.api.schemas import (
+    REQUEST_MODELS,
     TASK_ID_PATTERN,
+    AnyTaskRequest,
     Progress,
     SimilarityRequest,
     TaskCreated,
@@ -34,9 +38,11 @@ from model.api.schemas import (
 )
 from model.api.services import Services, services
 from model.celery_app import RUN_JOB
+from model.ending import end_task
 from model.iiif.presentation import document_kind
 from model.inference.registry import discover
 from model.jobs import job_module
+from model.settings import get_settings
 from model.sources.images import sniff_image
 from model.store import State, TaskRecord
 
@@ -52,65 +58,42 @@ ERRORS: dict[Any, Any] = {
 RETRY_AFTER_S = "1"
 
 
-REQUEST_MODELS = (TaskRequest, SimilarityRequest)
-
-
-def _task_request_body() -> dict[str, Any]:
-    """Document both request encodings (flask-openapi3 validates JSON only; we parse both)."""
-    schemas = [
-        {
-            k: v
-            for k, v in model.model_json_schema(ref_template="#/components/schemas/{model}").items()
-            if k != "$defs"
-        }
-        for model in REQUEST_MODELS
-    ]
-    multipart = {
-        "type": "object",
-        "required": ["type"],
-        "properties": {
-            "type": {"type": "string", "enum": ["detect", "noop", "similarity"]},
-            "params": {"type": "string", "description": "params as a JSON object string"},
-            "input": {"type": "string", "description": "input as a JSON object string"},
-            "timeout": {"type": "number"},
-            "images": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "manifest": {
-                "type": "array",
-                "items": {"type": "string", "format": "binary"},
-                "description": "IIIF manifest or collection JSON file(s)",
-            },
-        },
-    }
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"oneOf": schemas}},
-                "multipart/form-data": {"schema": multipart},
-            },
-        }
-    }
-
-
-def request_schema_components() -> dict[str, Any]:
-    """Schemas the hand-written request body refers to; added to the document's components."""
-    components: dict[str, Any] = {}
-    for model in REQUEST_MODELS:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.get("$defs", {}))
-    return components
-
-
 def _json_field(raw: str | None, name: str) -> Any:
     if raw is None or raw == "":
         return None
     try:
-        return json.loads(raw)
-    except ValueError as exc:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"form field {name!r} is not valid JSON") from exc
+    check_json_depth(value, services().settings.limits.max_json_depth)
+    return value
 
 
-def _parse_request() -> tuple[TaskRequest | SimilarityRequest, list[FileStorage]]:
+FILE_PARTS = ("images", "manifest")
+
+
+def _multipart_data() -> tuple[dict[str, Any], list[FileStorage]]:
+    """The fields of a multipart submit, as the JSON body would carry them, and its images."""
+    form = request.form
+    misplaced = [name for name in FILE_PARTS if name in form]
+    if misplaced:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"{misplaced[0]!r} must be a file part (curl -F '{misplaced[0]}=@file'), not a field",
+        )
+    data: dict[str, Any] = {"type": form.get("type")}
+    for name in ("params", "input"):
+        value = _json_field(form.get(name), name)
+        if value is not None:
+            data[name] = value
+    if "timeout" in form:  # an empty value is invalid, not "no timeout"
+        data["timeout"] = form["timeout"]
+    files = [f for f in request.files.getlist("images") if f.filename or f.content_length]
+    return data, files
+
+
+def _parse_request() -> tuple[AnyTaskRequest, list[FileStorage]]:
     files: list[FileStorage] = []
     if request.mimetype == "application/json":
         try:
@@ -121,21 +104,17 @@ def _parse_request() -> tuple[TaskRequest | SimilarityRequest, list[FileStorage]
             raise ApiError(400, "malformed_json", "body must be a JSON object")
         check_json_depth(data, services().settings.limits.max_json_depth)
     elif request.mimetype == "multipart/form-data":
-        form = request.form
-        data = {"type": form.get("type")}
-        for name in ("params", "input"):
-            value = _json_field(form.get(name), name)
-            if value is not None:
-                data[name] = value
-        if form.get("timeout"):
-            data["timeout"] = form["timeout"]
-        files = [f for f in request.files.getlist("images") if f.filename or f.content_length]
+        data, files = _multipart_data()
+        if data.get("type") in REQUEST_MODELS and data["type"] != "detect":
+            raise ApiError(
+                415, "unsupported_media_type", f"send a {data['type']} task as application/json"
+            )
     else:
         raise ApiError(
             415, "unsupported_media_type", "send application/json or multipart/form-data"
         )
     try:
-        model = SimilarityRequest if data.get("type") == "similarity" else TaskRequest
+        model = REQUEST_MODELS.get(data.get("type"), TaskRequest)  # type: ignore[arg-type]
         return model.model_validate(data), files
     except ValidationError as exc:
         message, details = describe_validation_error(exc)
@@ -193,18 +172,26 @@ def _read_manifest_uploads() -> list[tuple[str, bytes]]:
     return read
 
 
-@api.post("/task", responses={202: TaskCreated, **ERRORS}, openapi_extensions=_task_request_body())
+@api.post(
+    "/task",
+    responses={202: TaskCreated, **ERRORS},
+    openapi_extensions=task_request_body(get_settings()),
+)
 def submit_task() -> Response:
     """Submit a job; answers 202 with the task id and where to poll it."""
     svc = services()
     task_request, files = _parse_request()  # reads the whole body, even for a retry
-    earlier = earlier_submit(svc)
+    fingerprint = request_fingerprint(
+        task_request.model_dump(mode="json"),
+        [*files, *request.files.getlist("manifest")],
+    )
+    earlier = earlier_submit(svc, fingerprint)
     if earlier is not None and (existing := svc.store.get(earlier)) is not None:
         return _created_response(earlier, existing.state)  # a retried submit
     if isinstance(task_request, SimilarityRequest):
         _check_model(svc, task_request.params.model, "embed")
         _check_model(svc, task_request.params.detector, "detect")
-    else:
+    elif isinstance(task_request, TaskRequest):
         _check_model(svc, task_request.params.model)
     limits = svc.settings.job_limits(task_request.type)
     timeout = task_request.timeout or limits.timeout_default_s
@@ -215,9 +202,10 @@ def submit_task() -> Response:
             f"timeout may be at most {limits.timeout_max_s} s for {task_request.type}",
         )
     if isinstance(task_request, SimilarityRequest):
-        return _submit_similarity(svc, task_request, files, timeout)
-    urls = task_request.input.image_urls
-    manifest_urls = task_request.input.all_manifest_urls()
+        return _submit_similarity(svc, task_request, files, timeout, fingerprint)
+    detect_input = getattr(task_request.input, "image_urls", None) is not None
+    urls = task_request.input.image_urls if detect_input else []
+    manifest_urls = task_request.input.all_manifest_urls() if detect_input else []
     manifest_files = _read_manifest_uploads()
     needs_input = getattr(job_module(task_request.type), "NEEDS_INPUT", True)
     if needs_input and not urls and not files and not manifest_urls and not manifest_files:
@@ -242,7 +230,7 @@ def submit_task() -> Response:
     uploaded = _read_uploads(files)
 
     task_id = uuid.uuid4().hex
-    concurrent = claim_idempotency(svc, task_id)
+    concurrent = claim_idempotency(svc, task_id, fingerprint)
     if concurrent is not None:  # the same submit, racing: one task for both
         return _created_response(concurrent, State.QUEUED)
     inputs: list[dict[str, Any]] = [{"url": url} for url in urls]
@@ -259,7 +247,11 @@ def submit_task() -> Response:
 
 
 def _submit_similarity(
-    svc: Services, task_request: SimilarityRequest, files: list[FileStorage], timeout: float
+    svc: Services,
+    task_request: SimilarityRequest,
+    files: list[FileStorage],
+    timeout: float,
+    fingerprint: str,
 ) -> Response:
     """A similarity task names documents (manifest URLs) only: checked here, read by the worker
     (a URL that turns out not to be a manifest fails the task with `manifest_invalid`)."""
@@ -276,7 +268,7 @@ def _submit_similarity(
         )
     check_backpressure(svc)
     task_id = uuid.uuid4().hex
-    concurrent = claim_idempotency(svc, task_id)
+    concurrent = claim_idempotency(svc, task_id, fingerprint)
     if concurrent is not None:
         return _created_response(concurrent, State.QUEUED)
     spec = {
@@ -299,8 +291,8 @@ def _enqueue(
             time_limit=svc.settings.hard_limit_s(timeout),
         )
     except Exception as exc:
-        svc.store.finish(task_id, State.FAILED, ("queue_unavailable", "could not enqueue"))
-        uploads.discard(svc.settings.uploads_dir, task_id)
+        error = ("queue_unavailable", "could not enqueue")
+        end_task(svc.store, svc.settings.uploads_dir, task_id, State.FAILED, error)
         raise ApiError(
             503,
             "queue_unavailable",

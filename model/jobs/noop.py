@@ -13,12 +13,17 @@ from pydantic import BaseModel, ConfigDict
 NEEDS_INPUT = False
 
 
-class Params(BaseModel):
+class NoopParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Input(BaseModel):
+class NoopInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Distinct names in the OpenAPI document; the job-local names stay short.
+Params = NoopParams
+Input = NoopInput
 
 
 def run(ctx: Any) -> None:

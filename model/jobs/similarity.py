@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import re
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from model.urls import HTTP_URL_PATTERN, check_http_url
 
 DOCUMENT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 # A hard ceiling for validation; the service's own limit is `similarity.max_documents`.
 MAX_DOCUMENTS = 50
 
 
-class Params(BaseModel):
+class SimilarityParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     level: Literal["region", "page"] = Field(
@@ -53,12 +54,18 @@ class Params(BaseModel):
     )
 
 
-class Input(BaseModel):
+class SimilarityInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     documents: dict[str, str] = Field(
         description="Documents to compare: a short name of your choice -> http(s) URL of a IIIF "
         "manifest or collection (at least 2)",
+        json_schema_extra={
+            "minProperties": 2,
+            "maxProperties": MAX_DOCUMENTS,
+            "propertyNames": {"pattern": DOCUMENT_KEY.pattern},
+            "additionalProperties": {"type": "string", "pattern": HTTP_URL_PATTERN},
+        },
     )
 
     @field_validator("documents")
@@ -69,15 +76,18 @@ class Input(BaseModel):
         if len(documents) > MAX_DOCUMENTS:
             raise ValueError(f"at most {MAX_DOCUMENTS} documents")
         for key, url in documents.items():
-            if not DOCUMENT_KEY.match(key):
+            if not DOCUMENT_KEY.fullmatch(key):
                 raise ValueError(
                     f"document name {key[:80]!r}: 1-64 letters, digits, '_', '.', ':' or '-'"
                 )
-            parts = urlsplit(url)
             # Only the shape is checked here; the worker's fetcher decides what it may reach.
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError(f"document {key!r}: not an http(s) URL: {url[:200]!r}")
+            check_http_url(url, f"document {key!r}")
         return documents
+
+
+# Distinct names in the OpenAPI document; the job-local names stay short.
+Params = SimilarityParams
+Input = SimilarityInput
 
 
 def run(ctx: Any) -> None:

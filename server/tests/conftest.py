@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import functools
 import io
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import redis
 
 from model.synthetic import RenderedPage, render_page
 from server.tests.iiif_server import IiifServer, Published
-from server.tests.stack import Api, Stack, start_stack
+from server.tests.stack import Api, Stack, free_port, start_stack
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +126,49 @@ def iiif_pages(iiif_server: IiifServer) -> list[tuple[RenderedPage, Published]]:
     """Synthetic pages with known boxes, each behind a level-0 Image API 3.0 service."""
     pages = [render_page(910_000 + i, 1200, 1600, n_illustrations=1 + i % 3) for i in range(4)]
     return [(p, iiif_server.publish(f"page{i}", p.image, 3)) for i, p in enumerate(pages)]
+
+
+# --- The fast layer: a bare redis-server, no worker, no HTTP server ------------------------------
+
+
+@pytest.fixture(scope="session")
+def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    """A real redis-server of its own (no persistence) for tests of the store and the runner."""
+    folder = tmp_path_factory.mktemp("bare-redis")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(folder),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, decode_responses=True)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+    yield client
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def clean_redis(bare_redis: redis.Redis) -> redis.Redis:
+    bare_redis.flushall()
+    return bare_redis

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +59,18 @@ class Stack:
 
     def program_pid(self, name: str) -> int:
         return int(self.ctl("pid", name).strip())
+
+    def redis(self) -> redis.Redis:
+        """A client of the stack's own Redis (its password is generated at setup)."""
+        password = (self.data_dir / "secrets" / "redis_password").read_text().strip()
+        port = int(self.env["SCRIPTORIUM_REDIS__PORT"])
+        return redis.Redis(port=port, password=password, decode_responses=True)
+
+    def reset_auth_failures(self) -> None:
+        """Forget failed authentications (one budget for every client of a shared stack)."""
+        client = self.redis()
+        for name in client.scan_iter("sc:limits*auth-failures*"):
+            client.delete(name)
 
     def log(self, name: str) -> str:
         return (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")

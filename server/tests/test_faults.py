@@ -61,9 +61,7 @@ def page_url(image_server: ImageServer, pages) -> str:
 
 
 def redis_client(stack: Stack) -> redis.Redis:
-    password = (stack.data_dir / "secrets" / "redis_password").read_text().strip()
-    port = int(stack.env["SCRIPTORIUM_REDIS__PORT"])
-    return redis.Redis(port=port, password=password, decode_responses=True)
+    return stack.redis()
 
 
 def pool_child(stack: Stack, timeout_s: float = 60) -> int:

@@ -1,0 +1,46 @@
+"""A budget for failed authentications: guessing keys, or a client with a broken key hammering
+the API, gets 429 once over `limits.auth_failures` instead of an endless stream of 401s.
+
+Counted per client address with the rate limiter's own storage (Redis). Behind nginx and the
+spiped tunnel every client has the same address, so this is one shared budget for all failed
+attempts; callers with a valid key never touch it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Flask, current_app
+from flask_limiter import Limiter
+from limits import parse_many
+
+log = logging.getLogger(__name__)
+EXTENSION = "scriptorium.auth_failures"
+
+
+class AuthFailures:
+    def __init__(self, limiter: Limiter, rates: str) -> None:
+        self._limiter = limiter
+        self._items = parse_many(rates)
+
+    def retry_after(self, client: str) -> int | None:
+        """Count one failure of `client`; seconds to wait when over budget, else None."""
+        try:
+            strategy = self._limiter.limiter
+            for item in self._items:
+                if not strategy.hit(item, "auth-failures", client):
+                    reset_at, _ = strategy.get_window_stats(item, "auth-failures", client)
+                    return max(1, int(reset_at - time.time()))
+        except Exception:  # like the request limits: fail open while Redis is away
+            log.warning("auth-failure budget unavailable", exc_info=True)
+        return None
+
+
+def init_auth_failures(app: Flask, limiter: Limiter, rates: str) -> None:
+    app.extensions[EXTENSION] = AuthFailures(limiter, rates)
+
+
+def retry_after(client: str) -> int | None:
+    budget: AuthFailures | None = current_app.extensions.get(EXTENSION)
+    return budget.retry_after(client) if budget else None

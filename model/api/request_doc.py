@@ -1,0 +1,117 @@
+"""The POST /task request body as the OpenAPI document describes it: JSON (one schema per job
+type) or multipart (detect with uploads). flask-openapi3 validates JSON bodies only and we
+parse both ourselves, so the body is documented by hand here — as strictly as the API checks
+it, so that what the document calls valid is accepted and what it calls invalid is refused
+(schemathesis checks both ways)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from model.api.schemas import MIN_TIMEOUT_S, REQUEST_MODELS
+from model.settings import Settings
+
+REF = "#/components/schemas/{model}"
+# Formats accepted for uploaded images / manifests (the part's declared type is not checked:
+# the bytes are sniffed; this tells generators and readers what to send).
+IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/webp, image/gif, image/bmp"
+MANIFEST_TYPE = "application/ld+json"
+
+
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF)
+    schema.pop("$defs", None)
+    return schema
+
+
+def _some_detect_input() -> dict[str, Any]:
+    """A detect input naming at least one image or manifest (an empty one is a 422)."""
+    return {
+        "allOf": [{"$ref": REF.format(model="DetectInput")}],
+        "anyOf": [
+            {"required": ["image_urls"], "properties": {"image_urls": {"minItems": 1}}},
+            {"required": ["manifest_url"], "properties": {"manifest_url": {"type": "string"}}},
+            {"required": ["manifest_urls"], "properties": {"manifest_urls": {"minItems": 1}}},
+        ],
+    }
+
+
+def _json_schemas(settings: Settings) -> list[dict[str, Any]]:
+    schemas = []
+    for job_type, model in REQUEST_MODELS.items():
+        schema = _schema(model)
+        if job_type == "detect":
+            schema["required"] = [*schema.get("required", []), "input"]
+            schema["properties"]["input"] = _some_detect_input()
+        schemas.append(schema)
+    return schemas
+
+
+def _files(description: str, most: int) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "items": {"type": "string", "format": "binary"},
+        "minItems": 1,
+        "maxItems": most,
+        "description": description,
+    }
+
+
+def _multipart_schema(settings: Settings) -> dict[str, Any]:
+    detect = settings.job_limits("detect")
+    return {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {
+                "type": "string",
+                "enum": ["detect"],
+                "description": "multipart is for detect with uploads; other jobs are JSON",
+            },
+            "params": {"$ref": REF.format(model="DetectParams")},
+            "input": {"$ref": REF.format(model="DetectInput")},
+            "timeout": {"type": "number", "minimum": MIN_TIMEOUT_S},
+            "images": _files("page images", detect.max_images),
+            "manifest": _files(
+                "IIIF manifest or collection JSON file(s)", settings.iiif.max_manifests
+            ),
+        },
+        # Something to work on: images, a manifest, or URLs in `input`.
+        "anyOf": [
+            {"required": ["images"]},
+            {"required": ["manifest"]},
+            {"required": ["input"], "properties": {"input": _some_detect_input()}},
+        ],
+    }
+
+
+def task_request_body(settings: Settings) -> dict[str, Any]:
+    """The `requestBody` of POST /task (an openapi_extensions entry)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"oneOf": _json_schemas(settings)}},
+                "multipart/form-data": {
+                    "schema": _multipart_schema(settings),
+                    # Object parts are JSON (OpenAPI's default for them, said explicitly).
+                    "encoding": {
+                        "params": {"contentType": "application/json"},
+                        "input": {"contentType": "application/json"},
+                        "images": {"contentType": IMAGE_TYPES},
+                        "manifest": {"contentType": MANIFEST_TYPE},
+                    },
+                },
+            },
+        }
+    }
+
+
+def request_schema_components() -> dict[str, Any]:
+    """Schemas the hand-written request body refers to; added to the document's components."""
+    components: dict[str, Any] = {}
+    for model in REQUEST_MODELS.values():
+        components.update(model.model_json_schema(ref_template=REF).get("$defs", {}))
+    return components

@@ -1,0 +1,60 @@
+"""Ending a task: the one place that moves a task to a terminal state and deletes its inputs.
+
+The job's own runner, the reaper (an ignored cancel), Celery's failure signal (a time limit or
+anything else that escaped the job), a DELETE of a queued task and a failed enqueue all end
+tasks through `end_task`; the store makes sure only the first of them counts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from billiard.exceptions import WorkerLostError
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from model import uploads
+from model.store import State, TaskStore
+
+
+def timeout_error(timeout_s: float) -> tuple[str, str]:
+    return ("timeout", f"task exceeded its time limit of {timeout_s:g} s")
+
+
+def internal_error(task_id: str) -> tuple[str, str]:
+    # The traceback goes to the worker log with the task id; the client gets a code only.
+    return ("internal_error", f"the job failed unexpectedly; worker logs name task {task_id}")
+
+
+def end_task(
+    store: TaskStore,
+    uploads_root: Path,
+    task_id: str,
+    state: State,
+    error: tuple[str, str] | None = None,
+    allowed: list[State] | None = None,
+    **extra: float,
+) -> bool:
+    """End an active task once (False: it had already ended) and delete its uploads."""
+    ended = store.finish(task_id, state, error, allowed, **extra)
+    if ended:
+        uploads.discard(uploads_root, task_id)
+    return ended
+
+
+def end_after_failure(
+    store: TaskStore, uploads_root: Path, task_id: str, exception: BaseException | None
+) -> State | None:
+    """A task whose Celery message ended in an exception (time limits, or anything that escaped
+    the runner): end its record, else it would stay QUEUED or RUNNING with no message left. A
+    lost worker process is the exception: its message is redelivered and the task resumes.
+    Returns the state it was ended in (None: nothing to do)."""
+    if isinstance(exception, WorkerLostError):
+        return None
+    record = store.get(task_id)
+    if record is None or record.state.terminal:
+        return None
+    if isinstance(exception, TimeLimitExceeded | SoftTimeLimitExceeded):
+        state, error = State.TIMED_OUT, timeout_error(record.timeout_s)
+    else:
+        state, error = State.FAILED, internal_error(task_id)
+    return state if end_task(store, uploads_root, task_id, state, error) else None
