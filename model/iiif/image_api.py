@@ -15,7 +15,15 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from model.iiif.jsonld import as_list, contexts, node_id, node_type, positive_int
+from model.iiif.jsonld import (
+    MAX_SIDE_PX,
+    as_list,
+    contexts,
+    node_id,
+    node_type,
+    positive_int,
+    size_value,
+)
 
 _LEVEL = re.compile(r"level\s*([0-2])")
 
@@ -83,11 +91,13 @@ def _level(node: dict[str, Any]) -> int:
 
 def _limits(node: dict[str, Any]) -> dict[str, int | None]:
     # 3.0 puts maxWidth & co. on the service; 2.x inside the profile's description object.
+    # Optional hints: an unusable one is ignored (no limit), it cannot make the service unusable.
     sources = [node, *(p for p in as_list(node.get("profile")) if isinstance(p, dict))]
-    found: dict[str, int | None] = {"maxWidth": None, "maxHeight": None, "maxArea": None}
+    bounds = {"maxWidth": MAX_SIDE_PX, "maxHeight": MAX_SIDE_PX, "maxArea": MAX_SIDE_PX**2}
+    found: dict[str, int | None] = dict.fromkeys(bounds)
     for source in sources:
-        for key in found:
-            found[key] = found[key] or positive_int(source.get(key))
+        for key, bound in bounds.items():
+            found[key] = found[key] or positive_int(source.get(key), bound)
     return found
 
 
@@ -95,7 +105,8 @@ def parse_service(value: Any, default_version: int = 2) -> ImageService | None:
     """The first Image API 2/3 service in a `service` value (object or list), if any.
 
     A service that names no version is taken as `default_version` (lenient: real manifests omit
-    `@context`/`profile`); an Image API 1 service is not used.
+    `@context`/`profile`); an Image API 1 service is not used. Raises InvalidNumber when its
+    width or height is given but unusable (listed sizes out of range are only left out).
     """
     for node in as_list(value):
         if not isinstance(node, dict):
@@ -124,8 +135,8 @@ def parse_service(value: Any, default_version: int = 2) -> ImageService | None:
             id=service_id.rstrip("/"),
             version=version,
             level=_level(node),
-            width=positive_int(node.get("width")),
-            height=positive_int(node.get("height")),
+            width=size_value(node.get("width"), "width"),
+            height=size_value(node.get("height"), "height"),
             sizes=sizes,
             max_width=max_width,
             max_height=limits["maxHeight"] or max_width,  # maxHeight defaults to maxWidth
@@ -135,7 +146,8 @@ def parse_service(value: Any, default_version: int = 2) -> ImageService | None:
 
 
 def parse_info(data: Any, fallback_id: str, default_version: int) -> ImageService | None:
-    """An info.json document as a service description."""
+    """An info.json document as a service description; raises InvalidNumber (a ValueError) for
+    an unusable width or height."""
     if not isinstance(data, dict):
         return None
     if not node_id(data):

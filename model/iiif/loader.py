@@ -1,5 +1,7 @@
 """Read the manifests a task names (URLs through the safe fetcher, or uploaded JSON) and expand
 collections, within limits: collection depth, number of documents fetched, number of canvases.
+A collection member already read in the task (same URL or same id) is not read again, so a
+collection that includes itself, or a manifest twice, costs one fetch and terminates.
 
 A manifest the task names that cannot be used fails the task (`ManifestError`, with a clear
 code); a broken member deep in a collection is only reported, the rest goes on.
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.iiif.presentation import Canvas, Document, NotIiif, parse_document
+from model.iiif.presentation import Canvas, Document, Member, NotIiif, parse_document
 from model.sources.fetch import FetchError
 
 JsonGetter = Callable[[str], Any]  # URL -> parsed JSON; raises FetchError or ValueError
@@ -74,9 +76,17 @@ class Loaded:
 
 def json_getter(fetcher: Any, max_bytes: int) -> JsonGetter:
     def get(url: str) -> Any:
-        return json.loads(fetcher.get(url, max_bytes=max_bytes).content)
+        return parse_json(fetcher.get(url, max_bytes=max_bytes).content)
 
     return get
+
+
+def parse_json(data: bytes | str) -> Any:
+    """json.loads, with nesting too deep to parse (RecursionError) reported as invalid JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class _Reader:
@@ -85,6 +95,10 @@ class _Reader:
         self.limits = limits
         self.loaded = Loaded()
         self.fetched = 0
+        # URLs fetched and document ids read: a collection that includes itself, or lists a
+        # manifest twice, must not read (and analyse) it again, nor loop.
+        self.fetched_urls: set[str] = set()
+        self.read_ids: set[str] = set()
 
     def fetch(self, url: str) -> Document:
         if self.fetched >= self.limits.max_documents:
@@ -92,6 +106,7 @@ class _Reader:
                 "too_many_manifests", f"more than {self.limits.max_documents} manifests to read"
             )
         self.fetched += 1
+        self.fetched_urls.add(url)
         try:
             return parse_document(self.get_json(url))
         except FetchError as exc:
@@ -104,6 +119,15 @@ class _Reader:
 
     def full(self) -> bool:
         return len(self.loaded.canvases) >= self.limits.max_canvases
+
+    def first_time(self, doc: Document) -> bool:
+        """Whether `doc` was not read yet in this task (by id); marks it read."""
+        if not doc.id:
+            return True  # nothing to recognise it by
+        if doc.id in self.read_ids:
+            return False
+        self.read_ids.add(doc.id)
+        return True
 
     def add(self, doc: Document, source: str, depth: int) -> None:
         if doc.kind == "collection":
@@ -158,18 +182,33 @@ class _Reader:
                     }
                 )
                 continue
+            if member.id and (member.id in self.fetched_urls or member.id in self.read_ids):
+                self._already_read(member.id)
+                continue
             try:
-                if member.embedded is not None:
-                    doc = parse_document(member.embedded)
-                elif member.id:
-                    doc = self.fetch(member.id)
-                else:
-                    raise ManifestError("manifest_invalid", "collection member without an id")
-                self.add(doc, member.id or source, depth + 1)
+                doc = self._member_document(member)
             except ManifestError as exc:
                 if exc.code == "too_many_manifests":
                     raise
                 self.loaded.problems.append({"source": member.id or "", "reason": exc.message})
+                continue
+            if not self.first_time(doc):
+                self._already_read(member.id or doc.id)
+                continue
+            self.add(doc, member.id or source, depth + 1)
+
+    def _member_document(self, member: Member) -> Document:
+        if member.embedded is not None:
+            try:
+                return parse_document(member.embedded)
+            except NotIiif as exc:
+                raise ManifestError("manifest_invalid", f"{member.id}: {exc}") from exc
+        if member.id:
+            return self.fetch(member.id)
+        raise ManifestError("manifest_invalid", "collection member without an id")
+
+    def _already_read(self, source: str) -> None:
+        self.loaded.problems.append({"source": source, "reason": "already read in this task"})
 
 
 def load(
@@ -181,11 +220,15 @@ def load(
     """Read manifest URLs, then uploaded manifests ((name, parsed JSON)), in that order."""
     reader = _Reader(get_json, limits)
     for url in urls:
-        reader.add(reader.fetch(url), url, 0)
+        # Each manifest the task names is read as named (even twice); its members are deduped.
+        doc = reader.fetch(url)
+        reader.first_time(doc)
+        reader.add(doc, url, 0)
     for name, doc in uploaded:
         try:
             parsed = parse_document(doc)
         except NotIiif as exc:
             raise ManifestError("manifest_invalid", f"upload {name!r}: {exc}") from exc
+        reader.first_time(parsed)
         reader.add(parsed, f"upload:{name}", 0)
     return reader.loaded

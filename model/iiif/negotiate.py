@@ -8,6 +8,7 @@ import threading
 from dataclasses import replace
 
 from model.iiif.image_api import ImageRequest, ImageService, choose_request, parse_info
+from model.iiif.jsonld import InvalidNumber
 from model.iiif.loader import JsonGetter
 from model.iiif.presentation import CanvasImage
 from model.sources.fetch import FetchError
@@ -27,34 +28,43 @@ class ServiceInfo:
         while True:
             with self._lock:
                 known = self._known.get(service.id)
-                if known is None:
-                    waiting = self._inflight.get(service.id)
-                    if waiting is None:
-                        self._inflight[service.id] = threading.Event()
-                        break
-                else:
-                    return (
-                        (service.merged(known), None)
-                        if isinstance(known, ImageService)
-                        else (service, known)
-                    )
+                if known is not None:
+                    return _outcome(service, known)
+                waiting = self._inflight.get(service.id)
+                if waiting is None:
+                    self._inflight[service.id] = threading.Event()
+                    break
             waiting.wait()
-        result: ImageService | str
+        # Whatever happens while reading, the pages waiting on this service must be released
+        # with an outcome, or they block until the task's time limit (threads leak meanwhile).
+        result: ImageService | str = "info.json could not be read"
+        try:
+            result = self._read(service)
+        finally:
+            with self._lock:
+                self._known[service.id] = result
+                self._inflight.pop(service.id).set()
+        return _outcome(service, result)
+
+    def _read(self, service: ImageService) -> ImageService | str:
+        """The service's description, or the problem with its info.json."""
         try:
             info = parse_info(self.get_json(service.info_url), service.id, service.version)
-            result = info if info is not None else "info.json does not describe an image service"
         except FetchError as exc:
-            result = f"info.json unavailable ({exc.code})"
-        except ValueError:
-            result = "info.json is not valid JSON"
-        with self._lock:
-            self._known[service.id] = result
-            self._inflight.pop(service.id).set()
-        return (
-            (service.merged(result), None)
-            if isinstance(result, ImageService)
-            else (service, result)
-        )
+            return f"info.json unavailable ({exc.code})"
+        except InvalidNumber as exc:
+            return f"info.json invalid ({exc})"
+        except (ValueError, RecursionError):
+            return "info.json is not valid JSON"
+        except Exception as exc:  # noqa: BLE001 - a hostile document fails its pages, not the task
+            return f"info.json could not be read ({type(exc).__name__})"
+        return info if info is not None else "info.json does not describe an image service"
+
+
+def _outcome(service: ImageService, known: ImageService | str) -> tuple[ImageService, str | None]:
+    if isinstance(known, ImageService):
+        return service.merged(known), None
+    return service, known
 
 
 def plan_request(

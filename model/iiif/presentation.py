@@ -7,17 +7,20 @@ text, no painting annotation) is returned with a `skip_reason` instead of being 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from model.iiif.image_api import ImageService, parse_service
 from model.iiif.jsonld import (
+    InvalidNumber,
     as_list,
     contexts,
     label_text,
     node_id,
     node_type,
-    positive_int,
+    scalar_text,
+    size_value,
     xywh_fragment,
 )
 
@@ -85,6 +88,14 @@ def presentation_version(doc: dict[str, Any]) -> int:
 
 
 def parse_document(doc: Any) -> Document:
+    """Raises NotIiif, also for a document nested too deeply to walk (RecursionError)."""
+    try:
+        return _parse_document(doc)
+    except RecursionError:
+        raise NotIiif("nested too deeply to read") from None
+
+
+def _parse_document(doc: Any) -> Document:
     kind = document_kind(doc)
     if kind is None or not isinstance(doc, dict):
         raise NotIiif("not a IIIF manifest or collection (no Manifest/Collection type)")
@@ -103,7 +114,7 @@ def parse_document(doc: Any) -> Document:
 
 
 def _canvases_v3(doc: dict[str, Any]) -> list[Canvas]:
-    return [_canvas_v3(c) for c in as_list(doc.get("items")) if node_type(c) == "canvas"]
+    return [_checked(_canvas_v3, c) for c in as_list(doc.get("items")) if node_type(c) == "canvas"]
 
 
 def _canvas_v3(canvas: dict[str, Any]) -> Canvas:
@@ -134,7 +145,7 @@ def _canvas_v3(canvas: dict[str, Any]) -> Canvas:
 def _canvases_v2(doc: dict[str, Any]) -> list[Canvas]:
     sequences = [s for s in as_list(doc.get("sequences")) if isinstance(s, dict)]
     canvases = as_list(sequences[0].get("canvases")) if sequences else []
-    return [_canvas_v2(c) for c in canvases if isinstance(c, dict)]
+    return [_checked(_canvas_v2, c) for c in canvases if isinstance(c, dict)]
 
 
 def _canvas_v2(canvas: dict[str, Any]) -> Canvas:
@@ -158,17 +169,35 @@ def _canvas_v2(canvas: dict[str, Any]) -> Canvas:
 # --- shared ------------------------------------------------------------------------------------
 
 
+def _checked(parse: Callable[[dict[str, Any]], Canvas], canvas: dict[str, Any]) -> Canvas:
+    """A canvas whose sizes or region are unusable (1e999, negative, absurd) is skipped with the
+    reason: one broken canvas should not sink the manifest, nor reach size arithmetic."""
+    try:
+        return parse(canvas)
+    except InvalidNumber as exc:
+        return Canvas(
+            id=node_id(canvas) or "",
+            label=label_text(canvas.get("label")),
+            width=None,
+            height=None,
+            image=None,
+            skip_reason=f"invalid size in the manifest ({exc})",
+        )
+
+
 def _canvas_base(canvas: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": node_id(canvas) or "",
         "label": label_text(canvas.get("label")),
-        "width": positive_int(canvas.get("width")),
-        "height": positive_int(canvas.get("height")),
+        "width": size_value(canvas.get("width"), "canvas width"),
+        "height": size_value(canvas.get("height"), "canvas height"),
     }
 
 
 def _is_painting(anno: dict[str, Any]) -> bool:
-    motivations = [str(m).rsplit(":", 1)[-1].lower() for m in as_list(anno.get("motivation"))]
+    motivations = [
+        scalar_text(m).rsplit(":", 1)[-1].lower() for m in as_list(anno.get("motivation"))
+    ]
     return not motivations or "painting" in motivations
 
 
@@ -184,7 +213,7 @@ def _is_image(body: Any) -> bool:
     if not isinstance(body, dict) or not (node_id(body) or body.get("service")):
         return False
     kind = node_type(body)
-    fmt = str(body.get("format") or "")
+    fmt = scalar_text(body.get("format"))
     return kind == "image" or fmt.startswith("image/") or (not kind and bool(body.get("service")))
 
 
@@ -193,8 +222,8 @@ def _image(
 ) -> CanvasImage:
     return CanvasImage(
         url=node_id(body),
-        width=positive_int(body.get("width")),
-        height=positive_int(body.get("height")),
+        width=size_value(body.get("width"), "image width"),
+        height=size_value(body.get("height"), "image height"),
         service=parse_service(body.get("service"), default_version=version),
         region=region,
     )

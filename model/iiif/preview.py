@@ -4,12 +4,11 @@ Backs `python -m model manifest`; users debug their manifests with it."""
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from model.iiif.loader import Limits, ManifestError, json_getter, load
+from model.iiif.loader import Limits, ManifestError, json_getter, load, parse_json
 from model.iiif.negotiate import ServiceInfo, plan_request
 from model.settings import Settings
 from model.sources.fetch import SafeFetcher
@@ -23,7 +22,7 @@ def preview(source: str, settings: Settings, max_side: int, min_side: int) -> di
     urls, uploads = [], []
     if "://" not in source and path.is_file():
         try:
-            uploads.append((path.name, json.loads(path.read_bytes())))
+            uploads.append((path.name, parse_json(path.read_bytes())))
         except ValueError as exc:
             raise ManifestError("manifest_invalid", f"{source}: not valid JSON") from exc
     else:
