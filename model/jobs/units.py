@@ -7,12 +7,19 @@ resumes after the items already stored (JobContext.finished_indices).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.iiif.loader import CanvasTask, Limits, ManifestError, ManifestSummary, json_getter, load
+from model.iiif.loader import (
+    CanvasTask,
+    Limits,
+    ManifestError,
+    ManifestSummary,
+    json_getter,
+    load,
+    parse_json,
+)
 from model.jobs import JobFailed
 
 
@@ -35,7 +42,7 @@ class Plan:
 def _uploaded_manifest(entry: dict[str, Any]) -> tuple[str, Any]:
     name = entry.get("filename") or Path(entry["manifest_upload"]).name
     try:
-        return name, json.loads(Path(entry["manifest_upload"]).read_bytes())
+        return name, parse_json(Path(entry["manifest_upload"]).read_bytes())
     except (OSError, ValueError) as exc:
         raise JobFailed(
             "manifest_invalid", f"uploaded manifest {name!r} is not readable JSON"
