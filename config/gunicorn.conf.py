@@ -1,7 +1,12 @@
 """Gunicorn settings, derived from flask_config.yaml (+ SCRIPTORIUM_* env) via model.settings."""
 
+import json
 import os
 
+import gunicorn.util
+from gunicorn.glogging import Logger
+
+from model.frontdoor import redact_query, redact_text
 from model.settings import get_settings
 
 _settings = get_settings()
@@ -19,7 +24,74 @@ graceful_timeout = 30
 keepalive = 5
 # No control socket in ~/.gunicorn (gunicorn >= 27 opens one by default).
 control_socket_disable = True
+
+# Request size limits: nginx refuses first, in JSON (large_client_header_buffers 4 8k: a request
+# line or a header line up to 8 KB, all headers up to 32 KB). Whatever nginx passes on must pass
+# here too: the longest request line gunicorn allows (8190) is nginx's; nginx forwards
+# "Name:value" as "Name: value", a byte longer; and 32 KB holds at most ~8500 header fields.
+limit_request_line = 8190
+limit_request_field_size = 16384
+limit_request_fields = 10000
+
 accesslog = "-"
 errorlog = "-"
-# Privacy: no client address and no user agent in the access log.
+# Privacy: no client address and no user agent in the access log, no query-string secrets.
 access_log_format = '%(t)s "%(r)s" %(s)s %(b)s %(L)ss rid=%({x-request-id}o)s'
+
+
+class PrivateLogger(Logger):
+    """Logs requests without the values of secret-looking query parameters (?api_key=...: the
+    app refuses keys there, but the request line would keep them)."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        path, _, query = environ.get("RAW_URI", "").partition("?")
+        query = redact_query(query)
+        uri = f"{path}?{query}" if query else path
+        atoms["r"] = f"{environ['REQUEST_METHOD']} {uri} {environ['SERVER_PROTOCOL']}"
+        atoms["q"] = atoms["{query_string}e"] = query
+        atoms["{raw_uri}e"] = uri
+        return atoms
+
+    # gunicorn names the request URI in some errors ("Error handling request GET /x?...").
+    def error(self, msg, *args, **kwargs):
+        super().error(*_redacted(msg, args), **kwargs)
+
+    def warning(self, msg, *args, **kwargs):
+        super().warning(*_redacted(msg, args), **kwargs)
+
+    def exception(self, msg, *args, **kwargs):
+        super().exception(*_redacted(msg, args), **kwargs)
+
+
+def _redacted(msg, args):
+    return [redact_text(a) if isinstance(a, str) else a for a in (msg, *args)]
+
+
+logger_class = PrivateLogger
+
+# Codes as the app names them (model/api/errors.py).
+_ERROR_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    414: "request_uri_too_large",
+    417: "expectation_failed",
+    431: "request_header_fields_too_large",
+    500: "internal_error",
+    501: "not_implemented",
+}
+
+
+def _write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's own error answers (a request it cannot parse) in the app's JSON shape; it has
+    no setting for them, only this HTML writer."""
+    code = _ERROR_CODES.get(status_int, reason.lower().replace(" ", "_"))
+    body = json.dumps({"error": {"code": code, "message": mesg or reason}}) + "\n"
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, (head + body).encode("latin-1", "replace"))
+
+
+gunicorn.util.write_error = _write_json_error

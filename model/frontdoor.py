@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 from model.settings import PROJECT_ROOT, Settings
 
@@ -21,6 +22,13 @@ UPSTREAM_LINK = "upstream.sock"
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
+# Query parameters whose values never reach a log (a name containing any of these, any case):
+# API keys sent as ?api_key=, ?key=, ?token=... are refused by the app, but an access log would
+# keep them. nginx's access log and gunicorn's (config/gunicorn.conf.py) both use it.
+SECRET_QUERY_NAMES = "key|token|auth|secret|passw|signature|credential"
+_SECRET_NAME = re.compile(SECRET_QUERY_NAMES, re.IGNORECASE)
+_QUERY_IN_TEXT = re.compile(r"\?([^\s'\"]*)")
+
 
 def render(template: str, values: dict[str, str]) -> str:
     """Replace {{name}}; an unknown name is an error (nginx's own $variables are left alone)."""
@@ -32,6 +40,23 @@ def render(template: str, values: dict[str, str]) -> str:
             raise KeyError(f"nginx template names unknown placeholder {match.group(0)}") from None
 
     return _PLACEHOLDER.sub(value, template)
+
+
+def redact_query(query: str) -> str:
+    """The query string with the value of every secret-looking parameter replaced by REDACTED
+    (names are compared decoded, as the app reads them: api%5Fkey is api_key)."""
+    parts = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if value and _SECRET_NAME.search(unquote_plus(name)):
+            part = f"{name}{eq}REDACTED"
+        parts.append(part)
+    return "&".join(parts)
+
+
+def redact_text(text: str) -> str:
+    """redact_query on every query string in a log message (a request line, a URI)."""
+    return _QUERY_IN_TEXT.sub(lambda m: "?" + redact_query(m.group(1)), text)
 
 
 def nginx_values(settings: Settings) -> dict[str, str]:
@@ -47,6 +72,7 @@ def nginx_values(settings: Settings) -> dict[str, str]:
         "data_dir": str(settings.data_path),
         "listen": f"{listen_host}:{settings.http.port}",
         "max_body_bytes": str(settings.http.max_body_bytes),
+        "secret_query_names": SECRET_QUERY_NAMES,
     }
 
 
