@@ -23,6 +23,7 @@ from model.jobs.loading import PageLoader, Prepared, to_output_box
 from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache, params_digest
 from model.pipeline.prefetch import Prefetcher
+from model.sources.fetch import FetchScope
 
 # Without an explicit max_side, IIIF images are requested at this many times the model's input
 # size: enough detail for the one shrink to the model's input, far fewer pixels to move.
@@ -107,7 +108,10 @@ def run(ctx: Any) -> None:
     }
     ctx.set_provenance(provenance)
 
-    fetcher = resources["fetcher"]
+    # Cancel, timeout or error: Prefetcher.close() cancels the scope, which ends the download
+    # threads' fetches (connections closed, per-host slots freed) instead of letting them run on.
+    scope = FetchScope()
+    fetcher = resources["fetcher"].scoped(scope)
     plan = plan_units(ctx.spec["inputs"], fetcher, settings)
     ctx.set_total(len(plan.units))
     finished = ctx.finished_indices()
@@ -134,6 +138,7 @@ def run(ctx: Any) -> None:
             loader.failed,
             threads=settings.pipeline.download_threads,
             depth=settings.pipeline.prefetch_depth,
+            on_close=scope.cancel,
         ) as prefetch:
             # next_batch checks the cancel flag while it waits, so a cancel is seen between
             # batches and while downloads are slow.

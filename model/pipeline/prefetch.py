@@ -2,7 +2,8 @@
 
 Memory stays bounded: at most `depth` finished results wait in the queue and each thread holds
 at most one more. The consumer never blocks for long: it polls, so it can notice a cancel while
-the network is slow, and `close()` stops the threads without waiting for their queue slot.
+the network is slow, and `close()` stops the threads without waiting for their queue slot;
+its `on_close` (a job passes its `FetchScope.cancel`) ends their downloads in flight too.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ class Prefetcher(Generic[T, R]):
         on_error: Callable[[T, Exception], R],
         threads: int,
         depth: int,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         pending = list(items)
+        self._on_close = on_close
         self._items = iter(pending)
         self._remaining = len(pending)
         self._work = work
@@ -83,8 +86,11 @@ class Prefetcher(Generic[T, R]):
         return batch
 
     def close(self) -> None:
-        """Stop fetching more; threads finish their current item and exit."""
+        """Stop fetching more; threads finish their current item (cut short by `on_close`)
+        and exit."""
         self._stop.set()
+        if self._on_close is not None:
+            self._on_close()
         while True:
             try:
                 self._queue.get_nowait()

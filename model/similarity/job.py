@@ -28,6 +28,7 @@ from model.pipeline.prefetch import Prefetcher
 from model.similarity import compare as comparing
 from model.similarity.cache import FeatureCache
 from model.similarity.features import ItemFeatures, pack, page_items, unpack
+from model.sources.fetch import FetchScope
 
 # Bump when feature extraction changes: cached features of older code are then not reused.
 FEATURES_VERSION = 1
@@ -137,7 +138,10 @@ def run_similarity(ctx: Any, params: Any) -> None:
         "stage": "reading manifests",
     }
     ctx.set_provenance(provenance)
-    fetcher = resources["fetcher"]
+    # Cancel, timeout or error: Prefetcher.close() cancels the scope, which ends the download
+    # threads' fetches (connections closed, per-host slots freed) instead of letting them run on.
+    scope = FetchScope()
+    fetcher = resources["fetcher"].scoped(scope)
     plan = plan_documents(documents, fetcher, settings)
     ctx.set_total(len(plan.units))
     provenance.update(
@@ -176,6 +180,7 @@ def run_similarity(ctx: Any, params: Any) -> None:
             loader.failed,
             threads=settings.pipeline.download_threads,
             depth=settings.pipeline.prefetch_depth,
+            on_close=scope.cancel,
         ) as prefetch:
             while batch := prefetch.next_batch(settings.worker.batch_size, ctx.check_cancel):
                 _features(run, batch)

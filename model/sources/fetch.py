@@ -1,39 +1,59 @@
 """Safe fetching: every network read of the service goes through `SafeFetcher.get`.
 
 - http/https only, no environment proxies;
-- the address a socket actually connected to is checked (not only what DNS said beforehand), so a
-  DNS answer that changes between check and connect cannot reach an internal address; every
-  redirect opens a new connection and is checked the same way;
-- connect/read timeouts, a streamed body-size cap, bounded redirects;
-- retries with backoff on connection errors, 429 and 5xx, honouring Retry-After;
+- before any connection is opened the host is resolved and every address it resolves to is
+  checked; the socket then connects to a checked address only. So neither a DNS answer that
+  changes between check and connect nor a redirect can reach an internal address, nor even
+  probe one (a closed and an open internal port both give `blocked_address`, and the target
+  never sees a connection); every redirect opens its connection the same way;
+- connect/read timeouts, a deadline for each whole response (a server trickling bytes defeats
+  a per-read timeout), a streamed body-size cap, bounded redirects;
+- retries with backoff on connection errors, timeouts, 429 and 5xx, honouring Retry-After;
 - at most `per_host_concurrency` requests in flight to one host from this process (download
-  threads share one fetcher), so a library's server is never hammered.
+  threads share one fetcher), so a library's server is never hammered;
+- a `FetchScope` (one per task) cancels that task's fetches: their sockets are shut down, waits
+  for a per-host slot and retry back-offs end, so a cancelled or timed-out job leaves no thread
+  holding a connection or a slot.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.util.connection import allowed_gai_family
 
 if TYPE_CHECKING:
     from model.settings import FetchSettings
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 30.0
+SLOT_POLL_S = 0.1  # how often a wait for a per-host slot looks at its scope's cancel
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# IPv6 ranges that reach IPv4 hosts or are not routable on the internet, whatever Python's
+# `is_global` of the day says: local-use NAT64 (RFC 8215), IPv4-compatible (deprecated, `::/96`
+# holds `::127.0.0.1`), site-local (deprecated).
+REFUSED_V6 = [
+    ipaddress.IPv6Network("64:ff9b:1::/48"),
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("fec0::/10"),
+]
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix: the last 32 bits are IPv4
 
 
 class FetchError(Exception):
@@ -69,26 +89,189 @@ class AddressPolicy:
             ip = ip.ipv4_mapped
         if any(ip in net for net in self.allow_networks):
             return True
-        return ip.is_global and not ip.is_multicast
+        return _public(ip)
+
+
+def _public(ip: IPAddress) -> bool:
+    if not ip.is_global or ip.is_multicast:
+        return False
+    if isinstance(ip, ipaddress.IPv4Address):
+        return True
+    if any(ip in net for net in REFUSED_V6):
+        return False
+    # NAT64, 6to4 and Teredo addresses lead to the IPv4 host they embed: that one must be public.
+    return all(_public(embedded) for embedded in _embedded_ipv4(ip))
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    if ip in NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)  # server and client
+    return []
+
+
+# --- cancellation: scopes, attempts ------------------------------------------------------------
+
+_local = threading.local()  # `attempt`: the request this thread is making (its sockets join it)
+
+
+class _Attempt:
+    """One request (redirects included) and the sockets it uses, so that a cancel or the
+    response deadline can shut them down from another thread: a blocked read returns at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handles: list[socket.socket] = []
+        self.reason: str | None = None  # "cancelled" or "deadline" once aborted
+
+    def adopt(self, sock: socket.socket) -> None:
+        # A duplicate descriptor of the same kernel socket (which shutdown acts on): TLS wrapping
+        # detaches the socket object urllib3 connected, and an SSLSocket cannot be dup()ed.
+        if sock.fileno() < 0:
+            return  # closed already: nothing left to shut down
+        handle = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        with self._lock:
+            self._handles.append(handle)
+            if self.reason is not None:
+                _shutdown(handle)
+
+    def abort(self, reason: str) -> None:
+        with self._lock:  # held while shutting down: close() cannot free a descriptor meanwhile
+            if self.reason is not None:
+                return
+            self.reason = reason
+            for handle in self._handles:
+                _shutdown(handle)
+
+    def close(self) -> None:
+        with self._lock:
+            handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.close()
+
+
+def _shutdown(handle: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by urllib3, or never connected
+        handle.shutdown(socket.SHUT_RDWR)
+
+
+def _join_attempt(sock: socket.socket | None) -> None:
+    attempt: _Attempt | None = getattr(_local, "attempt", None)
+    if attempt is not None and sock is not None:
+        attempt.adopt(sock)
+
+
+class FetchScope:
+    """Cancellation handle for one task's fetches (download threads included). `cancel()`
+    shuts down the sockets of the requests in flight, wakes waits for a per-host slot and retry
+    back-offs, and refuses new requests: each ends with `FetchError("cancelled")`."""
+
+    def __init__(self) -> None:
+        self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._attempts: set[_Attempt] = set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled.set()
+            attempts = list(self._attempts)
+        for attempt in attempts:
+            attempt.abort("cancelled")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True (at once) if the scope is or gets cancelled."""
+        return self._cancelled.wait(seconds)
+
+    @contextmanager
+    def attempt(self) -> Iterator[_Attempt]:
+        attempt = _Attempt()
+        with self._lock:
+            if self.cancelled:
+                attempt.abort("cancelled")
+            self._attempts.add(attempt)
+        try:
+            yield attempt
+        finally:
+            with self._lock:
+                self._attempts.discard(attempt)
+            attempt.close()
+
+
+# --- connections: check before connecting ------------------------------------------------------
+
+
+def _resolve(host: str, port: int) -> list[Any]:
+    try:
+        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise FetchError("dns_error", f"cannot resolve {host}") from exc
+
+
+def _connect_checked(conn: HTTPConnection, policy: AddressPolicy) -> socket.socket:
+    """Resolve, refuse the host if any of its addresses is not allowed, connect to a checked
+    address (never to whatever a second DNS lookup might say)."""
+    host = conn.host.strip("[]")
+    infos = _resolve(host, conn.port)
+    if not policy.host_allowed(host):
+        for info in infos:
+            if not policy.address_allowed(info[4][0]):
+                raise FetchError("blocked_address", f"{host} resolves to a non-public address")
+    return _connect_first(conn, infos)
+
+
+def _connect_first(conn: HTTPConnection, infos: list[Any]) -> socket.socket:
+    timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
+    error: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    if isinstance(error, TimeoutError):
+        raise ConnectTimeoutError(conn, f"connection to {conn.host} timed out") from error
+    raise NewConnectionError(conn, f"failed to establish a new connection: {error}") from error
+
+
+class _CheckedConnect:
+    """Mixin of the pools' connection classes (the first request and every redirect)."""
+
+    policy: AddressPolicy
+    sock: socket.socket | None
+
+    def _new_conn(self) -> socket.socket:
+        sock = _connect_checked(self, self.policy)  # type: ignore[arg-type]
+        _join_attempt(sock)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _join_attempt(self.sock)  # a pooled connection, reused by this thread's attempt
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
 def _guarded_classes(policy: AddressPolicy) -> dict[str, type]:
-    """Connection pools whose sockets refuse a peer address the policy does not allow."""
+    """Connection pools whose sockets only ever connect to addresses the policy allows."""
 
-    def check(conn: HTTPConnection, sock: socket.socket) -> socket.socket:
-        peer = sock.getpeername()[0]
-        if not (policy.host_allowed(conn.host) or policy.address_allowed(peer)):
-            sock.close()
-            raise FetchError("blocked_address", f"{conn.host} resolves to a non-public address")
-        return sock
+    class GuardedHTTPConnection(_CheckedConnect, HTTPConnection):
+        pass
 
-    class GuardedHTTPConnection(HTTPConnection):
-        def _new_conn(self) -> socket.socket:
-            return check(self, super()._new_conn())
+    class GuardedHTTPSConnection(_CheckedConnect, HTTPSConnection):
+        pass
 
-    class GuardedHTTPSConnection(HTTPSConnection):
-        def _new_conn(self) -> socket.socket:
-            return check(self, super()._new_conn())
+    GuardedHTTPConnection.policy = policy
+    GuardedHTTPSConnection.policy = policy
 
     class GuardedHTTPPool(HTTPConnectionPool):
         ConnectionCls = GuardedHTTPConnection
@@ -107,6 +290,9 @@ class _GuardedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: object, **kwargs: object) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = self._pool_classes
+
+
+# --- the fetcher -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -129,9 +315,11 @@ class SafeFetcher:
         retries: int = 2,
         backoff_s: float = 0.5,
         per_host_concurrency: int = 4,
+        response_deadline_s: float = 60,
     ) -> None:
         self.policy = AddressPolicy.from_list(allow)
         self.timeout = (connect_timeout_s, read_timeout_s)
+        self.response_deadline_s = response_deadline_s
         self.max_bytes = max_bytes
         self.retries = retries
         self.backoff_s = backoff_s
@@ -158,7 +346,12 @@ class SafeFetcher:
             user_agent=fetch.user_agent,
             retries=fetch.retries,
             per_host_concurrency=fetch.per_host_concurrency,
+            response_deadline_s=fetch.response_deadline_s,
         )
+
+    def scoped(self, scope: FetchScope) -> ScopedFetcher:
+        """This fetcher with every `get` in `scope` (what a job hands to its loaders)."""
+        return ScopedFetcher(self, scope)
 
     def check_url(self, url: str) -> None:
         """Early, friendly refusal of URLs that can never be fetched (the socket check is final)."""
@@ -189,24 +382,64 @@ class SafeFetcher:
                 )
             return slot
 
-    def get(self, url: str, max_bytes: int | None = None) -> FetchResult:
-        """Fetch `url`; `max_bytes` lowers the body cap (manifests and info.json are small)."""
+    def get(
+        self, url: str, max_bytes: int | None = None, scope: FetchScope | None = None
+    ) -> FetchResult:
+        """Fetch `url`; `max_bytes` lowers the body cap (manifests and info.json are small);
+        cancelling `scope` ends the fetch (in any thread) with `FetchError("cancelled")`."""
         self.check_url(url)
+        scope = scope or FetchScope()
         cap = min(max_bytes, self.max_bytes) if max_bytes else self.max_bytes
         slot = self._host_slot(url)
         attempt = 0
         while True:
             attempt += 1
             try:
-                with slot:  # not held while sleeping before a retry
-                    return self._get_once(url, attempt, cap)
+                with _holding(slot, scope, url):  # not held while sleeping before a retry
+                    return self._get_once(url, attempt, cap, scope)
             except _Retryable as exc:
                 if attempt > self.retries:
                     raise exc.error from None
                 backoff = self.backoff_s * 2 ** (attempt - 1)
-                time.sleep(exc.wait_s if exc.wait_s is not None else backoff)
+                if scope.wait(exc.wait_s if exc.wait_s is not None else backoff):
+                    raise _cancelled(url) from None
 
-    def _get_once(self, url: str, attempt: int, max_bytes: int) -> FetchResult:
+    def _get_once(self, url: str, number: int, max_bytes: int, scope: FetchScope) -> FetchResult:
+        with scope.attempt() as attempt, self._watched(attempt):
+            try:
+                result = self._request(url, number, max_bytes)
+            except (FetchError, _Retryable) as exc:
+                if attempt.reason is not None:  # however the read ended, it was cut short
+                    raise self._aborted(url, attempt.reason) from exc
+                raise
+            if attempt.reason is not None:  # a body without Content-Length just stops
+                raise self._aborted(url, attempt.reason)
+            return result
+
+    @contextmanager
+    def _watched(self, attempt: _Attempt) -> Iterator[None]:
+        """This thread's sockets join `attempt`, which is aborted at the response deadline."""
+        timer = threading.Timer(self.response_deadline_s, attempt.abort, ("deadline",))
+        timer.daemon = True
+        _local.attempt = attempt
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            _local.attempt = None
+
+    def _aborted(self, url: str, reason: str) -> Exception:
+        if reason == "cancelled":
+            return _cancelled(url)
+        error = FetchError(
+            "timeout",
+            f"timed out reading from {url}: no complete response "
+            f"within {self.response_deadline_s:g} s",
+        )
+        return _Retryable(error, None)
+
+    def _request(self, url: str, attempt: int, max_bytes: int) -> FetchResult:
         try:
             with self.session.get(url, timeout=self.timeout, stream=True) as resp:
                 if resp.status_code in RETRY_STATUSES:
@@ -228,16 +461,8 @@ class SafeFetcher:
             raise FetchError("too_many_redirects", f"too many redirects from {url}") from exc
         except requests.exceptions.InvalidSchema as exc:
             raise FetchError("bad_scheme", f"redirect to a non-http URL from {url}") from exc
-        except requests.exceptions.Timeout as exc:
-            raise _Retryable(FetchError("timeout", f"timed out fetching {url}"), None) from exc
-        except requests.exceptions.ConnectionError as exc:
-            cause = _find_fetch_error(exc)
-            if cause is not None:
-                raise cause from None
-            error = FetchError("connection_error", f"cannot connect: {url}")
-            raise _Retryable(error, None) from exc
         except requests.exceptions.RequestException as exc:
-            raise FetchError("fetch_error", f"cannot fetch {url}: {exc}") from exc
+            raise _network_error(url, exc) from exc
 
     def _read_capped(self, resp: requests.Response, max_bytes: int) -> bytes:
         declared = resp.headers.get("Content-Length")
@@ -253,6 +478,55 @@ class SafeFetcher:
         return b"".join(chunks)
 
 
+@dataclass
+class ScopedFetcher:
+    """A `SafeFetcher` whose every `get` runs in one task's `FetchScope`."""
+
+    fetcher: SafeFetcher
+    scope: FetchScope
+
+    def get(self, url: str, max_bytes: int | None = None) -> FetchResult:
+        return self.fetcher.get(url, max_bytes, scope=self.scope)
+
+    def check_url(self, url: str) -> None:
+        self.fetcher.check_url(url)
+
+
+@contextmanager
+def _holding(slot: threading.BoundedSemaphore, scope: FetchScope, url: str) -> Iterator[None]:
+    """Hold a per-host slot; a cancel ends the wait for one."""
+    while not slot.acquire(timeout=SLOT_POLL_S):
+        if scope.cancelled:
+            raise _cancelled(url)
+    try:
+        if scope.cancelled:
+            raise _cancelled(url)
+        yield
+    finally:
+        slot.release()
+
+
+def _cancelled(url: str) -> FetchError:
+    return FetchError("cancelled", f"fetch of {url} cancelled")
+
+
+def _network_error(url: str, exc: requests.exceptions.RequestException) -> Exception:
+    """What a failed request says: the guard's refusal, a timeout (connecting or reading: requests
+    reports a read timeout inside the body as a ConnectionError), or a connection failure."""
+    cause = _find_cause(exc, FetchError)
+    if isinstance(cause, FetchError):
+        return cause
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return _Retryable(FetchError("connect_timeout", f"timed out connecting to {url}"), None)
+    if isinstance(exc, requests.exceptions.Timeout) or _find_cause(
+        exc, (ReadTimeoutError, TimeoutError)
+    ):
+        return _Retryable(FetchError("timeout", f"timed out reading from {url}"), None)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return _Retryable(FetchError("connection_error", f"cannot connect: {url}"), None)
+    return FetchError("fetch_error", f"cannot fetch {url}: {exc}")
+
+
 class _Retryable(Exception):
     def __init__(self, error: FetchError, wait_s: float | None) -> None:
         super().__init__(error.message)
@@ -266,8 +540,10 @@ def _retry_after(value: str | None) -> float | None:
     return None
 
 
-def _find_fetch_error(exc: BaseException) -> FetchError | None:
-    """The guard's FetchError, wherever urllib3/requests wrapped it."""
+def _find_cause(
+    exc: BaseException, types: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException | None:
+    """The first exception of `types` wherever urllib3/requests wrapped it."""
     seen: set[int] = set()
     stack: list[BaseException | None] = [exc]
     while stack:
@@ -275,7 +551,7 @@ def _find_fetch_error(exc: BaseException) -> FetchError | None:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, FetchError):
+        if isinstance(current, types):
             return current
         stack.extend(
             [
