@@ -50,12 +50,12 @@ def _json_schemas(settings: Settings) -> list[dict[str, Any]]:
 
 
 def _files(description: str, most: int) -> dict[str, Any]:
+    # One file per part, the part repeated for more (curl -F images=@a.jpg -F images=@b.jpg):
+    # described as one binary, which is what each part is (and how generators send files).
     return {
-        "type": "array",
-        "items": {"type": "string", "format": "binary"},
-        "minItems": 1,
-        "maxItems": most,
-        "description": description,
+        "type": "string",
+        "format": "binary",
+        "description": f"{description}; repeat the part for more (at most {most})",
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,13 +23,14 @@ from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache, params_digest
 from model.pipeline.prefetch import Prefetcher
 from model.sources.fetch import FetchScope
+from model.urls import HTTP_URL_PATTERN, check_http_url, url_list_schema
 
 # Without an explicit max_side, IIIF images are requested at this many times the model's input
 # size: enough detail for the one shrink to the model's input, far fewer pixels to move.
 MAX_SIDE_FACTOR = 2
 
 
-class Params(BaseModel):
+class DetectParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = Field(None, description="Model name from GET /models; default if omitted")
@@ -45,15 +45,23 @@ class Params(BaseModel):
     )
 
 
-class Input(BaseModel):
+class DetectInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image_urls: list[str] = Field(default_factory=list, description="http(s) URLs of images")
+    image_urls: list[str] = Field(
+        default_factory=list,
+        description="http(s) URLs of images",
+        json_schema_extra=url_list_schema(),
+    )
     manifest_url: str | None = Field(
-        None, description="http(s) URL of a IIIF manifest or collection (Presentation 2.x/3.0)"
+        None,
+        description="http(s) URL of a IIIF manifest or collection (Presentation 2.x/3.0)",
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},
     )
     manifest_urls: list[str] = Field(
-        default_factory=list, description="http(s) URLs of IIIF manifests or collections"
+        default_factory=list,
+        description="http(s) URLs of IIIF manifests or collections",
+        json_schema_extra=url_list_schema(),
     )
 
     @field_validator("image_urls", "manifest_urls")
@@ -61,24 +69,23 @@ class Input(BaseModel):
     def _http_urls(cls, urls: list[str]) -> list[str]:
         # Only the shape is checked here; the worker's fetcher decides which hosts it may reach.
         for url in urls:
-            _check_http_url(url)
+            check_http_url(url)
         return urls
 
     @field_validator("manifest_url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         if url is not None:
-            _check_http_url(url)
+            check_http_url(url)
         return url
 
     def all_manifest_urls(self) -> list[str]:
         return ([self.manifest_url] if self.manifest_url else []) + self.manifest_urls
 
 
-def _check_http_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url[:200]!r}")
+# Distinct names in the OpenAPI document; the job-local names stay short.
+Params = DetectParams
+Input = DetectInput
 
 
 class Detector(Protocol):
