@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     # Probes stay unlimited: monitoring must never be told to back off.
     init_limits(app, settings, exempt=[meta.probes_api])
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
-    for name, schema in request_schema_components().items():
+    for name, schema in request_schema_components(settings).items():
         app.components_schemas.setdefault(name, schema)
 
     _configure_logging()

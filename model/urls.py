@@ -12,8 +12,11 @@ _PORT = (
     r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}|0)"
 )
 # http(s), a host name or IPv4 address (IDNs in punycode; no user:password@), an optional port
-# in 0-65535, then anything but white space.
-HTTP_URL_PATTERN = rf"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(?::{_PORT})?(?:[/?#][^\s]*)?$"
+# in 0-65535, then anything but spaces and control characters (spelled out: regex engines
+# disagree on what \s is).
+HTTP_URL_PATTERN = (
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9._~-]+(?::{_PORT})?(?:[/?#][^\x00-\x20\x7f]*)?$"
+)
 _HTTP_URL = re.compile(HTTP_URL_PATTERN)
 
 

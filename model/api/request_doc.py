@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from model.api.schemas import MIN_TIMEOUT_S, REQUEST_MODELS
+from model.inference.registry import discover
 from model.settings import Settings
 
 REF = "#/components/schemas/{model}"
@@ -38,10 +39,18 @@ def _some_detect_input() -> dict[str, Any]:
     }
 
 
+def _bound_timeout(schema: dict[str, Any], most: float) -> None:
+    """The job type's longest timeout (a setting, so not in the static model)."""
+    for branch in schema["properties"]["timeout"].get("anyOf", []):
+        if branch.get("type") == "number":
+            branch["maximum"] = most
+
+
 def _json_schemas(settings: Settings) -> list[dict[str, Any]]:
     schemas = []
     for job_type, model in REQUEST_MODELS.items():
         schema = _schema(model)
+        _bound_timeout(schema, settings.job_limits(job_type).timeout_max_s)
         if job_type == "detect":
             schema["required"] = [*schema.get("required", []), "input"]
             schema["properties"]["input"] = _some_detect_input()
@@ -63,16 +72,20 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
     detect = settings.job_limits("detect")
     return {
         "type": "object",
-        "required": ["type"],
         "properties": {
             "type": {
                 "type": "string",
-                "enum": ["detect"],
+                "const": "detect",
+                "default": "detect",
                 "description": "multipart is for detect with uploads; other jobs are JSON",
             },
             "params": {"$ref": REF.format(model="DetectParams")},
             "input": {"$ref": REF.format(model="DetectInput")},
-            "timeout": {"type": "number", "minimum": MIN_TIMEOUT_S},
+            "timeout": {
+                "type": "number",
+                "minimum": MIN_TIMEOUT_S,
+                "maximum": detect.timeout_max_s,
+            },
             "images": _files("page images", detect.max_images),
             "manifest": _files(
                 "IIIF manifest or collection JSON file(s)", settings.iiif.max_manifests
@@ -109,9 +122,24 @@ def task_request_body(settings: Settings) -> dict[str, Any]:
     }
 
 
-def request_schema_components() -> dict[str, Any]:
-    """Schemas the hand-written request body refers to; added to the document's components."""
+# Params naming a model, and the task of the models they may name.
+MODEL_FIELDS = {
+    "DetectParams": {"model": "detect"},
+    "SimilarityParams": {"model": "embed", "detector": "detect"},
+}
+
+
+def request_schema_components(settings: Settings) -> dict[str, Any]:
+    """Schemas the hand-written request body refers to; added to the document's components.
+    Model names are listed as found when the app starts (GET /models has the live list)."""
     components: dict[str, Any] = {}
     for model in REQUEST_MODELS.values():
         components.update(model.model_json_schema(ref_template=REF).get("$defs", {}))
+    models = discover(settings.model_dirs)
+    for schema_name, fields in MODEL_FIELDS.items():
+        for field, task in fields.items():
+            names = sorted(name for name, info in models.items() if info.task == task)
+            for branch in components[schema_name]["properties"][field].get("anyOf", []):
+                if branch.get("type") == "string":
+                    branch["enum"] = names
     return components

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from model.jobs import detect, noop, similarity
 from model.store import State
@@ -22,6 +22,9 @@ class TaskError(BaseModel):
 
 _TIMEOUT_DESCRIPTION = "Soft time limit in seconds (at least 1, at most the job type's maximum)"
 
+# Strict: a JSON number, never `true` or "30" (a multipart timeout is converted before).
+Timeout = Annotated[float | None, Strict()]
+
 
 class TaskRequest(BaseModel):
     """JSON body of POST /task for a detect job (multipart carries the same fields as parts)."""
@@ -33,7 +36,7 @@ class TaskRequest(BaseModel):
     )
     input: detect.Input = Field(default_factory=detect.Input)
     params: detect.Params = Field(default_factory=detect.Params)
-    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
+    timeout: Timeout = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
 
 
 class NoopRequest(BaseModel):
@@ -46,7 +49,7 @@ class NoopRequest(BaseModel):
     )
     input: noop.Input = Field(default_factory=noop.Input)
     params: noop.Params = Field(default_factory=noop.Params)
-    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
+    timeout: Timeout = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
 
 
 class SimilarityRequest(BaseModel):
@@ -59,7 +62,7 @@ class SimilarityRequest(BaseModel):
     )
     input: similarity.Input
     params: similarity.Params = Field(default_factory=similarity.Params)
-    timeout: float | None = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
+    timeout: Timeout = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
 
 
 AnyTaskRequest = TaskRequest | NoopRequest | SimilarityRequest

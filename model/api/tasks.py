@@ -72,6 +72,14 @@ def _json_field(raw: str | None, name: str) -> Any:
 FILE_PARTS = ("images", "manifest")
 
 
+def _form_number(text: str) -> float | str:
+    """A form field's number (validation refuses what is left as text)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _multipart_data() -> tuple[dict[str, Any], list[FileStorage]]:
     """The fields of a multipart submit, as the JSON body would carry them, and its images."""
     form = request.form
@@ -82,13 +90,13 @@ def _multipart_data() -> tuple[dict[str, Any], list[FileStorage]]:
             "invalid_request",
             f"{misplaced[0]!r} must be a file part (curl -F '{misplaced[0]}=@file'), not a field",
         )
-    data: dict[str, Any] = {"type": form.get("type")}
+    data: dict[str, Any] = {"type": form.get("type", "detect")}  # multipart is for detect
     for name in ("params", "input"):
         value = _json_field(form.get(name), name)
         if value is not None:
             data[name] = value
     if "timeout" in form:  # an empty value is invalid, not "no timeout"
-        data["timeout"] = form["timeout"]
+        data["timeout"] = _form_number(form["timeout"])
     files = [f for f in request.files.getlist("images") if f.filename or f.content_length]
     return data, files
 
@@ -114,7 +122,10 @@ def _parse_request() -> tuple[AnyTaskRequest, list[FileStorage]]:
             415, "unsupported_media_type", "send application/json or multipart/form-data"
         )
     try:
-        model = REQUEST_MODELS.get(data.get("type"), TaskRequest)  # type: ignore[arg-type]
+        job_type = data.get("type")
+        model = (
+            REQUEST_MODELS.get(job_type, TaskRequest) if isinstance(job_type, str) else TaskRequest
+        )
         return model.model_validate(data), files
     except ValidationError as exc:
         message, details = describe_validation_error(exc)

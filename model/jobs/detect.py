@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs import JobFailed
+from model.jobs.fields import bounded_integer
 from model.jobs.loading import PageLoader, Prepared, to_output_box
 from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache, params_digest
@@ -31,22 +32,20 @@ MAX_SIDE_FACTOR = 2
 
 
 class DetectParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str | None = Field(None, description="Model name from GET /models; default if omitted")
     confidence: float = Field(0.25, ge=0.0, le=1.0, description="Minimum detection confidence")
     iou: float = Field(0.45, ge=0.0, le=1.0, description="IoU threshold of non-maximum suppression")
-    max_side: int | None = Field(
+    max_side: bounded_integer(32, 20000) | None = Field(  # type: ignore[valid-type]
         None,
-        ge=32,
-        le=20000,
         description="Longest image side requested from IIIF image services (px); the model sees "
         "at most its own input size; default 2x model size",
     )
 
 
 class DetectInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     image_urls: list[str] = Field(
         default_factory=list,

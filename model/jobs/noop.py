@@ -14,11 +14,11 @@ NEEDS_INPUT = False
 
 
 class NoopParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class NoopInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # Distinct names in the OpenAPI document; the job-local names stay short.

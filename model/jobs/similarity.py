@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.jobs.fields import Integer
 from model.urls import HTTP_URL_PATTERN, check_http_url
 
 DOCUMENT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -25,12 +26,12 @@ MAX_DOCUMENTS = 50
 
 
 class SimilarityParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     level: Literal["region", "page"] = Field(
         "region", description="region: compare detected illustrations; page: whole pages"
     )
-    top_k: int = Field(10, ge=1, le=200, description="Most similar item pairs kept per pair")
+    top_k: Integer = Field(10, ge=1, le=200, description="Most similar item pairs kept per pair")
     model: str | None = Field(
         None,
         description="Feature extractor (GET /models, task 'embed'); the configured one if omitted",
@@ -40,10 +41,10 @@ class SimilarityParams(BaseModel):
     )
     confidence: float = Field(0.25, ge=0.0, le=1.0, description="Detector threshold (region)")
     iou: float = Field(0.45, ge=0.0, le=1.0, description="Detector NMS IoU threshold (region)")
-    max_side: int = Field(
+    max_side: Integer = Field(
         1024, ge=256, le=4096, description="Longest side (px) at which pages are analysed"
     )
-    candidates: int = Field(
+    candidates: Integer = Field(
         20,
         ge=1,
         le=1000,
@@ -55,7 +56,7 @@ class SimilarityParams(BaseModel):
 
 
 class SimilarityInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     documents: dict[str, str] = Field(
         description="Documents to compare: a short name of your choice -> http(s) URL of a IIIF "
