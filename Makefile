@@ -23,12 +23,12 @@ test: install lint
 	$(PY) -m pytest -v
 
 lint: install
-	$(VENV)/bin/ruff check model server scripts bench
-	$(VENV)/bin/ruff format --check model server scripts bench
+	$(VENV)/bin/ruff check model server scripts bench testkit
+	$(VENV)/bin/ruff format --check model server scripts bench testkit
 
 format: install
-	$(VENV)/bin/ruff format model server scripts bench
-	$(VENV)/bin/ruff check --fix model server scripts bench
+	$(VENV)/bin/ruff format model server scripts bench testkit
+	$(VENV)/bin/ruff check --fix model server scripts bench testkit
 
 ## Benchmarks (bench/README.md): service vs raw model vs seed-style, API overhead, cancel,
 ## memory. BENCH_N=20 for fewer pages; BENCH_FLAGS=--quick for a smoke run, --gpu on CUDA.

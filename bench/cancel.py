@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from bench.stack import wait_terminal
-from server.tests.stack import Api
+from testkit.stack import Api
 
 
 def measure(api: Api, long_manifest: str, next_manifest: str, min_done: int) -> dict[str, Any]:

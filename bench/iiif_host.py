@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bench.pages import Page, write_info
-from server.tests.iiif_server import Published, v3_canvas, v3_image, v3_manifest
+from testkit.iiif_server import Published, v3_canvas, v3_image, v3_manifest
 
 CONTENT_TYPES = {".json": "application/json", ".jpg": "image/jpeg"}
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from server.tests.stack import PROJECT_ROOT
+from testkit.stack import PROJECT_ROOT
 
 PACKAGES = ("torch", "ultralytics", "onnxruntime", "celery", "gunicorn", "flask", "redis")
 

@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from bench.stack import peak_kib, rss_kib, wait_terminal
-from server.tests.stack import Api
+from testkit.stack import Api
 
 
 def measure(api: Api, pid: int, image_urls: list[str], tasks: int, window: int) -> dict[str, Any]:

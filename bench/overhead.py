@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from bench.stats import summary_ms
-from server.tests.stack import Api
+from testkit.stack import Api
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
 PING = "scriptorium.ping"

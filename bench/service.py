@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from bench.iiif_host import IiifHost
-from server.tests.stack import Api
+from testkit.stack import Api
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
 

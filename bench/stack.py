@@ -5,11 +5,8 @@ settings the benchmark needs and nothing else changed.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ from typing import Any
 import requests
 
 from model.settings import Settings
-from server.tests.stack import PROJECT_ROOT, Api, Stack, free_port, wait_ready
+from testkit.stack import PROJECT_ROOT, Api, Stack, free_port, launch
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
@@ -30,37 +27,20 @@ def has_nginx() -> bool:
 
 def start(data_dir: Path) -> tuple[Stack, dict[str, str]]:
     """Start the stack; returns it and notes on how it was configured."""
-    http_port = free_port()
     notes = {}
-    overrides = {
-        "SCRIPTORIUM_DATA_DIR": str(data_dir),
-        "SCRIPTORIUM_REDIS__PORT": str(free_port()),
-        "SCRIPTORIUM_HTTP__PORT": str(http_port),
-        # The benchmark's IIIF server runs on loopback.
-        "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
+    settings = {
         # The detection cache would answer repeated pages without inference: the benchmark
         # measures inference, so it is off (runs repeat the same pages).
         "SCRIPTORIUM_CACHE__TTL_S": "0",
         "SCRIPTORIUM_LIMITS__MAX_QUEUED_TOTAL": "5000",
     }
     notes["detection_cache"] = "disabled (cache.ttl_s=0): every page is inferred"
+    http_port = free_port()
     if not has_nginx():
         # Without nginx gunicorn itself must listen on the public port.
-        overrides["SCRIPTORIUM_GUNICORN_BIND"] = f"127.0.0.1:{http_port}"
+        settings["SCRIPTORIUM_GUNICORN_BIND"] = f"127.0.0.1:{http_port}"
         notes["entry_point_fallback"] = "nginx not available: gunicorn serves the port itself"
-    env = {**os.environ, **overrides}
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = (data_dir / "stack.out").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model", "stack"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    stack = Stack(data_dir, env, f"http://127.0.0.1:{http_port}", process)
-    wait_ready(stack, timeout_s=300)
-    return stack, notes
+    return launch(data_dir, settings, ready_timeout_s=300, http_port=http_port), notes
 
 
 def bench_key(stack: Stack) -> str:

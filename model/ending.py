@@ -7,6 +7,7 @@ tasks through `end_task`; the store makes sure only the first of them counts.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from billiard.exceptions import WorkerLostError
@@ -31,14 +32,35 @@ def end_task(
     task_id: str,
     state: State,
     error: tuple[str, str] | None = None,
-    allowed: list[State] | None = None,
+    only_from: list[State] | None = None,
     **extra: float,
 ) -> bool:
     """End an active task once (False: it had already ended) and delete its uploads."""
-    ended = store.finish(task_id, state, error, allowed, **extra)
+    ended = store.finish(task_id, state, error, only_from, **extra)
     if ended:
         uploads.discard(uploads_root, task_id)
     return ended
+
+
+def cancel_task(store: TaskStore, uploads_root: Path, task_id: str) -> State | None:
+    """A queued task ends at once (it never starts); a running one gets the flag its job checks
+    (the reaper kills it if it ignores the flag). Returns the state the task was in, None if it
+    had already ended or does not exist."""
+    record = store.get(task_id)
+    if record is None or record.state.terminal:
+        return None
+    now = time.time()
+    if record.state == State.QUEUED and end_task(
+        store,
+        uploads_root,
+        task_id,
+        State.CANCELLED,
+        only_from=[State.QUEUED],
+        cancel_requested_at=now,
+    ):
+        return State.QUEUED
+    # Running, or it started since we looked.
+    return State.RUNNING if store.flag_cancel(task_id) else None
 
 
 def end_after_failure(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,9 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from model.ending import end_task, internal_error, timeout_error
-from model.jobs import JobCancelled, JobFailed, job_module
+from model.jobs import JobCancelled, JobFailed
+from model.jobs.contract import TaskSpec, WorkerResources
+from model.jobs.spec import JobSpec
 from model.store import State, TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,13 @@ class JobContext:
 
     record: TaskRecord
     store: TaskStore
-    resources: dict[str, Any]  # loaded models, fetcher, settings: provided by the worker
+    resources: WorkerResources  # loaded models, fetcher, settings: lent by the worker
+    spec: TaskSpec
     _finished: set[int] = field(default_factory=set)
 
     @property
     def task_id(self) -> str:
         return self.record.id
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        return self.record.spec
 
     def finished_indices(self) -> set[int]:
         """Items already stored: a task redelivered after a crash resumes after them."""
@@ -68,9 +66,9 @@ class JobContext:
 def run_task(
     task_id: str,
     store: TaskStore,
-    resources: dict[str, Any],
+    resources: WorkerResources,
     uploads_root: Path,
-    on_end: Callable[[], None] | None = None,
+    jobs: dict[str, JobSpec] | None = None,
 ) -> State | None:
     """Run a task to a terminal state; returns the state it ended in (None: nothing to do)."""
     record = store.get(task_id)
@@ -81,10 +79,11 @@ def run_task(
         return State.CANCELLED
     if not store.mark_running(task_id, os.getpid()):
         return None
-    ctx = JobContext(record=record, store=store, resources=resources)
     state, error = State.SUCCEEDED, None
     try:
-        job_module(record.type).run(ctx)
+        job = (jobs if jobs is not None else _registry())[record.type]
+        ctx = JobContext(record, store, resources, TaskSpec.model_validate(record.spec))
+        job.run(ctx)
     except JobCancelled:
         state = State.CANCELLED
     except SoftTimeLimitExceeded:
@@ -95,6 +94,10 @@ def run_task(
         log.exception("task %s failed", task_id)
         state, error = State.FAILED, internal_error(task_id)
     end_task(store, uploads_root, task_id, state, error)
-    if on_end:
-        on_end()
     return state
+
+
+def _registry() -> dict[str, JobSpec]:
+    from model.jobs.registry import JOBS
+
+    return JOBS

@@ -108,7 +108,7 @@ class FetchSettings(BaseModel):
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 178_956_970
     max_redirects: int = 3
-    user_agent: str = "Scriptorium/0.1"
+    user_agent: str = "Scriptorium/0.1 (+https://github.com/scriptorium; illustration detection)"
     allow: list[str] = []
     # Simultaneous requests to one host from one worker process (be kind to library servers).
     per_host_concurrency: int = 4
@@ -169,7 +169,8 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
     results: ResultSettings = ResultSettings()
-    jobs: dict[str, JobLimits] = Field(default_factory=lambda: {"detect": JobLimits()})
+    # Overrides of job types' own limits (each JobSpec has its defaults).
+    jobs: dict[str, JobLimits] = Field(default_factory=dict)
     cancel: CancelSettings = CancelSettings()
     models: ModelSettings = ModelSettings()
     inference: InferenceSettings = InferenceSettings()
@@ -242,14 +243,20 @@ class Settings(BaseSettings):
         return f"redis://{auth}{self.redis.host}:{self.redis.port}/{self.redis.db}"
 
     def job_limits(self, job_type: str) -> JobLimits:
-        return self.jobs.get(job_type, JobLimits())
+        """The configured limits of a job type, else its own defaults (model/jobs/registry)."""
+        from model.jobs.registry import job_limits  # the registry imports these settings
+
+        return job_limits(self, job_type)
 
     def hard_limit_s(self, timeout_s: float) -> float:
         """The soft limit (timeout_s) lets a job stop cleanly; this hard limit is the fallback."""
         return timeout_s + self.cancel.grace_s
 
     def longest_hard_limit_s(self) -> float:
-        return self.hard_limit_s(max(limits.timeout_max_s for limits in self.jobs.values()))
+        """Of every job type, configured or not (the broker's visibility timeout outlasts it)."""
+        from model.jobs.registry import JOBS
+
+        return self.hard_limit_s(max(self.job_limits(name).timeout_max_s for name in JOBS))
 
 
 @lru_cache(maxsize=1)

@@ -45,6 +45,22 @@ class State(StrEnum):
 
 ACTIVE_STATES = (State.QUEUED, State.RUNNING)
 
+# Where a task may go from each state; terminal states go nowhere. Every move below is checked
+# against it atomically in Redis (a task is finished once even when the job, the reaper, Celery's
+# failure signal and a DELETE race). RUNNING -> RUNNING: a task redelivered after a crash.
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.RUNNING, State.CANCELLED, State.FAILED, State.TIMED_OUT}),
+    State.RUNNING: frozenset(
+        {State.RUNNING, State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.CANCELLED}
+    ),
+}
+
+
+def sources_of(target: State) -> list[State]:
+    """The states a task may move to `target` from."""
+    return [state for state, targets in TRANSITIONS.items() if target in targets]
+
+
 # Move a task to a new state only if its current state is one of the allowed ones; atomic, so a
 # task is finished exactly once even when the job, the reaper and a DELETE race.
 _TRANSITION = """
@@ -352,25 +368,23 @@ class TaskStore:
     def prune_indexes(self) -> None:
         """Drop index entries whose record has expired (listing does it too, lazily)."""
         for index in [ALL_TASKS_KEY, *self.redis.scan_iter(match=f"{PREFIX}:owner:*:tasks")]:
-            ids = self.redis.zrevrange(index, 0, -1)
-            with self.redis.pipeline() as pipe:
-                for task_id in ids:
-                    pipe.exists(task_key(task_id))
-                alive = pipe.execute()
-            expired = [i for i, here in zip(ids, alive, strict=True) if not here]
-            if expired:
-                self.redis.zrem(index, *expired)
+            self._read_index(index, self.redis.zrevrange(index, 0, -1), "exists")
 
     def _records(self, index: str, ids: list[str]) -> list[TaskRecord]:
         """The records of `ids`, in order; entries whose record expired leave the index."""
+        rows = self._read_index(index, ids, "hgetall")
+        return [TaskRecord.from_hash(row) for row in rows if row]
+
+    def _read_index(self, index: str, ids: list[str], command: str) -> list[Any]:
+        """`command` (hgetall, exists) on the record of each id; ids without one leave `index`."""
         with self.redis.pipeline() as pipe:
             for task_id in ids:
-                pipe.hgetall(task_key(task_id))
+                getattr(pipe, command)(task_key(task_id))
             rows = pipe.execute()
         expired = [task_id for task_id, row in zip(ids, rows, strict=True) if not row]
         if expired:
             self.redis.zrem(index, *expired)
-        return [TaskRecord.from_hash(row) for row in rows if row]
+        return rows
 
     def queue_position(self, task_id: str) -> int | None:
         rank = self.redis.zrank(QUEUE_KEY, task_id)
@@ -383,24 +397,11 @@ class TaskStore:
     def items(self, task_id: str) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self.redis.lrange(items_key(task_id), 0, -1)]
 
-    def request_cancel(self, task_id: str) -> State | None:
-        """Cancel a task: a queued one ends at once, a running one gets a flag its job checks.
-
-        Returns the state the task was in, or None when it does not exist.
-        """
-        record = self.get(task_id)
-        if record is None:
-            return None
-        now = time.time()
-        if record.state == State.QUEUED and self.finish(
-            task_id, State.CANCELLED, allowed=[State.QUEUED], cancel_requested_at=now
-        ):
-            return State.QUEUED
-        # Running (or it started since we looked): raise the flag the job checks between batches.
-        if self._move(task_id, [State.RUNNING], {"cancel_requested_at": now}) is not None:
-            return State.RUNNING
-        latest = self.get(task_id)
-        return None if latest is None else latest.state
+    def flag_cancel(self, task_id: str) -> bool:
+        """Raise the cancel flag of a RUNNING task (its job checks it between batches)."""
+        return (
+            self._move(task_id, [State.RUNNING], {"cancel_requested_at": time.time()}) is not None
+        )
 
     # --- worker side -------------------------------------------------------------------------
     def mark_running(self, task_id: str, worker_pid: int) -> bool:
@@ -455,10 +456,11 @@ class TaskStore:
         task_id: str,
         state: State,
         error: tuple[str, str] | None = None,
-        allowed: list[State] | None = None,
+        only_from: list[State] | None = None,
         **extra: float,
     ) -> bool:
-        """Move an active task to a terminal state, once; start its expiry clock."""
+        """Move an active task to a terminal state, once (from the states TRANSITIONS allows,
+        or only from `only_from`); start its expiry clock. Call it through model.ending."""
         now = time.time()
         expires_at = int(now + self.result_ttl_s) + 1
         fields: dict[str, Any] = {
@@ -482,7 +484,7 @@ class TaskStore:
                 DURATIONS_KEY,
             ],
             args=[
-                json.dumps([s.value for s in (allowed or ACTIVE_STATES)]),
+                json.dumps([s.value for s in (only_from or sources_of(state))]),
                 json.dumps({k: str(v) for k, v in fields.items()}),
                 task_id,
                 expires_at,

@@ -10,10 +10,14 @@ def task_dir(uploads_root: Path, task_id: str) -> Path:
     return uploads_root / task_id
 
 
+def path_for(uploads_root: Path, task_id: str, index: int, suffix: str) -> Path:
+    """Where a task's upload number `index` is kept."""
+    return task_dir(uploads_root, task_id) / f"{index:05d}{suffix}"
+
+
 def save(uploads_root: Path, task_id: str, index: int, suffix: str, data: bytes) -> Path:
-    folder = task_dir(uploads_root, task_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{index:05d}{suffix}"
+    path = path_for(uploads_root, task_id, index, suffix)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
 

@@ -29,7 +29,9 @@ from redis import Redis
 from model.celery_app import PING, RUN_JOB, make_celery
 from model.ending import end_after_failure, end_task
 from model.housekeeping import housekeeping
+from model.inference.provenance import model_provenance
 from model.inference.registry import discover
+from model.jobs.contract import WorkerResources
 from model.runner import run_task
 from model.settings import get_settings
 from model.sources.fetch import SafeFetcher
@@ -43,7 +45,7 @@ HEARTBEAT_S = 5
 HEARTBEAT_TTL_S = 20
 REAPER_PERIOD_S = 0.5
 
-_resources: dict[str, Any] = {}
+_resources: WorkerResources | None = None  # this pool process's, once its models are loaded
 
 
 def _redis() -> Redis:
@@ -95,26 +97,26 @@ def load_models(**_: Any) -> None:
     versions = _versions()
 
     def provenance(det: Any) -> dict[str, Any]:
+        found = model_provenance(det)
         return {
-            "model": det.name,
-            "model_sha256": det.info.sha256,
-            "backend": det.backend,
-            "device": det.device,
+            **found,
+            "model_sha256": found["sha256"],  # the name results had before; same value
             "worker_pid": os.getpid(),
             "model_loads_in_process": detector_module.LOAD_COUNT,
             "versions": versions,
         }
 
-    _resources.update(
+    global _resources
+    _resources = WorkerResources(
+        settings=settings,
         redis=redis,
         store=_store(redis),
+        fetcher=SafeFetcher.from_settings(settings.fetch),
         detectors=detectors,
         embedders=embedders,
-        versions=versions,
         default_model=settings.models.default,
-        settings=settings,
+        versions=versions,
         provenance=provenance,
-        fetcher=SafeFetcher.from_settings(settings.fetch),
     )
     beat = {
         "pid": os.getpid(),
@@ -138,13 +140,14 @@ def _heartbeat(redis: Redis, beat: dict[str, Any]) -> None:
 
 @worker_process_shutdown.connect
 def clear_heartbeat(**_: Any) -> None:
-    if "redis" in _resources:
-        _resources["redis"].delete(_heartbeat_key())
+    if _resources is not None:
+        _resources.redis.delete(_heartbeat_key())
 
 
 @celery.task(name=RUN_JOB, ignore_result=True)
 def run_job(task_id: str) -> None:
-    run_task(task_id, _resources["store"], _resources, settings.uploads_dir)
+    assert _resources is not None, "worker_process_init loads the resources first"
+    run_task(task_id, _resources.store, _resources, settings.uploads_dir)
 
 
 @celery.task(name=PING)

@@ -1,5 +1,5 @@
 """Gunicorn entry point: `gunicorn model.wsgi:app`."""
 
-from model import create_app
+from model.api.app import create_app
 
 app = create_app()

@@ -21,13 +21,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server.tests.iiif_server import IiifServer
-from server.tests.similarity_corpus import (
+from testkit.iiif_server import IiifServer
+from testkit.similarity_corpus import (
     build,
     evaluate_pages,
     evaluate_regions,
 )
-from server.tests.stack import start_stack
+from testkit.stack import start_stack
 
 
 def layout(pages: int, seed: int) -> dict[str, list[list[tuple[int, bool]]]]:

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from flask import g, request
-from werkzeug.datastructures import FileStorage
 
 from model.api.errors import ApiError
 from model.api.services import Services
@@ -65,13 +64,11 @@ def _idempotency_key() -> str | None:
     return key
 
 
-def request_fingerprint(fields: dict[str, Any], files: Iterable[FileStorage]) -> str:
+def request_fingerprint(fields: dict[str, Any], files: Iterable[bytes]) -> str:
     """What a submit asks for (its validated fields and the bytes of its files): a retry with
     the same Idempotency-Key must ask for the same thing."""
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode())
-    for upload in files:
-        data = upload.stream.read()
-        upload.stream.seek(0)  # read again when the upload is stored
+    for data in files:
         digest.update(hashlib.sha256(data).digest())
     return digest.hexdigest()[:32]
 

@@ -12,9 +12,12 @@ from pydantic import BaseModel
 
 from model.api.schemas import MIN_TIMEOUT_S, REQUEST_MODELS
 from model.inference.registry import discover
+from model.jobs.registry import JOBS
+from model.jobs.spec import JobSpec
 from model.settings import Settings
 
 REF = "#/components/schemas/{model}"
+UPLOAD_JOB = "detect"  # the job type multipart submits are for
 # Formats accepted for uploaded images / manifests (the part's declared type is not checked:
 # the bytes are sniffed; this tells generators and readers what to send).
 IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/webp, image/gif, image/bmp"
@@ -27,16 +30,9 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return schema
 
 
-def _some_detect_input() -> dict[str, Any]:
-    """A detect input naming at least one image or manifest (an empty one is a 422)."""
-    return {
-        "allOf": [{"$ref": REF.format(model="DetectInput")}],
-        "anyOf": [
-            {"required": ["image_urls"], "properties": {"image_urls": {"minItems": 1}}},
-            {"required": ["manifest_url"], "properties": {"manifest_url": {"type": "string"}}},
-            {"required": ["manifest_urls"], "properties": {"manifest_urls": {"minItems": 1}}},
-        ],
-    }
+def _input_schema(job: JobSpec) -> dict[str, Any]:
+    ref = REF.format(model=job.input.__name__)
+    return job.input_schema(ref) if job.input_schema else {"$ref": ref}
 
 
 def _bound_timeout(schema: dict[str, Any], most: float) -> None:
@@ -49,11 +45,12 @@ def _bound_timeout(schema: dict[str, Any], most: float) -> None:
 def _json_schemas(settings: Settings) -> list[dict[str, Any]]:
     schemas = []
     for job_type, model in REQUEST_MODELS.items():
+        job = JOBS[job_type]
         schema = _schema(model)
         _bound_timeout(schema, settings.job_limits(job_type).timeout_max_s)
-        if job_type == "detect":
+        if job.input_schema:  # stricter than the model: then `input` is needed too
             schema["required"] = [*schema.get("required", []), "input"]
-            schema["properties"]["input"] = _some_detect_input()
+            schema["properties"]["input"] = _input_schema(job)
         schemas.append(schema)
     return schemas
 
@@ -69,24 +66,25 @@ def _files(description: str, most: int) -> dict[str, Any]:
 
 
 def _multipart_schema(settings: Settings) -> dict[str, Any]:
-    detect = settings.job_limits("detect")
+    job = JOBS[UPLOAD_JOB]
+    limits = settings.job_limits(job.name)
     return {
         "type": "object",
         "properties": {
             "type": {
                 "type": "string",
-                "const": "detect",
-                "default": "detect",
-                "description": "multipart is for detect with uploads; other jobs are JSON",
+                "const": job.name,
+                "default": job.name,
+                "description": f"multipart is for {job.name} with uploads; other jobs are JSON",
             },
-            "params": {"$ref": REF.format(model="DetectParams")},
-            "input": {"$ref": REF.format(model="DetectInput")},
+            "params": {"$ref": REF.format(model=job.params.__name__)},
+            "input": {"$ref": REF.format(model=job.input.__name__)},
             "timeout": {
                 "type": "number",
                 "minimum": MIN_TIMEOUT_S,
-                "maximum": detect.timeout_max_s,
+                "maximum": limits.timeout_max_s,
             },
-            "images": _files("page images", detect.max_images),
+            "images": _files("page images", limits.max_images),
             "manifest": _files(
                 "IIIF manifest or collection JSON file(s)", settings.iiif.max_manifests
             ),
@@ -95,7 +93,7 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
         "anyOf": [
             {"required": ["images"]},
             {"required": ["manifest"]},
-            {"required": ["input"], "properties": {"input": _some_detect_input()}},
+            {"required": ["input"], "properties": {"input": _input_schema(job)}},
         ],
     }
 
@@ -122,13 +120,6 @@ def task_request_body(settings: Settings) -> dict[str, Any]:
     }
 
 
-# Params naming a model, and the task of the models they may name.
-MODEL_FIELDS = {
-    "DetectParams": {"model": "detect"},
-    "SimilarityParams": {"model": "embed", "detector": "detect"},
-}
-
-
 def request_schema_components(settings: Settings) -> dict[str, Any]:
     """Schemas the hand-written request body refers to; added to the document's components.
     Model names are listed as found when the app starts (GET /models has the live list)."""
@@ -136,10 +127,10 @@ def request_schema_components(settings: Settings) -> dict[str, Any]:
     for model in REQUEST_MODELS.values():
         components.update(model.model_json_schema(ref_template=REF).get("$defs", {}))
     models = discover(settings.model_dirs)
-    for schema_name, fields in MODEL_FIELDS.items():
-        for field, task in fields.items():
+    for job in JOBS.values():
+        for field, task in job.model_fields.items():
             names = sorted(name for name, info in models.items() if info.task == task)
-            for branch in components[schema_name]["properties"][field].get("anyOf", []):
+            for branch in components[job.params.__name__]["properties"][field].get("anyOf", []):
                 if branch.get("type") == "string":
                     branch["enum"] = names
     return components

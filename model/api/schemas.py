@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model
 
-from model.jobs import detect, noop, similarity
+from model.jobs.registry import JOBS
+from model.jobs.spec import JobSpec
 from model.store import State
 
 TASK_ID_PATTERN = r"[0-9a-f]{32}"
@@ -26,51 +27,26 @@ _TIMEOUT_DESCRIPTION = "Soft time limit in seconds (at least 1, at most the job 
 Timeout = Annotated[float | None, Strict()]
 
 
-class TaskRequest(BaseModel):
-    """JSON body of POST /task for a detect job (multipart carries the same fields as parts)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["detect"] = Field(
-        description="detect: find the illustrations on images or IIIF canvases"
+def request_model(spec: JobSpec) -> type[BaseModel]:
+    """The JSON body of POST /task for one job type (multipart carries the same fields)."""
+    if spec.input_required:
+        input_field: Any = (spec.input, Field(description=f"What the {spec.name} job works on"))
+    else:
+        input_field = (spec.input, Field(default_factory=spec.input))
+    return create_model(
+        f"{spec.name.title()}Request",
+        __config__=ConfigDict(extra="forbid"),
+        __doc__=f"POST /task body of a {spec.name} task",
+        type=(Literal[spec.name], Field(description=spec.summary)),  # type: ignore[valid-type]
+        input=input_field,
+        params=(spec.params, Field(default_factory=spec.params)),
+        timeout=(Timeout, Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)),
     )
-    input: detect.Input = Field(default_factory=detect.Input)
-    params: detect.Params = Field(default_factory=detect.Params)
-    timeout: Timeout = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
 
 
-class NoopRequest(BaseModel):
-    """JSON body of POST /task for a noop job: no input, no params."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["noop"] = Field(
-        description="noop: runs nothing; measures the service's own round trip"
-    )
-    input: noop.Input = Field(default_factory=noop.Input)
-    params: noop.Params = Field(default_factory=noop.Params)
-    timeout: Timeout = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
-
-
-class SimilarityRequest(BaseModel):
-    """JSON body of POST /task for a similarity job: documents (IIIF manifests) to compare."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["similarity"] = Field(
-        description="similarity: find the same illustrations or pages across documents"
-    )
-    input: similarity.Input
-    params: similarity.Params = Field(default_factory=similarity.Params)
-    timeout: Timeout = Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)
-
-
-AnyTaskRequest = TaskRequest | NoopRequest | SimilarityRequest
 # The request model of each job type: the body's `type` picks one.
 REQUEST_MODELS: dict[str, type[BaseModel]] = {
-    "detect": TaskRequest,
-    "noop": NoopRequest,
-    "similarity": SimilarityRequest,
+    name: request_model(spec) for name, spec in JOBS.items()
 }
 
 

@@ -1,16 +1,8 @@
-"""Job types. Each module offers `Params` (pydantic), `Input` and `run(ctx)`; torch-free so the
-HTTP side can validate requests with the same models the worker runs."""
+"""Job types: each module declares one (`SPEC`, model/jobs/spec.py) with its params and input
+models, torch-free so the HTTP side validates requests with the same models the worker runs;
+model/jobs/registry.py lists them."""
 
 from __future__ import annotations
-
-import importlib
-from types import ModuleType
-
-JOB_TYPES = {
-    "detect": "model.jobs.detect",
-    "noop": "model.jobs.noop",
-    "similarity": "model.jobs.similarity",
-}
 
 
 class JobCancelled(Exception):
@@ -24,7 +16,3 @@ class JobFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def job_module(job_type: str) -> ModuleType:
-    return importlib.import_module(JOB_TYPES[job_type])

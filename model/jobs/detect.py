@@ -1,29 +1,24 @@
-"""Detect illustrations on images (URLs, uploads) and on the canvases of IIIF manifests.
-
-Downloads run in threads ahead of inference (a bounded prefetch), inference runs in batches, and
-each page becomes one result item as soon as it is done, so a timeout or cancel keeps everything
-finished so far. A page that cannot be fetched or decoded is a failed item, not a failed job;
-only an unusable manifest fails the job. Boxes of canvases are in canvas coordinates.
-"""
+"""The detect job: find the illustrations on images (URLs, uploads) and on the canvases of IIIF
+manifests. This module declares it (request models, inputs, limits); the work is in
+model/jobs/detect_run.py, imported by the worker only (PIL, the fetcher, the prefetcher)."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.iiif.loader import json_getter
-from model.iiif.negotiate import ServiceInfo
-from model.jobs import JobFailed
+from model.jobs.contract import (
+    ImageUpload,
+    ImageUrl,
+    InputRejected,
+    ManifestUpload,
+    ManifestUrl,
+    TaskInput,
+)
 from model.jobs.fields import bounded_integer
-from model.jobs.loading import PageLoader, Prepared, to_output_box
-from model.jobs.units import plan_units
-from model.pipeline.cache import DetectionCache, params_digest
-from model.pipeline.prefetch import Prefetcher
-from model.sources.fetch import FetchScope
+from model.jobs.spec import JobSpec
+from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url, url_list_schema
 
 # Without an explicit max_side, IIIF images are requested at this many times the model's input
@@ -82,176 +77,61 @@ class DetectInput(BaseModel):
         return ([self.manifest_url] if self.manifest_url else []) + self.manifest_urls
 
 
-# Distinct names in the OpenAPI document; the job-local names stay short.
-Params = DetectParams
-Input = DetectInput
+def task_inputs(request_input: DetectInput) -> list[TaskInput]:
+    """Image URLs first, in order, then manifests (uploads are added by the API in between)."""
+    return [
+        *(ImageUrl(url=url) for url in request_input.image_urls),
+        *(ManifestUrl(url=url) for url in request_input.all_manifest_urls()),
+    ]
 
 
-class Detector(Protocol):
-    name: str
-    imgsz: int
+def check(_input: DetectInput, inputs: list[TaskInput], settings: Settings) -> None:
+    images = sum(isinstance(e, ImageUrl | ImageUpload) for e in inputs)
+    manifests = sum(isinstance(e, ManifestUrl | ManifestUpload) for e in inputs)
+    if not images and not manifests:
+        raise InputRejected(
+            "no_input",
+            "give input.image_urls or input.manifest_url(s), or upload 'images' or a 'manifest'",
+        )
+    if manifests > settings.iiif.max_manifests:
+        raise InputRejected(
+            "too_many_manifests", f"at most {settings.iiif.max_manifests} manifests per task"
+        )
+    most = settings.job_limits("detect").max_images
+    if images > most:
+        raise InputRejected("too_many_images", f"at most {most} images per detect task")
 
-    def predict(
-        self, images: list[Image.Image], confidence: float, iou: float
-    ) -> list[list[dict[str, Any]]]: ...
+
+def input_schema(ref: str) -> dict[str, Any]:
+    """At least one image or manifest URL (uploads are the other way to give work)."""
+    return {
+        "allOf": [{"$ref": ref}],
+        "anyOf": [
+            {"required": ["image_urls"], "properties": {"image_urls": {"minItems": 1}}},
+            {"required": ["manifest_url"], "properties": {"manifest_url": {"type": "string"}}},
+            {"required": ["manifest_urls"], "properties": {"manifest_urls": {"minItems": 1}}},
+        ],
+    }
 
 
 def run(ctx: Any) -> None:
-    params = Params(**ctx.spec.get("params", {}))
-    resources = ctx.resources
-    settings = resources["settings"]
-    name = params.model or resources["default_model"]
-    detector: Detector | None = resources["detectors"].get(name)
-    if detector is None:
-        raise JobFailed("model_unavailable", f"model {name!r} is not loaded on this worker")
-    max_side = params.max_side or detector.imgsz * MAX_SIDE_FACTOR
-    info = getattr(detector, "info", None)
-    provenance: dict[str, Any] = {
-        **resources["provenance"](detector),
-        "params": params.model_dump(),
-        "max_side": max_side,
-        "classes": list(getattr(info, "classes", [])),
-    }
-    ctx.set_provenance(provenance)
+    from model.jobs.detect_run import run_detect
 
-    # Cancel, timeout or error: Prefetcher.close() cancels the scope, which ends the download
-    # threads' fetches (connections closed, per-host slots freed) instead of letting them run on.
-    scope = FetchScope()
-    fetcher = resources["fetcher"].scoped(scope)
-    plan = plan_units(ctx.spec["inputs"], fetcher, settings)
-    ctx.set_total(len(plan.units))
-    finished = ctx.finished_indices()
-    pending = [unit for unit in plan.units if unit.index not in finished]
-    analysis = {"confidence": params.confidence, "iou": params.iou, "max_side": max_side}
-    loader = PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
-        cache=DetectionCache(
-            resources.get("redis"), settings.cache.ttl_s, settings.cache.max_entries
-        ),
-        params_key=params_digest(getattr(info, "sha256", name), analysis),
-        max_side=max_side,
-        min_side=min(max_side, detector.imgsz),
-        max_pixels=settings.fetch.max_pixels,
-        analyse_side=min(max_side, detector.imgsz),
-    )
-    stats = _Stats()
-    started = time.perf_counter()
-    try:
-        with Prefetcher(
-            pending,
-            loader,
-            loader.failed,
-            threads=settings.pipeline.download_threads,
-            depth=settings.pipeline.prefetch_depth,
-            on_close=scope.cancel,
-        ) as prefetch:
-            # next_batch checks the cancel flag while it waits, so a cancel is seen between
-            # batches and while downloads are slow.
-            while batch := prefetch.next_batch(settings.worker.batch_size, ctx.check_cancel):
-                _analyse(ctx, batch, detector, params, loader.cache, stats)
-    finally:
-        provenance.update(
-            manifests=[m.as_dict() for m in plan.manifests],
-            manifest_problems=plan.problems,
-            resumed_after=len(finished),
-            pipeline={
-                "download_threads": settings.pipeline.download_threads,
-                "prefetch_depth": settings.pipeline.prefetch_depth,
-                "batch_size": settings.worker.batch_size,
-                "per_host_concurrency": settings.fetch.per_host_concurrency,
-            },
-            cache={"hits": stats.hits, "misses": stats.misses},
-            bytes_fetched=stats.bytes_fetched,
-            timings={
-                **{k: round(v, 3) for k, v in stats.timings.items()},
-                "wall_s": round(time.perf_counter() - started, 3),
-            },
-        )
-        ctx.set_provenance(provenance)
+    run_detect(ctx)
 
 
-@dataclass
-class _Stats:
-    hits: int = 0
-    misses: int = 0
-    bytes_fetched: int = 0
-    timings: dict[str, float] = field(
-        default_factory=lambda: {"fetch_s": 0.0, "decode_s": 0.0, "inference_s": 0.0}
-    )
-
-    def add(self, prepared: Prepared) -> None:
-        self.bytes_fetched += prepared.item.get("bytes", 0)
-        for stage, seconds in prepared.timings.items():
-            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
-
-
-def _analyse(
-    ctx: Any,
-    batch: list[Prepared],
-    detector: Detector,
-    params: Params,
-    cache: DetectionCache,
-    stats: _Stats,
-) -> None:
-    ready: list[Prepared] = []
-    for prepared in batch:
-        stats.add(prepared)
-        if prepared.error is not None:
-            code, message = prepared.error
-            failed = {**prepared.item, "status": "failed", "detections": [], "timings": {}}
-            failed["timings"] = {k: round(v, 4) for k, v in prepared.timings.items()}
-            ctx.emit({**failed, "error": {"code": code, "message": message}}, failed=True)
-        elif prepared.cached is not None:
-            stats.hits += 1
-            _emit_ok(ctx, prepared, prepared.cached, cached=True)
-        else:
-            ready.append(prepared)
-    if not ready:
-        return
-    started = time.perf_counter()
-    predictions = detector.predict([p.image for p in ready], params.confidence, params.iou)
-    per_image_s = (time.perf_counter() - started) / len(ready)
-    stats.misses += len(ready)
-    stats.timings["inference_s"] += per_image_s * len(ready)
-    for prepared, detections in zip(ready, predictions, strict=True):
-        # Boxes come in the analysed image's pixels: keep them in the decoded image's.
-        decoded = [
-            {
-                "xyxy": [round(v / prepared.scale, 2) for v in d["xyxy"]],
-                "confidence": round(float(d["confidence"]), 4),
-                "label": d["label"],
-            }
-            for d in detections
-        ]
-        width, height = prepared.decoded_size
-        if prepared.cache_key:
-            cache.put(prepared.cache_key, {"width": width, "height": height, "detections": decoded})
-        prepared.image = None  # free the pixels now, not when the batch list goes
-        prepared.timings["inference_s"] = per_image_s
-        _emit_ok(ctx, prepared, decoded, cached=False)
-
-
-def _emit_ok(ctx: Any, prepared: Prepared, decoded: list[dict[str, Any]], cached: bool) -> None:
-    width, height = prepared.decoded_size
-    item = {
-        **prepared.item,
-        "status": "ok",
-        "width": width,
-        "height": height,
-        "cached": cached,
-        "detections": [
-            {
-                "xywh": to_output_box(prepared, d["xyxy"]),
-                "confidence": d["confidence"],
-                "label": d["label"],
-            }
-            for d in decoded
-        ],
-        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
-    }
-    if prepared.unit.canvas is not None:
-        item["coordinates"] = "canvas"
-        item["canvas_width"] = item.get("canvas_width") or width
-        item["canvas_height"] = item.get("canvas_height") or height
-    ctx.emit(item)
+SPEC = JobSpec(
+    name="detect",
+    summary="detect: find the illustrations on images or IIIF canvases",
+    params=DetectParams,
+    input=DetectInput,
+    run=run,
+    task_inputs=task_inputs,
+    check=check,
+    uploads=True,
+    model_fields={"model": "detect"},
+    limits=JobLimits(timeout_default_s=600, timeout_max_s=3600, max_images=500),
+    # Images count at once; a manifest's canvases once the worker has read it.
+    initial_total=lambda inputs: sum(isinstance(e, ImageUrl | ImageUpload) for e in inputs),
+    input_schema=input_schema,
+)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from model.iiif.negotiate import ServiceInfo, plan_request
 from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
 from model.pipeline.memory import process_budget
+from model.pipeline.prefetch import Prefetcher
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 
@@ -147,3 +150,21 @@ def to_output_box(prepared: Prepared, xyxy: list[float]) -> list[int]:
         x1, x2 = rx + x1 * sx, rx + x2 * sx
         y1, y2 = ry + y1 * sy, ry + y2 * sy
     return [round(x1), round(y1), round(x2 - x1), round(y2 - y1)]
+
+
+@contextmanager
+def page_batches(
+    units: list[WorkUnit], loader: PageLoader, settings: Any, scope: Any, check_cancel: Any
+) -> Iterator[Iterator[list[Prepared]]]:
+    """Pages loaded ahead in threads (a bounded prefetch), handed out in batches for the model.
+    The cancel flag is checked while waiting for slow downloads; leaving the block (the end, a
+    cancel, a timeout, an error) cancels `scope`, which stops the downloads still in flight."""
+    with Prefetcher(
+        units,
+        loader,
+        loader.failed,
+        threads=settings.pipeline.download_threads,
+        depth=settings.pipeline.prefetch_depth,
+        on_close=scope.cancel,
+    ) as prefetch:
+        yield iter(lambda: prefetch.next_batch(settings.worker.batch_size, check_cancel), [])

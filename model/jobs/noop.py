@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-# POST /task refuses a task without images or manifests, except for job types that need none.
-NEEDS_INPUT = False
+from model.jobs.spec import JobSpec
+from model.settings import JobLimits
 
 
 class NoopParams(BaseModel):
@@ -21,10 +21,15 @@ class NoopInput(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-# Distinct names in the OpenAPI document; the job-local names stay short.
-Params = NoopParams
-Input = NoopInput
-
-
 def run(ctx: Any) -> None:
     """Nothing to do: the runner records RUNNING and then SUCCEEDED around this call."""
+
+
+SPEC = JobSpec(
+    name="noop",
+    summary="noop: runs nothing; measures the service's own round trip",
+    params=NoopParams,
+    input=NoopInput,
+    run=run,
+    limits=JobLimits(),
+)

@@ -17,7 +17,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.jobs.contract import Document, InputRejected, TaskInput
 from model.jobs.fields import Integer
+from model.jobs.spec import JobSpec
+from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url
 
 DOCUMENT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
@@ -86,12 +89,31 @@ class SimilarityInput(BaseModel):
         return documents
 
 
-# Distinct names in the OpenAPI document; the job-local names stay short.
-Params = SimilarityParams
-Input = SimilarityInput
+def task_inputs(request_input: SimilarityInput) -> list[TaskInput]:
+    return [Document(name=name, url=url) for name, url in request_input.documents.items()]
+
+
+def check(request_input: SimilarityInput, _inputs: list[TaskInput], settings: Settings) -> None:
+    most = settings.similarity.max_documents
+    if len(request_input.documents) > most:
+        raise InputRejected("too_many_documents", f"at most {most} documents per similarity task")
 
 
 def run(ctx: Any) -> None:
     from model.similarity.job import run_similarity
 
-    run_similarity(ctx, Params(**ctx.spec.get("params", {})))
+    run_similarity(ctx, SimilarityParams(**ctx.spec.params))
+
+
+SPEC = JobSpec(
+    name="similarity",
+    summary="similarity: find the same illustrations or pages across documents",
+    params=SimilarityParams,
+    input=SimilarityInput,
+    run=run,
+    task_inputs=task_inputs,
+    check=check,
+    input_required=True,
+    model_fields={"model": "embed", "detector": "detect"},
+    limits=JobLimits(timeout_default_s=1800, timeout_max_s=7200, max_images=500),
+)

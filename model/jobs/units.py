@@ -21,6 +21,7 @@ from model.iiif.loader import (
     parse_json,
 )
 from model.jobs import JobFailed
+from model.jobs.contract import ImageUpload, ImageUrl, ManifestUpload, ManifestUrl, TaskSpec
 
 
 @dataclass(frozen=True)
@@ -39,26 +40,25 @@ class Plan:
     problems: list[dict[str, str]] = field(default_factory=list)
 
 
-def _uploaded_manifest(entry: dict[str, Any]) -> tuple[str, Any]:
-    name = entry.get("filename") or Path(entry["manifest_upload"]).name
+def _uploaded_manifest(entry: ManifestUpload) -> tuple[str, Any]:
+    name = entry.filename or Path(entry.path).name
     try:
-        return name, parse_json(Path(entry["manifest_upload"]).read_bytes())
+        return name, parse_json(Path(entry.path).read_bytes())
     except (OSError, ValueError) as exc:
         raise JobFailed(
             "manifest_invalid", f"uploaded manifest {name!r} is not readable JSON"
         ) from exc
 
 
-def plan_units(inputs: list[dict[str, Any]], fetcher: Any, settings: Any) -> Plan:
+def plan_units(spec: TaskSpec, fetcher: Any, settings: Any) -> Plan:
     units: list[WorkUnit] = []
-    for entry in inputs:
-        if "url" in entry:
-            units.append(WorkUnit(len(units), entry["url"], url=entry["url"]))
-        elif "upload" in entry:
-            label = f"upload:{entry.get('filename', '')}"
-            units.append(WorkUnit(len(units), label, upload=entry["upload"]))
-    urls = [e["manifest_url"] for e in inputs if "manifest_url" in e]
-    uploads = [_uploaded_manifest(e) for e in inputs if "manifest_upload" in e]
+    for entry in spec.of_kind(ImageUrl, ImageUpload):
+        if isinstance(entry, ImageUrl):
+            units.append(WorkUnit(len(units), entry.url, url=entry.url))
+        else:
+            units.append(WorkUnit(len(units), f"upload:{entry.filename}", upload=entry.path))
+    urls = [entry.url for entry in spec.of_kind(ManifestUrl)]
+    uploads = [_uploaded_manifest(entry) for entry in spec.of_kind(ManifestUpload)]
     if not urls and not uploads:
         return Plan(units)
     limits = Limits(

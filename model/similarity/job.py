@@ -21,29 +21,40 @@ import cv2
 
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
+from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.loading import PageLoader, Prepared, to_output_box
+from model.jobs.contract import Document
+from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
 from model.pipeline.cache import params_digest
-from model.pipeline.prefetch import Prefetcher
 from model.similarity import compare as comparing
 from model.similarity.cache import FeatureCache
-from model.similarity.features import ItemFeatures, pack, page_items, unpack
+from model.similarity.compare import (
+    CHANCE_INLIERS,
+    INLIER_SCALE,
+    MIN_INLIERS,
+    RANSAC_THRESHOLD,
+)
+from model.similarity.features import PAGE_MIN_KEYPOINT, ItemFeatures, pack, page_items, unpack
+from model.similarity.local import RATIO
 from model.sources.fetch import FetchScope
 
 # Bump when feature extraction changes: cached features of older code are then not reused.
 FEATURES_VERSION = 1
 EMBED_BATCH = 32
+# Said from the constants the code uses, so the prose cannot drift from it.
 METHOD = {
     "global": "feature extractor's pooled features (GeM) + 16x16 contrast-normalised layout "
     "thumbnail; cosine = mean of the two",
     "shortlist": "each item's `candidates` nearest items on the other side, both ways",
-    "verification": "RootSIFT, ratio test 0.8 + mutual nearest neighbours, RANSAC similarity "
-    "transform (threshold 1.5% of the item side); degenerate (collinear) inliers rejected",
+    "verification": f"RootSIFT, ratio test {RATIO:g} + mutual nearest neighbours, RANSAC "
+    f"similarity transform (threshold {RANSAC_THRESHOLD:.1%} of the item side); degenerate "
+    "(collinear) inliers rejected",
     "photometric": "normalised cross-correlation of the two items aligned by that transform, "
     "over the inliers' bounding box",
-    "score": "(1 - exp(-(inliers - 4) / 8)) * max(0, correlation), in [0, 1]",
-    "page_keypoints": "at page level keypoints smaller than 0.8% of the page side (letters) "
-    "are dropped",
+    "score": f"(1 - exp(-max(0, inliers - {CHANCE_INLIERS}) / {INLIER_SCALE:g})) * "
+    f"max(0, correlation), in [0, 1]; 0 below {MIN_INLIERS} inliers",
+    "page_keypoints": f"at page level keypoints smaller than {PAGE_MIN_KEYPOINT:.1%} of the page "
+    "side (letters) are dropped",
 }
 
 
@@ -92,8 +103,8 @@ class _Run:
 
 def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
     resources = ctx.resources
-    name = params.model or resources["settings"].similarity.embed_model
-    embedders = resources.get("embedders")
+    name = params.model or resources.settings.similarity.embed_model
+    embedders = resources.embedders
     try:
         embedder = embedders.get(name) if embedders is not None else None
     except Exception as exc:  # a broken plug-in model fails the task, not the worker
@@ -104,44 +115,35 @@ def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
         raise JobFailed("model_unavailable", f"feature extractor {name!r} is not available")
     detector = None
     if params.level == "region":
-        det_name = params.detector or resources["default_model"]
-        detector = resources["detectors"].get(det_name)
+        det_name = params.detector or resources.default_model
+        detector = resources.detectors.get(det_name)
         if detector is None:
             raise JobFailed("model_unavailable", f"detector {det_name!r} is not loaded")
     return embedder, detector
-
-
-def _model_provenance(model: Any) -> dict[str, Any]:
-    return {
-        "model": model.name,
-        "sha256": model.info.sha256,
-        "backend": model.backend,
-        "device": model.device,
-    }
 
 
 def run_similarity(ctx: Any, params: Any) -> None:
     from model.similarity.plan import plan_documents
 
     resources = ctx.resources
-    settings = resources["settings"]
+    settings = resources.settings
     embedder, detector = _models(ctx, params)
-    documents = [(e["document"], e["manifest_url"]) for e in ctx.spec["inputs"]]
+    documents = [(entry.name, entry.url) for entry in ctx.spec.of_kind(Document)]
     provenance: dict[str, Any] = {
         "method": METHOD,
         "level": params.level,
-        "embedder": {**_model_provenance(embedder), "dim": embedder.dim},
-        "detector": _model_provenance(detector) if detector else None,
+        "embedder": {**model_provenance(embedder), "dim": embedder.dim},
+        "detector": model_provenance(detector) if detector else None,
         "params": params.model_dump(),
         "worker_pid": os.getpid(),
-        "versions": {**resources.get("versions", {}), "opencv": cv2.__version__},
+        "versions": {**resources.versions, "opencv": cv2.__version__},
         "stage": "reading manifests",
     }
     ctx.set_provenance(provenance)
     # Cancel, timeout or error: Prefetcher.close() cancels the scope, which ends the download
     # threads' fetches (connections closed, per-host slots freed) instead of letting them run on.
     scope = FetchScope()
-    fetcher = resources["fetcher"].scoped(scope)
+    fetcher = resources.fetcher.scoped(scope)
     plan = plan_documents(documents, fetcher, settings)
     ctx.set_total(len(plan.units))
     provenance.update(
@@ -157,7 +159,7 @@ def run_similarity(ctx: Any, params: Any) -> None:
     if detector:
         shaping.update(confidence=params.confidence, iou=params.iou)
     cache = FeatureCache(
-        resources.get("redis"),
+        resources.redis,
         settings.similarity.cache_ttl_s,
         settings.similarity.cache_max_entries,
     )
@@ -174,15 +176,8 @@ def run_similarity(ctx: Any, params: Any) -> None:
     run.items = {key: [] for key, _ in documents}
     started = time.perf_counter()
     try:
-        with Prefetcher(
-            plan.units,
-            loader,
-            loader.failed,
-            threads=settings.pipeline.download_threads,
-            depth=settings.pipeline.prefetch_depth,
-            on_close=scope.cancel,
-        ) as prefetch:
-            while batch := prefetch.next_batch(settings.worker.batch_size, ctx.check_cancel):
+        with page_batches(plan.units, loader, settings, scope, ctx.check_cancel) as batches:
+            for batch in batches:
                 _features(run, batch)
         features_wall = time.perf_counter() - started
         provenance["stage"] = "comparing"

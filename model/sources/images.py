@@ -165,16 +165,6 @@ def _shrunk_rgb(img: Image.Image, size: tuple[int, int]) -> Image.Image:
         img.close()
 
 
-def sniff_image(data: bytes) -> str | None:
-    """Format of an image header (cheap check for uploads), or None when it is no image."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-            return img.format
-    except Exception:  # noqa: BLE001 - PIL raises many types for garbage input
-        return None
-
-
 def fitted_size(size: tuple[int, int], max_side: int | None) -> tuple[tuple[int, int], float]:
     """The size `fit_within` shrinks an image of `size` to, and the scale."""
     width, height = size

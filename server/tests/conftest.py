@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from model.synthetic import RenderedPage, render_page
-from server.tests.iiif_server import IiifServer, Published
-from server.tests.stack import Api, Stack, free_port, start_stack
+from testkit.iiif_server import IiifServer, Published
+from testkit.stack import Api, Stack, free_port, start_stack
 
 
 @pytest.fixture(scope="session")
@@ -172,3 +174,60 @@ def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis
 def clean_redis(bare_redis: redis.Redis) -> redis.Redis:
     bare_redis.flushall()
     return bare_redis
+
+
+@pytest.fixture
+def app_client(clean_redis: redis.Redis, tmp_path: Path):
+    """The HTTP app alone (Flask's test client), on the bare Redis, with one key."""
+    from model.api.app import create_app
+    from model.keys import KeyStore
+    from model.settings import Settings
+
+    port = clean_redis.connection_pool.connection_kwargs["port"]
+    settings = Settings(data_dir=tmp_path, redis={"port": port})
+    app = create_app(settings)
+    key = KeyStore(settings.keys_db).create("fast")
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = key
+    return client
+
+
+@pytest.fixture(scope="session")
+def level1_server(tmp_path_factory: pytest.TempPathFactory, iiif_pages) -> Iterator[str]:
+    """The `iiif` reference implementation's image server (PIL, level 1, Image API 2.1 + 3.0)."""
+    images = tmp_path_factory.mktemp("level1")
+    page, _ = iiif_pages[0]
+    page.image.save(images / "page.jpg", format="JPEG", quality=85)
+    port = free_port()
+    script = Path(sys.executable).parent / "iiif_testserver.py"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--quiet",
+            "--image-dir",
+            str(images),
+            "--api-versions",
+            "2.1,3.0",
+            "--manipulators",
+            "pil",
+        ],
+        cwd=images,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{base}/3.0_pil/page/info.json", timeout=1).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.2)
+    yield base
+    process.terminate()
+    process.wait(timeout=10)

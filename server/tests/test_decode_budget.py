@@ -23,7 +23,7 @@ from model.pipeline.memory import BudgetRefused, BudgetTimeout, ByteBudget
 from model.settings import Settings
 from model.sources.images import ImageDecodeError, decode_within, decoded_bytes
 from server.tests.conftest import ImageServer
-from server.tests.stack import Api, Stack
+from testkit.stack import Api, Stack
 
 MB = 1_000_000
 

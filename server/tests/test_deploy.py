@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from server.tests.conftest import jpeg_bytes
-from server.tests.stack import PROJECT_ROOT, TERMINAL, free_port
+from testkit.stack import PROJECT_ROOT, TERMINAL, free_port
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("apt-get"),

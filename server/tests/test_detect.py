@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.tests.conftest import ImageServer, jpeg_bytes
-from server.tests.stack import Api
+from testkit.stack import Api
 
 
 def iou(a: list[float], b: tuple[int, int, int, int]) -> float:

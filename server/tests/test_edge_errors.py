@@ -17,7 +17,7 @@ import requests
 
 from model.frontdoor import NGINX_TEMPLATE, nginx_values, render
 from model.settings import PROJECT_ROOT, get_settings
-from server.tests.stack import Stack
+from testkit.stack import Stack
 
 ALLOW = "GET, POST, DELETE, OPTIONS, HEAD"
 

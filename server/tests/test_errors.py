@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 
 from server.tests.conftest import jpeg_bytes
-from server.tests.stack import Api, Stack
+from testkit.stack import Api, Stack
 
 
 def error_of(resp: requests.Response, status: int) -> dict:

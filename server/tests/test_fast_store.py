@@ -14,7 +14,6 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model import uploads
 from model.ending import end_after_failure
-from model.settings import Settings
 from model.store import (
     QUEUE_KEY,
     RUNNING_KEY,
@@ -73,7 +72,7 @@ def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> N
 def test_finish_respects_allowed_states(store: TaskStore) -> None:
     task_id = _task(store)
     store.mark_running(task_id, 1)
-    assert not store.finish(task_id, State.CANCELLED, allowed=[State.QUEUED])
+    assert not store.finish(task_id, State.CANCELLED, only_from=[State.QUEUED])
     assert store.get(task_id).state == State.RUNNING
     assert store.redis.ttl(task_key(task_id)) == -1  # still active: no expiry
 
@@ -157,20 +156,6 @@ def test_listing_pages_are_newest_first_and_filtered(store: TaskStore) -> None:
 
 
 # --- the HTTP app alone: validation and error shapes ---------------------------------------------
-
-
-@pytest.fixture
-def app_client(clean_redis: redis.Redis, tmp_path: Path):
-    from model import create_app
-    from model.keys import KeyStore
-
-    port = clean_redis.connection_pool.connection_kwargs["port"]
-    settings = Settings(data_dir=tmp_path, redis={"port": port})
-    app = create_app(settings)
-    key = KeyStore(settings.keys_db).create("fast")
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = key
-    return client
 
 
 @pytest.mark.parametrize("timeout", [1e-9, 1e-4, 1e-3, 0.5, 0, -1])

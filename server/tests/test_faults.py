@@ -22,7 +22,7 @@ import redis
 import requests
 
 from server.tests.conftest import ImageServer, jpeg_bytes
-from server.tests.stack import TERMINAL, Api, Stack, start_stack
+from testkit.stack import TERMINAL, Api, Stack, start_stack
 
 KILLS = 20
 TIMEOUT_MAX_S = 90

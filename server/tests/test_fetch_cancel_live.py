@@ -10,8 +10,8 @@ import time
 
 from PIL import Image
 
-from server.tests.stack import Api
 from server.tests.test_fetch_hardening import TrickleServer
+from testkit.stack import Api
 
 
 def blank_jpeg() -> bytes:

@@ -12,8 +12,8 @@ import uuid
 import pytest
 import requests
 
-from server.tests.iiif_server import v3_canvas, v3_image, v3_manifest
-from server.tests.stack import TERMINAL, Api, Stack
+from testkit.iiif_server import v3_canvas, v3_image, v3_manifest
+from testkit.stack import TERMINAL, Api, Stack
 
 # --- 1. tiny timeouts ---------------------------------------------------------------------------
 

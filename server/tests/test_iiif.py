@@ -7,19 +7,14 @@ from __future__ import annotations
 import io
 import json
 import re
-import subprocess
-import sys
-import time
 import zipfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from model.synthetic import RenderedPage
-from server.tests.iiif_server import (
+from server.tests.test_detect import iou
+from testkit.iiif_server import (
     IiifServer,
     Published,
     path_of,
@@ -30,8 +25,7 @@ from server.tests.iiif_server import (
     v3_image,
     v3_manifest,
 )
-from server.tests.stack import Api, Stack, free_port
-from server.tests.test_detect import iou
+from testkit.stack import Api, Stack
 
 XYWH = re.compile(r"^(?P<canvas>[^#]+)#xywh=(\d+),(\d+),(\d+),(\d+)$")
 # The demo model is small: a low threshold gives boxes to compare on any page.
@@ -332,47 +326,6 @@ def test_manifest_cli_shows_what_would_be_fetched(
     assert refused.returncode == 2
     assert json.loads(refused.stdout)["error"]["code"] == "manifest_refused"
     assert path_of(v3_book) == "/v3book/manifest.json"
-
-
-@pytest.fixture(scope="module")
-def level1_server(tmp_path_factory: pytest.TempPathFactory, iiif_pages) -> Iterator[str]:
-    """The `iiif` reference implementation's image server (PIL, level 1, Image API 2.1 + 3.0)."""
-    images = tmp_path_factory.mktemp("level1")
-    page, _ = iiif_pages[0]
-    page.image.save(images / "page.jpg", format="JPEG", quality=85)
-    port = free_port()
-    script = Path(sys.executable).parent / "iiif_testserver.py"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(script),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--quiet",
-            "--image-dir",
-            str(images),
-            "--api-versions",
-            "2.1,3.0",
-            "--manipulators",
-            "pil",
-        ],
-        cwd=images,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{base}/3.0_pil/page/info.json", timeout=1).ok:
-                break
-        except requests.RequestException:
-            time.sleep(0.2)
-    yield base
-    process.terminate()
-    process.wait(timeout=10)
 
 
 def test_level1_service_gets_exactly_the_size_asked(

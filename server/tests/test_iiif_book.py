@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from model.synthetic import render_page
-from server.tests.iiif_server import (
+from testkit.iiif_server import (
     IiifServer,
     Published,
     Rule,
@@ -18,7 +18,7 @@ from server.tests.iiif_server import (
     v3_image,
     v3_manifest,
 )
-from server.tests.stack import Api
+from testkit.stack import Api
 
 PAGES = 50
 PER_HOST = 2  # fetch.per_host_concurrency of the IIIF test stack (4 download threads)

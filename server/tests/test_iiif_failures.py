@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from server.tests.iiif_server import (
+from testkit.iiif_server import (
     IiifServer,
     Rule,
     jpeg,
@@ -19,7 +19,7 @@ from server.tests.iiif_server import (
     v3_image,
     v3_manifest,
 )
-from server.tests.stack import Api
+from testkit.stack import Api
 
 
 def png(image: Image.Image) -> bytes:

@@ -21,7 +21,7 @@ from model.iiif.negotiate import ServiceInfo, plan_request
 from model.iiif.presentation import CanvasImage, parse_document
 from model.iiif.preview import preview
 from model.settings import Settings
-from server.tests.iiif_server import (
+from testkit.iiif_server import (
     IiifServer,
     v2_canvas,
     v2_manifest,
@@ -29,7 +29,7 @@ from server.tests.iiif_server import (
     v3_image,
     v3_manifest,
 )
-from server.tests.stack import Api
+from testkit.stack import Api
 
 HUGE_DIGITS = "9" * 400
 # Sizes a hostile or broken document may carry; each must be refused as invalid.

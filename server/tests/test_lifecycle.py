@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from server.tests.conftest import ImageServer, jpeg_bytes
-from server.tests.stack import Api
+from testkit.stack import Api
 
 LONG_TASK_IMAGES = 150
 

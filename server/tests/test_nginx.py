@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from server.tests.stack import Api, Stack
+from testkit.stack import Api, Stack
 
 
 def _unix_get(path: Path, url: str) -> tuple[int, bytes]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.tests.stack import Api
+from testkit.stack import Api
 
 
 def test_noop_task_succeeds_without_input(api: Api) -> None:

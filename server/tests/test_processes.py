@@ -8,7 +8,7 @@ import sys
 
 import requests
 
-from server.tests.stack import PROJECT_ROOT, Stack
+from testkit.stack import PROJECT_ROOT, Stack
 
 
 def _children(pid: int) -> list[int]:

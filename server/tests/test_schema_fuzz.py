@@ -17,7 +17,7 @@ from schemathesis.checks import CHECKS as CHECK_REGISTRY
 from schemathesis.checks import load_all_checks
 
 from server.tests import fuzz_media  # noqa: F401 - registers real images and manifests
-from server.tests.stack import Stack
+from testkit.stack import Stack
 
 MAX_EXAMPLES = 20
 OPERATIONS = [

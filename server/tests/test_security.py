@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from server.tests.conftest import ImageServer, jpeg_bytes
-from server.tests.stack import Api, Stack
+from testkit.stack import Api, Stack
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from model.synthetic.copies import page_with_illustrations
-from server.tests.iiif_server import IiifServer, Rule, jpeg, v3_canvas, v3_image, v3_manifest
-from server.tests.similarity_corpus import (
+from server.tests.test_faults import pool_child
+from testkit.iiif_server import IiifServer, Rule, jpeg, v3_canvas, v3_image, v3_manifest
+from testkit.similarity_corpus import (
     Corpus,
     build,
     evaluate_pages,
     evaluate_regions,
 )
-from server.tests.stack import PROJECT_ROOT, Api, Stack, start_stack
-from server.tests.test_faults import pool_child
+from testkit.stack import PROJECT_ROOT, Api, Stack, start_stack
 
 PLUG = "plug-embed"
 # alpha/beta/gamma: art numbers per page, True for a copy (kinds cycle line, diagram, ornament,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from server.tests.conftest import ImageServer, jpeg_bytes
-from server.tests.stack import Stack, start_stack
+from testkit.stack import Stack, start_stack
 
 TTL_S = 3
 MAX_QUEUED_TOTAL = 2

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from server.tests.conftest import ImageServer, jpeg_bytes
-from server.tests.stack import Api, Stack, free_port
+from testkit.stack import Api, Stack, free_port
 
 pytestmark = pytest.mark.skipif(not shutil.which("spiped"), reason="spiped is not installed")
 

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 import requests
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
 
@@ -84,15 +84,41 @@ class Stack:
             self.process.wait()
 
 
-def start_stack(tmp: Path, **overrides: str) -> Stack:
-    http_port = free_port()
+def launch(
+    data_dir: Path,
+    settings: dict[str, str],
+    ready_timeout_s: float = 180,
+    http_port: int | None = None,
+) -> Stack:
+    """`python -m model stack` in `data_dir` on free ports, with these SCRIPTORIUM_* settings
+    (and any others), once /readyz answers."""
+    http_port = http_port or free_port()
     env = {
         **os.environ,
-        "SCRIPTORIUM_DATA_DIR": str(tmp),
+        "SCRIPTORIUM_DATA_DIR": str(data_dir),
         "SCRIPTORIUM_REDIS__PORT": str(free_port()),
         "SCRIPTORIUM_HTTP__PORT": str(http_port),
-        # Tests serve their images from loopback.
+        # Tests and benchmarks serve their images from loopback.
         "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
+        **settings,
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "stack.out").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model", "stack"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    stack = Stack(data_dir, env, f"http://127.0.0.1:{http_port}", process)
+    wait_ready(stack, ready_timeout_s)
+    return stack
+
+
+def start_stack(tmp: Path, **overrides: str) -> Stack:
+    """The tests' stack: short cancel grace, no detection cache, the tunnel's server end on."""
+    settings = {
         "SCRIPTORIUM_CANCEL__GRACE_S": "5",
         # Long test tasks repeat one page under many URLs: the detection cache would make them
         # short. Stacks that test the cache turn it back on.
@@ -102,18 +128,7 @@ def start_stack(tmp: Path, **overrides: str) -> Stack:
         "SCRIPTORIUM_SPIPED__LISTEN": f"[127.0.0.1]:{free_port()}",
         **overrides,
     }
-    tmp.mkdir(parents=True, exist_ok=True)
-    log = (tmp / "stack.out").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model", "stack"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    stack = Stack(tmp, env, f"http://127.0.0.1:{http_port}", process)
-    wait_ready(stack)
-    return stack
+    return launch(tmp, settings)
 
 
 def wait_ready(stack: Stack, timeout_s: float = 180) -> None:

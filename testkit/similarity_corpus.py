@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from model.synthetic.copies import Placement, page_with_illustrations, render_illustration
-from server.tests.iiif_server import IiifServer, v3_canvas, v3_image, v3_manifest
+from testkit.iiif_server import IiifServer, v3_canvas, v3_image, v3_manifest
 
 KINDS = ("line", "diagram", "ornament", "engraving", "plate")
 Box = tuple[int, int, int, int]

@@ -1,0 +1,103 @@
+"""`create_app()`: the HTTP side (Flask + flask-openapi3), like Flask's examples/celery app
+factory. It never imports torch (models live in the Celery worker, `model.worker`), nor PIL,
+requests or the jobs' worker code (tests check the imported modules)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Response, g, request
+from flask_openapi3 import Info, OpenAPI
+from redis import Redis
+
+from model import __version__
+from model.settings import Settings, get_settings
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+class _RequestIdFilter(logging.Filter):
+    """Adds the request id to every log record emitted while serving a request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from flask import has_request_context
+
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def create_app(settings: Settings | None = None) -> OpenAPI:
+    from model.api import errors, listing, meta, results, submit, tasks
+    from model.api.auth import SECURITY_SCHEMES
+    from model.api.limits import init_limits
+    from model.api.request_doc import request_schema_components
+    from model.api.services import Services
+    from model.celery_app import make_celery
+    from model.keys import KeyStore
+    from model.store import TaskStore
+
+    settings = settings or get_settings()
+    app = OpenAPI(
+        __name__,
+        info=Info(
+            title="Scriptorium",
+            version=__version__,
+            description="Illustration detection jobs on digitized documents",
+        ),
+        security_schemes=SECURITY_SCHEMES,
+        validation_error_callback=errors.validation_error_callback,
+        doc_prefix="/openapi",
+    )
+    app.config["MAX_CONTENT_LENGTH"] = settings.http.max_body_bytes
+    app.json.sort_keys = False
+    redis = Redis.from_url(
+        settings.redis_url(), decode_responses=True, socket_timeout=5, socket_connect_timeout=2
+    )
+    app.extensions["scriptorium"] = Services(
+        settings=settings,
+        redis=redis,
+        store=TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s),
+        keys=KeyStore(settings.keys_db),
+        celery=make_celery(settings),
+    )
+    errors.register(app)
+
+    @app.before_request
+    def _assign_request_id() -> None:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming[:64] if incoming.isalnum() else uuid.uuid4().hex
+
+    @app.after_request
+    def _return_request_id(response: Response) -> Response:
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        return response
+
+    app.register_api(submit.api)
+    app.register_api(tasks.api)
+    app.register_api(meta.models_api)
+    app.register_api(meta.probes_api)
+    app.register_api(listing.api)
+    app.register_api(results.api)
+    # Probes stay unlimited: monitoring must never be told to back off.
+    init_limits(app, settings, exempt=[meta.probes_api])
+    # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
+    for name, schema in request_schema_components(settings).items():
+        app.components_schemas.setdefault(name, schema)
+
+    _configure_logging()
+    return app
+
+
+def _configure_logging() -> None:
+    """App log lines carry the request id (gunicorn's access log carries it too)."""
+    root = logging.getLogger()
+    if any(isinstance(f, _RequestIdFilter) for h in root.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler()
+    handler.addFilter(_RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s [rid=%(request_id)s] %(name)s: %(message)s")
+    )
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)

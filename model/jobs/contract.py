@@ -1,0 +1,134 @@
+"""The contract between the API and the worker, as data (like Cog's eventtypes): what a task
+asks for (`TaskSpec`: params and typed inputs, stored in the task record and read back by the
+worker) and what the worker lends a running job (`WorkerResources`).
+
+The API builds a TaskSpec, the store keeps it as JSON, the worker validates it back into the same
+models: no dict with string keys is built in one place and taken apart in another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImageUrl(_Input):
+    kind: Literal["image_url"] = "image_url"
+    url: str
+
+
+class ImageUpload(_Input):
+    kind: Literal["image_upload"] = "image_upload"
+    path: str  # under <data_dir>/uploads/<task id>/, deleted when the task ends
+    filename: str = ""
+
+
+class ManifestUrl(_Input):
+    kind: Literal["manifest_url"] = "manifest_url"
+    url: str
+
+
+class ManifestUpload(_Input):
+    kind: Literal["manifest_upload"] = "manifest_upload"
+    path: str
+    filename: str = ""
+
+
+class Document(_Input):
+    """A named IIIF manifest or collection to compare (similarity)."""
+
+    kind: Literal["document"] = "document"
+    name: str
+    url: str
+
+
+class SourceTask(_Input):
+    """Another task of the same owner whose result this one works on (crops)."""
+
+    kind: Literal["task"] = "task"
+    task_id: str
+
+
+TaskInput = Annotated[
+    ImageUrl | ImageUpload | ManifestUrl | ManifestUpload | Document | SourceTask,
+    Field(discriminator="kind"),
+]
+
+# Inputs stored by releases before the typed contract: {"url"}, {"upload", "filename"},
+# {"manifest_url"}, {"manifest_upload", "filename"}, {"document", "manifest_url"}. A task queued
+# across an upgrade still runs.
+_LEGACY_KINDS = (
+    ("document", lambda e: {"kind": "document", "name": e["document"], "url": e["manifest_url"]}),
+    ("url", lambda e: {"kind": "image_url", "url": e["url"]}),
+    ("upload", lambda e: {"kind": "image_upload", "path": e["upload"], **_name(e)}),
+    ("manifest_url", lambda e: {"kind": "manifest_url", "url": e["manifest_url"]}),
+    (
+        "manifest_upload",
+        lambda e: {"kind": "manifest_upload", "path": e["manifest_upload"], **_name(e)},
+    ),
+)
+
+
+def _name(entry: dict[str, Any]) -> dict[str, str]:
+    return {"filename": entry["filename"]} if "filename" in entry else {}
+
+
+def _upgrade(entry: Any) -> Any:
+    if not isinstance(entry, dict) or "kind" in entry:
+        return entry
+    for key, convert in _LEGACY_KINDS:
+        if key in entry:
+            return convert(entry)
+    return entry
+
+
+class TaskSpec(BaseModel):
+    """What a task asks for: its job's params (validated by the job's own model) and inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[TaskInput] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_inputs(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("inputs"), list):
+            data = {**data, "inputs": [_upgrade(e) for e in data["inputs"]]}
+        return data
+
+    def of_kind(self, *kinds: type[_Input]) -> list[Any]:
+        return [entry for entry in self.inputs if isinstance(entry, kinds)]
+
+
+class InputRejected(Exception):
+    """A job type refuses what a request asks for (too many images, nothing to work on): the API
+    answers 422 with this code; jobs never speak HTTP themselves."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class WorkerResources:
+    """What a worker process lends its jobs: loaded once per process (`worker_process_init`)."""
+
+    settings: Any  # model.settings.Settings
+    redis: Any  # redis.Redis
+    store: Any  # model.store.TaskStore
+    fetcher: Any  # model.sources.fetch.SafeFetcher
+    detectors: dict[str, Any] = field(default_factory=dict)  # name -> YoloDetector
+    embedders: Any = None  # model.similarity.embedders.Embedders
+    default_model: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    # Provenance of a result made with a model: name, sha256, backend, device, versions...
+    provenance: Callable[[Any], dict[str, Any]] = lambda _model: {}

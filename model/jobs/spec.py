@@ -1,0 +1,48 @@
+"""The declaration of a job type (`JobSpec`): its request models, how its input becomes task
+inputs, what it refuses, its default limits and its run function. Each job module declares one
+`SPEC`; model/jobs/registry.py lists them.
+
+Torch-free and light: the HTTP process imports it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+from model.jobs.contract import TaskInput
+from model.settings import JobLimits, Settings
+
+
+def _no_inputs(_input: Any) -> list[TaskInput]:
+    return []
+
+
+def _accept(_input: Any, _inputs: list[TaskInput], _settings: Settings) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    summary: str  # one line: the request's `type` description in the OpenAPI document
+    params: type[BaseModel]
+    input: type[BaseModel]
+    # The job's work: run(ctx: JobContext) in the worker (imports its heavy code itself).
+    run: Callable[[Any], None]
+    # The request's `input` -> the task's typed inputs (uploads are added by the API).
+    task_inputs: Callable[[Any], list[TaskInput]] = _no_inputs
+    # Raises InputRejected for what the job cannot take (given every input, uploads too).
+    check: Callable[[Any, list[TaskInput], Settings], None] = _accept
+    input_required: bool = False  # `input` must be in the request (no default)
+    uploads: bool = False  # images/manifests may be uploaded (multipart)
+    # Params naming a model -> the task of the models they may name (checked at submit).
+    model_fields: dict[str, str] = field(default_factory=dict)
+    limits: JobLimits = field(default_factory=JobLimits)  # flask_config.yaml jobs.<name> wins
+    # How many result items the task has before the worker expands its inputs.
+    initial_total: Callable[[list[TaskInput]], int] = lambda _inputs: 0
+    # The request's `input` in the OpenAPI document when the API asks more than the model shows
+    # (e.g. at least one URL): given the model's $ref, a JSON schema.
+    input_schema: Callable[[str], dict[str, Any]] | None = None

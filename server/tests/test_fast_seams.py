@@ -1,0 +1,252 @@
+"""Fast layer: the seams every job type goes through — the registry, the typed task contract, the
+runner with a fake job, the layers each process imports, defaults in one place. Seconds, with a
+bare redis-server at most."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from model.jobs import JobFailed
+from model.jobs.contract import (
+    Document,
+    ImageUpload,
+    ImageUrl,
+    ManifestUpload,
+    ManifestUrl,
+    SourceTask,
+    TaskSpec,
+    WorkerResources,
+)
+from model.jobs.registry import JOBS
+from model.jobs.spec import JobSpec
+from model.runner import run_task
+from model.settings import CONFIG_FILE, Settings
+from model.store import TRANSITIONS, State, TaskStore, sources_of
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+
+def test_every_job_type_is_declared_once_and_derived_everywhere() -> None:
+    from model.api.schemas import REQUEST_MODELS
+
+    assert set(JOBS) == {"detect", "noop", "similarity"}
+    assert set(REQUEST_MODELS) == set(JOBS)
+    for name, spec in JOBS.items():
+        model = REQUEST_MODELS[name]
+        assert model.model_fields["type"].annotation.__args__ == (name,)
+        assert model.model_fields["params"].annotation is spec.params
+        assert model.model_fields["input"].annotation is spec.input
+        assert spec.params.__name__ != "Params" and spec.input.__name__ != "Input"
+
+
+def test_the_openapi_document_lists_every_job_type(app_client) -> None:
+    doc = app_client.get("/openapi/openapi.json").json
+    body = doc["paths"]["/task"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    types = {branch["properties"]["type"]["const"] for branch in body["oneOf"]}
+    assert types == set(JOBS)
+
+
+# --- the typed contract -------------------------------------------------------------------------
+
+
+def test_task_spec_round_trips_through_json() -> None:
+    spec = TaskSpec(
+        params={"confidence": 0.5},
+        inputs=[
+            ImageUrl(url="https://a/1.jpg"),
+            ImageUpload(path="/x/00001.png", filename="p.png"),
+            ManifestUrl(url="https://a/m.json"),
+            ManifestUpload(path="/x/00002.json", filename="m.json"),
+            Document(name="paris", url="https://b/m.json"),
+            SourceTask(task_id="0" * 32),
+        ],
+    )
+    again = TaskSpec.model_validate(json.loads(json.dumps(spec.model_dump())))
+    assert again == spec
+    assert again.of_kind(ImageUrl, ImageUpload) == spec.inputs[:2]
+
+
+def test_specs_stored_before_the_contract_still_run() -> None:
+    """A task queued across an upgrade keeps its inputs."""
+    legacy = {
+        "params": {},
+        "inputs": [
+            {"url": "https://a/1.jpg"},
+            {"upload": "/x/00001.png", "filename": "p.png"},
+            {"manifest_url": "https://a/m.json"},
+            {"manifest_upload": "/x/00002.json", "filename": "m.json"},
+            {"document": "paris", "manifest_url": "https://b/m.json"},
+        ],
+    }
+    kinds = [type(e) for e in TaskSpec.model_validate(legacy).inputs]
+    assert kinds == [ImageUrl, ImageUpload, ManifestUrl, ManifestUpload, Document]
+
+
+# --- the runner with a fake job -----------------------------------------------------------------
+
+
+class _Empty(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _fake_jobs(run) -> dict[str, JobSpec]:
+    return {"fake": JobSpec(name="fake", summary="fake", params=_Empty, input=_Empty, run=run)}
+
+
+def _resources(store: TaskStore) -> WorkerResources:
+    return WorkerResources(settings=Settings(), redis=store.redis, store=store, fetcher=None)
+
+
+@pytest.fixture
+def store(clean_redis) -> TaskStore:
+    return TaskStore(clean_redis, 3600, 7200)
+
+
+def _submit(store: TaskStore) -> str:
+    return store.create("alice", "fake", TaskSpec().model_dump(), 2, 60).id
+
+
+def test_runner_records_items_and_success(store: TaskStore, tmp_path: Path) -> None:
+    def run(ctx) -> None:
+        ctx.set_total(2)
+        ctx.emit({"index": 0, "source": "a", "status": "ok"})
+        ctx.emit({"index": 1, "source": "b", "status": "failed"}, failed=True)
+
+    task_id = _submit(store)
+    assert run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(run)) == State.SUCCEEDED
+    record = store.get(task_id)
+    assert (record.state, record.done, record.failed, record.total) == (State.SUCCEEDED, 1, 1, 2)
+
+
+@pytest.mark.parametrize(
+    ("raised", "state", "code"),
+    [
+        (JobFailed("bad_input", "no"), State.FAILED, "bad_input"),
+        (KeyError("x"), State.FAILED, "internal_error"),
+    ],
+)
+def test_runner_ends_a_failing_job(store, tmp_path: Path, raised, state, code) -> None:
+    def run(ctx) -> None:
+        raise raised
+
+    task_id = _submit(store)
+    assert run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(run)) == state
+    assert store.get(task_id).error_code == code
+
+
+def test_runner_resumes_after_the_items_already_stored(store, tmp_path: Path) -> None:
+    seen = []
+
+    def run(ctx) -> None:
+        done = ctx.finished_indices()
+        for index in range(3):
+            if index not in done:
+                seen.append(index)
+                ctx.emit({"index": index, "source": str(index), "status": "ok"})
+
+    task_id = _submit(store)
+    store.mark_running(task_id, 1)  # a first attempt that died after one item
+    store.add_item(task_id, {"index": 0, "source": "0", "status": "ok"}, failed=False)
+    run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(run))
+    assert seen == [1, 2] and store.get(task_id).done == 3
+
+
+def test_a_queued_task_with_a_cancel_never_runs(store, tmp_path: Path) -> None:
+    from model.ending import cancel_task
+
+    task_id = _submit(store)
+    assert cancel_task(store, tmp_path, task_id) == State.QUEUED
+    ran = []
+    assert run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(ran.append)) is None
+    assert not ran and store.get(task_id).state == State.CANCELLED
+
+
+# --- the transition table -----------------------------------------------------------------------
+
+
+def test_terminal_states_go_nowhere_and_success_needs_a_run() -> None:
+    assert all(not state.terminal for state in TRANSITIONS)
+    assert sources_of(State.SUCCEEDED) == [State.RUNNING]
+    assert set(sources_of(State.CANCELLED)) == {State.QUEUED, State.RUNNING}
+
+
+def test_a_queued_task_cannot_succeed(store) -> None:
+    task_id = _submit(store)
+    assert not store.finish(task_id, State.SUCCEEDED)
+    assert store.get(task_id).state == State.QUEUED
+
+
+# --- layers: what each process imports ----------------------------------------------------------
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_the_http_process_imports_no_torch_pil_requests_or_job_work() -> None:
+    loaded = _modules_after(
+        "from model.api.app import create_app\n"
+        "from model.settings import Settings\n"
+        "create_app(Settings(data_dir='/tmp/scriptorium-layers'))"
+    )
+    heavy = {"torch", "PIL", "requests", "cv2", "numpy", "ultralytics", "onnxruntime"}
+    worker_code = {
+        "model.jobs.detect_run",
+        "model.jobs.loading",
+        "model.pipeline.prefetch",
+        "model.sources.fetch",
+        "model.similarity.job",
+        "model.inference.detector",
+    }
+    packages = {name.split(".")[0] for name in loaded}
+    assert not heavy & packages, heavy & packages
+    assert not worker_code & loaded, worker_code & loaded
+
+
+def test_the_inference_package_loads_without_flask() -> None:
+    loaded = _modules_after("import model.inference, model.inference.registry")
+    assert "flask" not in {m.split(".")[0] for m in loaded}
+
+
+# --- defaults in one place ----------------------------------------------------------------------
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def test_flask_config_yaml_shows_the_code_defaults() -> None:
+    """The file documents every setting; the code holds the defaults. They must not drift."""
+    shown = _flatten(yaml.safe_load(CONFIG_FILE.read_text()))
+    defaults = Settings.model_construct().model_dump(mode="json")
+    defaults["jobs"] = {
+        n: s.limits.model_dump() for n, s in JOBS.items() if n in ("detect", "similarity")
+    }
+    code = _flatten(defaults)
+    drift = {k: (v, code.get(k)) for k, v in shown.items() if k in code and code[k] != v}
+    assert not drift, drift
+    assert not set(shown) - set(code), set(shown) - set(code)
