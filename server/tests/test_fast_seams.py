@@ -24,6 +24,7 @@ from model.jobs.contract import (
     TaskSpec,
     WorkerResources,
 )
+from model.jobs.crops import CropsParams, crops_of
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.runner import run_task
@@ -39,7 +40,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def test_every_job_type_is_declared_once_and_derived_everywhere() -> None:
     from model.api.schemas import REQUEST_MODELS
 
-    assert set(JOBS) == {"detect", "noop", "similarity"}
+    assert set(JOBS) == {"detect", "noop", "similarity", "crops"}
     assert set(REQUEST_MODELS) == set(JOBS)
     for name, spec in JOBS.items():
         model = REQUEST_MODELS[name]
@@ -184,6 +185,43 @@ def test_a_queued_task_cannot_succeed(store) -> None:
     task_id = _submit(store)
     assert not store.finish(task_id, State.SUCCEEDED)
     assert store.get(task_id).state == State.QUEUED
+
+
+# --- crops: the job added through the registry --------------------------------------------------
+
+
+def _detected_item(method: str = "scaled") -> dict:
+    return {
+        "index": 3,
+        "source": "https://iiif.example.org/c3",
+        "canvas_id": "https://iiif.example.org/c3",
+        "status": "ok",
+        "image_url": "https://img.example.org/iiif/3/page3/full/832,/0/default.jpg",
+        "request": {"method": method, "full_width": 4000, "full_height": 6000},
+        "canvas_width": 2000,
+        "canvas_height": 3000,
+        "detections": [
+            {"xywh": [100, 200, 300, 400], "confidence": 0.9, "label": "illustration"},
+            {"xywh": [0, 0, 10, 10], "confidence": 0.1, "label": "illustration"},
+        ],
+    }
+
+
+def test_crops_are_region_urls_in_full_image_pixels() -> None:
+    item = crops_of(_detected_item(), CropsParams(min_confidence=0.5))
+    assert item["status"] == "ok" and len(item["crops"]) == 1
+    crop = item["crops"][0]
+    assert crop["xywh"] == [200, 400, 600, 800]  # canvas 2000 wide, image 4000: x2
+    assert crop["region_url"] == (
+        "https://img.example.org/iiif/3/page3/200,400,600,800/pct:100/0/default.jpg"
+    )
+
+
+def test_crops_pad_within_the_image_and_skip_serviceless_pages() -> None:
+    padded = crops_of(_detected_item(), CropsParams(padding=0.5))["crops"][1]
+    assert padded["xywh"][:2] == [0, 0]  # clamped at the edge
+    plain = crops_of(_detected_item(method="image"), CropsParams())["crops"][0]
+    assert plain["region_url"] is None and plain["xywh"] == [200, 400, 600, 800]
 
 
 # --- layers: what each process imports ----------------------------------------------------------
