@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint format clean-data bench
+.PHONY: install run test test-fast lint format clean-data bench
 
 $(STAMP): requirements.txt requirements-dev.txt scripts/install_system_packages.sh
 	scripts/install_system_packages.sh
@@ -21,6 +21,10 @@ run: install
 ## Lint, then the whole suite against a live stack the tests start themselves.
 test: install lint
 	$(PY) -m pytest -v
+
+## The fast layer only: the store, the runner with a fake job, the app's validation, layers.
+test-fast: install
+	$(PY) -m pytest -q server/tests/test_fast_store.py server/tests/test_fast_seams.py
 
 lint: install
 	$(VENV)/bin/ruff check model server scripts bench testkit

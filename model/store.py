@@ -21,7 +21,7 @@ from redis import Redis
 PREFIX = "sc"
 QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, for queue positions
 RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
-DURATIONS_KEY = f"{PREFIX}:durations"  # recent run durations (s), for ETAs
+DURATIONS_PREFIX = f"{PREFIX}:durations:"  # recent run durations (s) per job type, for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
 ALL_TASKS_KEY = f"{PREFIX}:tasks"  # sorted set of every live task id (admin listing)
 RECENT_DURATIONS = 20
@@ -390,8 +390,9 @@ class TaskStore:
         rank = self.redis.zrank(QUEUE_KEY, task_id)
         return None if rank is None else int(rank)
 
-    def mean_duration_s(self) -> float | None:
-        values = [float(v) for v in self.redis.lrange(DURATIONS_KEY, 0, -1)]
+    def mean_duration_s(self, job_type: str) -> float | None:
+        """Of the job type's recent runs (a noop's milliseconds say nothing of a detect task)."""
+        values = [float(v) for v in self.redis.lrange(DURATIONS_PREFIX + job_type, 0, -1)]
         return sum(values) / len(values) if values else None
 
     def items(self, task_id: str) -> list[dict[str, Any]]:
@@ -471,7 +472,7 @@ class TaskStore:
         }
         if error:
             fields["error_code"], fields["error_message"] = error
-        owner = self.redis.hget(task_key(task_id), "owner") or ""
+        owner, job_type = self.redis.hmget(task_key(task_id), "owner", "type")
         previous = self._finish(
             keys=[
                 task_key(task_id),
@@ -479,9 +480,9 @@ class TaskStore:
                 detail_key(task_id),
                 tomb_key(task_id),
                 QUEUE_KEY,
-                owner_queue_key(owner),
+                owner_queue_key(owner or ""),
                 RUNNING_KEY,
-                DURATIONS_KEY,
+                DURATIONS_PREFIX + (job_type or ""),
             ],
             args=[
                 json.dumps([s.value for s in (only_from or sources_of(state))]),

@@ -69,7 +69,7 @@ class Stack:
     def reset_auth_failures(self) -> None:
         """Forget failed authentications (one budget for every client of a shared stack)."""
         client = self.redis()
-        for name in client.scan_iter("sc:limits*auth-failures*"):
+        for name in client.scan_iter("*sc:auth-failures*"):
             client.delete(name)
 
     def log(self, name: str) -> str:

@@ -17,6 +17,8 @@ from limits import parse_many
 
 log = logging.getLogger(__name__)
 EXTENSION = "scriptorium.auth_failures"
+# Limiter keys: LIMITS:LIMITER/sc:auth-failures/<client>/<rate>.
+AUTH_FAILURES_NAMESPACE = "sc:auth-failures"
 
 
 class AuthFailures:
@@ -29,8 +31,8 @@ class AuthFailures:
         try:
             strategy = self._limiter.limiter
             for item in self._items:
-                if not strategy.hit(item, "auth-failures", client):
-                    reset_at, _ = strategy.get_window_stats(item, "auth-failures", client)
+                if not strategy.hit(item, AUTH_FAILURES_NAMESPACE, client):
+                    reset_at, _ = strategy.get_window_stats(item, AUTH_FAILURES_NAMESPACE, client)
                     return max(1, int(reset_at - time.time()))
         except Exception:  # like the request limits: fail open while Redis is away
             log.warning("auth-failure budget unavailable", exc_info=True)

@@ -70,9 +70,9 @@ def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = N
     if record.state == State.QUEUED:
         rank = svc.store.queue_position(record.id)
         position = None if rank is None else rank + 1
-        mean = svc.store.mean_duration_s()
+        mean = svc.store.mean_duration_s(record.type)
         if position is not None and mean is not None:
-            eta = round(mean * position / max(1, svc.settings.worker.concurrency), 1)
+            eta = round(mean * position / max(1, svc.settings.worker.concurrency), 2)
     error = None
     if record.error_code:
         error = {"code": record.error_code, "message": record.error_message or ""}

@@ -66,7 +66,8 @@ def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> N
     assert r.get(tomb_key(task_id)) == "alice" and r.ttl(tomb_key(task_id)) > TTL_S
     assert not r.sismember(RUNNING_KEY, task_id)
     assert store.get(task_id).state == State.SUCCEEDED
-    assert store.mean_duration_s() is not None
+    assert store.mean_duration_s("detect") is not None
+    assert store.mean_duration_s("noop") is None  # per job type
 
 
 def test_finish_respects_allowed_states(store: TaskStore) -> None:

@@ -87,7 +87,7 @@ def test_annotation_ids_ignore_the_host_header(
 
 
 def test_listing_one_task_of_many_big_ones_is_a_page_read(stack: Stack, api: Api) -> None:
-    client = stack.client(stack.create_key("lister"))
+    client = stack.client(stack.create_key("page-lister"))
     ids = [client.submit_ok({"type": "noop"}) for _ in range(12)]
     for task_id in ids:
         client.wait(task_id)
