@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from model.iiif.info_cache import InfoCache
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs import JobFailed
@@ -125,7 +126,10 @@ def run(ctx: Any) -> None:
     analysis = {"confidence": params.confidence, "iou": params.iou, "max_side": max_side}
     loader = PageLoader(
         fetcher=fetcher,
-        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
+        services=ServiceInfo(
+            json_getter(fetcher, settings.iiif.max_json_bytes),
+            InfoCache(resources.get("redis"), settings.iiif.info_cache_ttl_s),
+        ),
         cache=DetectionCache(
             resources.get("redis"), settings.cache.ttl_s, settings.cache.max_entries
         ),
