@@ -30,7 +30,7 @@ from model.sources.fetch import SafeFetcher
 class PreparedPages:
     images: list[Image.Image]
     bytes_fetched: int
-    methods: list[str]  # how each image was requested ("listed_size", "full", ...)
+    methods: list[str]  # how each request was planned ("computed", "info.json", "sizes", ...)
 
 
 def prepare(manifest_url: str, imgsz: int, settings: Settings) -> PreparedPages:

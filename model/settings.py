@@ -127,6 +127,8 @@ class IiifSettings(BaseModel):
     max_manifests: int = 50
     # Cap on one manifest/collection/info.json body (images have fetch.max_bytes).
     max_json_bytes: int = 10 * 1024 * 1024
+    # Parsed info.json descriptions kept in Redis by service id, shared across tasks (0: off).
+    info_cache_ttl_s: int = 86_400
 
 
 class PipelineSettings(BaseModel):

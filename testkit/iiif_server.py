@@ -1,12 +1,14 @@
 """A real IIIF source for the tests: static level-0 Image API 2.1/3.0 trees produced by the `iiif`
-reference implementation's static generator (iiif.static), plus manifests, served over HTTP with
-a request log (to count the bytes the worker actually fetched) and a few misbehaviours (404,
-slow, 503 + Retry-After, redirects) that stand in for remote hosts we cannot run."""
+reference implementation's static generator (iiif.static), level-1/2 services that resize on
+demand (`Dynamic`), plus manifests, served over HTTP with a request log (to count the requests
+and bytes the worker actually fetched) and a few misbehaviours (404, slow, 503 + Retry-After,
+redirects, refused size forms) that stand in for remote hosts we cannot run."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import threading
 import time
@@ -49,6 +51,70 @@ class Published:
     height: int
 
 
+_SIZED = re.compile(r"full/(max|full|!?\d+,\d*)/0/default\.jpg")
+
+
+@dataclass
+class Dynamic:
+    """A level-1/2 Image API service over one image: `full/{size}/0/default.jpg` resized with PIL
+    (`max`/`full`, `w,`, `w,h`; `!w,h` at level 2; never larger than the image), `info.json`."""
+
+    image: Image.Image
+    version: int
+    level: int
+    # Answer this status to `w,` requests (what the worker computes from a manifest) while still
+    # serving `w,h`: a server that does less than its manifest declares.
+    refuse_by_width: int | None = None
+
+    def info(self, service_id: str) -> dict[str, Any]:
+        width, height = self.image.size
+        sizes = [{"width": width // f, "height": height // f} for f in (4, 2, 1)]
+        if self.version == 3:
+            return {
+                "@context": "http://iiif.io/api/image/3/context.json",
+                "id": service_id,
+                "type": "ImageService3",
+                "protocol": "http://iiif.io/api/image",
+                "profile": f"level{self.level}",
+                "width": width,
+                "height": height,
+                "sizes": sizes,
+            }
+        return {
+            "@context": "http://iiif.io/api/image/2/context.json",
+            "@id": service_id,
+            "protocol": "http://iiif.io/api/image",
+            "profile": [f"http://iiif.io/api/image/2/level{self.level}.json"],
+            "width": width,
+            "height": height,
+            "sizes": sizes,
+        }
+
+    def answer(self, size: str) -> tuple[int, bytes]:
+        if self.refuse_by_width and size.endswith(","):
+            return self.refuse_by_width, b"size form not supported"
+        target = self._size(size)
+        if target is None:
+            return 400, b"bad size"
+        image = self.image if target == self.image.size else self.image.resize(target)
+        return 200, jpeg(image)
+
+    def _size(self, size: str) -> tuple[int, int] | None:
+        width, height = self.image.size
+        if size in ("max", "full"):
+            return width, height
+        confined = size.startswith("!")
+        w_text, h_text = size.lstrip("!").split(",")
+        w = int(w_text)
+        if confined:
+            if self.level < 2 or not h_text:
+                return None
+            scale = min(w / width, int(h_text) / height, 1.0)
+            return max(1, round(width * scale)), max(1, round(height * scale))
+        h = int(h_text) if h_text else max(1, round(height * w / width))
+        return (w, h) if 0 < w <= width and 0 < h <= height else None
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
@@ -75,12 +141,27 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(path, 503, b"busy", {"Retry-After": str(rule.retry_after_s)})
             if rule.status:
                 return self._send(path, rule.status, b"no")
+        found = self.server.owner.dynamic_service(path)
+        if found is not None:
+            return self._dynamic(path, *found)
         root = self.server.owner.root.resolve()
         file = (root / path.lstrip("/")).resolve()
         if root not in file.parents or not file.is_file():
             return self._send(path, 404, b"not found")
         ctype = CONTENT_TYPES.get(file.suffix, "application/octet-stream")
         self._send(path, 200, file.read_bytes(), {"Content-Type": ctype})
+
+    def _dynamic(self, path: str, base: str, service: Dynamic) -> None:
+        rest = path[len(base) + 1 :]
+        if rest == "info.json":
+            info = service.info(f"{self.server.owner.url}{base}")
+            body = json.dumps(info).encode()
+            return self._send(path, 200, body, {"Content-Type": "application/json"})
+        match = _SIZED.fullmatch(rest)
+        if match is None:
+            return self._send(path, 404, b"not found")
+        status, body = service.answer(match.group(1))
+        self._send(path, status, body, {"Content-Type": "image/jpeg"} if status == 200 else None)
 
     def _send(self, path: str, status: int, body: bytes, headers: dict[str, str] | None = None):
         owner = self.server.owner
@@ -109,6 +190,7 @@ class IiifServer:
     root: Path
     host: str = "127.0.0.1"
     rules: dict[str, Rule] = field(default_factory=dict)
+    dynamic: dict[str, Dynamic] = field(default_factory=dict)  # base path -> service
     log: list[Logged] = field(default_factory=list)
     # Requests being answered at once (the worker's per-host limit caps it).
     inflight: int = 0
@@ -162,6 +244,32 @@ class IiifServer:
             image.width,
             image.height,
         )
+
+    def publish_dynamic(
+        self, identifier: str, image: Image.Image, version: int, level: int = 2
+    ) -> tuple[Published, Dynamic]:
+        """A level-1/2 service for `image` at `/dyn{version}/{identifier}` (no files but the
+        original, the image resource a manifest names)."""
+        source = self.root / "originals" / f"{identifier}.jpg"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        image.save(source, format="JPEG", quality=85)
+        base = f"/dyn{version}/{identifier}"
+        service = Dynamic(image.copy(), version, level)
+        self.dynamic[base] = service
+        published = Published(
+            identifier,
+            version,
+            f"{self.url}{base}",
+            f"{self.url}/originals/{identifier}.jpg",
+            image.width,
+            image.height,
+        )
+        return published, service
+
+    def dynamic_service(self, path: str) -> tuple[str, Dynamic] | None:
+        base = "/".join(path.split("/")[:3])  # /dyn3/<identifier>
+        service = self.dynamic.get(base)
+        return (base, service) if service is not None else None
 
     # --- request log -----------------------------------------------------------------------
     def requests_to(self, prefix: str) -> list[Logged]:

@@ -6,6 +6,9 @@ Size choice by compliance level:
   image — the smallest listed size at least `max_side` long, else the largest one still at least
   `min_side` long (the detector's own input), else the full image;
 - never more than the full image (no upscaling), never a service we cannot speak (Image API 1).
+
+Which description the choice starts from (the manifest's embedded service or its info.json) is
+decided in negotiate.py; `ImageRequest.method` records it.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class ImageService:
     max_height: int | None = None
     max_area: int | None = None
     described: bool = False  # read from info.json (not only the manifest's embedded stub)
+    # The profile names a level: `level` is what the publisher declared, not a default of 0.
+    level_declared: bool = False
 
     @property
     def info_url(self) -> str:
@@ -50,6 +55,9 @@ class ImageService:
         return replace(
             info,
             id=info.id or self.id,
+            # An info.json naming no level does not undo the level the manifest declared.
+            level=info.level if info.level_declared else self.level,
+            level_declared=info.level_declared or self.level_declared,
             width=info.width or self.width,
             height=info.height or self.height,
             sizes=info.sizes or self.sizes,
@@ -64,7 +72,12 @@ class ImageRequest:
     height: int | None
     full_width: int | None
     full_height: int | None
-    method: str  # "scaled", "listed_size", "full" (via the service) or "image" (no service)
+    # The size asked: "scaled", "confined" (`!w,h`), "listed_size", "full" (via the service) or
+    # "image" (the image resource, no service).
+    choice: str
+    # How it was planned: "computed" (from the manifest's declared level and size), "sizes" (a
+    # size the manifest lists), "info.json" (from the service's description) or "image".
+    method: str = "info.json"
     notes: list[str] = field(default_factory=list)
 
 
@@ -82,11 +95,12 @@ def _version(node: dict[str, Any]) -> int | None:
     return None
 
 
-def _level(node: dict[str, Any]) -> int:
+def _level(node: dict[str, Any]) -> int | None:
+    """The compliance level the profile names (2.x URI, 3.0 "levelN"), None when it names none."""
     for entry in as_list(node.get("profile")):
         if isinstance(entry, str) and (match := _LEVEL.search(entry)):
             return int(match.group(1))
-    return 0
+    return None
 
 
 def _limits(node: dict[str, Any]) -> dict[str, int | None]:
@@ -131,16 +145,18 @@ def parse_service(value: Any, default_version: int = 2) -> ImageService | None:
             and (h := positive_int(size.get("height")))
         )
         max_width = limits["maxWidth"]
+        level = _level(node)
         return ImageService(
             id=service_id.rstrip("/"),
             version=version,
-            level=_level(node),
+            level=level or 0,
             width=size_value(node.get("width"), "width"),
             height=size_value(node.get("height"), "height"),
             sizes=sizes,
             max_width=max_width,
             max_height=limits["maxHeight"] or max_width,  # maxHeight defaults to maxWidth
             max_area=limits["maxArea"],
+            level_declared=level is not None,
         )
     return None
 
@@ -159,18 +175,30 @@ def _full_url(service: ImageService) -> str:
     return f"{service.id}/full/{'max' if service.version == 3 else 'full'}/0/default.jpg"
 
 
-def _size_url(service: ImageService, width: int, height: int) -> str:
-    # Canonical size forms: `w,` in 2.x, `w,h` in 3.0 (what level-0 servers store).
-    size = f"{width},{height}" if service.version == 3 else f"{width},"
+def _size_url(service: ImageService, width: int, height: int, by_width: bool = False) -> str:
+    # Canonical size forms: `w,` in 2.x, `w,h` in 3.0 (what level-0 servers store). `by_width`:
+    # `w,` in both, for sizes worked out from the manifest, whose aspect ratio may be a pixel off
+    # the image's (the server derives the height; sizeByW is level 1 in both versions).
+    size = f"{width},{height}" if service.version == 3 and not by_width else f"{width},"
     return f"{service.id}/full/{size}/0/default.jpg"
+
+
+def confined_request(service: ImageService, max_side: int, method: str) -> ImageRequest:
+    """`!max_side,max_side` (level 2): the best fit without knowing the image's size."""
+    url = f"{service.id}/full/!{max_side},{max_side}/0/default.jpg"
+    return ImageRequest(url, None, None, None, None, "confined", method)
 
 
 def choose_request(
     service: ImageService,
     max_side: int,
     min_side: int,
+    method: str = "info.json",
 ) -> ImageRequest:
-    """The request for the smallest image that still gives the detector `max_side` pixels."""
+    """The request for the smallest image that still gives the detector `max_side` pixels.
+
+    `method` says where the description comes from; a "computed" one (the manifest's) asks
+    scaled sizes as `w,` (see _size_url)."""
     width, height = service.width, service.height
     if not width or not height:
         return ImageRequest(
@@ -180,10 +208,11 @@ def choose_request(
             None,
             None,
             "full",
+            method,
             ["service does not give the image size: full image requested"],
         )
     longest = max(width, height)
-    full = ImageRequest(_full_url(service), width, height, width, height, "full")
+    full = ImageRequest(_full_url(service), width, height, width, height, "full", method)
     if service.level >= 1:
         scale = min(1.0, max_side / longest)
         if service.max_width:
@@ -202,7 +231,8 @@ def choose_request(
         )
         if over:  # rounding up broke a server limit: round down instead
             w, h = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
-        return ImageRequest(_size_url(service, w, h), w, h, width, height, "scaled")
+        url = _size_url(service, w, h, by_width=method == "computed")
+        return ImageRequest(url, w, h, width, height, "scaled", method)
     if longest <= max_side:
         return full
     listed = sorted((s for s in service.sizes if s[0] <= width and s[1] <= height), key=max)
@@ -211,4 +241,4 @@ def choose_request(
     if not usable or usable[0] == (width, height):
         return full
     w, h = usable[0]
-    return ImageRequest(_size_url(service, w, h), w, h, width, height, "listed_size")
+    return ImageRequest(_size_url(service, w, h), w, h, width, height, "listed_size", method)

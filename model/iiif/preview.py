@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from model.iiif.image_api import ImageService
 from model.iiif.loader import Limits, ManifestError, json_getter, load, parse_json
 from model.iiif.negotiate import ServiceInfo, plan_request
 from model.settings import Settings
@@ -53,13 +54,13 @@ def preview(source: str, settings: Settings, max_side: int, min_side: int) -> di
             )
         except ValueError as exc:
             return {**entry, "error": str(exc)}
-        described, _ = services.describe(service) if service else (None, None)
-        if described is not None:
-            entry["service"]["level"] = described.level
+        if service is not None:
+            entry["service"]["level"] = _level(service, services, request.method)
         return {
             **entry,
             "request_url": request.url,
             "method": request.method,
+            "choice": request.choice,
             "expected_size": [request.width, request.height],
             "full_size": [request.full_width, request.full_height],
             "notes": request.notes,
@@ -76,3 +77,14 @@ def preview(source: str, settings: Settings, max_side: int, min_side: int) -> di
         ],
         "problems": loaded.problems,
     }
+
+
+def _level(service: ImageService, services: ServiceInfo, method: str) -> int | None:
+    """The level the request was planned with: declared by the manifest, or read from info.json
+    (already read while planning: no second fetch); None when neither says."""
+    if method in ("computed", "sizes"):
+        return service.level if service.level_declared else None
+    described, problem = services.describe(service)
+    if problem is None and described.level_declared:
+        return described.level
+    return service.level if service.level_declared else None

@@ -21,9 +21,9 @@ from model.jobs.spec import JobSpec
 from model.settings import JobLimits
 
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
-# How the detect job asked an image service for the page (ImageRequest.method); "image" means
-# the image resource itself, with no service to ask for a region.
-SERVICE_METHODS = {"scaled", "listed_size", "full"}
+# How the detect job planned a page's request (item.request.method): every way but "image" (the
+# image resource itself) asked an image service, which can then be asked for a region.
+NO_SERVICE = "image"
 FINISHED = {"SUCCEEDED", "TIMED_OUT", "CANCELLED"}
 
 
@@ -61,7 +61,7 @@ def _service_base(item: dict[str, Any]) -> str | None:
     """The image service a page was asked from: its request minus region/size/rotation/quality."""
     request = item.get("request") or {}
     url = item.get("image_url")
-    if request.get("method") not in SERVICE_METHODS or not url:
+    if request.get("method") in (None, NO_SERVICE) or not url:
         return None
     parts = url.split("?")[0].rstrip("/").split("/")
     return "/".join(parts[:-4]) if len(parts) > 6 else None

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from model.iiif.info_cache import InfoCache
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs import JobFailed
@@ -63,7 +64,10 @@ def run_detect(ctx: Any) -> None:
     analysis = {"confidence": params.confidence, "iou": params.iou, "max_side": max_side}
     loader = PageLoader(
         fetcher=fetcher,
-        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
+        services=ServiceInfo(
+            json_getter(fetcher, settings.iiif.max_json_bytes),
+            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
+        ),
         cache=DetectionCache(resources.redis, settings.cache.ttl_s, settings.cache.max_entries),
         params_key=params_digest(getattr(info, "sha256", name), analysis),
         max_side=max_side,

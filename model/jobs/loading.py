@@ -10,19 +10,25 @@ import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from model.iiif.image_api import ImageRequest
 from model.iiif.negotiate import ServiceInfo, plan_request
+from model.iiif.presentation import Canvas
 from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
 from model.pipeline.memory import process_budget
 from model.pipeline.prefetch import Prefetcher
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
+
+# Answers to a computed request that mean "not like that" (bad request, forbidden, not
+# implemented): the service's info.json says what it can do. A 404 means the image is missing.
+REPLAN_STATUSES = {400, 403, 501}
 
 
 @dataclass
@@ -69,29 +75,7 @@ class PageLoader:
         unit, item = prepared.unit, prepared.item
         started = time.perf_counter()
         if unit.canvas is not None:
-            canvas = unit.canvas.canvas
-            assert canvas.image is not None
-            request = plan_request(
-                canvas.image,
-                self.services,
-                self.max_side,
-                self.min_side,
-                (canvas.width, canvas.height),
-            )
-            item.update(
-                source=request.url,
-                image_url=request.url,
-                request={
-                    "method": request.method,
-                    "expected_width": request.width,
-                    "expected_height": request.height,
-                    "full_width": request.full_width,
-                    "full_height": request.full_height,
-                },
-            )
-            if request.notes:
-                item["notes"] = request.notes
-            data = self.fetcher.get(request.url).content
+            data = self._fetch_canvas(unit.canvas.canvas, item)
         elif unit.url is not None:
             data = self.fetcher.get(unit.url).content
         else:
@@ -117,6 +101,46 @@ class PageLoader:
         )
         del data
         prepared.timings["decode_s"] = time.perf_counter() - started
+
+    def _fetch_canvas(self, canvas: Canvas, item: dict[str, Any]) -> bytes:
+        """The canvas's image; a computed request the server refuses is planned again from the
+        service's info.json, once (the manifest declared more than the server does)."""
+        request = self._plan(canvas, read_info=False)
+        try:
+            return self._fetch(request, item)
+        except FetchError as exc:
+            if request.method != "computed" or exc.status not in REPLAN_STATUSES:
+                raise
+            refused = exc
+        again = self._plan(canvas, read_info=True)
+        if again.url == request.url:
+            raise refused  # info.json says the same: asking again would be refused again
+        note = f"computed request refused ({refused.message}): planned again"
+        return self._fetch(replace(again, notes=[note, *again.notes]), item)
+
+    def _plan(self, canvas: Canvas, read_info: bool) -> ImageRequest:
+        assert canvas.image is not None
+        size = (canvas.width, canvas.height)
+        return plan_request(
+            canvas.image, self.services, self.max_side, self.min_side, size, read_info
+        )
+
+    def _fetch(self, request: ImageRequest, item: dict[str, Any]) -> bytes:
+        item.update(
+            source=request.url,
+            image_url=request.url,
+            request={
+                "method": request.method,
+                "choice": request.choice,
+                "expected_width": request.width,
+                "expected_height": request.height,
+                "full_width": request.full_width,
+                "full_height": request.full_height,
+            },
+        )
+        if request.notes:
+            item["notes"] = request.notes
+        return self.fetcher.get(request.url).content
 
 
 def base_item(unit: WorkUnit) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import cv2
 
+from model.iiif.info_cache import InfoCache
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
@@ -165,7 +166,10 @@ def run_similarity(ctx: Any, params: Any) -> None:
     )
     loader = PageLoader(
         fetcher=fetcher,
-        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
+        services=ServiceInfo(
+            json_getter(fetcher, settings.iiif.max_json_bytes),
+            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
+        ),
         cache=cache,
         params_key=params_digest(model_key, shaping),
         max_side=params.max_side,

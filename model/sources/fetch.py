@@ -57,10 +57,11 @@ NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix: the last 32 
 
 
 class FetchError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.status = status  # the HTTP status of an `http_error` (callers act on 400 vs 404)
 
 
 @dataclass
@@ -448,7 +449,8 @@ class SafeFetcher:
                         _retry_after(resp.headers.get("Retry-After")),
                     )
                 if resp.status_code >= 400:
-                    raise FetchError("http_error", f"HTTP {resp.status_code} from {resp.url}")
+                    message = f"HTTP {resp.status_code} from {resp.url}"
+                    raise FetchError("http_error", message, resp.status_code)
                 return FetchResult(
                     resp.url,
                     self._read_capped(resp, max_bytes),

@@ -190,7 +190,7 @@ def test_a_queued_task_cannot_succeed(store) -> None:
 # --- crops: the job added through the registry --------------------------------------------------
 
 
-def _detected_item(method: str = "scaled") -> dict:
+def _detected_item(method: str = "computed") -> dict:
     return {
         "index": 3,
         "source": "https://iiif.example.org/c3",

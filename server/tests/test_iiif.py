@@ -370,8 +370,11 @@ def test_level1_service_gets_exactly_the_size_asked(
     )
     assert body["state"] == "SUCCEEDED", body
     v3_item, v2_item = body["result"]["items"]
-    # 832 px on the long side (the demo model's 416 x 2), the width the aspect ratio gives.
-    assert v3_item["image_url"] == f"{level1_server}/3.0_pil/page/full/624,832/0/default.jpg"
+    # 832 px on the long side (the demo model's 416 x 2), the width the aspect ratio gives. The
+    # v3 service declares level 1 and the canvas its size: computed as `w,` without info.json.
+    assert v3_item["image_url"] == f"{level1_server}/3.0_pil/page/full/624,/0/default.jpg"
+    assert v3_item["request"]["method"] == "computed"
+    assert v2_item["request"]["method"] == "info.json"
     assert v2_item["image_url"] == f"{level1_server}/2.1_pil/page/full/624,/0/default.jpg"
     assert (v3_item["width"], v3_item["height"]) == (624, 832)
     assert (v2_item["width"], v2_item["height"]) == (624, 832)
