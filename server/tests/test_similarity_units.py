@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from model.inference.registry import discover
 from model.jobs import JobCancelled
-from model.jobs.similarity import Input, Params
+from model.jobs.similarity import SimilarityInput as Input
+from model.jobs.similarity import SimilarityParams as Params
 from model.settings import Settings
 from model.similarity import compare
 from model.similarity.embedders import gem, pool, preprocess
