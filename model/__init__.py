@@ -1,19 +1,21 @@
 """Scriptorium: a task service for vision jobs on digitized documents.
 
 `create_app()` builds the HTTP side (Flask + flask-openapi3). It never imports torch: models live
-in the Celery worker (`model.worker`).
+in the Celery worker (`model.worker`). Importing this package imports nothing beyond the standard
+library (Flask and the rest load in create_app), so that `model.client` runs on a host that has
+only requests and rich.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
-from flask import Response, g, request
-from flask_openapi3 import Info, OpenAPI
-from redis import Redis
+if TYPE_CHECKING:
+    from flask_openapi3 import OpenAPI
 
-from model.settings import Settings, get_settings
+    from model.settings import Settings
 
 __version__ = "0.1.0"
 
@@ -24,13 +26,17 @@ class _RequestIdFilter(logging.Filter):
     """Adds the request id to every log record emitted while serving a request."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from flask import has_request_context
+        from flask import g, has_request_context
 
         record.request_id = g.get("request_id", "-") if has_request_context() else "-"
         return True
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
+    from flask import Response, g, request
+    from flask_openapi3 import Info, OpenAPI
+    from redis import Redis
+
     from model.api import errors, listing, meta, results, tasks
     from model.api.auth import SECURITY_SCHEMES
     from model.api.limits import init_limits
@@ -38,6 +44,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api.services import Services
     from model.celery_app import make_celery
     from model.keys import KeyStore
+    from model.settings import get_settings
     from model.store import TaskStore
 
     settings = settings or get_settings()
