@@ -1,4 +1,6 @@
-"""`python -m model ...`: set up the data dir, manage API keys, run and operate the stack."""
+"""`python -m model ...`: set up the data dir, manage API keys, run and operate the stack;
+`python -m model client ...` is the API's command-line client (model/client/), handed over before
+anything of the service is imported so that it runs with only requests and rich installed."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from model import frontdoor
-from model.keys import KeyStore, KeyStoreError
-from model.settings import PROJECT_ROOT, Settings, get_settings
+if TYPE_CHECKING:
+    from model.settings import Settings
 
 DEV_KEY_PREFIX = "dev-"
 
@@ -26,6 +28,8 @@ def _write_secret(path: Path, content: str) -> None:
 
 def init_data_dir(settings: Settings) -> None:
     """Create the data dir layout and generate missing secrets (idempotent)."""
+    from model import frontdoor
+
     data = settings.data_path
     for sub in ("secrets", "redis", "logs", "uploads", "run", "models"):
         (data / sub).mkdir(parents=True, exist_ok=True)
@@ -43,6 +47,8 @@ def init_data_dir(settings: Settings) -> None:
 
 def dev_key(settings: Settings) -> str:
     """The local development key: created on first use, kept in secrets/ (mode 0600)."""
+    from model.keys import KeyStore
+
     path = settings.secrets_dir / "dev_api_key"
     store = KeyStore(settings.keys_db)
     if path.exists():
@@ -58,11 +64,15 @@ def home() -> Path:
     """The code supervisord's programs run. A deployment sets SC_HOME=<prefix>/current (and
     SC_VENV=<prefix>/current/.venv), so a restarted program runs the release `current` points to
     at that moment; by default it is this checkout."""
+    from model.settings import PROJECT_ROOT
+
     return Path(os.environ.get("SC_HOME", PROJECT_ROOT))
 
 
 def supervisor_env(settings: Settings) -> dict[str, str]:
     """Values supervisord.conf refers to as %(ENV_SC_*)s."""
+    from model import frontdoor
+
     return {
         "SC_HOME": str(home()),
         "SC_VENV": os.environ.get("SC_VENV", sys.prefix),
@@ -86,6 +96,8 @@ def _exec(argv: list[str], settings: Settings) -> None:
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
+    from model import frontdoor
+
     init_data_dir(settings)
     # A release interrupted half-way may have left nginx pointed at gunicorn-next, which
     # supervisord does not start: point it back at `gunicorn`.
@@ -116,12 +128,16 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_spiped_key(args: argparse.Namespace, settings: Settings) -> None:
+    from model import frontdoor
+
     if frontdoor.ensure_spiped_key(settings, rotate=args.rotate):
         print(f"new spiped key: {settings.spiped_key}", file=sys.stderr)
     print(settings.spiped_key)
 
 
 def cmd_upstream(args: argparse.Namespace, settings: Settings) -> None:
+    from model import frontdoor
+
     frontdoor.point_upstream(settings, f"{args.program}.sock")
     print(f"nginx now sends new requests to {args.program}")
 
@@ -138,6 +154,8 @@ def cmd_smoke(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from model.keys import KeyStore, KeyStoreError
+
     settings.data_path.mkdir(parents=True, exist_ok=True)
     store = KeyStore(settings.keys_db)
     try:
@@ -229,9 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("source", help="manifest or collection: http(s) URL or JSON file")
     manifest.add_argument("--max-side", type=int, help="longest side analysed (px)")
     manifest.set_defaults(func=cmd_manifest)
+    # Listed for --help only: main() hands `client ...` over before parsing.
+    sub.add_parser(
+        "client",
+        help="command-line client of the API: submit, status, wait, result, cancel, list",
+        add_help=False,
+    ).add_argument("client_args", nargs=argparse.REMAINDER)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["client"]:
+        from model.client import main as client_main
+
+        sys.exit(client_main(argv[1:]))
+    from model.settings import get_settings
+
     args = build_parser().parse_args(argv)
     args.func(args, get_settings())
