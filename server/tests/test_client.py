@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from server.tests.stack import PROJECT_ROOT, Api, Stack, free_port
 
 from server.tests.conftest import ImageServer, jpeg_bytes
+from testkit.stack import PROJECT_ROOT, Api, Stack, free_port
 
 LONG_TASK_IMAGES = 500  # the most a detect task may have
 SLOW_PAGE_S = 0.25  # each served this late: at most 4 at once per host, so 500 take 30 s or more
