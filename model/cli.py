@@ -31,7 +31,7 @@ def init_data_dir(settings: Settings) -> None:
     from model import frontdoor
 
     data = settings.data_path
-    for sub in ("secrets", "redis", "logs", "uploads", "run", "models"):
+    for sub in ("secrets", "redis", "logs", "run", "models"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(settings.secrets_dir, 0o700)
     password_file = settings.secrets_dir / "redis_password"

@@ -8,13 +8,12 @@ tasks through `end_task`; the store makes sure only the first of them counts.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from model import uploads
 from model.store import State, TaskStore
+from model.uploads import UploadStore
 
 
 def timeout_error(timeout_s: float) -> tuple[str, str]:
@@ -28,7 +27,7 @@ def internal_error(task_id: str) -> tuple[str, str]:
 
 def end_task(
     store: TaskStore,
-    uploads_root: Path,
+    uploads: UploadStore,
     task_id: str,
     state: State,
     error: tuple[str, str] | None = None,
@@ -38,11 +37,11 @@ def end_task(
     """End an active task once (False: it had already ended) and delete its uploads."""
     ended = store.finish(task_id, state, error, only_from, **extra)
     if ended:
-        uploads.discard(uploads_root, task_id)
+        uploads.discard(task_id, store.spec_of(task_id))
     return ended
 
 
-def cancel_task(store: TaskStore, uploads_root: Path, task_id: str) -> State | None:
+def cancel_task(store: TaskStore, uploads: UploadStore, task_id: str) -> State | None:
     """A queued task ends at once (it never starts); a running one gets the flag its job checks
     (the reaper kills it if it ignores the flag). Returns the state the task was in, None if it
     had already ended or does not exist."""
@@ -52,7 +51,7 @@ def cancel_task(store: TaskStore, uploads_root: Path, task_id: str) -> State | N
     now = time.time()
     if record.state == State.QUEUED and end_task(
         store,
-        uploads_root,
+        uploads,
         task_id,
         State.CANCELLED,
         only_from=[State.QUEUED],
@@ -64,7 +63,7 @@ def cancel_task(store: TaskStore, uploads_root: Path, task_id: str) -> State | N
 
 
 def end_after_failure(
-    store: TaskStore, uploads_root: Path, task_id: str, exception: BaseException | None
+    store: TaskStore, uploads: UploadStore, task_id: str, exception: BaseException | None
 ) -> State | None:
     """A task whose Celery message ended in an exception (time limits, or anything that escaped
     the runner): end its record, else it would stay QUEUED or RUNNING with no message left. A
@@ -79,4 +78,4 @@ def end_after_failure(
         state, error = State.TIMED_OUT, timeout_error(record.timeout_s)
     else:
         state, error = State.FAILED, internal_error(task_id)
-    return state if end_task(store, uploads_root, task_id, state, error) else None
+    return state if end_task(store, uploads, task_id, state, error) else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -67,23 +66,25 @@ def run_task(
     task_id: str,
     store: TaskStore,
     resources: WorkerResources,
-    uploads_root: Path,
     jobs: dict[str, JobSpec] | None = None,
 ) -> State | None:
     """Run a task to a terminal state; returns the state it ended in (None: nothing to do)."""
+    uploads = resources.uploads
     record = store.get(task_id)
     if record is None or record.state.terminal:
         return None  # cancelled while queued, or expired: never starts
     if record.cancel_requested_at is not None:
-        end_task(store, uploads_root, task_id, State.CANCELLED)
+        end_task(store, uploads, task_id, State.CANCELLED)
         return State.CANCELLED
     if not store.mark_running(task_id, os.getpid()):
         return None
     state, error = State.SUCCEEDED, None
     try:
         job = (jobs if jobs is not None else _registry())[record.type]
-        ctx = JobContext(record, store, resources, TaskSpec.model_validate(record.spec))
-        job.run(ctx)
+        spec = TaskSpec.model_validate(record.spec)
+        # However long it waited, its uploads now live as long as its run may last.
+        uploads.refresh(spec, resources.settings.upload_ttl_s(record.timeout_s))
+        job.run(JobContext(record, store, resources, spec))
     except JobCancelled:
         state = State.CANCELLED
     except SoftTimeLimitExceeded:
@@ -93,7 +94,7 @@ def run_task(
     except Exception:
         log.exception("task %s failed", task_id)
         state, error = State.FAILED, internal_error(task_id)
-    end_task(store, uploads_root, task_id, state, error)
+    end_task(store, uploads, task_id, state, error)
     return state
 
 

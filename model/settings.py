@@ -55,6 +55,17 @@ class ResultSettings(BaseModel):
     purge_interval_s: float = 300
 
 
+class UploadSettings(BaseModel):
+    """Uploaded files wait in Redis (any worker host reads them there) until their task ends."""
+
+    # Bytes of uploaded files one task may keep (all its images and manifests); 0: as many as
+    # http.max_body_bytes lets through.
+    max_total_bytes: int = 0
+    # How long a task's uploads may wait for a worker, beyond its hard time limit: the TTL of
+    # their Redis keys, set again when a worker starts the task.
+    queue_wait_s: int = 21600
+
+
 class JobLimits(BaseModel):
     timeout_default_s: int = 600
     timeout_max_s: int = 3600
@@ -171,6 +182,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
     results: ResultSettings = ResultSettings()
+    uploads: UploadSettings = UploadSettings()
     # Overrides of job types' own limits (each JobSpec has its defaults).
     jobs: dict[str, JobLimits] = Field(default_factory=dict)
     cancel: CancelSettings = CancelSettings()
@@ -208,6 +220,8 @@ class Settings(BaseSettings):
 
     @property
     def uploads_dir(self) -> Path:
+        """Where releases before uploads moved to Redis kept them (read for tasks queued across
+        the upgrade, purged of orphans)."""
         return self.data_path / "uploads"
 
     @property
@@ -253,6 +267,14 @@ class Settings(BaseSettings):
     def hard_limit_s(self, timeout_s: float) -> float:
         """The soft limit (timeout_s) lets a job stop cleanly; this hard limit is the fallback."""
         return timeout_s + self.cancel.grace_s
+
+    def upload_cap_bytes(self) -> int:
+        """Bytes of uploads one task may keep in Redis."""
+        return self.uploads.max_total_bytes or self.http.max_body_bytes
+
+    def upload_ttl_s(self, timeout_s: float) -> int:
+        """Lifetime of a task's uploads in Redis: its run plus the wait allowed before it."""
+        return int(self.hard_limit_s(timeout_s)) + self.uploads.queue_wait_s
 
     def longest_hard_limit_s(self) -> float:
         """Of every job type, configured or not (the broker's visibility timeout outlasts it)."""

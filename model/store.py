@@ -315,6 +315,11 @@ class TaskStore:
         items = [json.loads(raw) for raw in raw_items] if with_items else None
         return TaskRecord.from_hash(data), items
 
+    def spec_of(self, task_id: str) -> dict[str, Any] | None:
+        """The job spec alone (what a task's end needs to find its uploads)."""
+        raw = self.redis.hget(task_key(task_id), "spec")
+        return json.loads(raw) if raw else None
+
     def expired_owner(self, task_id: str) -> str | None:
         """Owner of a task whose record has expired, if its tombstone is still kept."""
         return self.redis.get(tomb_key(task_id))

@@ -1,27 +1,134 @@
-"""Uploaded files of a task, kept under <data_dir>/uploads/<task_id>/ until the task ends."""
+"""Uploaded files of a task, kept in Redis until the task ends, so that a worker on any host can
+read them (the API host's disk is not shared with worker hosts).
+
+One key per file, `sc:upload:<task id>:<index>`, holding the bytes as sent. Redis is the one
+thing every host reaches, but memory is dear there, so:
+- a task may keep at most `uploads.max_total_bytes` of them (the API answers 413 beyond);
+- each key has a TTL bounded by the task's lifetime (`Settings.upload_ttl_s`: the hard time
+  limit plus `uploads.queue_wait_s` of waiting), set at submit and set again when a worker
+  starts the task, so a file outlives its task by a bounded time whatever happens to it;
+- model/ending.py deletes them as soon as the task ends, and housekeeping purges orphans.
+
+The task store's client decodes replies as text; files need a binary-safe client of their own
+(`decode_responses=False`).
+
+Releases before this one kept uploads under <data_dir>/uploads/<task id>/ on the API host: a task
+queued across the upgrade still reads its files there (its inputs carry a `path`), and that
+folder is deleted with the task, or purged, as before.
+"""
 
 from __future__ import annotations
 
 import shutil
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from redis import Redis
+
+from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
+from model.store import PREFIX
+
+UPLOAD_PREFIX = f"{PREFIX}:upload:"
 
 
-def task_dir(uploads_root: Path, task_id: str) -> Path:
-    return uploads_root / task_id
+class UploadMissing(Exception):
+    """An upload is gone: its TTL ran out (the task waited longer than allowed) or it was never
+    stored. The item fails with this code; the task goes on."""
+
+    code = "upload_missing"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
-def path_for(uploads_root: Path, task_id: str, index: int, suffix: str) -> Path:
-    """Where a task's upload number `index` is kept."""
-    return task_dir(uploads_root, task_id) / f"{index:05d}{suffix}"
+def key_for(task_id: str, index: int) -> str:
+    return f"{UPLOAD_PREFIX}{task_id}:{index:05d}"
 
 
-def save(uploads_root: Path, task_id: str, index: int, suffix: str, data: bytes) -> Path:
-    path = path_for(uploads_root, task_id, index, suffix)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
+def _entries(spec: TaskSpec) -> list[ImageUpload | ManifestUpload]:
+    return spec.of_kind(ImageUpload, ManifestUpload)
 
 
-def discard(uploads_root: Path, task_id: str) -> None:
-    """Uploads are inputs only: once the task has ended they are deleted to bound disk use."""
-    shutil.rmtree(task_dir(uploads_root, task_id), ignore_errors=True)
+class UploadStore:
+    def __init__(self, redis: Redis, legacy_root: Path) -> None:
+        # Binary-safe: bytes in, bytes out (the task store's client decodes replies as text).
+        self.redis = redis
+        self.legacy_root = legacy_root
+
+    @classmethod
+    def from_settings(cls, settings: Any, **redis_options: Any) -> UploadStore:
+        client = Redis.from_url(settings.redis_url(), decode_responses=False, **redis_options)
+        return cls(client, settings.uploads_dir)
+
+    # --- the API side ------------------------------------------------------------------------
+    def save(self, task_id: str, files: list[bytes], ttl_s: int) -> None:
+        """Store a task's files under key_for(task_id, 0..n-1), before the task is queued."""
+        if not files:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for index, data in enumerate(files):
+                pipe.set(key_for(task_id, index), data, ex=ttl_s)
+            pipe.execute()
+
+    # --- the worker side ---------------------------------------------------------------------
+    def read(self, entry: ImageUpload | ManifestUpload) -> bytes:
+        if entry.key is not None:
+            data = self.redis.get(entry.key)
+            if data is None:
+                raise UploadMissing(f"upload {entry.filename!r} is no longer stored")
+            return data
+        try:  # stored by a release that kept uploads on the API host's disk
+            return Path(entry.path or "").read_bytes()
+        except OSError as exc:
+            raise UploadMissing(f"upload {entry.filename!r} is not readable here") from exc
+
+    def refresh(self, spec: TaskSpec, ttl_s: int) -> None:
+        """A worker starts the task: its files live for its whole run, whatever it waited."""
+        keys = [entry.key for entry in _entries(spec) if entry.key is not None]
+        if not keys:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.expire(key, ttl_s)
+            pipe.execute()
+
+    # --- the end of a task, and orphans ------------------------------------------------------
+    def discard(self, task_id: str, spec: dict[str, Any] | None) -> None:
+        """Uploads are inputs only: once the task has ended they are deleted."""
+        try:
+            entries = _entries(TaskSpec.model_validate(spec or {}))
+        except ValidationError:
+            entries = []
+        keys = [entry.key for entry in entries if entry.key is not None]
+        if keys:
+            self.redis.delete(*keys)
+        if any(entry.path is not None for entry in entries):
+            shutil.rmtree(self.legacy_root / task_id, ignore_errors=True)
+
+    def stored(self) -> dict[str, list[bytes]]:
+        """Every upload key in Redis, by task id (housekeeping looks for orphans among them)."""
+        found: dict[str, list[bytes]] = defaultdict(list)
+        for key in self.redis.scan_iter(match=f"{UPLOAD_PREFIX}*".encode(), count=1000):
+            task_id = key[len(UPLOAD_PREFIX) :].decode().rpartition(":")[0]
+            found[task_id].append(key)
+        return found
+
+    def idle_s(self, keys: list[bytes]) -> float:
+        """Seconds since any of these keys was last written or read (a key whose task record
+        is missing but was stored a moment ago belongs to a submit in progress)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.object("idletime", key)
+            idle = [value for value in pipe.execute() if value is not None]
+        return float(min(idle)) if idle else float("inf")
+
+    def delete(self, keys: list[bytes]) -> None:
+        if keys:
+            self.redis.delete(*keys)
+
+    def legacy_folders(self) -> list[Path]:
+        root = self.legacy_root
+        return [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []

@@ -36,6 +36,7 @@ from model.runner import run_task
 from model.settings import get_settings
 from model.sources.fetch import SafeFetcher
 from model.store import WORKERS_PREFIX, State, TaskStore
+from model.uploads import UploadStore
 
 log = logging.getLogger("scriptorium.worker")
 settings = get_settings()
@@ -54,6 +55,10 @@ def _redis() -> Redis:
 
 def _store(redis: Redis) -> TaskStore:
     return TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s)
+
+
+def _uploads() -> UploadStore:
+    return UploadStore.from_settings(settings)
 
 
 def _heartbeat_key() -> str:
@@ -112,6 +117,7 @@ def load_models(**_: Any) -> None:
         redis=redis,
         store=_store(redis),
         fetcher=SafeFetcher.from_settings(settings.fetch),
+        uploads=_uploads(),
         detectors=detectors,
         embedders=embedders,
         default_model=settings.models.default,
@@ -147,7 +153,7 @@ def clear_heartbeat(**_: Any) -> None:
 @celery.task(name=RUN_JOB, ignore_result=True)
 def run_job(task_id: str) -> None:
     assert _resources is not None, "worker_process_init loads the resources first"
-    run_task(task_id, _resources.store, _resources, settings.uploads_dir)
+    run_task(task_id, _resources.store, _resources)
 
 
 @celery.task(name=PING)
@@ -162,21 +168,21 @@ def start_reaper(**_: Any) -> None:
 
 
 def _reap_forever() -> None:
-    store = _store(_redis())
+    store, uploads = _store(_redis()), _uploads()
     next_housekeeping = 0.0
     while True:
         try:
             now = time.time()
-            reap_once(store, now)
+            reap_once(store, uploads, now)
             if now >= next_housekeeping:
-                housekeeping(store, settings.uploads_dir)
+                housekeeping(store, uploads)
                 next_housekeeping = now + settings.results.purge_interval_s
         except Exception:  # keep reaping whatever one pass hit
             log.exception("reaper pass failed")
         time.sleep(REAPER_PERIOD_S)
 
 
-def reap_once(store: TaskStore, now: float) -> None:
+def reap_once(store: TaskStore, uploads: UploadStore, now: float) -> None:
     """Enforce cancels that a job did not honour within the grace period."""
     for task_id in store.running_ids():
         record = store.get(task_id)
@@ -187,7 +193,7 @@ def reap_once(store: TaskStore, now: float) -> None:
         if cancel_at and now - cancel_at > settings.cancel.grace_s:
             log.warning("task %s ignored its cancel flag: killing its process", task_id)
             celery.control.revoke(task_id, terminate=True, signal="SIGKILL")
-            end_task(store, settings.uploads_dir, task_id, State.CANCELLED)
+            end_task(store, uploads, task_id, State.CANCELLED)
 
 
 @task_failure.connect
@@ -196,8 +202,9 @@ def end_failed_task(task_id: str | None = None, exception: Any = None, **_: Any)
     process), a soft limit that fired before the runner's own handlers, any other error."""
     if not task_id:
         return
-    redis = _redis()
+    redis, uploads = _redis(), _uploads()
     try:
-        end_after_failure(_store(redis), settings.uploads_dir, task_id, exception)
+        end_after_failure(_store(redis), uploads, task_id, exception)
     finally:
         redis.close()
+        uploads.redis.close()

@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.celery_app import make_celery
     from model.keys import KeyStore
     from model.store import TaskStore
+    from model.uploads import UploadStore
 
     settings = settings or get_settings()
     app = OpenAPI(
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         settings=settings,
         redis=redis,
         store=TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s),
+        uploads=UploadStore.from_settings(settings, socket_timeout=30, socket_connect_timeout=2),
         keys=KeyStore(settings.keys_db),
         celery=make_celery(settings),
     )

@@ -11,6 +11,7 @@ from redis import Redis
 from model.keys import KeyStore
 from model.settings import Settings
 from model.store import TaskStore
+from model.uploads import UploadStore
 
 
 @dataclass
@@ -18,6 +19,7 @@ class Services:
     settings: Settings
     redis: Redis
     store: TaskStore
+    uploads: UploadStore  # binary-safe: uploaded files, read by workers on any host
     keys: KeyStore
     celery: Celery
 

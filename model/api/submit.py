@@ -59,7 +59,7 @@ class Submission:
 
     job: JobSpec
     request: Any  # the job's request model
-    images: list[tuple[str, str, bytes]] = field(default_factory=list)  # (name, suffix, bytes)
+    images: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes)
     manifests: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes)
 
 
@@ -130,8 +130,8 @@ def _validated(data: dict[str, Any]) -> tuple[JobSpec, BaseModel]:
         raise ApiError(422, "invalid_request", message, details=details) from exc
 
 
-def _image_uploads() -> list[tuple[str, str, bytes]]:
-    """(filename, suffix, bytes) of each uploaded image, refusing anything that is not one."""
+def _image_uploads() -> list[tuple[str, bytes]]:
+    """(filename, bytes) of each uploaded image, refusing anything that is not one."""
     read = []
     for upload in request.files.getlist("images"):
         if not (upload.filename or upload.content_length):
@@ -142,7 +142,7 @@ def _image_uploads() -> list[tuple[str, str, bytes]]:
             raise ApiError(
                 415, "unsupported_media_type", f"upload {upload.filename!r} is not a readable image"
             )
-        read.append((upload.filename or "", "." + fmt.lower(), data))
+        read.append((upload.filename or "", data))
     return read
 
 
@@ -206,25 +206,29 @@ def _timeout(svc: Services, submission: Submission) -> float:
     return timeout
 
 
-def _upload_inputs(svc: Services, task_id: str, submission: Submission) -> list[TaskInput]:
+def _upload_files(submission: Submission) -> list[bytes]:
+    """The uploaded files in the order of their inputs: images, then manifests."""
+    return [data for _, data in submission.images] + [data for _, data in submission.manifests]
+
+
+def _check_upload_size(svc: Services, submission: Submission) -> None:
+    cap = svc.settings.upload_cap_bytes()
+    if sum(len(data) for data in _upload_files(submission)) > cap:
+        raise ApiError(413, "uploads_too_large", f"a task's uploads may total {cap} bytes")
+
+
+def _upload_inputs(task_id: str, submission: Submission) -> list[TaskInput]:
     """Where the uploads will be stored (saved only once the task is sure to be queued)."""
-    root, entries = svc.settings.uploads_dir, []
-    for index, (name, suffix, _) in enumerate(submission.images):
-        entries.append(
-            ImageUpload(path=str(uploads.path_for(root, task_id, index, suffix)), filename=name)
-        )
-    for index, (name, _) in enumerate(submission.manifests, start=len(submission.images)):
-        path = uploads.path_for(root, task_id, index, ".json")
-        entries.append(ManifestUpload(path=str(path), filename=name))
+    entries: list[TaskInput] = [
+        ImageUpload(key=uploads.key_for(task_id, index), filename=name)
+        for index, (name, _) in enumerate(submission.images)
+    ]
+    start = len(submission.images)
+    entries += [
+        ManifestUpload(key=uploads.key_for(task_id, index), filename=name)
+        for index, (name, _) in enumerate(submission.manifests, start=start)
+    ]
     return entries
-
-
-def _save_uploads(svc: Services, task_id: str, submission: Submission) -> None:
-    root = svc.settings.uploads_dir
-    files = [(suffix, data) for _, suffix, data in submission.images]
-    files += [(".json", data) for _, data in submission.manifests]
-    for index, (suffix, data) in enumerate(files):
-        uploads.save(root, task_id, index, suffix, data)
 
 
 # --- the view -----------------------------------------------------------------------------------
@@ -241,8 +245,7 @@ def submit_task() -> Response:
     submission = read_submission()  # reads the whole body, even for a retry
     job, task_request = submission.job, submission.request
     fingerprint = request_fingerprint(
-        task_request.model_dump(mode="json"),
-        [*(data for *_, data in submission.images), *(data for _, data in submission.manifests)],
+        task_request.model_dump(mode="json"), _upload_files(submission)
     )
     earlier = earlier_submit(svc, fingerprint)
     if earlier is not None and (existing := svc.store.get(earlier)) is not None:
@@ -250,8 +253,9 @@ def submit_task() -> Response:
     for field_name, task in job.model_fields.items():
         _check_model(svc, getattr(task_request.params, field_name), task)
     timeout = _timeout(svc, submission)
+    _check_upload_size(svc, submission)
     task_id = uuid.uuid4().hex
-    inputs = [*job.task_inputs(task_request.input), *_upload_inputs(svc, task_id, submission)]
+    inputs = [*job.task_inputs(task_request.input), *_upload_inputs(task_id, submission)]
     try:
         job.check(task_request.input, inputs, svc.settings)
     except InputRejected as exc:
@@ -260,7 +264,7 @@ def submit_task() -> Response:
     concurrent = claim_idempotency(svc, task_id, fingerprint)
     if concurrent is not None:  # the same submit, racing: one task for both
         return created_response(concurrent, State.QUEUED)
-    _save_uploads(svc, task_id, submission)
+    svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)
     return _enqueue(svc, task_id, job, spec, timeout)
 
@@ -278,7 +282,7 @@ def _enqueue(svc: Services, task_id: str, job: JobSpec, spec: TaskSpec, timeout:
         )
     except Exception as exc:
         error = ("queue_unavailable", "could not enqueue")
-        end_task(svc.store, svc.settings.uploads_dir, task_id, State.FAILED, error)
+        end_task(svc.store, svc.uploads, task_id, State.FAILED, error)
         raise ApiError(
             503,
             "queue_unavailable",

@@ -116,6 +116,6 @@ def terminate_task(path: TaskPath) -> Response:
     record = _owned_record(svc, path.task_id)
     if record.state.terminal:
         return _status_response(_status_body(svc, record), 200)
-    cancel_task(svc.store, svc.settings.uploads_dir, record.id)
+    cancel_task(svc.store, svc.uploads, record.id)
     latest = svc.store.get(record.id) or record
     return _status_response(_status_body(svc, latest), 202)

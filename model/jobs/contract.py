@@ -24,10 +24,25 @@ class ImageUrl(_Input):
     url: str
 
 
-class ImageUpload(_Input):
-    kind: Literal["image_upload"] = "image_upload"
-    path: str  # under <data_dir>/uploads/<task id>/, deleted when the task ends
+class _Upload(_Input):
+    """A file sent with the task: `key` names it in Redis (model/uploads.py), where any worker
+    host reads it; it is deleted when the task ends. `path` is what releases before that stored:
+    a file under <data_dir>/uploads/<task id>/ on the API host (a task queued across the
+    upgrade still runs). Exactly one of the two."""
+
+    key: str | None = None
+    path: str | None = None
     filename: str = ""
+
+    @model_validator(mode="after")
+    def _one_place(self) -> _Upload:
+        if (self.key is None) == (self.path is None):
+            raise ValueError("an upload has either a key or a (legacy) path")
+        return self
+
+
+class ImageUpload(_Upload):
+    kind: Literal["image_upload"] = "image_upload"
 
 
 class ManifestUrl(_Input):
@@ -35,10 +50,8 @@ class ManifestUrl(_Input):
     url: str
 
 
-class ManifestUpload(_Input):
+class ManifestUpload(_Upload):
     kind: Literal["manifest_upload"] = "manifest_upload"
-    path: str
-    filename: str = ""
 
 
 class Document(_Input):
@@ -63,7 +76,7 @@ TaskInput = Annotated[
 
 # Inputs stored by releases before the typed contract: {"url"}, {"upload", "filename"},
 # {"manifest_url"}, {"manifest_upload", "filename"}, {"document", "manifest_url"}. A task queued
-# across an upgrade still runs.
+# across an upgrade still runs (uploads then were files on the API host: a `path`).
 _LEGACY_KINDS = (
     ("document", lambda e: {"kind": "document", "name": e["document"], "url": e["manifest_url"]}),
     ("url", lambda e: {"kind": "image_url", "url": e["url"]}),
@@ -126,6 +139,7 @@ class WorkerResources:
     redis: Any  # redis.Redis
     store: Any  # model.store.TaskStore
     fetcher: Any  # model.sources.fetch.SafeFetcher
+    uploads: Any = None  # model.uploads.UploadStore: the task's uploaded files
     detectors: dict[str, Any] = field(default_factory=dict)  # name -> YoloDetector
     embedders: Any = None  # model.similarity.embedders.Embedders
     default_model: str = ""

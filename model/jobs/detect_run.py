@@ -57,7 +57,7 @@ def run_detect(ctx: Any) -> None:
     # threads' fetches (connections closed, per-host slots freed) instead of letting them run on.
     scope = FetchScope()
     fetcher = resources.fetcher.scoped(scope)
-    plan = plan_units(ctx.spec, fetcher, settings)
+    plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
     ctx.set_total(len(plan.units))
     finished = ctx.finished_indices()
     pending = [unit for unit in plan.units if unit.index not in finished]
@@ -74,6 +74,7 @@ def run_detect(ctx: Any) -> None:
         min_side=min(max_side, detector.imgsz),
         max_pixels=settings.fetch.max_pixels,
         analyse_side=min(max_side, detector.imgsz),
+        uploads=resources.uploads,
     )
     stats = _Stats()
     started = time.perf_counter()

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -25,6 +24,7 @@ from model.pipeline.memory import process_budget
 from model.pipeline.prefetch import Prefetcher
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
+from model.uploads import UploadMissing
 
 # Answers to a computed request that mean "not like that" (bad request, forbidden, not
 # implemented): the service's info.json says what it can do. A 404 means the image is missing.
@@ -58,12 +58,13 @@ class PageLoader:
     # to max_side and letting the letterbox shrink again — the largest CPU cost per page after
     # inference on a 2-core worker (bench/README.md).
     analyse_side: int | None = None
+    uploads: Any = None  # model.uploads.UploadStore, for units that are uploads
 
     def __call__(self, unit: WorkUnit) -> Prepared:
         prepared = Prepared(unit, base_item(unit))
         try:
             self._load(prepared)
-        except (FetchError, ImageDecodeError) as exc:
+        except (FetchError, ImageDecodeError, UploadMissing) as exc:
             prepared.error = (exc.code, exc.message)
         return prepared
 
@@ -79,7 +80,8 @@ class PageLoader:
         elif unit.url is not None:
             data = self.fetcher.get(unit.url).content
         else:
-            data = Path(unit.upload or "").read_bytes()
+            assert unit.upload is not None
+            data = self.uploads.read(unit.upload)
         prepared.timings["fetch_s"] = time.perf_counter() - started
         if unit.upload is None:
             item["bytes"] = len(data)

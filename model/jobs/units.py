@@ -8,7 +8,6 @@ resumes after the items already stored (JobContext.finished_indices).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from model.iiif.loader import (
@@ -22,6 +21,7 @@ from model.iiif.loader import (
 )
 from model.jobs import JobFailed
 from model.jobs.contract import ImageUpload, ImageUrl, ManifestUpload, ManifestUrl, TaskSpec
+from model.uploads import UploadMissing
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class WorkUnit:
     index: int
     source: str  # what the item is reported as: URL, upload:<name>, or the canvas id
     url: str | None = None
-    upload: str | None = None
+    upload: ImageUpload | None = None  # read from the task's uploads (model/uploads.py)
     canvas: CanvasTask | None = None
 
 
@@ -40,26 +40,29 @@ class Plan:
     problems: list[dict[str, str]] = field(default_factory=list)
 
 
-def _uploaded_manifest(entry: ManifestUpload) -> tuple[str, Any]:
-    name = entry.filename or Path(entry.path).name
+def _uploaded_manifest(entry: ManifestUpload, uploads: Any) -> tuple[str, Any]:
+    name = entry.filename or "manifest.json"
     try:
-        return name, parse_json(Path(entry.path).read_bytes())
-    except (OSError, ValueError) as exc:
+        return name, parse_json(uploads.read(entry))
+    except UploadMissing as exc:
+        raise JobFailed(exc.code, exc.message) from exc
+    except ValueError as exc:
         raise JobFailed(
             "manifest_invalid", f"uploaded manifest {name!r} is not readable JSON"
         ) from exc
 
 
-def plan_units(spec: TaskSpec, fetcher: Any, settings: Any) -> Plan:
+def plan_units(spec: TaskSpec, fetcher: Any, settings: Any, uploads: Any = None) -> Plan:
+    """`uploads` (model.uploads.UploadStore) reads uploaded manifests."""
     units: list[WorkUnit] = []
     for entry in spec.of_kind(ImageUrl, ImageUpload):
         if isinstance(entry, ImageUrl):
             units.append(WorkUnit(len(units), entry.url, url=entry.url))
         else:
-            units.append(WorkUnit(len(units), f"upload:{entry.filename}", upload=entry.path))
+            units.append(WorkUnit(len(units), f"upload:{entry.filename}", upload=entry))
     urls = [entry.url for entry in spec.of_kind(ManifestUrl)]
-    uploads = [_uploaded_manifest(entry) for entry in spec.of_kind(ManifestUpload)]
-    if not urls and not uploads:
+    manifests = [_uploaded_manifest(entry, uploads) for entry in spec.of_kind(ManifestUpload)]
+    if not urls and not manifests:
         return Plan(units)
     limits = Limits(
         max_depth=settings.iiif.max_collection_depth,
@@ -67,7 +70,7 @@ def plan_units(spec: TaskSpec, fetcher: Any, settings: Any) -> Plan:
         max_documents=settings.iiif.max_manifests,
     )
     try:
-        loaded = load(urls, uploads, json_getter(fetcher, settings.iiif.max_json_bytes), limits)
+        loaded = load(urls, manifests, json_getter(fetcher, settings.iiif.max_json_bytes), limits)
     except ManifestError as exc:
         raise JobFailed(exc.code, exc.message) from exc
     if not loaded.canvases and not units:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 from pydantic import BaseModel, ConfigDict
 
@@ -30,6 +31,7 @@ from model.jobs.spec import JobSpec
 from model.runner import run_task
 from model.settings import CONFIG_FILE, Settings
 from model.store import TRANSITIONS, State, TaskStore, sources_of
+from model.uploads import UploadStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,16 +67,17 @@ def test_task_spec_round_trips_through_json() -> None:
         params={"confidence": 0.5},
         inputs=[
             ImageUrl(url="https://a/1.jpg"),
-            ImageUpload(path="/x/00001.png", filename="p.png"),
+            ImageUpload(key="sc:upload:t:00000", filename="p.png"),
             ManifestUrl(url="https://a/m.json"),
-            ManifestUpload(path="/x/00002.json", filename="m.json"),
+            ManifestUpload(key="sc:upload:t:00001", filename="m.json"),
+            ImageUpload(path="/x/00001.png", filename="q.png"),  # stored by an older release
             Document(name="paris", url="https://b/m.json"),
             SourceTask(task_id="0" * 32),
         ],
     )
     again = TaskSpec.model_validate(json.loads(json.dumps(spec.model_dump())))
     assert again == spec
-    assert again.of_kind(ImageUrl, ImageUpload) == spec.inputs[:2]
+    assert again.of_kind(ImageUrl, ImageUpload) == [*spec.inputs[:2], spec.inputs[4]]
 
 
 def test_specs_stored_before_the_contract_still_run() -> None:
@@ -91,6 +94,21 @@ def test_specs_stored_before_the_contract_still_run() -> None:
     }
     kinds = [type(e) for e in TaskSpec.model_validate(legacy).inputs]
     assert kinds == [ImageUrl, ImageUpload, ManifestUrl, ManifestUpload, Document]
+    typed_with_paths = {
+        "inputs": [
+            {"kind": "image_upload", "path": "/x/00001.png", "filename": "p.png"},
+            {"kind": "manifest_upload", "path": "/x/00002.json"},
+        ]
+    }
+    upload, manifest = TaskSpec.model_validate(typed_with_paths).inputs
+    assert (upload.path, upload.key, manifest.path) == ("/x/00001.png", None, "/x/00002.json")
+
+
+def test_an_upload_is_in_redis_or_on_a_legacy_path_never_both() -> None:
+    with pytest.raises(ValueError):
+        ImageUpload(filename="p.png")
+    with pytest.raises(ValueError):
+        ImageUpload(key="sc:upload:t:00000", path="/x/00000.png")
 
 
 # --- the runner with a fake job -----------------------------------------------------------------
@@ -105,7 +123,14 @@ def _fake_jobs(run) -> dict[str, JobSpec]:
 
 
 def _resources(store: TaskStore) -> WorkerResources:
-    return WorkerResources(settings=Settings(), redis=store.redis, store=store, fetcher=None)
+    return WorkerResources(
+        settings=Settings(), redis=store.redis, store=store, fetcher=None, uploads=_uploads(store)
+    )
+
+
+def _uploads(store: TaskStore) -> UploadStore:
+    port = store.redis.connection_pool.connection_kwargs["port"]
+    return UploadStore(redis.Redis(port=port), Path("/nonexistent"))
 
 
 @pytest.fixture
@@ -117,14 +142,14 @@ def _submit(store: TaskStore) -> str:
     return store.create("alice", "fake", TaskSpec().model_dump(), 2, 60).id
 
 
-def test_runner_records_items_and_success(store: TaskStore, tmp_path: Path) -> None:
+def test_runner_records_items_and_success(store: TaskStore) -> None:
     def run(ctx) -> None:
         ctx.set_total(2)
         ctx.emit({"index": 0, "source": "a", "status": "ok"})
         ctx.emit({"index": 1, "source": "b", "status": "failed"}, failed=True)
 
     task_id = _submit(store)
-    assert run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(run)) == State.SUCCEEDED
+    assert run_task(task_id, store, _resources(store), _fake_jobs(run)) == State.SUCCEEDED
     record = store.get(task_id)
     assert (record.state, record.done, record.failed, record.total) == (State.SUCCEEDED, 1, 1, 2)
 
@@ -136,16 +161,16 @@ def test_runner_records_items_and_success(store: TaskStore, tmp_path: Path) -> N
         (KeyError("x"), State.FAILED, "internal_error"),
     ],
 )
-def test_runner_ends_a_failing_job(store, tmp_path: Path, raised, state, code) -> None:
+def test_runner_ends_a_failing_job(store, raised, state, code) -> None:
     def run(ctx) -> None:
         raise raised
 
     task_id = _submit(store)
-    assert run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(run)) == state
+    assert run_task(task_id, store, _resources(store), _fake_jobs(run)) == state
     assert store.get(task_id).error_code == code
 
 
-def test_runner_resumes_after_the_items_already_stored(store, tmp_path: Path) -> None:
+def test_runner_resumes_after_the_items_already_stored(store) -> None:
     seen = []
 
     def run(ctx) -> None:
@@ -158,17 +183,17 @@ def test_runner_resumes_after_the_items_already_stored(store, tmp_path: Path) ->
     task_id = _submit(store)
     store.mark_running(task_id, 1)  # a first attempt that died after one item
     store.add_item(task_id, {"index": 0, "source": "0", "status": "ok"}, failed=False)
-    run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(run))
+    run_task(task_id, store, _resources(store), _fake_jobs(run))
     assert seen == [1, 2] and store.get(task_id).done == 3
 
 
-def test_a_queued_task_with_a_cancel_never_runs(store, tmp_path: Path) -> None:
+def test_a_queued_task_with_a_cancel_never_runs(store) -> None:
     from model.ending import cancel_task
 
     task_id = _submit(store)
-    assert cancel_task(store, tmp_path, task_id) == State.QUEUED
+    assert cancel_task(store, _uploads(store), task_id) == State.QUEUED
     ran = []
-    assert run_task(task_id, store, _resources(store), tmp_path, _fake_jobs(ran.append)) is None
+    assert run_task(task_id, store, _resources(store), _fake_jobs(ran.append)) is None
     assert not ran and store.get(task_id).state == State.CANCELLED
 
 

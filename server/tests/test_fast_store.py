@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ import redis
 from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from model import uploads
-from model.ending import end_after_failure
+from model.ending import end_after_failure, end_task
+from model.housekeeping import purge_orphan_uploads
+from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
 from model.store import (
     QUEUE_KEY,
     RUNNING_KEY,
@@ -25,6 +27,7 @@ from model.store import (
     task_key,
     tomb_key,
 )
+from model.uploads import UploadMissing, UploadStore, key_for
 
 TTL_S = 3600
 
@@ -32,6 +35,13 @@ TTL_S = 3600
 @pytest.fixture
 def store(clean_redis: redis.Redis) -> TaskStore:
     return TaskStore(clean_redis, TTL_S, 7200)
+
+
+@pytest.fixture
+def uploads(clean_redis: redis.Redis, tmp_path: Path) -> UploadStore:
+    """Binary-safe, on the same Redis; legacy folders under tmp_path."""
+    port = clean_redis.connection_pool.connection_kwargs["port"]
+    return UploadStore(redis.Redis(port=port), tmp_path)
 
 
 def _task(store: TaskStore, owner: str = "alice", timeout_s: float = 60) -> str:
@@ -91,29 +101,88 @@ def test_finish_respects_allowed_states(store: TaskStore) -> None:
 )
 @pytest.mark.parametrize("started", [False, True])
 def test_an_exception_escaping_the_job_ends_its_task(
-    store: TaskStore, tmp_path: Path, exception, state: State, code: str, started: bool
+    store: TaskStore, uploads: UploadStore, exception, state: State, code: str, started: bool
 ) -> None:
     """A soft limit can fire before the runner's handlers (even before the task is marked
     RUNNING): the message is acknowledged then, so the record must end too."""
-    task_id = _task(store)
-    uploads.save(tmp_path, task_id, 0, ".jpg", b"x")
+    task_id = _task_with_uploads(store, uploads, [b"x"])
     if started:
         store.mark_running(task_id, 1)
-    assert end_after_failure(store, tmp_path, task_id, exception) == state
+    assert end_after_failure(store, uploads, task_id, exception) == state
     record = store.get(task_id)
     assert record.state == state and record.error_code == code
     assert store.redis.ttl(task_key(task_id)) > 0
     assert store.queued_count("alice") == 0 and store.queued_count() == 0
-    assert not uploads.task_dir(tmp_path, task_id).exists()
+    assert not uploads.stored()
 
 
 def test_a_lost_worker_process_leaves_the_task_to_its_redelivery(
-    store: TaskStore, tmp_path: Path
+    store: TaskStore, uploads: UploadStore
 ) -> None:
     task_id = _task(store)
     store.mark_running(task_id, 1)
-    assert end_after_failure(store, tmp_path, task_id, WorkerLostError()) is None
+    assert end_after_failure(store, uploads, task_id, WorkerLostError()) is None
     assert store.get(task_id).state == State.RUNNING
+
+
+# --- uploads: in Redis, binary-safe, bounded in time, deleted by the task's end ---------------
+
+
+def _task_with_uploads(
+    store: TaskStore, uploads: UploadStore, files: list[bytes], ttl_s: int = 600, task_id="a" * 32
+) -> str:
+    """Saved as the API does: files first, then the record that names them."""
+    uploads.save(task_id, files, ttl_s)
+    entries = [ImageUpload(key=key_for(task_id, i), filename=f"{i}.jpg") for i in range(len(files))]
+    spec = TaskSpec(inputs=entries).model_dump()
+    return store.create("alice", "detect", spec, len(files), 60, task_id).id
+
+
+def test_uploads_are_bytes_as_sent_with_a_bounded_lifetime(store, uploads) -> None:
+    data = bytes(range(256)) * 64  # no text encoding survives this
+    task_id = _task_with_uploads(store, uploads, [data, b"\xff\xd8"], ttl_s=600)
+    spec = TaskSpec.model_validate(store.spec_of(task_id))
+    assert uploads.read(spec.inputs[0]) == data
+    assert 590 < uploads.redis.ttl(key_for(task_id, 1)) <= 600
+    uploads.refresh(spec, 5000)  # a worker starts the task
+    assert 4990 < uploads.redis.ttl(key_for(task_id, 0)) <= 5000
+    assert end_task(store, uploads, task_id, State.CANCELLED)
+    assert not uploads.stored()
+    with pytest.raises(UploadMissing):
+        uploads.read(spec.inputs[0])
+
+
+def test_uploads_of_an_older_release_are_read_and_deleted_from_disk(store, uploads) -> None:
+    task_id = "b" * 32
+    folder = uploads.legacy_root / task_id
+    folder.mkdir()
+    (folder / "00000.json").write_bytes(b"{}")
+    entry = ManifestUpload(path=str(folder / "00000.json"), filename="m.json")
+    store.create("alice", "detect", TaskSpec(inputs=[entry]).model_dump(), 0, 60, task_id)
+    assert uploads.read(entry) == b"{}"
+    assert end_task(store, uploads, task_id, State.CANCELLED)
+    assert not folder.exists()
+
+
+def test_orphaned_uploads_are_purged_from_redis_and_disk(store, uploads) -> None:
+    ended = _task_with_uploads(store, uploads, [b"x", b"y"])
+    store.finish(ended, State.CANCELLED)  # ended without deleting them (a crash in between)
+    uploads.save("c" * 32, [b"z"], 600)  # no record: a submit in progress, or one that died
+    folder = uploads.legacy_root / ("d" * 32)
+    folder.mkdir()
+    assert purge_orphan_uploads(store, uploads, min_age_s=1) == []  # everything is fresh
+    time.sleep(1.1)
+    live = _task_with_uploads(store, uploads, [b"w"], task_id="e" * 32)  # queued: not an orphan
+    removed = purge_orphan_uploads(store, uploads, now=time.time() + 2, min_age_s=1)
+    assert sorted(removed) == [ended, "c" * 32, "d" * 32]
+    assert list(uploads.stored()) == [live] and not folder.exists()
+
+
+def test_uploads_of_a_live_task_are_never_orphans(store, uploads) -> None:
+    task_id = _task_with_uploads(store, uploads, [b"x"])
+    time.sleep(1.1)
+    assert purge_orphan_uploads(store, uploads, min_age_s=0) == []
+    assert list(uploads.stored()) == [task_id]
 
 
 # --- small statuses, lists read page by page ----------------------------------------------------
@@ -249,3 +318,37 @@ def test_noop_takes_no_params(app_client) -> None:
     resp = app_client.post("/task", json={"type": "noop", "params": {"confidence": 0.5}})
     assert resp.status_code == 422
     assert app_client.post("/task", json={"type": "noop", "params": {}}).status_code == 202
+
+
+def test_uploads_go_to_redis_not_to_the_api_hosts_disk(app_client, clean_redis, tmp_path) -> None:
+    png = _png()
+    files = {"images": [(io.BytesIO(png), "a.png"), (io.BytesIO(png), "b.png")]}
+    resp = _multipart(app_client, {"type": "detect", **files})
+    assert resp.status_code == 202, resp.json
+    task_id = resp.json["task_id"]
+    spec = TaskSpec.model_validate(json.loads(clean_redis.hget(task_key(task_id), "spec")))
+    assert [entry.key for entry in spec.inputs] == [key_for(task_id, 0), key_for(task_id, 1)]
+    binary = redis.Redis(port=clean_redis.connection_pool.connection_kwargs["port"])
+    assert binary.get(key_for(task_id, 1)) == png
+    assert not (tmp_path / "uploads").exists()
+
+
+def test_a_tasks_uploads_are_capped(clean_redis, tmp_path) -> None:
+    from model.api.app import create_app
+    from model.keys import KeyStore
+    from model.settings import Settings
+
+    port = clean_redis.connection_pool.connection_kwargs["port"]
+    settings = Settings(
+        data_dir=tmp_path, redis={"port": port}, uploads={"max_total_bytes": 2 * len(_png())}
+    )
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_X_API_KEY"] = KeyStore(settings.keys_db).create("fast")
+
+    def images(count: int) -> list:
+        return [(io.BytesIO(_png()), f"{i}.png") for i in range(count)]
+
+    resp = _multipart(client, {"type": "detect", "images": images(3)})
+    assert resp.status_code == 413 and resp.json["error"]["code"] == "uploads_too_large"
+    assert not clean_redis.keys("sc:upload:*")
+    assert _multipart(client, {"type": "detect", "images": images(2)}).status_code == 202
