@@ -2,17 +2,60 @@
 
 The HTTP side only *sends* tasks by name; the task code lives in `model.worker`, which only the
 worker process imports.
+
+Routing: a task that names a model (a job's model fields, e.g. detect's `model`) goes to that
+model's queue, `scriptorium.model.<name>`, which only workers that have the model take; a task
+naming only default models (which every worker has) goes to the default queue, which every
+worker takes too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from celery import Celery
 
 from model.settings import Settings
+from model.store import DEFAULT_QUEUE
 
 RUN_JOB = "scriptorium.run_job"
 PING = "scriptorium.ping"
-QUEUE = "scriptorium"
+QUEUE = DEFAULT_QUEUE
+MODEL_QUEUE_PREFIX = f"{QUEUE}.model."
+
+
+def _default_models(settings: Settings) -> set[str]:
+    return {settings.models.default, settings.similarity.embed_model}
+
+
+def queue_for(settings: Settings, models: Iterable[str | None]) -> str:
+    """The queue of a task naming these models: the first that is not a default model picks its
+    own queue (a task naming two such models goes to the first one's: give the hosts that have
+    it the other too); none: the default queue."""
+    defaults = _default_models(settings)
+    for name in models:
+        if name and name not in defaults:
+            return MODEL_QUEUE_PREFIX + name
+    return QUEUE
+
+
+def worker_queues(settings: Settings, models: Iterable[str]) -> list[str]:
+    """What a worker having these models takes: the default queue and their own."""
+    return sorted({QUEUE, *(queue_for(settings, [name]) for name in models)})
+
+
+def send_run(
+    celery: Celery, settings: Settings, task_id: str, timeout_s: float, queue: str
+) -> None:
+    """The message that runs a task (sent again, the same, when its worker died)."""
+    celery.send_task(
+        RUN_JOB,
+        args=[task_id],
+        task_id=task_id,
+        queue=queue,
+        soft_time_limit=timeout_s,
+        time_limit=settings.hard_limit_s(timeout_s),
+    )
 
 
 def make_celery(settings: Settings) -> Celery:

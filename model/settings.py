@@ -6,6 +6,7 @@ Imported by the HTTP process and the worker alike, so it must stay light (no tor
 from __future__ import annotations
 
 import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class RedisSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
+    # How this host's workers name themselves in heartbeats, /readyz, GET /models and results'
+    # provenance; empty: the host name.
+    name: str = ""
     concurrency: int = 1
     batch_size: int = 4
     # Redis re-delivers an unacknowledged task this long after the longest hard time limit.
@@ -242,6 +246,10 @@ class Settings(BaseSettings):
     @property
     def spiped_target(self) -> str:
         return self.spiped.target or f"[{self.http.host}]:{self.http.port}"
+
+    @property
+    def worker_name(self) -> str:
+        return self.worker.name or socket.gethostname()
 
     @property
     def model_dirs(self) -> list[Path]:

@@ -19,12 +19,14 @@ from typing import Any
 from redis import Redis
 
 PREFIX = "sc"
-QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, for queue positions
+QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, every queued task (backpressure)
 RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
 DURATIONS_PREFIX = f"{PREFIX}:durations:"  # recent run durations (s) per job type, for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
 ALL_TASKS_KEY = f"{PREFIX}:tasks"  # sorted set of every live task id (admin listing)
 RECENT_DURATIONS = 20
+# The Celery queue of tasks that name no particular model (model/celery_app.py routes the others).
+DEFAULT_QUEUE = "scriptorium"
 # Lists in a status (provenance: canvases skipped, manifest problems...) beyond this many
 # entries are cut, with their full length beside them; /result has them whole.
 STATUS_LIST_CAP = 100
@@ -81,7 +83,8 @@ return false
 # QUEUED -> RUNNING (or RUNNING again when redelivered after a crash), in one step: the state,
 # the queue indexes and the running set never disagree, whatever interrupts the worker (a soft
 # time limit can raise between any two Python statements).
-# KEYS: record, global queue, owner's queue, running set; ARGV: task id, pid, now.
+# KEYS: record, global queue, owner's queue, running set, its Celery queue's index;
+# ARGV: task id, pid, now.
 _MARK_RUNNING = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return false end
@@ -90,6 +93,7 @@ redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_pid', ARGV[2],
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 return state
 """
@@ -97,7 +101,8 @@ return state
 # An active task's end, in one step: terminal state, expiry of its record, items and detail,
 # the tombstone, out of every queue index and the running set, its duration for ETAs. A task
 # is finished exactly once even when the job, the reaper, a signal handler and a DELETE race.
-# KEYS: record, items, detail, tombstone, global queue, owner's queue, running set, durations.
+# KEYS: record, items, detail, tombstone, global queue, owner's queue, running set, durations,
+# its Celery queue's index.
 # ARGV: allowed states (JSON), fields (JSON), task id, expire-at, tombstone expire-at, now,
 # recent durations kept.
 _FINISH = """
@@ -117,6 +122,7 @@ local owner = redis.call('HGET', KEYS[1], 'owner')
 redis.call('SET', KEYS[4], owner, 'EXAT', tonumber(ARGV[5]))
 redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
+redis.call('ZREM', KEYS[9], ARGV[3])
 redis.call('SREM', KEYS[7], ARGV[3])
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if started then
@@ -152,6 +158,9 @@ class TaskRecord:
     created_at: float
     timeout_s: float
     total: int
+    # The Celery queue it was sent to (tasks naming a model go to that model's queue); None for
+    # tasks queued by releases with one queue.
+    queue: str | None = None
     done: int = 0
     failed: int = 0
     started_at: float | None = None
@@ -181,6 +190,7 @@ class TaskRecord:
             created_at=float(data["created_at"]),
             timeout_s=float(data["timeout_s"]),
             total=int(data.get("total") or 0),
+            queue=data.get("queue") or None,
             done=int(data.get("done") or 0),
             failed=int(data.get("failed") or 0),
             started_at=num("started_at"),
@@ -249,6 +259,12 @@ def owner_queue_key(owner: str) -> str:
     return f"{PREFIX}:owner:{owner}:queued"
 
 
+def queue_index_key(queue: str | None) -> str:
+    """The queued tasks of one Celery queue, by the time they joined it (queue positions);
+    tasks of releases with one queue are only in QUEUE_KEY."""
+    return f"{PREFIX}:queue:{queue}:queued" if queue else QUEUE_KEY
+
+
 def idempotency_key(owner: str, key: str) -> str:
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     return f"{PREFIX}:idem:{owner}:{digest}"
@@ -273,6 +289,7 @@ class TaskStore:
         total: int,
         timeout_s: float,
         task_id: str | None = None,
+        queue: str = DEFAULT_QUEUE,
     ) -> TaskRecord:
         task_id = task_id or uuid.uuid4().hex
         now = time.time()
@@ -285,12 +302,14 @@ class TaskStore:
             "created_at": now,
             "timeout_s": timeout_s,
             "total": total,
+            "queue": queue,
             "done": 0,
             "failed": 0,
         }
         with self.redis.pipeline() as pipe:
             pipe.hset(task_key(task_id), mapping=fields)
             pipe.zadd(QUEUE_KEY, {task_id: now})
+            pipe.zadd(queue_index_key(queue), {task_id: now})
             pipe.zadd(owner_queue_key(owner), {task_id: now})
             pipe.zadd(owner_tasks_key(owner), {task_id: now})
             pipe.zadd(ALL_TASKS_KEY, {task_id: now})
@@ -391,8 +410,10 @@ class TaskStore:
             self.redis.zrem(index, *expired)
         return rows
 
-    def queue_position(self, task_id: str) -> int | None:
-        rank = self.redis.zrank(QUEUE_KEY, task_id)
+    def queue_position(self, record: TaskRecord) -> int | None:
+        """How many tasks of its own queue are ahead of it (0: next); the workers serving
+        other queues do not take it, so tasks there do not count."""
+        rank = self.redis.zrank(queue_index_key(record.queue), record.id)
         return None if rank is None else int(rank)
 
     def mean_duration_s(self, job_type: str) -> float | None:
@@ -412,9 +433,15 @@ class TaskStore:
     # --- worker side -------------------------------------------------------------------------
     def mark_running(self, task_id: str, worker_pid: int) -> bool:
         """QUEUED -> RUNNING (or RUNNING again when redelivered after a crash)."""
-        owner = self.redis.hget(task_key(task_id), "owner") or ""
+        owner, queue = self.redis.hmget(task_key(task_id), "owner", "queue")
         moved = self._mark_running(
-            keys=[task_key(task_id), QUEUE_KEY, owner_queue_key(owner), RUNNING_KEY],
+            keys=[
+                task_key(task_id),
+                QUEUE_KEY,
+                owner_queue_key(owner or ""),
+                RUNNING_KEY,
+                queue_index_key(queue),
+            ],
             args=[task_id, worker_pid, time.time()],
         )
         return bool(moved)
@@ -477,7 +504,7 @@ class TaskStore:
         }
         if error:
             fields["error_code"], fields["error_message"] = error
-        owner, job_type = self.redis.hmget(task_key(task_id), "owner", "type")
+        owner, job_type, queue = self.redis.hmget(task_key(task_id), "owner", "type", "queue")
         previous = self._finish(
             keys=[
                 task_key(task_id),
@@ -488,6 +515,7 @@ class TaskStore:
                 owner_queue_key(owner or ""),
                 RUNNING_KEY,
                 DURATIONS_PREFIX + (job_type or ""),
+                queue_index_key(queue),
             ],
             args=[
                 json.dumps([s.value for s in (only_from or sources_of(state))]),

@@ -1,7 +1,9 @@
 """The Celery worker: `celery -A model.worker worker`. Only this process imports torch.
 
 - Each pool process loads every registered model once, at start (`worker_process_init`), and
-  publishes a heartbeat that `/readyz` reads.
+  publishes a heartbeat (model/fleet.py) that `/readyz`, `GET /models` and ETAs read.
+- The worker takes the default queue and the queue of every model it has (model/celery_app.py),
+  so a task naming a model runs on a host that has it.
 - The main process runs a small reaper thread that enforces a cancel the job did not honour
   within the grace period (kill the child; the model reloads in its replacement), and records a
   task that the hard time limit killed as TIMED_OUT (Celery reports that in the main process).
@@ -9,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from importlib import metadata
 from typing import Any
 
 from celery.signals import (
+    celeryd_after_setup,
     task_failure,
     worker_process_init,
     worker_process_shutdown,
@@ -26,7 +28,8 @@ from celery.signals import (
 )
 from redis import Redis
 
-from model.celery_app import PING, RUN_JOB, make_celery
+from model import fleet
+from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
 from model.ending import end_after_failure, end_task
 from model.housekeeping import housekeeping
 from model.inference.provenance import model_provenance
@@ -35,7 +38,7 @@ from model.jobs.contract import WorkerResources
 from model.runner import run_task
 from model.settings import get_settings
 from model.sources.fetch import SafeFetcher
-from model.store import WORKERS_PREFIX, State, TaskStore
+from model.store import State, TaskStore
 from model.uploads import UploadStore
 
 log = logging.getLogger("scriptorium.worker")
@@ -62,7 +65,19 @@ def _uploads() -> UploadStore:
 
 
 def _heartbeat_key() -> str:
-    return f"{WORKERS_PREFIX}{socket.gethostname()}:{os.getpid()}"
+    return fleet.heartbeat_key(settings.worker_name, os.getpid())
+
+
+def _queues() -> list[str]:
+    return worker_queues(settings, discover(settings.model_dirs))
+
+
+@celeryd_after_setup.connect
+def take_model_queues(instance: Any = None, **_: Any) -> None:
+    """Besides the default queue (-Q), the queue of every model found here (main process)."""
+    for queue in _queues():
+        instance.app.amqp.queues.select_add(queue)
+    log.info("taking queues %s", ", ".join(_queues()))
 
 
 def _versions() -> dict[str, str]:
@@ -106,6 +121,7 @@ def load_models(**_: Any) -> None:
         return {
             **found,
             "model_sha256": found["sha256"],  # the name results had before; same value
+            "worker": settings.worker_name,
             "worker_pid": os.getpid(),
             "model_loads_in_process": detector_module.LOAD_COUNT,
             "versions": versions,
@@ -124,11 +140,23 @@ def load_models(**_: Any) -> None:
         versions=versions,
         provenance=provenance,
     )
+    # Feature extractors load on first use: any on disk here can be served.
+    served = [*detectors.values(), *(i for i in registry.values() if i.task == "embed")]
     beat = {
+        "name": settings.worker_name,
+        "host": socket.gethostname(),
         "pid": os.getpid(),
+        "slots": 1,  # tasks this process runs at once
+        "queues": _queues(),
         "models": sorted(detectors),
         "embedders": sorted(embedders.loaded),
+        "model_info": [
+            getattr(m, "info", m).describe(settings.models.default)
+            for m in sorted(served, key=lambda m: m.name)
+        ],
         "backends": {n: d.backend for n, d in detectors.items()},
+        "devices": {n: d.device for n, d in detectors.items()},
+        "device": next((d.device for d in detectors.values() if d.device != "cpu"), "cpu"),
         "model_loads": detector_module.LOAD_COUNT,
         "started_at": time.time(),
     }
@@ -138,7 +166,7 @@ def load_models(**_: Any) -> None:
 def _heartbeat(redis: Redis, beat: dict[str, Any]) -> None:
     while True:
         try:
-            redis.set(_heartbeat_key(), json.dumps(beat), ex=HEARTBEAT_TTL_S)
+            fleet.publish(redis, _heartbeat_key(), beat, HEARTBEAT_TTL_S)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
         time.sleep(HEARTBEAT_S)
@@ -147,7 +175,7 @@ def _heartbeat(redis: Redis, beat: dict[str, Any]) -> None:
 @worker_process_shutdown.connect
 def clear_heartbeat(**_: Any) -> None:
     if _resources is not None:
-        _resources.redis.delete(_heartbeat_key())
+        fleet.withdraw(_resources.redis, _heartbeat_key())
 
 
 @celery.task(name=RUN_JOB, ignore_result=True)

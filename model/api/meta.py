@@ -1,18 +1,19 @@
-"""GET /models, /healthz, /readyz."""
+"""GET /models, /healthz, /readyz: what every live worker, on any host, has (model/fleet.py)."""
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
+from model import fleet
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
-from model.api.services import services
+from model.api.services import Services, services
 from model.inference.registry import discover
-from model.store import WORKERS_PREFIX
+from model.store import QUEUE_KEY, queue_index_key
 
 models_api = APIBlueprint(
     "models",
@@ -25,12 +26,23 @@ models_api.before_request(require_key)
 probes_api = APIBlueprint("probes", __name__, abp_tags=[Tag(name="probes")])
 
 
+def known_models(svc: Services) -> dict[str, dict[str, Any]]:
+    """Models a task may name: those some live worker has loaded, on any host, and those in this
+    host's model folders (a task for one waits in its queue until a worker that has it runs)."""
+    default = svc.settings.models.default
+    found = {
+        name: {**info.describe(default), "workers": 0, "hosts": [], "devices": []}
+        for name, info in discover(svc.settings.model_dirs).items()
+    }
+    for name, live in fleet.models(fleet.live(svc.redis)).items():
+        found[name] = {**found.get(name, {}), **live, "default": name == default}
+    return found
+
+
 @models_api.get("/models", responses={200: ModelList, 401: ErrorResponse})
 def list_models() -> Response:
-    """Models a task may name in `params.model`."""
-    settings = services().settings
-    found = discover(settings.model_dirs)
-    return jsonify({"models": [m.describe(settings.models.default) for m in found.values()]})
+    """Models a task may name in `params.model`, with the live workers that have each loaded."""
+    return jsonify({"models": list(known_models(services()).values())})
 
 
 @probes_api.get("/healthz", responses={200: Health})
@@ -41,16 +53,36 @@ def healthz() -> Response:
 
 @probes_api.get("/readyz", responses={200: Readiness, 503: ErrorResponse})
 def readyz() -> Response:
-    """Redis answers and at least one worker process has its models loaded."""
-    redis = services().redis
+    """Redis answers and a live worker, on any host, has the default model loaded. Lists every
+    live worker process and, per queue, the tasks waiting and the workers taking it."""
+    svc = services()
     try:
-        redis.ping()
-        keys = list(redis.scan_iter(match=f"{WORKERS_PREFIX}*", count=100))
-        workers = [json.loads(raw) for raw in redis.mget(keys) if raw] if keys else []
+        workers = fleet.live(svc.redis)
+        queues = {q for beat in workers for q in beat.get("queues", [])}
+        with svc.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(QUEUE_KEY)
+            for queue in sorted(queues):
+                pipe.zcard(queue_index_key(queue))
+            queued, *per_queue = pipe.execute()
     except Exception:  # noqa: BLE001 - any redis failure means not ready
         return error_response(503, "not_ready", "redis is not reachable", {"Retry-After": "5"})
-    if not workers:
+    default = svc.settings.models.default
+    if not any(default in beat.get("models", []) for beat in workers):
         return error_response(
-            503, "not_ready", "no worker with a loaded model yet", {"Retry-After": "5"}
+            503,
+            "not_ready",
+            f"no worker with the default model ({default}) loaded yet",
+            {"Retry-After": "5"},
         )
-    return jsonify({"status": "ready", "redis": True, "workers": workers})
+    return jsonify(
+        {
+            "status": "ready",
+            "redis": True,
+            "workers": workers,
+            "queued": queued,
+            "queues": {
+                queue: {"queued": count, "workers": fleet.serving(workers, queue)}
+                for queue, count in zip(sorted(queues), per_queue, strict=True)
+            },
+        }
+    )

@@ -132,6 +132,9 @@ class ModelDescription(BaseModel):
     sha256: str
     default: bool
     backends: list[str]
+    workers: int = Field(0, description="Live worker processes that have it loaded, all hosts")
+    hosts: list[str] = Field([], description="Names of the workers that have it loaded")
+    devices: list[str] = Field([], description="Where they run it: cpu, cuda:0...")
 
 
 class ModelList(BaseModel):
@@ -142,10 +145,17 @@ class Health(BaseModel):
     status: str
 
 
+class QueueLoad(BaseModel):
+    queued: int
+    workers: int = Field(description="Tasks the live workers taking this queue run at once")
+
+
 class Readiness(BaseModel):
     status: str
     redis: bool
-    workers: list[dict[str, Any]]
+    workers: list[dict[str, Any]] = Field(description="Heartbeats of live worker processes")
+    queued: int = Field(description="Tasks waiting, all queues")
+    queues: dict[str, QueueLoad]
 
 
 def timestamp(value: float | None) -> datetime | None:

@@ -26,14 +26,14 @@ from model.api.admission import (
 )
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
+from model.api.meta import known_models
 from model.api.request_doc import UPLOAD_JOB, task_request_body
 from model.api.schemas import REQUEST_MODELS, TaskCreated
 from model.api.services import Services, services
 from model.api.tasks import ERRORS
-from model.celery_app import RUN_JOB
+from model.celery_app import queue_for, send_run
 from model.ending import end_task
 from model.iiif.presentation import document_kind
-from model.inference.registry import discover
 from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput, TaskSpec
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
@@ -185,10 +185,10 @@ def _check_model(svc: Services, name: str | None, task: str) -> None:
         raise ApiError(
             400, "invalid_model_name", "model must be a name from GET /models, not a path"
         )
-    found = discover(svc.settings.model_dirs).get(name)
+    found = known_models(svc).get(name)
     if found is None:
         raise ApiError(422, "unknown_model", f"no model named {name!r}; see GET /models")
-    if found.task != task:
+    if found["task"] != task:
         raise ApiError(
             422, "wrong_model_task", f"{name!r} is a {found.task} model; this needs a {task} model"
         )
@@ -271,15 +271,11 @@ def submit_task() -> Response:
 
 def _enqueue(svc: Services, task_id: str, job: JobSpec, spec: TaskSpec, timeout: float) -> Response:
     total = job.initial_total(spec.inputs)
-    record = svc.store.create(g.owner, job.name, spec.model_dump(), total, timeout, task_id)
+    named = [spec.params.get(name) for name in job.model_fields]
+    queue = queue_for(svc.settings, named)
+    record = svc.store.create(g.owner, job.name, spec.model_dump(), total, timeout, task_id, queue)
     try:
-        svc.celery.send_task(
-            RUN_JOB,
-            args=[task_id],
-            task_id=task_id,
-            soft_time_limit=timeout,
-            time_limit=svc.settings.hard_limit_s(timeout),
-        )
+        send_run(svc.celery, svc.settings, task_id, timeout, queue)
     except Exception as exc:
         error = ("queue_unavailable", "could not enqueue")
         end_task(svc.store, svc.uploads, task_id, State.FAILED, error)

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Response, g, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
+from model import fleet
 from model.api.auth import SECURITY, is_admin, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse
 from model.api.schemas import (
@@ -68,11 +69,14 @@ def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = N
         result = TaskResult(items=items, provenance=record.provenance, **(record.summary or {}))
     position = eta = None
     if record.state == State.QUEUED:
-        rank = svc.store.queue_position(record.id)
+        # Per queue: a task naming a model waits only behind tasks of its own queue, and only
+        # the live workers taking that queue (on every host) work it off.
+        rank = svc.store.queue_position(record)
         position = None if rank is None else rank + 1
         mean = svc.store.mean_duration_s(record.type)
         if position is not None and mean is not None:
-            eta = round(mean * position / max(1, svc.settings.worker.concurrency), 2)
+            serving = fleet.serving(fleet.live(svc.redis), record.queue)
+            eta = round(mean * position / max(1, serving), 2)
     error = None
     if record.error_code:
         error = {"code": record.error_code, "message": record.error_message or ""}

@@ -136,6 +136,7 @@ def run_similarity(ctx: Any, params: Any) -> None:
         "embedder": {**model_provenance(embedder), "dim": embedder.dim},
         "detector": model_provenance(detector) if detector else None,
         "params": params.model_dump(),
+        "worker": resources.settings.worker_name,
         "worker_pid": os.getpid(),
         "versions": {**resources.versions, "opencv": cv2.__version__},
         "stage": "reading manifests",
