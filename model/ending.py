@@ -32,10 +32,13 @@ def end_task(
     state: State,
     error: tuple[str, str] | None = None,
     only_from: list[State] | None = None,
+    holder: str | None = None,
+    worker: str | None = None,
     **extra: float,
 ) -> bool:
-    """End an active task once (False: it had already ended) and delete its uploads."""
-    ended = store.finish(task_id, state, error, only_from, **extra)
+    """End an active task once (False: it had already ended, or `holder`/`worker` no longer
+    holds it: see TaskStore.finish) and delete its uploads."""
+    ended = store.finish(task_id, state, error, only_from, holder, worker, **extra)
     if ended:
         uploads.discard(task_id, store.spec_of(task_id))
     return ended
@@ -63,12 +66,18 @@ def cancel_task(store: TaskStore, uploads: UploadStore, task_id: str) -> State |
 
 
 def end_after_failure(
-    store: TaskStore, uploads: UploadStore, task_id: str, exception: BaseException | None
+    store: TaskStore,
+    uploads: UploadStore,
+    task_id: str,
+    exception: BaseException | None,
+    worker: str | None = None,
 ) -> State | None:
     """A task whose Celery message ended in an exception (time limits, or anything that escaped
     the runner): end its record, else it would stay QUEUED or RUNNING with no message left. A
     lost worker process is the exception: its message is redelivered and the task resumes.
-    Returns the state it was ended in (None: nothing to do)."""
+    `worker` (a holder prefix): only if one of that worker's attempts holds the task, or none
+    ever started — not a task requeued away from a stale attempt of ours. Returns the state it
+    was ended in (None: nothing to do)."""
     if isinstance(exception, WorkerLostError):
         return None
     record = store.get(task_id)
@@ -78,4 +87,4 @@ def end_after_failure(
         state, error = State.TIMED_OUT, timeout_error(record.timeout_s)
     else:
         state, error = State.FAILED, internal_error(task_id)
-    return state if end_task(store, uploads, task_id, state, error) else None
+    return state if end_task(store, uploads, task_id, state, error, worker=worker) else None

@@ -1,7 +1,8 @@
 """Runs one task in the worker: state transitions around a job, whatever way the job ends.
 
 Jobs know nothing of Redis or Celery: they get a JobContext to emit per-item results, publish
-provenance and check for cancellation.
+provenance and check for cancellation. Every write goes through the attempt that started the
+task (model/attempts.py): once another attempt holds it, this one can neither emit nor finish.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from model.attempts import Attempt, AttemptLost, Attempts, lease_ms, process_holder
 from model.ending import end_task, internal_error, timeout_error
 from model.jobs import JobCancelled, JobFailed
 from model.jobs.contract import TaskSpec, WorkerResources
@@ -20,6 +22,9 @@ from model.jobs.spec import JobSpec
 from model.store import State, TaskRecord, TaskStore
 
 log = logging.getLogger(__name__)
+
+# The attempts this process runs: the worker's heartbeat thread renews their leases.
+ATTEMPTS = Attempts()
 
 
 @dataclass
@@ -30,11 +35,17 @@ class JobContext:
     store: TaskStore
     resources: WorkerResources  # loaded models, fetcher, settings: lent by the worker
     spec: TaskSpec
+    attempt: Attempt
     _finished: set[int] = field(default_factory=set)
 
     @property
     def task_id(self) -> str:
         return self.record.id
+
+    def _held(self, written: bool) -> None:
+        if not written:
+            self.attempt.lost.set()
+            raise AttemptLost(self.attempt.token)
 
     def finished_indices(self) -> set[int]:
         """Items already stored: a task redelivered after a crash resumes after them."""
@@ -43,23 +54,25 @@ class JobContext:
         return self._finished
 
     def check_cancel(self) -> None:
+        if self.attempt.lost.is_set():
+            raise AttemptLost(self.attempt.token)
         if self.store.is_cancel_requested(self.task_id):
             raise JobCancelled()
 
     def emit(self, item: dict[str, Any], failed: bool = False) -> None:
-        self.store.add_item(self.task_id, item, failed)
+        self._held(self.store.add_item(self.task_id, item, failed, self.attempt.token))
 
     def set_provenance(self, provenance: dict[str, Any]) -> None:
-        self.store.set_provenance(self.task_id, provenance)
+        self._held(self.store.set_provenance(self.task_id, provenance, self.attempt.token))
 
     def set_summary(self, summary: dict[str, Any]) -> None:
         """Result fields beside the items (replaced whole on each call; kept if the task is
         cancelled or times out)."""
-        self.store.set_summary(self.task_id, summary)
+        self._held(self.store.set_summary(self.task_id, summary, self.attempt.token))
 
     def set_total(self, total: int) -> None:
         """How many items the task will have, once its inputs are expanded (IIIF manifests)."""
-        self.store.set_total(self.task_id, total)
+        self._held(self.store.set_total(self.task_id, total, self.attempt.token))
 
 
 def run_task(
@@ -68,23 +81,33 @@ def run_task(
     resources: WorkerResources,
     jobs: dict[str, JobSpec] | None = None,
 ) -> State | None:
-    """Run a task to a terminal state; returns the state it ended in (None: nothing to do)."""
-    uploads = resources.uploads
+    """Run a task to a terminal state; returns the state it ended in (None: nothing to do, or
+    another attempt holds the task now)."""
+    uploads, settings = resources.uploads, resources.settings
     record = store.get(task_id)
     if record is None or record.state.terminal:
         return None  # cancelled while queued, or expired: never starts
     if record.cancel_requested_at is not None:
         end_task(store, uploads, task_id, State.CANCELLED)
         return State.CANCELLED
-    if not store.mark_running(task_id, os.getpid()):
+    holder = process_holder(settings.worker_name)
+    token = store.mark_running(task_id, os.getpid(), holder, lease_ms(settings))
+    if token is None:
+        log.info("task %s: held by a live attempt elsewhere; this delivery is a duplicate", task_id)
         return None
+    attempt = ATTEMPTS.begin(task_id, token)
     state, error = State.SUCCEEDED, None
     try:
         job = (jobs if jobs is not None else _registry())[record.type]
         spec = TaskSpec.model_validate(record.spec)
         # However long it waited, its uploads now live as long as its run may last.
-        uploads.refresh(spec, resources.settings.upload_ttl_s(record.timeout_s))
-        job.run(JobContext(record, store, resources, spec))
+        uploads.refresh(spec, settings.upload_ttl_s(record.timeout_s))
+        job.run(JobContext(record, store, resources, spec, attempt))
+    except AttemptLost:
+        log.warning(
+            "task %s: attempt %s was superseded; stopping without ending it", task_id, token
+        )
+        return None
     except JobCancelled:
         state = State.CANCELLED
     except SoftTimeLimitExceeded:
@@ -94,8 +117,9 @@ def run_task(
     except Exception:
         log.exception("task %s failed", task_id)
         state, error = State.FAILED, internal_error(task_id)
-    end_task(store, uploads, task_id, state, error)
-    return state
+    finally:
+        ATTEMPTS.end(attempt)
+    return state if end_task(store, uploads, task_id, state, error, holder=token) else None
 
 
 def _registry() -> dict[str, JobSpec]:

@@ -27,6 +27,7 @@ ALL_TASKS_KEY = f"{PREFIX}:tasks"  # sorted set of every live task id (admin lis
 RECENT_DURATIONS = 20
 # The Celery queue of tasks that name no particular model (model/celery_app.py routes the others).
 DEFAULT_QUEUE = "scriptorium"
+DEFAULT_LEASE_MS = 45_000  # worker.lost_grace_s's default
 # Lists in a status (provenance: canvases skipped, manifest problems...) beyond this many
 # entries are cut, with their full length beside them; /result has them whole.
 STATUS_LIST_CAP = 100
@@ -49,11 +50,20 @@ ACTIVE_STATES = (State.QUEUED, State.RUNNING)
 
 # Where a task may go from each state; terminal states go nowhere. Every move below is checked
 # against it atomically in Redis (a task is finished once even when the job, the reaper, Celery's
-# failure signal and a DELETE race). RUNNING -> RUNNING: a task redelivered after a crash.
+# failure signal and a DELETE race). RUNNING -> RUNNING: a task redelivered after a crash, once
+# its attempt's lease is gone; RUNNING -> QUEUED: requeued because its worker died
+# (model/attempts.py).
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.RUNNING, State.CANCELLED, State.FAILED, State.TIMED_OUT}),
     State.RUNNING: frozenset(
-        {State.RUNNING, State.SUCCEEDED, State.FAILED, State.TIMED_OUT, State.CANCELLED}
+        {
+            State.QUEUED,
+            State.RUNNING,
+            State.SUCCEEDED,
+            State.FAILED,
+            State.TIMED_OUT,
+            State.CANCELLED,
+        }
     ),
 }
 
@@ -80,39 +90,118 @@ return false
 """
 
 
-# QUEUED -> RUNNING (or RUNNING again when redelivered after a crash), in one step: the state,
-# the queue indexes and the running set never disagree, whatever interrupts the worker (a soft
-# time limit can raise between any two Python statements).
-# KEYS: record, global queue, owner's queue, running set, its Celery queue's index;
-# ARGV: task id, pid, now.
+# QUEUED -> RUNNING (or RUNNING again when redelivered after a crash, once the lease of the
+# attempt that had it is gone), in one step: a new attempt (the counter goes up, its token
+# becomes the holder, the lease holds the token), the state, the queue indexes and the running
+# set never disagree, whatever interrupts the worker (a soft time limit can raise between any
+# two Python statements). Returns the attempt's token; false: nothing to run, or another live
+# attempt holds it (a duplicate delivery).
+# KEYS: record, global queue, owner's queue, running set, its Celery queue's index, lease;
+# ARGV: task id, pid, now, holder (the process), lease ms.
 _MARK_RUNNING = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return false end
+if state == 'RUNNING' and redis.call('EXISTS', KEYS[6]) == 1 then return false end
+local token = ARGV[4] .. ':' .. redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_pid', ARGV[2],
-           'attempt_started_at', ARGV[3])
+           'attempt_started_at', ARGV[3], 'holder', token)
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[3])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-return state
+redis.call('SET', KEYS[6], token, 'PX', ARGV[5])
+return token
+"""
+
+# Checks shared by the writes of an attempt: the record's holder must still be its token.
+_HELD = """
+local function held(record, token)
+  return token == '' or redis.call('HGET', record, 'holder') == token
+end
+"""
+
+# An item of an attempt that still holds the task. KEYS: record, items; ARGV: token ('' no
+# check), item, counter field.
+_ADD_ITEM = (
+    _HELD
+    + """
+if not held(KEYS[1], ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
+return 1
+"""
+)
+
+# Fields of the record (provenance, summary, total), and the full provenance beside it, from an
+# attempt that still holds the task. KEYS: record, detail; ARGV: token ('' no check), fields
+# (JSON), detail ('' leave it, '-' delete it, else its new value).
+_SET_FIELDS = (
+    _HELD
+    + """
+if not held(KEYS[1], ARGV[1]) then return 0 end
+for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
+if ARGV[3] == '-' then redis.call('DEL', KEYS[2])
+elseif ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
+return 1
+"""
+)
+
+# The running attempt proves it is alive: its lease lives on (and comes back if it lapsed while
+# nobody had requeued the task yet). KEYS: record, lease; ARGV: token, lease ms.
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# RUNNING -> QUEUED: the attempt holding the task is gone (no lease: it stopped renewing it for
+# longer than the grace; or the lease is still the token of a process known dead). Checked
+# again here, whichever reaper got here first. KEYS: record, lease, global queue, owner's
+# queue, its Celery queue's index, running set; ARGV: task id, holder expected, lease expected
+# ('' none), now.
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
+if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[2] then return 0 end
+local lease = redis.call('GET', KEYS[2]) or ''
+if lease ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'holder', '', 'requeued_at', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'requeues', 1)
+redis.call('DEL', KEYS[2])
+local now = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[3], now, ARGV[1])
+redis.call('ZADD', KEYS[4], now, ARGV[1])
+redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('SREM', KEYS[6], ARGV[1])
+return 1
 """
 
 # An active task's end, in one step: terminal state, expiry of its record, items and detail,
 # the tombstone, out of every queue index and the running set, its duration for ETAs. A task
 # is finished exactly once even when the job, the reaper, a signal handler and a DELETE race.
+# An attempt ends it only while it holds it (ARGV[8]); a worker's main process (time limits)
+# only while one of its own processes holds it, or nobody ever started it (ARGV[9]).
 # KEYS: record, items, detail, tombstone, global queue, owner's queue, running set, durations,
-# its Celery queue's index.
+# its Celery queue's index, lease.
 # ARGV: allowed states (JSON), fields (JSON), task id, expire-at, tombstone expire-at, now,
-# recent durations kept.
-_FINISH = """
+# recent durations kept, holder token ('' any), worker's holder prefix ('' any).
+_FINISH = (
+    _HELD
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
 local ok = false
 for _, s in ipairs(cjson.decode(ARGV[1])) do
   if s == state then ok = true end
 end
-if not ok then return false end
+if not ok or not held(KEYS[1], ARGV[8]) then return false end
+if ARGV[9] ~= '' then
+  local holder = redis.call('HGET', KEYS[1], 'holder') or ''
+  local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+  local ours = string.sub(holder, 1, #ARGV[9]) == ARGV[9]
+  if not ours and not (holder == '' and attempts == 0) then return false end
+end
 for k, v in pairs(cjson.decode(ARGV[2])) do redis.call('HSET', KEYS[1], k, v) end
 local expire_at = tonumber(ARGV[4])
 redis.call('EXPIREAT', KEYS[1], expire_at)
@@ -124,6 +213,7 @@ redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
 redis.call('ZREM', KEYS[9], ARGV[3])
 redis.call('SREM', KEYS[7], ARGV[3])
+redis.call('DEL', KEYS[10])
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if started then
   redis.call('LPUSH', KEYS[8], tonumber(ARGV[6]) - tonumber(started))
@@ -131,6 +221,7 @@ if started then
 end
 return state
 """
+)
 
 
 # A task's record and, once it has ended (states in ARGV[1]), its items: what GET /status shows,
@@ -169,6 +260,8 @@ class TaskRecord:
     expires_at: float | None = None
     cancel_requested_at: float | None = None
     worker_pid: int | None = None
+    attempt: int = 0  # attempts started (model/attempts.py)
+    holder: str | None = None  # the token of the attempt holding it while it runs
     error_code: str | None = None
     error_message: str | None = None
     provenance: dict[str, Any] | None = None
@@ -199,6 +292,8 @@ class TaskRecord:
             expires_at=num("expires_at"),
             cancel_requested_at=num("cancel_requested_at"),
             worker_pid=int(data["worker_pid"]) if data.get("worker_pid") else None,
+            attempt=int(data.get("attempt") or 0),
+            holder=data.get("holder") or None,
             error_code=data.get("error_code") or None,
             error_message=data.get("error_message") or None,
             provenance=json.loads(data["provenance"]) if data.get("provenance") else None,
@@ -247,6 +342,11 @@ def detail_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:detail"
 
 
+def lease_key(task_id: str) -> str:
+    """Held by the running attempt's token for worker.lost_grace_s, renewed while it runs."""
+    return f"{PREFIX}:task:{task_id}:lease"
+
+
 def tomb_key(task_id: str) -> str:
     return f"{PREFIX}:tomb:{task_id}"
 
@@ -278,6 +378,10 @@ class TaskStore:
         self._transition = redis.register_script(_TRANSITION)
         self._mark_running = redis.register_script(_MARK_RUNNING)
         self._finish = redis.register_script(_FINISH)
+        self._add_item = redis.register_script(_ADD_ITEM)
+        self._set_fields_script = redis.register_script(_SET_FIELDS)
+        self._renew = redis.register_script(_RENEW)
+        self._requeue = redis.register_script(_REQUEUE)
         self._snapshot = redis.register_script(_SNAPSHOT)
 
     # --- submit side -------------------------------------------------------------------------
@@ -431,49 +535,102 @@ class TaskStore:
         )
 
     # --- worker side -------------------------------------------------------------------------
-    def mark_running(self, task_id: str, worker_pid: int) -> bool:
-        """QUEUED -> RUNNING (or RUNNING again when redelivered after a crash)."""
+    def mark_running(
+        self,
+        task_id: str,
+        worker_pid: int,
+        holder: str | None = None,
+        lease_ms: int = DEFAULT_LEASE_MS,
+    ) -> str | None:
+        """QUEUED -> RUNNING (or RUNNING again when redelivered after a crash, once no live
+        attempt holds it) as a new attempt of `holder` (`<worker>:<main pid>:<pid>`); returns the
+        attempt's token, None if there is nothing to run."""
         owner, queue = self.redis.hmget(task_key(task_id), "owner", "queue")
-        moved = self._mark_running(
+        token = self._mark_running(
             keys=[
                 task_key(task_id),
                 QUEUE_KEY,
                 owner_queue_key(owner or ""),
                 RUNNING_KEY,
                 queue_index_key(queue),
+                lease_key(task_id),
             ],
-            args=[task_id, worker_pid, time.time()],
+            args=[task_id, worker_pid, time.time(), holder or f"-:0:{worker_pid}", lease_ms],
         )
-        return bool(moved)
+        return token or None
 
-    def add_item(self, task_id: str, item: dict[str, Any], failed: bool) -> None:
-        with self.redis.pipeline() as pipe:
-            pipe.rpush(items_key(task_id), json.dumps(item))
-            pipe.hincrby(task_key(task_id), "failed" if failed else "done", 1)
-            pipe.execute()
+    def renew_lease(self, task_id: str, token: str, lease_ms: int) -> bool:
+        """False: the attempt no longer holds the task (requeued, or ended by someone else)."""
+        return bool(
+            self._renew(keys=[task_key(task_id), lease_key(task_id)], args=[token, lease_ms])
+        )
 
-    def set_provenance(self, task_id: str, provenance: dict[str, Any]) -> None:
+    def holders(self, task_ids: list[str]) -> list[tuple[str | None, str | None]]:
+        """(holder token, lease) of each task: who runs it, and whether it still proves it."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hget(task_key(task_id), "holder")
+                pipe.get(lease_key(task_id))
+            found = pipe.execute()
+        return [(h or None, lease) for h, lease in zip(found[::2], found[1::2], strict=True)]
+
+    def requeue(self, task_id: str, holder: str, lease: str | None) -> bool:
+        """RUNNING -> QUEUED, if `holder` still holds it with this lease (None: lapsed)."""
+        owner, queue = self.redis.hmget(task_key(task_id), "owner", "queue")
+        return bool(
+            self._requeue(
+                keys=[
+                    task_key(task_id),
+                    lease_key(task_id),
+                    QUEUE_KEY,
+                    owner_queue_key(owner or ""),
+                    queue_index_key(queue),
+                    RUNNING_KEY,
+                ],
+                args=[task_id, holder, lease or "", time.time()],
+            )
+        )
+
+    def add_item(
+        self, task_id: str, item: dict[str, Any], failed: bool, holder: str | None = None
+    ) -> bool:
+        """False: `holder` no longer holds the task, nothing was stored."""
+        return bool(
+            self._add_item(
+                keys=[task_key(task_id), items_key(task_id)],
+                args=[holder or "", json.dumps(item), "failed" if failed else "done"],
+            )
+        )
+
+    def _set_fields(
+        self, task_id: str, fields: dict[str, Any], holder: str | None, detail: str = ""
+    ) -> bool:
+        return bool(
+            self._set_fields_script(
+                keys=[task_key(task_id), detail_key(task_id)],
+                args=[holder or "", json.dumps(fields), detail],
+            )
+        )
+
+    def set_provenance(
+        self, task_id: str, provenance: dict[str, Any], holder: str | None = None
+    ) -> bool:
         """The record keeps a summary (long lists cut to STATUS_LIST_CAP entries plus a count),
         so every /status stays small; the whole provenance is kept beside it for /result."""
         summary, cut = summarise_lists(provenance, STATUS_LIST_CAP)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(task_key(task_id), "provenance", json.dumps(summary))
-            if cut:
-                pipe.set(detail_key(task_id), json.dumps(provenance))
-            else:
-                pipe.delete(detail_key(task_id))
-            pipe.execute()
+        detail = json.dumps(provenance) if cut else "-"
+        return self._set_fields(task_id, {"provenance": json.dumps(summary)}, holder, detail)
 
     def full_provenance(self, record: TaskRecord) -> dict[str, Any] | None:
         """The provenance with every list whole (the record's own copy may be summarised)."""
         raw = self.redis.get(detail_key(record.id))
         return json.loads(raw) if raw else record.provenance
 
-    def set_summary(self, task_id: str, summary: dict[str, Any]) -> None:
-        self.redis.hset(task_key(task_id), "summary", json.dumps(summary))
+    def set_summary(self, task_id: str, summary: dict[str, Any], holder: str | None = None) -> bool:
+        return self._set_fields(task_id, {"summary": json.dumps(summary)}, holder)
 
-    def set_total(self, task_id: str, total: int) -> None:
-        self.redis.hset(task_key(task_id), "total", total)
+    def set_total(self, task_id: str, total: int, holder: str | None = None) -> bool:
+        return self._set_fields(task_id, {"total": total}, holder)
 
     def is_cancel_requested(self, task_id: str) -> bool:
         return bool(self.redis.hexists(task_key(task_id), "cancel_requested_at"))
@@ -490,10 +647,14 @@ class TaskStore:
         state: State,
         error: tuple[str, str] | None = None,
         only_from: list[State] | None = None,
+        holder: str | None = None,
+        worker: str | None = None,
         **extra: float,
     ) -> bool:
         """Move an active task to a terminal state, once (from the states TRANSITIONS allows,
-        or only from `only_from`); start its expiry clock. Call it through model.ending."""
+        or only from `only_from`); start its expiry clock. Only while attempt `holder` holds
+        it, or (`worker`: a holder prefix) an attempt of that worker or none ever did. Call it
+        through model.ending."""
         now = time.time()
         expires_at = int(now + self.result_ttl_s) + 1
         fields: dict[str, Any] = {
@@ -516,6 +677,7 @@ class TaskStore:
                 RUNNING_KEY,
                 DURATIONS_PREFIX + (job_type or ""),
                 queue_index_key(queue),
+                lease_key(task_id),
             ],
             args=[
                 json.dumps([s.value for s in (only_from or sources_of(state))]),
@@ -525,6 +687,8 @@ class TaskStore:
                 expires_at + self.tombstone_ttl_s,
                 now,
                 RECENT_DURATIONS,
+                holder or "",
+                worker or "",
             ],
         )
         return bool(previous)

@@ -4,9 +4,11 @@
   publishes a heartbeat (model/fleet.py) that `/readyz`, `GET /models` and ETAs read.
 - The worker takes the default queue and the queue of every model it has (model/celery_app.py),
   so a task naming a model runs on a host that has it.
+- The same heartbeat thread renews the leases of the tasks the process runs (model/attempts.py).
 - The main process runs a small reaper thread that enforces a cancel the job did not honour
-  within the grace period (kill the child; the model reloads in its replacement), and records a
-  task that the hard time limit killed as TIMED_OUT (Celery reports that in the main process).
+  within the grace period (kill the child; the model reloads in its replacement), requeues the
+  tasks of dead workers, on any host (model/attempts.py), and records a task that the hard time
+  limit killed as TIMED_OUT (Celery reports that in the main process).
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from celery.signals import (
 from redis import Redis
 
 from model import fleet
+from model.attempts import lease_ms, requeue_lost, worker_prefix
 from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
-from model.ending import end_after_failure, end_task
+from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
 from model.inference.provenance import model_provenance
 from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
-from model.runner import run_task
+from model.runner import ATTEMPTS, run_task
 from model.settings import get_settings
 from model.sources.fetch import SafeFetcher
 from model.store import State, TaskStore
@@ -164,12 +167,17 @@ def load_models(**_: Any) -> None:
 
 
 def _heartbeat(redis: Redis, beat: dict[str, Any]) -> None:
+    """The process's heartbeat and the leases of its tasks, a few times per lease."""
+    assert _resources is not None
+    period = min(HEARTBEAT_S, settings.worker.lost_grace_s / 3)
     while True:
         try:
+            ATTEMPTS.renew(_resources.store, lease_ms(settings))
+            beat["running"] = ATTEMPTS.running()
             fleet.publish(redis, _heartbeat_key(), beat, HEARTBEAT_TTL_S)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
-        time.sleep(HEARTBEAT_S)
+        time.sleep(period)
 
 
 @worker_process_shutdown.connect
@@ -202,6 +210,7 @@ def _reap_forever() -> None:
         try:
             now = time.time()
             reap_once(store, uploads, now)
+            requeue_lost(store, celery, settings, _timed_out(store, uploads), now)
             if now >= next_housekeeping:
                 housekeeping(store, uploads)
                 next_housekeeping = now + settings.results.purge_interval_s
@@ -224,6 +233,14 @@ def reap_once(store: TaskStore, uploads: UploadStore, now: float) -> None:
             end_task(store, uploads, task_id, State.CANCELLED)
 
 
+def _timed_out(store: TaskStore, uploads: UploadStore) -> Any:
+    def end(record: Any) -> None:
+        error = timeout_error(record.timeout_s)
+        end_task(store, uploads, record.id, State.TIMED_OUT, error, holder=record.holder)
+
+    return end
+
+
 @task_failure.connect
 def end_failed_task(task_id: str | None = None, exception: Any = None, **_: Any) -> None:
     """Whatever escaped a job ends its task: the hard time limit (reported here, in the main
@@ -232,7 +249,9 @@ def end_failed_task(task_id: str | None = None, exception: Any = None, **_: Any)
         return
     redis, uploads = _redis(), _uploads()
     try:
-        end_after_failure(_store(redis), uploads, task_id, exception)
+        # Only a task one of our own attempts holds: not one requeued away from us meanwhile.
+        worker = worker_prefix(settings.worker_name)
+        end_after_failure(_store(redis), uploads, task_id, exception, worker)
     finally:
         redis.close()
         uploads.redis.close()

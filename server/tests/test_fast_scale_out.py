@@ -4,13 +4,20 @@ test_scale_out.py)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import redis
 
 from model import fleet
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE, queue_for, worker_queues
 from model.settings import Settings
-from model.store import State, TaskStore
+from model.store import State, TaskStore, lease_key
+from model.uploads import UploadStore
 
 OTHER = "illustrations-other"  # a model only some (fake) worker has
 
@@ -136,3 +143,188 @@ def test_eta_divides_by_the_workers_taking_the_tasks_queue(app_client, clean_red
     assert (status["queue_position"], status["eta_s"]) == (2, 10.0)  # 2 x 10 s over 2 workers
     status = app_client.get(f"/status/{routed}").json
     assert (status["queue_position"], status["eta_s"]) == (1, 10.0)  # 1 x 10 s over 1 worker
+
+
+# --- attempts: a dead worker's task comes back, a stale attempt can neither emit nor finish -----
+
+
+class _Celery:
+    """Records the messages the reaper sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def send_task(self, name: str, **options) -> None:
+        self.sent.append({"name": name, **options})
+
+
+def _settings(grace_s: float = 45) -> Settings:
+    return Settings(worker={"name": "host-a", "lost_grace_s": grace_s})
+
+
+def _running(store: TaskStore, holder: str = "host-b:10:11", queue: str = QUEUE) -> str:
+    task_id = store.create("alice", "detect", {}, 3, 60, queue=queue).id
+    assert store.mark_running(task_id, 11, holder, 45_000) == f"{holder}:1"
+    return task_id
+
+
+def _sweep(store: TaskStore, celery: _Celery, ended: list | None = None, now: float = 0) -> list:
+    from model.attempts import requeue_lost
+
+    ended = ended if ended is not None else []
+    return requeue_lost(store, celery, _settings(), ended.append, now or time.time())
+
+
+def test_a_task_whose_lease_lapsed_is_requeued_once_with_its_message(store: TaskStore) -> None:
+    other = MODEL_QUEUE_PREFIX + OTHER
+    task_id = _running(store, queue=other)
+    celery = _Celery()
+    assert _sweep(store, celery) == []  # its worker renews the lease: alive
+    store.redis.delete(lease_key(task_id))  # ...until it stops for longer than the grace
+    assert _sweep(store, celery) == [task_id]
+    record = store.get(task_id)
+    assert (record.state, record.holder, record.attempt) == (State.QUEUED, None, 1)
+    assert store.queue_position(record) == 0 and store.queued_count("alice") == 1
+    assert store.running_ids() == []
+    assert celery.sent == [
+        {
+            "name": "scriptorium.run_job",
+            "args": [task_id],
+            "task_id": task_id,
+            "queue": other,
+            "soft_time_limit": 60.0,
+            "time_limit": 60.0 + Settings().cancel.grace_s,
+        }
+    ]
+    assert _sweep(store, celery) == [] and len(celery.sent) == 1
+    assert store.mark_running(task_id, 12, "host-a:20:21", 45_000) == "host-a:20:21:2"
+
+
+def test_reapers_of_several_workers_requeue_a_task_once(store: TaskStore) -> None:
+    task_id = _running(store)
+    store.redis.delete(lease_key(task_id))
+    store.redis.set(f"{lease_key(task_id)}:requeue", "host-c", px=10_000)  # host-c is on it
+    celery = _Celery()
+    assert _sweep(store, celery) == [] and not celery.sent
+    assert store.get(task_id).state == State.RUNNING
+    # Without the lock, the Lua move still lets only the first through.
+    assert store.requeue(task_id, "host-b:10:11:1", None)
+    assert not store.requeue(task_id, "host-b:10:11:1", None)
+
+
+def test_a_task_of_our_own_dead_pool_process_is_requeued_at_once(store: TaskStore) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pool process of this worker (we play its main process), dead
+    task_id = _running(store, holder=f"host-a:{os.getpid()}:{child.pid}")
+    alive = _running(store, holder=f"host-a:{os.getpid()}:{os.getpid()}")
+    elsewhere = _running(store, holder=f"host-b:{os.getpid()}:{child.pid}")  # not ours to judge
+    assert _sweep(store, _Celery()) == [task_id]  # its lease has not lapsed: no need to wait
+    assert {store.get(i).state for i in (alive, elsewhere)} == {State.RUNNING}
+
+
+def test_a_task_started_by_an_older_release_is_left_to_the_visibility_timeout(store) -> None:
+    task_id = _running(store)
+    store.redis.hdel(f"sc:task:{task_id}", "holder")
+    store.redis.delete(lease_key(task_id))
+    assert _sweep(store, _Celery()) == []
+
+
+def test_a_lost_task_past_its_hard_limit_times_out_instead(store: TaskStore) -> None:
+    task_id = _running(store)
+    store.redis.delete(lease_key(task_id))
+    ended: list = []
+    celery = _Celery()
+    assert _sweep(store, celery, ended, now=time.time() + 3600) == []
+    assert [r.id for r in ended] == [task_id] and not celery.sent
+
+
+def test_a_superseded_attempt_cannot_emit_or_finish(store: TaskStore) -> None:
+    task_id = _running(store)
+    first = "host-b:10:11:1"
+    assert store.add_item(task_id, {"index": 0}, False, first)
+    store.redis.delete(lease_key(task_id))
+    assert store.requeue(task_id, first, None)
+    second = store.mark_running(task_id, 21, "host-a:20:21", 45_000)
+    # The first attempt comes back (it was frozen, or cut off from Redis): refused everywhere.
+    assert not store.renew_lease(task_id, first, 45_000)
+    assert not store.add_item(task_id, {"index": 1}, False, first)
+    assert not store.set_provenance(task_id, {"model": "stale"}, first)
+    assert not store.set_total(task_id, 99, first)
+    assert not store.finish(task_id, State.SUCCEEDED, holder=first)
+    assert store.add_item(task_id, {"index": 1}, False, second)
+    assert store.add_item(task_id, {"index": 2}, False, second)
+    assert store.finish(task_id, State.SUCCEEDED, holder=second)
+    record = store.get(task_id)
+    assert (record.state, record.done, record.total, record.provenance) == (
+        State.SUCCEEDED,
+        3,
+        3,
+        None,
+    )
+    assert sorted(item["index"] for item in store.items(task_id)) == [0, 1, 2]
+
+
+def test_the_renewing_process_learns_its_attempt_was_lost(store: TaskStore) -> None:
+    from model.attempts import Attempts
+
+    task_id = _running(store)
+    attempts = Attempts()
+    attempt = attempts.begin(task_id, "host-b:10:11:1")
+    attempts.renew(store, 45_000)
+    assert not attempt.lost.is_set() and store.redis.pttl(lease_key(task_id)) > 40_000
+    store.redis.delete(lease_key(task_id))
+    attempts.renew(store, 45_000)  # lapsed, but nobody requeued it yet: the lease comes back
+    assert not attempt.lost.is_set() and store.redis.exists(lease_key(task_id))
+    store.redis.delete(lease_key(task_id))
+    store.requeue(task_id, "host-b:10:11:1", None)
+    attempts.renew(store, 45_000)
+    assert attempt.lost.is_set() and not store.redis.exists(lease_key(task_id))
+
+
+def test_a_worker_ends_after_a_time_limit_only_a_task_its_own_attempt_holds(store) -> None:
+    from celery.exceptions import TimeLimitExceeded
+
+    from model.ending import end_after_failure
+
+    uploads = UploadStore(
+        redis.Redis(port=store.redis.connection_pool.connection_kwargs["port"]), Path("/x")
+    )
+    task_id = _running(store, holder="host-b:10:11")
+    store.redis.delete(lease_key(task_id))
+    store.requeue(task_id, "host-b:10:11:1", None)  # requeued away from host-b's stale attempt
+    assert end_after_failure(store, uploads, task_id, TimeLimitExceeded(1), "host-b:10:") is None
+    store.mark_running(task_id, 21, "host-a:20:21", 45_000)
+    assert end_after_failure(store, uploads, task_id, TimeLimitExceeded(1), "host-b:10:") is None
+    assert store.get(task_id).state == State.RUNNING
+    state = end_after_failure(store, uploads, task_id, TimeLimitExceeded(1), "host-a:20:")
+    assert state == State.TIMED_OUT
+    never_started = store.create("alice", "detect", {}, 1, 60).id  # a soft limit before start
+    assert end_after_failure(store, uploads, never_started, TimeLimitExceeded(1), "host-a:20:")
+
+
+def test_the_runner_stops_an_attempt_that_lost_its_task_without_ending_it(store) -> None:
+    from pydantic import BaseModel
+
+    from model.jobs.contract import WorkerResources
+    from model.jobs.spec import JobSpec
+    from model.runner import run_task
+
+    def run(ctx) -> None:
+        ctx.emit({"index": 0, "source": "a", "status": "ok"})
+        store.redis.delete(lease_key(ctx.task_id))  # frozen past the grace: another worker
+        store.requeue(ctx.task_id, ctx.attempt.token, None)  # requeues it meanwhile
+        ctx.emit({"index": 1, "source": "b", "status": "ok"})
+
+    job = JobSpec(name="fake", summary="", params=BaseModel, input=BaseModel, run=run)
+    task_id = store.create("alice", "fake", {}, 2, 60).id
+    port = store.redis.connection_pool.connection_kwargs["port"]
+    resources = WorkerResources(
+        settings=_settings(),
+        redis=store.redis,
+        store=store,
+        fetcher=None,
+        uploads=UploadStore(redis.Redis(port=port), Path("/x")),
+    )
+    assert run_task(task_id, store, resources, {"fake": job}) is None
+    record = store.get(task_id)
+    assert (record.state, record.done) == (State.QUEUED, 1)

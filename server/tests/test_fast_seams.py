@@ -183,6 +183,7 @@ def test_runner_resumes_after_the_items_already_stored(store) -> None:
     task_id = _submit(store)
     store.mark_running(task_id, 1)  # a first attempt that died after one item
     store.add_item(task_id, {"index": 0, "source": "0", "status": "ok"}, failed=False)
+    store.redis.delete(f"sc:task:{task_id}:lease")  # ...and whose lease lapsed
     run_task(task_id, store, _resources(store), _fake_jobs(run))
     assert seen == [1, 2] and store.get(task_id).done == 3
 

@@ -23,6 +23,7 @@ from model.store import (
     State,
     TaskStore,
     items_key,
+    lease_key,
     owner_queue_key,
     task_key,
     tomb_key,
@@ -60,8 +61,11 @@ def test_running_task_leaves_every_queue_index_in_one_step(store: TaskStore) -> 
     assert r.sismember(RUNNING_KEY, task_id)
     record = store.get(task_id)
     assert record.state == State.RUNNING and record.worker_pid == 123 and record.started_at
+    assert not store.mark_running(task_id, 456)  # a duplicate delivery: attempt 1 is alive
+    store.redis.delete(lease_key(task_id))  # attempt 1 died and its lease lapsed
     assert store.mark_running(task_id, 456)  # redelivered after a crash: RUNNING again
-    assert store.get(task_id).started_at == record.started_at
+    again = store.get(task_id)
+    assert again.started_at == record.started_at and again.attempt == 2
 
 
 def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> None:
