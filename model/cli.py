@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from model.settings import Settings
 
 DEV_KEY_PREFIX = "dev-"
+WORKER_CONF = "supervisord-worker.conf"  # what `stack --role worker` runs
 
 
 def _write_secret(path: Path, content: str) -> None:
@@ -26,14 +27,17 @@ def _write_secret(path: Path, content: str) -> None:
         fh.write(content)
 
 
-def init_data_dir(settings: Settings) -> None:
-    """Create the data dir layout and generate missing secrets (idempotent)."""
+def init_data_dir(settings: Settings, role: str = "all") -> None:
+    """Create the data dir layout and generate missing secrets (idempotent). A worker-only host
+    generates nothing: Redis and its password, nginx and the tunnel are the main host's."""
     from model import frontdoor
 
     data = settings.data_path
     for sub in ("secrets", "redis", "logs", "run", "models"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(settings.secrets_dir, 0o700)
+    if role == "worker":
+        return
     password_file = settings.secrets_dir / "redis_password"
     if not password_file.exists():
         _write_secret(password_file, secrets.token_urlsafe(32) + "\n")
@@ -98,6 +102,17 @@ def _exec(argv: list[str], settings: Settings) -> None:
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
     from model import frontdoor
 
+    bin_dir = Path(sys.prefix) / "bin"
+    if args.role == "worker":
+        init_data_dir(settings, "worker")
+        if settings.redis_password() is None:
+            print(
+                "warning: no Redis password (set SCRIPTORIUM_REDIS__PASSWORD or copy the main "
+                "host's secrets/redis_password here)",
+                file=sys.stderr,
+            )
+        conf = str(home() / WORKER_CONF)
+        _exec([str(bin_dir / "supervisord"), "-n", "-c", conf], settings)
     init_data_dir(settings)
     # A release interrupted half-way may have left nginx pointed at gunicorn-next, which
     # supervisord does not start: point it back at `gunicorn`.
@@ -112,7 +127,6 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
         print(f'  curl -H "X-API-Key: {key}" {base}/status/<task_id>')
         print(f'  curl -X DELETE -H "X-API-Key: {key}" {base}/terminate/<task_id>')
         print(f"API docs: {base}/openapi\n", flush=True)
-    bin_dir = Path(sys.prefix) / "bin"
     _exec([str(bin_dir / "supervisord"), "-n", "-c", str(home() / "supervisord.conf")], settings)
 
 
@@ -217,6 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     stack = sub.add_parser("stack", help="run redis, worker and gunicorn under supervisord")
     stack.add_argument("--print-key", action="store_true", help="print a dev API key and curl")
+    stack.add_argument(
+        "--role",
+        choices=["all", "worker"],
+        default="all",
+        help="all: redis, worker, gunicorn, nginx (default); worker: the worker alone, for a "
+        "host whose Redis is another's (redis.host/port/password)",
+    )
     stack.set_defaults(func=cmd_stack)
     ctl = sub.add_parser("ctl", help="supervisorctl for the running stack, e.g. `ctl status`")
     ctl.add_argument("ctl_args", nargs=argparse.REMAINDER)

@@ -1,11 +1,14 @@
 """Start and stop the real stack (supervisord running redis, the Celery worker and gunicorn) for
-tests, on free ports in a temporary data dir — the same `python -m model stack` a user runs."""
+tests, on free ports in a temporary data dir — the same `python -m model stack` a user runs —
+and worker-only hosts on a stack's Redis (`python -m model stack --role worker`)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,12 +31,12 @@ def free_port() -> int:
 
 
 @dataclass
-class Stack:
+class Supervised:
+    """A supervisord of ours: its data dir, environment and process."""
+
     data_dir: Path
     env: dict[str, str]
-    base_url: str
     process: subprocess.Popen
-    keys: dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -45,32 +48,11 @@ class Stack:
             timeout=60,
         )
 
-    def create_key(self, name: str, *options: str) -> str:
-        result = self.cli("keys", "create", name, *options)
-        assert result.returncode == 0, result.stderr
-        self.keys[name] = result.stdout.strip()
-        return self.keys[name]
-
-    def client(self, key: str | None) -> Api:
-        return Api(self.base_url, key)
-
     def ctl(self, *args: str) -> str:
         return self.cli("ctl", *args).stdout
 
     def program_pid(self, name: str) -> int:
         return int(self.ctl("pid", name).strip())
-
-    def redis(self) -> redis.Redis:
-        """A client of the stack's own Redis (its password is generated at setup)."""
-        password = (self.data_dir / "secrets" / "redis_password").read_text().strip()
-        port = int(self.env["SCRIPTORIUM_REDIS__PORT"])
-        return redis.Redis(port=port, password=password, decode_responses=True)
-
-    def reset_auth_failures(self) -> None:
-        """Forget failed authentications (one budget for every client of a shared stack)."""
-        client = self.redis()
-        for name in client.scan_iter("*sc:auth-failures*"):
-            client.delete(name)
 
     def log(self, name: str) -> str:
         return (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
@@ -82,6 +64,99 @@ class Stack:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+@dataclass
+class Stack(Supervised):
+    base_url: str = ""
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def create_key(self, name: str, *options: str) -> str:
+        result = self.cli("keys", "create", name, *options)
+        assert result.returncode == 0, result.stderr
+        self.keys[name] = result.stdout.strip()
+        return self.keys[name]
+
+    def client(self, key: str | None) -> Api:
+        return Api(self.base_url, key)
+
+    def redis(self) -> redis.Redis:
+        """A client of the stack's own Redis (its password is generated at setup)."""
+        port = int(self.env["SCRIPTORIUM_REDIS__PORT"])
+        return redis.Redis(port=port, password=self.redis_password(), decode_responses=True)
+
+    def reset_auth_failures(self) -> None:
+        """Forget failed authentications (one budget for every client of a shared stack)."""
+        client = self.redis()
+        for name in client.scan_iter("*sc:auth-failures*"):
+            client.delete(name)
+
+    def redis_password(self) -> str:
+        return (self.data_dir / "secrets" / "redis_password").read_text().strip()
+
+
+@dataclass
+class WorkerHost(Supervised):
+    """A worker-only host: its own supervisord, data dir and models, another stack's Redis."""
+
+    name: str = ""
+
+    def kill_host(self) -> None:
+        """SIGKILL to everything it runs (supervisord, the worker and its pool): a host that
+        dies. Supervisord gives each program a process group of its own; they all stay in the
+        session it was started in."""
+        session = self.process.pid
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+
+def launch_worker_host(
+    data_dir: Path, main: Stack, name: str, settings: dict[str, str], ready_timeout_s: float = 180
+) -> WorkerHost:
+    """`python -m model stack --role worker` in `data_dir`, on `main`'s Redis, in a session of
+    its own (see kill_host); returns once its worker's heartbeat is in that Redis."""
+    env = {
+        **os.environ,
+        "SCRIPTORIUM_DATA_DIR": str(data_dir),
+        "SCRIPTORIUM_REDIS__PORT": main.env["SCRIPTORIUM_REDIS__PORT"],
+        "SCRIPTORIUM_REDIS__PASSWORD": main.redis_password(),
+        "SCRIPTORIUM_WORKER__NAME": name,
+        "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
+        **settings,
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "stack.out").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "model", "stack", "--role", "worker"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    host = WorkerHost(data_dir, env, process, name=name)
+    deadline = time.monotonic() + ready_timeout_s
+    while not any(beat.get("name") == name for beat in live_workers(main)):
+        if process.poll() is not None:
+            raise RuntimeError(f"supervisord exited: {(data_dir / 'stack.out').read_text()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"worker host {name} not up after {ready_timeout_s}s")
+        time.sleep(0.5)
+    return host
+
+
+def live_workers(stack: Stack) -> list[dict[str, Any]]:
+    """Heartbeats of the live worker processes on the stack's Redis, every host's."""
+    from model import fleet
+
+    return fleet.live(stack.redis())
 
 
 def launch(
@@ -111,7 +186,7 @@ def launch(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    stack = Stack(data_dir, env, f"http://127.0.0.1:{http_port}", process)
+    stack = Stack(data_dir, env, process, base_url=f"http://127.0.0.1:{http_port}")
     wait_ready(stack, ready_timeout_s)
     return stack
 
