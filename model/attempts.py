@@ -52,8 +52,11 @@ def process_holder(worker_name: str) -> str:
     return f"{worker_name}:{os.getppid()}:{os.getpid()}"
 
 
-def worker_prefix(worker_name: str) -> str:
-    """What the tokens of this worker's attempts start with (called in its main process)."""
+def own_prefix(worker_name: str, pool_process: bool) -> str:
+    """What the tokens of the attempts this process answers for start with: a pool process's
+    own; in the worker's main process, those of every process of its pool."""
+    if pool_process:
+        return process_holder(worker_name) + ":"
     return f"{worker_name}:{os.getpid()}:"
 
 

@@ -21,6 +21,7 @@ from redis import Redis
 PREFIX = "sc"
 QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, every queued task (backpressure)
 RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
+QUEUES_KEY = f"{PREFIX}:queues"  # set of the Celery queues tasks were ever sent to
 DURATIONS_PREFIX = f"{PREFIX}:durations:"  # recent run durations (s) per job type, for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
 ALL_TASKS_KEY = f"{PREFIX}:tasks"  # sorted set of every live task id (admin listing)
@@ -414,6 +415,7 @@ class TaskStore:
             pipe.hset(task_key(task_id), mapping=fields)
             pipe.zadd(QUEUE_KEY, {task_id: now})
             pipe.zadd(queue_index_key(queue), {task_id: now})
+            pipe.sadd(QUEUES_KEY, queue)
             pipe.zadd(owner_queue_key(owner), {task_id: now})
             pipe.zadd(owner_tasks_key(owner), {task_id: now})
             pipe.zadd(ALL_TASKS_KEY, {task_id: now})

@@ -31,7 +31,7 @@ from celery.signals import (
 from redis import Redis
 
 from model import fleet
-from model.attempts import lease_ms, requeue_lost, worker_prefix
+from model.attempts import lease_ms, own_prefix, requeue_lost
 from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
 from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
@@ -250,7 +250,8 @@ def end_failed_task(task_id: str | None = None, exception: Any = None, **_: Any)
     redis, uploads = _redis(), _uploads()
     try:
         # Only a task one of our own attempts holds: not one requeued away from us meanwhile.
-        worker = worker_prefix(settings.worker_name)
+        # Hard time limits are reported in the main process, other failures in the pool's.
+        worker = own_prefix(settings.worker_name, pool_process=_resources is not None)
         end_after_failure(_store(redis), uploads, task_id, exception, worker)
     finally:
         redis.close()

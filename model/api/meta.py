@@ -13,7 +13,7 @@ from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import Services, services
 from model.inference.registry import discover
-from model.store import QUEUE_KEY, queue_index_key
+from model.store import QUEUE_KEY, QUEUES_KEY, queue_index_key
 
 models_api = APIBlueprint(
     "models",
@@ -54,18 +54,26 @@ def healthz() -> Response:
 @probes_api.get("/readyz", responses={200: Readiness, 503: ErrorResponse})
 def readyz() -> Response:
     """Redis answers and a live worker, on any host, has the default model loaded. Lists every
-    live worker process and, per queue, the tasks waiting and the workers taking it."""
+    live worker process and, per queue with tasks waiting or workers taking it, both counts
+    (tasks waiting where no live worker takes them: their model's hosts are all down)."""
     svc = services()
     try:
         workers = fleet.live(svc.redis)
-        queues = {q for beat in workers for q in beat.get("queues", [])}
+        queues = sorted(
+            {q for beat in workers for q in beat.get("queues", [])}
+            | set(svc.redis.smembers(QUEUES_KEY))
+        )
         with svc.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(QUEUE_KEY)
-            for queue in sorted(queues):
+            for queue in queues:
                 pipe.zcard(queue_index_key(queue))
             queued, *per_queue = pipe.execute()
     except Exception:  # noqa: BLE001 - any redis failure means not ready
         return error_response(503, "not_ready", "redis is not reachable", {"Retry-After": "5"})
+    loads = {
+        queue: {"queued": count, "workers": fleet.serving(workers, queue)}
+        for queue, count in zip(queues, per_queue, strict=True)
+    }
     default = svc.settings.models.default
     if not any(default in beat.get("models", []) for beat in workers):
         return error_response(
@@ -81,8 +89,7 @@ def readyz() -> Response:
             "workers": workers,
             "queued": queued,
             "queues": {
-                queue: {"queued": count, "workers": fleet.serving(workers, queue)}
-                for queue, count in zip(sorted(queues), per_queue, strict=True)
+                queue: load for queue, load in loads.items() if load["queued"] or load["workers"]
             },
         }
     )

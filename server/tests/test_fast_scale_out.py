@@ -103,6 +103,12 @@ def test_models_and_readiness_aggregate_every_live_worker(app_client, clean_redi
     assert sorted(w["name"] for w in ready.json["workers"]) == ["host-a", "host-b"]
     assert ready.json["queues"][QUEUE] == {"queued": 0, "workers": 2}
     assert ready.json["queues"][MODEL_QUEUE_PREFIX + OTHER] == {"queued": 0, "workers": 1}
+    # Tasks for a model whose hosts are all down wait, and /readyz says so.
+    body = {"type": "detect", "input": {"image_urls": ["https://example.org/p.jpg"]}}
+    assert app_client.post("/task", json={**body, "params": {"model": OTHER}}).status_code == 202
+    fleet.withdraw(clean_redis, "sc:worker:host-b:1")
+    orphaned = app_client.get("/readyz").json["queues"][MODEL_QUEUE_PREFIX + OTHER]
+    assert orphaned == {"queued": 1, "workers": 0}
 
 
 def test_readiness_needs_a_worker_with_the_default_model(app_client, clean_redis) -> None:
@@ -298,6 +304,13 @@ def test_a_worker_ends_after_a_time_limit_only_a_task_its_own_attempt_holds(stor
     assert store.get(task_id).state == State.RUNNING
     state = end_after_failure(store, uploads, task_id, TimeLimitExceeded(1), "host-a:20:")
     assert state == State.TIMED_OUT
+    # A failure reported in the pool process itself: its own attempts' prefix.
+    from model.attempts import own_prefix, process_holder
+
+    ours = store.create("alice", "detect", {}, 1, 60).id
+    store.mark_running(ours, os.getpid(), process_holder("host-a"), 45_000)
+    error = RuntimeError("escaped the runner")
+    assert end_after_failure(store, uploads, ours, error, own_prefix("host-a", True))
     never_started = store.create("alice", "detect", {}, 1, 60).id  # a soft limit before start
     assert end_after_failure(store, uploads, never_started, TimeLimitExceeded(1), "host-a:20:")
 
