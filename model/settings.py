@@ -110,8 +110,13 @@ class FetchSettings(BaseModel):
     max_redirects: int = 3
     user_agent: str = "Scriptorium/0.1 (+https://github.com/scriptorium; illustration detection)"
     allow: list[str] = []
-    # Simultaneous requests to one host from one worker process (be kind to library servers).
+    # Simultaneous requests to one host from one worker process, at most (be kind to library
+    # servers): the limit adapts between 1 and this (model/sources/throttle.py).
     per_host_concurrency: int = 4
+    # Where a host's limit starts (again after 5 idle minutes); grows while latency stays flat.
+    per_host_start: int = 1
+    # Grow only while the host's latency EWMA stays within this fraction over its lowest.
+    latency_tolerance: float = 0.5
     retries: int = 2
     # Whole response (connect, headers, body) of one attempt, at most: a server trickling bytes
     # never trips the per-read timeout.

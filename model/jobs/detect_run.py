@@ -91,6 +91,7 @@ def run_detect(ctx: Any) -> None:
                 "prefetch_depth": settings.pipeline.prefetch_depth,
                 "batch_size": settings.worker.batch_size,
                 "per_host_concurrency": settings.fetch.per_host_concurrency,
+                "per_host_start": settings.fetch.per_host_start,
             },
             cache={"hits": stats.hits, "misses": stats.misses},
             bytes_fetched=stats.bytes_fetched,

@@ -93,8 +93,11 @@ def iiif_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         SCRIPTORIUM_FETCH__RETRIES="1",
         # Decompression bombs need not be huge to be refused.
         SCRIPTORIUM_FETCH__MAX_PIXELS=str(40_000_000),
-        # Fewer than the 4 download threads, so the tests can see the per-host limit bite.
+        # Fewer than the 4 download threads, so the tests can see the per-host limit bite:
+        # a fixed limit from the start (test_adaptive_fetch.py tests how it adapts).
         SCRIPTORIUM_FETCH__PER_HOST_CONCURRENCY="2",
+        SCRIPTORIUM_FETCH__PER_HOST_START="2",
+        SCRIPTORIUM_FETCH__LATENCY_TOLERANCE="inf",
         SCRIPTORIUM_CACHE__TTL_S="3600",
     )
     stack.create_key("iiif", "--rate", "100000/second")

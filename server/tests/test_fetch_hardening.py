@@ -192,7 +192,8 @@ def test_response_deadline_ends_a_trickle(trickle: TrickleServer) -> None:
 
 
 def test_prefetcher_close_cancels_the_downloads_in_flight(trickle: TrickleServer) -> None:
-    fetcher = SafeFetcher(allow=LOOPBACK, read_timeout_s=1, retries=0)
+    # Two downloads in flight at once from the start (a host's limit starts at 1 by default).
+    fetcher = SafeFetcher(allow=LOOPBACK, read_timeout_s=1, retries=0, per_host_start=2)
     scope = FetchScope()
     urls = [f"{trickle.url}/{i}.jpg" for i in range(4)]
     with Prefetcher(
