@@ -36,10 +36,12 @@ from model.runner import run_task
 from model.settings import get_settings
 from model.sources.fetch import SafeFetcher
 from model.store import WORKERS_PREFIX, State, TaskStore
+from model.webhooks.events import use_celery
 
 log = logging.getLogger("scriptorium.worker")
 settings = get_settings()
 celery = make_celery(settings)
+use_celery(celery)  # ended tasks' webhooks are queued with it (model/ending.py)
 
 HEARTBEAT_S = 5
 HEARTBEAT_TTL_S = 20

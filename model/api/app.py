@@ -36,6 +36,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.celery_app import make_celery
     from model.keys import KeyStore
     from model.store import TaskStore
+    from model.webhooks.events import use_celery
 
     settings = settings or get_settings()
     app = OpenAPI(
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         celery=make_celery(settings),
     )
     errors.register(app)
+    # A task ended here (cancelled while queued, or not queued) has its webhook queued with it.
+    use_celery(app.extensions["scriptorium"].celery)
 
     @app.before_request
     def _assign_request_id() -> None:
