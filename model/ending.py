@@ -47,13 +47,16 @@ def end_task(
 
 
 def announce_end(store: TaskStore, task_id: str) -> None:
-    """What follows a task's end, once: its `completed` webhook is queued. Never raises: the
-    task has ended whatever happens here (a lost message is queued again by the outbox)."""
+    """What follows a task's end, once: it is counted, its `completed` webhook is queued. Never
+    raises: the task has ended whatever happens here (a lost message is queued again by the
+    outbox)."""
+    from model.metrics.record import meter_of
     from model.webhooks.events import task_ended
 
     try:
         record = store.get(task_id)
         if record is not None:
+            meter_of(store.redis).task_finished(record.type, record.state.value)
             task_ended(store, record)
     except Exception:
         log.warning("the end of task %s was not announced", task_id, exc_info=True)

@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api.services import Services
     from model.celery_app import make_celery
     from model.keys import KeyStore
+    from model.metrics.exposition import init_http_metrics
     from model.store import TaskStore
     from model.webhooks.events import use_celery
 
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_callback=errors.validation_error_callback,
         doc_prefix="/openapi",
     )
+    # First: every request is counted and timed, those other hooks refuse included.
+    init_http_metrics(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.http.max_body_bytes
     app.json.sort_keys = False
     redis = Redis.from_url(

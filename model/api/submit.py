@@ -38,6 +38,7 @@ from model.inference.registry import discover
 from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput, TaskSpec
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
+from model.metrics.record import meter_of
 from model.settings import get_settings
 from model.sources.addresses import AddressPolicy
 from model.sources.sniff import sniff_image
@@ -335,6 +336,7 @@ def _enqueue(
             "the task queue is unavailable; retry later",
             {"Retry-After": "5"},
         ) from exc
+    meter_of(svc.redis).task_submitted(job.name)
     return created_response(task_id, record.state)
 
 

@@ -21,6 +21,7 @@ from redis import Redis
 
 from model.celery_app import DELIVER_WEBHOOK, make_celery
 from model.keys import KeyStore
+from model.metrics.record import Meter
 from model.settings import get_settings
 from model.store import TaskStore
 from model.webhooks.delivery import Deliverer, webhook_fetcher
@@ -40,12 +41,8 @@ def _redis() -> Redis:
     return Redis.from_url(settings.redis_url(), decode_responses=True)
 
 
-def _meter(redis: Redis) -> Any:
-    try:
-        from model.metrics.record import Meter
-    except ImportError:  # metrics are optional here
-        return None
-    return Meter(redis, settings)
+def _meter(redis: Redis) -> Meter:
+    return Meter(redis, settings.metrics.max_hosts)
 
 
 @worker_process_init.connect
