@@ -144,6 +144,14 @@ def noop_with(api: Api, webhook: dict[str, Any]) -> str:
     return api.submit_ok({"type": "noop", "webhook": webhook})
 
 
+def test_the_webhooks_worker_runs_beside_the_inference_worker(stack: Stack) -> None:
+    status = stack.ctl("status", "webhooks")
+    assert "RUNNING" in status, status
+    log = stack.log("webhooks")
+    assert "scriptorium.webhooks" in log and "scriptorium.deliver_webhook" in log
+    assert "scriptorium.run_job" not in log  # it consumes its own queue only
+
+
 # --- refused at submit ----------------------------------------------------------------------------
 
 
