@@ -79,7 +79,6 @@ def supervisor_env(settings: Settings) -> dict[str, str]:
         "SC_DATA": str(settings.data_path),
         "SC_REDIS_PORT": str(settings.redis.port),
         "SC_CONCURRENCY": str(settings.worker.concurrency),
-        "SC_WEBHOOKS_CONCURRENCY": str(settings.webhooks.concurrency),
         "SC_NGINX": frontdoor.find_binary("nginx"),
         "SC_NGINX_CONF": str(frontdoor.nginx_conf_path(settings)),
         # supervisord cannot make a program conditional, but autostart can come from here.

@@ -30,6 +30,7 @@ from model.webhooks.events import Outbox, send, use_celery
 log = logging.getLogger("scriptorium.webhooks")
 settings = get_settings()
 celery = make_celery(settings)
+celery.conf.worker_concurrency = settings.webhooks.concurrency  # -c on the command line wins
 use_celery(celery)
 
 SCHEDULER_PERIOD_S = 0.25

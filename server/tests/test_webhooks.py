@@ -150,6 +150,7 @@ def test_the_webhooks_worker_runs_beside_the_inference_worker(stack: Stack) -> N
     log = stack.log("webhooks")
     assert "scriptorium.webhooks" in log and "scriptorium.deliver_webhook" in log
     assert "scriptorium.run_job" not in log  # it consumes its own queue only
+    assert "concurrency: 2 (prefork)" in log  # webhooks.concurrency (2 in test stacks)
 
 
 # --- refused at submit ----------------------------------------------------------------------------
