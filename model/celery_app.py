@@ -13,6 +13,10 @@ from model.settings import Settings
 RUN_JOB = "scriptorium.run_job"
 PING = "scriptorium.ping"
 QUEUE = "scriptorium"
+# Webhook deliveries: a queue of their own, consumed by the `webhooks` worker program only, so a
+# slow receiver never holds up inference (model/webhooks/).
+DELIVER_WEBHOOK = "scriptorium.deliver_webhook"
+WEBHOOK_QUEUE = "scriptorium.webhooks"
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -28,6 +32,7 @@ def make_celery(settings: Settings) -> Celery:
     }
     app.conf.update(
         task_default_queue=QUEUE,
+        task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         # A task is acknowledged only once it has finished, and a worker that dies mid-task

@@ -163,6 +163,34 @@ class SimilaritySettings(BaseModel):
     cache_max_entries: int = 5000
 
 
+class WebhookSettings(BaseModel):
+    """Deliveries of task events to `webhook.url` (model/webhooks/), by their own worker program."""
+
+    # A `completed` delivery is retried with exponential backoff (doubling from backoff_initial_s,
+    # at most backoff_max_s apart, up to 10% jitter) until this long after the task ended.
+    retry_for_s: float = 86_400
+    backoff_initial_s: float = 10
+    backoff_max_s: float = 3600
+    # One attempt, connect to last header byte, at most (the fetch timeouts bound it too).
+    timeout_s: float = 10
+    # Largest body sent (the event: task id, state, progress, error, links; never the result).
+    max_payload_bytes: int = 65_536
+    # `progress` events: at most one every progress_interval_s, which may not be set below this.
+    min_progress_interval_s: float = 5
+    # Processes of the webhooks worker program (prefork).
+    concurrency: int = 4
+    # After `keys webhook-secret NAME --rotate`, deliveries carry a signature with the old secret
+    # too for this long, so receivers can switch without losing any.
+    rotation_grace_s: float = 86_400
+
+
+class MetricsSettings(BaseModel):
+    """GET /metrics (model/metrics/)."""
+
+    # Distinct hosts named in the fetch metrics' `host` label; later ones count as "other".
+    max_hosts: int = 50
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRIPTORIUM_",
@@ -189,6 +217,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     cors: CorsSettings = CorsSettings()
     spiped: SpipedSettings = SpipedSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -218,6 +248,11 @@ class Settings(BaseSettings):
     @property
     def keys_db(self) -> Path:
         return self.data_path / "keys.sqlite3"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """prometheus-client's multiprocess files of the HTTP processes (cleaned at start)."""
+        return self.run_dir / "metrics"
 
     @property
     def run_dir(self) -> Path:

@@ -166,6 +166,8 @@ class TaskRecord:
     # Result fields of a whole task beside its items (similarity: the compared pairs); kept in
     # the record's hash, so they expire with it.
     summary: dict[str, Any] | None = None
+    # Where the task's events go: {"url", "events", "progress_interval_s"} (model/webhooks/).
+    webhook: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> TaskRecord:
@@ -193,6 +195,7 @@ class TaskRecord:
             error_message=data.get("error_message") or None,
             provenance=json.loads(data["provenance"]) if data.get("provenance") else None,
             summary=json.loads(data["summary"]) if data.get("summary") else None,
+            webhook=json.loads(data["webhook"]) if data.get("webhook") else None,
         )
 
 
@@ -273,6 +276,7 @@ class TaskStore:
         total: int,
         timeout_s: float,
         task_id: str | None = None,
+        webhook: dict[str, Any] | None = None,
     ) -> TaskRecord:
         task_id = task_id or uuid.uuid4().hex
         now = time.time()
@@ -288,6 +292,8 @@ class TaskStore:
             "done": 0,
             "failed": 0,
         }
+        if webhook:
+            fields["webhook"] = json.dumps(webhook)
         with self.redis.pipeline() as pipe:
             pipe.hset(task_key(task_id), mapping=fields)
             pipe.zadd(QUEUE_KEY, {task_id: now})

@@ -35,7 +35,9 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api.services import Services
     from model.celery_app import make_celery
     from model.keys import KeyStore
+    from model.metrics.exposition import init_http_metrics
     from model.store import TaskStore
+    from model.webhooks.events import use_celery
 
     settings = settings or get_settings()
     app = OpenAPI(
@@ -49,6 +51,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_callback=errors.validation_error_callback,
         doc_prefix="/openapi",
     )
+    # First: every request is counted and timed, those other hooks refuse included.
+    init_http_metrics(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.http.max_body_bytes
     app.json.sort_keys = False
     redis = Redis.from_url(
@@ -62,6 +66,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         celery=make_celery(settings),
     )
     errors.register(app)
+    # A task ended here (cancelled while queued, or not queued) has its webhook queued with it.
+    use_celery(app.extensions["scriptorium"].celery)
 
     @app.before_request
     def _assign_request_id() -> None:

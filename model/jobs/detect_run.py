@@ -143,6 +143,8 @@ def _analyse(
         return
     started = time.perf_counter()
     predictions = detector.predict([p.image for p in ready], params.confidence, params.iou)
+    if getattr(ctx, "meter", None) is not None:
+        ctx.meter.inference_batch(detector.name, len(ready))
     per_image_s = (time.perf_counter() - started) / len(ready)
     stats.misses += len(ready)
     stats.timings["inference_s"] += per_image_s * len(ready)

@@ -24,13 +24,12 @@
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -42,6 +41,16 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 from urllib3.util.connection import allowed_gai_family
 
+# The address policy is in a light module of its own: the HTTP process checks with it too.
+from model.sources.addresses import (  # noqa: F401 - re-exported
+    NAT64,
+    REFUSED_V6,
+    AddressPolicy,
+    IPAddress,
+    IPNetwork,
+    _embedded_ipv4,
+    _public,
+)
 from model.sources.throttle import HostLimiter, Permit
 
 if TYPE_CHECKING:
@@ -52,19 +61,6 @@ THROTTLE_STATUSES = {429, 503}  # the host says it is overloaded: fewer requests
 MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is cut to this (retry wait and host pause)
 DRAIN_MAX_BYTES = 64 * 1024  # error bodies up to this are read so that the connection is kept
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# IPv6 ranges that reach IPv4 hosts or are not routable on the internet, whatever Python's
-# `is_global` of the day says: local-use NAT64 (RFC 8215), IPv4-compatible (deprecated, `::/96`
-# holds `::127.0.0.1`), site-local (deprecated).
-REFUSED_V6 = [
-    ipaddress.IPv6Network("64:ff9b:1::/48"),
-    ipaddress.IPv6Network("::/96"),
-    ipaddress.IPv6Network("fec0::/10"),
-]
-NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix: the last 32 bits are IPv4
-
 
 class FetchError(Exception):
     def __init__(self, code: str, message: str, status: int | None = None) -> None:
@@ -72,56 +68,6 @@ class FetchError(Exception):
         self.code = code
         self.message = message
         self.status = status  # the HTTP status of an `http_error` (callers act on 400 vs 404)
-
-
-@dataclass
-class AddressPolicy:
-    """Public addresses pass; private/loopback/link-local/... only when allow-listed."""
-
-    allow_hosts: set[str] = field(default_factory=set)
-    allow_networks: list[IPNetwork] = field(default_factory=list)
-
-    @classmethod
-    def from_list(cls, entries: Iterable[str]) -> AddressPolicy:
-        policy = cls()
-        for entry in entries:
-            try:
-                policy.allow_networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                policy.allow_hosts.add(entry.lower())
-        return policy
-
-    def host_allowed(self, host: str) -> bool:
-        return host.lower() in self.allow_hosts
-
-    def address_allowed(self, address: str) -> bool:
-        ip: IPAddress = ipaddress.ip_address(address.split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if any(ip in net for net in self.allow_networks):
-            return True
-        return _public(ip)
-
-
-def _public(ip: IPAddress) -> bool:
-    if not ip.is_global or ip.is_multicast:
-        return False
-    if isinstance(ip, ipaddress.IPv4Address):
-        return True
-    if any(ip in net for net in REFUSED_V6):
-        return False
-    # NAT64, 6to4 and Teredo addresses lead to the IPv4 host they embed: that one must be public.
-    return all(_public(embedded) for embedded in _embedded_ipv4(ip))
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    if ip in NAT64:
-        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
-    if ip.sixtofour is not None:
-        return [ip.sixtofour]
-    if ip.teredo is not None:
-        return list(ip.teredo)  # server and client
-    return []
 
 
 # --- cancellation: scopes, attempts ------------------------------------------------------------
@@ -422,6 +368,28 @@ class SafeFetcher:
                 backoff = self.backoff_s * 2 ** (attempt - 1)
                 if scope.wait(exc.wait_s if exc.wait_s is not None else backoff):
                     raise _cancelled(url) from None
+
+    def post(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
+        """One POST (webhook deliveries), guarded like `get`: the URL checked, every address
+        checked before connecting, the connect and read timeouts, the response deadline. Never a
+        redirect followed (a 3xx is the answer), no retries (the caller schedules them), the
+        answer's body never read. Returns the HTTP status; FetchError when no answer came."""
+        self.check_url(url)
+        with FetchScope().attempt() as attempt, self._watched(attempt):
+            try:
+                with self.session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    stream=True,
+                    allow_redirects=False,
+                ) as resp:
+                    return resp.status_code
+            except requests.exceptions.RequestException as exc:
+                error = self._aborted(url, attempt.reason) if attempt.reason else None
+                error = error or _network_error(url, exc)
+                raise (error.error if isinstance(error, _Retryable) else error) from exc
 
     def _get_held(
         self, url: str, number: int, max_bytes: int, scope: FetchScope, limiter: HostLimiter

@@ -21,10 +21,20 @@ from model.synthetic import RenderedPage, render_page
 from testkit.iiif_server import IiifServer, Published
 from testkit.stack import Api, Stack, free_port, start_stack
 
+# Webhook deliveries on the session stack: short backoff, attempts and retry window, so that
+# test_webhooks.py sees retries, timeouts and giving up in seconds (no other test sends any).
+WEBHOOK_TEST_SETTINGS = {
+    "SCRIPTORIUM_WEBHOOKS__BACKOFF_INITIAL_S": "0.5",
+    "SCRIPTORIUM_WEBHOOKS__BACKOFF_MAX_S": "2",
+    "SCRIPTORIUM_WEBHOOKS__RETRY_FOR_S": "6",
+    "SCRIPTORIUM_WEBHOOKS__TIMEOUT_S": "1",
+    "SCRIPTORIUM_WEBHOOKS__MIN_PROGRESS_INTERVAL_S": "1",
+}
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("stack"))
+    stack = start_stack(tmp_path_factory.mktemp("stack"), **WEBHOOK_TEST_SETTINGS)
     stack.create_key("alice")
     stack.create_key("bob")
     yield stack

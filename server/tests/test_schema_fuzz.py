@@ -39,7 +39,10 @@ CHECKS = [check for check in CHECK_REGISTRY.get_all() if check.__name__ != "max_
 
 @pytest.fixture(scope="session")
 def fuzz_key(stack: Stack) -> str:
-    return stack.create_key("fuzzer", "--rate", "100000/second")
+    key = stack.create_key("fuzzer", "--rate", "100000/second")
+    # Valid requests may ask for a webhook, which needs the key's signing secret.
+    assert stack.cli("keys", "webhook-secret", "fuzzer").returncode == 0
+    return key
 
 
 @pytest.fixture(scope="session")
