@@ -30,6 +30,7 @@ class _RequestIdFilter(logging.Filter):
 def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api import errors, listing, meta, results, submit, tasks
     from model.api.auth import SECURITY_SCHEMES
+    from model.api.cors import init_cors
     from model.api.limits import init_limits
     from model.api.request_doc import request_schema_components
     from model.api.services import Services
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
         return response
 
+    # Before the rate limiter and every key check: preflights carry no key.
+    init_cors(app, settings.cors.origins)
     app.register_api(submit.api)
     app.register_api(tasks.api)
     app.register_api(meta.models_api)
