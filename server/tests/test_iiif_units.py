@@ -179,6 +179,37 @@ def test_v2_manifest_without_service_or_profile() -> None:
     assert canvas.image.url == "http://x/1.jpg" and canvas.image.service is None
 
 
+def _v2_canvas(n: int) -> dict:
+    return {
+        "@id": f"http://x/c{n}",
+        "@type": "sc:Canvas",
+        "label": f"p{n}",
+        "width": 100,
+        "height": 100,
+        "images": [{"resource": {"@id": f"http://x/{n}.jpg", "@type": "dctypes:Image"}}],
+    }
+
+
+def test_v2_canvases_of_every_sequence_each_once() -> None:
+    """A canvas only in a later sequence is analysed; one named twice is analysed once; one
+    only named by id, described nowhere, is skipped with the reason."""
+    manifest = {
+        "@context": "http://iiif.io/api/presentation/2/context.json",
+        "@id": "http://x/m",
+        "@type": "sc:Manifest",
+        "sequences": [
+            {"canvases": [_v2_canvas(1), _v2_canvas(2), "http://x/c4"]},
+            {"canvases": ["http://x/c2", _v2_canvas(1), _v2_canvas(3), "http://x/c9"]},
+            {"canvases": [_v2_canvas(4)]},
+        ],
+    }
+    canvases = parse_document(manifest).canvases
+    assert [c.id for c in canvases] == [f"http://x/c{n}" for n in (1, 2, 4, 3, 9)]
+    assert [c.image.url for c in canvases[:4]] == [f"http://x/{n}.jpg" for n in (1, 2, 4, 3)]
+    assert canvases[4].image is None
+    assert canvases[4].skip_reason == "sequence 2 names this canvas without describing it"
+
+
 def test_prefetch_is_bounded_and_stops_without_waiting() -> None:
     started: list[int] = []
     lock = threading.Lock()
