@@ -28,7 +28,7 @@ class _RequestIdFilter(logging.Filter):
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
-    from model.api import errors, listing, meta, results, submit, tasks
+    from model.api import errors, listing, meta, results, shares, submit, tasks
     from model.api.auth import SECURITY_SCHEMES
     from model.api.cors import init_cors
     from model.api.limits import init_limits
@@ -82,6 +82,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(meta.probes_api)
     app.register_api(listing.api)
     app.register_api(results.api)
+    app.register_api(shares.api)
     # Probes stay unlimited: monitoring must never be told to back off.
     init_limits(app, settings, exempt=[meta.probes_api])
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.

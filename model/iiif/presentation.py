@@ -65,6 +65,8 @@ class Document:
     version: int  # Presentation API major version: 2 or 3
     canvases: list[Canvas] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
+    # The JSON it was read from (kept with a detect task's result, for the viewer manifest).
+    source: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 class NotIiif(ValueError):
@@ -101,6 +103,7 @@ def _parse_document(doc: Any) -> Document:
         raise NotIiif("not a IIIF manifest or collection (no Manifest/Collection type)")
     version = presentation_version(doc)
     parsed = Document(kind, node_id(doc) or "", label_text(doc.get("label")), version)
+    parsed.source = doc
     if kind == "manifest":
         parsed.canvases = _canvases_v3(doc) if version == 3 else _canvases_v2(doc)
         if not parsed.canvases:  # a manifest labelled one version but shaped as the other

@@ -12,7 +12,7 @@ import pytest
 
 from model.iiif.image_api import ImageService, choose_request, parse_service
 from model.iiif.presentation import parse_document
-from model.outputs.annotations import annotation_page
+from model.outputs.annotations import ResultLinks, annotation_page
 from model.outputs.yolo import yolo_archive
 from model.pipeline.prefetch import Prefetcher
 
@@ -278,15 +278,20 @@ ITEMS = [
 
 
 def test_annotation_page_v3_and_list_v2() -> None:
-    page = annotation_page(
-        {"index": 0, "version": 3, "label": "Book"}, ITEMS, "http://api/result/t?format=iiif"
-    )
+    links = ResultLinks("http://api/result/t")
+    page = annotation_page({"index": 0, "version": 3, "label": "Book"}, ITEMS, links)
     assert page["type"] == "AnnotationPage" and len(page["items"]) == 1
+    assert page["id"] == "http://api/result/t/iiif/manifest/0/annotations"
     anno = page["items"][0]
+    # Its id: its canvas's page (the item's index stands in for a canvas_index it lacks).
+    assert anno["id"] == "http://api/result/t/iiif/manifest/0/canvas/0/annotations#detection-0"
     assert anno["target"] == "http://x/c1#xywh=100,100,400,200"
-    assert anno["motivation"] == "tagging" and anno["body"][0]["value"] == "illustration"
-    v2 = annotation_page({"index": 0, "version": 2, "label": "Book"}, ITEMS, "http://api/r")
+    assert anno["motivation"] == ["commenting", "tagging"]
+    assert [b["value"] for b in anno["body"]] == ["illustration", "confidence 0.91"]
+    v2 = annotation_page({"index": 0, "version": 2, "label": "Book"}, ITEMS, links)
     assert v2["@type"] == "sc:AnnotationList" and v2["resources"][0]["on"] == anno["target"]
+    shared = annotation_page({"index": 0, "version": 3}, ITEMS, ResultLinks("http://a", "t/k"))
+    assert shared["id"] == "http://a/iiif/manifest/0/annotations?token=t%2Fk"
 
 
 def test_yolo_archive_normalises_to_the_canvas() -> None:
