@@ -348,3 +348,33 @@ def test_share_links_expire_and_never_outlive_the_result(web) -> None:
 
     redis.hset(share_key(share["share_id"]), "expires_at", 1)  # as if its time had passed
     assert web.get(f"/result/{task_id}?token={share['token']}").status_code == 401
+
+
+# --- the operator page ----------------------------------------------------------------------------
+
+
+def test_console_is_a_static_shell_under_a_strict_policy(web) -> None:
+    import re
+
+    web.app_settings.console.viewer_url = (
+        'https://v.example/?m={manifest}"><script>alert(1)</script>'
+    )
+    resp = web.get("/console")
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    policy = dict(
+        part.strip().split(" ", 1) for part in resp.headers["Content-Security-Policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == "'self'" and policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'" and policy["base-uri"] == "'none'"
+    assert "unsafe" not in resp.headers["Content-Security-Policy"]
+    page = resp.get_data(as_text=True)
+    # No inline script: every <script> loads a file; the configured URL arrives escaped.
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="static/console.js" defer>']
+    assert "<script>alert" not in page and "&#34;&gt;&lt;script&gt;" in page
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    script = web.get("/static/console.js")
+    assert script.status_code == 200 and "javascript" in script.mimetype
+    assert "innerHTML" not in script.get_data(as_text=True)
+    script.close()
+    assert web.get("/static/console.css").mimetype == "text/css"
