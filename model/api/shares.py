@@ -196,7 +196,16 @@ def share_links(task_id: str, token: str) -> dict:
     }
 
 
-@api.post("/result/<task_id>/shares", responses={201: None, 403: None, **ERRORS})
+@api.post(
+    "/result/<task_id>/shares",
+    responses={201: None, **ERRORS},
+    openapi_extensions={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": ShareRequest.model_json_schema()}},
+        }
+    },
+)
 def create_share(path: TaskPath) -> Response:
     """A read-only link to this task's results, for people and viewers without a key."""
     svc = services()
