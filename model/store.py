@@ -474,6 +474,9 @@ class TaskStore:
     def is_cancel_requested(self, task_id: str) -> bool:
         return bool(self.redis.hexists(task_key(task_id), "cancel_requested_at"))
 
+    def running_count(self) -> int:
+        return int(self.redis.scard(RUNNING_KEY))
+
     def running_ids(self) -> list[str]:
         return list(self.redis.smembers(RUNNING_KEY))
 

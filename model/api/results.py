@@ -85,8 +85,8 @@ class _Finished:
         self.items = svc.store.items(record.id)
         self.provenance = svc.store.full_provenance(record) or {}
         self.manifests: list[dict] = self.provenance.get("manifests", [])
-        base = f"{svc.settings.http.public_base_url()}/result/{record.id}"
-        self.links = ResultLinks(base, g.get("share_token"))
+        public = svc.settings.http.public_base_url()
+        self.links = ResultLinks.of_task(public, record.id, g.get("share_token"))
 
     def manifest(self, index: int) -> dict:
         if not self.manifests:

@@ -38,7 +38,7 @@ from model.api.schemas import TaskPath, timestamp
 from model.api.services import services
 from model.api.tasks import ERRORS, _owned_record
 from model.outputs.annotations import ResultLinks
-from model.store import PREFIX
+from model.store import PREFIX, TaskRecord
 
 TOKEN_BYTES = 32
 SHARE_ID_PATTERN = r"^[0-9a-f]{32}$"
@@ -175,13 +175,12 @@ class SharePath(TaskPath):
     share_id: str = Field(pattern=SHARE_ID_PATTERN)
 
 
-def share_links(task_id: str, token: str) -> dict:
+def share_links(record: TaskRecord, token: str) -> dict:
     """The URLs a share link opens: the JSON result and, per manifest, what a viewer loads."""
     svc = services()
-    links = ResultLinks(f"{svc.settings.http.public_base_url()}/result/{task_id}", token)
-    record = svc.store.get(task_id)
-    manifests = ((record.provenance if record else None) or {}).get("manifests", [])
-    kept = svc.store.kept_manifest_indices(task_id)
+    links = ResultLinks.of_task(svc.settings.http.public_base_url(), record.id, token)
+    manifests = (record.provenance or {}).get("manifests", [])
+    kept = svc.store.kept_manifest_indices(record.id)
     return {
         "result_url": links.result("json"),
         "manifests": [
@@ -221,7 +220,7 @@ def create_share(path: TaskPath) -> Response:
     if record.expires_at is not None:  # never outlives the result it opens
         expires_at = min(expires_at, record.expires_at)
     token, share = share_store().create(record.id, record.owner, expires_at)
-    response = jsonify({**share.describe(), "token": token, **share_links(record.id, token)})
+    response = jsonify({**share.describe(), "token": token, **share_links(record, token)})
     response.status_code = 201
     return response
 

@@ -35,6 +35,10 @@ class ResultLinks:
     base: str
     token: str | None = None
 
+    @classmethod
+    def of_task(cls, public_base_url: str, task_id: str, token: str | None = None) -> ResultLinks:
+        return cls(f"{public_base_url}/result/{task_id}", token)
+
     def _url(self, path: str) -> str:
         query = f"?token={quote(self.token, safe='')}" if self.token else ""
         return f"{self.base}{path}{query}"

@@ -211,15 +211,16 @@ def test_console_shows_progress_draws_boxes_cancels_and_shares(
     task_id = admin.submit_ok({"type": "detect", "input": {"manifest_url": url}, "params": LOW})
     _sign_in(page, iiif_stack, admin_key)
     assert page.locator("#key-who").inner_text() == "Admin key in use."
-    assert int(page.locator("#queue-depth").inner_text(timeout=10_000).strip("-") or 0) >= 0
-    page.wait_for_selector("#workers tr", timeout=10_000)
+    page.wait_for_selector("#workers tr", timeout=10_000)  # from /readyz, as the counts below
 
     # The task's row: its progress bar moves while it runs.
     bar = page.locator(f'tr[data-task="{task_id}"] progress')
     seen: list[float] = []
+    counts: set[tuple[str, str]] = set()  # (queued, running) as the admin panel shows them
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         state = page.locator(f'tr[data-task="{task_id}"]').get_attribute("data-state")
+        counts.add((page.inner_text("#queue-depth"), page.inner_text("#running-count")))
         value = float(bar.get_attribute("value") or 0)
         if not seen or seen[-1] != value:
             seen.append(value)
@@ -231,6 +232,7 @@ def test_console_shows_progress_draws_boxes_cancels_and_shares(
     assert state == "SUCCEEDED", (state, seen)
     moving = [v for v in seen if 0 < v < 16]
     assert len(moving) >= 2 and seen[-1] == 16, seen
+    assert ("0", "1") in counts, counts  # our task running, nothing waiting
 
     # Opened: its pages with their boxes, as many as the result has.
     page.click(f'tr[data-task="{task_id}"] button.open')

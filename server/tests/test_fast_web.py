@@ -378,3 +378,20 @@ def test_console_is_a_static_shell_under_a_strict_policy(web) -> None:
     assert "innerHTML" not in script.get_data(as_text=True)
     script.close()
     assert web.get("/static/console.css").mimetype == "text/css"
+
+
+def test_readyz_counts_queued_and_running_tasks(web) -> None:
+    """What the operator page shows admin keys beside the workers."""
+    import json
+
+    from model.store import WORKERS_PREFIX, TaskStore
+
+    redis = web.application.extensions["scriptorium"].redis
+    redis.set(f"{WORKERS_PREFIX}host:1", json.dumps({"pid": 1, "models": ["m"]}))
+    store = TaskStore(redis, 3600, 3600)
+    for _ in range(3):
+        record = store.create("web", "noop", {}, 0, 60)
+    store.mark_running(record.id, 1)
+    ready = web.get("/readyz").get_json()
+    assert (ready["queued"], ready["running"]) == (2, 1)
+    assert ready["workers"] == [{"pid": 1, "models": ["m"]}]

@@ -10,7 +10,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const ACTIVE = new Set(["QUEUED", "RUNNING"]);
 const WITH_RESULT = new Set(["SUCCEEDED", "TIMED_OUT", "CANCELLED"]);
 
-const state = { admin: false, selected: null, drawn: null, share: null, timer: null };
+const state = { admin: false, selected: null, selectedState: null, drawn: null, share: null, timer: null };
 
 const $ = (id) => document.getElementById(id);
 
@@ -93,7 +93,7 @@ function forgetKey() {
   for (const id of ["tasks", "admin", "detail", "key-state"]) $(id).hidden = true;
   $("key-form").hidden = false;
   $("task-rows").replaceChildren();
-  Object.assign(state, { admin: false, selected: null, drawn: null, share: null });
+  Object.assign(state, { admin: false, selected: null, selectedState: null, drawn: null, share: null });
 }
 
 // --- the task list ------------------------------------------------------------------------------
@@ -103,7 +103,11 @@ async function refresh() {
     const page = await api("tasks?limit=50");
     renderTasks(page);
     if (state.admin) await refreshAdmin();
-    if (state.selected) await refreshDetail();
+    // The open task is read again while it may change: active, or seen changed in the list
+    // (a finished one's status carries every page: not worth reading each second).
+    const listed = page.tasks.find((task) => task.task_id === state.selected);
+    const changed = listed && listed.state !== state.selectedState;
+    if (state.selected && (changed || ACTIVE.has(state.selectedState))) await refreshDetail();
   } catch (error) {
     if (error.status === 401) {
       forgetKey();
@@ -146,15 +150,11 @@ function renderTasks(page) {
 }
 
 async function refreshAdmin() {
-  const [queued, running] = await Promise.all([
-    api("tasks?scope=all&state=QUEUED&limit=1"),
-    api("tasks?scope=all&state=RUNNING&limit=1"),
-  ]);
-  $("queue-depth").textContent = String(queued.total);
-  $("running-count").textContent = String(running.total);
   const response = await fetch("readyz", { cache: "no-store" });
   const ready = await response.json();
   $("readiness").textContent = response.ok ? "ready" : (ready.error && ready.error.message) || "not ready";
+  $("queue-depth").textContent = response.ok ? String(ready.queued) : "-";
+  $("running-count").textContent = response.ok ? String(ready.running) : "-";
   const workers = (ready.workers || []).map((worker) =>
     el("tr", {}, [
       el("td", { text: String(worker.pid) }),
@@ -179,7 +179,7 @@ async function cancelTask(taskId) {
 // --- one task -----------------------------------------------------------------------------------
 
 function select(taskId) {
-  Object.assign(state, { selected: taskId, drawn: null, share: null });
+  Object.assign(state, { selected: taskId, selectedState: null, drawn: null, share: null });
   $("detail").hidden = false;
   $("detail-id").textContent = taskId;
   $("pages").replaceChildren();
@@ -191,6 +191,7 @@ async function refreshDetail() {
   const taskId = state.selected;
   const status = await api(`status/${encodeURIComponent(taskId)}`);
   if (taskId !== state.selected) return;
+  state.selectedState = status.state;
   const { done, failed, total } = status.progress;
   $("detail-state").textContent = status.state;
   $("detail").setAttribute("data-state", status.state);
