@@ -81,25 +81,16 @@ def _comment(detection: dict[str, Any]) -> str:
     return f"confidence {detection['confidence']:.2f}"
 
 
+def _text(value: str, purpose: str) -> dict[str, str]:
+    return {"type": "TextualBody", "value": value, "purpose": purpose, "format": "text/plain"}
+
+
 def _v3_annotation(anno_id: str, item: dict[str, Any], detection: dict[str, Any]) -> dict:
     return {
         "id": anno_id,
         "type": "Annotation",
         "motivation": ["commenting", "tagging"],
-        "body": [
-            {
-                "type": "TextualBody",
-                "value": detection["label"],
-                "purpose": "tagging",
-                "format": "text/plain",
-            },
-            {
-                "type": "TextualBody",
-                "value": _comment(detection),
-                "purpose": "commenting",
-                "format": "text/plain",
-            },
-        ],
+        "body": [_text(detection["label"], "tagging"), _text(_comment(detection), "commenting")],
         "target": _target(item, detection["xywh"]),
     }
 
