@@ -90,6 +90,21 @@ class CorsSettings(BaseModel):
     origins: list[str] = []
 
 
+class ShareSettings(BaseModel):
+    """Share links to one task's results (model/api/shares.py)."""
+
+    default_ttl_s: int = 86400
+    max_ttl_s: int = 7 * 86400
+
+
+class ConsoleSettings(BaseModel):
+    """The operator page (GET /console)."""
+
+    # A IIIF viewer to open shared manifests in: a URL with {manifest} where the manifest's URL
+    # goes (URL-encoded), e.g. a Mirador page of your own; empty: no "open in viewer" link.
+    viewer_url: str = ""
+
+
 class SpipedSettings(BaseModel):
     """The server end of the spiped tunnel the front end reaches the API through."""
 
@@ -134,6 +149,9 @@ class IiifSettings(BaseModel):
     max_json_bytes: int = 10 * 1024 * 1024
     # Parsed info.json descriptions kept in Redis by service id, shared across tasks (0: off).
     info_cache_ttl_s: int = 86_400
+    # A detect task keeps each manifest it read up to this size (JSON), to serve it to viewers
+    # with the detections attached (GET /result/<id>/iiif/manifest/<m>).
+    max_kept_manifest_bytes: int = 4 * 1024 * 1024
 
 
 class PipelineSettings(BaseModel):
@@ -216,6 +234,8 @@ class Settings(BaseSettings):
     similarity: SimilaritySettings = SimilaritySettings()
     limits: LimitSettings = LimitSettings()
     cors: CorsSettings = CorsSettings()
+    share: ShareSettings = ShareSettings()
+    console: ConsoleSettings = ConsoleSettings()
     spiped: SpipedSettings = SpipedSettings()
     webhooks: WebhookSettings = WebhookSettings()
     metrics: MetricsSettings = MetricsSettings()

@@ -4,14 +4,18 @@ Celery's own states cannot tell "queued" from "unknown" from "expired", so every
 `sc:task:<id>` (owner, type, state, progress, timestamps, error, job spec), a list of per-item
 results `sc:task:<id>:items` (kept as they complete, so they survive a timeout or cancel), and
 after expiry a small tombstone `sc:tomb:<id>` so an expired id answers 410 instead of 404.
+A detect task also keeps the IIIF manifests it read (`sc:task:<id>:manifests`), so the API can
+serve them to viewers with the detections attached without fetching anything itself.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -97,7 +101,8 @@ return state
 # An active task's end, in one step: terminal state, expiry of its record, items and detail,
 # the tombstone, out of every queue index and the running set, its duration for ETAs. A task
 # is finished exactly once even when the job, the reaper, a signal handler and a DELETE race.
-# KEYS: record, items, detail, tombstone, global queue, owner's queue, running set, durations.
+# KEYS: record, items, detail, tombstone, global queue, owner's queue, running set, durations,
+# kept manifests.
 # ARGV: allowed states (JSON), fields (JSON), task id, expire-at, tombstone expire-at, now,
 # recent durations kept.
 _FINISH = """
@@ -113,6 +118,7 @@ local expire_at = tonumber(ARGV[4])
 redis.call('EXPIREAT', KEYS[1], expire_at)
 redis.call('EXPIREAT', KEYS[2], expire_at)
 redis.call('EXPIREAT', KEYS[3], expire_at)
+redis.call('EXPIREAT', KEYS[9], expire_at)
 local owner = redis.call('HGET', KEYS[1], 'owner')
 redis.call('SET', KEYS[4], owner, 'EXAT', tonumber(ARGV[5]))
 redis.call('ZREM', KEYS[5], ARGV[3])
@@ -238,6 +244,11 @@ def detail_key(task_id: str) -> str:
     """The full provenance of a task whose lists were too long for its record (see
     `set_provenance`): read by /result only, so /status stays small."""
     return f"{PREFIX}:task:{task_id}:detail"
+
+
+def manifests_key(task_id: str) -> str:
+    """The source manifests a detect task read (JSON, compressed), by manifest index."""
+    return f"{PREFIX}:task:{task_id}:manifests"
 
 
 def tomb_key(task_id: str) -> str:
@@ -443,6 +454,23 @@ class TaskStore:
         raw = self.redis.get(detail_key(record.id))
         return json.loads(raw) if raw else record.provenance
 
+    def keep_manifest(self, task_id: str, index: int, document: str, lifetime_s: float) -> None:
+        """Keep a manifest's JSON text with the task (zlib: manifests repeat themselves). It
+        expires with the task's result (finish); until then, after the longest the task may
+        still run (`lifetime_s`) plus the result's time to live, should it never finish."""
+        packed = base64.b64encode(zlib.compress(document.encode(), 6)).decode()
+        with self.redis.pipeline() as pipe:
+            pipe.hset(manifests_key(task_id), str(index), packed)
+            pipe.expire(manifests_key(task_id), int(lifetime_s + self.result_ttl_s) + 1)
+            pipe.execute()
+
+    def kept_manifest_indices(self, task_id: str) -> set[int]:
+        return {int(i) for i in self.redis.hkeys(manifests_key(task_id))}
+
+    def kept_manifest(self, task_id: str, index: int) -> str | None:
+        packed = self.redis.hget(manifests_key(task_id), str(index))
+        return zlib.decompress(base64.b64decode(packed)).decode() if packed else None
+
     def set_summary(self, task_id: str, summary: dict[str, Any]) -> None:
         self.redis.hset(task_key(task_id), "summary", json.dumps(summary))
 
@@ -451,6 +479,9 @@ class TaskStore:
 
     def is_cancel_requested(self, task_id: str) -> bool:
         return bool(self.redis.hexists(task_key(task_id), "cancel_requested_at"))
+
+    def running_count(self) -> int:
+        return int(self.redis.scard(RUNNING_KEY))
 
     def running_ids(self) -> list[str]:
         return list(self.redis.smembers(RUNNING_KEY))
@@ -489,6 +520,7 @@ class TaskStore:
                 owner_queue_key(owner or ""),
                 RUNNING_KEY,
                 DURATIONS_PREFIX + (job_type or ""),
+                manifests_key(task_id),
             ],
             args=[
                 json.dumps([s.value for s in (only_from or sources_of(state))]),

@@ -28,8 +28,9 @@ class _RequestIdFilter(logging.Filter):
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
-    from model.api import errors, listing, meta, results, submit, tasks
+    from model.api import console, errors, listing, meta, results, shares, submit, tasks
     from model.api.auth import SECURITY_SCHEMES
+    from model.api.cors import init_cors
     from model.api.limits import init_limits
     from model.api.request_doc import request_schema_components
     from model.api.services import Services
@@ -77,16 +78,21 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     @app.after_request
     def _return_request_id(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
+    # Before the rate limiter and every key check: preflights carry no key.
+    init_cors(app, settings.cors.origins)
     app.register_api(submit.api)
     app.register_api(tasks.api)
     app.register_api(meta.models_api)
     app.register_api(meta.probes_api)
     app.register_api(listing.api)
     app.register_api(results.api)
+    app.register_api(shares.api)
+    app.register_api(console.api)
     # Probes stay unlimited: monitoring must never be told to back off.
-    init_limits(app, settings, exempt=[meta.probes_api])
+    init_limits(app, settings, exempt=[meta.probes_api, console.api])
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
     for name, schema in request_schema_components(settings).items():
         app.components_schemas.setdefault(name, schema)

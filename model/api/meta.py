@@ -41,16 +41,21 @@ def healthz() -> Response:
 
 @probes_api.get("/readyz", responses={200: Readiness, 503: ErrorResponse})
 def readyz() -> Response:
-    """Redis answers and at least one worker process has its models loaded."""
-    redis = services().redis
+    """Redis answers and at least one worker process has its models loaded; the workers, and
+    how many tasks wait and run (the operator page shows them to admin keys)."""
+    svc = services()
+    redis = svc.redis
     try:
         redis.ping()
         keys = list(redis.scan_iter(match=f"{WORKERS_PREFIX}*", count=100))
         workers = [json.loads(raw) for raw in redis.mget(keys) if raw] if keys else []
+        queued, running = svc.store.queued_count(), svc.store.running_count()
     except Exception:  # noqa: BLE001 - any redis failure means not ready
         return error_response(503, "not_ready", "redis is not reachable", {"Retry-After": "5"})
     if not workers:
         return error_response(
             503, "not_ready", "no worker with a loaded model yet", {"Retry-After": "5"}
         )
-    return jsonify({"status": "ready", "redis": True, "workers": workers})
+    return jsonify(
+        {"status": "ready", "redis": True, "workers": workers, "queued": queued, "running": running}
+    )

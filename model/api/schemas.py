@@ -228,6 +228,8 @@ class Readiness(BaseModel):
     status: str
     redis: bool
     workers: list[dict[str, Any]]
+    queued: int = Field(description="Tasks waiting for a worker")
+    running: int = Field(description="Tasks a worker is running")
 
 
 def timestamp(value: float | None) -> datetime | None:
