@@ -9,7 +9,7 @@ $(STAMP): requirements.txt requirements-dev.txt scripts/install_system_packages.
 	scripts/install_system_packages.sh
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 
 import gunicorn.util
 from gunicorn.glogging import Logger
@@ -16,6 +18,26 @@ _logs = _settings.data_path / "logs"
 # (config/nginx/scriptorium.conf). SCRIPTORIUM_GUNICORN_BIND overrides it (the program
 # `gunicorn-next` binds gunicorn-next.sock; "127.0.0.1:8000" would serve TCP without nginx).
 bind = os.environ.get("SCRIPTORIUM_GUNICORN_BIND", f"unix:{_settings.run_dir}/gunicorn.sock")
+# GET /metrics adds up the HTTP metrics of every worker: prometheus-client's multiprocess mode,
+# each worker writing its own files here. Set before any worker imports prometheus_client; one
+# folder per program (gunicorn and gunicorn-next run side by side during a release), emptied when
+# its master starts (on_starting): counters start again from zero, as after any restart.
+_program = re.sub(r"[^A-Za-z0-9.-]", "_", bind.rsplit("/", 1)[-1].removesuffix(".sock"))
+_metrics_dir = _settings.metrics_dir / _program
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_metrics_dir)
+
+
+def on_starting(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    _metrics_dir.mkdir(parents=True, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 worker_class = "gthread"
 workers = int(os.environ.get("SCRIPTORIUM_GUNICORN_WORKERS", "2"))
 threads = 4

@@ -22,6 +22,10 @@ RUN_JOB = "scriptorium.run_job"
 PING = "scriptorium.ping"
 QUEUE = DEFAULT_QUEUE
 MODEL_QUEUE_PREFIX = f"{QUEUE}.model."
+# Webhook deliveries: a queue of their own, consumed by the `webhooks` worker program only, so a
+# slow receiver never holds up inference (model/webhooks/).
+DELIVER_WEBHOOK = "scriptorium.deliver_webhook"
+WEBHOOK_QUEUE = "scriptorium.webhooks"
 
 
 def _default_models(settings: Settings) -> set[str]:
@@ -71,6 +75,7 @@ def make_celery(settings: Settings) -> Celery:
     }
     app.conf.update(
         task_default_queue=QUEUE,
+        task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOK_QUEUE}},
         task_serializer="json",
         accept_content=["json"],
         # A task is acknowledged only once it has finished, and a worker that dies mid-task

@@ -181,6 +181,21 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
         elif args.keys_cmd == "rotate":
             print(store.rotate(args.name))
             print(f"(new key for {args.name!r}; the old one no longer works)", file=sys.stderr)
+        elif args.keys_cmd == "webhook-secret":
+            secret, new = store.webhook_secret(args.name, rotate=args.rotate)
+            print(secret)
+            if args.rotate:
+                grace = settings.webhooks.rotation_grace_s
+                print(
+                    f"(new webhook secret for {args.name!r}; deliveries carry a signature with "
+                    f"the old one too for {grace:g} s)",
+                    file=sys.stderr,
+                )
+            elif new:
+                print(
+                    f"(new webhook secret for {args.name!r}: give it to the key's holder)",
+                    file=sys.stderr,
+                )
         elif args.keys_cmd == "revoke":
             store.revoke(args.name)
             print(f"revoked {args.name}")
@@ -191,6 +206,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
                     "admin" if key.admin else "",
                     f"max_queued={key.max_queued}" if key.max_queued is not None else "",
                     f"rate={key.rate_limit}" if key.rate_limit else "",
+                    "webhook-secret" if store.has_webhook_secret(key.name) else "",
                 ]
                 print("\t".join([key.name, f"...{key.hint}", status, *filter(None, extras)]))
     except KeyStoreError as exc:
@@ -261,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("rotate", "revoke"):
         keys_sub.add_parser(name).add_argument("name")
     keys_sub.add_parser("list")
+    secret = keys_sub.add_parser(
+        "webhook-secret",
+        help="show a key's webhook signing secret (created on first use); --rotate replaces it",
+    )
+    secret.add_argument("name")
+    secret.add_argument("--rotate", action="store_true", help="replace it with a new one")
     keys.set_defaults(func=cmd_keys)
     manifest = sub.add_parser(
         "manifest", help="show what a task would fetch for a IIIF manifest (URL or file)"

@@ -7,6 +7,7 @@ tasks through `end_task`; the store makes sure only the first of them counts.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from billiard.exceptions import WorkerLostError
@@ -14,6 +15,8 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model.store import State, TaskStore
 from model.uploads import UploadStore
+
+log = logging.getLogger(__name__)
 
 
 def timeout_error(timeout_s: float) -> tuple[str, str]:
@@ -41,7 +44,24 @@ def end_task(
     ended = store.finish(task_id, state, error, only_from, holder, worker, **extra)
     if ended:
         uploads.discard(task_id, store.spec_of(task_id))
+        announce_end(store, task_id)
     return ended
+
+
+def announce_end(store: TaskStore, task_id: str) -> None:
+    """What follows a task's end, once: it is counted, its `completed` webhook is queued. Never
+    raises: the task has ended whatever happens here (a lost message is queued again by the
+    outbox)."""
+    from model.metrics.record import meter_of
+    from model.webhooks.events import task_ended
+
+    try:
+        record = store.get(task_id)
+        if record is not None:
+            meter_of(store.redis).task_finished(record.type, record.state.value)
+            task_ended(store, record)
+    except Exception:
+        log.warning("the end of task %s was not announced", task_id, exc_info=True)
 
 
 def cancel_task(store: TaskStore, uploads: UploadStore, task_id: str) -> State | None:

@@ -3,11 +3,22 @@
 Keys are 256-bit random tokens, so a fast hash is enough (no password stretching needed): the
 database never holds anything that would let a reader call the API. A key's name is the owner of
 its tasks, so rotating a key keeps its tasks visible to the new key.
+
+Each key may also have a webhook signing secret (`whsec_<base64 of 32 random bytes>`, the
+Standard Webhooks form). Unlike the API key it is kept as it is, not hashed: the service signs
+every delivery with it (HMAC), so it must be able to read it back, and its holder must be shown
+it (`python -m model keys webhook-secret NAME`). Encrypting it would need a key kept on the same
+host, readable by the same processes, which protects nothing the file's permissions do not: the
+database file is created 0600 (owner only), in the data dir, and the secret is never sent by the
+API. Anyone who can read the file can forge deliveries but cannot call the API.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
+import os
 import secrets
 import sqlite3
 import time
@@ -15,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KEY_PREFIX = "sk_"
+WEBHOOK_SECRET_PREFIX = "whsec_"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -28,6 +40,12 @@ CREATE TABLE IF NOT EXISTS api_keys (
     rate_limit TEXT
 )
 """
+# Added to databases created before webhooks (ALTER TABLE on open).
+_WEBHOOK_COLUMNS = {
+    "webhook_secret": "TEXT",
+    "webhook_secret_previous": "TEXT",  # kept for the rotation grace period
+    "webhook_secret_rotated_at": "REAL",
+}
 _COLUMNS = ("name", "hint", "created_at", "revoked_at", "admin", "max_queued", "rate_limit")
 
 
@@ -58,12 +76,27 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+def new_webhook_secret() -> str:
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
 class KeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Owner only: it holds the webhook secrets as they are (see above). Created so before
+        # SQLite opens it; SQLite gives its journal the same mode.
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        if path.stat().st_mode & 0o077:  # made by a release before webhooks
+            with contextlib.suppress(PermissionError):
+                path.chmod(0o600)
         with self._connect() as db:
             db.execute(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+            for column, kind in _WEBHOOK_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         # A connection per call: cheap for SQLite, and safe across gunicorn threads.
@@ -117,6 +150,50 @@ class KeyStore:
             )
         if cursor.rowcount == 0:
             raise KeyStoreError(f"no active key named {name!r}")
+
+    def webhook_secret(self, name: str, rotate: bool = False) -> tuple[str, bool]:
+        """An active key's webhook signing secret, created if it has none; `rotate` replaces it
+        (the old one still signs for the grace period). Returns (secret, whether it is new)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT webhook_secret FROM api_keys WHERE name = ? AND revoked_at IS NULL",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise KeyStoreError(f"no active key named {name!r}")
+            current = row[0]
+            if current and not rotate:
+                return current, False
+            secret = new_webhook_secret()
+            db.execute(
+                "UPDATE api_keys SET webhook_secret = ?, webhook_secret_previous = ?,"
+                " webhook_secret_rotated_at = ? WHERE name = ?",
+                (secret, current, time.time() if current else None, name),
+            )
+        return secret, True
+
+    def signing_secrets(self, name: str, grace_s: float, now: float | None = None) -> list[str]:
+        """What deliveries for `name`'s tasks are signed with: its secret, and the one it
+        replaced while within `grace_s` of the rotation. Empty: no secret (or no such key)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT webhook_secret, webhook_secret_previous, webhook_secret_rotated_at"
+                " FROM api_keys WHERE name = ?",
+                (name,),
+            ).fetchone()
+        if row is None or not row[0]:
+            return []
+        current, previous, rotated_at = row
+        now = time.time() if now is None else now
+        recent = previous and rotated_at is not None and now - rotated_at < grace_s
+        return [current, previous] if recent else [current]
+
+    def has_webhook_secret(self, name: str) -> bool:
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT webhook_secret IS NOT NULL FROM api_keys WHERE name = ?", (name,)
+            ).fetchone()
+        return bool(row and row[0])
 
     def list(self) -> list[ApiKey]:
         with self._connect() as db:

@@ -19,7 +19,9 @@ from model.ending import end_task, internal_error, timeout_error
 from model.jobs import JobCancelled, JobFailed
 from model.jobs.contract import TaskSpec, WorkerResources
 from model.jobs.spec import JobSpec
+from model.metrics.record import Meter, meter_of
 from model.store import State, TaskRecord, TaskStore
+from model.webhooks.events import ProgressEvents
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,12 @@ class JobContext:
     spec: TaskSpec
     attempt: Attempt
     _finished: set[int] = field(default_factory=set)
+    _progress: ProgressEvents | None = None  # the task's `progress` webhook events, if asked
+    meter: Meter | None = None  # pages, stages, batches (model/metrics/)
+
+    def __post_init__(self) -> None:
+        self._progress = ProgressEvents.of(self.record, self.store)
+        self.meter = self.meter or meter_of(self.store.redis)
 
     @property
     def task_id(self) -> str:
@@ -61,6 +69,10 @@ class JobContext:
 
     def emit(self, item: dict[str, Any], failed: bool = False) -> None:
         self._held(self.store.add_item(self.task_id, item, failed, self.attempt.token))
+        if self.meter is not None:
+            self.meter.item_done(self.record.type, item, failed)
+        if self._progress is not None:
+            self._progress.item_done()
 
     def set_provenance(self, provenance: dict[str, Any]) -> None:
         self._held(self.store.set_provenance(self.task_id, provenance, self.attempt.token))

@@ -108,6 +108,21 @@ class CorsSettings(BaseModel):
     origins: list[str] = []
 
 
+class ShareSettings(BaseModel):
+    """Share links to one task's results (model/api/shares.py)."""
+
+    default_ttl_s: int = 86400
+    max_ttl_s: int = 7 * 86400
+
+
+class ConsoleSettings(BaseModel):
+    """The operator page (GET /console)."""
+
+    # A IIIF viewer to open shared manifests in: a URL with {manifest} where the manifest's URL
+    # goes (URL-encoded), e.g. a Mirador page of your own; empty: no "open in viewer" link.
+    viewer_url: str = ""
+
+
 class SpipedSettings(BaseModel):
     """The server end of the spiped tunnel the front end reaches the API through."""
 
@@ -128,8 +143,13 @@ class FetchSettings(BaseModel):
     max_redirects: int = 3
     user_agent: str = "Scriptorium/0.1 (+https://github.com/scriptorium; illustration detection)"
     allow: list[str] = []
-    # Simultaneous requests to one host from one worker process (be kind to library servers).
+    # Simultaneous requests to one host from one worker process, at most (be kind to library
+    # servers): the limit adapts between 1 and this (model/sources/throttle.py).
     per_host_concurrency: int = 4
+    # Where a host's limit starts (again after 5 idle minutes); grows while latency stays flat.
+    per_host_start: int = 1
+    # Grow only while the host's latency EWMA stays within this fraction over its lowest.
+    latency_tolerance: float = 0.5
     retries: int = 2
     # Whole response (connect, headers, body) of one attempt, at most: a server trickling bytes
     # never trips the per-read timeout.
@@ -147,6 +167,9 @@ class IiifSettings(BaseModel):
     max_json_bytes: int = 10 * 1024 * 1024
     # Parsed info.json descriptions kept in Redis by service id, shared across tasks (0: off).
     info_cache_ttl_s: int = 86_400
+    # A detect task keeps each manifest it read up to this size (JSON), to serve it to viewers
+    # with the detections attached (GET /result/<id>/iiif/manifest/<m>).
+    max_kept_manifest_bytes: int = 4 * 1024 * 1024
 
 
 class PipelineSettings(BaseModel):
@@ -176,6 +199,34 @@ class SimilaritySettings(BaseModel):
     cache_max_entries: int = 5000
 
 
+class WebhookSettings(BaseModel):
+    """Deliveries of task events to `webhook.url` (model/webhooks/), by their own worker program."""
+
+    # A `completed` delivery is retried with exponential backoff (doubling from backoff_initial_s,
+    # at most backoff_max_s apart, up to 10% jitter) until this long after the task ended.
+    retry_for_s: float = 86_400
+    backoff_initial_s: float = 10
+    backoff_max_s: float = 3600
+    # One attempt, connect to last header byte, at most (the fetch timeouts bound it too).
+    timeout_s: float = 10
+    # Largest body sent (the event: task id, state, progress, error, links; never the result).
+    max_payload_bytes: int = 65_536
+    # `progress` events: at most one every progress_interval_s, which may not be set below this.
+    min_progress_interval_s: float = 5
+    # Processes of the webhooks worker program (prefork).
+    concurrency: int = 4
+    # After `keys webhook-secret NAME --rotate`, deliveries carry a signature with the old secret
+    # too for this long, so receivers can switch without losing any.
+    rotation_grace_s: float = 86_400
+
+
+class MetricsSettings(BaseModel):
+    """GET /metrics (model/metrics/)."""
+
+    # Distinct hosts named in the fetch metrics' `host` label; later ones count as "other".
+    max_hosts: int = 50
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SCRIPTORIUM_",
@@ -202,7 +253,11 @@ class Settings(BaseSettings):
     similarity: SimilaritySettings = SimilaritySettings()
     limits: LimitSettings = LimitSettings()
     cors: CorsSettings = CorsSettings()
+    share: ShareSettings = ShareSettings()
+    console: ConsoleSettings = ConsoleSettings()
     spiped: SpipedSettings = SpipedSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -234,6 +289,11 @@ class Settings(BaseSettings):
     @property
     def keys_db(self) -> Path:
         return self.data_path / "keys.sqlite3"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """prometheus-client's multiprocess files of the HTTP processes (cleaned at start)."""
+        return self.run_dir / "metrics"
 
     @property
     def run_dir(self) -> Path:

@@ -53,6 +53,13 @@ def _worker_imports(settings: Settings) -> None:
     assert not worker._resources, "importing the worker loaded models"
 
 
+def _webhooks_worker_imports(settings: Settings) -> None:
+    from model.celery_app import DELIVER_WEBHOOK
+    from model.webhooks import worker
+
+    assert DELIVER_WEBHOOK in worker.celery.tasks, f"webhooks worker lacks {DELIVER_WEBHOOK}"
+
+
 def _nginx_config_valid(settings: Settings) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # The live settings, but every file nginx opens in a scratch dir.
@@ -75,6 +82,7 @@ CHECKS: list[Callable[[Settings], None]] = [
     _app_answers,
     _default_model_found,
     _worker_imports,
+    _webhooks_worker_imports,
     _nginx_config_valid,
 ]
 

@@ -4,14 +4,18 @@ Celery's own states cannot tell "queued" from "unknown" from "expired", so every
 `sc:task:<id>` (owner, type, state, progress, timestamps, error, job spec), a list of per-item
 results `sc:task:<id>:items` (kept as they complete, so they survive a timeout or cancel), and
 after expiry a small tombstone `sc:tomb:<id>` so an expired id answers 410 instead of 404.
+A detect task also keeps the IIIF manifests it read (`sc:task:<id>:manifests`), so the API can
+serve them to viewers with the detections attached without fetching anything itself.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import time
 import uuid
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -184,7 +188,7 @@ return 1
 # An attempt ends it only while it holds it (ARGV[8]); a worker's main process (time limits)
 # only while one of its own processes holds it, or nobody ever started it (ARGV[9]).
 # KEYS: record, items, detail, tombstone, global queue, owner's queue, running set, durations,
-# its Celery queue's index, lease.
+# kept manifests, its Celery queue's index, lease.
 # ARGV: allowed states (JSON), fields (JSON), task id, expire-at, tombstone expire-at, now,
 # recent durations kept, holder token ('' any), worker's holder prefix ('' any).
 _FINISH = (
@@ -208,13 +212,14 @@ local expire_at = tonumber(ARGV[4])
 redis.call('EXPIREAT', KEYS[1], expire_at)
 redis.call('EXPIREAT', KEYS[2], expire_at)
 redis.call('EXPIREAT', KEYS[3], expire_at)
+redis.call('EXPIREAT', KEYS[9], expire_at)
 local owner = redis.call('HGET', KEYS[1], 'owner')
 redis.call('SET', KEYS[4], owner, 'EXAT', tonumber(ARGV[5]))
 redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
-redis.call('ZREM', KEYS[9], ARGV[3])
+redis.call('ZREM', KEYS[10], ARGV[3])
 redis.call('SREM', KEYS[7], ARGV[3])
-redis.call('DEL', KEYS[10])
+redis.call('DEL', KEYS[11])
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if started then
   redis.call('LPUSH', KEYS[8], tonumber(ARGV[6]) - tonumber(started))
@@ -269,6 +274,8 @@ class TaskRecord:
     # Result fields of a whole task beside its items (similarity: the compared pairs); kept in
     # the record's hash, so they expire with it.
     summary: dict[str, Any] | None = None
+    # Where the task's events go: {"url", "events", "progress_interval_s"} (model/webhooks/).
+    webhook: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> TaskRecord:
@@ -299,6 +306,7 @@ class TaskRecord:
             error_message=data.get("error_message") or None,
             provenance=json.loads(data["provenance"]) if data.get("provenance") else None,
             summary=json.loads(data["summary"]) if data.get("summary") else None,
+            webhook=json.loads(data["webhook"]) if data.get("webhook") else None,
         )
 
 
@@ -348,6 +356,11 @@ def lease_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:lease"
 
 
+def manifests_key(task_id: str) -> str:
+    """The source manifests a detect task read (JSON, compressed), by manifest index."""
+    return f"{PREFIX}:task:{task_id}:manifests"
+
+
 def tomb_key(task_id: str) -> str:
     return f"{PREFIX}:tomb:{task_id}"
 
@@ -394,6 +407,7 @@ class TaskStore:
         total: int,
         timeout_s: float,
         task_id: str | None = None,
+        webhook: dict[str, Any] | None = None,
         queue: str = DEFAULT_QUEUE,
     ) -> TaskRecord:
         task_id = task_id or uuid.uuid4().hex
@@ -411,6 +425,8 @@ class TaskStore:
             "done": 0,
             "failed": 0,
         }
+        if webhook:
+            fields["webhook"] = json.dumps(webhook)
         with self.redis.pipeline() as pipe:
             pipe.hset(task_key(task_id), mapping=fields)
             pipe.zadd(QUEUE_KEY, {task_id: now})
@@ -628,6 +644,23 @@ class TaskStore:
         raw = self.redis.get(detail_key(record.id))
         return json.loads(raw) if raw else record.provenance
 
+    def keep_manifest(self, task_id: str, index: int, document: str, lifetime_s: float) -> None:
+        """Keep a manifest's JSON text with the task (zlib: manifests repeat themselves). It
+        expires with the task's result (finish); until then, after the longest the task may
+        still run (`lifetime_s`) plus the result's time to live, should it never finish."""
+        packed = base64.b64encode(zlib.compress(document.encode(), 6)).decode()
+        with self.redis.pipeline() as pipe:
+            pipe.hset(manifests_key(task_id), str(index), packed)
+            pipe.expire(manifests_key(task_id), int(lifetime_s + self.result_ttl_s) + 1)
+            pipe.execute()
+
+    def kept_manifest_indices(self, task_id: str) -> set[int]:
+        return {int(i) for i in self.redis.hkeys(manifests_key(task_id))}
+
+    def kept_manifest(self, task_id: str, index: int) -> str | None:
+        packed = self.redis.hget(manifests_key(task_id), str(index))
+        return zlib.decompress(base64.b64decode(packed)).decode() if packed else None
+
     def set_summary(self, task_id: str, summary: dict[str, Any], holder: str | None = None) -> bool:
         return self._set_fields(task_id, {"summary": json.dumps(summary)}, holder)
 
@@ -636,6 +669,9 @@ class TaskStore:
 
     def is_cancel_requested(self, task_id: str) -> bool:
         return bool(self.redis.hexists(task_key(task_id), "cancel_requested_at"))
+
+    def running_count(self) -> int:
+        return int(self.redis.scard(RUNNING_KEY))
 
     def running_ids(self) -> list[str]:
         return list(self.redis.smembers(RUNNING_KEY))
@@ -678,6 +714,7 @@ class TaskStore:
                 owner_queue_key(owner or ""),
                 RUNNING_KEY,
                 DURATIONS_PREFIX + (job_type or ""),
+                manifests_key(task_id),
                 queue_index_key(queue),
                 lease_key(task_id),
             ],

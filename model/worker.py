@@ -38,15 +38,18 @@ from model.housekeeping import housekeeping
 from model.inference.provenance import model_provenance
 from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
+from model.metrics.fetching import MeteredFetcher
+from model.metrics.record import meter_of
 from model.runner import ATTEMPTS, run_task
 from model.settings import get_settings
-from model.sources.fetch import SafeFetcher
 from model.store import State, TaskStore
 from model.uploads import UploadStore
+from model.webhooks.events import use_celery
 
 log = logging.getLogger("scriptorium.worker")
 settings = get_settings()
 celery = make_celery(settings)
+use_celery(celery)  # ended tasks' webhooks are queued with it (model/ending.py)
 
 HEARTBEAT_S = 5
 HEARTBEAT_TTL_S = 20
@@ -118,6 +121,9 @@ def load_models(**_: Any) -> None:
         log.exception("feature extractor %s did not load", settings.similarity.embed_model)
     redis = _redis()
     versions = _versions()
+    meter = meter_of(redis)
+    for name, det in detectors.items():
+        meter.model_loaded(name, det.backend)
 
     def provenance(det: Any) -> dict[str, Any]:
         found = model_provenance(det)
@@ -135,7 +141,7 @@ def load_models(**_: Any) -> None:
         settings=settings,
         redis=redis,
         store=_store(redis),
-        fetcher=SafeFetcher.from_settings(settings.fetch),
+        fetcher=MeteredFetcher.with_meter(settings.fetch, meter),  # bytes, errors by host
         uploads=_uploads(),
         detectors=detectors,
         embedders=embedders,

@@ -171,6 +171,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner.log.append(Logged(path, status, len(body), time.monotonic()))
         try:
             self.send_response(status)
+            # Like public IIIF servers: viewers in a browser (Mirador) read info.json with fetch.
+            self.send_header("Access-Control-Allow-Origin", "*")
             for name, value in (headers or {}).items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
@@ -232,6 +234,8 @@ class IiifServer:
         )
         generator.generate(src=str(source), identifier=identifier)
         base = tree / identifier
+        if version == 3:
+            _add_v3_tile_sizes(base)
         # Full size under the canonical name (`full` in 2.x, `max` in 3.0), as level 0 allows.
         full = base / "full" / ("full" if version == 2 else "max") / "0"
         full.mkdir(parents=True, exist_ok=True)
@@ -277,6 +281,20 @@ class IiifServer:
 
     def bytes_sent(self, paths: set[str]) -> int:
         return sum(entry.bytes for entry in self.log if entry.path in paths and entry.status == 200)
+
+
+def _add_v3_tile_sizes(base: Path) -> None:
+    """The generator names tile sizes the 2.x way (`w,`); Image API 3.0 clients such as
+    OpenSeadragon in Mirador ask for `w,h`: the same tile under that name too."""
+    for size_dir in base.glob("*/*,"):
+        tile = size_dir / "0" / "default.jpg"
+        if size_dir.parent.name == "full" or not tile.is_file():
+            continue
+        with Image.open(tile) as image:
+            width, height = image.size
+        alias = size_dir.parent / f"{width},{height}"
+        if not alias.exists():
+            alias.symlink_to(size_dir.name)
 
 
 # --- manifests --------------------------------------------------------------------------------

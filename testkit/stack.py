@@ -201,6 +201,8 @@ def start_stack(tmp: Path, **overrides: str) -> Stack:
         # The tunnel's server end, on loopback (test_spiped.py plays the front end).
         "SCRIPTORIUM_SPIPED__ENABLED": "true",
         "SCRIPTORIUM_SPIPED__LISTEN": f"[127.0.0.1]:{free_port()}",
+        # Two webhook delivery processes are plenty for a test (the default is 4).
+        "SCRIPTORIUM_WEBHOOKS__CONCURRENCY": "2",
         **overrides,
     }
     return launch(tmp, settings)

@@ -28,15 +28,18 @@ class _RequestIdFilter(logging.Filter):
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
-    from model.api import errors, listing, meta, results, submit, tasks
+    from model.api import console, errors, listing, meta, results, shares, submit, tasks
     from model.api.auth import SECURITY_SCHEMES
+    from model.api.cors import init_cors
     from model.api.limits import init_limits
     from model.api.request_doc import request_schema_components
     from model.api.services import Services
     from model.celery_app import make_celery
     from model.keys import KeyStore
+    from model.metrics.exposition import init_http_metrics
     from model.store import TaskStore
     from model.uploads import UploadStore
+    from model.webhooks.events import use_celery
 
     settings = settings or get_settings()
     app = OpenAPI(
@@ -50,6 +53,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         validation_error_callback=errors.validation_error_callback,
         doc_prefix="/openapi",
     )
+    # First: every request is counted and timed, those other hooks refuse included.
+    init_http_metrics(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.http.max_body_bytes
     app.json.sort_keys = False
     redis = Redis.from_url(
@@ -64,6 +69,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
         celery=make_celery(settings),
     )
     errors.register(app)
+    # A task ended here (cancelled while queued, or not queued) has its webhook queued with it.
+    use_celery(app.extensions["scriptorium"].celery)
 
     @app.before_request
     def _assign_request_id() -> None:
@@ -73,16 +80,21 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     @app.after_request
     def _return_request_id(response: Response) -> Response:
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response
 
+    # Before the rate limiter and every key check: preflights carry no key.
+    init_cors(app, settings.cors.origins)
     app.register_api(submit.api)
     app.register_api(tasks.api)
     app.register_api(meta.models_api)
     app.register_api(meta.probes_api)
     app.register_api(listing.api)
     app.register_api(results.api)
+    app.register_api(shares.api)
+    app.register_api(console.api)
     # Probes stay unlimited: monitoring must never be told to back off.
-    init_limits(app, settings, exempt=[meta.probes_api])
+    init_limits(app, settings, exempt=[meta.probes_api, console.api])
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
     for name, schema in request_schema_components(settings).items():
         app.components_schemas.setdefault(name, schema)

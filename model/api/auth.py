@@ -33,7 +33,7 @@ def lookup_presented_key() -> ApiKey | None:
     return g.key_lookup
 
 
-def _refuse(message: str) -> ApiError:
+def refuse(message: str) -> ApiError:
     """401, or 429 once failed authentications are over their budget."""
     wait_s = auth_failures.retry_after(request.remote_addr or "-")
     if wait_s is not None:
@@ -52,10 +52,10 @@ def require_key() -> None:
     """before_request hook of authenticated blueprints: sets g.owner or answers 401."""
     key = presented_key()
     if not key:
-        raise _refuse("missing API key: send X-API-Key or Bearer token")
+        raise refuse("missing API key: send X-API-Key or Bearer token")
     api_key = lookup_presented_key()
     if api_key is None:
-        raise _refuse("invalid or revoked API key")
+        raise refuse("invalid or revoked API key")
     g.api_key = api_key
     g.owner = api_key.name
 

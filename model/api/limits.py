@@ -1,11 +1,10 @@
-"""Per-key request rate limits (flask-limiter, counted in Redis) and CORS (flask-cors)."""
+"""Per-key request rate limits (flask-limiter, counted in Redis)."""
 
 from __future__ import annotations
 
 import time
 
 from flask import Flask, Response, g, request
-from flask_cors import CORS
 from flask_limiter import Limiter, RequestLimit
 
 from model.api.auth import lookup_presented_key, presented_key
@@ -69,11 +68,4 @@ def init_limits(app: Flask, settings: Settings, exempt: list) -> Limiter:
     for blueprint in exempt:
         limiter.exempt(blueprint)
     init_auth_failures(app, limiter, settings.limits.auth_failures)
-    if settings.cors.origins:
-        CORS(
-            app,
-            origins=settings.cors.origins,
-            expose_headers=["Location", "Retry-After", "X-Request-Id"],
-            allow_headers=["Content-Type", "X-API-Key", "Authorization", "Idempotency-Key"],
-        )
     return limiter

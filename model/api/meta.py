@@ -13,7 +13,7 @@ from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import Services, services
 from model.inference.registry import discover
-from model.store import QUEUE_KEY, QUEUES_KEY, queue_index_key
+from model.store import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
 
 models_api = APIBlueprint(
     "models",
@@ -54,8 +54,9 @@ def healthz() -> Response:
 @probes_api.get("/readyz", responses={200: Readiness, 503: ErrorResponse})
 def readyz() -> Response:
     """Redis answers and a live worker, on any host, has the default model loaded. Lists every
-    live worker process and, per queue with tasks waiting or workers taking it, both counts
-    (tasks waiting where no live worker takes them: their model's hosts are all down)."""
+    live worker process, how many tasks wait and run (the operator page shows them to admin
+    keys) and, per queue with tasks waiting or workers taking it, both counts (tasks waiting
+    where no live worker takes them: their model's hosts are all down)."""
     svc = services()
     try:
         workers = fleet.live(svc.redis)
@@ -65,9 +66,10 @@ def readyz() -> Response:
         )
         with svc.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(QUEUE_KEY)
+            pipe.scard(RUNNING_KEY)
             for queue in queues:
                 pipe.zcard(queue_index_key(queue))
-            queued, *per_queue = pipe.execute()
+            queued, running, *per_queue = pipe.execute()
     except Exception:  # noqa: BLE001 - any redis failure means not ready
         return error_response(503, "not_ready", "redis is not reachable", {"Retry-After": "5"})
     loads = {
@@ -88,6 +90,7 @@ def readyz() -> Response:
             "redis": True,
             "workers": workers,
             "queued": queued,
+            "running": running,
             "queues": {
                 queue: load for queue, load in loads.items() if load["queued"] or load["workers"]
             },

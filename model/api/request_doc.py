@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from model.api.schemas import MIN_TIMEOUT_S, REQUEST_MODELS
+from model.api.schemas import MIN_TIMEOUT_S, REQUEST_MODELS, Webhook
 from model.inference.registry import discover
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
@@ -79,6 +79,7 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
             },
             "params": {"$ref": REF.format(model=job.params.__name__)},
             "input": {"$ref": REF.format(model=job.input.__name__)},
+            "webhook": {"$ref": REF.format(model=Webhook.__name__)},
             "timeout": {
                 "type": "number",
                 "minimum": MIN_TIMEOUT_S,
@@ -111,6 +112,7 @@ def task_request_body(settings: Settings) -> dict[str, Any]:
                     "encoding": {
                         "params": {"contentType": "application/json"},
                         "input": {"contentType": "application/json"},
+                        "webhook": {"contentType": "application/json"},
                         "images": {"contentType": IMAGE_TYPES},
                         "manifest": {"contentType": MANIFEST_TYPE},
                     },
@@ -126,6 +128,9 @@ def request_schema_components(settings: Settings) -> dict[str, Any]:
     components: dict[str, Any] = {}
     for model in REQUEST_MODELS.values():
         components.update(model.model_json_schema(ref_template=REF).get("$defs", {}))
+    # The shortest progress interval is a setting, so not in the static model.
+    interval = components[Webhook.__name__]["properties"]["progress_interval_s"]
+    interval["minimum"] = settings.webhooks.min_progress_interval_s
     models = discover(settings.model_dirs)
     for job in JOBS.values():
         for field, task in job.model_fields.items():

@@ -1,25 +1,42 @@
-"""GET /result/<id>?format=json|iiif|yolo: a finished task's result as a file to keep or to open
-in a IIIF viewer. Same key, ownership and expiry rules as /status (404 for another key's task,
-410 once expired); 202 + Retry-After while the task is still running."""
+"""A finished task's result, as a file to keep or as documents a IIIF viewer opens:
+
+    GET /result/<id>?format=json|iiif|yolo                       the whole result
+    GET /result/<id>/iiif/manifest/<m>                          the source manifest, its analysed
+                                                                canvases pointing at their pages
+    GET /result/<id>/iiif/manifest/<m>/annotations              every annotation of manifest m
+    GET /result/<id>/iiif/manifest/<m>/canvas/<n>/annotations   those of its canvas n
+
+Same key, ownership and expiry rules as /status (404 for another key's task, 410 once expired);
+202 + Retry-After while the task is still running. Every route here also opens with a share
+link of this task instead of a key (`?token=`, model/api/shares.py): viewers cannot send keys.
+The URLs inside the IIIF documents are absolute, from `http.public_url`, and carry that token.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Literal
 
-from flask import Response, jsonify
+from flask import Response, g, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, Field
 
-from model.api.auth import SECURITY, require_key
+from model.api.auth import SECURITY
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse
 from model.api.schemas import TaskPath
-from model.api.services import services
+from model.api.services import Services, services
+from model.api.shares import authorize_result_read
 from model.api.tasks import ERRORS, RETRY_AFTER_S, _owned_record
-from model.outputs.annotations import annotation_page
+from model.outputs.annotations import (
+    ResultLinks,
+    analysed_canvases,
+    annotation_page,
+    canvas_number,
+    viewer_manifest,
+)
 from model.outputs.result_json import result_document
 from model.outputs.yolo import yolo_archive
-from model.store import State
+from model.store import State, TaskRecord
 
 api = APIBlueprint(
     "results",
@@ -28,12 +45,20 @@ api = APIBlueprint(
     abp_security=SECURITY,
     abp_responses=COMMON_RESPONSES,
 )
-api.before_request(require_key)
+api.before_request(authorize_result_read)
 
 WITH_RESULT = (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED)
+IIIF_MIMETYPE = "application/ld+json"
+RESPONSES = {200: None, 202: None, 409: ErrorResponse, **ERRORS}
 
 
-class ResultQuery(BaseModel):
+class ShareToken(BaseModel):
+    token: str | None = Field(
+        None, description="A share link's token, instead of a key (POST /result/<id>/shares)"
+    )
+
+
+class ResultQuery(ShareToken):
     format: Literal["json", "iiif", "yolo"] = Field(
         "json",
         description="json: items + provenance; iiif: W3C/IIIF annotations (AnnotationPage, or "
@@ -44,11 +69,37 @@ class ResultQuery(BaseModel):
     )
 
 
-@api.get("/result/<task_id>", responses={200: None, 202: None, 409: ErrorResponse, **ERRORS})
-def task_result(path: TaskPath, query: ResultQuery) -> Response:
-    """A finished task's result as JSON, IIIF annotations or a zip of YOLO label files."""
-    svc = services()
-    record = _owned_record(svc, path.task_id)
+class ManifestPath(TaskPath):
+    manifest: int = Field(ge=0, description="Index in provenance.manifests")
+
+
+class CanvasPath(ManifestPath):
+    canvas: int = Field(ge=0, description="The canvas's position in its manifest")
+
+
+class _Finished:
+    """A finished task's items and provenance, and where its IIIF documents live."""
+
+    def __init__(self, svc: Services, record: TaskRecord) -> None:
+        self.record = record
+        self.items = svc.store.items(record.id)
+        self.provenance = svc.store.full_provenance(record) or {}
+        self.manifests: list[dict] = self.provenance.get("manifests", [])
+        public = svc.settings.http.public_base_url()
+        self.links = ResultLinks.of_task(public, record.id, g.get("share_token"))
+
+    def manifest(self, index: int) -> dict:
+        if not self.manifests:
+            # The task exists but has no such form: a conflict with its inputs, not a bad request.
+            raise ApiError(409, "no_iiif_input", "this task read no IIIF manifest; use format=json")
+        if index >= len(self.manifests):
+            raise ApiError(404, "not_found", f"this task read {len(self.manifests)} manifest(s)")
+        return self.manifests[index]
+
+
+def _finished(svc: Services, task_id: str) -> _Finished | Response:
+    """The task's result, or the 202 to answer while it runs (409 if it ended without one)."""
+    record = _owned_record(svc, task_id)
     if not record.state.terminal:
         response = jsonify({"task_id": record.id, "state": record.state.value})
         response.status_code = 202
@@ -60,18 +111,35 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
             "no_result",
             f"task {record.state.value.lower()}: {record.error_code}: {record.error_message}",
         )
-    items = svc.store.items(record.id)
-    provenance = svc.store.full_provenance(record) or {}
+    return _Finished(svc, record)
+
+
+def _iiif(document: dict) -> Response:
+    return Response(json.dumps(document), mimetype=IIIF_MIMETYPE)
+
+
+@api.get("/result/<task_id>", responses=RESPONSES)
+def task_result(path: TaskPath, query: ResultQuery) -> Response:
+    """A finished task's result as JSON, IIIF annotations or a zip of YOLO label files."""
+    svc = services()
+    result = _finished(svc, path.task_id)
+    if isinstance(result, Response):
+        return result
+    record, items, provenance = result.record, result.items, result.provenance
     if query.format == "yolo":
-        data = yolo_archive(items, provenance.get("classes", []), provenance.get("manifests", []))
+        data = yolo_archive(items, provenance.get("classes", []), result.manifests)
         return Response(
             data,
             mimetype="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{record.id}-yolo.zip"'},
         )
     if query.format == "iiif":
-        base = f"{svc.settings.http.public_base_url()}/result/{record.id}"
-        return _iiif_response(base, items, provenance.get("manifests", []), query.manifest)
+        # Every manifest, or the one asked for; none read: manifest(0) answers the 409.
+        which = range(len(result.manifests)) or [0] if query.manifest is None else [query.manifest]
+        pages = [annotation_page(result.manifest(m), items, result.links) for m in which]
+        if len(pages) == 1:  # the page itself, as viewers load it
+            return _iiif(pages[0])
+        return jsonify({"manifests": result.manifests, "pages": pages})  # one page each, in order
     error = {"code": record.error_code, "message": record.error_message or ""}
     body = result_document(
         record.id,
@@ -84,20 +152,49 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
     return jsonify(body)
 
 
-def _iiif_response(
-    base: str, items: list[dict], manifests: list[dict], which: int | None
-) -> Response:
-    if not manifests:
-        # The task exists but has no such form: a conflict with its inputs, not a bad request.
-        raise ApiError(409, "no_iiif_input", "this task read no IIIF manifest; use format=json")
-    if which is not None and which >= len(manifests):
-        raise ApiError(404, "not_found", f"this task read {len(manifests)} manifest(s)")
-    pages = [
-        annotation_page(m, items, f"{base}?format=iiif&manifest={m['index']}")
-        for m in manifests
-        if which is None or m["index"] == which
-    ]
-    # One manifest: the page itself, as viewers load it; several: one page each, in order.
-    body = pages[0] if len(pages) == 1 else {"manifests": manifests, "pages": pages}
-    mimetype = "application/ld+json" if len(pages) == 1 else "application/json"
-    return Response(json.dumps(body), mimetype=mimetype)
+@api.get("/result/<task_id>/iiif/manifest/<int:manifest>", responses=RESPONSES)
+def viewer_manifest_route(path: ManifestPath, query: ShareToken) -> Response:
+    """The manifest the task read, its analysed canvases referencing their annotation pages:
+    paste its URL (a share link's) into Mirador to see the detections."""
+    svc = services()
+    result = _finished(svc, path.task_id)
+    if isinstance(result, Response):
+        return result
+    summary = result.manifest(path.manifest)
+    source = svc.store.kept_manifest(result.record.id, path.manifest)
+    if source is None:
+        max_bytes = svc.settings.iiif.max_kept_manifest_bytes
+        raise ApiError(
+            404,
+            "manifest_not_kept",
+            f"this manifest was not kept with the result (over {max_bytes} bytes, or read by an "
+            "older release); its annotations are at .../annotations",
+        )
+    return _iiif(viewer_manifest(json.loads(source), summary, result.items, result.links))
+
+
+@api.get("/result/<task_id>/iiif/manifest/<int:manifest>/annotations", responses=RESPONSES)
+def manifest_annotations(path: ManifestPath, query: ShareToken) -> Response:
+    """Every annotation of one manifest: an AnnotationPage (3.0) or sc:AnnotationList (2.x)."""
+    result = _finished(services(), path.task_id)
+    if isinstance(result, Response):
+        return result
+    summary = result.manifest(path.manifest)
+    return _iiif(annotation_page(summary, result.items, result.links))
+
+
+@api.get(
+    "/result/<task_id>/iiif/manifest/<int:manifest>/canvas/<int:canvas>/annotations",
+    responses=RESPONSES,
+)
+def canvas_annotations(path: CanvasPath, query: ShareToken) -> Response:
+    """The annotations of one canvas (its position in the manifest); each annotation's id is
+    this page's URL with a fragment."""
+    result = _finished(services(), path.task_id)
+    if isinstance(result, Response):
+        return result
+    summary = result.manifest(path.manifest)
+    analysed = {canvas_number(i) for i in analysed_canvases(result.items, path.manifest)}
+    if path.canvas not in analysed:
+        raise ApiError(404, "not_found", "no analysed canvas at that position in this manifest")
+    return _iiif(annotation_page(summary, result.items, result.links, canvas=path.canvas))

@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator
 
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.store import State
+from model.urls import HTTP_URL_PATTERN, check_http_url
 
 TASK_ID_PATTERN = r"[0-9a-f]{32}"
 # A shorter limit would fire inside the worker's own bookkeeping, before the job even starts.
@@ -27,6 +28,60 @@ _TIMEOUT_DESCRIPTION = "Soft time limit in seconds (at least 1, at most the job 
 Timeout = Annotated[float | None, Strict()]
 
 
+WEBHOOK_EVENTS = ("completed", "progress")
+MAX_WEBHOOK_URL = 2048
+
+
+class Webhook(BaseModel):
+    """Where to POST this task's events, signed as Standard Webhooks (`webhook-id`,
+    `webhook-timestamp`, `webhook-signature: v1,<base64 HMAC-SHA256>` over
+    `id.timestamp.body`) with your key's webhook secret (`whsec_...`, from the operator).
+    `completed` is sent once the task is in any terminal state, retried with exponential backoff
+    until delivered (for up to a day); `progress` at most every `progress_interval_s` while it
+    runs, sent once. The URL must be http(s) and reach a public address: an IP address that is
+    not public is refused here (422 `webhook_refused`), a host name is resolved, and every
+    address checked, at each delivery. Redirects are not followed; a 2xx answer is a delivery.
+    Each attempt is listed in the task's status (`webhook.deliveries`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(
+        description="http(s) URL the events are POSTed to",
+        max_length=MAX_WEBHOOK_URL,
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},
+    )
+    events: list[Literal["completed", "progress"]] = Field(
+        default_factory=lambda: ["completed"],
+        min_length=1,
+        max_length=len(WEBHOOK_EVENTS),
+        description="completed: the task ended (any terminal state); progress: pages done",
+        json_schema_extra={"uniqueItems": True},
+    )
+    progress_interval_s: float = Field(
+        30,
+        gt=0,
+        le=86_400,
+        description="progress events at most this often (at least webhooks.min_progress_interval_s"
+        " of the server's settings)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        check_http_url(url)
+        return url
+
+    @field_validator("events")
+    @classmethod
+    def _distinct(cls, events: list[str]) -> list[str]:
+        if len(set(events)) != len(events):
+            raise ValueError("events are listed once each")
+        return events
+
+
+_WEBHOOK_DESCRIPTION = "Where to POST the task's events (see the Webhook schema)"
+
+
 def request_model(spec: JobSpec) -> type[BaseModel]:
     """The JSON body of POST /task for one job type (multipart carries the same fields)."""
     if spec.input_required:
@@ -41,6 +96,8 @@ def request_model(spec: JobSpec) -> type[BaseModel]:
         input=input_field,
         params=(spec.params, Field(default_factory=spec.params)),
         timeout=(Timeout, Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)),
+        # Every job type takes one: declared here, not in each job.
+        webhook=(Webhook | None, Field(None, description=_WEBHOOK_DESCRIPTION)),
     )
 
 
@@ -107,6 +164,30 @@ class TaskResult(BaseModel):
     provenance: dict[str, Any] | None = None
 
 
+class WebhookDelivery(BaseModel):
+    event: str
+    webhook_id: str = Field(description="The `webhook-id` header: the same on every attempt")
+    attempt: int
+    at: datetime
+    status_code: int | None = Field(None, description="The receiver's answer; null: none came")
+    outcome: str = Field(
+        description="delivered; failed (retried at next_retry_at if set); gave_up (no retry "
+        "left); refused (address not allowed: never retried); skipped (task already ended)"
+    )
+    error: TaskError | None = None
+    duration_s: float
+    next_retry_at: datetime | None = None
+
+
+class WebhookStatus(BaseModel):
+    url: str
+    events: list[str]
+    progress_interval_s: float | None = None
+    deliveries: list[WebhookDelivery] = Field(
+        default_factory=list, description="Attempts, oldest first (the last 50)"
+    )
+
+
 class TaskStatus(BaseModel):
     task_id: str
     type: str
@@ -122,6 +203,7 @@ class TaskStatus(BaseModel):
     error: TaskError | None = None
     queue_position: int | None = Field(None, description="1 = next to run (QUEUED only)")
     eta_s: float | None = Field(None, description="Estimated wait before it runs (QUEUED only)")
+    webhook: WebhookStatus | None = Field(None, description="When the task has a webhook")
 
 
 class ModelDescription(BaseModel):
@@ -154,7 +236,8 @@ class Readiness(BaseModel):
     status: str
     redis: bool
     workers: list[dict[str, Any]] = Field(description="Heartbeats of live worker processes")
-    queued: int = Field(description="Tasks waiting, all queues")
+    queued: int = Field(description="Tasks waiting for a worker, all queues")
+    running: int = Field(description="Tasks a worker is running")
     queues: dict[str, QueueLoad]
 
 

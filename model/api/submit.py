@@ -11,6 +11,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Response, g, jsonify, request
 from flask_openapi3 import APIBlueprint, Tag
@@ -28,7 +29,7 @@ from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
 from model.api.meta import known_models
 from model.api.request_doc import UPLOAD_JOB, task_request_body
-from model.api.schemas import REQUEST_MODELS, TaskCreated
+from model.api.schemas import REQUEST_MODELS, TaskCreated, Webhook
 from model.api.services import Services, services
 from model.api.tasks import ERRORS
 from model.celery_app import queue_for, send_run
@@ -37,7 +38,9 @@ from model.iiif.presentation import document_kind
 from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput, TaskSpec
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
+from model.metrics.record import meter_of
 from model.settings import get_settings
+from model.sources.addresses import AddressPolicy
 from model.sources.sniff import sniff_image
 from model.store import State
 
@@ -100,7 +103,7 @@ def _multipart_fields() -> dict[str, Any]:
         raise ApiError(
             415, "unsupported_media_type", f"send a {data['type']} task as application/json"
         )
-    for name in ("params", "input"):
+    for name in ("params", "input", "webhook"):
         value = _json_field(form.get(name), name)
         if value is not None:
             data[name] = value
@@ -231,6 +234,44 @@ def _upload_inputs(task_id: str, submission: Submission) -> list[TaskInput]:
     return entries
 
 
+def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
+    """The task's webhook as stored, once what can be refused now is: a URL whose host is an IP
+    address that is not public (a host name is resolved, and its addresses checked, at each
+    delivery), an interval below the server's minimum, a key without a webhook secret."""
+    if webhook is None:
+        return None
+    host = urlsplit(webhook.url).hostname or ""
+    policy = AddressPolicy.from_list(svc.settings.fetch.allow)
+    if not policy.host_allowed(host):
+        address = "127.0.0.1" if host == "localhost" or host.endswith(".localhost") else host
+        try:
+            allowed = policy.address_allowed(address)
+        except ValueError:  # a host name
+            allowed = True
+        if not allowed:
+            raise ApiError(
+                422,
+                "webhook_refused",
+                f"webhook.url: {host} is not a public address; webhooks are delivered to public "
+                "addresses only",
+            )
+    least = svc.settings.webhooks.min_progress_interval_s
+    if "progress" in webhook.events and webhook.progress_interval_s < least:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"webhook.progress_interval_s: progress events are sent at most every {least:g} s",
+        )
+    if not svc.keys.has_webhook_secret(g.owner):
+        raise ApiError(
+            422,
+            "webhook_secret_missing",
+            f"the key {g.owner!r} has no webhook secret to sign deliveries with; the operator "
+            f"creates it (python -m model keys webhook-secret {g.owner}) and gives it to you",
+        )
+    return webhook.model_dump(mode="json")
+
+
 # --- the view -----------------------------------------------------------------------------------
 
 
@@ -254,6 +295,7 @@ def submit_task() -> Response:
         _check_model(svc, getattr(task_request.params, field_name), task)
     timeout = _timeout(svc, submission)
     _check_upload_size(svc, submission)
+    webhook = _webhook(svc, task_request.webhook)
     task_id = uuid.uuid4().hex
     inputs = [*job.task_inputs(task_request.input), *_upload_inputs(task_id, submission)]
     try:
@@ -266,14 +308,23 @@ def submit_task() -> Response:
         return created_response(concurrent, State.QUEUED)
     svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)
-    return _enqueue(svc, task_id, job, spec, timeout)
+    return _enqueue(svc, task_id, job, spec, timeout, webhook)
 
 
-def _enqueue(svc: Services, task_id: str, job: JobSpec, spec: TaskSpec, timeout: float) -> Response:
+def _enqueue(
+    svc: Services,
+    task_id: str,
+    job: JobSpec,
+    spec: TaskSpec,
+    timeout: float,
+    webhook: dict[str, Any] | None = None,
+) -> Response:
     total = job.initial_total(spec.inputs)
     named = [spec.params.get(name) for name in job.model_fields]
     queue = queue_for(svc.settings, named)
-    record = svc.store.create(g.owner, job.name, spec.model_dump(), total, timeout, task_id, queue)
+    record = svc.store.create(
+        g.owner, job.name, spec.model_dump(), total, timeout, task_id, webhook=webhook, queue=queue
+    )
     try:
         send_run(svc.celery, svc.settings, task_id, timeout, queue)
     except Exception as exc:
@@ -285,6 +336,7 @@ def _enqueue(svc: Services, task_id: str, job: JobSpec, spec: TaskSpec, timeout:
             "the task queue is unavailable; retry later",
             {"Retry-After": "5"},
         ) from exc
+    meter_of(svc.redis).task_submitted(job.name)
     return created_response(task_id, record.state)
 
 

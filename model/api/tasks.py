@@ -18,11 +18,13 @@ from model.api.schemas import (
     TaskPath,
     TaskResult,
     TaskStatus,
+    WebhookStatus,
     timestamp,
 )
 from model.api.services import Services, services
 from model.ending import cancel_task
 from model.store import State, TaskRecord
+from model.webhooks.events import deliveries
 
 tag = Tag(name="tasks", description="Submit, poll and stop jobs")
 api = APIBlueprint(
@@ -93,7 +95,15 @@ def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = N
         error=error,
         queue_position=position,
         eta_s=eta,
+        webhook=_webhook_status(svc, record),
     )
+
+
+def _webhook_status(svc: Services, record: TaskRecord) -> WebhookStatus | None:
+    """The task's webhook and its delivery attempts (one more read, for such tasks only)."""
+    if not record.webhook:
+        return None
+    return WebhookStatus(**record.webhook, deliveries=deliveries(svc.redis, record.id))
 
 
 def _status_response(body: TaskStatus, status: int | None = None) -> Response:

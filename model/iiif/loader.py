@@ -47,6 +47,7 @@ class ManifestSummary:
     version: int
     canvases: int = 0
     skipped: list[dict[str, str]] = field(default_factory=list)
+    document: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # its JSON
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -134,7 +135,7 @@ class _Reader:
             self._expand(doc, source, depth)
             return
         summary = ManifestSummary(
-            len(self.loaded.manifests), source, doc.id, doc.label, doc.version
+            len(self.loaded.manifests), source, doc.id, doc.label, doc.version, document=doc.source
         )
         self.loaded.manifests.append(summary)
         for position, canvas in enumerate(doc.canvases):

@@ -65,6 +65,8 @@ class Document:
     version: int  # Presentation API major version: 2 or 3
     canvases: list[Canvas] = field(default_factory=list)
     members: list[Member] = field(default_factory=list)
+    # The JSON it was read from (kept with a detect task's result, for the viewer manifest).
+    source: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 class NotIiif(ValueError):
@@ -101,6 +103,7 @@ def _parse_document(doc: Any) -> Document:
         raise NotIiif("not a IIIF manifest or collection (no Manifest/Collection type)")
     version = presentation_version(doc)
     parsed = Document(kind, node_id(doc) or "", label_text(doc.get("label")), version)
+    parsed.source = doc
     if kind == "manifest":
         parsed.canvases = _canvases_v3(doc) if version == 3 else _canvases_v2(doc)
         if not parsed.canvases:  # a manifest labelled one version but shaped as the other
@@ -139,13 +142,34 @@ def _canvas_v3(canvas: dict[str, Any]) -> Canvas:
     )
 
 
-# --- 2.x: Manifest.sequences[0].canvases[Canvas].images[Annotation].resource ------------------
+# --- 2.x: Manifest.sequences[].canvases[Canvas].images[Annotation].resource -------------------
 
 
 def _canvases_v2(doc: dict[str, Any]) -> list[Canvas]:
+    """The canvases of every sequence, each once (by id), in the order they first appear.
+
+    Most manifests have one sequence; the others' sequences are alternative orders of mostly the
+    same canvases, but a canvas may appear in a later one only, and must not be lost. A later
+    sequence may name a canvas by its id alone: one described nowhere is skipped, said so."""
     sequences = [s for s in as_list(doc.get("sequences")) if isinstance(s, dict)]
-    canvases = as_list(sequences[0].get("canvases")) if sequences else []
-    return [_checked(_canvas_v2, c) for c in canvases if isinstance(c, dict)]
+    entries = [(n, c) for n, s in enumerate(sequences, 1) for c in as_list(s.get("canvases"))]
+    described = {}
+    for _, canvas in entries:
+        if isinstance(canvas, dict) and (key := node_id(canvas)):
+            described.setdefault(key, canvas)
+    canvases, seen = [], set()
+    for number, entry in entries:
+        key = node_id(entry)
+        if key in seen:
+            continue
+        if key:
+            seen.add(key)
+        if isinstance(entry, dict) or key in described:
+            canvases.append(_checked(_canvas_v2, described.get(key or "", entry)))
+        elif key:
+            reason = f"sequence {number} names this canvas without describing it"
+            canvases.append(Canvas(key, "", None, None, image=None, skip_reason=reason))
+    return canvases
 
 
 def _canvas_v2(canvas: dict[str, Any]) -> Canvas:

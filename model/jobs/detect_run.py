@@ -9,6 +9,7 @@ only an unusable manifest fails the job. Boxes of canvases are in canvas coordin
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from model.iiif.info_cache import InfoCache
-from model.iiif.loader import json_getter
+from model.iiif.loader import ManifestSummary, json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs import JobFailed
 from model.jobs.detect import MAX_SIDE_FACTOR, DetectParams
@@ -58,6 +59,7 @@ def run_detect(ctx: Any) -> None:
     scope = FetchScope()
     fetcher = resources.fetcher.scoped(scope)
     plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
+    _keep_manifests(ctx, plan.manifests, settings)
     ctx.set_total(len(plan.units))
     finished = ctx.finished_indices()
     pending = [unit for unit in plan.units if unit.index not in finished]
@@ -92,6 +94,7 @@ def run_detect(ctx: Any) -> None:
                 "prefetch_depth": settings.pipeline.prefetch_depth,
                 "batch_size": settings.worker.batch_size,
                 "per_host_concurrency": settings.fetch.per_host_concurrency,
+                "per_host_start": settings.fetch.per_host_start,
             },
             cache={"hits": stats.hits, "misses": stats.misses},
             bytes_fetched=stats.bytes_fetched,
@@ -101,6 +104,22 @@ def run_detect(ctx: Any) -> None:
             },
         )
         ctx.set_provenance(provenance)
+
+
+def _keep_manifests(ctx: Any, manifests: list[ManifestSummary], settings: Any) -> None:
+    """Keep the manifests read with the task: the API serves them to viewers with the
+    detections attached (it never fetches). One over iiif.max_kept_manifest_bytes is not kept;
+    its annotation pages are served all the same."""
+    lifetime_s = settings.hard_limit_s(ctx.record.timeout_s)
+    for manifest in manifests:
+        if manifest.document is None:
+            continue
+        try:
+            text = json.dumps(manifest.document, separators=(",", ":"), ensure_ascii=False)
+        except (ValueError, RecursionError):
+            continue
+        if len(text.encode()) <= settings.iiif.max_kept_manifest_bytes:
+            ctx.store.keep_manifest(ctx.task_id, manifest.index, text, lifetime_s)
 
 
 @dataclass
@@ -143,6 +162,8 @@ def _analyse(
         return
     started = time.perf_counter()
     predictions = detector.predict([p.image for p in ready], params.confidence, params.iou)
+    if getattr(ctx, "meter", None) is not None:
+        ctx.meter.inference_batch(detector.name, len(ready))
     per_image_s = (time.perf_counter() - started) / len(ready)
     stats.misses += len(ready)
     stats.timings["inference_s"] += per_image_s * len(ready)

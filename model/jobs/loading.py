@@ -153,6 +153,7 @@ def base_item(unit: WorkUnit) -> dict[str, Any]:
             canvas_id=canvas.id,
             label=canvas.label,
             manifest=unit.canvas.manifest.index,
+            canvas_index=unit.canvas.position,
             canvas_width=canvas.width,
             canvas_height=canvas.height,
         )

@@ -1,17 +1,75 @@
-"""Detections as W3C Web Annotations that IIIF viewers (Mirador, Universal Viewer) open.
+"""Detections as W3C Web Annotations that IIIF viewers (Mirador, Universal Viewer) open, and the
+manifest a viewer is given to show them.
 
-One page per manifest: a Presentation 3 `AnnotationPage` for 3.0 manifests, a Presentation 2
-`sc:AnnotationList` (Open Annotation) for 2.x ones. Every annotation targets its canvas with a
-media fragment, `canvas-id#xywh=x,y,w,h`, in canvas coordinates; the label is a tagging body and
-the confidence a commenting one (viewers show both).
+One page per canvas, at a stable URL of its own (`ResultLinks`), and one per manifest with all
+of them: a Presentation 3 `AnnotationPage` for 3.0 manifests, a Presentation 2 `sc:AnnotationList`
+(Open Annotation) for 2.x ones. Every annotation targets its canvas with a media fragment,
+`canvas-id#xywh=x,y,w,h`, in canvas coordinates, and its id is its canvas page's URL with a
+fragment: dereferenced, it gives the page that holds it. The label is a tagging body and the
+confidence a commenting one, and the motivation names both: with `tagging` alone, viewers show
+every body as a tag chip.
+
+`viewer_manifest` is the source manifest (kept by the detect job) with each analysed canvas
+pointing at its page (3.0 `annotations`, 2.x `otherContent`): one URL a viewer can open.
 """
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
+
+from model.iiif.jsonld import as_list, node_id, node_type
 
 PRESENTATION_3 = "http://iiif.io/api/presentation/3/context.json"
 PRESENTATION_2 = "http://iiif.io/api/presentation/2/context.json"
+
+
+@dataclass(frozen=True)
+class ResultLinks:
+    """Where a finished task's IIIF documents live: `base` is `<http.public_url>/result/<id>`
+    (never the request's Host header). Read through a share link, every URL carries its token,
+    so a viewer that cannot send a key can follow them."""
+
+    base: str
+    token: str | None = None
+
+    @classmethod
+    def of_task(cls, public_base_url: str, task_id: str, token: str | None = None) -> ResultLinks:
+        return cls(f"{public_base_url}/result/{task_id}", token)
+
+    def _url(self, path: str) -> str:
+        query = f"?token={quote(self.token, safe='')}" if self.token else ""
+        return f"{self.base}{path}{query}"
+
+    def manifest(self, manifest: int) -> str:
+        return self._url(f"/iiif/manifest/{manifest}")
+
+    def manifest_page(self, manifest: int) -> str:
+        return self._url(f"/iiif/manifest/{manifest}/annotations")
+
+    def canvas_page(self, manifest: int, canvas: int) -> str:
+        return self._url(f"/iiif/manifest/{manifest}/canvas/{canvas}/annotations")
+
+    def annotation(self, manifest: int, canvas: int, number: int) -> str:
+        return f"{self.canvas_page(manifest, canvas)}#detection-{number}"
+
+    def result(self, fmt: str = "json") -> str:
+        query = f"?format={fmt}" + (f"&token={quote(self.token, safe='')}" if self.token else "")
+        return f"{self.base}{query}"
+
+
+def canvas_number(item: dict[str, Any]) -> int:
+    """The canvas's position in its manifest (items stored before it was recorded: their
+    index in the task, as unique and as stable)."""
+    return int(item.get("canvas_index", item["index"]))
+
+
+def analysed_canvases(items: list[dict[str, Any]], manifest: int) -> list[dict[str, Any]]:
+    """The manifest's canvases that were analysed, in canvas order (a failed page has no page)."""
+    found = [i for i in items if i.get("manifest") == manifest and i.get("status") == "ok"]
+    return sorted(found, key=canvas_number)
 
 
 def _target(item: dict[str, Any], xywh: list[int]) -> str:
@@ -19,73 +77,104 @@ def _target(item: dict[str, Any], xywh: list[int]) -> str:
     return f"{canvas}#xywh={','.join(str(max(0, v)) for v in xywh)}"
 
 
-def _annotations(items: list[dict[str, Any]], manifest_index: int) -> list[tuple[str, dict, dict]]:
-    """(annotation id suffix, item, detection) of one manifest's detections, in canvas order."""
-    found = []
-    for item in sorted(items, key=lambda i: i["index"]):
-        if item.get("manifest") != manifest_index or item.get("status") != "ok":
-            continue
-        for number, detection in enumerate(item.get("detections", [])):
-            found.append((f"{item['index']}-{number}", item, detection))
-    return found
+def _comment(detection: dict[str, Any]) -> str:
+    return f"confidence {detection['confidence']:.2f}"
+
+
+def _text(value: str, purpose: str) -> dict[str, str]:
+    return {"type": "TextualBody", "value": value, "purpose": purpose, "format": "text/plain"}
+
+
+def _v3_annotation(anno_id: str, item: dict[str, Any], detection: dict[str, Any]) -> dict:
+    return {
+        "id": anno_id,
+        "type": "Annotation",
+        "motivation": ["commenting", "tagging"],
+        "body": [_text(detection["label"], "tagging"), _text(_comment(detection), "commenting")],
+        "target": _target(item, detection["xywh"]),
+    }
+
+
+def _v2_annotation(anno_id: str, item: dict[str, Any], detection: dict[str, Any]) -> dict:
+    return {
+        "@id": anno_id,
+        "@type": "oa:Annotation",
+        "motivation": ["oa:commenting", "oa:tagging"],
+        "resource": [
+            {"@type": "oa:Tag", "chars": detection["label"]},
+            {"@type": "dctypes:Text", "format": "text/plain", "chars": _comment(detection)},
+        ],
+        "on": _target(item, detection["xywh"]),
+    }
 
 
 def annotation_page(
-    manifest: dict[str, Any], items: list[dict[str, Any]], page_id: str
+    manifest: dict[str, Any],
+    items: list[dict[str, Any]],
+    links: ResultLinks,
+    canvas: int | None = None,
 ) -> dict[str, Any]:
-    """The annotations of one manifest (a provenance `manifests` entry) as a page/list."""
-    found = _annotations(items, manifest["index"])
-    label = f"Detections on {manifest.get('label') or manifest.get('id')}"
-    if manifest.get("version") == 2:
+    """The annotations of one manifest (a provenance `manifests` entry), or of one of its
+    canvases (its position in the manifest), as a page (3.0) or a list (2.x)."""
+    index = manifest["index"]
+    pages = analysed_canvases(items, index)
+    if canvas is None:
+        page_id = links.manifest_page(index)
+        label = f"Detections on {manifest.get('label') or manifest.get('id')}"
+    else:
+        page_id = links.canvas_page(index, canvas)
+        pages = [i for i in pages if canvas_number(i) == canvas]
+        label = f"Detections on {pages[0].get('label') or pages[0]['canvas_id']}" if pages else ""
+    version = manifest.get("version")
+    build = _v2_annotation if version == 2 else _v3_annotation
+    annotations = [
+        build(links.annotation(index, canvas_number(item), number), item, detection)
+        for item in pages
+        for number, detection in enumerate(item.get("detections", []))
+    ]
+    if version == 2:
         return {
             "@context": PRESENTATION_2,
             "@id": page_id,
             "@type": "sc:AnnotationList",
             "label": label,
-            "resources": [
-                {
-                    "@id": f"{page_id}/annotation/{suffix}",
-                    "@type": "oa:Annotation",
-                    "motivation": ["oa:tagging", "oa:commenting"],
-                    "resource": [
-                        {"@type": "oa:Tag", "chars": detection["label"]},
-                        {
-                            "@type": "dctypes:Text",
-                            "format": "text/plain",
-                            "chars": f"{detection['label']} ({detection['confidence']:.2f})",
-                        },
-                    ],
-                    "on": _target(item, detection["xywh"]),
-                }
-                for suffix, item, detection in found
-            ],
+            "resources": annotations,
         }
     return {
         "@context": PRESENTATION_3,
         "id": page_id,
         "type": "AnnotationPage",
         "label": {"none": [label]},
-        "items": [
-            {
-                "id": f"{page_id}/annotation/{suffix}",
-                "type": "Annotation",
-                "motivation": "tagging",
-                "body": [
-                    {
-                        "type": "TextualBody",
-                        "value": detection["label"],
-                        "purpose": "tagging",
-                        "format": "text/plain",
-                    },
-                    {
-                        "type": "TextualBody",
-                        "value": f"{detection['label']} ({detection['confidence']:.2f})",
-                        "purpose": "commenting",
-                        "format": "text/plain",
-                    },
-                ],
-                "target": _target(item, detection["xywh"]),
-            }
-            for suffix, item, detection in found
-        ],
+        "items": annotations,
     }
+
+
+def viewer_manifest(
+    source: dict[str, Any],
+    manifest: dict[str, Any],
+    items: list[dict[str, Any]],
+    links: ResultLinks,
+) -> dict[str, Any]:
+    """The source manifest, now at our URL, each analysed canvas referencing its page: 3.0
+    `annotations` (AnnotationPage), 2.x `otherContent` (sc:AnnotationList), after whatever
+    annotations the publisher already listed there."""
+    index = manifest["index"]
+    pages = {item["canvas_id"]: canvas_number(item) for item in analysed_canvases(items, index)}
+    doc = copy.deepcopy(source)
+    doc["@id" if "@id" in doc else "id"] = links.manifest(index)
+    sequences = [s for s in as_list(doc.get("sequences")) if isinstance(s, dict)]
+    v2_canvases = [c for s in sequences for c in as_list(s.get("canvases"))]
+    in_sequence = {id(c) for c in v2_canvases}
+    for canvas in v2_canvases + as_list(doc.get("items")):
+        if not isinstance(canvas, dict) or node_type(canvas) != "canvas":
+            continue
+        number = pages.get(node_id(canvas) or "")
+        if number is None:
+            continue
+        if manifest.get("version") == 2 and id(canvas) in in_sequence:
+            reference = {"@id": links.canvas_page(index, number), "@type": "sc:AnnotationList"}
+            canvas["otherContent"] = [*as_list(canvas.get("otherContent")), reference]
+        else:
+            reference = {"id": links.canvas_page(index, number), "type": "AnnotationPage"}
+            canvas["annotations"] = [*as_list(canvas.get("annotations")), reference]
+    return doc

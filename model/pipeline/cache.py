@@ -14,6 +14,8 @@ from typing import Any
 
 from redis import Redis
 
+from model.metrics.record import Meter
+
 
 def params_digest(model_sha256: str, params: dict[str, Any]) -> str:
     canonical = json.dumps({"model": model_sha256, **params}, sort_keys=True)
@@ -26,6 +28,7 @@ class BoundedCache:
 
     prefix = "sc:cache:"
     index_key = "sc:cache-index"
+    kind = "cache"  # the `cache` label of its lookups in the metrics
 
     def __init__(self, redis: Redis | None, ttl_s: int, max_entries: int) -> None:
         self.redis = redis
@@ -44,6 +47,7 @@ class BoundedCache:
         if not self.enabled:
             return None
         raw = self.redis.get(key)  # type: ignore[union-attr]
+        Meter(self.redis).cache_lookup(self.kind, raw is not None)  # type: ignore[arg-type]
         return json.loads(raw) if raw else None
 
     def put(self, key: str, value: dict[str, Any]) -> None:
@@ -65,3 +69,5 @@ class BoundedCache:
 
 class DetectionCache(BoundedCache):
     """Detections of a page: `{"width", "height", "detections"}`."""
+
+    kind = "detections"

@@ -18,3 +18,4 @@ class FeatureCache(BoundedCache):
 
     prefix = "sc:simcache:"
     index_key = "sc:simcache-index"
+    kind = "features"

@@ -9,22 +9,28 @@
 - connect/read timeouts, a deadline for each whole response (a server trickling bytes defeats
   a per-read timeout), a streamed body-size cap, bounded redirects;
 - retries with backoff on connection errors, timeouts, 429 and 5xx, honouring Retry-After;
-- at most `per_host_concurrency` requests in flight to one host from this process (download
-  threads share one fetcher), so a library's server is never hammered;
+- adaptive concurrency per host (`throttle.HostLimiter`, shared by the download threads of a
+  process): it starts at `per_host_start` requests at once, grows by one while the host's
+  latency stays flat, up to `per_host_concurrency`, halves on 429/503/timeouts and keeps new
+  requests away from the host until its `Retry-After` has passed, so a library's server is
+  never hammered;
+- keep-alive: one pooled session, and small error bodies are read to the end so that their
+  connection is reused too (a 429 costs the host no new TCP connection);
 - a `FetchScope` (one per task) cancels that task's fetches: their sockets are shut down, waits
-  for a per-host slot and retry back-offs end, so a cancelled or timed-out job leaves no thread
-  holding a connection or a slot.
+  for a per-host slot (or a Retry-After) and retry back-offs end, so a cancelled or timed-out
+  job leaves no thread holding a connection or a slot.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -35,25 +41,25 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 from urllib3.util.connection import allowed_gai_family
 
+# The address policy is in a light module of its own: the HTTP process checks with it too.
+from model.sources.addresses import (  # noqa: F401 - re-exported
+    NAT64,
+    REFUSED_V6,
+    AddressPolicy,
+    IPAddress,
+    IPNetwork,
+    _embedded_ipv4,
+    _public,
+)
+from model.sources.throttle import HostLimiter, Permit
+
 if TYPE_CHECKING:
     from model.settings import FetchSettings
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
-MAX_RETRY_AFTER_S = 30.0
-SLOT_POLL_S = 0.1  # how often a wait for a per-host slot looks at its scope's cancel
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-# IPv6 ranges that reach IPv4 hosts or are not routable on the internet, whatever Python's
-# `is_global` of the day says: local-use NAT64 (RFC 8215), IPv4-compatible (deprecated, `::/96`
-# holds `::127.0.0.1`), site-local (deprecated).
-REFUSED_V6 = [
-    ipaddress.IPv6Network("64:ff9b:1::/48"),
-    ipaddress.IPv6Network("::/96"),
-    ipaddress.IPv6Network("fec0::/10"),
-]
-NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # well-known prefix: the last 32 bits are IPv4
+THROTTLE_STATUSES = {429, 503}  # the host says it is overloaded: fewer requests at once
+MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is cut to this (retry wait and host pause)
+DRAIN_MAX_BYTES = 64 * 1024  # error bodies up to this are read so that the connection is kept
 
 
 class FetchError(Exception):
@@ -62,56 +68,6 @@ class FetchError(Exception):
         self.code = code
         self.message = message
         self.status = status  # the HTTP status of an `http_error` (callers act on 400 vs 404)
-
-
-@dataclass
-class AddressPolicy:
-    """Public addresses pass; private/loopback/link-local/... only when allow-listed."""
-
-    allow_hosts: set[str] = field(default_factory=set)
-    allow_networks: list[IPNetwork] = field(default_factory=list)
-
-    @classmethod
-    def from_list(cls, entries: Iterable[str]) -> AddressPolicy:
-        policy = cls()
-        for entry in entries:
-            try:
-                policy.allow_networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                policy.allow_hosts.add(entry.lower())
-        return policy
-
-    def host_allowed(self, host: str) -> bool:
-        return host.lower() in self.allow_hosts
-
-    def address_allowed(self, address: str) -> bool:
-        ip: IPAddress = ipaddress.ip_address(address.split("%")[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-            ip = ip.ipv4_mapped
-        if any(ip in net for net in self.allow_networks):
-            return True
-        return _public(ip)
-
-
-def _public(ip: IPAddress) -> bool:
-    if not ip.is_global or ip.is_multicast:
-        return False
-    if isinstance(ip, ipaddress.IPv4Address):
-        return True
-    if any(ip in net for net in REFUSED_V6):
-        return False
-    # NAT64, 6to4 and Teredo addresses lead to the IPv4 host they embed: that one must be public.
-    return all(_public(embedded) for embedded in _embedded_ipv4(ip))
-
-
-def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    if ip in NAT64:
-        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
-    if ip.sixtofour is not None:
-        return [ip.sixtofour]
-    if ip.teredo is not None:
-        return list(ip.teredo)  # server and client
-    return []
 
 
 # --- cancellation: scopes, attempts ------------------------------------------------------------
@@ -317,6 +273,8 @@ class SafeFetcher:
         backoff_s: float = 0.5,
         per_host_concurrency: int = 4,
         response_deadline_s: float = 60,
+        per_host_start: int = 1,
+        latency_tolerance: float = 0.5,
     ) -> None:
         self.policy = AddressPolicy.from_list(allow)
         self.timeout = (connect_timeout_s, read_timeout_s)
@@ -325,12 +283,16 @@ class SafeFetcher:
         self.retries = retries
         self.backoff_s = backoff_s
         self.per_host_concurrency = max(1, per_host_concurrency)
-        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
-        self._slots_lock = threading.Lock()
+        self.per_host_start = per_host_start
+        self.latency_tolerance = latency_tolerance
+        self._limiters: dict[str, HostLimiter] = {}
+        self._limiters_lock = threading.Lock()
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies from the environment
         self.session.max_redirects = max_redirects
         self.session.headers["User-Agent"] = user_agent
+        # One pool per host keeps up to pool_maxsize idle connections: enough for every request
+        # the limiter lets in at once, so each is reused (keep-alive) instead of discarded.
         adapter = _GuardedAdapter(self.policy, pool_maxsize=max(10, self.per_host_concurrency))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
@@ -348,6 +310,8 @@ class SafeFetcher:
             retries=fetch.retries,
             per_host_concurrency=fetch.per_host_concurrency,
             response_deadline_s=fetch.response_deadline_s,
+            per_host_start=fetch.per_host_start,
+            latency_tolerance=fetch.latency_tolerance,
         )
 
     def scoped(self, scope: FetchScope) -> ScopedFetcher:
@@ -372,16 +336,17 @@ class SafeFetcher:
                 "blocked_address", f"{parts.hostname} resolves to a non-public address"
             )
 
-    def _host_slot(self, url: str) -> threading.BoundedSemaphore:
+    def host_limiter(self, url: str) -> HostLimiter:
+        """The concurrency limiter of `url`'s host (one per host and port in this process)."""
         parts = urlsplit(url)
         host = f"{parts.hostname}:{parts.port or ''}"
-        with self._slots_lock:
-            slot = self._host_slots.get(host)
-            if slot is None:
-                slot = self._host_slots[host] = threading.BoundedSemaphore(
-                    self.per_host_concurrency
+        with self._limiters_lock:
+            limiter = self._limiters.get(host)
+            if limiter is None:
+                limiter = self._limiters[host] = HostLimiter(
+                    host, self.per_host_start, self.per_host_concurrency, self.latency_tolerance
                 )
-            return slot
+            return limiter
 
     def get(
         self, url: str, max_bytes: int | None = None, scope: FetchScope | None = None
@@ -391,13 +356,12 @@ class SafeFetcher:
         self.check_url(url)
         scope = scope or FetchScope()
         cap = min(max_bytes, self.max_bytes) if max_bytes else self.max_bytes
-        slot = self._host_slot(url)
+        limiter = self.host_limiter(url)
         attempt = 0
         while True:
             attempt += 1
             try:
-                with _holding(slot, scope, url):  # not held while sleeping before a retry
-                    return self._get_once(url, attempt, cap, scope)
+                return self._get_held(url, attempt, cap, scope, limiter)
             except _Retryable as exc:
                 if attempt > self.retries:
                     raise exc.error from None
@@ -405,10 +369,47 @@ class SafeFetcher:
                 if scope.wait(exc.wait_s if exc.wait_s is not None else backoff):
                     raise _cancelled(url) from None
 
-    def _get_once(self, url: str, number: int, max_bytes: int, scope: FetchScope) -> FetchResult:
+    def post(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> int:
+        """One POST (webhook deliveries), guarded like `get`: the URL checked, every address
+        checked before connecting, the connect and read timeouts, the response deadline. Never a
+        redirect followed (a 3xx is the answer), no retries (the caller schedules them), the
+        answer's body never read. Returns the HTTP status; FetchError when no answer came."""
+        self.check_url(url)
+        with FetchScope().attempt() as attempt, self._watched(attempt):
+            try:
+                with self.session.post(
+                    url,
+                    data=body,
+                    headers=headers,
+                    timeout=self.timeout,
+                    stream=True,
+                    allow_redirects=False,
+                ) as resp:
+                    return resp.status_code
+            except requests.exceptions.RequestException as exc:
+                error = self._aborted(url, attempt.reason) if attempt.reason else None
+                error = error or _network_error(url, exc)
+                raise (error.error if isinstance(error, _Retryable) else error) from exc
+
+    def _get_held(
+        self, url: str, number: int, max_bytes: int, scope: FetchScope, limiter: HostLimiter
+    ) -> FetchResult:
+        """One attempt in a place of the host's limit (not held while sleeping before a retry);
+        what the response says about the host's load goes back to the limiter."""
+        with _holding(limiter, scope, url) as permit:
+            try:
+                return self._get_once(url, number, max_bytes, scope, permit)
+            except _Retryable as exc:
+                permit.throttled = exc.throttle
+                permit.retry_after_s = exc.wait_s
+                raise
+
+    def _get_once(
+        self, url: str, number: int, max_bytes: int, scope: FetchScope, permit: Permit
+    ) -> FetchResult:
         with scope.attempt() as attempt, self._watched(attempt):
             try:
-                result = self._request(url, number, max_bytes)
+                result = self._request(url, number, max_bytes, permit)
             except (FetchError, _Retryable) as exc:
                 if attempt.reason is not None:  # however the read ended, it was cut short
                     raise self._aborted(url, attempt.reason) from exc
@@ -438,19 +439,16 @@ class SafeFetcher:
             f"timed out reading from {url}: no complete response "
             f"within {self.response_deadline_s:g} s",
         )
-        return _Retryable(error, None)
+        return _Retryable(error, None, throttle=True)
 
-    def _request(self, url: str, attempt: int, max_bytes: int) -> FetchResult:
+    def _request(self, url: str, attempt: int, max_bytes: int, permit: Permit) -> FetchResult:
         try:
             with self.session.get(url, timeout=self.timeout, stream=True) as resp:
-                if resp.status_code in RETRY_STATUSES:
-                    raise _Retryable(
-                        FetchError("http_error", f"HTTP {resp.status_code} from {resp.url}"),
-                        _retry_after(resp.headers.get("Retry-After")),
-                    )
-                if resp.status_code >= 400:
-                    message = f"HTTP {resp.status_code} from {resp.url}"
-                    raise FetchError("http_error", message, resp.status_code)
+                latency_s = time.monotonic() - permit.started  # the headers are in
+                _raise_for_status(resp)
+                # Only a usable answer tells the host's latency (error pages come from elsewhere).
+                permit.latency_s = latency_s
+                permit.image = resp.headers.get("Content-Type", "").startswith("image/")
                 return FetchResult(
                     resp.url,
                     self._read_capped(resp, max_bytes),
@@ -495,17 +493,42 @@ class ScopedFetcher:
 
 
 @contextmanager
-def _holding(slot: threading.BoundedSemaphore, scope: FetchScope, url: str) -> Iterator[None]:
-    """Hold a per-host slot; a cancel ends the wait for one."""
-    while not slot.acquire(timeout=SLOT_POLL_S):
-        if scope.cancelled:
-            raise _cancelled(url)
+def _holding(limiter: HostLimiter, scope: FetchScope, url: str) -> Iterator[Permit]:
+    """Hold a place in the host's limit; a cancel ends the wait for one."""
+    permit = limiter.acquire(lambda: scope.cancelled)
+    if permit is None:
+        raise _cancelled(url)
     try:
-        if scope.cancelled:
-            raise _cancelled(url)
-        yield
+        yield permit
     finally:
-        slot.release()
+        limiter.release(permit)
+
+
+def _raise_for_status(resp: requests.Response) -> None:
+    """Refuse an error status (retryable or not), its connection kept alive where cheap."""
+    status = resp.status_code
+    if status < 400:
+        return
+    _drain(resp)
+    error = FetchError("http_error", f"HTTP {status} from {resp.url}", status)
+    if status in RETRY_STATUSES:
+        wait_s = _retry_after(resp.headers.get("Retry-After"))
+        raise _Retryable(error, wait_s, throttle=status in THROTTLE_STATUSES)
+    raise error
+
+
+def _drain(resp: requests.Response) -> None:
+    """Read a small error body to its end: the connection then goes back to the pool instead
+    of being closed (keep-alive). A large or endless one is left unread, its connection closed."""
+    declared = resp.headers.get("Content-Length")
+    if declared is not None and not (declared.isdigit() and int(declared) <= DRAIN_MAX_BYTES):
+        return
+    size = 0
+    with contextlib.suppress(requests.exceptions.RequestException):
+        for chunk in resp.iter_content(chunk_size=DRAIN_MAX_BYTES):
+            size += len(chunk)
+            if size > DRAIN_MAX_BYTES:
+                return
 
 
 def _cancelled(url: str) -> FetchError:
@@ -519,27 +542,42 @@ def _network_error(url: str, exc: requests.exceptions.RequestException) -> Excep
     if isinstance(cause, FetchError):
         return cause
     if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return _Retryable(FetchError("connect_timeout", f"timed out connecting to {url}"), None)
+        error = FetchError("connect_timeout", f"timed out connecting to {url}")
+        return _Retryable(error, None, throttle=True)
     if isinstance(exc, requests.exceptions.Timeout) or _find_cause(
         exc, (ReadTimeoutError, TimeoutError)
     ):
-        return _Retryable(FetchError("timeout", f"timed out reading from {url}"), None)
+        error = FetchError("timeout", f"timed out reading from {url}")
+        return _Retryable(error, None, throttle=True)
     if isinstance(exc, requests.exceptions.ConnectionError):
         return _Retryable(FetchError("connection_error", f"cannot connect: {url}"), None)
     return FetchError("fetch_error", f"cannot fetch {url}: {exc}")
 
 
 class _Retryable(Exception):
-    def __init__(self, error: FetchError, wait_s: float | None) -> None:
+    """A failed attempt worth another; `throttle`: it says the host is overloaded."""
+
+    def __init__(self, error: FetchError, wait_s: float | None, throttle: bool = False) -> None:
         super().__init__(error.message)
         self.error = error
         self.wait_s = wait_s
+        self.throttle = throttle
 
 
 def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
+    """Retry-After in seconds (delta-seconds or an HTTP date), at most MAX_RETRY_AFTER_S."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
         return min(float(value), MAX_RETRY_AFTER_S)
-    return None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None  # not an HTTP date (those are GMT)
+    return min(max(0.0, when.timestamp() - time.time()), MAX_RETRY_AFTER_S)
 
 
 def _find_cause(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import subprocess
 import sys
 import threading
@@ -18,13 +19,24 @@ import redis
 import requests
 
 from model.synthetic import RenderedPage, render_page
+from testkit import browser as browser_kit
 from testkit.iiif_server import IiifServer, Published
 from testkit.stack import Api, Stack, free_port, start_stack
+
+# Webhook deliveries on the session stack: short backoff, attempts and retry window, so that
+# test_webhooks.py sees retries, timeouts and giving up in seconds (no other test sends any).
+WEBHOOK_TEST_SETTINGS = {
+    "SCRIPTORIUM_WEBHOOKS__BACKOFF_INITIAL_S": "0.5",
+    "SCRIPTORIUM_WEBHOOKS__BACKOFF_MAX_S": "2",
+    "SCRIPTORIUM_WEBHOOKS__RETRY_FOR_S": "6",
+    "SCRIPTORIUM_WEBHOOKS__TIMEOUT_S": "1",
+    "SCRIPTORIUM_WEBHOOKS__MIN_PROGRESS_INTERVAL_S": "1",
+}
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("stack"))
+    stack = start_stack(tmp_path_factory.mktemp("stack"), **WEBHOOK_TEST_SETTINGS)
     stack.create_key("alice")
     stack.create_key("bob")
     yield stack
@@ -85,16 +97,34 @@ def pages() -> list[RenderedPage]:
 
 
 @pytest.fixture(scope="session")
-def iiif_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def web_origins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[browser_kit.WebOrigins]:
+    """Pages served from other origins than the API's (test_browser.py): `allowed` is in the
+    IIIF stack's cors.origins, `other` is not."""
+    origins = browser_kit.serve_origins(tmp_path_factory.mktemp("web-origins"))
+    yield origins
+    origins.stop()
+
+
+@pytest.fixture(scope="session")
+def iiif_stack(
+    tmp_path_factory: pytest.TempPathFactory, web_origins: browser_kit.WebOrigins
+) -> Iterator[Stack]:
     stack = start_stack(
         tmp_path_factory.mktemp("iiif-stack"),
+        # Browser pages of this origin may call it with a key (test_browser.py), and the
+        # operator page offers to open shared manifests in the Mirador page served there.
+        SCRIPTORIUM_CORS__ORIGINS=json.dumps([web_origins.allowed]),
+        SCRIPTORIUM_CONSOLE__VIEWER_URL=f"{web_origins.allowed}/mirador.html?manifest={{manifest}}",
         # A page slower than this fails as a timeout (after one retry) instead of stalling.
         SCRIPTORIUM_FETCH__READ_TIMEOUT_S="1",
         SCRIPTORIUM_FETCH__RETRIES="1",
         # Decompression bombs need not be huge to be refused.
         SCRIPTORIUM_FETCH__MAX_PIXELS=str(40_000_000),
-        # Fewer than the 4 download threads, so the tests can see the per-host limit bite.
+        # Fewer than the 4 download threads, so the tests can see the per-host limit bite:
+        # a fixed limit from the start (test_adaptive_fetch.py tests how it adapts).
         SCRIPTORIUM_FETCH__PER_HOST_CONCURRENCY="2",
+        SCRIPTORIUM_FETCH__PER_HOST_START="2",
+        SCRIPTORIUM_FETCH__LATENCY_TOLERANCE="inf",
         SCRIPTORIUM_CACHE__TTL_S="3600",
     )
     stack.create_key("iiif", "--rate", "100000/second")
@@ -128,6 +158,36 @@ def iiif_pages(iiif_server: IiifServer) -> list[tuple[RenderedPage, Published]]:
     """Synthetic pages with known boxes, each behind a level-0 Image API 3.0 service."""
     pages = [render_page(910_000 + i, 1200, 1600, n_illustrations=1 + i % 3) for i in range(4)]
     return [(p, iiif_server.publish(f"page{i}", p.image, 3)) for i, p in enumerate(pages)]
+
+
+# --- A real browser: one Chromium for the whole session ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """Debian's Chromium driven by playwright (never a browser download); skipped, saying why,
+    where either is missing."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)"
+    )
+    executable = browser_kit.chromium()
+    if executable is None:
+        pytest.skip(
+            f"no Chromium at {browser_kit.CHROMIUM} (install_system_packages.sh installs it)"
+        )
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable, args=browser_kit.CHROMIUM_ARGS
+        )
+        yield launched
+        launched.close()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if browser_kit.ARTIFACTS:
+        terminalreporter.write_sep("-", "browser test artifacts")
+        for path in browser_kit.ARTIFACTS:
+            terminalreporter.write_line(str(path))
 
 
 # --- The fast layer: a bare redis-server, no worker, no HTTP server ------------------------------

@@ -292,12 +292,16 @@ def test_server_unreachable_exits_7(client: Run, stack: Stack, key: str) -> None
     assert time.monotonic() - started < 30
 
 
-def test_webhook_refused_when_the_server_does_not_offer_it(client: Run, mine: Api, images):
-    before = task_count(mine)
-    result = client("submit", images[0], "--webhook", "https://example.org/hook", "--json")
+def test_webhook_refused_when_the_server_does_not_offer_it(
+    client: Run, stack: Stack, scripted, images
+) -> None:
+    server = scripted([CREATED], {})  # an older server: its document has no webhook
+    env = client_env(stack, "k", SCRIPTORIUM_URL=server.url)
+    hook = "https://example.org/hook"
+    result = client("submit", images[0], "--webhook", hook, "--json", env=env)
     assert result.returncode == USAGE, result
     assert "webhook" in result.stderr and "openapi" in result.stderr
-    assert task_count(mine) == before
+    assert server.received == []  # nothing submitted
 
 
 # --- retries, with a proxy that loses answers and a scripted server -----------------------------

@@ -22,6 +22,7 @@ import pytest
 import redis
 import requests
 
+from model.jobs.registry import JOBS
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import TERMINAL, Api, Stack, start_stack
 
@@ -35,13 +36,15 @@ LOST_GRACE_S = 10
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    # The visibility timeout follows the longest limit of any job type: bound them all.
+    limits = {
+        f"SCRIPTORIUM_JOBS__{name.upper()}__{key}": str(TIMEOUT_MAX_S)
+        for name in JOBS
+        for key in ("TIMEOUT_DEFAULT_S", "TIMEOUT_MAX_S")
+    }
     stack = start_stack(
         tmp_path_factory.mktemp("faults"),
-        SCRIPTORIUM_JOBS__DETECT__TIMEOUT_DEFAULT_S=str(TIMEOUT_MAX_S),
-        SCRIPTORIUM_JOBS__DETECT__TIMEOUT_MAX_S=str(TIMEOUT_MAX_S),
-        # The visibility timeout follows the longest limit of any job type.
-        SCRIPTORIUM_JOBS__SIMILARITY__TIMEOUT_DEFAULT_S=str(TIMEOUT_MAX_S),
-        SCRIPTORIUM_JOBS__SIMILARITY__TIMEOUT_MAX_S=str(TIMEOUT_MAX_S),
+        **limits,
         SCRIPTORIUM_CANCEL__GRACE_S=str(GRACE_S),
         SCRIPTORIUM_WORKER__VISIBILITY_MARGIN_S=str(VISIBILITY_MARGIN_S),
         SCRIPTORIUM_WORKER__LOST_GRACE_S=str(LOST_GRACE_S),

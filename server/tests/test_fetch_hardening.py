@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import select
 import socket
 import threading
@@ -192,7 +193,8 @@ def test_response_deadline_ends_a_trickle(trickle: TrickleServer) -> None:
 
 
 def test_prefetcher_close_cancels_the_downloads_in_flight(trickle: TrickleServer) -> None:
-    fetcher = SafeFetcher(allow=LOOPBACK, read_timeout_s=1, retries=0)
+    # Two downloads in flight at once from the start (a host's limit starts at 1 by default).
+    fetcher = SafeFetcher(allow=LOOPBACK, read_timeout_s=1, retries=0, per_host_start=2)
     scope = FetchScope()
     urls = [f"{trickle.url}/{i}.jpg" for i in range(4)]
     with Prefetcher(
@@ -339,7 +341,7 @@ def test_public_ipv6_and_ipv4_addresses_pass(address: str) -> None:
 
 def test_embedded_teredo_addresses_are_checked() -> None:
     # Python's own is_global has changed between releases: the Teredo check must not rely on it.
-    teredo = fetch.ipaddress.IPv6Address("2001:0:4136:e378:8000:63bf:3fff:fdd2")
+    teredo = ipaddress.IPv6Address("2001:0:4136:e378:8000:63bf:3fff:fdd2")
     assert [str(ip) for ip in fetch._embedded_ipv4(teredo)] == ["65.54.227.120", "192.0.2.45"]
 
 

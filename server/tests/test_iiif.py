@@ -166,7 +166,7 @@ def test_annotation_page_yolo_and_json_results(
     ids = [a["id"] for a in doc["items"]]
     assert len(set(ids)) == len(ids)
     for anno in doc["items"]:
-        assert anno["type"] == "Annotation" and anno["motivation"] == "tagging"
+        assert anno["type"] == "Annotation" and anno["motivation"] == ["commenting", "tagging"]
         assert all(b["type"] == "TextualBody" and b["value"] for b in anno["body"])
         match = XYWH.match(anno["target"])
         assert match, anno["target"]
@@ -174,6 +174,16 @@ def test_annotation_page_yolo_and_json_results(
         x, y, w, h = (int(v) for v in match.groups()[1:])
         assert [x, y, w, h] in [d["xywh"] for d in item["detections"]]
         assert x + w <= item["canvas_width"] + 1 and y + h <= item["canvas_height"] + 1
+
+    # The manifest the worker kept, each analysed canvas pointing at its own page.
+    viewer = iiif_api.request("GET", f"/result/{task_id}/iiif/manifest/0").json()
+    assert viewer["id"] == f"{iiif_stack.base_url}/result/{task_id}/iiif/manifest/0"
+    referenced = [c.get("annotations", []) for c in viewer["items"]]
+    assert [len(r) for r in referenced] == [1, 1, 1, 0]  # the sound canvas has none
+    for refs, item in zip(referenced, items, strict=False):
+        own = iiif_api.request("GET", refs[0]["id"][len(iiif_stack.base_url) :]).json()
+        assert len(own["items"]) == len(item["detections"])
+        assert all(a["target"].startswith(item["canvas_id"] + "#") for a in own["items"])
 
     archive = zipfile.ZipFile(
         io.BytesIO(iiif_api.request("GET", f"/result/{task_id}?format=yolo").content)

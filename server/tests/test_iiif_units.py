@@ -12,7 +12,7 @@ import pytest
 
 from model.iiif.image_api import ImageService, choose_request, parse_service
 from model.iiif.presentation import parse_document
-from model.outputs.annotations import annotation_page
+from model.outputs.annotations import ResultLinks, annotation_page
 from model.outputs.yolo import yolo_archive
 from model.pipeline.prefetch import Prefetcher
 
@@ -179,6 +179,37 @@ def test_v2_manifest_without_service_or_profile() -> None:
     assert canvas.image.url == "http://x/1.jpg" and canvas.image.service is None
 
 
+def _v2_canvas(n: int) -> dict:
+    return {
+        "@id": f"http://x/c{n}",
+        "@type": "sc:Canvas",
+        "label": f"p{n}",
+        "width": 100,
+        "height": 100,
+        "images": [{"resource": {"@id": f"http://x/{n}.jpg", "@type": "dctypes:Image"}}],
+    }
+
+
+def test_v2_canvases_of_every_sequence_each_once() -> None:
+    """A canvas only in a later sequence is analysed; one named twice is analysed once; one
+    only named by id, described nowhere, is skipped with the reason."""
+    manifest = {
+        "@context": "http://iiif.io/api/presentation/2/context.json",
+        "@id": "http://x/m",
+        "@type": "sc:Manifest",
+        "sequences": [
+            {"canvases": [_v2_canvas(1), _v2_canvas(2), "http://x/c4"]},
+            {"canvases": ["http://x/c2", _v2_canvas(1), _v2_canvas(3), "http://x/c9"]},
+            {"canvases": [_v2_canvas(4)]},
+        ],
+    }
+    canvases = parse_document(manifest).canvases
+    assert [c.id for c in canvases] == [f"http://x/c{n}" for n in (1, 2, 4, 3, 9)]
+    assert [c.image.url for c in canvases[:4]] == [f"http://x/{n}.jpg" for n in (1, 2, 4, 3)]
+    assert canvases[4].image is None
+    assert canvases[4].skip_reason == "sequence 2 names this canvas without describing it"
+
+
 def test_prefetch_is_bounded_and_stops_without_waiting() -> None:
     started: list[int] = []
     lock = threading.Lock()
@@ -247,15 +278,20 @@ ITEMS = [
 
 
 def test_annotation_page_v3_and_list_v2() -> None:
-    page = annotation_page(
-        {"index": 0, "version": 3, "label": "Book"}, ITEMS, "http://api/result/t?format=iiif"
-    )
+    links = ResultLinks("http://api/result/t")
+    page = annotation_page({"index": 0, "version": 3, "label": "Book"}, ITEMS, links)
     assert page["type"] == "AnnotationPage" and len(page["items"]) == 1
+    assert page["id"] == "http://api/result/t/iiif/manifest/0/annotations"
     anno = page["items"][0]
+    # Its id: its canvas's page (the item's index stands in for a canvas_index it lacks).
+    assert anno["id"] == "http://api/result/t/iiif/manifest/0/canvas/0/annotations#detection-0"
     assert anno["target"] == "http://x/c1#xywh=100,100,400,200"
-    assert anno["motivation"] == "tagging" and anno["body"][0]["value"] == "illustration"
-    v2 = annotation_page({"index": 0, "version": 2, "label": "Book"}, ITEMS, "http://api/r")
+    assert anno["motivation"] == ["commenting", "tagging"]
+    assert [b["value"] for b in anno["body"]] == ["illustration", "confidence 0.91"]
+    v2 = annotation_page({"index": 0, "version": 2, "label": "Book"}, ITEMS, links)
     assert v2["@type"] == "sc:AnnotationList" and v2["resources"][0]["on"] == anno["target"]
+    shared = annotation_page({"index": 0, "version": 3}, ITEMS, ResultLinks("http://a", "t/k"))
+    assert shared["id"] == "http://a/iiif/manifest/0/annotations?token=t%2Fk"
 
 
 def test_yolo_archive_normalises_to_the_canvas() -> None:

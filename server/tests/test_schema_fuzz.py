@@ -7,6 +7,9 @@ pytest 9 yet); each operation and generation mode is its own test case.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,7 @@ from schemathesis.checks import CHECKS as CHECK_REGISTRY
 from schemathesis.checks import load_all_checks
 
 from server.tests import fuzz_media  # noqa: F401 - registers real images and manifests
-from testkit.stack import Stack
+from testkit.stack import PROJECT_ROOT, Stack
 
 MAX_EXAMPLES = 20
 OPERATIONS = [
@@ -36,7 +39,10 @@ CHECKS = [check for check in CHECK_REGISTRY.get_all() if check.__name__ != "max_
 
 @pytest.fixture(scope="session")
 def fuzz_key(stack: Stack) -> str:
-    return stack.create_key("fuzzer", "--rate", "100000/second")
+    key = stack.create_key("fuzzer", "--rate", "100000/second")
+    # Valid requests may ask for a webhook, which needs the key's signing secret.
+    assert stack.cli("keys", "webhook-secret", "fuzzer").returncode == 0
+    return key
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +88,43 @@ def test_no_5xx_and_responses_match_schema(
         case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
 
     run()
+
+
+def test_schemathesis_cli_every_phase_every_check(stack: Stack, fuzz_key: str) -> None:
+    """`schemathesis run --checks all` over all four phases (examples, coverage, fuzzing,
+    stateful) against the live stack: no 5xx, no response or schema violation, every valid
+    request accepted and every invalid one refused."""
+    redis_url = stack.redis().connection_pool.connection_kwargs
+    env = {
+        **stack.env,
+        "SCHEMATHESIS_HOOKS": "server.tests.fuzz_cli_hooks",
+        "SCRIPTORIUM_FUZZ_REDIS_URL": (
+            f"redis://:{redis_url['password']}@127.0.0.1:{redis_url['port']}/0"
+        ),
+        "PYTHONPATH": str(PROJECT_ROOT),
+    }
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            f"{stack.base_url}/openapi/openapi.json",
+            "--checks",
+            "all",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            "50",
+            "--header",
+            f"X-API-Key: {fuzz_key}",
+            "--no-color",
+            "--seed",
+            "1",
+        ],
+        env=env,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout, run.stdout[-2000:]

@@ -89,3 +89,20 @@ def test_cors_for_configured_origin(small: Stack) -> None:
     assert allowed.headers.get("Access-Control-Allow-Origin") == ORIGIN
     other = api.request("GET", "/models", headers={"Origin": "https://evil.example"})
     assert "Access-Control-Allow-Origin" not in other.headers
+
+    # Preflights pass nginx and are answered before the key check (they never carry a key).
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key,content-type,idempotency-key",
+    }
+    anonymous = small.client(None)
+    answered = anonymous.request("OPTIONS", "/task", headers={"Origin": ORIGIN, **preflight})
+    assert answered.status_code == 204, answered.text
+    assert answered.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "X-API-Key" in answered.headers["Access-Control-Allow-Headers"]
+    refused = anonymous.request(
+        "OPTIONS", "/task", headers={"Origin": "https://evil.example", **preflight}
+    )
+    assert refused.status_code == 403 and "Access-Control-Allow-Origin" not in refused.headers
+    # Whatever a preflight says, nginx still refuses methods the API does not use.
+    assert anonymous.request("PUT", "/task", headers={"Origin": ORIGIN}).status_code == 405

@@ -1,0 +1,241 @@
+"""Share links: a key holder lets people without a key read one task's results — a viewer such as
+Mirador cannot send X-API-Key, and a colleague should not get the key itself.
+
+    POST   /result/<id>/shares             {"ttl_s": 86400}  -> 201 {token, share_id, URLs...}
+    GET    /result/<id>/shares                                -> the task's live links
+    DELETE /result/<id>/shares/<share_id>                     -> 204, dead from the next request
+
+A link is `?token=<token>` on that task's result routes (model/api/results.py) and nowhere else:
+/status, /tasks, /task, another task's results all still want a key. It is read-only, expires
+(`share.default_ttl_s`, at most `share.max_ttl_s`, never after the result itself) and can be
+revoked. Its responses carry `Access-Control-Allow-Origin: *`: public by design.
+
+Why random tokens kept in Redis rather than signed ones (itsdangerous-style HMAC): revoking a
+link needs state on the server anyway (a signed token is valid until it expires unless a
+deny-list says otherwise), and once there is state, a random token is the simpler and safer half:
+256 bits with nothing to derive it from, no signing secret to generate, protect and rotate (a
+leaked secret would forge links to every task), expiry and revocation are Redis's own (EXPIREAT,
+DEL), and listing a task's links is a read. Only the token's SHA-256 is stored, like API keys: a
+copy of Redis does not hand out links. The cost is one Redis read per shared request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+
+from flask import Response, g, jsonify, request
+from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from redis import Redis
+
+from model.api.auth import SECURITY, refuse, require_key
+from model.api.cors import mark_public
+from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
+from model.api.schemas import TaskPath, timestamp
+from model.api.services import services
+from model.api.tasks import ERRORS, _owned_record
+from model.outputs.annotations import ResultLinks
+from model.store import PREFIX, TaskRecord
+
+TOKEN_BYTES = 32
+SHARE_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+def share_key(share_id: str) -> str:
+    return f"{PREFIX}:share:{share_id}"
+
+
+def task_shares_key(task_id: str) -> str:
+    """Sorted set of a task's share ids, scored by their expiry."""
+    return f"{PREFIX}:task:{task_id}:shares"
+
+
+def share_id_of(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Share:
+    id: str
+    task_id: str
+    owner: str
+    created_at: float
+    expires_at: float
+
+    def describe(self) -> dict:
+        return {
+            "share_id": self.id,
+            "task_id": self.task_id,
+            "created_at": timestamp(self.created_at).isoformat(),
+            "expires_at": timestamp(self.expires_at).isoformat(),
+        }
+
+
+class ShareStore:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def create(self, task_id: str, owner: str, expires_at: float) -> tuple[str, Share]:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        share = Share(share_id_of(token), task_id, owner, time.time(), expires_at)
+        index = task_shares_key(task_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(
+                share_key(share.id),
+                mapping={
+                    "task_id": task_id,
+                    "owner": owner,
+                    "created_at": share.created_at,
+                    "expires_at": expires_at,
+                },
+            )
+            pipe.expireat(share_key(share.id), int(expires_at) + 1)
+            pipe.zadd(index, {share.id: expires_at})
+            pipe.zremrangebyscore(index, "-inf", time.time())
+            pipe.zrange(index, -1, -1, withscores=True)
+            *_, last = pipe.execute()
+        self.redis.expireat(index, int(last[0][1]) + 1)  # the index lives as long as its links
+        return token, share
+
+    def lookup(self, token: str) -> Share | None:
+        if not token or len(token) > 128:
+            return None
+        return self._get(share_id_of(token))
+
+    def _get(self, share_id: str) -> Share | None:
+        data = self.redis.hgetall(share_key(share_id))
+        if not data or float(data["expires_at"]) <= time.time():
+            return None
+        return Share(
+            share_id,
+            data["task_id"],
+            data["owner"],
+            float(data["created_at"]),
+            float(data["expires_at"]),
+        )
+
+    def of_task(self, task_id: str) -> list[Share]:
+        ids = self.redis.zrangebyscore(task_shares_key(task_id), time.time(), "+inf")
+        return [s for s in (self._get(i) for i in ids) if s is not None and s.task_id == task_id]
+
+    def revoke(self, task_id: str, share_id: str) -> bool:
+        share = self._get(share_id)
+        if share is None or share.task_id != task_id:
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.delete(share_key(share_id))
+            pipe.zrem(task_shares_key(task_id), share_id)
+            pipe.execute()
+        return True
+
+
+def share_store() -> ShareStore:
+    return ShareStore(services().redis)
+
+
+def authorize_result_read() -> None:
+    """before_request of the result routes: an API key, or a share link of this very task.
+    A bad link counts against the failed-authentication budget, like a bad key."""
+    token = request.args.get("token")
+    if token is None:
+        require_key()
+        return
+    mark_public()  # its errors too: a viewer on any site must be able to read why
+    share = share_store().lookup(token)
+    if share is None or share.task_id != (request.view_args or {}).get("task_id"):
+        raise refuse("invalid, expired or revoked share link")
+    g.owner = share.owner
+    g.share_token = token
+
+
+# --- the key holder's routes --------------------------------------------------------------------
+
+api = APIBlueprint(
+    "shares",
+    __name__,
+    abp_tags=[Tag(name="sharing", description="Read-only, expiring links to one task's results")],
+    abp_security=SECURITY,
+    abp_responses=COMMON_RESPONSES,
+)
+api.before_request(require_key)
+
+
+class ShareRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    ttl_s: int | None = Field(
+        None, ge=60, description="Seconds the link works (default share.default_ttl_s)"
+    )
+
+
+class SharePath(TaskPath):
+    share_id: str = Field(pattern=SHARE_ID_PATTERN)
+
+
+def share_links(record: TaskRecord, token: str) -> dict:
+    """The URLs a share link opens: the JSON result and, per manifest, what a viewer loads."""
+    svc = services()
+    links = ResultLinks.of_task(svc.settings.http.public_base_url(), record.id, token)
+    manifests = (record.provenance or {}).get("manifests", [])
+    kept = svc.store.kept_manifest_indices(record.id)
+    return {
+        "result_url": links.result("json"),
+        "manifests": [
+            {
+                "index": m["index"],
+                "label": m.get("label", ""),
+                "manifest_url": links.manifest(m["index"]) if m["index"] in kept else None,
+                "annotations_url": links.manifest_page(m["index"]),
+            }
+            for m in manifests
+        ],
+    }
+
+
+@api.post(
+    "/result/<task_id>/shares",
+    responses={201: None, **ERRORS},
+    openapi_extensions={
+        "requestBody": {
+            "required": False,
+            "content": {"application/json": {"schema": ShareRequest.model_json_schema()}},
+        }
+    },
+)
+def create_share(path: TaskPath) -> Response:
+    """A read-only link to this task's results, for people and viewers without a key."""
+    svc = services()
+    record = _owned_record(svc, path.task_id)
+    try:
+        body = ShareRequest.model_validate(request.get_json(silent=True) or {})
+    except ValidationError as exc:
+        message, details = describe_validation_error(exc)
+        raise ApiError(422, "invalid_request", message, details=details) from exc
+    settings = svc.settings.share
+    ttl_s = min(body.ttl_s or settings.default_ttl_s, settings.max_ttl_s)
+    expires_at = time.time() + ttl_s
+    if record.expires_at is not None:  # never outlives the result it opens
+        expires_at = min(expires_at, record.expires_at)
+    token, share = share_store().create(record.id, record.owner, expires_at)
+    response = jsonify({**share.describe(), "token": token, **share_links(record, token)})
+    response.status_code = 201
+    return response
+
+
+@api.get("/result/<task_id>/shares", responses={200: None, **ERRORS})
+def list_shares(path: TaskPath) -> Response:
+    """The task's links that still work (their tokens are not kept: only shown at creation)."""
+    record = _owned_record(services(), path.task_id)
+    return jsonify({"shares": [s.describe() for s in share_store().of_task(record.id)]})
+
+
+@api.delete("/result/<task_id>/shares/<share_id>", responses={204: None, **ERRORS})
+def revoke_share(path: SharePath) -> Response:
+    """Revoke a link: refused from the next request on."""
+    record = _owned_record(services(), path.task_id)
+    if not share_store().revoke(record.id, path.share_id):
+        raise ApiError(404, "not_found", "no such share link for this task")
+    return Response(status=204)

@@ -1,0 +1,397 @@
+"""The browser-facing side of the HTTP app, on a bare Redis (no worker, no nginx): CORS
+preflights before authentication, viewer-ready IIIF routes, share links, the operator page.
+The same things in a real browser against a live stack: test_browser.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+ORIGIN = "https://viewer.example.org"
+PUBLIC = "https://scriptorium.example.org/api"
+
+
+@pytest.fixture
+def web(clean_redis: redis.Redis, tmp_path: Path):
+    """The app with one allowed origin and a public URL; `web.key` is an API key."""
+    from model.api.app import create_app
+    from model.keys import KeyStore
+    from model.settings import Settings
+
+    port = clean_redis.connection_pool.connection_kwargs["port"]
+    settings = Settings(
+        data_dir=tmp_path,
+        redis={"port": port},
+        cors={"origins": [ORIGIN + "/"]},
+        http={"public_url": PUBLIC},
+        limits={"auth_failures": "1000/second"},  # the tests refuse many on purpose
+    )
+    app = create_app(settings)
+    keys = KeyStore(settings.keys_db)
+    client = app.test_client()
+    client.key = keys.create("web")
+    client.other_key = keys.create("other")
+    client.admin_key = keys.create("boss", admin=True)
+    client.app_settings = settings
+    return client
+
+
+def _preflight(client, origin: str, path: str = "/task", method: str = "POST"):
+    return client.open(
+        path,
+        method="OPTIONS",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": "content-type,x-api-key,idempotency-key",
+        },
+    )
+
+
+def test_preflight_is_answered_before_authentication(web) -> None:
+    resp = _preflight(web, ORIGIN)
+    assert resp.status_code == 204, resp.get_data(as_text=True)
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"x-api-key", "authorization", "idempotency-key", "content-type"} <= allowed
+    methods = set(resp.headers["Access-Control-Allow-Methods"].split(", "))
+    assert {"POST", "GET", "DELETE"} <= methods
+    assert "Origin" in resp.headers["Vary"]
+    # Any route, even one that needs a key and does not exist: no 401, no 404 for a preflight.
+    assert _preflight(web, ORIGIN, f"/status/{'0' * 32}", "GET").status_code == 204
+
+
+def test_preflight_from_another_origin_is_refused(web) -> None:
+    resp = _preflight(web, "https://evil.example")
+    assert resp.status_code == 403
+    assert resp.get_json()["error"]["code"] == "origin_not_allowed"
+    assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+def test_real_requests_expose_headers_to_the_allowed_origin_only(web) -> None:
+    body = {"type": "noop"}
+    resp = web.post("/task", json=body, headers={"X-API-Key": web.key, "Origin": ORIGIN})
+    assert resp.status_code == 202
+    assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+    exposed = resp.headers["Access-Control-Expose-Headers"]
+    assert {"Location", "Retry-After", "X-Request-Id"} <= set(exposed.split(", "))
+    evil = web.get("/models", headers={"X-API-Key": web.key, "Origin": "https://evil.example"})
+    assert evil.status_code == 200 and "Access-Control-Allow-Origin" not in evil.headers
+    # Errors too: a browser page must be able to read why (401 without a key).
+    denied = web.get("/models", headers={"Origin": ORIGIN})
+    assert denied.status_code == 401
+    assert denied.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+# --- viewer-ready IIIF results --------------------------------------------------------------------
+
+BOOK = "https://library.example/iiif/book"
+
+
+def _v3_book() -> dict:
+    def canvas(n: int, painted: bool = True) -> dict:
+        body = {"id": f"{BOOK}/{n}.jpg", "type": "Image", "format": "image/jpeg"}
+        kind = body if painted else {"id": f"{BOOK}/{n}.mp3", "type": "Sound"}
+        return {
+            "id": f"{BOOK}/canvas/{n}",
+            "type": "Canvas",
+            "label": {"en": [f"f. {n}"]},
+            "width": 1000,
+            "height": 1500,
+            "items": [
+                {
+                    "id": f"{BOOK}/canvas/{n}/page",
+                    "type": "AnnotationPage",
+                    "items": [
+                        {
+                            "id": f"{BOOK}/canvas/{n}/painting",
+                            "type": "Annotation",
+                            "motivation": "painting",
+                            "body": kind,
+                            "target": f"{BOOK}/canvas/{n}",
+                        }
+                    ],
+                }
+            ],
+        }
+
+    first = canvas(0)
+    first["annotations"] = [{"id": f"{BOOK}/transcription/0", "type": "AnnotationPage"}]
+    return {
+        "@context": "http://iiif.io/api/presentation/3/context.json",
+        "id": f"{BOOK}/manifest",
+        "type": "Manifest",
+        "label": {"en": ["Book"]},
+        "items": [first, canvas(1, painted=False), canvas(2), canvas(3)],
+    }
+
+
+def _detection(x: int, confidence: float) -> dict:
+    return {"xywh": [x, 100, 200, 300], "confidence": confidence, "label": "illustration"}
+
+
+def _canvas_item(index: int, position: int, status: str, detections: list[dict]) -> dict:
+    return {
+        "index": index,
+        "source": f"{BOOK}/{position}.jpg",
+        "canvas_id": f"{BOOK}/canvas/{position}",
+        "canvas_index": position,
+        "label": f"f. {position}",
+        "manifest": 0,
+        "status": status,
+        "coordinates": "canvas",
+        "canvas_width": 1000,
+        "canvas_height": 1500,
+        "width": 500,
+        "height": 750,
+        "image_url": f"{BOOK}/{position}.jpg",
+        "detections": detections,
+    }
+
+
+def _finished_task(web, source: dict, version: int, items: list[dict], owner: str = "web") -> str:
+    """A finished detect task in the store, as the worker leaves it."""
+    import json
+
+    from model.store import State, TaskStore
+
+    settings = web.app_settings
+    store = TaskStore(web.application.extensions["scriptorium"].redis, 3600, 3600)
+    record = store.create(owner, "detect", {"params": {}, "inputs": []}, len(items), 60)
+    store.mark_running(record.id, 1)
+    manifest = {"index": 0, "source": BOOK, "id": BOOK, "label": "Book", "version": version}
+    store.set_provenance(record.id, {"manifests": [manifest], "classes": ["illustration"]})
+    store.keep_manifest(record.id, 0, json.dumps(source), settings.hard_limit_s(60))
+    for item in items:
+        store.add_item(record.id, item, item["status"] != "ok")
+    assert store.finish(record.id, State.SUCCEEDED)
+    return record.id
+
+
+V3_ITEMS = [
+    _canvas_item(0, 0, "ok", [_detection(10, 0.91), _detection(400, 0.42)]),
+    _canvas_item(1, 2, "failed", []),
+    _canvas_item(2, 3, "ok", []),
+]
+
+
+def _local(url: str) -> str:
+    """A public URL as the test client's path (the app is served at PUBLIC)."""
+    assert url.startswith(PUBLIC + "/"), url
+    return url[len(PUBLIC) :].split("#", 1)[0]
+
+
+def test_viewer_manifest_points_each_analysed_canvas_at_its_page(web) -> None:
+    task_id = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    key = {"X-API-Key": web.key, "Host": "evil.example"}  # ids never come from Host
+    resp = web.get(f"/result/{task_id}/iiif/manifest/0", headers=key)
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    assert resp.mimetype == "application/ld+json"
+    doc = resp.get_json()
+    base = f"{PUBLIC}/result/{task_id}/iiif/manifest/0"
+    assert doc["id"] == base and doc["type"] == "Manifest"
+    canvases = doc["items"]
+    # The publisher's own annotations stay; ours come after them.
+    assert canvases[0]["annotations"] == [
+        {"id": f"{BOOK}/transcription/0", "type": "AnnotationPage"},
+        {"id": f"{base}/canvas/0/annotations", "type": "AnnotationPage"},
+    ]
+    assert "annotations" not in canvases[1]  # skipped (sound)
+    assert "annotations" not in canvases[2]  # its page failed
+    assert canvases[3]["annotations"] == [
+        {"id": f"{base}/canvas/3/annotations", "type": "AnnotationPage"}
+    ]
+
+    page = web.get(_local(canvases[0]["annotations"][1]["id"]), headers=key).get_json()
+    assert page["type"] == "AnnotationPage" and page["id"] == f"{base}/canvas/0/annotations"
+    assert len(page["items"]) == 2
+    for anno in page["items"]:
+        assert anno["id"].startswith(page["id"] + "#")
+        assert anno["motivation"] == ["commenting", "tagging"]
+        tag, comment = anno["body"]
+        assert (tag["purpose"], tag["value"]) == ("tagging", "illustration")
+        assert comment["purpose"] == "commenting" and comment["value"].startswith("confidence 0.")
+        assert anno["target"].startswith(f"{BOOK}/canvas/0#xywh=")
+        # Dereferenced, an annotation id gives the page that holds it.
+        held = web.get(_local(anno["id"]), headers=key).get_json()
+        assert anno["id"] in [a["id"] for a in held["items"]]
+    empty = web.get(_local(canvases[3]["annotations"][0]["id"]), headers=key).get_json()
+    assert empty["items"] == []
+    assert (
+        web.get(f"/result/{task_id}/iiif/manifest/0/canvas/2/annotations", headers=key).status_code
+        == 404
+    )
+
+    # The manifest's page and ?format=iiif: the same annotations, the same ids.
+    whole = web.get(f"/result/{task_id}/iiif/manifest/0/annotations", headers=key).get_json()
+    legacy = web.get(f"/result/{task_id}?format=iiif", headers=key).get_json()
+    assert whole == legacy and whole["id"] == f"{base}/annotations"
+    assert [a["id"] for a in whole["items"]] == [a["id"] for a in page["items"]]
+
+    # Another key's task is unknown; a missing manifest index too.
+    assert (
+        web.get(
+            f"/result/{task_id}/iiif/manifest/0", headers={"X-API-Key": web.other_key}
+        ).status_code
+        == 404
+    )
+    assert web.get(f"/result/{task_id}/iiif/manifest/1", headers=key).status_code == 404
+
+
+def test_v2_viewer_manifest_uses_other_content_in_every_sequence(web) -> None:
+    def canvas(n: int) -> dict:
+        resource = {"@id": f"{BOOK}/{n}.jpg", "@type": "dctypes:Image"}
+        return {
+            "@id": f"{BOOK}/canvas/{n}",
+            "@type": "sc:Canvas",
+            "images": [{"resource": resource}],
+        }
+
+    source = {
+        "@context": "http://iiif.io/api/presentation/2/context.json",
+        "@id": f"{BOOK}/manifest",
+        "@type": "sc:Manifest",
+        "sequences": [{"canvases": [canvas(0)]}, {"canvases": [f"{BOOK}/canvas/0", canvas(1)]}],
+    }
+    items = [_canvas_item(0, 0, "ok", [_detection(5, 0.8)]), _canvas_item(1, 1, "ok", [])]
+    task_id = _finished_task(web, source, 2, items)
+    key = {"X-API-Key": web.key}
+    doc = web.get(f"/result/{task_id}/iiif/manifest/0", headers=key).get_json()
+    base = f"{PUBLIC}/result/{task_id}/iiif/manifest/0"
+    assert doc["@id"] == base
+    first, later = doc["sequences"][0]["canvases"][0], doc["sequences"][1]["canvases"][1]
+    assert first["otherContent"] == [
+        {"@id": f"{base}/canvas/0/annotations", "@type": "sc:AnnotationList"}
+    ]
+    assert later["otherContent"][0]["@id"] == f"{base}/canvas/1/annotations"
+    listing = web.get(_local(first["otherContent"][0]["@id"]), headers=key).get_json()
+    assert listing["@type"] == "sc:AnnotationList" and len(listing["resources"]) == 1
+    (anno,) = listing["resources"]
+    assert anno["@id"] == f"{base}/canvas/0/annotations#detection-0"
+    assert anno["motivation"] == ["oa:commenting", "oa:tagging"]
+    assert [r["@type"] for r in anno["resource"]] == ["oa:Tag", "dctypes:Text"]
+
+
+# --- share links ----------------------------------------------------------------------------------
+
+
+def test_share_link_opens_that_tasks_results_only(web) -> None:
+    task_id = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    other_task = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    key = {"X-API-Key": web.key}
+    created = web.post(f"/result/{task_id}/shares", json={"ttl_s": 3600}, headers=key)
+    assert created.status_code == 201, created.get_data(as_text=True)
+    share = created.get_json()
+    token = share["token"]
+    (entry,) = share["manifests"]
+    assert entry["manifest_url"] == f"{PUBLIC}/result/{task_id}/iiif/manifest/0?token={token}"
+
+    # No key: the manifest, its pages and the JSON result open, readable from any origin.
+    origin = {"Origin": "https://anyone.example"}
+    resp = web.get(entry["manifest_url"][len(PUBLIC) :], headers=origin)
+    assert resp.status_code == 200 and resp.headers["Access-Control-Allow-Origin"] == "*"
+    page_url = resp.get_json()["items"][0]["annotations"][1]["id"]
+    assert page_url.endswith(f"/canvas/0/annotations?token={token}")
+    page = web.get(page_url[len(PUBLIC) :], headers=origin)
+    assert page.status_code == 200 and len(page.get_json()["items"]) == 2
+    anno_id = page.get_json()["items"][0]["id"]
+    assert anno_id == f"{page_url}#detection-0"
+    assert web.get(f"/result/{task_id}?token={token}").get_json()["task_id"] == task_id
+    assert web.get(f"/result/{task_id}?format=yolo&token={token}").status_code == 200
+
+    # Nothing else: not the status, the listing, submitting, other tasks, sharing itself.
+    for method, path in [
+        ("GET", f"/status/{task_id}?token={token}"),
+        ("GET", f"/tasks?token={token}"),
+        ("GET", f"/models?token={token}"),
+        ("POST", f"/task?token={token}"),
+        ("DELETE", f"/terminate/{task_id}?token={token}"),
+        ("GET", f"/result/{other_task}?token={token}"),
+        ("GET", f"/result/{other_task}/iiif/manifest/0?token={token}"),
+        ("GET", f"/result/{task_id}/shares?token={token}"),
+        ("POST", f"/result/{task_id}/shares?token={token}"),
+    ]:
+        resp = web.open(path, method=method, json={"type": "noop"})
+        assert resp.status_code == 401, (method, path, resp.status_code)
+    assert web.get(f"/result/{task_id}?token=not-a-token").status_code == 401
+
+    # Listed for the key holder (never with its token), then revoked: dead at once.
+    listed = web.get(f"/result/{task_id}/shares", headers=key).get_json()["shares"]
+    assert [s["share_id"] for s in listed] == [share["share_id"]]
+    assert "token" not in listed[0]
+    other = {"X-API-Key": web.other_key}
+    assert web.get(f"/result/{task_id}/shares", headers=other).status_code == 404
+    gone = web.delete(f"/result/{task_id}/shares/{share['share_id']}", headers=other)
+    assert gone.status_code == 404
+    revoked = web.delete(f"/result/{task_id}/shares/{share['share_id']}", headers=key)
+    assert revoked.status_code == 204
+    refused = web.get(f"/result/{task_id}?token={token}", headers=origin)
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"
+    assert web.get(f"/result/{task_id}/shares", headers=key).get_json()["shares"] == []
+
+
+def test_share_links_expire_and_never_outlive_the_result(web) -> None:
+    from model.api.shares import share_key
+
+    task_id = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    key = {"X-API-Key": web.key}
+    redis = web.application.extensions["scriptorium"].redis
+    record_expiry = float(redis.hget(f"sc:task:{task_id}", "expires_at"))
+    share = web.post(f"/result/{task_id}/shares", json={"ttl_s": 10**7}, headers=key).get_json()
+    expires = redis.hget(share_key(share["share_id"]), "expires_at")
+    assert float(expires) == record_expiry  # asked for more than the result lives
+    assert 0 < redis.ttl(share_key(share["share_id"])) <= 3601
+    assert web.post(f"/result/{task_id}/shares", json={"ttl_s": 5}, headers=key).status_code == 422
+    assert web.post(f"/result/{task_id}/shares", json={"ttl": 60}, headers=key).status_code == 422
+
+    redis.hset(share_key(share["share_id"]), "expires_at", 1)  # as if its time had passed
+    assert web.get(f"/result/{task_id}?token={share['token']}").status_code == 401
+
+
+# --- the operator page ----------------------------------------------------------------------------
+
+
+def test_console_is_a_static_shell_under_a_strict_policy(web) -> None:
+    import re
+
+    web.app_settings.console.viewer_url = (
+        'https://v.example/?m={manifest}"><script>alert(1)</script>'
+    )
+    resp = web.get("/console")
+    assert resp.status_code == 200 and resp.mimetype == "text/html"
+    policy = dict(
+        part.strip().split(" ", 1) for part in resp.headers["Content-Security-Policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["script-src"] == "'self'" and policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'" and policy["base-uri"] == "'none'"
+    assert "unsafe" not in resp.headers["Content-Security-Policy"]
+    page = resp.get_data(as_text=True)
+    # No inline script: every <script> loads a file; the configured URL arrives escaped.
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="static/console.js" defer>']
+    assert "<script>alert" not in page and "&#34;&gt;&lt;script&gt;" in page
+    assert resp.headers["X-Content-Type-Options"] == "nosniff"
+    script = web.get("/static/console.js")
+    assert script.status_code == 200 and "javascript" in script.mimetype
+    assert "innerHTML" not in script.get_data(as_text=True)
+    script.close()
+    assert web.get("/static/console.css").mimetype == "text/css"
+
+
+def test_readyz_counts_queued_and_running_tasks(web) -> None:
+    """What the operator page shows admin keys beside the workers."""
+    from model import fleet
+    from model.store import TaskStore
+
+    services = web.application.extensions["scriptorium"]
+    redis, default = services.redis, services.settings.models.default
+    fleet.publish(redis, fleet.heartbeat_key("host", 1), {"pid": 1, "models": [default]}, 20)
+    store = TaskStore(redis, 3600, 3600)
+    for _ in range(3):
+        record = store.create("web", "noop", {}, 0, 60)
+    store.mark_running(record.id, 1)
+    ready = web.get("/readyz").get_json()
+    assert (ready["queued"], ready["running"]) == (2, 1)
+    assert [(w["pid"], w["models"]) for w in ready["workers"]] == [(1, [default])]
