@@ -43,7 +43,7 @@ from model.api.services import services
 from model.celery_app import QUEUE, WEBHOOK_QUEUE
 from model.metrics.catalog import HTTP, LIVE, RECORDED, Spec
 from model.metrics.record import metric_key
-from model.store import QUEUE_KEY, RUNNING_KEY, WORKERS_PREFIX
+from model.store import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
 from model.webhooks.events import DUE_KEY
 
 # How long a worker's heartbeat key lives (model/worker.py HEARTBEAT_TTL_S; a test keeps them
@@ -150,20 +150,24 @@ class RedisCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            rows, workers = self._read()
+            rows, queues, workers = self._read()
         except RedisError:
             yield _gauge("scriptorium_redis_up", [((), 0)])  # the HTTP metrics still come
             return
         yield _gauge("scriptorium_redis_up", [((), 1)])
         for spec, data in zip(RECORDED.values(), rows, strict=False):
             yield _recorded(spec, data)
-        queued, running, tasks_queue, webhook_queue, pending = rows[len(RECORDED) :][:5]
-        ttls = rows[len(RECORDED) + 5 :]
+        queued, running, webhook_queue, pending = rows[len(RECORDED) :][:4]
+        lengths = rows[len(RECORDED) + 4 : len(RECORDED) + 4 + len(queues)]
+        ttls = rows[len(RECORDED) + 4 + len(queues) :]
         yield _gauge("scriptorium_queue_depth", [((), queued)])
         yield _gauge("scriptorium_tasks_running", [((), running)])
         yield _gauge(
             "scriptorium_broker_queue_length",
-            [((QUEUE,), tasks_queue), ((WEBHOOK_QUEUE,), webhook_queue)],
+            [
+                *(((q,), n) for q, n in zip(queues, lengths, strict=True)),
+                ((WEBHOOK_QUEUE,), webhook_queue),
+            ],
         )
         yield _gauge("scriptorium_webhooks_pending", [((), pending)])
         alive = [(key, ttl) for key, ttl in zip(workers, ttls, strict=True) if ttl and ttl > 0]
@@ -174,19 +178,22 @@ class RedisCollector:
         ]
         yield _gauge("scriptorium_worker_heartbeat_age_seconds", ages)
 
-    def _read(self) -> tuple[list[Any], list[str]]:
+    def _read(self) -> tuple[list[Any], list[str], list[str]]:
         workers = list(self.redis.scan_iter(match=f"{WORKERS_PREFIX}*", count=100))
+        # The default queue, and every model's queue tasks were sent to (routing by model).
+        queues = sorted({QUEUE, *self.redis.smembers(QUEUES_KEY)})
         with self.redis.pipeline(transaction=False) as pipe:
             for spec in RECORDED.values():
                 pipe.hgetall(metric_key(spec.name))
             pipe.zcard(QUEUE_KEY)
             pipe.scard(RUNNING_KEY)
-            pipe.llen(QUEUE)
             pipe.llen(WEBHOOK_QUEUE)
             pipe.zcard(DUE_KEY)
+            for queue in queues:
+                pipe.llen(queue)
             for key in workers:
                 pipe.pttl(key)
-            return pipe.execute(), workers
+            return pipe.execute(), queues, workers
 
 
 def _gauge(name: str, samples: list[tuple[tuple[str, ...], Any]]) -> Metric:
