@@ -81,9 +81,10 @@ def _queues() -> list[str]:
 @celeryd_after_setup.connect
 def take_model_queues(instance: Any = None, **_: Any) -> None:
     """Besides the default queue (-Q), the queue of every model found here (main process)."""
-    for queue in _queues():
+    queues = _queues()
+    for queue in queues:
         instance.app.amqp.queues.select_add(queue)
-    log.info("taking queues %s", ", ".join(_queues()))
+    log.info("taking queues %s", ", ".join(queues))
 
 
 def _versions() -> dict[str, str]:
