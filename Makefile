@@ -24,7 +24,7 @@ test: install lint
 
 ## The fast layer only: the store, the runner with a fake job, the app's validation, layers.
 test-fast: install
-	$(PY) -m pytest -q server/tests/test_fast_store.py server/tests/test_fast_seams.py
+	$(PY) -m pytest -q server/tests/test_fast_*.py
 
 lint: install
 	$(VENV)/bin/ruff check model server scripts bench testkit
