@@ -1,23 +1,26 @@
 """`python -m model ...`: set up the data dir, manage API keys, run and operate the stack;
-`python -m model client ...` is the API's command-line client (model/client/), handed over before
-anything of the service is imported so that it runs with only requests and rich installed."""
+`python -m model client ...` is the API's command-line client (model/client/), handed over by
+model/__main__.py before anything of the service is imported (only requests and rich needed)."""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import ipaddress
+import json
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from model.settings import Settings
+from model import frontdoor
+from model.keys import KeyStore, KeyStoreError
+from model.settings import PROJECT_ROOT, Settings, get_settings
 
 DEV_KEY_PREFIX = "dev-"
-WORKER_CONF = "supervisord-worker.conf"  # what `stack --role worker` runs
 
 
 def _write_secret(path: Path, content: str) -> None:
@@ -27,23 +30,41 @@ def _write_secret(path: Path, content: str) -> None:
         fh.write(content)
 
 
-def init_data_dir(settings: Settings, role: str = "all") -> None:
-    """Create the data dir layout and generate missing secrets (idempotent). A worker-only host
-    generates nothing: Redis and its password, nginx and the tunnel are the main host's."""
-    from model import frontdoor
+class SetupError(SystemExit):
+    """A setup step that cannot go on: the message says what to do."""
 
+    def __init__(self, message: str) -> None:
+        super().__init__(f"error: {message}")
+
+
+def init_data_dir(settings: Settings) -> None:
+    """Create the data dir layout and generate missing secrets (idempotent)."""
     data = settings.data_path
-    for sub in ("secrets", "redis", "logs", "run", "models"):
+    for sub in ("secrets", "redis", "logs", "uploads", "run", "models"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(settings.secrets_dir, 0o700)
-    if role == "worker":
-        return
     password_file = settings.secrets_dir / "redis_password"
+    if settings.role == "worker":
+        # Redis is the API host's: its password and the tunnel key come from there (a secret
+        # made up here would only fail later, as an authentication error).
+        missing = [
+            str(path)
+            for path in (password_file, settings.redis_tunnel_key)
+            if not path.exists() and not (path == password_file and settings.redis.password)
+        ]
+        if missing:
+            raise SetupError(
+                f"a worker host needs the API host's Redis password and tunnel key; missing "
+                f"{', '.join(missing)} (cloudvps_setup.sh --role worker --redis-secrets-from FILE)"
+            )
+        return
     if not password_file.exists():
         _write_secret(password_file, secrets.token_urlsafe(32) + "\n")
     password = settings.redis_password() or ""
     _write_secret(settings.secrets_dir / "redis.conf", f"requirepass {password}\n")
     frontdoor.ensure_spiped_key(settings)
+    if settings.role == "api":
+        frontdoor.ensure_key(settings.redis_tunnel_key)
     frontdoor.write_nginx_conf(settings)
     if not (settings.run_dir / frontdoor.UPSTREAM_LINK).is_symlink():
         frontdoor.point_upstream(settings)
@@ -51,8 +72,6 @@ def init_data_dir(settings: Settings, role: str = "all") -> None:
 
 def dev_key(settings: Settings) -> str:
     """The local development key: created on first use, kept in secrets/ (mode 0600)."""
-    from model.keys import KeyStore
-
     path = settings.secrets_dir / "dev_api_key"
     store = KeyStore(settings.keys_db)
     if path.exists():
@@ -68,15 +87,35 @@ def home() -> Path:
     """The code supervisord's programs run. A deployment sets SC_HOME=<prefix>/current (and
     SC_VENV=<prefix>/current/.venv), so a restarted program runs the release `current` points to
     at that moment; by default it is this checkout."""
-    from model.settings import PROJECT_ROOT
-
     return Path(os.environ.get("SC_HOME", PROJECT_ROOT))
+
+
+# The supervisord config of each role: the same [supervisord] sections, each including the
+# programs that role runs (config/supervisor/*.conf, plus api-host/ or worker-host/).
+SUPERVISOR_CONFS = {
+    "all": "supervisord.conf",
+    "api": "supervisord-api.conf",
+    "worker": "supervisord-worker.conf",
+}
+
+
+def supervisor_conf(settings: Settings) -> Path:
+    return home() / SUPERVISOR_CONFS[settings.role]
+
+
+def _spiped_host(host: str) -> str:
+    """spiped's [address] form for an IP address (a bare IPv6 address would be ambiguous); a host
+    name stays as it is."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return f"[{host}]"
 
 
 def supervisor_env(settings: Settings) -> dict[str, str]:
     """Values supervisord.conf refers to as %(ENV_SC_*)s."""
-    from model import frontdoor
-
+    redis = settings.redis
     return {
         "SC_HOME": str(home()),
         "SC_VENV": os.environ.get("SC_VENV", sys.prefix),
@@ -91,6 +130,14 @@ def supervisor_env(settings: Settings) -> dict[str, str]:
         "SC_SPIPED_LISTEN": settings.spiped.listen,
         "SC_SPIPED_TARGET": settings.spiped_target,
         "SC_SPIPED_KEY": str(settings.spiped_key),
+        # The Redis tunnel (config/supervisor/api-host/, worker-host/): the server end hands
+        # connections to Redis on loopback; the client end listens where the worker expects
+        # Redis and carries them to redis_tunnel.server.
+        "SC_REDIS_TUNNEL_LISTEN": settings.redis_tunnel.listen,
+        "SC_REDIS_TUNNEL_TARGET": f"[127.0.0.1]:{redis.port}",
+        "SC_REDIS_TUNNEL_CLIENT_LISTEN": f"{_spiped_host(redis.host)}:{redis.port}",
+        "SC_REDIS_TUNNEL_SERVER": settings.redis_tunnel.server,
+        "SC_REDIS_TUNNEL_KEY": str(settings.redis_tunnel_key),
     }
 
 
@@ -100,24 +147,14 @@ def _exec(argv: list[str], settings: Settings) -> None:
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
-    from model import frontdoor
-
-    bin_dir = Path(sys.prefix) / "bin"
-    if args.role == "worker":
-        init_data_dir(settings, "worker")
-        if settings.redis_password() is None:
-            print(
-                "warning: no Redis password (set SCRIPTORIUM_REDIS__PASSWORD or copy the main "
-                "host's secrets/redis_password here)",
-                file=sys.stderr,
-            )
-        conf = str(home() / WORKER_CONF)
-        _exec([str(bin_dir / "supervisord"), "-n", "-c", conf], settings)
     init_data_dir(settings)
-    # A release interrupted half-way may have left nginx pointed at gunicorn-next, which
-    # supervisord does not start: point it back at `gunicorn`.
-    frontdoor.point_upstream(settings)
-    if args.print_key:
+    if settings.role == "worker" and not settings.redis_tunnel.server:
+        raise SetupError("role worker needs redis_tunnel.server (the API host's tunnel, host:port)")
+    if settings.role != "worker":
+        # A release interrupted half-way may have left nginx pointed at gunicorn-next, which
+        # supervisord does not start: point it back at `gunicorn`.
+        frontdoor.point_upstream(settings)
+    if args.print_key and settings.role != "worker":
         key = dev_key(settings)
         base = f"http://{settings.http.host}:{settings.http.port}"
         print(f"\nScriptorium starting on {base}  (Ctrl-C stops everything)\n")
@@ -127,12 +164,13 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
         print(f'  curl -H "X-API-Key: {key}" {base}/status/<task_id>')
         print(f'  curl -X DELETE -H "X-API-Key: {key}" {base}/terminate/<task_id>')
         print(f"API docs: {base}/openapi\n", flush=True)
-    _exec([str(bin_dir / "supervisord"), "-n", "-c", str(home() / "supervisord.conf")], settings)
+    bin_dir = Path(sys.prefix) / "bin"
+    _exec([str(bin_dir / "supervisord"), "-n", "-c", str(supervisor_conf(settings))], settings)
 
 
 def cmd_ctl(args: argparse.Namespace, settings: Settings) -> None:
     bin_dir = Path(sys.prefix) / "bin"
-    conf = str(home() / "supervisord.conf")
+    conf = str(supervisor_conf(settings))
     _exec([str(bin_dir / "supervisorctl"), "-c", conf, *args.ctl_args], settings)
 
 
@@ -142,16 +180,92 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_spiped_key(args: argparse.Namespace, settings: Settings) -> None:
-    from model import frontdoor
+    path = settings.redis_tunnel_key if args.redis else settings.spiped_key
+    if args.redis and settings.role == "worker":
+        sys.exit("error: a worker host's Redis tunnel key comes from the API host (worker-secrets)")
+    if frontdoor.ensure_key(path, rotate=args.rotate):
+        print(f"new spiped key: {path}", file=sys.stderr)
+    print(path)
 
-    if frontdoor.ensure_spiped_key(settings, rotate=args.rotate):
-        print(f"new spiped key: {settings.spiped_key}", file=sys.stderr)
-    print(settings.spiped_key)
+
+WORKER_SECRETS_HEADER = "# Scriptorium worker-host secrets"
+
+
+def cmd_worker_secrets(args: argparse.Namespace, settings: Settings) -> None:
+    """What a worker host needs from this API host: the Redis password and the Redis tunnel key,
+    as one small text file for `cloudvps_setup.sh --role worker --redis-secrets-from FILE`."""
+    if settings.role != "api":
+        sys.exit(f"error: this host's role is {settings.role!r}: worker hosts need an API host")
+    password = settings.redis_password()
+    key = settings.redis_tunnel_key
+    if not password or not key.exists():
+        sys.exit("error: no Redis password or tunnel key yet (python -m model init)")
+    print(f"{WORKER_SECRETS_HEADER} (keep it private: mode 0600, delete it once installed)")
+    print(f"redis_password={password}")
+    print(f"redis_tunnel_key={base64.b64encode(key.read_bytes()).decode()}")
+
+
+def cmd_workers(args: argparse.Namespace, settings: Settings) -> None:
+    """Worker processes with their models loaded, every host's, from their heartbeats in Redis.
+    Exit status 1 when none matches (release.sh waits on that), 2 when Redis cannot be read."""
+    from redis import Redis, RedisError
+
+    from model.store import WORKERS_PREFIX
+
+    redis = Redis.from_url(
+        settings.redis_url(), decode_responses=True, socket_timeout=5, socket_connect_timeout=5
+    )
+    try:
+        keys = sorted(redis.scan_iter(match=f"{WORKERS_PREFIX}*", count=100))
+        values = redis.mget(keys) if keys else []
+    except RedisError as exc:
+        where = f"{settings.redis.host}:{settings.redis.port}"
+        print(f"error: redis at {where}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    here = socket.gethostname()
+    rows = []
+    for key, raw in zip(keys, values, strict=True):
+        try:
+            beat = json.loads(raw) if raw else None
+        except ValueError:
+            beat = None
+        if not isinstance(beat, dict):
+            continue
+        host = key[len(WORKERS_PREFIX) :].rpartition(":")[0]
+        rows.append({"host": host, **beat})
+    if args.since is not None:
+        rows = [row for row in rows if float(row.get("started_at") or 0) >= args.since]
+    if args.parent is not None:
+        rows = [
+            row
+            for row in rows
+            if row["host"] == here and _descends_from(row.get("pid"), args.parent)
+        ]
+    if args.json:
+        print(json.dumps(rows))
+    for row in [] if args.json else rows:
+        started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(row.get("started_at") or 0))
+        models = ",".join(row.get("models") or [])
+        print(f"{row['host']}\tpid {row.get('pid')}\tstarted {started}\tmodels {models}")
+    sys.exit(0 if rows else 1)
+
+
+def _descends_from(pid: object, parent: int) -> bool:
+    """pid is `parent` or its child (a worker's pool processes are children of its main one)."""
+    if not isinstance(pid, int):
+        return False
+    if pid == parent:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    fields = stat.rpartition(")")[2].split()
+    return len(fields) > 1 and fields[1] == str(parent)
 
 
 def cmd_upstream(args: argparse.Namespace, settings: Settings) -> None:
-    from model import frontdoor
-
     frontdoor.point_upstream(settings, f"{args.program}.sock")
     print(f"nginx now sends new requests to {args.program}")
 
@@ -159,7 +273,7 @@ def cmd_upstream(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_smoke(args: argparse.Namespace, settings: Settings) -> None:
     from model.smoke import run_smoke_checks
 
-    failures = run_smoke_checks(settings)
+    failures = run_smoke_checks(settings, redis=not args.no_redis)
     for failure in failures:
         print(f"smoke check failed: {failure}", file=sys.stderr)
     if failures:
@@ -168,7 +282,7 @@ def cmd_smoke(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
-    from model.keys import KeyStore, KeyStoreError
+    from model.keys import KeyStore
 
     settings.data_path.mkdir(parents=True, exist_ok=True)
     store = KeyStore(settings.keys_db)
@@ -247,13 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", required=True)
     stack = sub.add_parser("stack", help="run redis, worker and gunicorn under supervisord")
     stack.add_argument("--print-key", action="store_true", help="print a dev API key and curl")
-    stack.add_argument(
-        "--role",
-        choices=["all", "worker"],
-        default="all",
-        help="all: redis, worker, gunicorn, nginx (default); worker: the worker alone, for a "
-        "host whose Redis is another's (redis.host/port/password)",
-    )
     stack.set_defaults(func=cmd_stack)
     ctl = sub.add_parser("ctl", help="supervisorctl for the running stack, e.g. `ctl status`")
     ctl.add_argument("ctl_args", nargs=argparse.REMAINDER)
@@ -261,12 +368,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("init", help="create the data dir and secrets").set_defaults(func=cmd_init)
     spiped_key = sub.add_parser("spiped-key", help="create (or --rotate) the tunnel key")
     spiped_key.add_argument("--rotate", action="store_true", help="replace it with a new one")
+    spiped_key.add_argument(
+        "--redis", action="store_true", help="the Redis tunnel's key (API host), not the front's"
+    )
     spiped_key.set_defaults(func=cmd_spiped_key)
     upstream = sub.add_parser("upstream", help="which gunicorn nginx sends new requests to")
     upstream.add_argument("program", choices=["gunicorn", "gunicorn-next"])
     upstream.set_defaults(func=cmd_upstream)
     smoke = sub.add_parser("smoke", help="checks a release must pass before it goes live")
+    smoke.add_argument(
+        "--no-redis",
+        action="store_true",
+        help="worker host: skip the Redis check (the tunnel is not up before the first start)",
+    )
     smoke.set_defaults(func=cmd_smoke)
+    secrets_cmd = sub.add_parser(
+        "worker-secrets", help="API host: the Redis password and tunnel key for worker hosts"
+    )
+    secrets_cmd.set_defaults(func=cmd_worker_secrets)
+    workers = sub.add_parser("workers", help="workers with their models loaded (every host)")
+    workers.add_argument("--since", type=float, help="only those started at/after (epoch s)")
+    workers.add_argument(
+        "--parent", type=int, help="only this host's, of the worker whose main process is PID"
+    )
+    workers.add_argument("--json", action="store_true", help="one JSON list")
+    workers.set_defaults(func=cmd_workers)
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)
     create = keys_sub.add_parser("create", help="create a key (printed once)")
@@ -290,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("source", help="manifest or collection: http(s) URL or JSON file")
     manifest.add_argument("--max-side", type=int, help="longest side analysed (px)")
     manifest.set_defaults(func=cmd_manifest)
-    # Listed for --help only: main() hands `client ...` over before parsing.
+    # Listed for --help only: model/__main__.py hands `client ...` over before importing this.
     sub.add_parser(
         "client",
         help="command-line client of the API: submit, status, wait, result, cancel, list",
@@ -305,7 +431,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         from model.client import main as client_main
 
         sys.exit(client_main(argv[1:]))
-    from model.settings import get_settings
-
     args = build_parser().parse_args(argv)
     args.func(args, get_settings())

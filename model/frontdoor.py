@@ -1,5 +1,5 @@
 """What sits in front of gunicorn: nginx's config (rendered from a template, since nginx cannot read
-the environment), the upstream socket link a release switches, and the spiped tunnel's key."""
+the environment), the upstream socket link a release switches, and the spiped tunnels' keys."""
 
 from __future__ import annotations
 
@@ -110,7 +110,11 @@ def ensure_spiped_key(settings: Settings, rotate: bool = False) -> bool:
     """Create the tunnel key (32 random bytes, mode 0600) unless it exists; True when written.
 
     spiped has no key generator of its own (`-g` means something else)."""
-    path = settings.spiped_key
+    return ensure_key(settings.spiped_key, rotate)
+
+
+def ensure_key(path: Path, rotate: bool = False) -> bool:
+    """A spiped key at `path` (32 random bytes, mode 0600) unless one exists; True when written."""
     if path.exists() and not rotate:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import os
 import socket
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import (
@@ -135,6 +136,21 @@ class SpipedSettings(BaseModel):
     key_file: str = ""
 
 
+class RedisTunnelSettings(BaseModel):
+    """spiped carrying Redis between the API host and worker hosts (scale-out: README, Deployment).
+    Redis itself keeps listening on loopback only, and keeps asking for its password."""
+
+    # API host (role api): the server end accepts the encrypted tunnel here (spiped's
+    # [address]:port syntax) and hands connections to Redis on loopback (redis.port).
+    listen: str = "[0.0.0.0]:8026"
+    # Worker host (role worker): the API host's end, host:port or [address]:port. The client end
+    # listens where the worker expects Redis (redis.host:redis.port), so nothing else changes.
+    server: str = ""
+    # 32 random bytes shared by the API host and its worker hosts (mode 0600); empty means
+    # <data_dir>/secrets/redis-tunnel.key. Made on the API host; copied to the worker hosts.
+    key_file: str = ""
+
+
 class FetchSettings(BaseModel):
     connect_timeout_s: float = 5
     read_timeout_s: float = 30
@@ -236,6 +252,11 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Path("var")
+    # What this machine runs (cloudvps_setup.sh --role): "all" (one VM: redis, the worker,
+    # gunicorn, nginx, spiped), "api" (the same plus the server end of the Redis tunnel, for
+    # worker hosts) or "worker" (the Celery worker only, reaching the API host's Redis through
+    # the tunnel's client end).
+    role: Literal["all", "api", "worker"] = "all"
     http: HttpSettings = HttpSettings()
     redis: RedisSettings = RedisSettings()
     worker: WorkerSettings = WorkerSettings()
@@ -258,6 +279,7 @@ class Settings(BaseSettings):
     spiped: SpipedSettings = SpipedSettings()
     webhooks: WebhookSettings = WebhookSettings()
     metrics: MetricsSettings = MetricsSettings()
+    redis_tunnel: RedisTunnelSettings = RedisTunnelSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -313,6 +335,11 @@ class Settings(BaseSettings):
     @property
     def worker_name(self) -> str:
         return self.worker.name or socket.gethostname()
+
+    @property
+    def redis_tunnel_key(self) -> Path:
+        key_file = self.redis_tunnel.key_file
+        return Path(key_file) if key_file else self.secrets_dir / "redis-tunnel.key"
 
     @property
     def model_dirs(self) -> list[Path]:

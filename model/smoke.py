@@ -2,7 +2,9 @@
 
 Runs in the new release with the live settings, without touching the running stack: the app builds
 and answers in-process, the default model is found, the worker module imports without loading a
-model, and the nginx template renders into a config `nginx -t` accepts.
+model, and the nginx template renders into a config `nginx -t` accepts. A worker host (role worker)
+runs no app and no nginx: there the checks are the models, the worker's import, and Redis answering
+through the tunnel with the password copied from the API host.
 """
 
 from __future__ import annotations
@@ -78,6 +80,21 @@ def _nginx_config_valid(settings: Settings) -> None:
         assert check.returncode == 0, f"nginx -t: {check.stderr.strip()}"
 
 
+def _redis_reachable(settings: Settings) -> None:
+    from redis import Redis, RedisError
+
+    tunnel = settings.redis_tunnel.server
+    assert tunnel, "redis_tunnel.server is not set (the API host's tunnel end, host:port)"
+    client = Redis.from_url(settings.redis_url(), socket_timeout=10, socket_connect_timeout=10)
+    where = f"{settings.redis.host}:{settings.redis.port} (tunnel to {tunnel})"
+    try:
+        assert client.ping(), f"redis at {where} did not answer PING"
+    except RedisError as exc:
+        raise AssertionError(f"redis at {where}: {type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+
+
 CHECKS: list[Callable[[Settings], None]] = [
     _app_answers,
     _default_model_found,
@@ -85,12 +102,22 @@ CHECKS: list[Callable[[Settings], None]] = [
     _webhooks_worker_imports,
     _nginx_config_valid,
 ]
+# A worker host: the worker alone (no app, no nginx), and the API host's Redis through the tunnel.
+WORKER_CHECKS: list[Callable[[Settings], None]] = [
+    _default_model_found,
+    _worker_imports,
+    _redis_reachable,
+]
 
 
-def run_smoke_checks(settings: Settings) -> list[str]:
-    """Every check runs; the failures come back as messages (empty: the release may go live)."""
+def run_smoke_checks(settings: Settings, redis: bool = True) -> list[str]:
+    """Every check runs; the failures come back as messages (empty: the release may go live).
+    redis=False leaves out the Redis check of a worker host (before its tunnel first starts)."""
     failures = []
-    for check in CHECKS:
+    checks = WORKER_CHECKS if settings.role == "worker" else CHECKS
+    for check in checks:
+        if check is _redis_reachable and not redis:
+            continue
         try:
             check(settings)
         except Exception as exc:  # noqa: BLE001 - report every failing check, not only the first

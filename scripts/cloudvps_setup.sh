@@ -1,19 +1,9 @@
 #!/usr/bin/env bash
 # Sets up Scriptorium on a bare Debian 12 VM, as root, in one run; a second run changes nothing
-# (every step checks before it acts, and the summary says "no change").
-#
-#   scripts/cloudvps_setup.sh [--prefix /srv/scriptorium] [--user scriptorium]
-#       [--http-host 127.0.0.1] [--http-port 5005] [--redis-port 6390]
-#       [--spiped-bind 0.0.0.0] [--spiped-port 8025] [--source DIR] [--ref REF] [--start]
-#
-# Installs the Debian packages, an unprivileged service user, the layout described in
-# scripts/deploy_lib.sh, the first release (REF of the git checkout SOURCE; default: HEAD of the
-# checkout this script is in), the data dir with its redis password, the spiped key (0600, the
-# service user's), the first admin API key (printed once) and a systemd unit that runs supervisord
-# as the service user (supervisord runs redis, the worker, gunicorn, nginx and spiped). Without
-# systemd (a container) the unit is only written under the prefix; --start then starts
-# supervisord in the background. Upgrades: scripts/release.sh.
+# (every step checks before it acts, and the summary says "no change"). Options: usage() below
+# (cloudvps_setup.sh --help). Upgrades: scripts/release.sh.
 set -euo pipefail
+shopt -s inherit_errexit
 umask 022
 # The service's settings come from shared/scriptorium.env only, never from this shell.
 for var in "${!SCRIPTORIUM_@}" SC_HOME SC_VENV; do unset "$var"; done
@@ -22,49 +12,140 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=scripts/deploy_lib.sh
 . "$HERE/deploy_lib.sh"
 
+usage() {
+	cat <<'EOF'
+usage: cloudvps_setup.sh [--role all|api|worker] [options]
+
+Run as root on Debian 12, from a checkout of Scriptorium. Installs the Debian packages, an
+unprivileged service user, the first release (REF of the git checkout SOURCE) with its venv, the
+data dir and its secrets, and a systemd unit running supervisord as the service user. Without
+systemd (a container) the unit is only written under the prefix; --start then starts
+supervisord in the background. Running it again changes only what differs.
+
+roles:
+  all      (default) one VM: redis, the worker, gunicorn, nginx and spiped (the front end's
+           tunnel); prints the first admin API key once
+  api      the same, plus the server end of the Redis tunnel that worker hosts connect
+           through (spiped on --redis-tunnel-bind:--redis-tunnel-port); Redis itself stays
+           on loopback, with its password
+  worker   a worker host: the Celery worker only, reaching the API host's Redis through its
+           own end of that tunnel (needs --api-host and, the first time, --redis-secrets-from)
+
+options:
+  --prefix DIR              installation directory (/srv/scriptorium)
+  --user NAME               service user (scriptorium)
+  --source DIR              git checkout releases come from (the one this script is in)
+  --ref REF                 what the first release is (HEAD)
+  --redis-port N            Redis's port on loopback (6390); on a worker host the port its
+                            tunnel end listens on, where the worker expects Redis
+  --http-host ADDR          nginx's address (127.0.0.1)                  [all, api]
+  --http-port N             nginx's port (5005)                          [all, api]
+  --spiped-bind ADDR        the front end's tunnel: address (0.0.0.0)    [all, api]
+  --spiped-port N           ... and port (8025)                          [all, api]
+  --redis-tunnel-bind ADDR  the Redis tunnel's server end (0.0.0.0)      [api]
+  --redis-tunnel-port N     its port (8026); on a worker host: the API host's tunnel port
+  --api-host HOST           the API host's name or address               [worker]
+  --redis-secrets-from FILE the API host's Redis password and tunnel key, made there by
+                            `scriptorium worker-secrets` (README: worker hosts)  [worker]
+  --start                   without systemd: start supervisord in the background
+  -h, --help                this text
+EOF
+}
+
 PREFIX=/srv/scriptorium
 SVC_USER=scriptorium
+ROLE=all
 HTTP_HOST=127.0.0.1
 HTTP_PORT=5005
 REDIS_PORT=6390
 SPIPED_BIND=0.0.0.0
 SPIPED_PORT=8025
+REDIS_TUNNEL_BIND=0.0.0.0
+REDIS_TUNNEL_PORT=8026
+API_HOST=""
+SECRETS_FROM=""
 SOURCE=$(cd "$HERE/.." && pwd)
 REF=HEAD
 START=0
 KEEP=5
-PACKAGES=(redis-server nginx spiped python3-venv git ca-certificates curl)
 
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
+	case $1 in
+	--prefix | --user | --role | --http-host | --http-port | --redis-port | --spiped-bind | \
+		--spiped-port | --redis-tunnel-bind | --redis-tunnel-port | --api-host | \
+		--redis-secrets-from | --source | --ref)
+		[ $# -ge 2 ] || die "$1 needs a value"
+		;;
+	esac
 	case $1 in
 	--prefix) PREFIX=$2 && shift ;;
 	--user) SVC_USER=$2 && shift ;;
+	--role) ROLE=$2 && shift ;;
 	--http-host) HTTP_HOST=$2 && shift ;;
 	--http-port) HTTP_PORT=$2 && shift ;;
 	--redis-port) REDIS_PORT=$2 && shift ;;
 	--spiped-bind) SPIPED_BIND=$2 && shift ;;
 	--spiped-port) SPIPED_PORT=$2 && shift ;;
+	--redis-tunnel-bind) REDIS_TUNNEL_BIND=$2 && shift ;;
+	--redis-tunnel-port) REDIS_TUNNEL_PORT=$2 && shift ;;
+	--api-host) API_HOST=$2 && shift ;;
+	--redis-secrets-from) SECRETS_FROM=$2 && shift ;;
 	--source) SOURCE=$(cd "$2" && pwd) && shift ;;
 	--ref) REF=$2 && shift ;;
 	--start) START=1 ;;
-	-h | --help) usage && exit 0 ;;
-	*) usage >&2 && die "unknown option $1" ;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	*)
+		usage >&2
+		die "unknown option $1"
+		;;
 	esac
 	shift
 done
-[ "$(id -u)" -eq 0 ] || die "run as root"
+
+# What ends up in unit files, sourced files and spiped's arguments: checked, not trusted.
+case $ROLE in all | api | worker) ;; *) die "--role: all, api or worker, not $ROLE" ;; esac
+[[ $PREFIX =~ ^/[A-Za-z0-9._/+-]+$ ]] || die "--prefix: an absolute path of letters, digits, ._/+-"
+[[ $SVC_USER =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--user: not a valid user name: $SVC_USER"
+for port in "$HTTP_PORT" "$REDIS_PORT" "$SPIPED_PORT" "$REDIS_TUNNEL_PORT"; do
+	if ! [[ $port =~ ^[1-9][0-9]{0,4}$ ]] || [ "$port" -gt 65535 ]; then die "not a port: $port"; fi
+done
+for addr in "$HTTP_HOST" "$SPIPED_BIND" "$REDIS_TUNNEL_BIND"; do
+	[[ $addr =~ ^[0-9A-Fa-f:.]+$ ]] || die "not an IP address: $addr"
+done
+if [ "$ROLE" = worker ]; then
+	[ -n "$API_HOST" ] || die "--role worker needs --api-host (the API host's name or address)"
+	API_HOST=${API_HOST#[}
+	API_HOST=${API_HOST%]}
+	[[ $API_HOST =~ ^[A-Za-z0-9.:-]+$ ]] || die "--api-host: not a host name or address: $API_HOST"
+	# spiped's syntax: host:port, [IPv4]:port or [IPv6]:port
+	if [[ $API_HOST =~ ^[0-9A-Fa-f:.]+$ ]]; then TUNNEL_SERVER="[$API_HOST]:$REDIS_TUNNEL_PORT"; else
+		TUNNEL_SERVER="$API_HOST:$REDIS_TUNNEL_PORT"
+	fi
+else
+	[ -z "$API_HOST$SECRETS_FROM" ] || die "--api-host and --redis-secrets-from are for --role worker"
+fi
+uid=$(id -u)
+[ "$uid" -eq 0 ] || die "run as root"
 command -v apt-get >/dev/null || die "this is for Debian (apt-get not found)"
 SYSTEMD=0
-[ -d /run/systemd/system ] && SYSTEMD=1
+[ ! -d /run/systemd/system ] || SYSTEMD=1
 ROOT="root:root"
 SVC="$SVC_USER:$SVC_USER"
+var="$PREFIX/shared/var"
+if [ "$ROLE" = worker ]; then
+	PACKAGES=(spiped python3-venv git ca-certificates curl)
+else
+	PACKAGES=(redis-server nginx spiped python3-venv git ca-certificates curl)
+fi
 
-log "== Debian packages"
+log "== Debian packages (role $ROLE)"
 missing=()
 for pkg in "${PACKAGES[@]}"; do
-	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' ||
-		missing+=("$pkg")
+	status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) || status=""
+	[ "$status" = "install ok installed" ] || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	apt-get update -qq
@@ -74,26 +155,28 @@ else
 	unchanged "${PACKAGES[*]}"
 fi
 
-log "== distro services (supervisord runs our own redis and nginx)"
-if command -v systemctl >/dev/null; then
-	for svc in redis-server nginx; do
-		if systemctl is-enabled --quiet "$svc" 2>/dev/null ||
-			{ [ $SYSTEMD -eq 1 ] && systemctl is-active --quiet "$svc"; }; then
-			if [ $SYSTEMD -eq 1 ]; then systemctl disable --now --quiet "$svc"; else systemctl disable --quiet "$svc"; fi
-			changed "disabled $svc.service"
-		else
-			unchanged "$svc.service disabled"
-		fi
-	done
-else
-	unchanged "no systemctl: nothing to disable"
+if [ "$ROLE" != worker ]; then
+	log "== distro services (supervisord runs our own redis and nginx)"
+	if command -v systemctl >/dev/null; then
+		for svc in redis-server nginx; do
+			if systemctl is-enabled --quiet "$svc" 2>/dev/null ||
+				{ [ $SYSTEMD -eq 1 ] && systemctl is-active --quiet "$svc"; }; then
+				if [ $SYSTEMD -eq 1 ]; then systemctl disable --now --quiet "$svc"; else systemctl disable --quiet "$svc"; fi
+				changed "disabled $svc.service"
+			else
+				unchanged "$svc.service disabled"
+			fi
+		done
+	else
+		unchanged "no systemctl: nothing to disable"
+	fi
 fi
 
 log "== service user"
 if id -u "$SVC_USER" >/dev/null 2>&1; then
 	unchanged "user $SVC_USER"
 else
-	useradd --system --user-group --no-create-home --home-dir "$PREFIX/shared/var" \
+	useradd --system --user-group --no-create-home --home-dir "$var" \
 		--shell /usr/sbin/nologin "$SVC_USER"
 	changed "created user $SVC_USER"
 fi
@@ -105,64 +188,112 @@ for dir in releases shared bin shared/models shared/venvs shared/systemd; do
 	ensure_dir "$PREFIX/$dir" 755 "$ROOT"
 done
 ensure_dir "$PREFIX/shared/cache" 700 "$ROOT"
-ensure_dir "$PREFIX/shared/var" 750 "$SVC"
+ensure_dir "$var" 750 "$SVC"
 ensure_dir "$PREFIX/shared/keys" 700 "$SVC"
+[ "$ROLE" != worker ] || ensure_dir "$var/secrets" 700 "$SVC"
 [ $CHANGES -ne "$before" ] || unchanged "directories, modes and owners"
 
-put_file "$PREFIX/shared/scriptorium.env" 644 "$ROOT" <<EOF
-# Scriptorium's settings on this machine: SCRIPTORIUM_<SECTION>__<KEY> overrides flask_config.yaml.
-# Read by bin/scriptorium-env (so by supervisord and every program). No secrets here.
-SC_HOME=$PREFIX/current
-SC_VENV=$PREFIX/current/.venv
-SCRIPTORIUM_DATA_DIR=$PREFIX/shared/var
-SCRIPTORIUM_HTTP__HOST=$HTTP_HOST
-SCRIPTORIUM_HTTP__PORT=$HTTP_PORT
-SCRIPTORIUM_REDIS__PORT=$REDIS_PORT
-SCRIPTORIUM_SPIPED__ENABLED=true
-SCRIPTORIUM_SPIPED__LISTEN='[$SPIPED_BIND]:$SPIPED_PORT'
-SCRIPTORIUM_SPIPED__KEY_FILE=$PREFIX/shared/keys/spiped.key
-SCRIPTORIUM_MODELS__DIRS='["model/weights", "$PREFIX/shared/models"]'
-EOF
-SETTINGS_CHANGED=$PUT_CHANGED
-put_file "$PREFIX/shared/deploy.env" 644 "$ROOT" <<EOF
-# Read by scripts/release.sh.
-SOURCE='$SOURCE'
-SVC_USER='$SVC_USER'
-KEEP=$KEEP
-HTTP_URL='http://$HTTP_HOST:$HTTP_PORT'
-EOF
+if [ "$ROLE" = worker ]; then
+	log "== the API host's Redis password and tunnel key"
+	password_file="$var/secrets/redis_password"
+	key_file="$PREFIX/shared/keys/redis-tunnel.key"
+	if [ -n "$SECRETS_FROM" ]; then
+		[ -f "$SECRETS_FROM" ] || die "cannot read $SECRETS_FROM"
+		password=$(sed -n 's/^redis_password=//p' "$SECRETS_FROM")
+		key_b64=$(sed -n 's/^redis_tunnel_key=//p' "$SECRETS_FROM")
+		if ! [[ $password =~ ^[[:graph:]]+$ && $key_b64 =~ ^[A-Za-z0-9+/]+=*$ ]]; then
+			die "$SECRETS_FROM is not what \`scriptorium worker-secrets\` prints on the API host"
+		fi
+		key_bytes=$(base64 -d <<<"$key_b64" | wc -c)
+		[ "$key_bytes" -eq 32 ] || die "$SECRETS_FROM: the tunnel key is $key_bytes bytes, not 32"
+		before=$CHANGES
+		put_file "$password_file" 600 "$SVC" <<<"$password"
+		base64 -d <<<"$key_b64" | put_file "$key_file" 600 "$SVC"
+		[ $CHANGES -ne "$before" ] || unchanged "Redis password and tunnel key as in $SECRETS_FROM"
+	elif [ -f "$password_file" ] && [ -f "$key_file" ]; then
+		unchanged "Redis password and tunnel key installed"
+	else
+		die "a worker host needs the API host's Redis password and tunnel key: on the API host run
+  /srv/scriptorium/bin/scriptorium worker-secrets > worker.secrets, copy that file here
+  (scp), then run this again with --redis-secrets-from worker.secrets (README: worker hosts)"
+	fi
+fi
 
+log "== settings"
+{
+	printf '%s\n' "# Scriptorium's settings on this machine: SCRIPTORIUM_<SECTION>__<KEY> overrides" \
+		"# flask_config.yaml. Read by bin/scriptorium-env (so by supervisord and every program)." \
+		"# No secrets here. Values are single-quoted: bash sources this file."
+	env_line SC_HOME "$PREFIX/current"
+	env_line SC_VENV "$PREFIX/current/.venv"
+	env_line SCRIPTORIUM_ROLE "$ROLE"
+	env_line SCRIPTORIUM_DATA_DIR "$var"
+	env_line SCRIPTORIUM_REDIS__PORT "$REDIS_PORT"
+	if [ "$ROLE" = worker ]; then
+		env_line SCRIPTORIUM_REDIS_TUNNEL__SERVER "$TUNNEL_SERVER"
+		env_line SCRIPTORIUM_REDIS_TUNNEL__KEY_FILE "$PREFIX/shared/keys/redis-tunnel.key"
+	else
+		env_line SCRIPTORIUM_HTTP__HOST "$HTTP_HOST"
+		env_line SCRIPTORIUM_HTTP__PORT "$HTTP_PORT"
+		env_line SCRIPTORIUM_SPIPED__ENABLED true
+		env_line SCRIPTORIUM_SPIPED__LISTEN "[$SPIPED_BIND]:$SPIPED_PORT"
+		env_line SCRIPTORIUM_SPIPED__KEY_FILE "$PREFIX/shared/keys/spiped.key"
+	fi
+	if [ "$ROLE" = api ]; then
+		env_line SCRIPTORIUM_REDIS_TUNNEL__LISTEN "[$REDIS_TUNNEL_BIND]:$REDIS_TUNNEL_PORT"
+		env_line SCRIPTORIUM_REDIS_TUNNEL__KEY_FILE "$PREFIX/shared/keys/redis-tunnel.key"
+	fi
+	env_line SCRIPTORIUM_MODELS__DIRS "[\"model/weights\", \"$PREFIX/shared/models\"]"
+} | put_file "$PREFIX/shared/scriptorium.env" 644 "$ROOT"
+SETTINGS_CHANGED=$PUT_CHANGED
+HTTP_URL="http://$HTTP_HOST:$HTTP_PORT"
+[ "$ROLE" != worker ] || HTTP_URL=""
+{
+	printf '# Read by scripts/release.sh (sourced by bash: values single-quoted).\n'
+	env_line SOURCE "$SOURCE"
+	env_line SVC_USER "$SVC_USER"
+	env_line KEEP "$KEEP"
+	env_line ROLE "$ROLE"
+	env_line HTTP_URL "$HTTP_URL"
+} | put_file "$PREFIX/shared/deploy.env" 644 "$ROOT"
+
+q_prefix=$(shell_quote "$PREFIX")
+q_user=$(shell_quote "$SVC_USER")
 put_file "$PREFIX/bin/scriptorium-env" 755 "$ROOT" <<EOF
 #!/bin/bash
 # scriptorium-env [--in DIR] CMD...: run CMD as $SVC_USER with shared/scriptorium.env only
 # (a clean environment), in DIR (default: the current release).
 set -euo pipefail
-dir=$PREFIX/current
+prefix=$q_prefix
+user=$q_user
+dir=\$prefix/current
 if [ "\${1:-}" = --in ]; then dir=\$2; shift 2; fi
-cmd=(env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=$PREFIX/shared/var
+cmd=(env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "HOME=\$prefix/shared/var"
 	LANG=C.UTF-8 bash -c 'set -a; . "\$0"; set +a; cd "\$1"; shift; exec "\$@"'
-	$PREFIX/shared/scriptorium.env "\$dir" "\$@")
-[ "\$(id -un)" = $SVC_USER ] && exec "\${cmd[@]}"
-[ "\$(id -u)" -eq 0 ] || { echo "run as root or $SVC_USER" >&2; exit 1; }
-exec setpriv --reuid=$SVC_USER --regid=$SVC_USER --init-groups -- "\${cmd[@]}"
+	"\$prefix/shared/scriptorium.env" "\$dir" "\$@")
+[ "\$(id -un)" = "\$user" ] && exec "\${cmd[@]}"
+[ "\$(id -u)" -eq 0 ] || { echo "run as root or \$user" >&2; exit 1; }
+exec setpriv --reuid="\$user" --regid="\$user" --init-groups -- "\${cmd[@]}"
 EOF
 put_file "$PREFIX/bin/scriptorium" 755 "$ROOT" <<EOF
 #!/bin/bash
 # python -m model of the current release, as $SVC_USER: scriptorium keys list | smoke | ...
-exec $PREFIX/bin/scriptorium-env $PREFIX/current/.venv/bin/python -m model "\$@"
+prefix=$q_prefix
+exec "\$prefix/bin/scriptorium-env" "\$prefix/current/.venv/bin/python" -m model "\$@"
 EOF
 put_file "$PREFIX/bin/scriptoriumctl" 755 "$ROOT" <<EOF
 #!/bin/bash
-# supervisorctl for the Scriptorium stack: scriptoriumctl status | restart worker | tail -f nginx
-exec $PREFIX/bin/scriptorium ctl "\$@"
+# supervisorctl for the Scriptorium stack: scriptoriumctl status | restart worker | tail -f worker
+prefix=$q_prefix
+exec "\$prefix/bin/scriptorium" ctl "\$@"
 EOF
 put_file "$PREFIX/bin/scriptorium-run" 755 "$ROOT" <<EOF
 #!/bin/bash
 # supervisord in the foreground with everything under it (what the systemd unit runs).
-exec $PREFIX/bin/scriptorium-env $PREFIX/current/.venv/bin/python -m model stack
+prefix=$q_prefix
+exec "\$prefix/bin/scriptorium-env" "\$prefix/current/.venv/bin/python" -m model stack
 EOF
 
-var="$PREFIX/shared/var"
 # What `init` may create: compared by content, mode and owner (it rewrites some files as they were).
 # (Before the first install none of them exist: find fails, which must not stop the script.)
 state() {
@@ -173,38 +304,51 @@ before=$(state)
 
 log "== first release"
 if [ -L "$PREFIX/current" ]; then
-	unchanged "release $(current_id) installed (upgrade with scripts/release.sh REF)"
+	id=$(current_id)
+	unchanged "release $id installed (upgrade with scripts/release.sh REF)"
 else
 	started=$SECONDS
 	id=$(build_release "$REF")
 	in_release "$id" -m model init >/dev/null
-	in_release "$id" -m model smoke || die "release $id fails its smoke checks"
+	smoke=(smoke)
+	# (a worker host's tunnel to Redis starts with supervisord, after this)
+	[ "$ROLE" != worker ] || smoke+=(--no-redis)
+	in_release "$id" -m model "${smoke[@]}"
 	switch_current "$id"
 	changed "installed release $id from $SOURCE $REF in $((SECONDS - started)) s"
 fi
 
 log "== data dir, secrets"
 as_service "$PREFIX/current/.venv/bin/python" -m model init >/dev/null
-if [ "$before" = "$(state)" ]; then
-	unchanged "data dir $var, redis password, spiped key"
+after=$(state)
+if [ "$before" = "$after" ]; then
+	unchanged "data dir $var and its secrets"
 else
-	changed "initialised $var (redis password, spiped key $PREFIX/shared/keys/spiped.key)"
+	changed "initialised $var (secrets; keys in $PREFIX/shared/keys)"
 fi
-if as_service "$PREFIX/current/.venv/bin/python" -m model keys list | grep -q $'^admin\t.*\tactive'; then
-	unchanged "admin API key exists (rotate: $PREFIX/bin/scriptorium keys rotate admin)"
-else
-	key=$(as_service "$PREFIX/current/.venv/bin/python" -m model keys create admin --admin 2>/dev/null)
-	changed "created the admin API key"
-	log ""
-	log "  ADMIN API KEY (shown once, store it now): $key"
-	log ""
+if [ "$ROLE" != worker ]; then
+	keys=$(as_service "$PREFIX/current/.venv/bin/python" -m model keys list)
+	if grep -q $'^admin\t.*\tactive' <<<"$keys"; then
+		unchanged "admin API key exists (rotate: $PREFIX/bin/scriptorium keys rotate admin)"
+	else
+		key=$(as_service "$PREFIX/current/.venv/bin/python" -m model keys create admin --admin 2>/dev/null)
+		changed "created the admin API key"
+		log ""
+		log "  ADMIN API KEY (shown once, store it now): $key"
+		log ""
+	fi
 fi
 
 log "== systemd unit"
+case $ROLE in
+worker) programs="worker host: the worker, spiped to the API host's redis" ;;
+api) programs="redis, worker, gunicorn, nginx, spiped, spiped-redis" ;;
+*) programs="redis, worker, gunicorn, nginx, spiped" ;;
+esac
 unit=$(
 	cat <<EOF
 [Unit]
-Description=Scriptorium (supervisord: redis, worker, gunicorn, nginx, spiped)
+Description=Scriptorium (supervisord: $programs)
 After=network-online.target
 Wants=network-online.target
 
@@ -226,6 +370,7 @@ LimitNOFILE=65536
 WantedBy=multi-user.target
 EOF
 )
+running=""
 if [ $SYSTEMD -eq 1 ]; then
 	put_file /etc/systemd/system/scriptorium.service 644 "$ROOT" <<<"$unit"
 	[ $PUT_CHANGED -eq 0 ] || systemctl daemon-reload
@@ -240,9 +385,10 @@ else
 	put_file "$PREFIX/shared/systemd/scriptorium.service" 644 "$ROOT" <<<"$unit"
 	unchanged "no systemd here: unit left in $PREFIX/shared/systemd/scriptorium.service"
 	pidfile="$var/run/supervisord.pid"
-	if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+	pid=$(cat "$pidfile" 2>/dev/null) || pid=""
+	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
 		running=1
-		unchanged "supervisord running (pid $(cat "$pidfile"))"
+		unchanged "supervisord running (pid $pid)"
 	elif [ $START -eq 1 ]; then
 		setsid "$PREFIX/bin/scriptorium-run" </dev/null >>"$var/scriptorium-run.out" 2>&1 &
 		changed "started supervisord in the background ($PREFIX/bin/scriptorium-run)"
@@ -251,7 +397,7 @@ else
 	fi
 fi
 
-if [ "$SETTINGS_CHANGED" -eq 1 ] && [ -n "${running:-}" ]; then
+if [ "$SETTINGS_CHANGED" -eq 1 ] && [ -n "$running" ]; then
 	log "  note: shared/scriptorium.env changed under a running stack: it applies after"
 	log "        systemctl restart scriptorium (or $PREFIX/bin/scriptoriumctl shutdown; --start)"
 fi
@@ -262,5 +408,16 @@ if [ $CHANGES -eq 0 ]; then
 else
 	log "setup: $CHANGES changes"
 fi
-log "API: $HTTP_HOST:$HTTP_PORT (nginx)   tunnel: spiped on $SPIPED_BIND:$SPIPED_PORT"
+case $ROLE in
+worker)
+	log "worker host: the worker reaches Redis at 127.0.0.1:$REDIS_PORT, spiped to $TUNNEL_SERVER"
+	;;
+*)
+	log "API: $HTTP_HOST:$HTTP_PORT (nginx)   tunnel: spiped on $SPIPED_BIND:$SPIPED_PORT"
+	if [ "$ROLE" = api ]; then
+		log "Redis tunnel for worker hosts: spiped on $REDIS_TUNNEL_BIND:$REDIS_TUNNEL_PORT; their secrets:"
+		log "  $PREFIX/bin/scriptorium worker-secrets > worker.secrets (README: worker hosts)"
+	fi
+	;;
+esac
 log "operate: $PREFIX/bin/scriptoriumctl status   upgrade: scripts/release.sh --prefix $PREFIX REF"

@@ -1,22 +1,14 @@
 #!/usr/bin/env bash
-# Zero-downtime upgrade of a machine set up by cloudvps_setup.sh. As root:
-#
-#   scripts/release.sh [--prefix P] [--ready-timeout S] [--keep N] REF
-#       build releases/<id> from REF of the source checkout (deploy.env), smoke-test it, point
-#       `current` at it, move gunicorn onto it without dropping a request, warm-restart the worker,
-#       wait for /readyz (a worker of the new release with its model loaded); if that fails, go
-#       back to the previous release automatically (exit 3). Keeps the newest N releases (5).
-#   scripts/release.sh [--prefix P] --rollback
-#       the same switch, back to the release before `current`.
-#   scripts/release.sh [--prefix P] --restart
-#       the same switch onto `current` itself: restarts gunicorn and the worker without dropping a
-#       request, e.g. after a change to shared/scriptorium.env or shared/models.
+# Zero-downtime upgrade of a machine set up by cloudvps_setup.sh, whatever its role: see usage()
+# (release.sh --help). The steps are functions of deploy_lib.sh.
 #
 # Gunicorn without a gap: nginx connects to run/upstream.sock, a symlink. `gunicorn-next` starts on
 # the new code, the link is renamed onto its socket, `gunicorn` restarts on the new code once the
 # requests already sent to it are done (graceful TERM), the link comes back, gunicorn-next stops.
 # A HUP to gunicorn would not do: its master has the old code (and venv) imported.
+# shellcheck disable=SC2310 # functions called in conditions check each of their steps themselves
 set -euo pipefail
+shopt -s inherit_errexit
 umask 022
 for var in "${!SCRIPTORIUM_@}" SC_HOME SC_VENV; do unset "$var"; done
 
@@ -24,30 +16,79 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 # shellcheck source=scripts/deploy_lib.sh
 . "$HERE/deploy_lib.sh"
 
-# Run from <prefix>/current/scripts, the prefix is the one this release belongs to.
+usage() {
+	cat <<'EOF'
+usage: release.sh [options] REF          build REF of the source checkout and switch to it
+       release.sh [options] --rollback   back to the newest good release before `current`
+       release.sh [options] --restart    fresh processes on `current` (after editing
+                                         shared/scriptorium.env or adding to shared/models)
+
+Run as root on a machine set up by scripts/cloudvps_setup.sh (any --role).
+
+options:
+  --prefix P          the installation (default: the one this script is a release of,
+                      else /srv/scriptorium)
+  --ready-timeout S   seconds the switched-to release has to become ready (180)
+  --keep N            good releases kept (5); of the failed ones, the newest 2 are kept
+  --drain-seconds S   how long both gunicorns take requests while nginx's link moves (2)
+  --restart-tunnel    also apply changed definitions of the tunnels (spiped, spiped-redis,
+                      spiped-redis-client): restarting one drops every connection through it
+                      (the front end's requests, worker hosts' Redis). Without it such a
+                      change is left pending, with a warning
+  -h, --help          this text
+
+REF: builds releases/<id> (the venv is reused when requirements.txt did not change), runs
+`python -m model smoke` in it, points `current` at it, then on an API host (role all or api)
+moves gunicorn over without refusing a request, and on every host warm-restarts the worker.
+Ready: this host's worker has its models loaded (its heartbeat in Redis) and, on an API host,
+/readyz answers ready. Not ready within --ready-timeout, the worker or gunicorn given up by
+supervisord (FATAL), or any step failing: the previous release is switched back at once, the
+new one marked FAILED, exit status 3. Interrupted (Ctrl-C, TERM): the same switch back to
+the release that was running, exit status 130 (143 for TERM).
+EOF
+}
+
+# Run from <prefix>/releases/<id>/scripts, the prefix is the one this release belongs to.
 PREFIX=/srv/scriptorium
-[ "$(basename "$(dirname "$(dirname "$HERE")")")" = releases ] &&
+if [ "$(basename "$(dirname "$(dirname "$HERE")")")" = releases ]; then
 	PREFIX=$(dirname "$(dirname "$(dirname "$HERE")")")
+fi
 READY_TIMEOUT=180
 DRAIN_S=2
 KEEP_ARG=""
 MODE=release
 REF=""
+RESTART_TUNNEL=0
 while [ $# -gt 0 ]; do
 	case $1 in
-	--prefix) PREFIX=$2 && shift ;;
-	--ready-timeout) READY_TIMEOUT=$2 && shift ;;
-	--keep) KEEP_ARG=$2 && shift ;;
+	--prefix) PREFIX=${2:?--prefix needs a directory} && shift ;;
+	--ready-timeout) READY_TIMEOUT=${2:?--ready-timeout needs seconds} && shift ;;
+	--keep) KEEP_ARG=${2:?--keep needs a number} && shift ;;
+	--drain-seconds) DRAIN_S=${2:?--drain-seconds needs seconds} && shift ;;
 	--rollback) MODE=rollback ;;
 	--restart) MODE=restart ;;
-	-h | --help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' && exit 0 ;;
-	-*) die "unknown option $1" ;;
+	--restart-tunnel) RESTART_TUNNEL=1 ;;
+	-h | --help)
+		usage
+		exit 0
+		;;
+	-*)
+		usage >&2
+		die "unknown option $1"
+		;;
 	*) REF=$1 ;;
 	esac
 	shift
 done
-[ "$(id -u)" -eq 0 ] || die "run as root"
-[ $MODE != release ] || [ -n "$REF" ] || die "usage: release.sh REF | --rollback | --restart"
+[[ $READY_TIMEOUT =~ ^[0-9]+$ ]] || die "--ready-timeout: seconds, not $READY_TIMEOUT"
+[[ $DRAIN_S =~ ^[0-9]+(\.[0-9]+)?$ ]] || die "--drain-seconds: seconds, not $DRAIN_S"
+[[ $KEEP_ARG =~ ^([1-9][0-9]*)?$ ]] || die "--keep: a number of releases (1 or more)"
+uid=$(id -u)
+[ "$uid" -eq 0 ] || die "run as root"
+if [ $MODE = release ] && [ -z "$REF" ]; then
+	usage >&2
+	die "which release? REF, --rollback or --restart"
+fi
 PREFIX=$(cd "$PREFIX" && pwd)
 load_deploy_env
 KEEP=${KEEP_ARG:-$KEEP}
@@ -55,158 +96,111 @@ RUN="$PREFIX/shared/var/run"
 exec 9>"$PREFIX/shared/release.lock"
 flock -n 9 || die "another release is running"
 
-py() { as_service "$PREFIX/current/.venv/bin/python" "$@"; }
+# What to undo when the script ends early (a signal, an unexpected error): PHASE says how far it
+# got. build/smoke: nothing runs the new release yet; activate: switch back to $prev.
+PHASE=start
+SIGNAL=""
+prev=$(current_id)
+new=""
+NGINX_LOADED=$(conf_sum "$RUN/nginx.conf")
+before_ids=""
 
-# wait_socket NAME: until the gunicorn on run/NAME answers /healthz (60 s).
-wait_socket() {
-	for _ in $(seq 120); do
-		curl -sf -m 2 --unix-socket "$RUN/$1" -o /dev/null http://localhost/healthz && return 0
-		sleep 0.5
-	done
-	log "  $1 did not answer /healthz"
-	return 1
-}
-
-# restart NAME: stop, take this release's definition of the program (after `reread`), start.
-restart() {
-	ctl stop "$1" >/dev/null
-	ctl update "$1" >/dev/null
-	ctl start "$1" >/dev/null
-}
-
-roll_gunicorn() {
-	if [ "$(readlink "$RUN/upstream.sock")" != gunicorn-next.sock ]; then
-		# (a running gunicorn-next is not serving and would run older code: restart it)
-		restart gunicorn-next
-		wait_socket gunicorn-next.sock || {
-			log "  gunicorn-next did not start (logs/gunicorn-next.log)"
-			return 1
-		}
-		py -m model upstream gunicorn-next >/dev/null
-		sleep "$DRAIN_S" # requests already connected to `gunicorn` get accepted
-	fi
-	restart gunicorn
-	wait_socket gunicorn.sock || {
-		log "  gunicorn did not restart (logs/gunicorn.log); gunicorn-next keeps serving"
-		return 1
-	}
-	py -m model upstream gunicorn >/dev/null
-	sleep "$DRAIN_S"
-	ctl stop gunicorn-next >/dev/null
-	log "  gunicorn runs $(current_id) (nginx never lacked a live socket)"
-}
-
-# wait_ready SINCE: until /readyz shows a worker that loaded its models after SINCE (epoch s).
-wait_ready() {
-	local since=$1 deadline=$((SECONDS + READY_TIMEOUT)) body=""
-	while [ $SECONDS -lt $deadline ]; do
-		body=$(curl -s -m 5 "$HTTP_URL/readyz" || true)
-		if "$PYTHON" -c '
-import json, sys
-body = json.loads(sys.argv[1])
-fresh = [w for w in body.get("workers", []) if w.get("started_at", 0) >= float(sys.argv[2])]
-sys.exit(0 if body.get("status") == "ready" and fresh else 1)' "$body" "$since" 2>/dev/null; then
-			log "  /readyz: ready"
-			return 0
-		fi
-		sleep 1
-	done
-	log "  /readyz not ready after ${READY_TIMEOUT}s: ${body:-no answer}"
-	return 1
-}
-
-# activate ID: make release ID the running one; fails if it does not become ready.
-activate() {
-	local id=$1 conf="$RUN/nginx.conf" before since
-	switch_current "$id"
-	log "  current -> releases/$id"
-	before=$(md5sum <"$conf")
-	in_release "$id" -m model init >/dev/null
-	if [ "$before" != "$(md5sum <"$conf")" ]; then
-		log "  nginx config changed: graceful reload"
-		ctl signal HUP nginx >/dev/null
-	fi
-	# This release's config/supervisor/*.conf: applied to gunicorn and the worker as they
-	# restart, to the other programs (only those it changed) once the release is ready.
-	ctl reread >/dev/null
-	roll_gunicorn || return 1
-	since=$(date +%s)
-	log "  worker: warm restart (a running task finishes first, or is redelivered)"
-	restart worker
-	wait_ready "$since" || return 1
-	ctl update | sed 's/^/  supervisord: /'
-}
-
-release_ids() { find "$PREFIX/releases" -mindepth 1 -maxdepth 1 -type d ! -name '.*' -printf '%f\n' | sort; }
-
-# The newest release older than ID that did not fail.
-previous_of() {
-	local id
-	for id in $(release_ids | sort -r); do
-		[[ "$id" < "$1" ]] && [ ! -e "$PREFIX/releases/$id/FAILED" ] && printf '%s\n' "$id" && return
-	done
-	return 1
-}
-
-prune() {
-	local keep_ids id venv in_use="" pid
-	keep_ids=$(
-		release_ids | tail -n "$KEEP"
-		current_id
-		previous_of "$(current_id)" || true
-	)
-	for id in $(release_ids); do
-		grep -qx "$id" <<<"$keep_ids" || {
-			rm -rf "${PREFIX:?}/releases/$id"
-			log "  pruned release $id"
-		}
-	done
-	# A venv no release uses goes too, unless supervisord itself still runs from it.
-	pid=$(cat "$RUN/supervisord.pid" 2>/dev/null || true)
-	[ -n "$pid" ] && in_use=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)
-	for venv in "$PREFIX"/shared/venvs/*/; do
-		venv=${venv%/}
+# on_exit: runs last, however the script ends (the EXIT trap). A trap runs with the redirections
+# of the command it interrupted (`ctl start worker >/dev/null`): fds 7 and 8 keep the script's own.
+exec 7>&1 8>&2
+# shellcheck disable=SC2317 # (only ever invoked by the trap)
+on_exit() {
+	local rc=$? id
+	case $PHASE in start | finished) return 0 ;; esac
+	exec 1>&7 2>&8
+	trap '' INT TERM # what follows must finish; its commands inherit the ignored signals
+	log ""
+	log "== ${SIGNAL:+SIG$SIGNAL: }stopped during $PHASE"
+	case $PHASE in
+	build)
+		rm -rf "$PREFIX"/releases/.building-*
 		for id in $(release_ids); do
-			[ "$(readlink -f "$PREFIX/releases/$id/.venv")" = "$venv" ] && continue 2
+			grep -qx -- "$id" <<<"$before_ids" || mark_failed "$id" "interrupted while built"
 		done
-		[[ "$in_use" == *"$venv"* ]] && continue
-		rm -rf "$venv"
-		log "  pruned venv $venv"
-	done
+		log "  nothing was switched; still running $prev"
+		;;
+	smoke)
+		mark_failed "$new" "interrupted during its smoke checks"
+		in_release "$prev" -m model init >/dev/null || log "  warning: init of $prev failed"
+		log "  nothing was switched; still running $prev"
+		;;
+	activate | switch)
+		[ -z "$new" ] || mark_failed "$new" "interrupted while it was being switched to"
+		if [ "$TOUCHED" -eq 0 ]; then
+			log "  nothing was switched; still running $prev"
+		else
+			log "== back to $prev"
+			if activate "$prev"; then
+				log "running $prev again"
+			else
+				log "error: $prev did not become ready either (README: when /readyz fails)"
+				rc=1
+			fi
+		fi
+		;;
+	prune) log "  $new is live; pruning was cut short (the next release prunes)" ;;
+	*) log "  (README: when /readyz fails)" ;;
+	esac
+	exit "$rc"
 }
+trap on_exit EXIT
+trap 'SIGNAL=INT; exit 130' INT
+trap 'SIGNAL=TERM; exit 143' TERM
 
 started=$SECONDS
-prev=$(current_id)
 if [ $MODE != release ]; then
 	target=$prev
 	if [ $MODE = rollback ]; then
 		target=$(previous_of "$prev") || die "no earlier release to go back to"
 	fi
 	log "== switching $prev -> $target"
-	activate "$target" || die "$target did not become ready (see README: debugging /readyz)"
-	log "running $target (switched in $((SECONDS - started)) s)"
-	exit 0
+	PHASE=switch
+	if activate "$target"; then
+		PHASE=finished
+		log "running $target (switched in $((SECONDS - started)) s)"
+		exit 0
+	fi
+	PHASE=finished
+	die "$target did not become ready (README: when /readyz fails)"
 fi
 
 log "== building $REF from $SOURCE"
-id=$(build_release "$REF")
-log "  releases/$id ($(sed -n 's/^commit=//p' "$PREFIX/releases/$id/RELEASE"))"
+before_ids=$(release_ids)
+PHASE=build
+new=$(build_release "$REF")
+PHASE=smoke
+commit=$(sed -n 's/^commit=//p' "$PREFIX/releases/$new/RELEASE")
+log "  releases/$new ($commit)"
 log "== smoke checks"
-in_release "$id" -m model init >/dev/null
-if ! in_release "$id" -m model smoke; then
-	touch "$PREFIX/releases/$id/FAILED"
+if ! in_release "$new" -m model init >/dev/null || ! in_release "$new" -m model smoke; then
+	mark_failed "$new" "failed its smoke checks"
 	in_release "$prev" -m model init >/dev/null # the running release's nginx.conf again
-	die "releases/$id failed its smoke checks; nothing was switched"
+	PHASE=finished
+	die "releases/$new failed its smoke checks; nothing was switched"
 fi
-log "== activating $id (was $prev)"
-if activate "$id"; then
-	log "== pruning (keeping $KEEP)"
+log "== activating $new (was $prev)"
+PHASE=activate
+if activate "$new"; then
+	PHASE=prune
+	log "== pruning (keeping $KEEP good releases)"
 	prune
-	log "released $id in $((SECONDS - started)) s"
+	PHASE=finished
+	log "released $new in $((SECONDS - started)) s"
 	exit 0
 fi
-touch "$PREFIX/releases/$id/FAILED"
-log "== $id is not ready: rolling back to $prev"
-activate "$prev" || die "rollback to $prev did not become ready either (see README: debugging /readyz)"
-log "rolled back to $prev in $((SECONDS - started)) s; $id is marked FAILED"
+PHASE=rollback
+trap '' INT TERM # the rollback must finish
+mark_failed "$new" "did not become ready"
+log "== $new is not ready: rolling back to $prev"
+if ! activate "$prev"; then
+	PHASE=finished
+	die "rollback to $prev did not become ready either (README: when /readyz fails)"
+fi
+PHASE=finished
+log "rolled back to $prev in $((SECONDS - started)) s; $new is marked FAILED"
 exit 3

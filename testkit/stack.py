@@ -1,6 +1,6 @@
 """Start and stop the real stack (supervisord running redis, the Celery worker and gunicorn) for
 tests, on free ports in a temporary data dir — the same `python -m model stack` a user runs —
-and worker-only hosts on a stack's Redis (`python -m model stack --role worker`)."""
+and worker-only hosts reaching a stack's Redis through the Redis tunnel (role worker)."""
 
 from __future__ import annotations
 
@@ -120,13 +120,18 @@ class WorkerHost(Supervised):
 def launch_worker_host(
     data_dir: Path, main: Stack, name: str, settings: dict[str, str], ready_timeout_s: float = 180
 ) -> WorkerHost:
-    """`python -m model stack --role worker` in `data_dir`, on `main`'s Redis, in a session of
-    its own (see kill_host); returns once its worker's heartbeat is in that Redis."""
+    """A worker-only host (`role: worker`) in `data_dir`, in a session of its own (see
+    kill_host): its worker reaches `main`'s Redis only through spiped — its own client end of
+    the Redis tunnel, listening where the worker expects Redis, carried to `main`'s server end
+    (`main` runs with role api). Returns once its worker's heartbeat is in that Redis."""
     env = {
         **os.environ,
+        "SCRIPTORIUM_ROLE": "worker",
         "SCRIPTORIUM_DATA_DIR": str(data_dir),
-        "SCRIPTORIUM_REDIS__PORT": main.env["SCRIPTORIUM_REDIS__PORT"],
+        "SCRIPTORIUM_REDIS__PORT": str(free_port()),  # the tunnel's client end
         "SCRIPTORIUM_REDIS__PASSWORD": main.redis_password(),
+        "SCRIPTORIUM_REDIS_TUNNEL__SERVER": main.env["SCRIPTORIUM_REDIS_TUNNEL__LISTEN"],
+        "SCRIPTORIUM_REDIS_TUNNEL__KEY_FILE": str(main.data_dir / "secrets" / "redis-tunnel.key"),
         "SCRIPTORIUM_WORKER__NAME": name,
         "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
         **settings,
@@ -134,7 +139,7 @@ def launch_worker_host(
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "stack.out").open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "model", "stack", "--role", "worker"],
+        [sys.executable, "-m", "model", "stack"],
         env=env,
         cwd=PROJECT_ROOT,
         stdout=log,

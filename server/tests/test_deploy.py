@@ -1,7 +1,10 @@
 """scripts/cloudvps_setup.sh and scripts/release.sh for real, as root, into a temporary prefix with
-test ports: setup twice (the second run changes nothing), the installed stack answers and runs a
-task, a release under load drops no request and loses no task, a broken release rolls itself back,
-and --rollback goes back by hand.
+test ports: an API host (--role api) set up twice (the second run changes nothing), the installed
+stack answers and runs a task, a release under load drops no request and loses no task (nor a
+request through the spiped tunnel, although the release changes spiped.conf), a broken release
+rolls itself back, --rollback goes back by hand, a Ctrl-C mid-release goes back too; then a worker
+host (--role worker, a second prefix) reaches the API host's Redis through its own tunnel, runs
+tasks and takes a release of its own.
 
 Slow (the first setup builds a venv with torch, 2-3 min; the whole module ~6 min), so it has its
 own module: `pytest --ignore=server/tests/test_deploy.py` leaves it out.
@@ -14,6 +17,8 @@ import json
 import os
 import random
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -59,10 +64,18 @@ def _commit(repo: Path, message: str) -> str:
     ).stdout.strip()
 
 
+# What the checkout's path may hold: quotes, spaces, $(...) — deploy.env is sourced by release.sh
+# as root, and must read it back as a path, never run it. (The scripts run in /: a command that
+# ran would leave the file there.)
+PWNED = Path("/") / f"scriptorium-deploy-pwned-{os.getpid()}"
+
+
 @pytest.fixture(scope="module")
 def source_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git repository holding this working tree (what a release installs: a commit)."""
-    repo = tmp_path_factory.mktemp("source")
+    repo = tmp_path_factory.mktemp("source") / f'it\'s a "checkout" $(touch {PWNED.name})'
+    repo.mkdir()
+    repo.parent.chmod(0o755)
     files = subprocess.run(
         ["git", "-C", str(PROJECT_ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
         capture_output=True,
@@ -104,6 +117,11 @@ class Installation:
         # The operator's way: the script of the running release finds its prefix itself.
         return _run([str(self.prefix / "current" / "scripts" / "release.sh"), *args])
 
+    def status(self) -> dict[str, str]:
+        """supervisorctl status: program -> state."""
+        out = self.service("ctl", "status", check=False)
+        return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+
     def wait_ready(self, timeout_s: float = 240) -> dict:
         deadline = time.monotonic() + timeout_s
         last = ""
@@ -134,9 +152,11 @@ def installation(source_repo: Path) -> Iterator[Installation]:
     http_port = free_port()
     setup = [
         str(PROJECT_ROOT / "scripts" / "cloudvps_setup.sh"),
-        *("--prefix", str(prefix), "--user", SERVICE_USER, "--source", str(source_repo)),
+        *("--role", "api", "--prefix", str(prefix), "--user", SERVICE_USER),
+        *("--source", str(source_repo)),
         *("--http-port", str(http_port), "--redis-port", str(free_port())),
         *("--spiped-bind", "127.0.0.1", "--spiped-port", str(free_port())),
+        *("--redis-tunnel-bind", "127.0.0.1", "--redis-tunnel-port", str(free_port())),
         "--start",
     ]
     inst = Installation(prefix, f"http://127.0.0.1:{http_port}")
@@ -182,9 +202,50 @@ def test_installed_layout_users_and_permissions(installation: Installation) -> N
     supervisord = int((installation.var / "run" / "supervisord.pid").read_text())
     assert Path(f"/proc/{supervisord}").owner() == SERVICE_USER
     # (exit status 3: gunicorn-next is stopped, as it is except during a release)
-    status = installation.service("ctl", "status", check=False)
-    for program in ("redis", "worker", "gunicorn", "nginx", "spiped"):
-        assert f"{program} " in status and "RUNNING" in status.split(f"{program} ", 1)[1][:40]
+    status = installation.status()
+    for program in ("redis", "worker", "gunicorn", "nginx", "spiped", "spiped-redis"):
+        assert status.get(program) == "RUNNING", status
+    assert status["gunicorn-next"] == "STOPPED"
+
+
+def test_settings_files_read_back_as_written(installation: Installation, source_repo: Path) -> None:
+    """A checkout path with quotes and $(...) is a path in deploy.env, which release.sh sources."""
+    read = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'. {installation.prefix}/shared/deploy.env; printf "%s\\n" "$SOURCE" "$ROLE"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert read == [str(source_repo), "api"]
+    assert not PWNED.exists()
+    settings = (installation.prefix / "shared" / "scriptorium.env").read_text()
+    assert "SCRIPTORIUM_ROLE='api'" in settings
+    assert "SCRIPTORIUM_REDIS_TUNNEL__LISTEN='[127.0.0.1]:" in settings
+
+
+def test_redis_tunnel_gives_nothing_without_the_key(installation: Installation) -> None:
+    """The Redis tunnel's port speaks only spiped: a plain Redis client gets no answer."""
+    listen = _setting(installation, "SCRIPTORIUM_REDIS_TUNNEL__LISTEN")
+    port = int(listen.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"PING\r\n")
+        try:
+            answer = sock.recv(100)
+        except (TimeoutError, ConnectionResetError):
+            answer = b""
+    assert b"PONG" not in answer
+
+
+def _setting(installation: Installation, name: str) -> str:
+    for line in (installation.prefix / "shared" / "scriptorium.env").read_text().splitlines():
+        if line.startswith(f"{name}="):
+            return line.split("=", 1)[1].strip("'")
+    raise AssertionError(f"{name} not in scriptorium.env")
 
 
 def _upload(url: str, key: str, image: bytes, session: requests.Session | None = None) -> str:
@@ -229,21 +290,31 @@ def test_installed_stack_answers_and_completes_a_task(
 
 class Load:
     """What a front end does meanwhile: status polls and task submissions, each thread with its
-    own keep-alive session, at a bounded rate. Any error or unexpected status is a failure."""
+    own keep-alive session, at a bounded rate. Any error or unexpected status is a failure.
+    tunnel_url: one more poller goes through the front end's spiped tunnel."""
 
-    def __init__(self, url: str, key: str, image: bytes, pollers: int = 3) -> None:
+    def __init__(
+        self, url: str, key: str, image: bytes, pollers: int = 3, tunnel_url: str = ""
+    ) -> None:
         self.url, self.key, self.image = url, key, image
         self.stop_event = threading.Event()
         self.failures: list[str] = []
         self.requests = 0
+        self.tunnel_requests = 0
         self.task_ids: list[str] = [_upload(url, key, image)]
         self.threads = [threading.Thread(target=self._poll) for _ in range(pollers)]
         self.threads.append(threading.Thread(target=self._submit))
+        if tunnel_url:
+            self.threads.append(threading.Thread(target=self._poll, args=(tunnel_url,)))
 
-    def _call(self, session: requests.Session, method: str, path: str, ok: set[int], **kw) -> None:
+    def _call(
+        self, session: requests.Session, method: str, path: str, ok: set[int], url: str = "", **kw
+    ) -> None:
         self.requests += 1
+        if url:
+            self.tunnel_requests += 1
         try:
-            resp = session.request(method, self.url + path, timeout=30, **kw)
+            resp = session.request(method, (url or self.url) + path, timeout=30, **kw)
             if resp.status_code not in ok:
                 self.failures.append(f"{method} {path}: {resp.status_code} {resp.text[:200]}")
             elif method == "POST":
@@ -251,12 +322,12 @@ class Load:
         except requests.RequestException as exc:
             self.failures.append(f"{method} {path}: {exc!r}")
 
-    def _poll(self) -> None:
+    def _poll(self, url: str = "") -> None:
         session = requests.Session()
         session.headers["X-API-Key"] = self.key
         while not self.stop_event.wait(0.05):
             task_id = random.choice(self.task_ids)
-            self._call(session, "GET", f"/status/{task_id}", {200, 202})
+            self._call(session, "GET", f"/status/{task_id}", {200, 202}, url)
 
     def _submit(self) -> None:
         session = requests.Session()
@@ -294,24 +365,62 @@ stdout_logfile=%(ENV_SC_DATA)s/logs/release-probe.log
 """
 
 
+@pytest.fixture(scope="module")
+def front_tunnel(installation: Installation) -> Iterator[str]:
+    """The front end's end of the tunnel (config/spiped/), with the installation's key."""
+    port = free_port()
+    target = _setting(installation, "SCRIPTORIUM_SPIPED__LISTEN")
+    key = installation.prefix / "shared" / "keys" / "spiped.key"
+    proc = subprocess.Popen(
+        ["spiped", "-e", "-F", "-s", f"[127.0.0.1]:{port}", "-t", target, "-k", str(key)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "no answer through the tunnel"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def test_release_under_load_drops_no_request_and_loses_no_task(
-    installation: Installation, source_repo: Path, load_key: str, image: bytes
+    installation: Installation, source_repo: Path, load_key: str, image: bytes, front_tunnel: str
 ) -> None:
     before = installation.current()
+    spiped_pid = installation.service("ctl", "pid", "spiped").strip()
     (source_repo / "RELEASE_NOTES").write_text("second release\n")
     # A release may bring supervisord programs of its own: they must be running after it.
     (source_repo / "config" / "supervisor" / "release-probe.conf").write_text(PROBE_PROGRAM)
+    # A changed tunnel definition is left for --restart-tunnel: restarting spiped drops its
+    # clients (it cost 25-26 failed requests through the tunnel when release.sh applied it).
+    spiped_conf = source_repo / "config" / "supervisor" / "spiped.conf"
+    spiped_conf.write_text(spiped_conf.read_text().replace("stopwaitsecs=10", "stopwaitsecs=11"))
     commit = _commit(source_repo, "second release")
-    with Load(installation.url, load_key, image) as load:
+    with Load(installation.url, load_key, image, tunnel_url=front_tunnel) as load:
         result, seconds = installation.release("HEAD")
-    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
     lost = load.lost_tasks()
     print(
-        f"\nrelease.sh: {seconds:.0f} s; during it {load.requests} requests, "
-        f"{len(load.failures)} failed, {len(load.task_ids)} tasks submitted, {len(lost)} lost"
+        f"\nrelease.sh: {seconds:.0f} s; during it {load.requests} requests "
+        f"({load.tunnel_requests} through the tunnel), {len(load.failures)} failed, "
+        f"{len(load.task_ids)} tasks submitted, {len(lost)} lost"
     )
     assert load.failures == []
     assert lost == []
+    assert load.tunnel_requests > 0
+    assert "warning: spiped's definition changed" in out
+    assert installation.service("ctl", "pid", "spiped").strip() == spiped_pid
     assert installation.current() != before
     assert f"commit={commit}" in (installation.prefix / "current" / "RELEASE").read_text()
     # Every program now runs the new release's code.
@@ -370,3 +479,153 @@ def test_rollback_by_hand(installation: Installation, image: bytes) -> None:
     installation.wait_ready(timeout_s=30)
     task_id = _upload(installation.url, installation.admin_key, image)
     assert _wait_task(installation.url, installation.admin_key, task_id)["state"] == "SUCCEEDED"
+
+
+def test_ctrl_c_mid_release_goes_back_to_the_running_release(
+    installation: Installation, source_repo: Path
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) once gunicorn runs
+    the new release and the worker restarts: the previous release runs again, consistently."""
+    before = installation.current()
+    (source_repo / "RELEASE_NOTES").write_text("interrupted release\n")
+    _commit(source_repo, "a release that gets interrupted")
+    proc = subprocess.Popen(
+        [str(installation.prefix / "current" / "scripts" / "release.sh"), "HEAD"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_clean_env(),
+        cwd="/",
+        start_new_session=True,
+    )
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if "worker: warm restart" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out.append(proc.stdout.read())
+    rc = proc.wait(timeout=600)
+    text = "".join(out)
+    print(f"\n{text}")
+    assert rc == 130, text
+    assert "SIGINT" in text and f"running {before} again" in text
+    assert installation.current() == before
+    assert os.readlink(installation.var / "run" / "upstream.sock") == "gunicorn.sock"
+    status = installation.status()
+    assert status["gunicorn"] == status["worker"] == "RUNNING", status
+    assert status["gunicorn-next"] == "STOPPED", status
+    for program in ("gunicorn", "worker"):
+        pid = installation.service("ctl", "pid", program).strip()
+        assert Path(f"/proc/{pid}/cwd").resolve().name == before
+    interrupted = max(p for p in (installation.prefix / "releases").iterdir())
+    assert (interrupted / "FAILED").exists()
+    assert installation.wait_ready(timeout_s=30)["status"] == "ready"
+
+
+# --- a worker host ------------------------------------------------------------------------------
+
+WORKER_USER = f"sc-test-w-{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def worker_host(installation: Installation, source_repo: Path) -> Iterator[Installation]:
+    """A second prefix set up with --role worker against the API host (same machine, its own
+    service user, data dir and Redis port: the worker reaches Redis through its tunnel end)."""
+    prefix = Path(tempfile.mkdtemp(prefix="scriptorium-worker-", dir="/tmp"))
+    prefix.chmod(0o755)
+    shared = prefix / "shared"
+    (shared / "venvs").mkdir(parents=True)
+    shared.chmod(0o755)
+    # The API host's venv (same requirements, same Python): no second torch install here.
+    for venv in (installation.prefix / "shared" / "venvs").iterdir():
+        (shared / "venvs" / venv.name).symlink_to(venv)
+    shutil.copytree(installation.prefix / "shared" / "models", shared / "models")
+    secrets = Path(tempfile.mkdtemp(prefix="worker-secrets-")) / "worker.secrets"
+    secrets.write_text(installation.service("worker-secrets"))
+    secrets.chmod(0o600)
+    tunnel_port = _setting(installation, "SCRIPTORIUM_REDIS_TUNNEL__LISTEN").rsplit(":", 1)[1]
+    setup = [
+        str(PROJECT_ROOT / "scripts" / "cloudvps_setup.sh"),
+        *("--role", "worker", "--prefix", str(prefix), "--user", WORKER_USER),
+        *("--source", str(source_repo), "--redis-port", str(free_port())),
+        *("--api-host", "127.0.0.1", "--redis-tunnel-port", tunnel_port),
+    ]
+    host = Installation(prefix, installation.url)
+    try:
+        first, seconds = _run([*setup, "--redis-secrets-from", str(secrets), "--start"])
+        assert first.returncode == 0, first.stdout + first.stderr
+        host.runs.append((first.stdout, seconds))
+        second, seconds = _run(setup)  # the secrets are in place: not needed again
+        assert second.returncode == 0, second.stdout + second.stderr
+        host.runs.append((second.stdout, seconds))
+        deadline = time.monotonic() + 240
+        while len(installation.wait_ready()["workers"]) < 2:
+            assert time.monotonic() < deadline, "the worker host's worker never showed up"
+            time.sleep(1)
+        yield host
+    finally:
+        _run([str(prefix / "bin" / "scriptoriumctl"), "shutdown"], timeout=200)
+        pid_file = prefix / "shared" / "var" / "run" / "supervisord.pid"
+        deadline = time.monotonic() + 200
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        shutil.rmtree(prefix, ignore_errors=True)
+        shutil.rmtree(secrets.parent, ignore_errors=True)
+        subprocess.run(["userdel", WORKER_USER], capture_output=True)
+
+
+def test_worker_host_setup_twice_and_what_it_runs(worker_host: Installation) -> None:
+    (first, first_s), (second, second_s) = worker_host.runs
+    print(f"\nworker host setup: first run {first_s:.0f} s, second run {second_s:.1f} s")
+    assert "changed: installed release" in first and "ADMIN API KEY" not in first
+    assert "\nsetup: no change\n" in second, second
+    assert worker_host.status() == {"spiped-redis-client": "RUNNING", "worker": "RUNNING"}
+    var = worker_host.var
+    for secret in (
+        var / "secrets" / "redis_password",
+        worker_host.prefix / "shared/keys/redis-tunnel.key",
+    ):
+        assert secret.stat().st_mode & 0o777 == 0o600 and secret.owner() == WORKER_USER
+    assert not (var / "run" / "nginx.conf").exists()
+    settings = (worker_host.prefix / "shared" / "scriptorium.env").read_text()
+    assert "SCRIPTORIUM_ROLE='worker'" in settings
+    assert "SCRIPTORIUM_REDIS_TUNNEL__SERVER='[127.0.0.1]:" in settings
+
+
+def test_worker_host_runs_tasks(installation: Installation, worker_host: Installation) -> None:
+    """With the API host's own worker stopped, the worker host's takes the queue."""
+    listed = worker_host.service("workers")
+    assert len(listed.splitlines()) == 2, listed
+    installation.service("ctl", "stop", "worker")
+    try:
+        api_key = installation.admin_key
+        ids = [
+            requests.post(
+                installation.url + "/task",
+                headers={"X-API-Key": api_key},
+                json={"type": "noop"},
+                timeout=30,
+            ).json()["task_id"]
+            for _ in range(3)
+        ]
+        for task_id in ids:
+            assert _wait_task(installation.url, api_key, task_id, 120)["state"] == "SUCCEEDED"
+    finally:
+        installation.service("ctl", "start", "worker")
+
+
+def test_worker_host_release(worker_host: Installation, source_repo: Path) -> None:
+    before = worker_host.current()
+    (source_repo / "RELEASE_NOTES").write_text("a worker-host release\n")
+    commit = _commit(source_repo, "a worker-host release")
+    result, seconds = worker_host.release("HEAD")
+    out = result.stdout + result.stderr
+    print(f"\nrelease.sh on a worker host: {seconds:.0f} s")
+    assert result.returncode == 0, out
+    assert "worker ready (its heartbeat is in Redis)" in out
+    assert "gunicorn" not in out
+    assert worker_host.current() != before
+    assert f"commit={commit}" in (worker_host.prefix / "current" / "RELEASE").read_text()
+    pid = worker_host.service("ctl", "pid", "worker").strip()
+    assert Path(f"/proc/{pid}/cwd").resolve().name == worker_host.current()

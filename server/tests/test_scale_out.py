@@ -1,7 +1,7 @@
 """Two worker hosts on one Redis, real processes on loopback: host A is a whole stack (Redis, the
-API, a worker), host B a worker-only stack (`python -m model stack --role worker`) on A's Redis,
-with a data dir of its own. Each has a model the other lacks (the demo model's card and weights
-copied under another name). One pair of stacks serves every test here; the test that kills
+API, a worker, the Redis tunnel's server end), host B a worker-only stack (role worker) reaching
+A's Redis only through spiped, with a data dir of its own. Each has a model the other lacks (the
+demo model's card and weights copied under another name). One pair of stacks serves every test here; the test that kills
 host B runs last.
 
 - Tasks of one key spread over both hosts; uploads reach B through Redis (no file on any disk).
@@ -28,6 +28,7 @@ from testkit.stack import (
     Api,
     Stack,
     WorkerHost,
+    free_port,
     launch_worker_host,
     start_stack,
 )
@@ -62,7 +63,12 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Wor
     _copy_demo_model(root / "models-a", ONLY_A)
     _copy_demo_model(root / "models-b", ONLY_B)
     a = start_stack(
-        root / "host-a", SCRIPTORIUM_WORKER__NAME="host-a", **_host_settings(root / "models-a")
+        root / "host-a",
+        SCRIPTORIUM_WORKER__NAME="host-a",
+        # The API host opens the Redis tunnel's server end; host B reaches Redis only through it.
+        SCRIPTORIUM_ROLE="api",
+        SCRIPTORIUM_REDIS_TUNNEL__LISTEN=f"[127.0.0.1]:{free_port()}",
+        **_host_settings(root / "models-a"),
     )
     b = None
     try:
