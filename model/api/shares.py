@@ -37,6 +37,7 @@ from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_err
 from model.api.schemas import TaskPath, timestamp
 from model.api.services import services
 from model.api.tasks import ERRORS, _owned_record
+from model.jobs.fields import bounded_integer
 from model.outputs.annotations import ResultLinks
 from model.store import PREFIX, TaskRecord
 
@@ -166,8 +167,8 @@ api.before_request(require_key)
 class ShareRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    ttl_s: int | None = Field(
-        None, ge=60, description="Seconds the link works (default share.default_ttl_s)"
+    ttl_s: bounded_integer(60) | None = Field(  # type: ignore[valid-type]
+        None, description="Seconds the link works (default share.default_ttl_s)"
     )
 
 
@@ -209,8 +210,12 @@ def create_share(path: TaskPath) -> Response:
     """A read-only link to this task's results, for people and viewers without a key."""
     svc = services()
     record = _owned_record(svc, path.task_id)
+    # No body (or an empty one) takes the defaults; a body must be a JSON object, as documented.
+    raw = request.get_json(silent=True) if request.get_data() else {}
+    if not isinstance(raw, dict):
+        raise ApiError(400, "malformed_json", "the body must be a JSON object (or no body)")
     try:
-        body = ShareRequest.model_validate(request.get_json(silent=True) or {})
+        body = ShareRequest.model_validate(raw)
     except ValidationError as exc:
         message, details = describe_validation_error(exc)
         raise ApiError(422, "invalid_request", message, details=details) from exc

@@ -18,6 +18,6 @@ def _integral(value: Any) -> Any:
 Integer = Annotated[int, BeforeValidator(_integral)]
 
 
-def bounded_integer(ge: int, le: int) -> Any:
+def bounded_integer(ge: int, le: int | None = None) -> Any:
     """An Integer within [ge, le], the bounds where JSON Schema shows them (also in a union)."""
     return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_integral)]

@@ -209,8 +209,8 @@ def test_killing_gunicorn_workers_loses_no_task(faulty: Stack, page_url: str) ->
                 resp = api.request(method, path, **kwargs)
                 if resp.status_code not in (502, 503):
                     return resp
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+                pass  # dropped before or while the answer came: retried, same Idempotency-Key
             retries["count"] += 1
             time.sleep(0.2)
         raise AssertionError(f"{method} {path} kept failing")
