@@ -136,16 +136,7 @@ def launch_worker_host(
         "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
         **settings,
     }
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = (data_dir / "stack.out").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model", "stack"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    process = _run_stack(data_dir, env, own_session=True)
     host = WorkerHost(data_dir, env, process, name=name)
     deadline = time.monotonic() + ready_timeout_s
     while not any(beat.get("name") == name for beat in live_workers(main)):
@@ -155,6 +146,21 @@ def launch_worker_host(
             raise RuntimeError(f"worker host {name} not up after {ready_timeout_s}s")
         time.sleep(0.5)
     return host
+
+
+def _run_stack(data_dir: Path, env: dict[str, str], own_session: bool = False) -> subprocess.Popen:
+    """`python -m model stack` (supervisord) with `env`, its output in <data_dir>/stack.out; in a
+    session of its own for a host the tests kill whole."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = (data_dir / "stack.out").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "model", "stack"],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=own_session,
+    )
 
 
 def live_workers(stack: Stack) -> list[dict[str, Any]]:
@@ -182,15 +188,7 @@ def launch(
         "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
         **settings,
     }
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log = (data_dir / "stack.out").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "model", "stack"],
-        env=env,
-        cwd=PROJECT_ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = _run_stack(data_dir, env)
     stack = Stack(data_dir, env, process, base_url=f"http://127.0.0.1:{http_port}")
     wait_ready(stack, ready_timeout_s)
     return stack
