@@ -87,6 +87,8 @@ def run_detect(ctx: Any) -> None:
                 "prefetch_depth": settings.pipeline.prefetch_depth,
                 "batch_size": settings.worker.batch_size,
                 "per_host_concurrency": settings.fetch.per_host_concurrency,
+                "worker_concurrency": settings.worker.concurrency,
+                "inference_threads": settings.inference_threads(),
             },
             cache={"hits": stats.hits, "misses": stats.misses},
             bytes_fetched=stats.bytes_fetched,
