@@ -63,6 +63,12 @@ def tasks_at_once(api: Api, hosts: list[IiifHost], manifests: list[str]) -> dict
     }
 
 
+def download_ceiling(hosts: int, concurrency: int, per_host: int, fetch_ms: float) -> float:
+    """Pages/s the downloads allow: each running task keeps `per_host` requests in flight to its
+    own host and a page costs `fetch_ms` of one slot; min(K, concurrency) tasks run at once."""
+    return min(hosts, concurrency) * per_host / fetch_ms * 1000
+
+
 def slow_hosts(
     api: Api,
     slow: list[IiifHost],
@@ -98,10 +104,12 @@ def slow_hosts(
     per_host = pipeline.get("per_host_concurrency")
     ceiling = None
     if per_host and last.get("fetch_ms_per_page"):
-        # Each task may keep `per_host` requests in flight to its host; a page costs
-        # fetch_ms_per_page of one slot: K hosts allow K * per_host / fetch time pages/s.
-        ceiling = len(slow) * min(per_host, pipeline.get("download_threads", per_host))
-        ceiling = ceiling / last["fetch_ms_per_page"] * 1000
+        ceiling = download_ceiling(
+            len(slow),
+            pipeline.get("worker_concurrency") or 1,
+            min(per_host, pipeline.get("download_threads", per_host)),
+            last["fetch_ms_per_page"],
+        )
     return {
         "hosts": len(slow),
         "latency_ms": round(slow[0].latency_s * 1000, 1) if slow else None,

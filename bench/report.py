@@ -340,7 +340,8 @@ def overlap_rows(r: dict[str, Any], tmap: dict[str, dict[str, Any]]) -> list[Row
         ceiling = slow.get("download_ceiling_pages_per_s")
         out.append(
             (
-                "slow hosts: download ceiling (K × per-host limit / fetch time per page)",
+                "slow hosts: download ceiling (tasks at once × per-host limit / fetch time "
+                "per page)",
                 _fmt(ceiling),
                 f"{last.get('fetch_ms_per_page')} ms per page (info.json + image); tasks ended "
                 f"after {', '.join(f'{w:.1f}' for w in last['task_wall_s'])} s",
