@@ -49,6 +49,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--wrk-connections", type=int, default=16)
     p.add_argument("--cancel-pages", type=int, default=200)
     p.add_argument("--memory-tasks", type=int, default=500)
+    p.add_argument("--slow-hosts", type=int, default=4, help="K: tasks from K slow hosts")
+    p.add_argument(
+        "--slow-latency-ms", type=float, default=200.0, help="L: each slow host's latency"
+    )
+    p.add_argument("--big-pages", type=int, default=500, help="the big task of small-behind-big")
+    p.add_argument("--small-samples", type=int, default=5)
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        help="worker.concurrency of the stack (default: the configured one; 1 = one at a time)",
+    )
+    p.add_argument(
+        "--cpu-threads",
+        type=int,
+        help="inference.cpu_threads of the stack (default: the configured one, 0 = cores shared)",
+    )
     p.add_argument("--only", type=_parts, help=f"run only these parts: {','.join(PARTS)}")
     p.add_argument("--skip", type=_parts, default=set(), help="leave these parts out")
     p.add_argument(
@@ -79,6 +95,12 @@ def options(args: argparse.Namespace) -> Options:
         wrk_connections=args.wrk_connections,
         cancel_pages=args.cancel_pages,
         memory_tasks=args.memory_tasks,
+        slow_hosts=args.slow_hosts,
+        slow_latency_ms=args.slow_latency_ms,
+        big_pages=args.big_pages,
+        small_samples=args.small_samples,
+        concurrency=args.concurrency,
+        cpu_threads=args.cpu_threads,
         parts=set(args.only or PARTS) - args.skip,
         gpu=args.gpu,
         cache_dir=args.out / "tmp" / "pages",
@@ -88,6 +110,7 @@ def options(args: argparse.Namespace) -> Options:
         o.pages, o.seed_pages, o.rounds = 10, 5, 1
         o.scaling, o.noop_tasks, o.wrk_seconds = [5, 10, 20], 40, 3
         o.cancel_pages, o.memory_tasks = 40, 50
+        o.big_pages, o.small_samples = 100, 3
     return o
 
 
@@ -100,9 +123,16 @@ def main(argv: list[str]) -> int:
     results["meta"]["wall_s"] = round(time.monotonic() - started, 1)
     kind = "gpu" if args.gpu else "cpu"
     stem = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}" + ("-quick" if args.quick else "")
-    paths = report.write(results, args.out, stem)
+    if args.concurrency:
+        stem += f"-c{args.concurrency}"
+    if args.cpu_threads is not None:
+        stem += f"-t{args.cpu_threads}"
+    # latest.* is the last whole run with the configured worker, not a partial or smoke run.
+    configured = args.concurrency is None and args.cpu_threads is None
+    whole = configured and not (args.quick or args.only or args.skip)
+    paths = report.write(results, args.out, stem, latest=whole)
     png = chart.write(results, args.out / f"{stem}.png")
-    if png is not None:
+    if png is not None and whole:
         latest_png = args.out / f"latest{'-gpu' if args.gpu else ''}.png"
         latest_png.write_bytes(png.read_bytes())
     print()

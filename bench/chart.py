@@ -25,6 +25,14 @@ def _throughputs(r: dict[str, Any]) -> list[tuple[str, float]]:
         bars.append(("service (full size)", value))
     for n, run in (r.get("scaling") or {}).items():
         bars.append((f"service N={n}", run["pages_per_s"]))
+    if slow := r.get("slow_hosts"):
+        bars.append(("one task, zero-latency host", slow["baseline_pages_per_s"]))
+        bars.append(
+            (
+                f"{slow['hosts']} tasks, {slow['hosts']} hosts at {slow['latency_ms']:g} ms",
+                slow["aggregate_pages_per_s"],
+            )
+        )
     seed = r.get("seed_style") or {}
     if value := (seed.get("B_load_once_per_task") or {}).get("pages_per_s"):
         bars.append(("seed-style B (load/task)", value))

@@ -20,6 +20,9 @@ from bench.pages import Page, write_info
 from testkit.iiif_server import Published, v3_canvas, v3_image, v3_manifest
 
 CONTENT_TYPES = {".json": "application/json", ".jpg": "image/jpeg"}
+# info.json files name their server; several hosts share one tree (the slow-hosts phase), so
+# the files name this placeholder and each host puts its own URL in as it serves them.
+PLACEHOLDER_URL = "http://iiif-host.invalid"
 
 
 @dataclass(frozen=True)
@@ -39,12 +42,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         host = self.server.host
+        host.entered()
+        try:
+            self._answer(host)
+        finally:
+            host.left()
+
+    def _answer(self, host: IiifHost) -> None:
         time.sleep(host.latency_s)
         path = unquote(urlsplit(self.path).path)
         file = (host.root / path.lstrip("/")).resolve()
         if host.root not in file.parents or not file.is_file():
             return self._send(path, 404, b"not found", "text/plain")
-        self._send(path, 200, file.read_bytes(), CONTENT_TYPES.get(file.suffix, "text/plain"))
+        body = file.read_bytes()
+        if file.suffix == ".json":
+            body = body.replace(PLACEHOLDER_URL.encode(), host.url.encode())
+        self._send(path, 200, body, CONTENT_TYPES.get(file.suffix, "text/plain"))
 
     def _send(self, path: str, status: int, body: bytes, content_type: str) -> None:
         self.server.host.record(Logged(path, status, len(body), time.monotonic()))
@@ -70,6 +83,8 @@ class IiifHost:
     latency_s: float = 0.05
     log: list[Logged] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    inflight: int = 0
+    max_inflight: int = 0  # requests answered at once, at most, since reset_max_inflight()
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
@@ -84,6 +99,19 @@ class IiifHost:
     def record(self, entry: Logged) -> None:
         with self.lock:
             self.log.append(entry)
+
+    def entered(self) -> None:
+        with self.lock:
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+
+    def left(self) -> None:
+        with self.lock:
+            self.inflight -= 1
+
+    def reset_max_inflight(self) -> None:
+        with self.lock:
+            self.max_inflight = self.inflight
 
     def mark(self) -> int:
         with self.lock:
@@ -102,7 +130,7 @@ class IiifHost:
     # --- content ---------------------------------------------------------------------------
     def publish(self, pages: list[Page]) -> None:
         for page in pages:
-            write_info(self.root, page, self.url)
+            write_info(self.root, page, PLACEHOLDER_URL)
 
     def published(self, page: Page) -> Published:
         return Published(

@@ -18,6 +18,7 @@ from PIL import Image
 
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
+from model.jobs.contract import ManifestUrl, TaskSpec
 from model.jobs.detect import MAX_SIDE_FACTOR
 from model.jobs.loading import PageLoader
 from model.jobs.units import plan_units
@@ -36,7 +37,7 @@ class PreparedPages:
 def prepare(manifest_url: str, imgsz: int, settings: Settings) -> PreparedPages:
     """Download and shrink the manifest's pages with the worker's own code (no timing here)."""
     fetcher = SafeFetcher.from_settings(settings.fetch)
-    plan = plan_units([{"manifest_url": manifest_url}], fetcher, settings)
+    plan = plan_units(TaskSpec(inputs=[ManifestUrl(url=manifest_url)]), fetcher, settings)
     max_side = imgsz * MAX_SIDE_FACTOR
     loader = PageLoader(
         fetcher=fetcher,

@@ -48,6 +48,18 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             2.0,
         ),
         ("/status ≥ 0.7× /healthz requests/s", _get(r, "status_load", "ratio_rps"), ">=", 0.7),
+        (
+            "slow hosts: K tasks ≥ 0.9× one task from a zero-latency host",
+            _get(r, "slow_hosts", "ratio"),
+            ">=",
+            0.9,
+        ),
+        (
+            "one-page task behind a big one ≤ 2× on an idle worker",
+            _get(r, "small_behind_big", "ratio"),
+            "<=",
+            2.0,
+        ),
         ("cancel < 2 s", _get(r, "cancel", "terminate_to_cancelled_s"), "<", 2.0),
         ("worker RSS growth < 5 %", _get(r, "memory", "rss_growth_pct"), "<", 5.0),
     ]
@@ -212,6 +224,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
                 "",
             )
         )
+    out += overlap_rows(r, tmap)
     ov = _get(r, "overhead")
     if ov:
         t = tmap["noop round trip ≤ 2× bare Celery (median)"]
@@ -267,9 +280,9 @@ def rows(r: dict[str, Any]) -> list[Row]:
         pids, loads = cancel["worker_pid"], cancel["model_loads_in_process"]
         out.append(
             (
-                "next task: same process, no reload",
+                "cancelled task's process lives on, next task loads no model",
                 "yes" if cancel["same_process_no_reload"] else "**no**",
-                f"pid {pids['cancelled_task']} → {pids['next']}, loads "
+                f"pid {pids['cancelled_task']} (next task: {pids['next']}), loads "
                 f"{loads['cancelled_task']} → {loads['next']}",
                 "",
                 "",
@@ -279,13 +292,92 @@ def rows(r: dict[str, Any]) -> list[Row]:
     mem = _get(r, "memory")
     if mem:
         t = tmap["worker RSS growth < 5 %"]
+        processes = mem.get("per_process_at_start") or []
+        if processes:
+            mib = {k: [p[k] for p in processes] for k in ("rss_mib", "uss_mib", "pss_mib")}
+            out.append(
+                (
+                    f"one pool process (of {len(processes)}): RSS / own (USS) / PSS",
+                    f"{max(mib['rss_mib']):.0f} / {max(mib['uss_mib']):.0f} / "
+                    f"{max(mib['pss_mib']):.0f} MiB",
+                    f"all {len(processes)}: RSS {sum(mib['rss_mib']):.0f}, "
+                    f"USS {sum(mib['uss_mib']):.0f}, PSS {sum(mib['pss_mib']):.0f} MiB",
+                    "",
+                    "",
+                    "",
+                )
+            )
         out.append(
             (
-                f"worker pool RSS after {mem['tasks']} tasks",
+                f"worker pool RSS ({len(processes) or 1} processes) after {mem['tasks']} tasks",
                 f"{mem['rss_after_mib']} MiB",
                 f"before {mem['rss_before_mib']} MiB (peak {mem.get('rss_peak_mib', '—')} MiB)",
                 f"{mem['rss_growth_pct']:+.2f} %",
                 "< 5 %",
+                _met(t["met"]),
+            )
+        )
+    return out
+
+
+def overlap_rows(r: dict[str, Any], tmap: dict[str, dict[str, Any]]) -> list[Row]:
+    out: list[Row] = []
+    slow = _get(r, "slow_hosts")
+    if slow:
+        t = tmap["slow hosts: K tasks ≥ 0.9× one task from a zero-latency host"]
+        out.append(
+            (
+                f"slow hosts: {slow['hosts']} tasks from {slow['hosts']} hosts at "
+                f"{slow['latency_ms']:g} ms, aggregate pages/s",
+                _fmt(slow["aggregate_pages_per_s"]),
+                f"one task, zero-latency host {_fmt(slow['baseline_pages_per_s'])}",
+                _fmt(t["value"]),
+                "≥ 0.9",
+                _met(t["met"]),
+            )
+        )
+        last = slow["slow_rounds"][-1]
+        ceiling = slow.get("download_ceiling_pages_per_s")
+        out.append(
+            (
+                "slow hosts: download ceiling (tasks at once × per-host limit / fetch time "
+                "per page)",
+                _fmt(ceiling),
+                f"{last.get('fetch_ms_per_page')} ms per page (info.json + image); tasks ended "
+                f"after {', '.join(f'{w:.1f}' for w in last['task_wall_s'])} s",
+                _fmt(_ratio(slow["aggregate_pages_per_s"], ceiling)),
+                "",
+                "",
+            )
+        )
+        per_host = (last.get("pipeline") or {}).get("per_host_concurrency")
+        most = max(last["max_requests_at_once_per_host"], default=None)
+        out.append(
+            (
+                "slow hosts: most requests at once to one host",
+                str(most),
+                f"fetch.per_host_concurrency {per_host}; worker.concurrency "
+                f"{slow.get('worker_concurrency')}, {slow.get('inference_threads')} inference "
+                f"thread(s) per process, {len(last['worker_pids'])} processes used",
+                "",
+                f"≤ {per_host}",
+                _met(None if most is None or per_host is None else most <= per_host),
+            )
+        )
+    small = _get(r, "small_behind_big")
+    if small:
+        t = tmap["one-page task behind a big one ≤ 2× on an idle worker"]
+        big = small["big_task"]
+        out.append(
+            (
+                "one-page task: time to result behind a big task (median)",
+                _fmt(small["behind_big_median_s"], 3, " s"),
+                f"idle worker {_fmt(small['idle_median_s'], 3, ' s')}; "
+                f"{small['behind_big_counted']}/{small['samples']} submitted while the "
+                f"{big['pages']}-page task ran, which was still running at the end of "
+                f"{small.get('big_still_running_after', '?')}",
+                _fmt(t["value"]),
+                "≤ 2",
                 _met(t["met"]),
             )
         )
@@ -361,14 +453,15 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(r: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
+def write(r: dict[str, Any], out_dir: Path, stem: str, latest: bool = True) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     r["targets"] = targets(r)
     paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
     paths["json"].write_text(json.dumps(r, indent=2, default=str) + "\n")
     text = markdown(r)
     paths["md"].write_text(text)
-    latest = out_dir / ("latest-gpu.md" if stem.startswith("gpu") else "latest.md")
-    latest.write_text(text)
-    paths["latest"] = latest
+    if latest:
+        stable = out_dir / ("latest-gpu.md" if stem.startswith("gpu") else "latest.md")
+        stable.write_text(text)
+        paths["latest"] = stable
     return paths

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import cancel, memory, overhead, raw, seed_style, service, wrk
+from bench import cancel, memory, overhead, overlap, raw, seed_style, service, wrk
 from bench import stack as bench_stack
 from bench.cpu import CpuMeter
 from bench.iiif_host import IiifHost
@@ -21,8 +21,28 @@ from bench.machine import LoadMonitor, describe
 from bench.pages import ensure_pages, tree_root
 from model.settings import Settings
 
-PARTS = ("raw", "seed", "service", "scaling", "overhead", "status", "cancel", "memory")
-STACK_PARTS = {"service", "scaling", "overhead", "status", "cancel", "memory"}
+PARTS = (
+    "raw",
+    "seed",
+    "service",
+    "scaling",
+    "slow_hosts",
+    "small_big",
+    "overhead",
+    "status",
+    "cancel",
+    "memory",
+)
+STACK_PARTS = {
+    "service",
+    "scaling",
+    "slow_hosts",
+    "small_big",
+    "overhead",
+    "status",
+    "cancel",
+    "memory",
+}
 
 
 PER_PAGE = ("page", lambda result: result["pages"])
@@ -42,6 +62,12 @@ class Options:
     wrk_connections: int = 16
     cancel_pages: int = 200
     memory_tasks: int = 500
+    slow_hosts: int = 4  # K tasks from K hosts...
+    slow_latency_ms: float = 200.0  # ...each answering every request after this long
+    big_pages: int = 500  # the big task of small-behind-big
+    small_samples: int = 5  # one-page tasks timed on an idle worker, then behind the big one
+    concurrency: int | None = None  # worker.concurrency of the stack (None: the configured one)
+    cpu_threads: int | None = None  # inference.cpu_threads of the stack (None: the configured one)
     parts: set[str] = field(default_factory=lambda: set(PARTS))
     gpu: bool = False
     cache_dir: Path = Path("bench/results/tmp/pages")
@@ -55,6 +81,8 @@ class Run:
         self.results: dict[str, Any] = {"skipped": []}
         self.stack: Any = None
         self.api: Any = None
+        self.extra_hosts: list[IiifHost] = []
+        self.overlap_manifests: dict[str, Any] = {}
 
     # --- helpers ---------------------------------------------------------------------------
     def skip(self, part: str, reason: str) -> None:
@@ -121,6 +149,8 @@ class Run:
             "latency_ms": o.latency_ms,
             "full_size_bytes_total": sum(p.full_bytes for p in book),
         }
+        if {"slow_hosts", "small_big"} & o.parts:
+            self._overlap_hosts(pages, book)
         data_dir = Path(tempfile.mkdtemp(prefix="scriptorium-bench-"))
         try:
             if STACK_PARTS & o.parts:
@@ -129,7 +159,8 @@ class Run:
         finally:
             if self.stack is not None:
                 self.stack.stop()
-            host.stop()
+            for extra in [host, *self.extra_hosts]:
+                extra.stop()
             if not o.keep:
                 shutil.rmtree(data_dir, ignore_errors=True)
         meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -151,8 +182,34 @@ class Run:
         if self.wanted("status") and not wrk.available():
             self.skip("status", "wrk not installed (Debian package wrk)")
 
+    def _overlap_hosts(self, pages: list, book: list) -> None:
+        """A zero-latency host (baselines, the big task) and K slow ones, all serving the same
+        tree: every task of the slow-hosts phase reads its own host."""
+        o = self.o
+        tree = tree_root(o.cache_dir)
+        fast = IiifHost(tree, 0.0)
+        slow = [IiifHost(tree, o.slow_latency_ms / 1000) for _ in range(o.slow_hosts)]
+        self.extra_hosts = [fast, *slow]
+        big = [pages[i % len(pages)] for i in range(o.big_pages)]
+        self.overlap_manifests = {
+            "fast": fast,
+            "slow": slow,
+            "fast_book": fast.manifest(f"fast-{o.pages}", book),
+            "slow_books": [h.manifest(f"slow-{k}-{o.pages}", book) for k, h in enumerate(slow)],
+            "small": fast.manifest("fast-single", pages[:1]),
+            "big": fast.manifest(f"fast-big-{o.big_pages}", big),
+        }
+
     def _start_stack(self, data_dir: Path) -> None:
-        self.stack, notes = bench_stack.start(data_dir / "stack")
+        extra = {}
+        if self.o.concurrency:
+            extra["SCRIPTORIUM_WORKER__CONCURRENCY"] = str(self.o.concurrency)
+        if self.o.cpu_threads is not None:
+            extra["SCRIPTORIUM_INFERENCE__CPU_THREADS"] = str(self.o.cpu_threads)
+        self.stack, notes = bench_stack.start(data_dir / "stack", extra)
+        settings = self.stack.settings()
+        notes["worker_concurrency"] = str(settings.worker.concurrency)
+        notes["inference_threads_per_process"] = str(settings.inference_threads())
         key = bench_stack.bench_key(self.stack)
         self.api = self.stack.client(key)
         self.key = key
@@ -219,6 +276,23 @@ class Run:
             self.results["service"]["full_size"] = full
         if self.wanted("scaling"):
             self._scaling(host, pages)
+        if self.wanted("slow_hosts"):
+            m = self.overlap_manifests
+            self.results["slow_hosts"] = overlap.slow_hosts(
+                self.api,
+                m["slow"],
+                m["slow_books"],
+                m["fast"],
+                m["fast_book"],
+                o.rounds,
+                self.phase,
+            )
+        if self.wanted("small_big"):
+            m = self.overlap_manifests
+            self.results["small_behind_big"] = self.phase(
+                f"small behind big ({o.big_pages}-page task)",
+                lambda: overlap.small_behind_big(self.api, m["small"], m["big"], o.small_samples),
+            )
         if self.wanted("overhead"):
             celery = bench_stack.celery_client(self.stack)
             self.results["overhead"] = self.phase(
@@ -242,7 +316,13 @@ class Run:
             long_manifest = host.manifest(f"cancel-{o.cancel_pages}", pages[: o.cancel_pages])
             self.results["cancel"] = self.phase(
                 "cancel",
-                lambda: cancel.measure(self.api, long_manifest, manifests["single"], min_done=8),
+                lambda: cancel.measure(
+                    self.api,
+                    long_manifest,
+                    manifests["single"],
+                    min_done=8,
+                    pool_children=self.stack.pool_children,
+                ),
             )
         if self.wanted("memory"):
             self._memory(host, pages, manifests["single"])
@@ -320,14 +400,17 @@ class Run:
         }
 
     def _memory(self, host: IiifHost, pages: list, single_manifest: str) -> None:
-        # The pool process that runs tasks (and holds the model), as a task's provenance names it.
-        task_id = self.api.submit_ok({"type": "detect", "input": {"manifest_url": single_manifest}})
-        body, _ = bench_stack.wait_terminal(self.api, task_id)
-        pid = body["result"]["provenance"]["worker_pid"]
+        # The pool processes that run tasks (each holds the models), after one task each ran.
+        for _ in range(len(self.stack.pool_children())):
+            task_id = self.api.submit_ok(
+                {"type": "detect", "input": {"manifest_url": single_manifest}}
+            )
+            bench_stack.wait_terminal(self.api, task_id)
+        pids = self.stack.pool_children()
         urls = [host.size_url(p) for p in pages[: self.o.pages]]
         self.results["memory"] = self.phase(
             f"memory ({self.o.memory_tasks} tasks)",
-            lambda: memory.measure(self.api, pid, urls, self.o.memory_tasks, window=50),
+            lambda: memory.measure(self.api, pids, urls, self.o.memory_tasks, window=50),
             per=("task", lambda r: r["tasks"]),
         )
 

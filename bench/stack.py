@@ -25,10 +25,12 @@ def has_nginx() -> bool:
     )
 
 
-def start(data_dir: Path) -> tuple[Stack, dict[str, str]]:
-    """Start the stack; returns it and notes on how it was configured."""
+def start(data_dir: Path, extra: dict[str, str] | None = None) -> tuple[Stack, dict[str, str]]:
+    """Start the stack (with `extra` SCRIPTORIUM_* settings); returns it and notes on how it was
+    configured."""
     notes = {}
     settings = {
+        **(extra or {}),
         # The detection cache would answer repeated pages without inference: the benchmark
         # measures inference, so it is off (runs repeat the same pages).
         "SCRIPTORIUM_CACHE__TTL_S": "0",
@@ -56,13 +58,7 @@ def entry_point(base_url: str) -> str:
 
 def stack_settings(stack: Stack) -> Settings:
     """The stack's settings as the processes read them (SCRIPTORIUM_* of its environment)."""
-    saved = dict(os.environ)
-    try:
-        os.environ.update({k: v for k, v in stack.env.items() if k.startswith("SCRIPTORIUM_")})
-        return Settings()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    return stack.settings()
 
 
 def celery_client(stack: Stack) -> Any:

@@ -47,7 +47,10 @@ class WorkerSettings(BaseModel):
     # How this host's workers name themselves in heartbeats, /readyz, GET /models and results'
     # provenance; empty: the host name.
     name: str = ""
-    concurrency: int = 1
+    # Tasks one worker runs at once: Celery prefork children, each with the models loaded
+    # (README, "Tasks run side by side"). 4: a task waiting on a slow library server leaves the
+    # CPU (or GPU) to the others, and a small task never waits behind a big one.
+    concurrency: int = Field(default=4, ge=1)
     batch_size: int = 4
     # Redis re-delivers an unacknowledged task this long after the longest hard time limit.
     visibility_margin_s: int = 60
@@ -91,7 +94,9 @@ class ModelSettings(BaseModel):
 
 class InferenceSettings(BaseModel):
     backend: str = "auto"
-    cpu_threads: int = 0
+    # CPU threads for inference in each pool process; 0: the cores shared out among the
+    # `worker.concurrency` processes (at least 1 each), so they do not oversubscribe the CPU.
+    cpu_threads: int = Field(default=0, ge=0)
 
 
 class LimitSettings(BaseModel):
@@ -345,6 +350,12 @@ class Settings(BaseSettings):
     def model_dirs(self) -> list[Path]:
         return [p if (p := Path(d)).is_absolute() else PROJECT_ROOT / p for d in self.models.dirs]
 
+    def inference_threads(self) -> int:
+        """CPU threads for inference (ONNX Runtime, torch) in one pool process."""
+        if self.inference.cpu_threads > 0:
+            return self.inference.cpu_threads
+        return max(1, available_cores() // self.worker.concurrency)
+
     def redis_password(self) -> str | None:
         if self.redis.password:
             return self.redis.password
@@ -379,6 +390,14 @@ class Settings(BaseSettings):
         from model.jobs.registry import JOBS
 
         return self.hard_limit_s(max(self.job_limits(name).timeout_max_s for name in JOBS))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 @lru_cache(maxsize=1)

@@ -1,7 +1,9 @@
 """The Celery worker: `celery -A model.worker worker`. Only this process imports torch.
 
-- Each pool process loads every registered model once, at start (`worker_process_init`), and
-  publishes a heartbeat (model/fleet.py) that `/readyz`, `GET /models` and ETAs read.
+- The worker runs `worker.concurrency` tasks at once, one per prefork pool process (README,
+  "Tasks run side by side"). Each pool process loads every registered model once, at start
+  (`worker_process_init`), with its share of the CPU threads (`Settings.inference_threads`),
+  and publishes a heartbeat (model/fleet.py) that `/readyz`, `GET /models` and ETAs read.
 - The worker takes the default queue and the queue of every model it has (model/celery_app.py),
   so a task naming a model runs on a host that has it.
 - The same heartbeat thread renews the leases of the tasks the process runs (model/attempts.py).
@@ -107,15 +109,15 @@ def load_models(**_: Any) -> None:
     from model.similarity import embedders as embedder_module
 
     registry = discover(settings.model_dirs)
+    # This process's share of the cores: `worker.concurrency` processes infer side by side.
+    threads = settings.inference_threads()
     detectors = {
-        name: detector_module.YoloDetector(
-            info, settings.inference.backend, settings.inference.cpu_threads
-        )
+        name: detector_module.YoloDetector(info, settings.inference.backend, threads)
         for name, info in registry.items()
         if info.task == "detect"
     }
     # Feature extractors (similarity job): the configured one now, others on first use.
-    embedders = embedder_module.Embedders(registry, settings.inference.cpu_threads)
+    embedders = embedder_module.Embedders(registry, threads)
     try:
         embedders.get(settings.similarity.embed_model)
     except Exception:  # a broken plug-in must not stop detection: its tasks fail instead
@@ -168,6 +170,7 @@ def load_models(**_: Any) -> None:
         "devices": {n: d.device for n, d in detectors.items()},
         "device": next((d.device for d in detectors.values() if d.device != "cpu"), "cpu"),
         "model_loads": detector_module.LOAD_COUNT,
+        "inference_threads": threads,
         "started_at": time.time(),
     }
     threading.Thread(target=_heartbeat, args=(redis, beat), daemon=True).start()

@@ -54,6 +54,42 @@ class Supervised:
     def program_pid(self, name: str) -> int:
         return int(self.ctl("pid", name).strip())
 
+    def settings(self) -> Any:
+        """The stack's settings as its processes read them (its SCRIPTORIUM_* environment)."""
+        from model.settings import Settings
+
+        saved = dict(os.environ)
+        try:
+            os.environ.update({k: v for k, v in self.env.items() if k.startswith("SCRIPTORIUM_")})
+            return Settings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def pool_children(self) -> list[int]:
+        """The worker's prefork children (each runs one task at a time, with the models)."""
+        try:
+            main = self.program_pid("worker")
+        except ValueError:  # the worker is not running (restarting)
+            return []
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(main)], capture_output=True, text=True
+        ).stdout
+        return [int(pid) for pid in out.split()]
+
+    def task_process(self, task_id: str) -> int | None:
+        """The pool child running a task now (None: not running, or its child is gone)."""
+        from model.store import task_key
+
+        client = self.redis()
+        try:
+            state, pid = client.hmget(task_key(task_id), "state", "worker_pid")
+        finally:
+            client.close()
+        if state != "RUNNING" or not pid or int(pid) not in self.pool_children():
+            return None
+        return int(pid)
+
     def log(self, name: str) -> str:
         return (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
 
@@ -191,6 +227,7 @@ def launch(
     process = _run_stack(data_dir, env)
     stack = Stack(data_dir, env, process, base_url=f"http://127.0.0.1:{http_port}")
     wait_ready(stack, ready_timeout_s)
+    wait_all_pool_children(stack, ready_timeout_s)
     return stack
 
 
@@ -226,6 +263,25 @@ def wait_ready(stack: Stack, timeout_s: float = 180) -> None:
             last = str(exc)
         time.sleep(0.5)
     raise RuntimeError(f"stack not ready after {timeout_s}s: {last}")
+
+
+def wait_all_pool_children(stack: Stack, timeout_s: float = 180) -> None:
+    """/readyz answers once one pool child has its models; tests and benchmarks want every one
+    of the `worker.concurrency` children loaded (a child still loading takes CPU and no task)."""
+    from model.store import WORKERS_PREFIX
+
+    wanted = stack.settings().worker.concurrency
+    deadline = time.monotonic() + timeout_s
+    client = stack.redis()
+    try:
+        while time.monotonic() < deadline:
+            loaded = {int(k.rsplit(":", 1)[1]) for k in client.scan_iter(f"{WORKERS_PREFIX}*")}
+            if len(loaded & set(stack.pool_children())) >= wanted:
+                return
+            time.sleep(0.5)
+    finally:
+        client.close()
+    raise RuntimeError(f"fewer than {wanted} worker pool children loaded after {timeout_s}s")
 
 
 class Api:

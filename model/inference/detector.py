@@ -28,6 +28,14 @@ def choose_backend(requested: str, info: ModelInfo, cuda: bool) -> str:
     return "onnx" if info.onnx and has_ort else "torch"
 
 
+def _limit_opencv_threads(threads: int) -> None:
+    try:
+        import cv2
+    except ImportError:
+        return
+    cv2.setNumThreads(threads)
+
+
 class YoloDetector:
     def __init__(self, info: ModelInfo, backend: str = "auto", cpu_threads: int = 0) -> None:
         global LOAD_COUNT
@@ -35,7 +43,10 @@ class YoloDetector:
         from ultralytics import YOLO
 
         if cpu_threads > 0:
+            # Several pool processes infer side by side: each keeps to its share of the cores
+            # (torch's ops, and OpenCV's resizes in ultralytics' pre-processing).
             torch.set_num_threads(cpu_threads)
+            _limit_opencv_threads(cpu_threads)
         cuda = torch.cuda.is_available()
         self.name = info.name
         self.imgsz = info.imgsz

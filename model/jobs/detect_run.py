@@ -95,6 +95,8 @@ def run_detect(ctx: Any) -> None:
                 "batch_size": settings.worker.batch_size,
                 "per_host_concurrency": settings.fetch.per_host_concurrency,
                 "per_host_start": settings.fetch.per_host_start,
+                "worker_concurrency": settings.worker.concurrency,
+                "inference_threads": settings.inference_threads(),
             },
             cache={"hits": stats.hits, "misses": stats.misses},
             bytes_fetched=stats.bytes_fetched,

@@ -36,11 +36,11 @@ LOST_GRACE_S = 10
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    # The visibility timeout follows the longest limit of any job type: bound them all.
+    # The visibility timeout follows the longest limit of any job type: bound every one.
     limits = {
-        f"SCRIPTORIUM_JOBS__{name.upper()}__{key}": str(TIMEOUT_MAX_S)
+        f"SCRIPTORIUM_JOBS__{name.upper()}__{field}": str(TIMEOUT_MAX_S)
         for name in JOBS
-        for key in ("TIMEOUT_DEFAULT_S", "TIMEOUT_MAX_S")
+        for field in ("TIMEOUT_DEFAULT_S", "TIMEOUT_MAX_S")
     }
     stack = start_stack(
         tmp_path_factory.mktemp("faults"),
@@ -70,22 +70,19 @@ def redis_client(stack: Stack) -> redis.Redis:
     return stack.redis()
 
 
-def pool_child(stack: Stack, timeout_s: float = 60) -> int:
-    """The worker's prefork child (the process that runs tasks and holds the model)."""
+def pool_child(stack: Stack, timeout_s: float = 60, task_id: str | None = None) -> int:
+    """A prefork child of the worker (a process that runs tasks and holds the models): the one
+    running `task_id` if given — with `worker.concurrency` children, any other may be idle."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        try:
-            main = stack.program_pid("worker")
-        except ValueError:
-            main = 0
-        if main:
-            out = subprocess.run(
-                ["ps", "-o", "pid=", "--ppid", str(main)], capture_output=True, text=True
-            ).stdout.split()
-            if out:
-                return int(out[0])
+        if task_id is not None:
+            pid = stack.task_process(task_id)
+            if pid is not None:
+                return pid
+        elif children := stack.pool_children():
+            return children[0]
         time.sleep(0.2)
-    raise AssertionError("worker has no pool child")
+    raise AssertionError(f"worker has no pool child{' running ' + task_id if task_id else ''}")
 
 
 def listed_ids(api: Api) -> set[str]:
@@ -98,6 +95,12 @@ def listed_ids(api: Api) -> set[str]:
     return ids
 
 
+def running_child(stack: Stack, bodies: list[dict[str, Any]]) -> int | None:
+    """The pool child of the first of these tasks that is running in one now."""
+    running = (stack.task_process(b["task_id"]) for b in bodies if b["state"] == "RUNNING")
+    return next((pid for pid in running if pid is not None), None)
+
+
 def check_complete(body: dict[str, Any]) -> None:
     """SUCCEEDED, every item exactly once."""
     assert body["state"] == "SUCCEEDED", body["state"]
@@ -108,16 +111,22 @@ def check_complete(body: dict[str, Any]) -> None:
 
 
 def test_prefetch_one_leaves_waiting_tasks_in_redis(faulty: Stack, client: Api, page_url) -> None:
-    running = client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 60}})
-    client.wait(running, {"RUNNING"})
+    # One running task per pool child: the worker is full.
+    slots = faulty.settings().worker.concurrency
+    running = [
+        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 60}})
+        for _ in range(slots)
+    ]
+    for task_id in running:
+        client.wait(task_id, {"RUNNING"})
     waiting = [
         client.submit_ok({"type": "detect", "input": {"image_urls": [page_url]}}) for _ in range(3)
     ]
     time.sleep(1)  # give a greedy worker the time to reserve them
     assert redis_client(faulty).llen("scriptorium") == 3
-    for task_id in [running, *waiting]:
+    for task_id in [*running, *waiting]:
         client.terminate(task_id)
-    for task_id in [running, *waiting]:
+    for task_id in [*running, *waiting]:
         client.wait(task_id)
 
 
@@ -135,9 +144,9 @@ def test_killing_the_pool_child_twenty_times_loses_nothing(
         progress = sum(b["progress"]["done"] for b in bodies)
         if all(b["state"] in TERMINAL for b in bodies):
             task_ids.append(submit())  # finished before 20 kills: more work to kill
-        # Kill only mid-task: a task is running and the (new) child has stored progress.
-        elif progress > progress_at_last_kill and any(b["state"] == "RUNNING" for b in bodies):
-            os.kill(pool_child(faulty), signal.SIGKILL)
+        # Kill only mid-task: the child running a task that (in this child) stored progress.
+        elif progress > progress_at_last_kill and (victim := running_child(faulty, bodies)):
+            os.kill(victim, signal.SIGKILL)
             kills += 1
             progress_at_last_kill = progress
         time.sleep(0.1)
@@ -154,9 +163,10 @@ def test_task_of_a_dead_worker_comes_back_once_its_lease_lapses(
     task_id = client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * pages}})
     client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
     main = faulty.program_pid("worker")
-    child = pool_child(faulty)
+    children = faulty.pool_children()
     killed_at = time.monotonic()
-    os.kill(child, signal.SIGKILL)
+    for child in children:  # an orphaned child would finish the task before the timeout
+        os.kill(child, signal.SIGKILL)
     os.kill(main, signal.SIGKILL)  # the whole worker dies: nobody rejects the message
     at_kill = client.status(task_id).json()
     assert at_kill["state"] == "RUNNING" and at_kill["progress"]["done"] < pages  # mid-task

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from server.tests.conftest import ImageServer, jpeg_bytes
-from testkit.stack import Api
+from testkit.stack import Api, Stack
 
 LONG_TASK_IMAGES = 150
 
@@ -23,7 +23,9 @@ def started(body: dict[str, Any]) -> bool:
     return body["progress"]["done"] >= 1
 
 
-def test_cancel_running_task_keeps_worker_and_model(api: Api, long_input, pages) -> None:
+def test_cancel_running_task_keeps_worker_and_model(
+    stack: Stack, api: Api, long_input, pages
+) -> None:
     task_id = api.submit_ok({"type": "detect", "input": long_input})
     api.wait(task_id, {"RUNNING"}, predicate=started)
 
@@ -39,20 +41,28 @@ def test_cancel_running_task_keeps_worker_and_model(api: Api, long_input, pages)
     again = api.terminate(task_id)  # idempotent once terminal
     assert again.status_code == 200 and again.json()["state"] == "CANCELLED"
 
+    # The process that ran it lives on with the model it loaded (a kill would have replaced it;
+    # with worker.concurrency children the next task may run in another one).
+    assert cancelled_by["worker_pid"] in stack.pool_children()
     next_id = api.upload([("next.jpg", jpeg_bytes(pages[3]))]).json()["task_id"]
     after = api.wait(next_id)
     assert after["state"] == "SUCCEEDED"
     provenance = after["result"]["provenance"]
-    assert provenance["worker_pid"] == cancelled_by["worker_pid"]
-    assert provenance["model_loads_in_process"] == cancelled_by["model_loads_in_process"]
+    assert provenance["model_loads_in_process"] == cancelled_by["model_loads_in_process"] == 1
+    assert cancelled_by["worker_pid"] in stack.pool_children()
 
 
-def test_queue_positions_and_cancel_of_queued_task(api: Api, long_input, pages) -> None:
+def test_queue_positions_and_cancel_of_queued_task(
+    stack: Stack, api: Api, long_input, pages
+) -> None:
     warmup = api.upload([("w.jpg", jpeg_bytes(pages[4]))]).json()["task_id"]
     assert api.wait(warmup)["state"] == "SUCCEEDED"  # gives the ETA a measured duration
 
-    running = api.submit_ok({"type": "detect", "input": long_input})
-    api.wait(running, {"RUNNING"})
+    # Every pool child busy with a long task: the next ones queue.
+    slots = stack.settings().worker.concurrency
+    running = [api.submit_ok({"type": "detect", "input": long_input}) for _ in range(slots)]
+    for task_id in running:
+        api.wait(task_id, {"RUNNING"})
     first = api.upload([("a.jpg", jpeg_bytes(pages[1]))]).json()["task_id"]
     second = api.upload([("b.jpg", jpeg_bytes(pages[2]))]).json()["task_id"]
 
@@ -69,9 +79,11 @@ def test_queue_positions_and_cancel_of_queued_task(api: Api, long_input, pages) 
     cancelled = api.status(second).json()
     assert cancelled["state"] == "CANCELLED" and cancelled["started_at"] is None
 
-    assert api.terminate(running).status_code == 202
+    for task_id in running:
+        assert api.terminate(task_id).status_code == 202
     assert api.wait(first)["state"] == "SUCCEEDED"
-    assert api.wait(running)["state"] == "CANCELLED"
+    for task_id in running:
+        assert api.wait(task_id)["state"] == "CANCELLED"
     final = api.status(second).json()
     assert final["state"] == "CANCELLED" and final["started_at"] is None  # never ran
 

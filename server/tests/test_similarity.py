@@ -355,7 +355,7 @@ def test_killed_worker_resumes_without_repeating_pages(
     documents = {"alpha": corpus.manifests["alpha"], "slow": slow}
     task_id = sim_api.submit_ok({"type": "similarity", "input": {"documents": documents}})
     sim_api.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 4)
-    os.kill(pool_child(sim_stack), signal.SIGKILL)  # acks_late: the task comes back
+    os.kill(pool_child(sim_stack, task_id=task_id), signal.SIGKILL)  # acks_late: it comes back
     end = sim_api.wait(task_id, timeout_s=180)
     assert end["state"] == "SUCCEEDED", end
     indices = sorted(item["index"] for item in end["result"]["items"])
