@@ -193,7 +193,9 @@ def _check_model(svc: Services, name: str | None, task: str) -> None:
         raise ApiError(422, "unknown_model", f"no model named {name!r}; see GET /models")
     if found["task"] != task:
         raise ApiError(
-            422, "wrong_model_task", f"{name!r} is a {found.task} model; this needs a {task} model"
+            422,
+            "wrong_model_task",
+            f"{name!r} is a {found['task']} model; this needs a {task} model",
         )
 
 

@@ -652,9 +652,10 @@ class Refuse(importlib.abc.MetaPathFinder):
             raise ImportError("the client imported " + name)
 
 sys.meta_path.insert(0, Refuse())
-from model.cli import main  # what `python -m model` runs
+import runpy
+sys.argv = ["model", *sys.argv[1:]]
 try:
-    main(sys.argv[1:])
+    runpy.run_module("model", run_name="__main__", alter_sys=True)  # `python -m model ...`
 except SystemExit as exit:
     code = exit.code
 import model.client.commands, model.client.http, model.client.progress

@@ -17,11 +17,13 @@ import pytest
 from PIL import Image
 
 from model.jobs import loading
+from model.jobs.contract import ImageUpload
 from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
 from model.pipeline.memory import BudgetRefused, BudgetTimeout, ByteBudget
 from model.settings import Settings
 from model.sources.images import ImageDecodeError, decode_within, decoded_bytes
+from model.uploads import UploadStore
 from server.tests.conftest import ImageServer
 from testkit.stack import Api, Stack
 
@@ -250,8 +252,10 @@ def test_page_loader_decodes_through_the_process_budget(
         min_side=416,
         max_pixels=10**8,
         analyse_side=analyse_side,
+        uploads=UploadStore(None, upload.parent),  # a path-kept upload (no Redis needed)
     )
-    prepared = loader(WorkUnit(index=0, source="upload:page.png", upload=str(upload)))
+    entry = ImageUpload(path=str(upload), filename="page.png")
+    prepared = loader(WorkUnit(index=0, source="upload:page.png", upload=entry))
     assert prepared.error is not None and prepared.error[0] == "too_large_to_decode"
     assert len(budget.asked) == 1 and budget.in_use == 0
 

@@ -356,3 +356,19 @@ def test_a_tasks_uploads_are_capped(clean_redis, tmp_path) -> None:
     assert resp.status_code == 413 and resp.json["error"]["code"] == "uploads_too_large"
     assert not clean_redis.keys("sc:upload:*")
     assert _multipart(client, {"type": "detect", "images": images(2)}).status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"model": "illustrations-demo"}, "wrong_model_task"),  # a detector, not an extractor
+        ({"detector": "illustrations-demo-backbone"}, "wrong_model_task"),
+        ({"model": "nope"}, "unknown_model"),
+    ],
+)
+def test_a_model_of_the_wrong_task_is_a_422(app_client, params: dict, code: str) -> None:
+    documents = {"a": "http://127.0.0.1/a.json", "b": "http://127.0.0.1/b.json"}
+    body = {"type": "similarity", "input": {"documents": documents}, "params": params}
+    resp = app_client.post("/task", json=body)
+    assert resp.status_code == 422, resp.json
+    assert resp.json["error"]["code"] == code

@@ -1,8 +1,8 @@
 """Two worker hosts on one Redis, real processes on loopback: host A is a whole stack (Redis, the
 API, a worker, the Redis tunnel's server end), host B a worker-only stack (role worker) reaching
 A's Redis only through spiped, with a data dir of its own. Each has a model the other lacks (the
-demo model's card and weights copied under another name). One pair of stacks serves every test here; the test that kills
-host B runs last.
+demo model's card and weights copied under another name). One pair of stacks serves every test
+here; the test that kills host B runs last.
 
 - Tasks of one key spread over both hosts; uploads reach B through Redis (no file on any disk).
 - A task naming a model runs on the host that has it; /readyz and GET /models see both hosts.
