@@ -169,6 +169,7 @@ def launch_worker_host(
         "SCRIPTORIUM_REDIS_TUNNEL__SERVER": main.env["SCRIPTORIUM_REDIS_TUNNEL__LISTEN"],
         "SCRIPTORIUM_REDIS_TUNNEL__KEY_FILE": str(main.data_dir / "secrets" / "redis-tunnel.key"),
         "SCRIPTORIUM_WORKER__NAME": name,
+        "SCRIPTORIUM_WORKER__CONCURRENCY": "1",  # as start_stack's
         "SCRIPTORIUM_FETCH__ALLOW": json.dumps(["127.0.0.1"]),
         **settings,
     }
@@ -243,6 +244,9 @@ def start_stack(tmp: Path, **overrides: str) -> Stack:
         "SCRIPTORIUM_SPIPED__LISTEN": f"[127.0.0.1]:{free_port()}",
         # Two webhook delivery processes are plenty for a test (the default is 4).
         "SCRIPTORIUM_WEBHOOKS__CONCURRENCY": "2",
+        # One task at a time: most tests reason about what stays queued behind a running task,
+        # and every child loads the models (stack start-up time). test_overlap.py runs several.
+        "SCRIPTORIUM_WORKER__CONCURRENCY": "1",
         **overrides,
     }
     return launch(tmp, settings)

@@ -600,7 +600,8 @@ def test_worker_host_setup_twice_and_what_it_runs(worker_host: Installation) -> 
 def test_worker_host_runs_tasks(installation: Installation, worker_host: Installation) -> None:
     """With the API host's own worker stopped, the worker host's takes the queue."""
     listed = worker_host.service("workers")
-    assert len(listed.splitlines()) == 2, listed
+    # A heartbeat per pool process (worker.concurrency of them on each host), both hosts'.
+    assert len(listed.splitlines()) >= 2, listed
     installation.service("ctl", "stop", "worker")
     try:
         api_key = installation.admin_key
