@@ -21,6 +21,7 @@ import requests
 from model.synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
 from testkit.iiif_server import IiifServer, Published
+from testkit.redis_server import redis_server
 from testkit.stack import Api, Stack, free_port, start_stack
 
 # Webhook deliveries on the session stack: short backoff, attempts and retry window, so that
@@ -196,38 +197,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
 @pytest.fixture(scope="session")
 def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
     """A real redis-server of its own (no persistence) for tests of the store and the runner."""
-    folder = tmp_path_factory.mktemp("bare-redis")
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, decode_responses=True)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.05)
-    yield client
-    process.terminate()
-    process.wait(timeout=10)
+    with redis_server(tmp_path_factory.mktemp("bare-redis")) as port:
+        yield redis.Redis(port=port, decode_responses=True)
 
 
 @pytest.fixture

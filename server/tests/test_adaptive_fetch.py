@@ -29,6 +29,7 @@ from model.settings import FetchSettings
 from model.sources import throttle
 from model.sources.fetch import FetchError, FetchResult, FetchScope, SafeFetcher, _retry_after
 from model.sources.throttle import HostLimiter
+from server.tests.test_fetch_hardening import in_thread
 
 LOOPBACK = ["127.0.0.1"]
 BODY = b"x" * 1000
@@ -146,20 +147,6 @@ def fetch_all(fetcher: SafeFetcher, urls: list[str], threads: int) -> list[Fetch
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         return list(pool.map(one, urls))
-
-
-def in_thread(work: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
-    outcome: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            outcome["result"] = work()
-        except Exception as exc:  # noqa: BLE001 - the test inspects whatever it was
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, outcome
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 5) -> None:

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from supervisor.options import ServerOptions
 
 from model import cli, smoke
 from model.settings import Settings
+from testkit.redis_server import redis_server
 from testkit.stack import PROJECT_ROOT, free_port
 
 PROGRAMS = {
@@ -141,35 +141,9 @@ def test_worker_secrets_is_what_a_worker_host_needs(tmp_path: Path) -> None:
 def bare_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
-    port, password = free_port(), "pw-for-test"
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--requirepass",
-            password,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, password=password)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    yield port, password
-    proc.kill()
-    proc.wait()
+    password = "pw-for-test"
+    with redis_server(tmp_path, password) as port:
+        yield port, password
 
 
 def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(bare_redis) -> None:
