@@ -17,7 +17,8 @@ from model.jobs.spec import JobSpec
 from model.settings import Settings
 
 REF = "#/components/schemas/{model}"
-UPLOAD_JOB = "detect"  # the job type multipart submits are for
+# The job type multipart submits are for: the one whose JobSpec takes uploads.
+(UPLOAD_JOB,) = [name for name, job in JOBS.items() if job.uploads]
 # Formats accepted for uploaded images / manifests (the part's declared type is not checked:
 # the bytes are sniffed; this tells generators and readers what to send).
 IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/webp, image/gif, image/bmp"
