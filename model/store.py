@@ -51,7 +51,6 @@ class State(StrEnum):
         return self not in (State.QUEUED, State.RUNNING)
 
 
-
 # Where a task may go from each state; terminal states go nowhere. Every move below is checked
 # against it atomically in Redis (a task is finished once even when the job, the reaper, Celery's
 # failure signal and a DELETE race). RUNNING -> RUNNING: a task redelivered after a crash, once
