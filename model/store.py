@@ -490,45 +490,41 @@ class TaskStore:
     ) -> tuple[list[TaskRecord], int]:
         """Tasks newest first (one owner's, or everyone's for None), and how many match.
 
-        Only the page's records are read whole; a state filter reads one field per task."""
+        One field (the state) is read per task, to count the live ones and filter; only the
+        page's records are read whole (a big task's record can be large)."""
         index = owner_tasks_key(owner) if owner else ALL_TASKS_KEY
-        if state is None:
-            total = int(self.redis.zcard(index))
-            ids = self.redis.zrevrange(index, offset, offset + limit - 1)
-        else:
-            ids = self._ids_in_state(index, state)
-            total = len(ids)
-            ids = ids[offset : offset + limit]
-        return self._records(index, ids), total
+        ids = [i for i, s in self._live_states(index) if state is None or s == state.value]
+        return self._records(index, ids[offset : offset + limit]), len(ids)
 
-    def _ids_in_state(self, index: str, state: State) -> list[str]:
+    def _live_states(self, index: str) -> list[tuple[str, str]]:
+        """(id, state) of every task `index` names, newest first; expired ones leave it."""
         ids = self.redis.zrevrange(index, 0, -1)
         with self.redis.pipeline() as pipe:
             for task_id in ids:
                 pipe.hget(task_key(task_id), "state")
             states = pipe.execute()
-        return [i for i, s in zip(ids, states, strict=True) if s == state.value]
+        self._drop_expired(index, ids, states)
+        return [(task_id, found) for task_id, found in zip(ids, states, strict=True) if found]
 
     def prune_indexes(self) -> None:
         """Drop index entries whose record has expired (listing does it too, lazily)."""
         for index in [ALL_TASKS_KEY, *self.redis.scan_iter(match=f"{PREFIX}:owner:*:tasks")]:
-            self._read_index(index, self.redis.zrevrange(index, 0, -1), "exists")
+            self._live_states(index)
 
     def _records(self, index: str, ids: list[str]) -> list[TaskRecord]:
-        """The records of `ids`, in order; entries whose record expired leave the index."""
-        rows = self._read_index(index, ids, "hgetall")
-        return [TaskRecord.from_hash(row) for row in rows if row]
-
-    def _read_index(self, index: str, ids: list[str], command: str) -> list[Any]:
-        """`command` (hgetall, exists) on the record of each id; ids without one leave `index`."""
+        """The records of `ids`, in order; entries whose record expired meanwhile leave `index`."""
         with self.redis.pipeline() as pipe:
             for task_id in ids:
-                getattr(pipe, command)(task_key(task_id))
+                pipe.hgetall(task_key(task_id))
             rows = pipe.execute()
-        expired = [task_id for task_id, row in zip(ids, rows, strict=True) if not row]
+        self._drop_expired(index, ids, rows)
+        return [TaskRecord.from_hash(row) for row in rows if row]
+
+    def _drop_expired(self, index: str, ids: list[str], found: list[Any]) -> None:
+        """Remove from `index` the ids whose record was not found (it expired)."""
+        expired = [task_id for task_id, row in zip(ids, found, strict=True) if not row]
         if expired:
             self.redis.zrem(index, *expired)
-        return rows
 
     def queue_position(self, record: TaskRecord) -> int | None:
         """How many tasks of its own queue are ahead of it (0: next); the workers serving

@@ -25,6 +25,7 @@ from model.store import (
     items_key,
     lease_key,
     owner_queue_key,
+    owner_tasks_key,
     task_key,
     tomb_key,
 )
@@ -372,3 +373,11 @@ def test_a_model_of_the_wrong_task_is_a_422(app_client, params: dict, code: str)
     resp = app_client.post("/task", json=body)
     assert resp.status_code == 422, resp.json
     assert resp.json["error"]["code"] == code
+
+
+def test_expired_tasks_are_not_counted_or_listed(store: TaskStore) -> None:
+    ids = [_task(store) for _ in range(3)]
+    store.redis.delete(task_key(ids[1]))  # its record expired; the index still names it
+    page, total = store.list("alice", None, 0, 10)
+    assert total == 2 and [r.id for r in page] == [ids[2], ids[0]]
+    assert store.redis.zcard(owner_tasks_key("alice")) == 2  # pruned on the way
