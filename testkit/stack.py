@@ -93,6 +93,16 @@ class Supervised:
     def log(self, name: str) -> str:
         return (self.data_dir / "logs" / f"{name}.log").read_text(errors="replace")
 
+    def log_lines(self, name: str, needle: str, count: int = 1, timeout_s: float = 5) -> list[str]:
+        """Lines of a program's log naming `needle`, once at least `count` of them are there
+        or the timeout passed: supervisord writes program logs with a delay."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lines = [line for line in self.log(name).splitlines() if needle in line]
+            if len(lines) >= count or time.monotonic() >= deadline:
+                return lines
+            time.sleep(0.1)
+
     def stop(self) -> None:
         self.process.terminate()
         try:

@@ -64,19 +64,6 @@ def _json_error(status: int, headers: dict[str, str], body: bytes) -> dict:
     return error
 
 
-def _lines_with(stack: Stack, name: str, needle: str) -> list[str]:
-    return [line for line in stack.log(name).splitlines() if needle in line]
-
-
-def _logged(stack: Stack, name: str, needle: str, count: int = 1, timeout_s: float = 5) -> int:
-    """How many lines of a program's log name `needle`, waiting for at least `count` of them
-    (supervisord writes program logs with a delay)."""
-    deadline = time.monotonic() + timeout_s
-    while len(found := _lines_with(stack, name, needle)) < count and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return len(found)
-
-
 # --- (11) errors nginx or gunicorn answer themselves are JSON --------------------------------
 
 
@@ -231,14 +218,14 @@ def _assert_shed_by_nginx(stack: Stack, responses: list, rid: str) -> None:
         assert int(resp.headers["Retry-After"]) >= 1
     # nginx logged every request; those it answered itself have no upstream time. gunicorn saw
     # only the others.
-    assert _logged(stack, "nginx-access", rid, len(responses)) == len(responses)
-    entries = [_ACCESS.search(line) for line in _lines_with(stack, "nginx-access", rid)]
+    assert len(stack.log_lines("nginx-access", rid, len(responses))) == len(responses)
+    entries = [_ACCESS.search(line) for line in stack.log_lines("nginx-access", rid)]
     shed = sum(e is not None and e[1] == "429" and e[2] == "-" for e in entries)
     assert shed, entries[:5]
     served = len(responses) - shed
-    assert _logged(stack, "gunicorn", rid, served) == served
+    assert len(stack.log_lines("gunicorn", rid, served)) == served
     time.sleep(1.5)
-    assert len(_lines_with(stack, "gunicorn", rid)) == served
+    assert len(stack.log_lines("gunicorn", rid)) == served
 
 
 def test_anonymous_docs_flood_is_shed_by_nginx(stack: Stack) -> None:
@@ -301,11 +288,11 @@ def test_query_string_secrets_are_not_logged(stack: Stack) -> None:
     assert _raw(stack, _get(f"/tasks?api_key={secret}&pad={'p' * 9000}"))[0] == 414
     for name in ("nginx-access", "gunicorn"):
         for rid_, path in zip(rids, paths, strict=True):
-            assert _logged(stack, name, rid_) == 1, (name, path)
-            line = _lines_with(stack, name, rid_)[0]
+            assert len(stack.log_lines(name, rid_)) == 1, (name, path)
+            line = stack.log_lines(name, rid_)[0]
             assert path.split("?")[0] + "?" in line, (name, line)
-        assert _logged(stack, name, rid) == 1
-        assert "/tasks?state=QUEUED&limit=5 " in _lines_with(stack, name, rid)[0]
+        assert len(stack.log_lines(name, rid)) == 1
+        assert "/tasks?state=QUEUED&limit=5 " in stack.log_lines(name, rid)[0]
     time.sleep(1)
     for name in ("nginx-access", "nginx-error", "gunicorn"):
         assert secret not in stack.log(name), name

@@ -8,7 +8,6 @@ import json
 import socket
 import socketserver
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -33,18 +32,6 @@ def _unix_get(path: Path, url: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-def _lines_with(log: str, needle: str) -> list[str]:
-    return [line for line in log.splitlines() if needle in line]
-
-
-def _logged(stack: Stack, name: str, needle: str, timeout_s: float = 5) -> list[str]:
-    """Lines of a program's log naming `needle`, allowing for supervisord's write delay."""
-    deadline = time.monotonic() + timeout_s
-    while not (lines := _lines_with(stack.log(name), needle)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return lines
-
-
 def test_requests_reach_gunicorn_over_its_unix_socket(stack: Stack, api: Api) -> None:
     run = stack.data_dir / "run"
     assert (run / "upstream.sock").readlink() == Path("gunicorn.sock")
@@ -55,8 +42,8 @@ def test_requests_reach_gunicorn_over_its_unix_socket(stack: Stack, api: Api) ->
     resp = api.request("GET", "/models", headers={"X-Request-Id": rid})
     assert resp.status_code == 200 and resp.headers["Server"] == "nginx"
     # The same request id in nginx's log and gunicorn's: nginx passed the request on.
-    assert _logged(stack, "nginx-access", rid)
-    assert _logged(stack, "gunicorn", rid)
+    assert stack.log_lines("nginx-access", rid)
+    assert stack.log_lines("gunicorn", rid)
 
 
 def test_nginx_access_log_has_no_client_address_or_user_agent(stack: Stack, api: Api) -> None:
@@ -64,8 +51,9 @@ def test_nginx_access_log_has_no_client_address_or_user_agent(stack: Stack, api:
     agent = "PrivateAgent/2.0 (tester@example.org)"
     for path in ("/models", "/healthz", "/status/" + "0" * 32, "/nope"):
         api.request("GET", path, headers={"X-Request-Id": rid, "User-Agent": agent})
+    lines = stack.log_lines("nginx-access", rid, count=4)
     log = stack.log("nginx-access")
-    assert len(_lines_with(log, rid)) == 4, log[-2000:]
+    assert len(lines) == 4, log[-2000:]
     # The whole file, not only these lines: every request so far came from 127.0.0.1.
     assert "127.0.0.1" not in log
     assert "PrivateAgent" not in log and "tester@example.org" not in log
@@ -92,8 +80,8 @@ def test_body_over_the_limit_is_a_json_413_from_nginx(stack: Stack) -> None:
     assert body["error"]["code"] == "payload_too_large"
     assert str(limit) in body["error"]["message"]
     # Answered by nginx: gunicorn never saw it.
-    assert _logged(stack, "nginx-access", rid)
-    assert not _logged(stack, "gunicorn", rid, timeout_s=1.5)
+    assert stack.log_lines("nginx-access", rid)
+    assert not stack.log_lines("gunicorn", rid, timeout_s=1.5)
 
 
 def test_internal_location_is_not_reachable_and_errors_are_json(stack: Stack) -> None:
