@@ -139,8 +139,7 @@ def test_request_id_and_access_log_privacy(stack: Stack, api: Api) -> None:
     assert resp.headers["X-Request-Id"] == rid
     generated = api.request("GET", "/models").headers["X-Request-Id"]
     assert len(generated) == 32
-    log = stack.log("gunicorn")
-    lines = [line for line in log.splitlines() if rid in line]
+    lines = stack.log_lines("gunicorn", rid)
     assert lines, "the access log should name the request id"
     for line in lines:
         assert "127.0.0.1" not in line and "PrivateAgent" not in line
