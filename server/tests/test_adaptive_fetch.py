@@ -339,6 +339,20 @@ def saturated_batch(limiter: HostLimiter, latency_s: float) -> int:
     return limiter.limit
 
 
+def test_a_fresh_host_doubles_until_it_shows_strain_then_grows_by_one() -> None:
+    limiter = HostLimiter("h", start=1, maximum=16, tolerance=0.5)
+    fresh = [saturated_batch(limiter, 0.01) for _ in range(7)]
+    # ROUND_MIN (4) responses a round: four batches of one, two of two, one of four.
+    assert fresh == [1, 1, 1, 2, 2, 4, 8], fresh
+    permit = limiter.acquire(lambda: False)
+    assert permit is not None
+    permit.throttled = True
+    limiter.release(permit)
+    assert limiter.limit == 4
+    after = [saturated_batch(limiter, 0.01) for _ in range(3)]
+    assert after == [5, 6, 7], f"after a 429 the host is probed one request at a time: {after}"
+
+
 def test_host_slower_for_good_is_not_held_at_one_request() -> None:
     limiter = HostLimiter("h", start=1, maximum=4, tolerance=0.5)
     fast = [saturated_batch(limiter, 0.01) for _ in range(12)]
