@@ -1,8 +1,9 @@
 """The benchmark's IIIF source: a static file server with a fixed per-request latency (standing in
 for a library's image server across a network) that logs every answer's size, plus manifests.
 
-It only reads files from disk (static level-0 layout, see bench/pages.py), so on a 2-core machine
-it takes almost no CPU from the service being measured. HTTP/1.1 with keep-alive, as real servers.
+It only reads files from disk (see bench/pages.py: the level-0 layout plus each page's computed
+level-2 size), so on a 2-core machine it takes almost no CPU from the service being measured.
+HTTP/1.1 with keep-alive, as real servers.
 """
 
 from __future__ import annotations
@@ -127,6 +128,15 @@ class IiifHost:
         with self.lock:
             return len(self.log) - mark
 
+    def requests_by_kind_since(self, mark: int) -> dict[str, int]:
+        """Requests since `mark`: `info.json`, `full` (the full-size image), `sized` (any
+        other image), `other` (manifests)."""
+        kinds = {"info.json": 0, "full": 0, "sized": 0, "other": 0}
+        with self.lock:
+            for entry in self.log[mark:]:
+                kinds[_kind(entry.path)] += 1
+        return kinds
+
     # --- content ---------------------------------------------------------------------------
     def publish(self, pages: list[Page]) -> None:
         for page in pages:
@@ -142,9 +152,12 @@ class IiifHost:
             page.height,
         )
 
-    def manifest(self, name: str, pages: list[Page], service: bool = True) -> str:
-        """A Presentation 3 manifest of `pages`; with `service`, each image names its level-0
-        Image API service (so the worker can negotiate a size), else only the full image."""
+    def manifest(self, name: str, pages: list[Page], service: bool = True, level: int = 2) -> str:
+        """A Presentation 3 manifest of `pages`; with `service`, each image names its Image API
+        service (so the worker can negotiate a size), else only the full image. Level 2 (the
+        default): the worker computes its `w,` request from the manifest, one request per page
+        (the host serves the sizes bench/pages.py `ensure_computed` rendered); level 0 without
+        sizes: it reads each page's info.json first."""
         base = f"{self.url}/manifests/{name}"
         canvases = [
             v3_canvas(
@@ -152,7 +165,7 @@ class IiifHost:
                 f"p. {i + 1}",
                 page.width,
                 page.height,
-                v3_image(self.published(page), service=service),
+                v3_image(self.published(page), service=service, level=level),
             )
             for i, page in enumerate(pages)
         ]
@@ -168,3 +181,11 @@ class IiifHost:
     def size_url(self, page: Page, factor_index: int = 1) -> str:
         width, height = page.sizes[factor_index]
         return f"{self.url}/{page.size_path(width, height)}"
+
+
+def _kind(path: str) -> str:
+    if path.endswith("/info.json"):
+        return "info.json"
+    if path.endswith("/full/max/0/default.jpg"):
+        return "full"
+    return "sized" if path.endswith(".jpg") else "other"

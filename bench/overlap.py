@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from bench.iiif_host import IiifHost
+from bench.service import request_methods
 from bench.stack import wait_terminal
 from testkit.stack import Api
 
@@ -59,6 +60,7 @@ def tasks_at_once(api: Api, hosts: list[IiifHost], manifests: list[str]) -> dict
         "worker_pids": sorted({_provenance(b).get("worker_pid") for b in bodies} - {None}),
         "max_requests_at_once_per_host": [h.max_inflight for h in hosts],
         "fetch_ms_per_page": round(fetch_s / pages * 1000, 1) if pages else None,
+        "request_methods": request_methods(bodies),
         "pipeline": _provenance(bodies[0]).get("pipeline"),
     }
 

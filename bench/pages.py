@@ -1,10 +1,14 @@
-"""Synthetic book pages at 3000–4000 px laid out as a static level-0 IIIF Image API 3.0 tree.
+"""Synthetic book pages at 3000–4000 px laid out as a static IIIF Image API 3.0 tree.
 
 Each page is rendered once by `model.synthetic.render_page` and kept on disk (a cache under
 bench/results/tmp/, git-ignored), so later runs start at once. The layout is what a static
 level-0 server offers: the full image (`full/max`) and a few pre-rendered sizes (`full/w,h`,
 halvings like the `iiif` package's static generator lists), no tiles — serving them costs the
 image server no CPU. `info.json` is written per run, because it names the server's URL.
+
+For the level-2 host, the one `w,` size the worker computes from a manifest that declares
+level 2 is rendered ahead too (`ensure_computed`): the host then answers it from disk as a level-2
+server would answer it after resizing, without taking CPU from the worker being measured.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 from iiif.info import IIIFInfo
 from PIL import Image
 
+from model.iiif.image_api import ImageService, choose_request
+from model.jobs.detect import MAX_SIDE_FACTOR
 from model.synthetic import render_page
 
 # Bump when the rendering or layout below changes: old cache entries are then ignored.
@@ -43,6 +49,29 @@ class Page:
 
     def size_path(self, width: int, height: int) -> str:
         return f"{self.service_path()}/full/{width},{height}/0/default.jpg"
+
+    def width_path(self, width: int) -> str:
+        return f"{self.service_path()}/full/{width},/0/default.jpg"
+
+
+def worker_sides(imgsz: int) -> tuple[int, int]:
+    """The `max_side` and `min_side` a detect task asks IIIF services for (model/jobs/
+    detect_run.py, without a max_side parameter)."""
+    max_side = imgsz * MAX_SIDE_FACTOR
+    return max_side, min(max_side, imgsz)
+
+
+def computed_size(page: Page, imgsz: int) -> tuple[int, int]:
+    """The `w,` request (and the height the server answers) the worker computes for `page`
+    from a manifest declaring level 2 and the canvas size: the worker's own choose_request."""
+    service = ImageService("x", 3, 2, page.width, page.height, level_declared=True)
+    request = choose_request(service, *worker_sides(imgsz), method="computed")
+    assert (
+        request.width
+        and request.height
+        and request.url.endswith(f"/{request.width},/0/default.jpg")
+    )
+    return request.width, request.height
 
 
 def page_size(seed: int) -> tuple[int, int]:
@@ -89,6 +118,30 @@ def ensure_pages(root: Path, count: int, processes: int) -> list[Page]:
     tree.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
         return list(pool.map(_render_one, [str(tree)] * count, range(count)))
+
+
+def _render_computed(root: str, page: Page, size: tuple[int, int]) -> None:
+    target = Path(root) / page.width_path(size[0])
+    if target.exists():
+        return
+    # From the smallest listed size still larger than the answer: the same pixels as from the
+    # full image, a fraction of the decoding.
+    source = min((s for s in page.sizes if s[0] >= size[0]), default=(page.width, page.height))
+    path = page.size_path(*source) if source in page.sizes else page.full_path()
+    with Image.open(Path(root) / path) as image:
+        scaled = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    scaled.save(partial, format="JPEG", quality=JPEG_QUALITY)
+    partial.rename(target)  # whole or absent: an interrupted run leaves no broken file
+
+
+def ensure_computed(root: Path, pages: list[Page], imgsz: int, processes: int) -> None:
+    """Each page's computed `w,` answer on disk (see the module's docstring)."""
+    tree = tree_root(root)
+    sizes = [computed_size(page, imgsz) for page in pages]
+    with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
+        list(pool.map(_render_computed, [str(tree)] * len(pages), pages, sizes))
 
 
 def tree_root(root: Path) -> Path:

@@ -60,6 +60,18 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             "<=",
             2.0,
         ),
+        (
+            "requests per page on a level-2 host ≤ 1.05",
+            _get(r, "requests_per_page", "level2", "requests_per_page"),
+            "<=",
+            1.05,
+        ),
+        (
+            "no full-size request where a sized one is allowed",
+            _full_size_requests(r),
+            "<=",
+            0,
+        ),
         ("cancel < 2 s", _get(r, "cancel", "terminate_to_cancelled_s"), "<", 2.0),
         ("worker RSS growth < 5 %", _get(r, "memory", "rss_growth_pct"), "<", 5.0),
     ]
@@ -70,6 +82,21 @@ def targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             met = {">=": value >= limit, "<=": value <= limit, "<": value < limit}[op]
         out.append({"target": name, "value": value, "limit": f"{op} {limit}", "met": met})
     return out
+
+
+def _full_size_requests(r: dict[str, Any]) -> int | None:
+    """Full-size images asked for in the runs whose manifests allow sized requests."""
+    runs = [
+        *(_get(r, "service", "negotiated", "rounds") or []),
+        *(_get(r, "requests_per_page") or {}).values(),
+    ]
+    counted = [run["requests_by_kind"]["full"] for run in runs if "requests_by_kind" in run]
+    return sum(counted) if counted else None
+
+
+def _methods(run: dict[str, Any] | None) -> str:
+    """How the worker planned its image requests ("computed", "info.json", ...)."""
+    return ", ".join((run or {}).get("request_methods") or []) or "?"
 
 
 def download_ceiling(r: dict[str, Any]) -> dict[str, Any] | None:
@@ -84,6 +111,7 @@ def download_ceiling(r: dict[str, Any]) -> dict[str, Any] | None:
     fetch_ms = run["worker_timings"]["fetch_s"] / run["pages"] * 1000
     return {
         "per_host": per_host,
+        "methods": _methods(run),
         "fetch_ms_per_page": fetch_ms,
         "pages_per_s": per_host / fetch_ms * 1000,
     }
@@ -179,7 +207,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
                     "service: download ceiling (per-host limit / fetch time per page)",
                     _fmt(ceiling["pages_per_s"]),
                     f"{ceiling['per_host']} at once × {ceiling['fetch_ms_per_page']:.0f} ms "
-                    f"(info.json + image) per page",
+                    f"per page (requests planned: {ceiling['methods']})",
                     _fmt(_ratio(service, ceiling["pages_per_s"])),
                     "",
                     "",
@@ -211,6 +239,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
                 _met(t["met"]),
             )
         )
+    out += request_rows(r, tmap)
     scaling = _get(r, "scaling") or {}
     first = next(iter(scaling.values()), None)
     for n, run in scaling.items():
@@ -320,6 +349,45 @@ def rows(r: dict[str, Any]) -> list[Row]:
     return out
 
 
+def request_rows(r: dict[str, Any], tmap: dict[str, dict[str, Any]]) -> list[Row]:
+    found = _get(r, "requests_per_page")
+    if not found:
+        return []
+    level2, level0 = found["level2"], found["level0"]
+    t = tmap["requests per page on a level-2 host ≤ 1.05"]
+    out: list[Row] = [
+        (
+            "requests per page, level-2 host (request computed from the manifest)",
+            f"{level2['requests_per_page']:.2f} ({level2['info_json_per_page']:.2f} info.json)",
+            f"level 0 without sizes {level0['requests_per_page']:.2f} "
+            f"({level0['info_json_per_page']:.2f} info.json)",
+            _fmt(_ratio(level2["requests_per_page"], level0["requests_per_page"])),
+            "≤ 1.05",
+            _met(t["met"]),
+        ),
+        (
+            "pages/s, level-2 host vs level 0 (one run each)",
+            _fmt(level2["pages_per_s"]),
+            f"level 0 {_fmt(level0['pages_per_s'])}",
+            _fmt(_ratio(level2["pages_per_s"], level0["pages_per_s"])),
+            "",
+            "",
+        ),
+    ]
+    t = tmap["no full-size request where a sized one is allowed"]
+    out.append(
+        (
+            "full-size requests where a sized one is allowed (service and requests runs)",
+            str(t["value"]),
+            "",
+            "",
+            "0",
+            _met(t["met"]),
+        )
+    )
+    return out
+
+
 def overlap_rows(r: dict[str, Any], tmap: dict[str, dict[str, Any]]) -> list[Row]:
     out: list[Row] = []
     slow = _get(r, "slow_hosts")
@@ -343,7 +411,7 @@ def overlap_rows(r: dict[str, Any], tmap: dict[str, dict[str, Any]]) -> list[Row
                 "slow hosts: download ceiling (tasks at once × per-host limit / fetch time "
                 "per page)",
                 _fmt(ceiling),
-                f"{last.get('fetch_ms_per_page')} ms per page (info.json + image); tasks ended "
+                f"{last.get('fetch_ms_per_page')} ms per page ({_methods(last)}); tasks ended "
                 f"after {', '.join(f'{w:.1f}' for w in last['task_wall_s'])} s",
                 _fmt(_ratio(slow["aggregate_pages_per_s"], ceiling)),
                 "",

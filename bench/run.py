@@ -18,13 +18,14 @@ from bench import stack as bench_stack
 from bench.cpu import CpuMeter
 from bench.iiif_host import IiifHost
 from bench.machine import LoadMonitor, describe
-from bench.pages import ensure_pages, tree_root
+from bench.pages import ensure_computed, ensure_pages, tree_root
 from model.settings import Settings
 
 PARTS = (
     "raw",
     "seed",
     "service",
+    "requests",
     "scaling",
     "slow_hosts",
     "small_big",
@@ -126,12 +127,17 @@ class Run:
         )
         processes = os.cpu_count() or 2
         pages = self.phase("render pages", lambda: ensure_pages(o.cache_dir, count, processes))
+        imgsz = _imgsz(Settings())
+        self.phase(
+            "render level-2 sizes", lambda: ensure_computed(o.cache_dir, pages, imgsz, processes)
+        )
         host = IiifHost(tree_root(o.cache_dir), o.latency_ms / 1000)
         host.publish(pages)
         book = pages[: o.pages]
         manifests = {
             "negotiated": host.manifest(f"book-{o.pages}", book),
             "full": host.manifest(f"book-{o.pages}-full", book, service=False),
+            "level0": host.manifest(f"book-{o.pages}-level0", book, level=0),
             "single": host.manifest("single", pages[:1]),
         }
         self.results["setup"] = {
@@ -265,6 +271,8 @@ class Run:
             )
             full.pop("_body")
             self.results["service"]["full_size"] = full
+        if self.wanted("requests"):
+            self._requests_per_page(host, manifests)
         if self.wanted("scaling"):
             self._scaling(host, pages)
         if self.wanted("slow_hosts"):
@@ -349,6 +357,29 @@ class Run:
                 per=PER_PAGE,
             ),
         }
+
+    def _requests_per_page(self, host: IiifHost, manifests: dict) -> None:
+        """Requests the image server sees per page: the same book behind a service declaring
+        level 2 (the request computed from the manifest) and level 0 without sizes (each
+        page's info.json first: these services are new to the worker's info.json cache)."""
+        found = {}
+        for level in ("level2", "level0"):
+            key = "negotiated" if level == "level2" else level
+            run = self.phase(
+                f"requests per page: {level} host",
+                lambda k=key: service.run_manifest(self.api, host, manifests[k]),
+                per=PER_PAGE,
+            )
+            run.pop("_body")
+            pages, kinds = run["pages"] or 1, run["requests_by_kind"]
+            found[level] = {
+                **run,
+                # Image API requests only: the manifest's own request is the task's, not a page's.
+                "requests_per_page": (kinds["info.json"] + kinds["full"] + kinds["sized"]) / pages,
+                "info_json_per_page": kinds["info.json"] / pages,
+                "full_size_requests": kinds["full"],
+            }
+        self.results["requests_per_page"] = found
 
     def _scaling(self, host: IiifHost, pages: list) -> None:
         scaling = {}

@@ -52,7 +52,7 @@ def run_manifest(
     provenance = (body.get("result") or {}).get("provenance") or {}
     created, finished = _seconds(body["created_at"]), _seconds(body["finished_at"])
     wall = (finished - submitted_at) if finished else now - started
-    methods = sorted({item.get("request", {}).get("method", "?") for item in _items(body)})
+    methods = request_methods([body])
     return {
         "task_id": task_id,
         "state": body["state"],
@@ -66,6 +66,7 @@ def run_manifest(
         "server_created_to_finished_s": (finished - created) if created and finished else None,
         "image_bytes": host.image_bytes_since(mark),
         "requests_to_image_server": host.requests_since(mark),
+        "requests_by_kind": host.requests_by_kind_since(mark),
         "request_methods": methods,
         "worker_timings": provenance.get("timings"),
         "pipeline": provenance.get("pipeline"),
@@ -80,6 +81,13 @@ def run_manifest(
 
 def _items(body: dict[str, Any]) -> list[dict[str, Any]]:
     return (body.get("result") or {}).get("items") or []
+
+
+def request_methods(bodies: list[dict[str, Any]]) -> list[str]:
+    """How the worker planned the tasks' image requests ("computed", "info.json", ...)."""
+    return sorted(
+        {item.get("request", {}).get("method", "?") for body in bodies for item in _items(body)}
+    )
 
 
 def detections_by_canvas(body: dict[str, Any]) -> dict[str, int]:

@@ -338,7 +338,9 @@ def v3_canvas(
     return canvas
 
 
-def v3_image(page: Published | None, url: str | None = None, service: bool = True) -> dict:
+def v3_image(
+    page: Published | None, url: str | None = None, service: bool = True, level: int = 0
+) -> dict:
     body: dict[str, Any] = {
         "id": url or (page.full_url if page else ""),
         "type": "Image",
@@ -348,7 +350,7 @@ def v3_image(page: Published | None, url: str | None = None, service: bool = Tru
         body.update(width=page.width, height=page.height)
         if service:
             body["service"] = [
-                {"id": page.service_id, "type": "ImageService3", "profile": "level0"}
+                {"id": page.service_id, "type": "ImageService3", "profile": f"level{level}"}
             ]
     return body
 
