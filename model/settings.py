@@ -354,7 +354,10 @@ class Settings(BaseSettings):
         """CPU threads for inference (ONNX Runtime, torch) in one pool process."""
         if self.inference.cpu_threads > 0:
             return self.inference.cpu_threads
-        return max(1, available_cores() // self.worker.concurrency)
+        # Two at least: one thread leaves a lone task at ~80% of its speed, while oversubscribing
+        # (spin-waiting is off) cost side-by-side tasks nothing measurable (bench/README.md).
+        cores = available_cores()
+        return min(cores, max(2, cores // self.worker.concurrency))
 
     def redis_password(self) -> str | None:
         if self.redis.password:

@@ -79,10 +79,13 @@ class SlowHost:
 
 
 def test_pool_processes_share_the_cores_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """inference.cpu_threads 0: each of the worker.concurrency processes gets its share."""
+    """inference.cpu_threads 0: each of the worker.concurrency processes gets its share, two
+    at least (a lone task is not held to one core) but never more than the cores."""
     monkeypatch.setattr(settings_module, "available_cores", lambda: 2)
-    assert Settings(worker={"concurrency": 4}).inference_threads() == 1  # this machine
+    assert Settings(worker={"concurrency": 4}).inference_threads() == 2  # this machine
     assert Settings(worker={"concurrency": 1}).inference_threads() == 2
+    monkeypatch.setattr(settings_module, "available_cores", lambda: 1)
+    assert Settings(worker={"concurrency": 4}).inference_threads() == 1
     monkeypatch.setattr(settings_module, "available_cores", lambda: 16)
     assert Settings(worker={"concurrency": 4}).inference_threads() == 4  # a GPU host
     assert Settings(inference={"cpu_threads": 3}).inference_threads() == 3  # as configured
