@@ -48,6 +48,9 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         SCRIPTORIUM_CANCEL__GRACE_S=str(GRACE_S),
         SCRIPTORIUM_WORKER__VISIBILITY_MARGIN_S=str(VISIBILITY_MARGIN_S),
         SCRIPTORIUM_WORKER__LOST_GRACE_S=str(LOST_GRACE_S),
+        # Several tasks at once, as the default worker runs them: a kill or a restart hits
+        # one task among others that go on.
+        SCRIPTORIUM_WORKER__CONCURRENCY="2",
         # Every page is the same image: without this, cached detections finish tasks at once.
         SCRIPTORIUM_CACHE__TTL_S="0",
     )
