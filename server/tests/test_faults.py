@@ -4,7 +4,8 @@ Each durability setting is checked by its effect, not by reading the config:
 acks_late + reject_on_worker_lost (a killed child's task is redelivered and resumes), prefetch 1
 (waiting tasks stay in Redis, not in the worker), the lease of a running task (a task whose whole
 worker died comes back once its lease lapses, long before the visibility timeout), Redis AOF
-(queued tasks survive a Redis restart). Several hosts: test_scale_out.py.
+(queued tasks survive a Redis restart, and so do running ones). The worker runs two tasks at
+once here. Several hosts: test_scale_out.py.
 """
 
 from __future__ import annotations
@@ -271,3 +272,21 @@ def test_killing_gunicorn_workers_loses_no_task(faulty: Stack, page_url: str) ->
     extra = listed_ids(api) - ids_before - set(results.values())
     details = [api.status(t).json() for t in extra]
     assert not extra, f"tasks nobody was told about: {details}"
+
+
+def test_running_tasks_survive_a_redis_restart(faulty: Stack, client: Api, page_url: str) -> None:
+    task_ids = [
+        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 200}})
+        for _ in range(2)
+    ]
+    for task_id in task_ids:
+        client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
+    time.sleep(1.5)  # appendfsync everysec: what was written is on disk
+    before = [client.status(task_id).json() for task_id in task_ids]
+    assert "started" in faulty.ctl("restart", "redis")
+    # Both were mid-task when Redis went away (else this tests nothing).
+    assert all(b["state"] == "RUNNING" and b["progress"]["done"] < 200 for b in before), [
+        (b["state"], b["progress"]) for b in before
+    ]
+    for task_id in task_ids:
+        check_complete(client.wait(task_id, timeout_s=300))
