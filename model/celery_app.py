@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from celery import Celery
 
+from model.fairness import LANES
 from model.settings import Settings
 from model.store import DEFAULT_QUEUE
 
@@ -49,14 +50,16 @@ def worker_queues(settings: Settings, models: Iterable[str]) -> list[str]:
 
 
 def send_run(
-    celery: Celery, settings: Settings, task_id: str, timeout_s: float, queue: str
+    celery: Celery, settings: Settings, task_id: str, timeout_s: float, queue: str, lane: int = 0
 ) -> None:
-    """The message that runs a task (sent again, the same, when its worker died)."""
+    """The message that runs a task (sent again when its worker died: in lane 0, see
+    model.fairness)."""
     celery.send_task(
         RUN_JOB,
         args=[task_id],
         task_id=task_id,
         queue=queue,
+        priority=lane,
         soft_time_limit=timeout_s,
         time_limit=settings.hard_limit_s(timeout_s),
     )
@@ -72,6 +75,8 @@ def make_celery(settings: Settings) -> Celery:
         # 10th period: up to 100 s more before a dead worker's task is redelivered).
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
+        # One list per lane (model.fairness), taken lane 0 first.
+        "priority_steps": list(range(LANES)),
     }
     app.conf.update(
         task_default_queue=QUEUE,

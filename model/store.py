@@ -22,6 +22,8 @@ from typing import Any
 
 from redis import Redis
 
+from model.fairness import lane_score
+
 PREFIX = "sc"
 QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, every queued task (backpressure)
 RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
@@ -163,13 +165,13 @@ return 1
 # longer than the grace; or the lease is still the token of a process known dead). Checked
 # again here, whichever reaper got here first. KEYS: record, lease, global queue, owner's
 # queue, its Celery queue's index, running set; ARGV: task id, holder expected, lease expected
-# ('' none), now.
+# ('' none), now. Back in lane 0 (model.fairness): its score in the index is the time alone.
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
 if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[2] then return 0 end
 local lease = redis.call('GET', KEYS[2]) or ''
 if lease ~= ARGV[3] then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'holder', '', 'requeued_at', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'holder', '', 'requeued_at', ARGV[4], 'lane', 0)
 redis.call('HINCRBY', KEYS[1], 'requeues', 1)
 redis.call('DEL', KEYS[2])
 local now = tonumber(ARGV[4])
@@ -407,6 +409,7 @@ class TaskStore:
         task_id: str | None = None,
         webhook: dict[str, Any] | None = None,
         queue: str = DEFAULT_QUEUE,
+        lane: int = 0,
     ) -> TaskRecord:
         task_id = task_id or uuid.uuid4().hex
         now = time.time()
@@ -420,6 +423,7 @@ class TaskStore:
             "timeout_s": timeout_s,
             "total": total,
             "queue": queue,
+            "lane": lane,
             "done": 0,
             "failed": 0,
         }
@@ -428,7 +432,7 @@ class TaskStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(task_key(task_id), mapping=fields)
             pipe.zadd(QUEUE_KEY, {task_id: now})
-            pipe.zadd(queue_index_key(queue), {task_id: now})
+            pipe.zadd(queue_index_key(queue), {task_id: lane_score(lane, now)})
             pipe.sadd(QUEUES_KEY, queue)
             pipe.zadd(owner_queue_key(owner), {task_id: now})
             pipe.zadd(owner_tasks_key(owner), {task_id: now})
@@ -527,8 +531,9 @@ class TaskStore:
             self.redis.zrem(index, *expired)
 
     def queue_position(self, record: TaskRecord) -> int | None:
-        """How many tasks of its own queue are ahead of it (0: next); the workers serving
-        other queues do not take it, so tasks there do not count."""
+        """How many tasks of its own queue are ahead of it (0: next), lane by lane
+        (model.fairness); the workers serving other queues do not take it, so tasks there do
+        not count."""
         rank = self.redis.zrank(queue_index_key(record.queue), record.id)
         return None if rank is None else int(rank)
 

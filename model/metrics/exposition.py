@@ -41,6 +41,7 @@ from model.api.auth import is_admin, require_key
 from model.api.errors import ApiError
 from model.api.services import services
 from model.celery_app import QUEUE, WEBHOOK_QUEUE
+from model.fairness import LANES, lane_lists
 from model.metrics.catalog import HTTP, LIVE, RECORDED, Spec
 from model.metrics.record import metric_key
 from model.store import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
@@ -158,8 +159,10 @@ class RedisCollector:
         for spec, data in zip(RECORDED.values(), rows, strict=False):
             yield _recorded(spec, data)
         queued, running, webhook_queue, pending = rows[len(RECORDED) :][:4]
-        lengths = rows[len(RECORDED) + 4 : len(RECORDED) + 4 + len(queues)]
-        ttls = rows[len(RECORDED) + 4 + len(queues) :]
+        # A queue's messages wait in one list per lane (model.fairness): summed.
+        per_lane = rows[len(RECORDED) + 4 : len(RECORDED) + 4 + len(queues) * LANES]
+        lengths = [sum(per_lane[i : i + LANES]) for i in range(0, len(per_lane), LANES)]
+        ttls = rows[len(RECORDED) + 4 + len(queues) * LANES :]
         yield _gauge("scriptorium_queue_depth", [((), queued)])
         yield _gauge("scriptorium_tasks_running", [((), running)])
         yield _gauge(
@@ -190,7 +193,8 @@ class RedisCollector:
             pipe.llen(WEBHOOK_QUEUE)
             pipe.zcard(DUE_KEY)
             for queue in queues:
-                pipe.llen(queue)
+                for lane in lane_lists(queue):
+                    pipe.llen(lane)
             for key in workers:
                 pipe.pttl(key)
             return pipe.execute(), queues, workers

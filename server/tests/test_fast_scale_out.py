@@ -15,6 +15,7 @@ import redis
 
 from model import fleet
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE, queue_for, worker_queues
+from model.fairness import waiting_messages
 from model.settings import Settings
 from model.store import State, TaskStore, lease_key
 from model.uploads import UploadStore
@@ -81,8 +82,8 @@ def test_submit_routes_by_the_named_model_of_a_live_worker(app_client, clean_red
     assert clean_redis.hget(f"sc:task:{named}", "queue") == MODEL_QUEUE_PREFIX + OTHER
     assert clean_redis.hget(f"sc:task:{plain}", "queue") == QUEUE
     # The Celery messages wait in the lists the workers having those models take.
-    assert clean_redis.llen(MODEL_QUEUE_PREFIX + OTHER) == 1
-    assert clean_redis.llen(QUEUE) == 1
+    assert waiting_messages(clean_redis, MODEL_QUEUE_PREFIX + OTHER) == 1
+    assert waiting_messages(clean_redis, QUEUE) == 1
 
 
 # --- the fleet as the API reads it ------------------------------------------------------------
@@ -198,6 +199,7 @@ def test_a_task_whose_lease_lapsed_is_requeued_once_with_its_message(store: Task
             "args": [task_id],
             "task_id": task_id,
             "queue": other,
+            "priority": 0,  # lane 0: it has waited its turn already (model.fairness)
             "soft_time_limit": 60.0,
             "time_limit": 60.0 + Settings().cancel.grace_s,
         }

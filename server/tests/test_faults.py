@@ -23,6 +23,7 @@ import pytest
 import redis
 import requests
 
+from model.fairness import waiting_messages
 from model.jobs.registry import JOBS
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import TERMINAL, Api, Stack, start_stack
@@ -127,7 +128,7 @@ def test_prefetch_one_leaves_waiting_tasks_in_redis(faulty: Stack, client: Api, 
         client.submit_ok({"type": "detect", "input": {"image_urls": [page_url]}}) for _ in range(3)
     ]
     time.sleep(1)  # give a greedy worker the time to reserve them
-    assert redis_client(faulty).llen("scriptorium") == 3
+    assert waiting_messages(redis_client(faulty), "scriptorium") == 3
     for task_id in [*running, *waiting]:
         client.terminate(task_id)
     for task_id in [*running, *waiting]:
