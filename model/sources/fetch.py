@@ -10,8 +10,9 @@
   a per-read timeout), a streamed body-size cap, bounded redirects;
 - retries with backoff on connection errors, timeouts, 429 and 5xx, honouring Retry-After;
 - adaptive concurrency per host (`throttle.HostLimiter`, shared by the download threads of a
-  process): it starts at `per_host_start` requests at once, grows by one while the host's
-  latency stays flat, up to `per_host_concurrency`, halves on 429/503/timeouts and keeps new
+  process): it starts at `per_host_start` requests at once, grows while the host's latency
+  stays flat (doubling until the host first shows strain, then by one), up to
+  `per_host_concurrency`, halves on 429/503/timeouts and keeps new
   requests away from the host until its `Retry-After` has passed, so a library's server is
   never hammered;
 - keep-alive: one pooled session, and small error bodies are read to the end so that their
