@@ -1,6 +1,7 @@
 """Fair sharing of the workers between keys: lanes of the Celery queue.
 
-A task joins lane n when its key already has n tasks waiting (n at most LANES - 1), and workers
+A task joins lane n when its key already has n tasks waiting, in any queue (n at most
+LANES - 1; chosen and taken in one step with the task's creation, `model.store`), and workers
 take lane 0 before lane 1, and so on, first come first served within a lane. So a key's first
 waiting task competes with every other key's first, its second with their second: a key that
 queues 500 tasks holds one place in each lane, and another key's single task waits behind at
@@ -21,15 +22,6 @@ LANES = 10
 # seconds, so every lane sorts after the one before it.
 LANE_SPAN = 1e10
 _KOMBU_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
-
-
-def lane_for(waiting_of_key: int) -> int:
-    """The lane of a key's next task, given how many of its tasks wait already."""
-    return max(0, min(LANES - 1, waiting_of_key))
-
-
-def lane_score(lane: int, queued_at: float) -> float:
-    return lane * LANE_SPAN + queued_at
 
 
 def lane_lists(queue: str) -> list[str]:

@@ -95,7 +95,7 @@ class ModelSettings(BaseModel):
 class InferenceSettings(BaseModel):
     backend: str = "auto"
     # CPU threads for inference in each pool process; 0: the cores shared out among the
-    # `worker.concurrency` processes (at least 1 each), so they do not oversubscribe the CPU.
+    # `worker.concurrency` processes, 2 at least and at most the cores (Settings.inference_threads).
     cpu_threads: int = Field(default=0, ge=0)
 
 
@@ -355,7 +355,8 @@ class Settings(BaseSettings):
         if self.inference.cpu_threads > 0:
             return self.inference.cpu_threads
         # Two at least: one thread leaves a lone task at ~80% of its speed, while oversubscribing
-        # (spin-waiting is off) cost side-by-side tasks nothing measurable (bench/README.md).
+        # cost side-by-side tasks nothing measurable with ONNX Runtime, the CPU default (its
+        # spin-waiting is off; torch's OpenMP threads may spin: set cpu_threads for torch on CPU).
         cores = available_cores()
         return min(cores, max(2, cores // self.worker.concurrency))
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from redis import Redis
 
-from model.fairness import lane_score
+from model.fairness import LANE_SPAN, LANES
 
 PREFIX = "sc"
 QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, every queued task (backpressure)
@@ -161,6 +161,23 @@ redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# A new task, queued in one step: its lane (model.fairness) is read from the owner's waiting
+# tasks and taken in the same step, so parallel submits of one key get successive lanes. KEYS:
+# record, global queue, its Celery queue's index, the set of queues, owner's queue, owner's
+# tasks, every task; ARGV: task id, now, queue, last lane, lane span, then field, value pairs.
+_CREATE = """
+local lane = math.min(tonumber(ARGV[4]), redis.call('ZCARD', KEYS[5]))
+local now = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'lane', lane, unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('ZADD', KEYS[3], lane * tonumber(ARGV[5]) + now, ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[5], now, ARGV[1])
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+redis.call('ZADD', KEYS[7], now, ARGV[1])
+return lane
+"""
+
 # RUNNING -> QUEUED: the attempt holding the task is gone (no lease: it stopped renewing it for
 # longer than the grace; or the lease is still the token of a process known dead). Checked
 # again here, whichever reaper got here first. KEYS: record, lease, global queue, owner's
@@ -258,6 +275,7 @@ class TaskRecord:
     # The Celery queue it was sent to (tasks naming a model go to that model's queue); None for
     # tasks queued by releases with one queue.
     queue: str | None = None
+    lane: int = 0  # its place in the queue's fair sharing between keys (model/fairness.py)
     done: int = 0
     failed: int = 0
     started_at: float | None = None
@@ -292,6 +310,7 @@ class TaskRecord:
             timeout_s=float(data["timeout_s"]),
             total=int(data.get("total") or 0),
             queue=data.get("queue") or None,
+            lane=int(data.get("lane") or 0),
             done=int(data.get("done") or 0),
             failed=int(data.get("failed") or 0),
             started_at=num("started_at"),
@@ -389,6 +408,7 @@ class TaskStore:
         self.redis = redis
         self.result_ttl_s = result_ttl_s
         self.tombstone_ttl_s = tombstone_ttl_s
+        self._create = redis.register_script(_CREATE)
         self._transition = redis.register_script(_TRANSITION)
         self._mark_running = redis.register_script(_MARK_RUNNING)
         self._finish = redis.register_script(_FINISH)
@@ -409,8 +429,9 @@ class TaskStore:
         task_id: str | None = None,
         webhook: dict[str, Any] | None = None,
         queue: str = DEFAULT_QUEUE,
-        lane: int = 0,
     ) -> TaskRecord:
+        """A QUEUED task, in the lane its owner's waiting tasks give it (`record.lane`: send
+        its Celery message with that priority)."""
         task_id = task_id or uuid.uuid4().hex
         now = time.time()
         fields = {
@@ -423,22 +444,25 @@ class TaskStore:
             "timeout_s": timeout_s,
             "total": total,
             "queue": queue,
-            "lane": lane,
             "done": 0,
             "failed": 0,
         }
         if webhook:
             fields["webhook"] = json.dumps(webhook)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(task_key(task_id), mapping=fields)
-            pipe.zadd(QUEUE_KEY, {task_id: now})
-            pipe.zadd(queue_index_key(queue), {task_id: lane_score(lane, now)})
-            pipe.sadd(QUEUES_KEY, queue)
-            pipe.zadd(owner_queue_key(owner), {task_id: now})
-            pipe.zadd(owner_tasks_key(owner), {task_id: now})
-            pipe.zadd(ALL_TASKS_KEY, {task_id: now})
-            pipe.execute()
-        return TaskRecord.from_hash({k: str(v) for k, v in fields.items()})
+        pairs = [str(x) for item in fields.items() for x in item]
+        lane = self._create(
+            keys=[
+                task_key(task_id),
+                QUEUE_KEY,
+                queue_index_key(queue),
+                QUEUES_KEY,
+                owner_queue_key(owner),
+                owner_tasks_key(owner),
+                ALL_TASKS_KEY,
+            ],
+            args=[task_id, now, queue, LANES - 1, LANE_SPAN, *pairs],
+        )
+        return TaskRecord.from_hash({**{k: str(v) for k, v in fields.items()}, "lane": lane})
 
     def get(self, task_id: str) -> TaskRecord | None:
         data = self.redis.hgetall(task_key(task_id))

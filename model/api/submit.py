@@ -34,7 +34,6 @@ from model.api.services import Services, services
 from model.api.tasks import ERRORS
 from model.celery_app import queue_for, send_run
 from model.ending import end_task
-from model.fairness import lane_for
 from model.iiif.presentation import document_kind
 from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput, TaskSpec
 from model.jobs.registry import JOBS
@@ -325,20 +324,11 @@ def _enqueue(
     total = job.initial_total(spec.inputs)
     named = [spec.params.get(name) for name in job.model_fields]
     queue = queue_for(svc.settings, named)
-    lane = lane_for(svc.store.queued_count(g.owner))
     record = svc.store.create(
-        g.owner,
-        job.name,
-        spec.model_dump(),
-        total,
-        timeout,
-        task_id,
-        webhook=webhook,
-        queue=queue,
-        lane=lane,
+        g.owner, job.name, spec.model_dump(), total, timeout, task_id, webhook=webhook, queue=queue
     )
     try:
-        send_run(svc.celery, svc.settings, task_id, timeout, queue, lane)
+        send_run(svc.celery, svc.settings, task_id, timeout, queue, record.lane)
     except Exception as exc:
         error = ("queue_unavailable", "could not enqueue")
         end_task(svc.store, svc.uploads, task_id, State.FAILED, error)

@@ -11,9 +11,9 @@ Like a polite crawler (Scrapy's AutoThrottle, TCP's congestion window):
   headers) stayed within `tolerance` of the host's unloaded latency (the lowest EWMA at a
   round's end; measured afresh whenever the host is down to one request at a time, so a host
   that got slower for good is not held there forever). Like TCP's slow start it doubles until
-  the host first shows strain (a rise, a 429/503, a timeout), then grows by one: a healthy host
-  is at its maximum after a few rounds (2 s at 200 ms a request, instead of 3 s), a strained
-  one is probed gently;
+  the host first shows strain (a rise, a 429/503, a timeout; either halves it, back to the last
+  level it took well), then grows by one: a healthy host is at its maximum after a few rounds
+  (~1.2 s at 200 ms a request, instead of ~3 s), a strained one is probed gently;
 - a latency above that (by `MIN_RISE_S` at least) shrinks it by one: a host that slows down as
   we add requests is queueing them, so more concurrency only adds load;
 - images and other responses are followed apart: an IIIF server answers an info.json much
@@ -170,8 +170,11 @@ class HostLimiter:
         alone = self._limit == 1
         rose = [latency.end_round(self.tolerance, alone) for latency in self._latency.values()]
         if any(rose):
+            # The first strain ends slow start: back to the level before the last doubling,
+            # which the host took well; after that, one step down.
+            fallen = self._limit // 2 if self._slow_start else self._limit - 1
             self._slow_start = False
-            self._set_limit(max(1, self._limit - 1), now, "latency rose")
+            self._set_limit(max(1, fallen), now, "latency rose")
         elif self._saturated:
             grown = self._limit * 2 if self._slow_start else self._limit + 1
             self._set_limit(min(self.maximum, grown), now, "latency flat")

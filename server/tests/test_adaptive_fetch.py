@@ -353,6 +353,15 @@ def test_a_fresh_host_doubles_until_it_shows_strain_then_grows_by_one() -> None:
     assert after == [5, 6, 7], f"after a 429 the host is probed one request at a time: {after}"
 
 
+def test_a_latency_rise_in_slow_start_goes_back_to_the_last_good_level() -> None:
+    limiter = HostLimiter("h", start=1, maximum=32, tolerance=0.5)
+    grown = [saturated_batch(limiter, 0.01) for _ in range(7)]
+    assert grown[-1] == 8
+    # Queueing at 8: every response much slower. Back to 4 at once, then one step at a time.
+    assert saturated_batch(limiter, 0.3) == 4
+    assert saturated_batch(limiter, 0.3) == 3
+
+
 def test_host_slower_for_good_is_not_held_at_one_request() -> None:
     limiter = HostLimiter("h", start=1, maximum=4, tolerance=0.5)
     fast = [saturated_batch(limiter, 0.01) for _ in range(12)]

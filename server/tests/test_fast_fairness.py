@@ -3,13 +3,15 @@ on a bare Redis; the order a worker takes them in is read with kombu itself."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import redis
 
 from model.celery_app import QUEUE, make_celery
-from model.fairness import LANES, lane_for, lane_lists, waiting_messages
+from model.fairness import LANES, lane_lists, waiting_messages
+from model.store import TaskStore
 
 
 @pytest.fixture
@@ -50,15 +52,15 @@ def _taken_in_order(settings, count: int) -> list[str]:
     return taken
 
 
-def test_lanes_are_the_waiting_tasks_of_the_key_capped() -> None:
-    assert [lane_for(n) for n in (-1, 0, 1, LANES - 1, LANES, 500)] == [
-        0,
-        0,
-        1,
-        LANES - 1,
-        LANES - 1,
-        LANES - 1,
-    ]
+def test_lanes_are_the_keys_waiting_tasks_taken_in_one_step(clean_redis: redis.Redis) -> None:
+    store = TaskStore(clean_redis, 3600, 7200)
+    # Parallel submits of one key (gunicorn runs several threads): each gets its own lane.
+    with ThreadPoolExecutor(8) as pool:
+        records = list(pool.map(lambda _: store.create("big", "noop", {}, 0, 60), range(8)))
+    assert sorted(r.lane for r in records) == list(range(8))
+    more = [store.create("big", "noop", {}, 0, 60) for _ in range(4)]
+    assert [r.lane for r in more] == [8, 9, 9, 9]  # capped at the last lane
+    assert store.create("small", "noop", {}, 0, 60).lane == 0
     assert lane_lists("q")[:2] == ["q", "q\x06\x161"] and len(lane_lists("q")) == LANES
 
 
