@@ -139,12 +139,15 @@ def load_models(**_: Any) -> None:
             "versions": versions,
         }
 
+    # The per-host limit holds for the whole service, not for each pool process.
+    fetcher = MeteredFetcher.with_meter(settings.fetch, meter)  # bytes, errors by host
+    fetcher.share_host_slots(redis)
     global _resources
     _resources = WorkerResources(
         settings=settings,
         redis=redis,
         store=_store(redis),
-        fetcher=MeteredFetcher.with_meter(settings.fetch, meter),  # bytes, errors by host
+        fetcher=fetcher,
         uploads=_uploads(),
         detectors=detectors,
         embedders=embedders,

@@ -12,9 +12,10 @@
 - adaptive concurrency per host (`throttle.HostLimiter`, shared by the download threads of a
   process): it starts at `per_host_start` requests at once, grows while the host's latency
   stays flat (doubling until the host first shows strain, then by one), up to
-  `per_host_concurrency`, halves on 429/503/timeouts and keeps new
-  requests away from the host until its `Retry-After` has passed, so a library's server is
-  never hammered;
+  `per_host_concurrency`, halves on 429/503/timeouts and keeps new requests away from the host
+  until its `Retry-After` has passed, so a library's server is never hammered; with
+  `share_host_slots` (the worker), the sum over every process on the same Redis is capped at
+  `per_host_concurrency` too (`host_slots.py`);
 - keep-alive: one pooled session, and small error bodies are read to the end so that their
   connection is reused too (a 429 costs the host no new TCP connection);
 - a `FetchScope` (one per task) cancels that task's fetches: their sockets are shut down, waits
@@ -52,9 +53,12 @@ from model.sources.addresses import (  # noqa: F401 - re-exported
     _embedded_ipv4,
     _public,
 )
+from model.sources.host_slots import HostSlots
 from model.sources.throttle import HostLimiter, Permit
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from model.settings import FetchSettings
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -288,6 +292,9 @@ class SafeFetcher:
         self.latency_tolerance = latency_tolerance
         self._limiters: dict[str, HostLimiter] = {}
         self._limiters_lock = threading.Lock()
+        # Places at each host shared with every other process on the same Redis (the worker's
+        # fetchers: share_host_slots); None: this process's own limit only.
+        self.slots: HostSlots | None = None
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies from the environment
         self.session.max_redirects = max_redirects
@@ -314,6 +321,13 @@ class SafeFetcher:
             per_host_start=fetch.per_host_start,
             latency_tolerance=fetch.latency_tolerance,
         )
+
+    def share_host_slots(self, redis: Redis) -> None:
+        """Cap the requests at once to each host at `per_host_concurrency` across every process
+        using `redis` (host_slots.py); a slot outlives no request: its lease is the longest a
+        request may take."""
+        lease_s = self.timeout[0] + self.response_deadline_s + 5
+        self.slots = HostSlots(redis, self.per_host_concurrency, lease_s)
 
     def scoped(self, scope: FetchScope) -> ScopedFetcher:
         """This fetcher with every `get` in `scope` (what a job hands to its loaders)."""
@@ -397,13 +411,34 @@ class SafeFetcher:
     ) -> FetchResult:
         """One attempt in a place of the host's limit (not held while sleeping before a retry);
         what the response says about the host's load goes back to the limiter."""
-        with _holding(limiter, scope, url) as permit:
+        with self._holding(limiter, scope, url) as permit:
             try:
                 return self._get_once(url, number, max_bytes, scope, permit)
             except _Retryable as exc:
                 permit.throttled = exc.throttle
                 permit.retry_after_s = exc.wait_s
                 raise
+
+    @contextmanager
+    def _holding(self, limiter: HostLimiter, scope: FetchScope, url: str) -> Iterator[Permit]:
+        """Hold a place in this process's limit for the host, then one of the places shared
+        by every process (if shared); a cancel ends the wait for either."""
+        permit = limiter.acquire(lambda: scope.cancelled)
+        if permit is None:
+            raise _cancelled(url)
+        token: str | None = ""
+        try:
+            if self.slots is not None:
+                token = self.slots.take(limiter.host, lambda: scope.cancelled)
+                if token is None:
+                    raise _cancelled(url)
+                # The latency the limiter learns from starts now: not the wait for a place.
+                permit.started = time.monotonic()
+            yield permit
+        finally:
+            if token and self.slots is not None:
+                self.slots.give_back(limiter.host, token)
+            limiter.release(permit)
 
     def _get_once(
         self, url: str, number: int, max_bytes: int, scope: FetchScope, permit: Permit
@@ -491,18 +526,6 @@ class ScopedFetcher:
 
     def check_url(self, url: str) -> None:
         self.fetcher.check_url(url)
-
-
-@contextmanager
-def _holding(limiter: HostLimiter, scope: FetchScope, url: str) -> Iterator[Permit]:
-    """Hold a place in the host's limit; a cancel ends the wait for one."""
-    permit = limiter.acquire(lambda: scope.cancelled)
-    if permit is None:
-        raise _cancelled(url)
-    try:
-        yield permit
-    finally:
-        limiter.release(permit)
 
 
 def _raise_for_status(resp: requests.Response) -> None:

@@ -2,9 +2,10 @@
 live stack of its own with two children, against local image hosts that answer slowly.
 
 Two tasks from two slow hosts progress at the same time, in two processes, and each host still
-sees at most `fetch.per_host_concurrency` requests at once; a cancel of one leaves the other
-alone; a one-page task never waits behind a long one; killing the child of one of two running
-tasks loses nothing and does not disturb the other.
+sees at most `fetch.per_host_concurrency` requests at once — two tasks reading one host share
+it (places in Redis); a cancel of one leaves the other alone; a one-page task never waits
+behind a long one; killing the child of one of two running tasks loses nothing and does not
+disturb the other.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class SlowHost:
                     host.max_inflight = max(host.max_inflight, host.inflight)
                 try:
                     time.sleep(host.latency_s)
+                    # Done with it: counted out before the answer goes back, so a client that
+                    # has read the answer and sends its next request is never counted twice.
+                    with host.lock:
+                        host.inflight -= 1
                     self.send_response(200)
                     self.send_header("Content-Type", "image/jpeg")
                     self.send_header("Content-Length", str(len(host.data)))
@@ -62,9 +67,6 @@ class SlowHost:
                     self.wfile.write(host.data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # a cancelled task closed its connection
-                finally:
-                    with host.lock:
-                        host.inflight -= 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -160,6 +162,32 @@ def test_two_tasks_from_two_slow_hosts_progress_together_and_cancel_one(
     assert all(1 <= host.max_inflight <= PER_HOST for host in slow_hosts), [
         h.max_inflight for h in slow_hosts
     ]
+
+
+def test_two_tasks_reading_one_host_keep_to_its_limit_together(
+    client: Api, slow_hosts: list[SlowHost]
+) -> None:
+    host = slow_hosts[0]
+    tasks = [
+        client.submit_ok({"type": "detect", "input": host.pages(PAGES, name)})
+        for name in ("one", "two")
+    ]
+    both_progressing(client, tasks)
+    # Long enough for each process's own limit to reach PER_HOST (slow start: 1, 2, 4).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = [client.status(t).json()["progress"]["done"] for t in tasks]
+        if min(done) >= 12:
+            break
+        time.sleep(0.2)
+    # Two pool processes, each allowed PER_HOST: together still PER_HOST, not twice that. (Read
+    # before the cancels: a cancelled request's slot is free at once, while the host may still
+    # be working on it.)
+    most = host.max_inflight
+    for task_id in tasks:
+        assert client.terminate(task_id).status_code == 202
+        client.wait(task_id, timeout_s=30)
+    assert most == PER_HOST, most
 
 
 def test_a_small_task_does_not_wait_behind_a_big_one(client: Api, page_jpeg: bytes) -> None:

@@ -1,0 +1,72 @@
+"""The per-host limit across processes (model/sources/host_slots.py), on a bare Redis: fetchers
+that stand for the worker's pool processes, against a local server that counts what it gets."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from model.sources.fetch import SafeFetcher
+from model.sources.host_slots import KEY_PREFIX, HostSlots
+from server.tests.test_adaptive_fetch import LOOPBACK, fetch_all, flat, serving, wait_for
+
+
+def test_processes_together_keep_to_the_per_host_limit(clean_redis: redis.Redis) -> None:
+    # Four "pool processes", each free to send 4 at once: 16 without the shared slots.
+    fetchers = [
+        SafeFetcher(allow=LOOPBACK, per_host_concurrency=4, per_host_start=4) for _ in range(4)
+    ]
+    for fetcher in fetchers:
+        fetcher.share_host_slots(clean_redis)
+    with serving(flat(0.15)) as server, ThreadPoolExecutor(4) as pool:
+        urls = [f"{server.url}/p{i}" for i in range(12)]
+        results = list(pool.map(lambda f: fetch_all(f, urls, 6), fetchers))
+    assert all(not isinstance(r, str) for batch in results for r in batch), results
+    assert len(server.hits) == 48
+    assert server.max_in_flight == 4, server.max_in_flight
+    assert clean_redis.zcard(KEY_PREFIX + f"127.0.0.1:{server.url.rsplit(':', 1)[1]}") == 0
+
+
+def test_a_dead_processs_places_lapse_and_a_cancel_ends_the_wait(clean_redis: redis.Redis) -> None:
+    slots = HostSlots(clean_redis, capacity=1, lease_s=1)
+    assert slots.take("h:1", lambda: False)  # held by a process that dies: never given back
+    cancelled = threading.Event()
+    started = time.monotonic()
+    threading.Timer(0.2, cancelled.set).start()
+    assert slots.take("h:1", cancelled.is_set) is None  # the host is full; the cancel wins
+    assert time.monotonic() - started < 0.5
+    token = slots.take("h:1", lambda: time.monotonic() - started > 5)
+    assert token, "the dead holder's lease did not lapse"
+    assert 0.9 < time.monotonic() - started < 2.5
+    slots.give_back("h:1", token)
+    assert clean_redis.zcard(KEY_PREFIX + "h:1") == 0
+
+
+def test_an_unreachable_redis_does_not_hold_fetches() -> None:
+    # Nothing listens there; no retries, so the test does not wait out redis-py's backoff.
+    gone = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
+    slots = HostSlots(gone, capacity=1, lease_s=1)
+    assert slots.take("h:1", lambda: False) == ""  # let through: the process's own limit holds
+    slots.give_back("h:1", "")
+
+
+def test_waiting_for_a_shared_place_is_not_taken_for_latency(clean_redis: redis.Redis) -> None:
+    # Two processes, one place: each waits for the other's request, yet neither limiter may
+    # read that wait as the host slowing down (it would shrink for no reason).
+    fetchers = [
+        SafeFetcher(allow=LOOPBACK, per_host_concurrency=1, per_host_start=1) for _ in range(2)
+    ]
+    for fetcher in fetchers:
+        fetcher.share_host_slots(clean_redis)
+    with serving(flat(0.1)) as server, ThreadPoolExecutor(2) as pool:
+        urls = [f"{server.url}/p{i}" for i in range(6)]
+        list(pool.map(lambda f: fetch_all(f, urls, 1), fetchers))
+        wait_for(lambda: len(server.hits) == 12)
+        limiters = [f.host_limiter(server.url) for f in fetchers]
+    ewmas = [lim._latency[False].ewma for lim in limiters]
+    assert all(e is not None and e < 0.18 for e in ewmas), ewmas
