@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 import threading
 import time
@@ -358,8 +359,14 @@ class SafeFetcher:
         with self._limiters_lock:
             limiter = self._limiters.get(host)
             if limiter is None:
+                slots = self.slots
                 limiter = self._limiters[host] = HostLimiter(
-                    host, self.per_host_start, self.per_host_concurrency, self.latency_tolerance
+                    host,
+                    self.per_host_start,
+                    self.per_host_concurrency,
+                    self.latency_tolerance,
+                    learned=slots.learned(host) if slots else None,
+                    on_round=functools.partial(slots.learn, host) if slots else None,
                 )
             return limiter
 

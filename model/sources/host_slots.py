@@ -4,7 +4,9 @@
 from each of a worker's `worker.concurrency` pool processes (4 tasks reading one library would
 otherwise hold 4 × 4 requests to it), nor from each worker host that joins over the tunnel.
 Each process's own adaptive limit (`throttle.HostLimiter`) still decides how many of those
-places it asks for; these slots only cap the sum.
+places it asks for; these slots only cap the sum. What one process's limiter learnt about a
+host is kept here too, so that a process meeting the host later starts where it got to instead
+of probing from one request again.
 
 A slot is a member of a sorted set per host, scored by when its lease ends: a process killed
 mid-request cannot keep its places, they lapse after `lease_s` (longer than any one request is
@@ -21,7 +23,10 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import RedisError
 
+from model.sources.throttle import IDLE_RESET_S
+
 KEY_PREFIX = "sc:fetch:slots:"
+LEARNED_PREFIX = "sc:fetch:limit:"  # the limit the processes' limiters reached with a host
 POLL_S = 0.02  # how often a request waiting for a place looks again (and at its cancel flag)
 
 # KEYS: the host's slots; ARGV: token, capacity, lease in ms. 1: taken, 0: the host is full.
@@ -56,6 +61,18 @@ class HostSlots:
                 return ""
             time.sleep(POLL_S)
         return None
+
+    def learned(self, host: str) -> int | None:
+        """The limit a process's limiter last reached with `host` (within IDLE_RESET_S)."""
+        try:
+            value = self.redis.get(LEARNED_PREFIX + host)
+        except RedisError:
+            return None
+        return int(value) if value else None
+
+    def learn(self, host: str, limit: int) -> None:
+        with contextlib.suppress(RedisError):
+            self.redis.set(LEARNED_PREFIX + host, limit, ex=int(IDLE_RESET_S))
 
     def give_back(self, host: str, token: str) -> None:
         if not token:

@@ -18,7 +18,9 @@ Like a polite crawler (Scrapy's AutoThrottle, TCP's congestion window):
   we add requests is queueing them, so more concurrency only adds load;
 - images and other responses are followed apart: an IIIF server answers an info.json much
   sooner than the image it describes, and their mix is no trend;
-- a host left idle for `IDLE_RESET_S` is probed afresh from `start`.
+- a host left idle for `IDLE_RESET_S` is probed afresh from `start`;
+- a process that meets a host other processes have been reading starts at the limit they
+  reached (`learned`, kept in Redis by host_slots.py for `IDLE_RESET_S`), not at `start`.
 
 One `HostLimiter` per host, shared by the threads of a process: every method holds its lock.
 """
@@ -85,7 +87,17 @@ class Permit:
 
 
 class HostLimiter:
-    def __init__(self, host: str, start: int, maximum: int, tolerance: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        start: int,
+        maximum: int,
+        tolerance: float,
+        learned: int | None = None,
+        on_round: Callable[[int], None] | None = None,
+    ) -> None:
+        """`learned`: the limit other processes reached with this host lately (host_slots.py):
+        start there, past slow start. `on_round(limit)` hears the limit at every round's end."""
         self.host = host
         self.maximum = max(1, maximum)
         self.start = min(max(1, start), self.maximum)
@@ -95,7 +107,11 @@ class HostLimiter:
         self._last_done = time.monotonic()
         self._not_before = 0.0  # no new request before this time (Retry-After)
         self._cut_at = -math.inf  # when the limit was last halved
+        self._on_round = on_round
         self._reset()
+        if learned:
+            self._limit = min(self.maximum, max(1, learned))
+            self._slow_start = False  # the host has been probed already
 
     def _reset(self) -> None:
         self._limit = self.start
@@ -180,6 +196,8 @@ class HostLimiter:
             self._set_limit(min(self.maximum, grown), now, "latency flat")
         else:
             self._begin_round(now)  # the host was not kept busy: the level is untested
+        if self._on_round is not None:
+            self._on_round(self._limit)
 
     def _set_limit(self, limit: int, now: float, why: str) -> None:
         if limit != self._limit:

@@ -70,3 +70,19 @@ def test_waiting_for_a_shared_place_is_not_taken_for_latency(clean_redis: redis.
         limiters = [f.host_limiter(server.url) for f in fetchers]
     ewmas = [lim._latency[False].ewma for lim in limiters]
     assert all(e is not None and e < 0.18 for e in ewmas), ewmas
+
+
+def test_a_new_process_starts_where_the_others_got_to(clean_redis: redis.Redis) -> None:
+    first, later = (
+        SafeFetcher(allow=LOOPBACK, per_host_concurrency=4, per_host_start=1) for _ in range(2)
+    )
+    for fetcher in (first, later):
+        fetcher.share_host_slots(clean_redis)
+    with serving(flat(0.05)) as server:
+        fetch_all(first, [f"{server.url}/a{i}" for i in range(24)], 6)
+        assert first.host_limiter(server.url).limit == 4  # probed up from one request
+        arrived = len(server.hits)
+        fetch_all(later, [f"{server.url}/b{i}" for i in range(8)], 6)
+        profile = [hit.in_flight for hit in server.hits[arrived:]]
+    assert later.host_limiter(server.url).limit == 4
+    assert profile[:4] == [1, 2, 3, 4], f"the later process probed the host again: {profile}"
