@@ -327,7 +327,9 @@ class SafeFetcher:
         """Cap the requests at once to each host at `per_host_concurrency` across every process
         using `redis` (host_slots.py); a slot outlives no request: its lease is the longest a
         request may take."""
-        lease_s = self.timeout[0] + self.response_deadline_s + 5
+        # Twice what one attempt may take: DNS and connecting (per address, per redirect) are
+        # not cut by the response deadline. Only a killed process's places wait this long.
+        lease_s = 2 * (self.timeout[0] + self.response_deadline_s)
         self.slots = HostSlots(redis, self.per_host_concurrency, lease_s)
 
     def scoped(self, scope: FetchScope) -> ScopedFetcher:
@@ -356,19 +358,23 @@ class SafeFetcher:
         """The concurrency limiter of `url`'s host (one per host and port in this process)."""
         parts = urlsplit(url)
         host = f"{parts.hostname}:{parts.port or ''}"
+        limiter = self._limiters.get(host)
+        if limiter is not None:
+            return limiter
+        slots = self.slots
+        learned = slots.learned(host) if slots else None  # Redis: not under the lock
         with self._limiters_lock:
-            limiter = self._limiters.get(host)
-            if limiter is None:
-                slots = self.slots
-                limiter = self._limiters[host] = HostLimiter(
+            return self._limiters.setdefault(
+                host,
+                HostLimiter(
                     host,
                     self.per_host_start,
                     self.per_host_concurrency,
                     self.latency_tolerance,
-                    learned=slots.learned(host) if slots else None,
+                    learned=learned,
                     on_round=functools.partial(slots.learn, host) if slots else None,
-                )
-            return limiter
+                ),
+            )
 
     def get(
         self, url: str, max_bytes: int | None = None, scope: FetchScope | None = None

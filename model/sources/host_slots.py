@@ -8,9 +8,13 @@ places it asks for; these slots only cap the sum. What one process's limiter lea
 host is kept here too, so that a process meeting the host later starts where it got to instead
 of probing from one request again.
 
-A slot is a member of a sorted set per host, scored by when its lease ends: a process killed
-mid-request cannot keep its places, they lapse after `lease_s` (longer than any one request is
-allowed to take). Taking and giving back are single Lua steps on Redis's clock.
+Per host, in Redis: the places taken (a sorted set of tokens scored by when their lease ends:
+a process killed mid-request cannot keep them, they lapse after `lease_s`, longer than one
+request may take) and the requests waiting for one (scored by arrival, with the time each was
+last seen asking: a waiter that stopped asking — cancelled, or its process died — is dropped).
+Places go to waiters first come, first served, whichever process they are in: a process that
+has just given a place back cannot take it again ahead of a request another process has had
+waiting. Every step is one Lua script on Redis's clock.
 """
 
 from __future__ import annotations
@@ -27,40 +31,104 @@ from model.sources.throttle import IDLE_RESET_S
 
 KEY_PREFIX = "sc:fetch:slots:"
 LEARNED_PREFIX = "sc:fetch:limit:"  # the limit the processes' limiters reached with a host
-POLL_S = 0.02  # how often a request waiting for a place looks again (and at its cancel flag)
+POLL_S = 0.02  # how often a request waiting for a place asks again (and looks at its cancel flag)
+WAITER_GONE_MS = 1000  # a waiter that has not asked for this long is dropped from the line
+REDIS_TIMEOUT_S = 5.0  # a Redis that hangs must not hold a download thread for longer
 
-# KEYS: the host's slots; ARGV: token, capacity, lease in ms. 1: taken, 0: the host is full.
+# KEYS: places taken, waiters (token -> arrival), waiters last seen (token -> time); ARGV:
+# token, capacity, lease in ms, waiter timeout in ms. 1: taken, 0: wait and ask again.
 _TAKE = """
 local t = redis.call('TIME')
-local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+  redis.call('ZADD', KEYS[2], now, ARGV[1])
+end
+redis.call('HSET', KEYS[3], ARGV[1], now)
+for _, key in ipairs({KEYS[2], KEYS[3]}) do
+  if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+end
+local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
+if free <= 0 then return 0 end
+-- The first `free` waiters that are still asking may take a place; the others wait.
+local ahead = 0
+for _, waiter in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if waiter == ARGV[1] then
+    redis.call('ZREM', KEYS[2], waiter)
+    redis.call('HDEL', KEYS[3], waiter)
+    redis.call('ZADD', KEYS[1], now + lease, waiter)
+    if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+    return 1
+  end
+  local seen = tonumber(redis.call('HGET', KEYS[3], waiter) or '0')
+  if now - seen > tonumber(ARGV[4]) then
+    redis.call('ZREM', KEYS[2], waiter)
+    redis.call('HDEL', KEYS[3], waiter)
+  else
+    ahead = ahead + 1
+    if ahead >= free then return 0 end
+  end
+end
+return 0
+"""
+
+# KEYS: as _TAKE; ARGV: token. Out of the line, or its place given back.
+_LEAVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
 
+def _keys(host: str) -> list[str]:
+    base = KEY_PREFIX + host
+    return [base, base + ":waiting", base + ":seen"]
+
+
+def _with_timeouts(redis: Redis) -> Redis:
+    """A client of the same server whose calls give up after REDIS_TIMEOUT_S."""
+    kwargs = dict(redis.connection_pool.connection_kwargs)
+    kwargs.update(socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+    pool = redis.connection_pool.__class__(
+        connection_class=redis.connection_pool.connection_class, **kwargs
+    )
+    return Redis(connection_pool=pool)
+
+
 class HostSlots:
     def __init__(self, redis: Redis, capacity: int, lease_s: float) -> None:
-        self.redis = redis
+        self.redis = _with_timeouts(redis)
         self.capacity = max(1, capacity)
         self.lease_ms = max(1000, int(lease_s * 1000))
-        self._take = redis.register_script(_TAKE)
+        self._take = self.redis.register_script(_TAKE)
+        self._leave = self.redis.register_script(_LEAVE)
 
     def take(self, host: str, cancelled: Callable[[], bool]) -> str | None:
-        """Wait for a place at `host`; its token, or None once `cancelled()`. A Redis that
-        cannot be reached lets the request go (the process's own limit still holds): the task
-        is then failing anyway, and a fetch must not wait forever on it."""
+        """Wait for a place at `host`, in line with every other process's requests; its
+        token, or None once `cancelled()`. A Redis that cannot be reached lets the request go
+        (the process's own limit still holds): the task is failing anyway then, and a fetch
+        must not wait on it."""
         token = uuid.uuid4().hex
+        keys = _keys(host)
+        args = [token, self.capacity, self.lease_ms, WAITER_GONE_MS]
         while not cancelled():
             try:
-                if self._take(keys=[KEY_PREFIX + host], args=[token, self.capacity, self.lease_ms]):
+                if self._take(keys=keys, args=args):
                     return token
             except RedisError:
+                self.give_back(host, token)  # in case the step ran and only its reply was lost
                 return ""
             time.sleep(POLL_S)
+        self.give_back(host, token)  # out of the line
         return None
+
+    def give_back(self, host: str, token: str) -> None:
+        if not token:
+            return
+        with contextlib.suppress(RedisError):  # else its lease (or its wait) lapses instead
+            self._leave(keys=_keys(host), args=[token])
 
     def learned(self, host: str) -> int | None:
         """The limit a process's limiter last reached with `host` (within IDLE_RESET_S)."""
@@ -73,9 +141,3 @@ class HostSlots:
     def learn(self, host: str, limit: int) -> None:
         with contextlib.suppress(RedisError):
             self.redis.set(LEARNED_PREFIX + host, limit, ex=int(IDLE_RESET_S))
-
-    def give_back(self, host: str, token: str) -> None:
-        if not token:
-            return
-        with contextlib.suppress(RedisError):  # else the lease lapses instead
-            self.redis.zrem(KEY_PREFIX + host, token)

@@ -108,6 +108,7 @@ class HostLimiter:
         self._not_before = 0.0  # no new request before this time (Retry-After)
         self._cut_at = -math.inf  # when the limit was last halved
         self._on_round = on_round
+        self._report: int | None = None  # the limit to tell `on_round`, once out of the lock
         self._reset()
         if learned:
             self._limit = min(self.maximum, max(1, learned))
@@ -168,6 +169,10 @@ class HostLimiter:
             elif permit.latency_s is not None and permit.started >= self._changed_at:
                 self._observe(permit.image, permit.latency_s, now)
             self._cond.notify_all()
+            report, self._report = self._report, None
+        # Told outside the lock: `on_round` may be slow (Redis), the other threads must not wait.
+        if report is not None and self._on_round is not None:
+            self._on_round(report)
 
     def _back_off(self, permit: Permit, now: float) -> None:
         if permit.retry_after_s:
@@ -196,11 +201,11 @@ class HostLimiter:
             self._set_limit(min(self.maximum, grown), now, "latency flat")
         else:
             self._begin_round(now)  # the host was not kept busy: the level is untested
-        if self._on_round is not None:
-            self._on_round(self._limit)
+        self._report = self._limit  # every round's end, changed or not: keeps it fresh
 
     def _set_limit(self, limit: int, now: float, why: str) -> None:
         if limit != self._limit:
             log.debug("%s: concurrency %d -> %d (%s)", self.host, self._limit, limit, why)
         self._limit = limit
+        self._report = limit  # a cut too: a process meeting the host later must not start above
         self._begin_round(now)

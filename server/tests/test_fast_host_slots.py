@@ -86,3 +86,41 @@ def test_a_new_process_starts_where_the_others_got_to(clean_redis: redis.Redis) 
         profile = [hit.in_flight for hit in server.hits[arrived:]]
     assert later.host_limiter(server.url).limit == 4
     assert profile[:4] == [1, 2, 3, 4], f"the later process probed the host again: {profile}"
+
+
+def test_places_go_first_come_first_served_across_processes(clean_redis: redis.Redis) -> None:
+    # A long task's process gives a place back and at once wants it again: another process's
+    # request, waiting already, must get it first (it was starved before the line existed).
+    long_task, short_task = (
+        SafeFetcher(allow=LOOPBACK, per_host_concurrency=2, per_host_start=2) for _ in range(2)
+    )
+    for fetcher in (long_task, short_task):
+        fetcher.share_host_slots(clean_redis)
+    with serving(flat(0.1)) as server:
+        long_run = threading.Thread(
+            target=fetch_all, args=(long_task, [f"{server.url}/long{i}" for i in range(60)], 4)
+        )
+        long_run.start()
+        wait_for(lambda: len(server.hits) >= 4)
+        started = time.monotonic()
+        fetch_all(short_task, [f"{server.url}/short{i}" for i in range(4)], 2)
+        short_s = time.monotonic() - started
+        long_left = 60 - sum(hit.path.startswith("/long") for hit in server.hits)
+        long_run.join()
+    # Its 4 requests share the 2 places with the long task's: ~0.4 s, not the long task's ~3 s.
+    assert short_s < 1.5, short_s
+    assert long_left > 10, "the long task was over before the short one got its places"
+
+
+def test_a_waiter_that_stopped_asking_leaves_the_line(clean_redis: redis.Redis) -> None:
+    slots = HostSlots(clean_redis, capacity=1, lease_s=30)
+    held = slots.take("h:1", lambda: False)
+    assert held
+    # A request of a process that died while it waited: in line, last seen asking now.
+    clean_redis.zadd(KEY_PREFIX + "h:1:waiting", {"dead-waiter": 0})
+    clean_redis.hset(KEY_PREFIX + "h:1:seen", "dead-waiter", int(time.time() * 1000))
+    slots.give_back("h:1", held)
+    started = time.monotonic()
+    token = slots.take("h:1", lambda: time.monotonic() - started > 5)
+    assert token, "the dead waiter kept its turn"
+    assert 0.5 < time.monotonic() - started < 2.5  # once it had not asked for a second

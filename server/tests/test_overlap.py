@@ -58,6 +58,8 @@ class SlowHost:
                     time.sleep(host.latency_s)
                     # Done with it: counted out before the answer goes back, so a client that
                     # has read the answer and sends its next request is never counted twice.
+                    # (So a place given back before the body is read would go unseen here;
+                    # the bodies are small, and test_fast_host_slots counts at arrival.)
                     with host.lock:
                         host.inflight -= 1
                     self.send_response(200)
