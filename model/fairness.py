@@ -15,18 +15,18 @@ index (`model.store`), so `queue_position` counts the tasks a worker will really
 
 from __future__ import annotations
 
+from kombu.transport.redis import Channel
 from redis import Redis
 
 LANES = 10
 # A lane's place in the queue index's score: lane * LANE_SPAN + time queued. Times are ~1.8e9
 # seconds, so every lane sorts after the one before it.
 LANE_SPAN = 1e10
-_KOMBU_SEP = "\x06\x16"  # kombu.transport.redis.Channel.sep
 
 
 def lane_lists(queue: str) -> list[str]:
     """The Redis lists holding the Celery messages of `queue`, lane 0 first."""
-    return [queue] + [f"{queue}{_KOMBU_SEP}{lane}" for lane in range(1, LANES)]
+    return [queue] + [f"{queue}{Channel.sep}{lane}" for lane in range(1, LANES)]
 
 
 def waiting_messages(redis: Redis, queue: str) -> int:

@@ -41,7 +41,7 @@ from model.api.auth import is_admin, require_key
 from model.api.errors import ApiError
 from model.api.services import services
 from model.celery_app import QUEUE, WEBHOOK_QUEUE
-from model.fairness import LANES, lane_lists
+from model.fairness import waiting_messages
 from model.metrics.catalog import HTTP, LIVE, RECORDED, Spec
 from model.metrics.record import metric_key
 from model.store import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
@@ -151,7 +151,7 @@ class RedisCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            rows, queues, workers = self._read()
+            rows, queues, workers, lengths = self._read()
         except RedisError:
             yield _gauge("scriptorium_redis_up", [((), 0)])  # the HTTP metrics still come
             return
@@ -159,10 +159,7 @@ class RedisCollector:
         for spec, data in zip(RECORDED.values(), rows, strict=False):
             yield _recorded(spec, data)
         queued, running, webhook_queue, pending = rows[len(RECORDED) :][:4]
-        # A queue's messages wait in one list per lane (model.fairness): summed.
-        per_lane = rows[len(RECORDED) + 4 : len(RECORDED) + 4 + len(queues) * LANES]
-        lengths = [sum(per_lane[i : i + LANES]) for i in range(0, len(per_lane), LANES)]
-        ttls = rows[len(RECORDED) + 4 + len(queues) * LANES :]
+        ttls = rows[len(RECORDED) + 4 :]
         yield _gauge("scriptorium_queue_depth", [((), queued)])
         yield _gauge("scriptorium_tasks_running", [((), running)])
         yield _gauge(
@@ -181,7 +178,7 @@ class RedisCollector:
         ]
         yield _gauge("scriptorium_worker_heartbeat_age_seconds", ages)
 
-    def _read(self) -> tuple[list[Any], list[str], list[str]]:
+    def _read(self) -> tuple[list[Any], list[str], list[str], list[int]]:
         workers = list(self.redis.scan_iter(match=f"{WORKERS_PREFIX}*", count=100))
         # The default queue, and every model's queue tasks were sent to (routing by model).
         queues = sorted({QUEUE, *self.redis.smembers(QUEUES_KEY)})
@@ -192,12 +189,11 @@ class RedisCollector:
             pipe.scard(RUNNING_KEY)
             pipe.llen(WEBHOOK_QUEUE)
             pipe.zcard(DUE_KEY)
-            for queue in queues:
-                for lane in lane_lists(queue):
-                    pipe.llen(lane)
             for key in workers:
                 pipe.pttl(key)
-            return pipe.execute(), queues, workers
+            rows = pipe.execute()
+        # A queue's messages wait in one list per lane (model.fairness).
+        return rows, queues, workers, [waiting_messages(self.redis, queue) for queue in queues]
 
 
 def _gauge(name: str, samples: list[tuple[tuple[str, ...], Any]]) -> Metric:
