@@ -449,7 +449,7 @@ class TaskStore:
         }
         if webhook:
             fields["webhook"] = json.dumps(webhook)
-        pairs = [str(x) for item in fields.items() for x in item]
+        strings = {k: str(v) for k, v in fields.items()}
         lane = self._create(
             keys=[
                 task_key(task_id),
@@ -460,9 +460,16 @@ class TaskStore:
                 owner_tasks_key(owner),
                 ALL_TASKS_KEY,
             ],
-            args=[task_id, now, queue, LANES - 1, LANE_SPAN, *pairs],
+            args=[
+                task_id,
+                now,
+                queue,
+                LANES - 1,
+                LANE_SPAN,
+                *(x for kv in strings.items() for x in kv),
+            ],
         )
-        return TaskRecord.from_hash({**{k: str(v) for k, v in fields.items()}, "lane": lane})
+        return TaskRecord.from_hash({**strings, "lane": lane})
 
     def get(self, task_id: str) -> TaskRecord | None:
         data = self.redis.hgetall(task_key(task_id))

@@ -364,17 +364,17 @@ class SafeFetcher:
         slots = self.slots
         learned = slots.learned(host) if slots else None  # Redis: not under the lock
         with self._limiters_lock:
-            return self._limiters.setdefault(
-                host,
-                HostLimiter(
+            limiter = self._limiters.get(host)  # another thread may have made it meanwhile
+            if limiter is None:
+                limiter = self._limiters[host] = HostLimiter(
                     host,
                     self.per_host_start,
                     self.per_host_concurrency,
                     self.latency_tolerance,
                     learned=learned,
                     on_round=functools.partial(slots.learn, host) if slots else None,
-                ),
-            )
+                )
+            return limiter
 
     def get(
         self, url: str, max_bytes: int | None = None, scope: FetchScope | None = None

@@ -41,30 +41,35 @@ _TAKE = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local lease = tonumber(ARGV[3])
+-- Never shortens a key's life (worker hosts may run with other leases).
+local function keep(key)
+  if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+end
+local function out_of_line(waiter)
+  redis.call('ZREM', KEYS[2], waiter)
+  redis.call('HDEL', KEYS[3], waiter)
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   redis.call('ZADD', KEYS[2], now, ARGV[1])
 end
 redis.call('HSET', KEYS[3], ARGV[1], now)
-for _, key in ipairs({KEYS[2], KEYS[3]}) do
-  if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
-end
+keep(KEYS[2])
+keep(KEYS[3])
 local free = tonumber(ARGV[2]) - redis.call('ZCARD', KEYS[1])
 if free <= 0 then return 0 end
 -- The first `free` waiters that are still asking may take a place; the others wait.
 local ahead = 0
 for _, waiter in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if waiter == ARGV[1] then
-    redis.call('ZREM', KEYS[2], waiter)
-    redis.call('HDEL', KEYS[3], waiter)
+    out_of_line(waiter)
     redis.call('ZADD', KEYS[1], now + lease, waiter)
-    if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
+    keep(KEYS[1])
     return 1
   end
   local seen = tonumber(redis.call('HGET', KEYS[3], waiter) or '0')
   if now - seen > tonumber(ARGV[4]) then
-    redis.call('ZREM', KEYS[2], waiter)
-    redis.call('HDEL', KEYS[3], waiter)
+    out_of_line(waiter)
   else
     ahead = ahead + 1
     if ahead >= free then return 0 end
