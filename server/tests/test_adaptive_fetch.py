@@ -225,32 +225,32 @@ def test_429_with_retry_after_halves_concurrency_and_pauses_the_host() -> None:
     assert cut_to == 2 and 0.5 < paused_for <= 1
 
 
-def test_fast_flat_host_grows_to_the_maximum() -> None:
+def adapting(answer: Answer, paths: list[str], serial: bool = False) -> tuple[list[int], int, int]:
+    """`paths` fetched by 6 threads of a fresh fetcher (1 request at once to start, 4 at most):
+    the requests in flight at each arrival, the most at once, and the limit reached."""
     with (
-        serving(flat(0.2)) as server,
+        serving(answer, serial) as server,
         fetcher_for(per_host_concurrency=4, per_host_start=1) as fetcher,
     ):
-        fetch_all(fetcher, [f"{server.url}/p{i}" for i in range(40)], 6)
+        fetch_all(fetcher, [server.url + path for path in paths], 6)
         limit = fetcher.host_limiter(server.url).limit
     profile = [hit.in_flight for hit in server.hits]
     print(f"\nin flight at each arrival: {profile}")
+    return profile, server.max_in_flight, limit
+
+
+def test_fast_flat_host_grows_to_the_maximum() -> None:
+    profile, most, limit = adapting(flat(0.2), [f"/p{i}" for i in range(40)])
     assert profile[:4] == [1, 1, 1, 1], "a host's first requests come one at a time"
-    assert server.max_in_flight == 4
+    assert most == 4
     assert limit >= 3  # at the maximum, or one below it when a starved CPU made a round slow
 
 
 def test_host_slowing_with_concurrency_stays_low() -> None:
     # One request served at a time: each request more at once adds 0.3 s to every response
     # (well above the client's own delays on a busy machine, which hide the queueing).
-    with (
-        serving(flat(0.3), serial=True) as server,
-        fetcher_for(per_host_concurrency=4, per_host_start=1) as fetcher,
-    ):
-        fetch_all(fetcher, [f"{server.url}/p{i}" for i in range(16)], 6)
-        limit = fetcher.host_limiter(server.url).limit
-    profile = [hit.in_flight for hit in server.hits]
-    print(f"\nin flight at each arrival: {profile}")
-    assert server.max_in_flight <= 2, "more requests at once although latency rose"
+    _, most, limit = adapting(flat(0.3), [f"/p{i}" for i in range(16)], serial=True)
+    assert most <= 2, "more requests at once although latency rose"
     assert limit <= 2
 
 
@@ -262,16 +262,9 @@ def test_flat_host_serving_documents_and_images_grows_to_the_maximum() -> None:
         return 200, {"Content-Type": "image/jpeg"}, 0.2
 
     urls = [f"/p{i}/{name}" for i in range(30) for name in ("info.json", "full.jpg")]
-    with (
-        serving(answer) as server,
-        fetcher_for(per_host_concurrency=4, per_host_start=1) as fetcher,
-    ):
-        fetch_all(fetcher, [server.url + url for url in urls], 6)
-        limit = fetcher.host_limiter(server.url).limit
-    profile = [hit.in_flight for hit in server.hits]
-    print(f"\nin flight at each arrival: {profile}")
+    profile, most, limit = adapting(answer, urls)
     assert profile[:4] == [1, 1, 1, 1], "a host's first requests come one at a time"
-    assert server.max_in_flight == 4
+    assert most == 4
     assert limit >= 3  # at the maximum, or one below it when a starved CPU made a round slow
 
 

@@ -3,8 +3,10 @@ that stand for the worker's pool processes, against a local server that counts w
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
@@ -16,14 +18,26 @@ from model.sources.host_slots import KEY_PREFIX, HostSlots
 from server.tests.test_adaptive_fetch import LOOPBACK, fetch_all, flat, serving, wait_for
 
 
+@contextlib.contextmanager
+def processes(redis_client: redis.Redis, count: int, **options: int) -> Iterator[list[SafeFetcher]]:
+    """`count` fetchers sharing the host places in `redis_client`: the worker's pool processes."""
+    fetchers = [SafeFetcher(allow=LOOPBACK, **options) for _ in range(count)]  # type: ignore[arg-type]
+    for fetcher in fetchers:
+        fetcher.share_host_slots(redis_client)
+    try:
+        yield fetchers
+    finally:
+        for fetcher in fetchers:
+            fetcher.session.close()
+
+
 def test_processes_together_keep_to_the_per_host_limit(clean_redis: redis.Redis) -> None:
     # Four "pool processes", each free to send 4 at once: 16 without the shared slots.
-    fetchers = [
-        SafeFetcher(allow=LOOPBACK, per_host_concurrency=4, per_host_start=4) for _ in range(4)
-    ]
-    for fetcher in fetchers:
-        fetcher.share_host_slots(clean_redis)
-    with serving(flat(0.15)) as server, ThreadPoolExecutor(4) as pool:
+    with (
+        processes(clean_redis, 4, per_host_concurrency=4, per_host_start=4) as fetchers,
+        serving(flat(0.15)) as server,
+        ThreadPoolExecutor(4) as pool,
+    ):
         urls = [f"{server.url}/p{i}" for i in range(12)]
         results = list(pool.map(lambda f: fetch_all(f, urls, 6), fetchers))
     assert all(not isinstance(r, str) for batch in results for r in batch), results
@@ -58,12 +72,11 @@ def test_an_unreachable_redis_does_not_hold_fetches() -> None:
 def test_waiting_for_a_shared_place_is_not_taken_for_latency(clean_redis: redis.Redis) -> None:
     # Two processes, one place: each waits for the other's request, yet neither limiter may
     # read that wait as the host slowing down (it would shrink for no reason).
-    fetchers = [
-        SafeFetcher(allow=LOOPBACK, per_host_concurrency=1, per_host_start=1) for _ in range(2)
-    ]
-    for fetcher in fetchers:
-        fetcher.share_host_slots(clean_redis)
-    with serving(flat(0.1)) as server, ThreadPoolExecutor(2) as pool:
+    with (
+        processes(clean_redis, 2, per_host_concurrency=1, per_host_start=1) as fetchers,
+        serving(flat(0.1)) as server,
+        ThreadPoolExecutor(2) as pool,
+    ):
         urls = [f"{server.url}/p{i}" for i in range(6)]
         list(pool.map(lambda f: fetch_all(f, urls, 1), fetchers))
         wait_for(lambda: len(server.hits) == 12)
@@ -73,12 +86,10 @@ def test_waiting_for_a_shared_place_is_not_taken_for_latency(clean_redis: redis.
 
 
 def test_a_new_process_starts_where_the_others_got_to(clean_redis: redis.Redis) -> None:
-    first, later = (
-        SafeFetcher(allow=LOOPBACK, per_host_concurrency=4, per_host_start=1) for _ in range(2)
-    )
-    for fetcher in (first, later):
-        fetcher.share_host_slots(clean_redis)
-    with serving(flat(0.05)) as server:
+    with (
+        processes(clean_redis, 2, per_host_concurrency=4, per_host_start=1) as (first, later),
+        serving(flat(0.05)) as server,
+    ):
         fetch_all(first, [f"{server.url}/a{i}" for i in range(24)], 6)
         assert first.host_limiter(server.url).limit == 4  # probed up from one request
         arrived = len(server.hits)
@@ -91,12 +102,11 @@ def test_a_new_process_starts_where_the_others_got_to(clean_redis: redis.Redis) 
 def test_places_go_first_come_first_served_across_processes(clean_redis: redis.Redis) -> None:
     # A long task's process gives a place back and at once wants it again: another process's
     # request, waiting already, must get it first (it was starved before the line existed).
-    long_task, short_task = (
-        SafeFetcher(allow=LOOPBACK, per_host_concurrency=2, per_host_start=2) for _ in range(2)
-    )
-    for fetcher in (long_task, short_task):
-        fetcher.share_host_slots(clean_redis)
-    with serving(flat(0.1)) as server:
+    with (
+        processes(clean_redis, 2, per_host_concurrency=2, per_host_start=2) as tasks,
+        serving(flat(0.1)) as server,
+    ):
+        long_task, short_task = tasks
         long_run = threading.Thread(
             target=fetch_all, args=(long_task, [f"{server.url}/long{i}" for i in range(60)], 4)
         )

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -75,8 +74,10 @@ class SlowHost:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def pages(self, count: int, name: str) -> dict[str, Any]:
-        return {"image_urls": [f"{self.url}/{name}.jpg?page={i}" for i in range(count)]}
+    def detect(self, client: Api, count: int, name: str) -> str:
+        """A detect task of `count` pages of this host (URLs named after `name`): its id."""
+        urls = [f"{self.url}/{name}.jpg?page={i}" for i in range(count)]
+        return client.submit_ok({"type": "detect", "input": {"image_urls": urls}})
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -143,8 +144,7 @@ def test_two_tasks_from_two_slow_hosts_progress_together_and_cancel_one(
     side_by_side: Stack, client: Api, slow_hosts: list[SlowHost]
 ) -> None:
     first, second = (
-        client.submit_ok({"type": "detect", "input": host.pages(PAGES, name)})
-        for host, name in zip(slow_hosts, ("a", "b"), strict=True)
+        host.detect(client, PAGES, name) for host, name in zip(slow_hosts, ("a", "b"), strict=True)
     )
     both_progressing(client, [first, second])
     # Two pool processes, each with the model: not one task after the other in one.
@@ -170,10 +170,7 @@ def test_two_tasks_reading_one_host_keep_to_its_limit_together(
     client: Api, slow_hosts: list[SlowHost]
 ) -> None:
     host = slow_hosts[0]
-    tasks = [
-        client.submit_ok({"type": "detect", "input": host.pages(PAGES, name)})
-        for name in ("one", "two")
-    ]
+    tasks = [host.detect(client, PAGES, name) for name in ("one", "two")]
     both_progressing(client, tasks)
     # Long enough for each process's own limit to reach PER_HOST (slow start: 1, 2, 4).
     deadline = time.monotonic() + 60
@@ -195,9 +192,9 @@ def test_two_tasks_reading_one_host_keep_to_its_limit_together(
 def test_a_small_task_does_not_wait_behind_a_big_one(client: Api, page_jpeg: bytes) -> None:
     fast = SlowHost(page_jpeg, 0.0)
     try:
-        big = client.submit_ok({"type": "detect", "input": fast.pages(300, "big")})
+        big = fast.detect(client, 300, "big")
         client.wait(big, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 2)
-        small = client.submit_ok({"type": "detect", "input": fast.pages(1, "small")})
+        small = fast.detect(client, 1, "small")
         done = client.wait(small, timeout_s=60)
         big_then = client.status(big).json()
         assert done["state"] == "SUCCEEDED" and done["progress"]["done"] == 1
@@ -213,7 +210,7 @@ def test_killing_the_child_of_one_of_two_running_tasks_loses_nothing(
     side_by_side: Stack, client: Api, slow_hosts: list[SlowHost]
 ) -> None:
     victim, bystander = (
-        client.submit_ok({"type": "detect", "input": host.pages(PAGES, name)})
+        host.detect(client, PAGES, name)
         for host, name in zip(slow_hosts, ("victim", "bystander"), strict=True)
     )
     both_progressing(client, [victim, bystander])
