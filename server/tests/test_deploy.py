@@ -56,6 +56,16 @@ def _run(argv: list[str], timeout: float = 900) -> tuple[subprocess.CompletedPro
     return result, time.monotonic() - started
 
 
+def _remove_installation(prefix: Path) -> None:
+    """Stop an installation's supervisord (waiting for it to be gone) and delete it."""
+    _run([str(prefix / "bin" / "scriptoriumctl"), "shutdown"], timeout=200)
+    pid_file = prefix / "shared" / "var" / "run" / "supervisord.pid"
+    deadline = time.monotonic() + 200
+    while pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    shutil.rmtree(prefix, ignore_errors=True)
+
+
 def _commit(repo: Path, message: str) -> str:
     subprocess.run([*GIT, "-C", str(repo), "add", "-A"], check=True)
     subprocess.run([*GIT, "-C", str(repo), "commit", "-qm", message], check=True)
@@ -171,12 +181,7 @@ def installation(source_repo: Path) -> Iterator[Installation]:
         inst.wait_ready()
         yield inst
     finally:
-        _run([str(prefix / "bin" / "scriptoriumctl"), "shutdown"], timeout=200)
-        pid_file = prefix / "shared" / "var" / "run" / "supervisord.pid"
-        deadline = time.monotonic() + 200
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        shutil.rmtree(prefix, ignore_errors=True)
+        _remove_installation(prefix)
         subprocess.run(["userdel", SERVICE_USER], capture_output=True)
 
 
@@ -565,12 +570,7 @@ def worker_host(installation: Installation, source_repo: Path) -> Iterator[Insta
             time.sleep(1)
         yield host
     finally:
-        _run([str(prefix / "bin" / "scriptoriumctl"), "shutdown"], timeout=200)
-        pid_file = prefix / "shared" / "var" / "run" / "supervisord.pid"
-        deadline = time.monotonic() + 200
-        while pid_file.exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        shutil.rmtree(prefix, ignore_errors=True)
+        _remove_installation(prefix)
         shutil.rmtree(secrets.parent, ignore_errors=True)
         subprocess.run(["userdel", WORKER_USER], capture_output=True)
 
