@@ -13,6 +13,7 @@ import time
 from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
+from model.redis_client import UNREACHABLE
 from model.store import State, TaskStore
 from model.uploads import UploadStore
 
@@ -94,11 +95,12 @@ def end_after_failure(
 ) -> State | None:
     """A task whose Celery message ended in an exception (time limits, or anything that escaped
     the runner): end its record, else it would stay QUEUED or RUNNING with no message left. A
-    lost worker process is the exception: its message is redelivered and the task resumes.
+    lost worker process is the exception: its message is redelivered and the task resumes. So
+    is Redis out of reach: not the task's fault (a running task is requeued once it is back).
     `worker` (a holder prefix): only if one of that worker's attempts holds the task, or none
     ever started — not a task requeued away from a stale attempt of ours. Returns the state it
     was ended in (None: nothing to do)."""
-    if isinstance(exception, WorkerLostError):
+    if isinstance(exception, (WorkerLostError, *UNREACHABLE)):
         return None
     record = store.get(task_id)
     if record is None or record.state.terminal:

@@ -41,6 +41,9 @@ class RedisSettings(BaseModel):
     db: int = 0
     # Normally read from <data_dir>/secrets/redis_password (generated at setup).
     password: str | None = None
+    # How long a worker's calls to Redis keep retrying while Redis is unreachable (a restart);
+    # past that the task in hand is left to be requeued once Redis is back, never failed.
+    outage_patience_s: float = Field(default=20, ge=0, le=300)
 
 
 class WorkerSettings(BaseModel):

@@ -42,6 +42,7 @@ from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
 from model.metrics.fetching import MeteredFetcher
 from model.metrics.record import meter_of
+from model.redis_client import patient_redis, patient_retry
 from model.runner import ATTEMPTS, run_task
 from model.settings import get_settings
 from model.store import State, TaskStore
@@ -61,7 +62,9 @@ _resources: WorkerResources | None = None  # this pool process's, once its model
 
 
 def _redis() -> Redis:
-    return Redis.from_url(settings.redis_url(), decode_responses=True)
+    return patient_redis(
+        settings.redis_url(), settings.redis.outage_patience_s, decode_responses=True
+    )
 
 
 def _store(redis: Redis) -> TaskStore:
@@ -69,7 +72,9 @@ def _store(redis: Redis) -> TaskStore:
 
 
 def _uploads() -> UploadStore:
-    return UploadStore.from_settings(settings)
+    return UploadStore.from_settings(
+        settings, retry=patient_retry(settings.redis.outage_patience_s)
+    )
 
 
 def _heartbeat_key() -> str:

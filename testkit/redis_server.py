@@ -15,9 +15,12 @@ from testkit.stack import free_port
 
 
 @contextmanager
-def redis_server(folder: Path, password: str | None = None) -> Iterator[int]:
-    """Start redis-server in `folder`, yield its port once it answers, stop it after."""
-    port = free_port()
+def redis_server(
+    folder: Path, password: str | None = None, port: int | None = None
+) -> Iterator[int]:
+    """Start redis-server in `folder` (on `port`, else a free one), yield its port once it
+    answers, stop it after."""
+    port = port or free_port()
     auth = ["--requirepass", password] if password else []
     persistence = ["--save", "", "--appendonly", "no", "--dir", str(folder)]
     process = subprocess.Popen(

@@ -22,6 +22,7 @@ from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
 from model.pipeline.memory import process_budget
 from model.pipeline.prefetch import Prefetcher
+from model.redis_client import UNREACHABLE
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 from model.uploads import UploadMissing
@@ -42,6 +43,8 @@ class Prepared:
     cached: list[dict[str, Any]] | None = None  # detections (xyxy in decoded pixels)
     error: tuple[str, str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    # Not the page's fault (Redis unreachable): the attempt stops on it, the page is not failed.
+    fault: Exception | None = None
 
 
 @dataclass
@@ -69,8 +72,11 @@ class PageLoader:
         return prepared
 
     def failed(self, unit: WorkUnit, exc: Exception) -> Prepared:
-        """An unexpected error while loading one page fails that page only."""
-        return Prepared(unit, base_item(unit), error=("load_error", f"{type(exc).__name__}: {exc}"))
+        """An unexpected error while loading one page fails that page only; Redis out of reach
+        is the service's fault, not the page's (page_batches raises it)."""
+        error = ("load_error", f"{type(exc).__name__}: {exc}")
+        fault = exc if isinstance(exc, UNREACHABLE) else None
+        return Prepared(unit, base_item(unit), error=error, fault=fault)
 
     def _load(self, prepared: Prepared) -> None:
         unit, item = prepared.unit, prepared.item
@@ -194,4 +200,12 @@ def page_batches(
         depth=settings.pipeline.prefetch_depth,
         on_close=scope.cancel,
     ) as prefetch:
-        yield iter(lambda: prefetch.next_batch(settings.worker.batch_size, check_cancel), [])
+
+        def next_batch() -> list[Prepared]:
+            batch = prefetch.next_batch(settings.worker.batch_size, check_cancel)
+            fault = next((p.fault for p in batch if p.fault is not None), None)
+            if fault is not None:
+                raise fault
+            return batch
+
+        yield iter(next_batch, [])

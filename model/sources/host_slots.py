@@ -93,9 +93,10 @@ def _keys(host: str) -> list[str]:
 
 
 def _with_timeouts(redis: Redis) -> Redis:
-    """A client of the same server whose calls give up after REDIS_TIMEOUT_S."""
+    """A client of the same server whose calls give up after REDIS_TIMEOUT_S, without retrying."""
     kwargs = dict(redis.connection_pool.connection_kwargs)
     kwargs.update(socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+    kwargs.pop("retry", None)  # no waiting out an outage here: the local limit holds meanwhile
     pool = redis.connection_pool.__class__(
         connection_class=redis.connection_pool.connection_class, **kwargs
     )

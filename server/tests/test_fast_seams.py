@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import redis
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from model.ending import end_after_failure
 from model.jobs import JobFailed
 from model.jobs.contract import (
     Document,
@@ -26,12 +29,16 @@ from model.jobs.contract import (
     WorkerResources,
 )
 from model.jobs.crops import CropsParams, crops_of
+from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
+from model.jobs.units import WorkUnit
+from model.redis_client import patient_redis
 from model.runner import run_task
 from model.settings import CONFIG_FILE, Settings
 from model.store import TRANSITIONS, State, TaskStore, sources_of
 from model.uploads import UploadStore
+from testkit.redis_server import redis_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,6 +193,78 @@ def test_runner_resumes_after_the_items_already_stored(store) -> None:
     store.redis.delete(f"sc:task:{task_id}:lease")  # ...and whose lease lapsed
     run_task(task_id, store, _resources(store), _fake_jobs(run))
     assert seen == [1, 2] and store.get(task_id).done == 3
+
+
+def test_runner_leaves_a_task_to_its_requeue_when_redis_is_out_of_reach(store) -> None:
+    """Redis away longer than the clients' patience is not the task's fault: it is neither
+    failed by the runner nor by Celery's failure signal; its lease lapses and it is requeued."""
+
+    def run(ctx) -> None:
+        ctx.emit({"index": 0, "source": "a", "status": "ok"})
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+
+    task_id = _submit(store)
+    assert run_task(task_id, store, _resources(store), _fake_jobs(run)) is None
+    error = redis.TimeoutError("Timeout reading from socket")
+    assert end_after_failure(store, _uploads(store), task_id, error) is None
+    record = store.get(task_id)
+    assert (record.state, record.done, record.error_code) == (State.RUNNING, 1, None)
+
+
+def test_a_page_that_cannot_reach_redis_stops_the_attempt_instead_of_failing(store) -> None:
+    """A page's cache lookup or upload read that finds Redis gone is raised by page_batches (the
+    runner then leaves the task to its requeue), not recorded as a failed page."""
+
+    class RedisGone:
+        failed = PageLoader.failed
+
+        def __call__(self, unit: WorkUnit) -> Prepared:
+            raise redis.ConnectionError("Connection refused")
+
+    class Scope:
+        def cancel(self) -> None:
+            pass
+
+    units = [WorkUnit(index=i, source=f"https://example.org/{i}.jpg") for i in range(3)]
+    with (
+        page_batches(units, RedisGone(), Settings(), Scope(), lambda: None) as batches,
+        pytest.raises(redis.ConnectionError),
+    ):
+        next(batches)
+    other = PageLoader.failed(RedisGone(), units[0], ValueError("truncated"))
+    assert other.fault is None and other.error == ("load_error", "ValueError: truncated")
+
+
+def test_worker_redis_clients_ride_out_a_restart(tmp_path: Path) -> None:
+    """The worker's clients retry through an outage of about `redis.outage_patience_s`; a
+    client made the plain way fails at once (what a running task met before)."""
+    (tmp_path / "first").mkdir(), (tmp_path / "second").mkdir()
+    with redis_server(tmp_path / "first") as port:
+        url = f"redis://127.0.0.1:{port}/0"
+        patient, impatient = patient_redis(url, 15), patient_redis(url, 0.2)
+        plain = redis.Redis.from_url(url)
+        assert patient.set("k", "1") and plain.ping()
+    with pytest.raises(redis.ConnectionError):
+        plain.ping()
+    with pytest.raises(redis.ConnectionError):
+        impatient.ping()  # its patience ran out
+    serving, done = threading.Event(), threading.Event()
+
+    def restart() -> None:
+        time.sleep(1.0)
+        with redis_server(tmp_path / "second", port=port):
+            serving.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=restart)
+    thread.start()
+    try:
+        assert not serving.is_set()
+        assert patient.incr("k") == 1  # waited for the new server (no persistence: empty)
+        assert serving.is_set()
+    finally:
+        done.set()
+        thread.join()
 
 
 def test_a_queued_task_with_a_cancel_never_runs(store) -> None:

@@ -34,6 +34,7 @@ GRACE_S = 2
 VISIBILITY_MARGIN_S = 6
 VISIBILITY_S = TIMEOUT_MAX_S + GRACE_S + VISIBILITY_MARGIN_S
 LOST_GRACE_S = 10
+OUTAGE_PATIENCE_S = 2  # a restart (about a second) is ridden out; a longer outage is not
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         SCRIPTORIUM_CANCEL__GRACE_S=str(GRACE_S),
         SCRIPTORIUM_WORKER__VISIBILITY_MARGIN_S=str(VISIBILITY_MARGIN_S),
         SCRIPTORIUM_WORKER__LOST_GRACE_S=str(LOST_GRACE_S),
+        SCRIPTORIUM_REDIS__OUTAGE_PATIENCE_S=str(OUTAGE_PATIENCE_S),
         # Several tasks at once, as the default worker runs them: a kill or a restart hits
         # one task among others that go on.
         SCRIPTORIUM_WORKER__CONCURRENCY="2",
@@ -108,7 +110,7 @@ def running_child(stack: Stack, bodies: list[dict[str, Any]]) -> int | None:
 
 def check_complete(body: dict[str, Any]) -> None:
     """SUCCEEDED, every item exactly once."""
-    assert body["state"] == "SUCCEEDED", body["state"]
+    assert body["state"] == "SUCCEEDED", (body["state"], body.get("error"))
     total = body["progress"]["total"]
     assert body["progress"] == {"done": total, "total": total, "failed": 0}
     indices = [item["index"] for item in body["result"]["items"]]
@@ -289,5 +291,27 @@ def test_running_tasks_survive_a_redis_restart(faulty: Stack, client: Api, page_
     assert all(b["state"] == "RUNNING" and b["progress"]["done"] < 200 for b in before), [
         (b["state"], b["progress"]) for b in before
     ]
+    for task_id in task_ids:
+        check_complete(client.wait(task_id, timeout_s=300))
+
+
+def test_running_tasks_come_back_after_redis_is_away_longer_than_the_workers_wait(
+    faulty: Stack, client: Api, page_url: str
+) -> None:
+    """Past `redis.outage_patience_s` a running task stops (it cannot write) but is not failed:
+    its lease lapses and it is requeued once Redis is back, and resumes after its items."""
+    task_ids = [
+        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 120}})
+        for _ in range(2)
+    ]
+    for task_id in task_ids:
+        client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
+    time.sleep(1.5)  # appendfsync everysec: what was written is on disk
+    assert "stopped" in faulty.ctl("stop", "redis")
+    # Away until both attempts gave up (each call waits out the patience; metrics calls that
+    # cannot be recorded are skipped after it, so the first write that must happen fails later).
+    left = faulty.log_lines("worker", "Redis unreachable; left to be requeued", 2, timeout_s=60)
+    assert "started" in faulty.ctl("start", "redis")
+    assert len(left) == 2, faulty.log("worker")[-3000:]
     for task_id in task_ids:
         check_complete(client.wait(task_id, timeout_s=300))
