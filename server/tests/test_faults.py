@@ -277,14 +277,20 @@ def test_killing_gunicorn_workers_loses_no_task(faulty: Stack, page_url: str) ->
     assert not extra, f"tasks nobody was told about: {details}"
 
 
-def test_running_tasks_survive_a_redis_restart(faulty: Stack, client: Api, page_url: str) -> None:
+def two_tasks_under_way(client: Api, page_url: str, pages: int) -> list[str]:
+    """Two tasks of `pages` pages, both running with a page stored and on disk."""
     task_ids = [
-        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 200}})
+        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * pages}})
         for _ in range(2)
     ]
     for task_id in task_ids:
         client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
     time.sleep(1.5)  # appendfsync everysec: what was written is on disk
+    return task_ids
+
+
+def test_running_tasks_survive_a_redis_restart(faulty: Stack, client: Api, page_url: str) -> None:
+    task_ids = two_tasks_under_way(client, page_url, 200)
     before = [client.status(task_id).json() for task_id in task_ids]
     assert "started" in faulty.ctl("restart", "redis")
     # Both were mid-task when Redis went away (else this tests nothing).
@@ -300,13 +306,7 @@ def test_running_tasks_come_back_after_redis_is_away_longer_than_the_workers_wai
 ) -> None:
     """Past `redis.outage_patience_s` a running task stops (it cannot write) but is not failed:
     its lease lapses and it is requeued once Redis is back, and resumes after its items."""
-    task_ids = [
-        client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * 120}})
-        for _ in range(2)
-    ]
-    for task_id in task_ids:
-        client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
-    time.sleep(1.5)  # appendfsync everysec: what was written is on disk
+    task_ids = two_tasks_under_way(client, page_url, 120)
     assert "stopped" in faulty.ctl("stop", "redis")
     # Away until both attempts gave up (each call waits out the patience; metrics calls that
     # cannot be recorded are skipped after it, so the first write that must happen fails later).
