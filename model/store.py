@@ -126,12 +126,14 @@ local function held(record, token)
 end
 """
 
-# An item of an attempt that still holds the task. KEYS: record, items; ARGV: token ('' no
-# check), item, counter field.
+# An item of an attempt that still holds the task, stored once per index: a write retried after
+# its reply was lost (a connection cut as Redis restarts) is not counted twice. KEYS: record,
+# items, indices stored; ARGV: token ('' no check), item, counter field, index ('' none).
 _ADD_ITEM = (
     _HELD
     + """
 if not held(KEYS[1], ARGV[1]) then return 0 end
+if ARGV[4] ~= '' and redis.call('SADD', KEYS[3], ARGV[4]) == 0 then return 1 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
 return 1
@@ -236,7 +238,7 @@ redis.call('ZREM', KEYS[5], ARGV[3])
 redis.call('ZREM', KEYS[6], ARGV[3])
 redis.call('ZREM', KEYS[10], ARGV[3])
 redis.call('SREM', KEYS[7], ARGV[3])
-redis.call('DEL', KEYS[11])
+redis.call('DEL', KEYS[11], KEYS[12])
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if started then
   redis.call('LPUSH', KEYS[8], tonumber(ARGV[6]) - tonumber(started))
@@ -362,6 +364,11 @@ def task_key(task_id: str) -> str:
 
 def items_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:items"
+
+
+def stored_key(task_id: str) -> str:
+    """The indices of the items stored, while the task runs (each is stored once)."""
+    return f"{PREFIX}:task:{task_id}:stored"
 
 
 def detail_key(task_id: str) -> str:
@@ -602,6 +609,7 @@ class TaskStore:
                 RUNNING_KEY,
                 queue_index_key(queue),
                 lease_key(task_id),
+                stored_key(task_id),
             ],
             args=[task_id, worker_pid, time.time(), holder or f"-:0:{worker_pid}", lease_ms],
         )
@@ -642,11 +650,17 @@ class TaskStore:
     def add_item(
         self, task_id: str, item: dict[str, Any], failed: bool, holder: str | None = None
     ) -> bool:
-        """False: `holder` no longer holds the task, nothing was stored."""
+        """False: `holder` no longer holds the task, nothing was stored. An item whose index is
+        stored already is not stored again (True)."""
         return bool(
             self._add_item(
-                keys=[task_key(task_id), items_key(task_id)],
-                args=[holder or "", json.dumps(item), "failed" if failed else "done"],
+                keys=[task_key(task_id), items_key(task_id), stored_key(task_id)],
+                args=[
+                    holder or "",
+                    json.dumps(item),
+                    "failed" if failed else "done",
+                    str(item.get("index", "")),
+                ],
             )
         )
 
@@ -747,6 +761,7 @@ class TaskStore:
                 manifests_key(task_id),
                 queue_index_key(queue),
                 lease_key(task_id),
+                stored_key(task_id),
             ],
             args=[
                 json.dumps([s.value for s in (only_from or sources_of(state))]),

@@ -26,6 +26,7 @@ from model.store import (
     lease_key,
     owner_queue_key,
     owner_tasks_key,
+    stored_key,
     task_key,
     tomb_key,
 )
@@ -67,6 +68,20 @@ def test_running_task_leaves_every_queue_index_in_one_step(store: TaskStore) -> 
     assert store.mark_running(task_id, 456)  # redelivered after a crash: RUNNING again
     again = store.get(task_id)
     assert again.started_at == record.started_at and again.attempt == 2
+
+
+def test_an_item_written_twice_is_stored_once(store: TaskStore) -> None:
+    """A write retried after its reply was lost (Redis restarting) must not count twice."""
+    task_id = _task(store)
+    token = store.mark_running(task_id, 1)
+    for _ in range(2):
+        assert store.add_item(task_id, {"index": 0, "status": "ok"}, failed=False, holder=token)
+    assert store.add_item(task_id, {"index": 1, "status": "failed"}, failed=True, holder=token)
+    record = store.get(task_id)
+    assert [i["index"] for i in store.items(task_id)] == [0, 1]
+    assert (record.done, record.failed) == (1, 1)
+    assert store.finish(task_id, State.SUCCEEDED, holder=token)
+    assert not store.redis.exists(stored_key(task_id))  # only needed while it runs
 
 
 def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> None:
