@@ -13,7 +13,7 @@ import time
 from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from model.redis_client import UNREACHABLE
+from model.redis_client import unreachable
 from model.store import State, TaskStore
 from model.uploads import UploadStore
 
@@ -100,7 +100,7 @@ def end_after_failure(
     `worker` (a holder prefix): only if one of that worker's attempts holds the task, or none
     ever started — not a task requeued away from a stale attempt of ours. Returns the state it
     was ended in (None: nothing to do)."""
-    if isinstance(exception, (WorkerLostError, *UNREACHABLE)):
+    if isinstance(exception, WorkerLostError) or unreachable(exception):
         return None
     record = store.get(task_id)
     if record is None or record.state.terminal:

@@ -20,7 +20,7 @@ from model.jobs import JobCancelled, JobFailed
 from model.jobs.contract import TaskSpec, WorkerResources
 from model.jobs.spec import JobSpec
 from model.metrics.record import Meter, meter_of
-from model.redis_client import UNREACHABLE
+from model.redis_client import unreachable
 from model.store import State, TaskRecord, TaskStore
 from model.webhooks.events import ProgressEvents
 
@@ -127,13 +127,13 @@ def run_task(
         state, error = State.TIMED_OUT, timeout_error(record.timeout_s)
     except JobFailed as exc:
         state, error = State.FAILED, (exc.code, exc.message)
-    except UNREACHABLE:
-        # Redis was away longer than the clients' patience: the task is not at fault. Its lease
-        # lapses (no renewals from here on) and a reaper requeues it; it resumes after its
-        # stored items.
-        log.warning("task %s: Redis unreachable; left to be requeued", task_id, exc_info=True)
-        return None
-    except Exception:
+    except Exception as exc:
+        if unreachable(exc):
+            # Redis was away longer than the clients' patience: the task is not at fault. Its
+            # lease lapses (no renewals from here on) and a reaper requeues it; it resumes
+            # after its stored items.
+            log.warning("task %s: Redis unreachable; left to be requeued", task_id, exc_info=True)
+            return None
         log.exception("task %s failed", task_id)
         state, error = State.FAILED, internal_error(task_id)
     finally:

@@ -106,6 +106,11 @@ return false
 _MARK_RUNNING = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return false end
+-- This very call again (its reply was lost and the client retried): the attempt it began.
+if state == 'RUNNING' and redis.call('HGET', KEYS[1], 'attempt_started_at') == ARGV[3] then
+  local holder = redis.call('HGET', KEYS[1], 'holder') or ''
+  if string.sub(holder, 1, #ARGV[4] + 1) == ARGV[4] .. ':' then return holder end
+end
 if state == 'RUNNING' and redis.call('EXISTS', KEYS[6]) == 1 then return false end
 local token = ARGV[4] .. ':' .. redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_pid', ARGV[2],
@@ -186,7 +191,10 @@ return lane
 # queue, its Celery queue's index, running set; ARGV: task id, holder expected, lease expected
 # ('' none), now. Back in lane 0 (model.fairness): its score in the index is the time alone.
 _REQUEUE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
+local state = redis.call('HGET', KEYS[1], 'state')
+-- This very call again (its reply was lost and the client retried): it did requeue the task.
+if state == 'QUEUED' and redis.call('HGET', KEYS[1], 'requeued_at') == ARGV[4] then return 1 end
+if state ~= 'RUNNING' then return 0 end
 if redis.call('HGET', KEYS[1], 'holder') ~= ARGV[2] then return 0 end
 local lease = redis.call('GET', KEYS[2]) or ''
 if lease ~= ARGV[3] then return 0 end
@@ -215,6 +223,10 @@ _FINISH = (
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return false end
+-- This very call again (its reply was lost and the client retried): it did end the task.
+if redis.call('HGET', KEYS[1], 'finished_at') == cjson.decode(ARGV[2])['finished_at'] then
+  return state
+end
 local ok = false
 for _, s in ipairs(cjson.decode(ARGV[1])) do
   if s == state then ok = true end
@@ -609,7 +621,6 @@ class TaskStore:
                 RUNNING_KEY,
                 queue_index_key(queue),
                 lease_key(task_id),
-                stored_key(task_id),
             ],
             args=[task_id, worker_pid, time.time(), holder or f"-:0:{worker_pid}", lease_ms],
         )

@@ -23,6 +23,7 @@ import time
 from importlib import metadata
 from typing import Any
 
+from celery.exceptions import Reject
 from celery.signals import (
     celeryd_after_setup,
     task_failure,
@@ -42,7 +43,7 @@ from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
 from model.metrics.fetching import MeteredFetcher
 from model.metrics.record import meter_of
-from model.redis_client import patient_redis, patient_retry
+from model.redis_client import patient_options, patient_redis, unreachable
 from model.runner import ATTEMPTS, run_task
 from model.settings import get_settings
 from model.store import State, TaskStore
@@ -72,9 +73,7 @@ def _store(redis: Redis) -> TaskStore:
 
 
 def _uploads() -> UploadStore:
-    return UploadStore.from_settings(
-        settings, retry=patient_retry(settings.redis.outage_patience_s)
-    )
+    return UploadStore.from_settings(settings, **patient_options(settings.redis.outage_patience_s))
 
 
 def _heartbeat_key() -> str:
@@ -200,14 +199,24 @@ def _heartbeat(redis: Redis, beat: dict[str, Any]) -> None:
 
 @worker_process_shutdown.connect
 def clear_heartbeat(**_: Any) -> None:
+    # Not the patient client: a stop must not wait out an outage (the heartbeat expires anyway).
     if _resources is not None:
-        fleet.withdraw(_resources.redis, _heartbeat_key())
+        quick = Redis.from_url(settings.redis_url(), socket_timeout=2, socket_connect_timeout=2)
+        fleet.withdraw(quick, _heartbeat_key())
 
 
 @celery.task(name=RUN_JOB, ignore_result=True)
 def run_job(task_id: str) -> None:
     assert _resources is not None, "worker_process_init loads the resources first"
-    run_task(task_id, _resources.store, _resources)
+    try:
+        run_task(task_id, _resources.store, _resources)
+    except Exception as exc:
+        if unreachable(exc):
+            # Redis away before the task could start (or end): acknowledging the message would
+            # leave a QUEUED task with none. Put it back; while Redis is away the broker keeps
+            # it unacknowledged and restores it on reconnecting. A started task is requeued.
+            raise Reject(exc, requeue=True) from exc
+        raise
 
 
 @celery.task(name=PING)

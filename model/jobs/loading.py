@@ -22,7 +22,7 @@ from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
 from model.pipeline.memory import process_budget
 from model.pipeline.prefetch import Prefetcher
-from model.redis_client import UNREACHABLE
+from model.redis_client import unreachable
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 from model.uploads import UploadMissing
@@ -75,7 +75,7 @@ class PageLoader:
         """An unexpected error while loading one page fails that page only; Redis out of reach
         is the service's fault, not the page's (page_batches raises it)."""
         error = ("load_error", f"{type(exc).__name__}: {exc}")
-        fault = exc if isinstance(exc, UNREACHABLE) else None
+        fault = exc if unreachable(exc) else None
         return Prepared(unit, base_item(unit), error=error, fault=fault)
 
     def _load(self, prepared: Prepared) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -33,12 +31,10 @@ from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.jobs.units import WorkUnit
-from model.redis_client import patient_redis
 from model.runner import run_task
 from model.settings import CONFIG_FILE, Settings
 from model.store import TRANSITIONS, State, TaskStore, sources_of
 from model.uploads import UploadStore
-from testkit.redis_server import redis_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -233,38 +229,6 @@ def test_a_page_that_cannot_reach_redis_stops_the_attempt_instead_of_failing(sto
         next(batches)
     other = PageLoader.failed(RedisGone(), units[0], ValueError("truncated"))
     assert other.fault is None and other.error == ("load_error", "ValueError: truncated")
-
-
-def test_worker_redis_clients_ride_out_a_restart(tmp_path: Path) -> None:
-    """The worker's clients retry through an outage of about `redis.outage_patience_s`; a
-    client made the plain way fails at once (what a running task met before)."""
-    (tmp_path / "first").mkdir(), (tmp_path / "second").mkdir()
-    with redis_server(tmp_path / "first") as port:
-        url = f"redis://127.0.0.1:{port}/0"
-        patient, impatient = patient_redis(url, 15), patient_redis(url, 0.2)
-        plain = redis.Redis.from_url(url)
-        assert patient.set("k", "1") and plain.ping()
-    with pytest.raises(redis.ConnectionError):
-        plain.ping()
-    with pytest.raises(redis.ConnectionError):
-        impatient.ping()  # its patience ran out
-    serving, done = threading.Event(), threading.Event()
-
-    def restart() -> None:
-        time.sleep(1.0)
-        with redis_server(tmp_path / "second", port=port):
-            serving.set()
-            done.wait(30)
-
-    thread = threading.Thread(target=restart)
-    thread.start()
-    try:
-        assert not serving.is_set()
-        assert patient.incr("k") == 1  # waited for the new server (no persistence: empty)
-        assert serving.is_set()
-    finally:
-        done.set()
-        thread.join()
 
 
 def test_a_queued_task_with_a_cancel_never_runs(store) -> None:

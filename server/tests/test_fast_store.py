@@ -84,6 +84,29 @@ def test_an_item_written_twice_is_stored_once(store: TaskStore) -> None:
     assert not store.redis.exists(stored_key(task_id))  # only needed while it runs
 
 
+def test_a_start_requeue_or_end_retried_after_its_reply_was_lost_still_counts(
+    store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's clients retry a call whose connection dropped; the call may have run. The
+    same call again says it did (a start that answered no would drop the task's message; a
+    requeue, leave it QUEUED with none; an end, keep its uploads and its webhook)."""
+    task_id = _task(store)
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)  # one call, sent twice
+    token = store.mark_running(task_id, 1, "w:1:2")
+    assert store.mark_running(task_id, 1, "w:1:2") == token == "w:1:2:1"
+    assert store.mark_running(task_id, 1, "w:1:3") is None  # another process: a duplicate
+    assert store.requeue(task_id, token, token)
+    assert store.requeue(task_id, token, token)
+    record = store.get(task_id)
+    assert (record.state, store.redis.hget(task_key(task_id), "requeues")) == (State.QUEUED, "1")
+    token = store.mark_running(task_id, 1)
+    assert store.finish(task_id, State.SUCCEEDED, holder=token)
+    assert store.finish(task_id, State.SUCCEEDED, holder=token)
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_001.5)  # another call: too late
+    assert not store.finish(task_id, State.FAILED, ("x", "y"))
+    assert store.get(task_id).state == State.SUCCEEDED
+
+
 def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> None:
     task_id = _task(store)
     store.mark_running(task_id, 1)
