@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from model.celery_app import QUEUE, send_run
-from model.store import TaskStore, lease_key
+from model.store import State, TaskStore, lease_key
 
 log = logging.getLogger(__name__)
 LOCK_MS = 10_000  # a reaper's claim on requeueing one task
+# A run message not confirmed sent this long after its task was queued was lost (the process
+# sending it died); a submit sends it within milliseconds.
+UNSENT_GRACE_S = 30
 
 
 class AttemptLost(Exception):
@@ -138,6 +141,7 @@ def requeue_lost(
             continue
         if store.requeue(task_id, holder, lease):
             send_run(celery, settings, task_id, record.timeout_s, record.queue or QUEUE)
+            store.mark_sent(task_id)
             log.warning(
                 "task %s: %s is gone (%s); requeued to %s",
                 task_id,
@@ -147,3 +151,21 @@ def requeue_lost(
             )
             requeued.append(task_id)
     return requeued
+
+
+def resend_unsent(store: TaskStore, celery: Any, settings: Any, now: float) -> list[str]:
+    """Send again the run message of each QUEUED task whose send was never confirmed (an API
+    process or a reaper killed between the record and the message); returns their ids. A
+    message that was in fact sent makes a duplicate, which the worker drops (one attempt)."""
+    resent = []
+    for task_id in store.unsent_since(now - UNSENT_GRACE_S):
+        lock = f"{lease_key(task_id)}:resend"
+        if not store.redis.set(lock, settings.worker_name, nx=True, px=LOCK_MS):
+            continue  # another reaper is on it
+        record = store.get(task_id)
+        if record is not None and record.state == State.QUEUED:
+            send_run(celery, settings, task_id, record.timeout_s, record.queue or QUEUE)
+            log.warning("task %s: its run message was never confirmed sent; sent again", task_id)
+            resent.append(task_id)
+        store.mark_sent(task_id)
+    return resent

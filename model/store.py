@@ -27,6 +27,10 @@ from model.fairness import LANE_SPAN, LANES
 PREFIX = "sc"
 QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, every queued task (backpressure)
 RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
+# Sorted set: id -> time, tasks whose run message is not known to be sent yet (created or
+# requeued, the send not confirmed). A reaper sends again what stays here (model/attempts.py):
+# an API process killed between the record and the message loses no task.
+UNSENT_KEY = f"{PREFIX}:unsent"
 QUEUES_KEY = f"{PREFIX}:queues"  # set of the Celery queues tasks were ever sent to
 DURATIONS_PREFIX = f"{PREFIX}:durations:"  # recent run durations (s) per job type, for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
@@ -171,18 +175,28 @@ return 1
 # A new task, queued in one step: its lane (model.fairness) is read from the owner's waiting
 # tasks and taken in the same step, so parallel submits of one key get successive lanes. KEYS:
 # record, global queue, its Celery queue's index, the set of queues, owner's queue, owner's
-# tasks, every task; ARGV: task id, now, queue, last lane, lane span, then field, value pairs.
+# tasks, every task, the Idempotency-Key's binding, the unsent set; ARGV: task id, now, queue,
+# last lane, lane span, the binding's value ('' no key) and lifetime, then field, value pairs.
+# With a key, binding it and creating the task are one step: a key is never bound to a task
+# that does not exist (the API process could die in between). Returns {1, lane}, or {0, what
+# the key was bound to} and creates nothing.
 _CREATE = """
+if ARGV[6] ~= '' then
+  local bound = redis.call('GET', KEYS[8])
+  if bound then return {0, bound} end
+  redis.call('SET', KEYS[8], ARGV[6], 'EX', ARGV[7])
+end
 local lane = math.min(tonumber(ARGV[4]), redis.call('ZCARD', KEYS[5]))
 local now = tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'lane', lane, unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], 'lane', lane, unpack(ARGV, 8))
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('ZADD', KEYS[3], lane * tonumber(ARGV[5]) + now, ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[3])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('ZADD', KEYS[6], now, ARGV[1])
 redis.call('ZADD', KEYS[7], now, ARGV[1])
-return lane
+redis.call('ZADD', KEYS[9], now, ARGV[1])
+return {1, lane}
 """
 
 # RUNNING -> QUEUED: the attempt holding the task is gone (no lease: it stopped renewing it for
@@ -206,6 +220,7 @@ redis.call('ZADD', KEYS[3], now, ARGV[1])
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 redis.call('SREM', KEYS[6], ARGV[1])
+redis.call('ZADD', KEYS[7], now, ARGV[1])
 return 1
 """
 
@@ -251,6 +266,7 @@ redis.call('ZREM', KEYS[6], ARGV[3])
 redis.call('ZREM', KEYS[10], ARGV[3])
 redis.call('SREM', KEYS[7], ARGV[3])
 redis.call('DEL', KEYS[11], KEYS[12])
+redis.call('ZREM', KEYS[13], ARGV[3])
 local started = redis.call('HGET', KEYS[1], 'started_at')
 if started then
   redis.call('LPUSH', KEYS[8], tonumber(ARGV[6]) - tonumber(started))
@@ -422,6 +438,15 @@ def idempotency_key(owner: str, key: str) -> str:
     return f"{PREFIX}:idem:{owner}:{digest}"
 
 
+class AlreadyClaimed(Exception):
+    """The Idempotency-Key of a create is bound already: to this task, for this request."""
+
+    def __init__(self, task_id: str, fingerprint: str | None) -> None:
+        super().__init__(task_id)
+        self.task_id = task_id
+        self.fingerprint = fingerprint
+
+
 class TaskStore:
     def __init__(self, redis: Redis, result_ttl_s: int, tombstone_ttl_s: int) -> None:
         self.redis = redis
@@ -448,9 +473,12 @@ class TaskStore:
         task_id: str | None = None,
         webhook: dict[str, Any] | None = None,
         queue: str = DEFAULT_QUEUE,
+        idempotency: tuple[str, str] | None = None,
     ) -> TaskRecord:
         """A QUEUED task, in the lane its owner's waiting tasks give it (`record.lane`: send
-        its Celery message with that priority)."""
+        its Celery message with that priority, then call `mark_sent`). `idempotency`: (the
+        request's Idempotency-Key, its fingerprint), bound to the task as it is created; raises
+        AlreadyClaimed, creating nothing, if the key is bound already."""
         task_id = task_id or uuid.uuid4().hex
         now = time.time()
         fields = {
@@ -469,7 +497,8 @@ class TaskStore:
         if webhook:
             fields["webhook"] = json.dumps(webhook)
         strings = {k: str(v) for k, v in fields.items()}
-        lane = self._create(
+        key, fingerprint = idempotency or ("", "")
+        created, outcome = self._create(
             keys=[
                 task_key(task_id),
                 QUEUE_KEY,
@@ -478,6 +507,8 @@ class TaskStore:
                 owner_queue_key(owner),
                 owner_tasks_key(owner),
                 ALL_TASKS_KEY,
+                idempotency_key(owner, key),
+                UNSENT_KEY,
             ],
             args=[
                 task_id,
@@ -485,10 +516,23 @@ class TaskStore:
                 queue,
                 LANES - 1,
                 LANE_SPAN,
+                f"{task_id}:{fingerprint}" if key else "",
+                self.result_ttl_s + 3600,
                 *(x for kv in strings.items() for x in kv),
             ],
         )
-        return TaskRecord.from_hash({**strings, "lane": lane})
+        if not created:
+            bound_id, _, bound_fingerprint = str(outcome).partition(":")
+            raise AlreadyClaimed(bound_id, bound_fingerprint or None)
+        return TaskRecord.from_hash({**strings, "lane": outcome})
+
+    def mark_sent(self, task_id: str) -> None:
+        """The task's run message is in the broker: no reaper needs to send it again."""
+        self.redis.zrem(UNSENT_KEY, task_id)
+
+    def unsent_since(self, before: float) -> list[str]:
+        """Tasks whose run message was not confirmed sent, created or requeued before `before`."""
+        return self.redis.zrangebyscore(UNSENT_KEY, "-inf", before)
 
     def get(self, task_id: str) -> TaskRecord | None:
         data = self.redis.hgetall(task_key(task_id))
@@ -519,17 +563,6 @@ class TaskStore:
 
     def queued_count(self, owner: str | None = None) -> int:
         return int(self.redis.zcard(owner_queue_key(owner) if owner else QUEUE_KEY))
-
-    def claim_idempotency(
-        self, owner: str, key: str, task_id: str, fingerprint: str
-    ) -> tuple[str, str | None] | None:
-        """Bind an Idempotency-Key to task_id and the request's fingerprint; returns what an
-        earlier claim bound instead: (task id, its fingerprint)."""
-        name = idempotency_key(owner, key)
-        ttl = self.result_ttl_s + 3600
-        if self.redis.set(name, f"{task_id}:{fingerprint}", nx=True, ex=ttl):
-            return None
-        return self.idempotent_task(owner, key)
 
     def idempotent_task(self, owner: str, key: str) -> tuple[str, str | None] | None:
         """(task id, request fingerprint) bound to an Idempotency-Key, if any."""
@@ -653,6 +686,7 @@ class TaskStore:
                     owner_queue_key(owner or ""),
                     queue_index_key(queue),
                     RUNNING_KEY,
+                    UNSENT_KEY,
                 ],
                 args=[task_id, holder, lease or "", time.time()],
             )
@@ -773,6 +807,7 @@ class TaskStore:
                 queue_index_key(queue),
                 lease_key(task_id),
                 stored_key(task_id),
+                UNSENT_KEY,
             ],
             args=[
                 json.dumps([s.value for s in (only_from or sources_of(state))]),

@@ -34,7 +34,7 @@ from celery.signals import (
 from redis import Redis
 
 from model import fleet
-from model.attempts import lease_ms, own_prefix, requeue_lost
+from model.attempts import lease_ms, own_prefix, requeue_lost, resend_unsent
 from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
 from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
@@ -238,6 +238,7 @@ def _reap_forever() -> None:
             now = time.time()
             reap_once(store, uploads, now)
             requeue_lost(store, celery, settings, _timed_out(store, uploads), now)
+            resend_unsent(store, celery, settings, now)
             if now >= next_housekeeping:
                 housekeeping(store, uploads)
                 next_housekeeping = now + settings.results.purge_interval_s

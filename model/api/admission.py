@@ -11,6 +11,7 @@ from flask import g, request
 
 from model.api.errors import ApiError
 from model.api.services import Services
+from model.store import AlreadyClaimed
 
 MAX_IDEMPOTENCY_KEY = 200
 RETRY_AFTER_FULL_S = "10"
@@ -94,8 +95,12 @@ def earlier_submit(svc: Services, fingerprint: str) -> str | None:
     return _same_request(bound, fingerprint) if bound else None
 
 
-def claim_idempotency(svc: Services, task_id: str, fingerprint: str) -> str | None:
-    """Bind the request's Idempotency-Key to task_id; if a concurrent submit won, its task id."""
+def idempotency_claim(fingerprint: str) -> tuple[str, str] | None:
+    """(Idempotency-Key, fingerprint) for the store to bind as it creates the task, if any."""
     key = _idempotency_key()
-    bound = svc.store.claim_idempotency(g.owner, key, task_id, fingerprint) if key else None
-    return _same_request(bound, fingerprint) if bound else None
+    return (key, fingerprint) if key else None
+
+
+def claimed_by(claimed: AlreadyClaimed, fingerprint: str) -> str:
+    """The task a concurrent submit with the same key created; 422 if it asked otherwise."""
+    return _same_request((claimed.task_id, claimed.fingerprint), fingerprint)

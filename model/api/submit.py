@@ -21,8 +21,9 @@ from model import uploads
 from model.api.admission import (
     check_backpressure,
     check_json_depth,
-    claim_idempotency,
+    claimed_by,
     earlier_submit,
+    idempotency_claim,
     request_fingerprint,
 )
 from model.api.auth import SECURITY, require_key
@@ -42,7 +43,7 @@ from model.metrics.record import meter_of
 from model.settings import get_settings
 from model.sources.addresses import AddressPolicy
 from model.sources.sniff import sniff_image
-from model.store import State
+from model.store import AlreadyClaimed, State
 
 api = APIBlueprint(
     "submit",
@@ -305,12 +306,13 @@ def submit_task() -> Response:
     except InputRejected as exc:
         raise ApiError(422, exc.code, exc.message) from exc
     check_backpressure(svc)
-    concurrent = claim_idempotency(svc, task_id, fingerprint)
-    if concurrent is not None:  # the same submit, racing: one task for both
-        return created_response(concurrent, State.QUEUED)
     svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)
-    return _enqueue(svc, task_id, job, spec, timeout, webhook)
+    try:
+        return _enqueue(svc, task_id, job, spec, timeout, webhook, idempotency_claim(fingerprint))
+    except AlreadyClaimed as claimed:  # the same submit, racing: one task for both
+        svc.uploads.discard(task_id, spec.model_dump())
+        return created_response(claimed_by(claimed, fingerprint), State.QUEUED)
 
 
 def _enqueue(
@@ -320,15 +322,25 @@ def _enqueue(
     spec: TaskSpec,
     timeout: float,
     webhook: dict[str, Any] | None = None,
+    idempotency: tuple[str, str] | None = None,
 ) -> Response:
     total = job.initial_total(spec.inputs)
     named = [spec.params.get(name) for name in job.model_fields]
     queue = queue_for(svc.settings, named)
     record = svc.store.create(
-        g.owner, job.name, spec.model_dump(), total, timeout, task_id, webhook=webhook, queue=queue
+        g.owner,
+        job.name,
+        spec.model_dump(),
+        total,
+        timeout,
+        task_id,
+        webhook=webhook,
+        queue=queue,
+        idempotency=idempotency,
     )
     try:
         send_run(svc.celery, svc.settings, task_id, timeout, queue, record.lane)
+        svc.store.mark_sent(task_id)
     except Exception as exc:
         error = ("queue_unavailable", "could not enqueue")
         end_task(svc.store, svc.uploads, task_id, State.FAILED, error)

@@ -208,6 +208,33 @@ def test_a_task_whose_lease_lapsed_is_requeued_once_with_its_message(store: Task
     assert store.mark_running(task_id, 12, "host-a:20:21", 45_000) == "host-a:20:21:2"
 
 
+def test_a_task_whose_run_message_was_never_confirmed_sent_is_sent_again(
+    store: TaskStore,
+) -> None:
+    """An API process killed between a task's record and its message (or a reaper between a
+    requeue and its send) leaves a QUEUED task with no message: a reaper sends it again."""
+    from model.attempts import UNSENT_GRACE_S, resend_unsent
+
+    lost = store.create("alice", "detect", {}, 3, 60).id  # the submit died before sending
+    sent = store.create("alice", "detect", {}, 3, 60).id
+    store.mark_sent(sent)
+    started = store.create("alice", "detect", {}, 3, 60).id  # sent, its confirmation lost
+    store.mark_running(started, 11, "host-b:10:11", 45_000)
+    celery, now = _Celery(), time.time()
+    assert resend_unsent(store, celery, _settings(), now) == []  # within the grace: in flight
+    later = now + UNSENT_GRACE_S + 1
+    assert resend_unsent(store, celery, _settings(), later) == [lost]
+    assert [(m["task_id"], m["queue"]) for m in celery.sent] == [(lost, QUEUE)]
+    assert resend_unsent(store, celery, _settings(), later) == [] and len(celery.sent) == 1
+    assert store.unsent_since(later) == []
+    # A requeue is unsent until its reaper confirms the send; an end forgets it.
+    store.redis.delete(lease_key(started))
+    assert store.requeue(started, "host-b:10:11:1", None)
+    assert store.unsent_since(later) == [started]
+    assert store.finish(started, State.CANCELLED)
+    assert store.unsent_since(later) == []
+
+
 def test_reapers_of_several_workers_requeue_a_task_once(store: TaskStore) -> None:
     task_id = _running(store)
     store.redis.delete(lease_key(task_id))

@@ -20,6 +20,7 @@ from model.store import (
     QUEUE_KEY,
     RUNNING_KEY,
     STATUS_LIST_CAP,
+    AlreadyClaimed,
     State,
     TaskStore,
     items_key,
@@ -105,6 +106,21 @@ def test_a_start_requeue_or_end_retried_after_its_reply_was_lost_still_counts(
     monkeypatch.setattr(time, "time", lambda: 1_800_000_001.5)  # another call: too late
     assert not store.finish(task_id, State.FAILED, ("x", "y"))
     assert store.get(task_id).state == State.SUCCEEDED
+
+
+def test_an_idempotency_key_is_bound_as_its_task_is_created_never_before(
+    store: TaskStore,
+) -> None:
+    """One step: a key never names a task that does not exist (the API process could die
+    between the two), and a second create with the key creates nothing."""
+    first = store.create("alice", "detect", {}, 1, 60, idempotency=("k-1", "fp-a"))
+    with pytest.raises(AlreadyClaimed) as claimed:
+        store.create("alice", "detect", {}, 1, 60, idempotency=("k-1", "fp-b"))
+    assert (claimed.value.task_id, claimed.value.fingerprint) == (first.id, "fp-a")
+    assert store.idempotent_task("alice", "k-1") == (first.id, "fp-a")
+    assert store.queued_count("alice") == 1
+    other = store.create("bob", "detect", {}, 1, 60, idempotency=("k-1", "fp-a"))  # per owner
+    assert other.id != first.id
 
 
 def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> None:
