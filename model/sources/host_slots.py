@@ -20,6 +20,7 @@ waiting. Every step is one Lua script on Redis's clock.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -110,6 +111,10 @@ class HostSlots:
         self.lease_ms = max(1000, int(lease_s * 1000))
         self._take = self.redis.register_script(_TAKE)
         self._leave = self.redis.register_script(_LEAVE)
+        # Places given back while Redis was away: they stay taken there (Redis keeps them
+        # across a restart) until given back for real, which the next take does first.
+        self._owed: list[tuple[str, str]] = []
+        self._owed_lock = threading.Lock()
 
     def take(self, host: str, cancelled: Callable[[], bool]) -> str | None:
         """Wait for a place at `host`, in line with every other process's requests; its
@@ -119,9 +124,10 @@ class HostSlots:
         token = uuid.uuid4().hex
         keys = _keys(host)
         args = [token, self.capacity, self.lease_ms, WAITER_GONE_MS]
+        self._settle_owed()
         while not cancelled():
             try:
-                if self._take(keys=keys, args=args):
+                if self._take(keys=keys, args=args, client=self.redis):
                     return token
             except RedisError:
                 self.give_back(host, token)  # in case the step ran and only its reply was lost
@@ -133,8 +139,24 @@ class HostSlots:
     def give_back(self, host: str, token: str) -> None:
         if not token:
             return
-        with contextlib.suppress(RedisError):  # else its lease (or its wait) lapses instead
-            self._leave(keys=_keys(host), args=[token])
+        try:
+            self._leave(keys=_keys(host), args=[token], client=self.redis)
+        except RedisError:  # owed: else the place would stay taken until its lease lapses
+            with self._owed_lock:
+                self._owed.append((host, token))
+
+    def _settle_owed(self) -> None:
+        """Give back for real the places given back while Redis was away (a restart keeps
+        them: every place of the host could stay taken for a whole lease)."""
+        with self._owed_lock:
+            owed, self._owed = self._owed, []
+        for index, (host, token) in enumerate(owed):
+            try:
+                self._leave(keys=_keys(host), args=[token], client=self.redis)
+            except RedisError:
+                with self._owed_lock:
+                    self._owed.extend(owed[index:])
+                return
 
     def learned(self, host: str) -> int | None:
         """The limit a process's limiter last reached with `host` (within IDLE_RESET_S)."""

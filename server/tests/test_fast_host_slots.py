@@ -16,6 +16,7 @@ from redis.retry import Retry
 from model.sources.fetch import SafeFetcher
 from model.sources.host_slots import KEY_PREFIX, HostSlots
 from server.tests.test_adaptive_fetch import LOOPBACK, fetch_all, flat, serving, wait_for
+from testkit.stack import free_port
 
 
 @contextlib.contextmanager
@@ -67,6 +68,25 @@ def test_an_unreachable_redis_does_not_hold_fetches() -> None:
     slots = HostSlots(gone, capacity=1, lease_s=1)
     assert slots.take("h:1", lambda: False) == ""  # let through: the process's own limit holds
     slots.give_back("h:1", "")
+
+
+def test_a_place_given_back_while_redis_was_away_is_given_back_once_it_is_here(
+    clean_redis: redis.Redis,
+) -> None:
+    """Redis keeps the places taken across a restart; one whose give-back failed would stay
+    taken for a whole lease (130 s by default: a running task stalled past its time limit).
+    The process gives it back at its next take."""
+    slots, other = HostSlots(clean_redis, 1, 60), HostSlots(clean_redis, 1, 60)
+    token = slots.take("h:1", lambda: False)
+    here = slots.redis
+    slots.redis = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # Redis away
+    slots.give_back("h:1", token)  # fails quietly: owed
+    slots.redis = here  # Redis back, with the place still taken
+    started = time.monotonic()
+    assert other.take("h:1", lambda: time.monotonic() - started > 0.3) is None
+    again = slots.take("h:1", lambda: time.monotonic() - started > 3)  # settles its debt first
+    assert again and again != token
+    assert clean_redis.zrange(KEY_PREFIX + "h:1", 0, -1) == [again]
 
 
 def test_waiting_for_a_shared_place_is_not_taken_for_latency(clean_redis: redis.Redis) -> None:
