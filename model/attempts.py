@@ -163,8 +163,10 @@ def resend_unsent(store: TaskStore, celery: Any, settings: Any, now: float) -> l
         if not store.redis.set(lock, settings.worker_name, nx=True, px=LOCK_MS):
             continue  # another reaper is on it
         record = store.get(task_id)
-        if record is not None and record.state == State.QUEUED:
-            send_run(celery, settings, task_id, record.timeout_s, record.queue or QUEUE)
+        if record is not None and record.state == State.QUEUED:  # in the lane it was given
+            send_run(
+                celery, settings, task_id, record.timeout_s, record.queue or QUEUE, record.lane
+            )
             log.warning("task %s: its run message was never confirmed sent; sent again", task_id)
             resent.append(task_id)
         store.mark_sent(task_id)

@@ -215,16 +215,17 @@ def test_a_task_whose_run_message_was_never_confirmed_sent_is_sent_again(
     requeue and its send) leaves a QUEUED task with no message: a reaper sends it again."""
     from model.attempts import UNSENT_GRACE_S, resend_unsent
 
-    lost = store.create("alice", "detect", {}, 3, 60).id  # the submit died before sending
     sent = store.create("alice", "detect", {}, 3, 60).id
     store.mark_sent(sent)
+    lost = store.create("alice", "detect", {}, 3, 60).id  # the submit died before sending
     started = store.create("alice", "detect", {}, 3, 60).id  # sent, its confirmation lost
     store.mark_running(started, 11, "host-b:10:11", 45_000)
     celery, now = _Celery(), time.time()
     assert resend_unsent(store, celery, _settings(), now) == []  # within the grace: in flight
     later = now + UNSENT_GRACE_S + 1
     assert resend_unsent(store, celery, _settings(), later) == [lost]
-    assert [(m["task_id"], m["queue"]) for m in celery.sent] == [(lost, QUEUE)]
+    # In the lane it was given (alice had one task waiting: lane 1), as its submit would have.
+    assert [(m["task_id"], m["queue"], m["priority"]) for m in celery.sent] == [(lost, QUEUE, 1)]
     assert resend_unsent(store, celery, _settings(), later) == [] and len(celery.sent) == 1
     assert store.unsent_since(later) == []
     # A requeue is unsent until its reaper confirms the send; an end forgets it.
