@@ -117,6 +117,13 @@ class Attempts:
                 attempt.lost.set()
 
 
+def _claim(store: TaskStore, task_id: str, action: str, worker_name: str) -> bool:
+    """This reaper's claim on doing `action` to a task for LOCK_MS: the reapers of several
+    workers must not both do it."""
+    lock = f"{lease_key(task_id)}:{action}"
+    return bool(store.redis.set(lock, worker_name, nx=True, px=LOCK_MS))
+
+
 def requeue_lost(
     store: TaskStore, celery: Any, settings: Any, end_timed_out: Any, now: float
 ) -> list[str]:
@@ -129,8 +136,7 @@ def requeue_lost(
             continue  # started by a release without leases: the visibility timeout covers it
         if lease is not None and not (lease == holder and died_here(holder, settings.worker_name)):
             continue  # alive, or another worker's process whose lease has not lapsed yet
-        lock = f"{lease_key(task_id)}:requeue"
-        if not store.redis.set(lock, settings.worker_name, nx=True, px=LOCK_MS):
+        if not _claim(store, task_id, "requeue", settings.worker_name):
             continue  # another reaper is on it
         record = store.get(task_id)
         if record is None or record.holder != holder:
@@ -159,8 +165,7 @@ def resend_unsent(store: TaskStore, celery: Any, settings: Any, now: float) -> l
     message that was in fact sent makes a duplicate, which the worker drops (one attempt)."""
     resent = []
     for task_id in store.unsent_since(now - UNSENT_GRACE_S):
-        lock = f"{lease_key(task_id)}:resend"
-        if not store.redis.set(lock, settings.worker_name, nx=True, px=LOCK_MS):
+        if not _claim(store, task_id, "resend", settings.worker_name):
             continue  # another reaper is on it
         record = store.get(task_id)
         if record is not None and record.state == State.QUEUED:  # in the lane it was given

@@ -32,15 +32,20 @@ def processes(redis_client: redis.Redis, count: int, **options: int) -> Iterator
             fetcher.session.close()
 
 
+def side_by_side(fetchers: list[SafeFetcher], urls: list[str], threads: int) -> list[list]:
+    """Every fetcher fetches all of `urls` with `threads` download threads, all at once: the
+    pool processes' tasks reading one host side by side."""
+    with ThreadPoolExecutor(len(fetchers)) as pool:
+        return list(pool.map(lambda f: fetch_all(f, urls, threads), fetchers))
+
+
 def test_processes_together_keep_to_the_per_host_limit(clean_redis: redis.Redis) -> None:
     # Four "pool processes", each free to send 4 at once: 16 without the shared slots.
     with (
         processes(clean_redis, 4, per_host_concurrency=4, per_host_start=4) as fetchers,
         serving(flat(0.15)) as server,
-        ThreadPoolExecutor(4) as pool,
     ):
-        urls = [f"{server.url}/p{i}" for i in range(12)]
-        results = list(pool.map(lambda f: fetch_all(f, urls, 6), fetchers))
+        results = side_by_side(fetchers, [f"{server.url}/p{i}" for i in range(12)], 6)
     assert all(not isinstance(r, str) for batch in results for r in batch), results
     assert len(server.hits) == 48
     assert server.max_in_flight == 4, server.max_in_flight
@@ -95,10 +100,8 @@ def test_waiting_for_a_shared_place_is_not_taken_for_latency(clean_redis: redis.
     with (
         processes(clean_redis, 2, per_host_concurrency=1, per_host_start=1) as fetchers,
         serving(flat(0.1)) as server,
-        ThreadPoolExecutor(2) as pool,
     ):
-        urls = [f"{server.url}/p{i}" for i in range(6)]
-        list(pool.map(lambda f: fetch_all(f, urls, 1), fetchers))
+        side_by_side(fetchers, [f"{server.url}/p{i}" for i in range(6)], 1)
         wait_for(lambda: len(server.hits) == 12)
         limiters = [f.host_limiter(server.url) for f in fetchers]
     ewmas = [lim._latency[False].ewma for lim in limiters]
