@@ -9,6 +9,13 @@
 # shellcheck disable=SC2310 # functions called in conditions check each of their steps themselves
 set -euo pipefail
 shopt -s inherit_errexit
+# Started with INT or TERM ignored (a background job of a script, nohup, some CI runners): bash
+# cannot trap a signal ignored on entry, and the rollback on Ctrl-C below would never run. Start
+# again, once, with both at their default.
+if [ -z "${SC_SIGNALS_RESET:-}" ] && trap -p INT TERM | grep -q "^trap -- '' "; then
+	SC_SIGNALS_RESET=1 exec env --default-signal=INT,TERM "$BASH" "$0" "$@"
+fi
+unset SC_SIGNALS_RESET
 umask 022
 for var in "${!SCRIPTORIUM_@}" SC_HOME SC_VENV; do unset "$var"; done
 

@@ -22,6 +22,7 @@ from model.synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
 from testkit.iiif_server import IiifServer, Published
 from testkit.redis_server import redis_server
+from testkit.signals import hear_interrupts
 from testkit.stack import Api, Stack, free_port, start_stack
 
 # Webhook deliveries on the session stack: short backoff, attempts and retry window, so that
@@ -33,6 +34,12 @@ WEBHOOK_TEST_SETTINGS = {
     "SCRIPTORIUM_WEBHOOKS__TIMEOUT_S": "1",
     "SCRIPTORIUM_WEBHOOKS__MIN_PROGRESS_INTERVAL_S": "1",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Started with SIGINT ignored (a background job): handle it, so that every child this suite
+    # starts gets the default again at exec (testkit/signals.py).
+    hear_interrupts()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.signals import with_sigint_ignored
 from testkit.stack import PROJECT_ROOT
 
 SCRIPTS = PROJECT_ROOT / "scripts"
@@ -119,13 +120,17 @@ class Host:
         )
         return result.returncode, result.stdout + result.stderr, time.monotonic() - started
 
-    def interrupted_release(self, pause: str, sig: int, *args: str, group: bool = True):
+    def interrupted_release(
+        self, pause: str, sig: int, *args: str, group: bool = True, ignored: bool = False
+    ):
         """release.sh, stopped by `sig` once the fake tools reach the call `pause`: to the whole
-        process group as a Ctrl-C in a terminal does (group), or to the script alone (kill)."""
+        process group as a Ctrl-C in a terminal does (group), or to the script alone (kill).
+        `ignored`: started as a background job of a script is, with SIGINT ignored."""
         paused = self.fake / "paused"
         paused.unlink(missing_ok=True)
+        argv = self.argv(*args)
         proc = subprocess.Popen(
-            self.argv(*args),
+            with_sigint_ignored(argv) if ignored else argv,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -529,6 +534,37 @@ def test_ctrl_c_leaves_the_running_release_consistent(host: Host, pause: str, fi
     assert not list((host.prefix / "releases").glob(".building-*"))
     for release in host.releases():
         assert release == first or host.failed(release), out
+
+
+def test_ctrl_c_rolls_back_a_release_started_with_sigint_ignored(host: Host) -> None:
+    """A background job of a script starts with SIGINT ignored, which bash cannot trap: the
+    script starts itself again with it at its default."""
+    first = host.current()
+    host.commit()
+    rc, out = host.interrupted_release("ctl start worker", signal.SIGINT, "HEAD", ignored=True)
+    assert rc == 130, out
+    host.assert_consistent(first)
+
+
+def test_signal_tests_pass_when_pytest_inherits_sigint_ignored(tmp_path: Path) -> None:
+    """The suite run as a background job (CI runners, `nohup`): pytest inherits SIGINT ignored,
+    and the tests that send Ctrl-C to the children they start still pass (conftest.py hands
+    the children SIGINT at its default). One test of each kind: a Python child, a bash script."""
+    tests = [
+        "server/tests/test_fast_signals.py",
+        "server/tests/test_release_script.py::test_interrupted_rollback_by_hand_goes_back_where_it_was",
+    ]
+    result = subprocess.run(
+        with_sigint_ignored(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+        ),
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "3 passed" in result.stdout, result.stdout[-3000:]
 
 
 def test_term_to_the_script_alone_rolls_back_after_the_step_it_waits_for(host: Host) -> None:
