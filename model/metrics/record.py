@@ -18,6 +18,8 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +35,7 @@ KEY_PREFIX = "sc:metrics:"
 HOSTS_KEY = "sc:metrics:hosts"
 STAGES = {"fetch_s": "fetch", "decode_s": "decode", "inference_s": "inference"}
 MAX_LABEL = 100  # characters of a label value (codes, hosts)
+HOST_CACHE_MIN = 1024  # host labels a process remembers at least (4 x metrics.max_hosts)
 
 # A host's label: itself while the set of hosts has room, else "other".
 _ADMIT = """
@@ -75,7 +78,11 @@ class Meter:
     def __init__(self, redis: Redis, max_hosts: int = 50) -> None:
         self.redis = redis
         self.max_hosts = max_hosts
-        self._hosts: dict[str, str] = {}  # admitted (or not) already: no round trip
+        # Labels of hosts met lately (admitted or "other"): no round trip. Least recently used
+        # first, bounded: every distinct host spelling fetched would otherwise stay for good.
+        self._hosts: OrderedDict[str, str] = OrderedDict()
+        self._hosts_max = max(HOST_CACHE_MIN, 4 * max_hosts)
+        self._hosts_lock = threading.Lock()
 
     @contextmanager
     def batch(self) -> Iterator[_Batch]:
@@ -142,15 +149,21 @@ class Meter:
             host = (urlsplit(url).hostname or "")[:MAX_LABEL] or "none"
         except ValueError:
             host = "none"
-        label = self._hosts.get(host)
-        if label is None:
-            try:
-                label = self.redis.eval(_ADMIT, 1, HOSTS_KEY, host, self.max_hosts, OTHER_HOST)
-            except Exception:
-                log.warning("metrics: host label not admitted", exc_info=True)
-                return OTHER_HOST
-            label = label.decode() if isinstance(label, bytes) else str(label)
+        with self._hosts_lock:
+            label = self._hosts.get(host)
+            if label is not None:
+                self._hosts.move_to_end(host)
+                return label
+        try:
+            label = self.redis.eval(_ADMIT, 1, HOSTS_KEY, host, self.max_hosts, OTHER_HOST)
+        except Exception:
+            log.warning("metrics: host label not admitted", exc_info=True)
+            return OTHER_HOST
+        label = label.decode() if isinstance(label, bytes) else str(label)
+        with self._hosts_lock:
             self._hosts[host] = label
+            while len(self._hosts) > self._hosts_max:
+                self._hosts.popitem(last=False)
         return label
 
 

@@ -30,6 +30,7 @@ import functools
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ if TYPE_CHECKING:
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 THROTTLE_STATUSES = {429, 503}  # the host says it is overloaded: fewer requests at once
 MAX_RETRY_AFTER_S = 30.0  # a longer Retry-After is cut to this (retry wait and host pause)
+# Host limiters one process keeps at most (beyond it, idle ones are forgotten): far more hosts
+# than a worker's tasks read at once.
+MAX_HOST_LIMITERS = 256
 DRAIN_MAX_BYTES = 64 * 1024  # error bodies up to this are read so that the connection is kept
 
 
@@ -291,7 +295,9 @@ class SafeFetcher:
         self.per_host_concurrency = max(1, per_host_concurrency)
         self.per_host_start = per_host_start
         self.latency_tolerance = latency_tolerance
-        self._limiters: dict[str, HostLimiter] = {}
+        # Most recently used last; bounded (MAX_HOST_LIMITERS): a pool process lives for many
+        # tasks, and each distinct host spelling would otherwise stay for good (2 KB each).
+        self._limiters: OrderedDict[str, HostLimiter] = OrderedDict()
         self._limiters_lock = threading.Lock()
         # Places at each host shared with every other process on the same Redis (the worker's
         # fetchers: share_host_slots); None: this process's own limit only.
@@ -358,9 +364,11 @@ class SafeFetcher:
         """The concurrency limiter of `url`'s host (one per host and port in this process)."""
         parts = urlsplit(url)
         host = f"{parts.hostname}:{parts.port or ''}"
-        limiter = self._limiters.get(host)
-        if limiter is not None:
-            return limiter
+        with self._limiters_lock:
+            limiter = self._limiters.get(host)
+            if limiter is not None:
+                self._limiters.move_to_end(host)
+                return limiter
         slots = self.slots
         learned = slots.learned(host) if slots else None  # Redis: not under the lock
         with self._limiters_lock:
@@ -374,7 +382,22 @@ class SafeFetcher:
                     learned=learned,
                     on_round=functools.partial(slots.learn, host) if slots else None,
                 )
+                self._evict_idle_limiters()
             return limiter
+
+    def _evict_idle_limiters(self) -> None:
+        """Past MAX_HOST_LIMITERS, drop the least recently used limiters that are idle (nothing
+        in flight, no Retry-After pending): what one learnt is in Redis (`learned`), and after
+        IDLE_RESET_S it would start over anyway. Busy ones stay, however many."""
+        excess, looked = len(self._limiters) - MAX_HOST_LIMITERS, 0
+        while excess > 0 and looked < len(self._limiters):
+            host, limiter = next(iter(self._limiters.items()))  # the least recently used
+            looked += 1
+            if limiter.idle():
+                del self._limiters[host]
+                excess -= 1
+            else:
+                self._limiters.move_to_end(host)  # busy: the idle ones go first
 
     def get(
         self, url: str, max_bytes: int | None = None, scope: FetchScope | None = None

@@ -132,6 +132,11 @@ class HostLimiter:
         with self._cond:
             return self._limit
 
+    def idle(self) -> bool:
+        """Nothing in flight and no Retry-After pending: forgetting it loses nothing."""
+        with self._cond:
+            return self._in_flight == 0 and self._not_before <= time.monotonic()
+
     def paused_for(self) -> float:
         """Seconds until the host may get new requests (its Retry-After), 0 if it may now."""
         with self._cond:
