@@ -331,12 +331,8 @@ class SafeFetcher:
 
     def share_host_slots(self, redis: Redis) -> None:
         """Cap the requests at once to each host at `per_host_concurrency` across every process
-        using `redis` (host_slots.py); a slot outlives no request: its lease is the longest a
-        request may take."""
-        # Twice what one attempt may take: DNS and connecting (per address, per redirect) are
-        # not cut by the response deadline. Only a killed process's places wait this long.
-        lease_s = 2 * (self.timeout[0] + self.response_deadline_s)
-        self.slots = HostSlots(redis, self.per_host_concurrency, lease_s)
+        using `redis` (host_slots.py); a place outlives its process by a short lease at most."""
+        self.slots = HostSlots(redis, self.per_host_concurrency)
 
     def scoped(self, scope: FetchScope) -> ScopedFetcher:
         """This fetcher with every `get` in `scope` (what a job hands to its loaders)."""

@@ -9,8 +9,9 @@ host is kept here too, so that a process meeting the host later starts where it 
 of probing from one request again.
 
 Per host, in Redis: the places taken (a sorted set of tokens scored by when their lease ends:
-a process killed mid-request cannot keep them, they lapse after `lease_s`, longer than one
-request may take) and the requests waiting for one (scored by arrival, with the time each was
+short, `LEASE_S`, and renewed every `lease_s / 4` by a thread of the process holding them, so a
+process killed mid-request, or a whole worker, keeps them only that long; a request may take
+longer than the lease) and the requests waiting for one (scored by arrival, with the time each was
 last seen asking: a waiter that stopped asking — cancelled, or its process died — is dropped).
 Places go to waiters first come, first served, whichever process they are in: a process that
 has just given a place back cannot take it again ahead of a request another process has had
@@ -20,6 +21,7 @@ waiting. Every step is one Lua script on Redis's clock.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -35,6 +37,9 @@ LEARNED_PREFIX = "sc:fetch:limit:"  # the limit the processes' limiters reached 
 POLL_S = 0.02  # how often a request waiting for a place asks again (and looks at its cancel flag)
 WAITER_GONE_MS = 1000  # a waiter that has not asked for this long is dropped from the line
 REDIS_TIMEOUT_S = 5.0  # a Redis that hangs must not hold a download thread for longer
+# How long a place outlives its holder: renewed 4 times a lease, so a holder must be stalled for
+# 3/4 of it (or Redis away that long) before its places can go to others too soon.
+LEASE_S = 10.0
 
 # KEYS: places taken, waiters (token -> arrival), waiters last seen (token -> time); ARGV:
 # token, capacity, lease in ms, waiter timeout in ms. 1: taken, 0: wait and ask again.
@@ -79,6 +84,15 @@ end
 return 0
 """
 
+# KEYS: as _TAKE; ARGV: lease in ms, then the tokens this process still holds at the host.
+_RENEW = """
+local t = redis.call('TIME')
+local lease_end = t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', lease_end, ARGV[i]) end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
 # KEYS: as _TAKE; ARGV: token. Out of the line, or its place given back.
 _LEAVE = """
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -105,12 +119,17 @@ def _with_timeouts(redis: Redis) -> Redis:
 
 
 class HostSlots:
-    def __init__(self, redis: Redis, capacity: int, lease_s: float) -> None:
+    def __init__(self, redis: Redis, capacity: int, lease_s: float = LEASE_S) -> None:
         self.redis = _with_timeouts(redis)
         self.capacity = max(1, capacity)
         self.lease_ms = max(1000, int(lease_s * 1000))
         self._take = self.redis.register_script(_TAKE)
         self._leave = self.redis.register_script(_LEAVE)
+        self._renew = self.redis.register_script(_RENEW)
+        # The places this process holds (token -> host), whose leases its renewer extends.
+        self._held: dict[str, str] = {}
+        self._held_lock = threading.Lock()
+        self._renewer_pid = 0  # the process whose renewer runs (a forked child starts its own)
         # Places given back while Redis was away: they stay taken there (Redis keeps them
         # across a restart) until given back for real, which the next take does first.
         self._owed: list[tuple[str, str]] = []
@@ -125,9 +144,12 @@ class HostSlots:
         keys = _keys(host)
         args = [token, self.capacity, self.lease_ms, WAITER_GONE_MS]
         self._settle_owed()
+        self._start_renewer()
         while not cancelled():
             try:
                 if self._take(keys=keys, args=args, client=self.redis):
+                    with self._held_lock:
+                        self._held[token] = host
                     return token
             except RedisError:
                 self.give_back(host, token)  # in case the step ran and only its reply was lost
@@ -139,11 +161,37 @@ class HostSlots:
     def give_back(self, host: str, token: str) -> None:
         if not token:
             return
+        with self._held_lock:
+            self._held.pop(token, None)
         try:
             self._leave(keys=_keys(host), args=[token], client=self.redis)
         except RedisError:  # owed: else the place would stay taken until its lease lapses
             with self._owed_lock:
                 self._owed.append((host, token))
+
+    def _start_renewer(self) -> None:
+        with self._held_lock:
+            if self._renewer_pid == os.getpid():
+                return
+            self._renewer_pid = os.getpid()
+            self._held.clear()  # a forked child holds none of its parent's places
+        threading.Thread(target=self._renew_forever, name="host-slots-renew", daemon=True).start()
+
+    def _renew_forever(self) -> None:
+        while True:
+            time.sleep(self.lease_ms / 4000)
+            self.renew()
+
+    def renew(self) -> None:
+        """Extend the lease of every place this process holds (a place given back meanwhile is
+        not taken again: ZADD XX)."""
+        by_host: dict[str, list[str]] = {}
+        with self._held_lock:
+            for token, host in self._held.items():
+                by_host.setdefault(host, []).append(token)
+        for host, tokens in by_host.items():
+            with contextlib.suppress(RedisError):  # the next round tries again
+                self._renew(keys=_keys(host)[:1], args=[self.lease_ms, *tokens], client=self.redis)
 
     def _settle_owed(self) -> None:
         """Give back for real the places given back while Redis was away (a restart keeps

@@ -17,7 +17,9 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -25,7 +27,9 @@ import requests
 
 from model.fairness import waiting_messages
 from model.jobs.registry import JOBS
+from model.sources.host_slots import KEY_PREFIX, LEASE_S
 from server.tests.conftest import ImageServer, jpeg_bytes
+from testkit.iiif_server import IiifServer, Rule
 from testkit.stack import TERMINAL, Api, Stack, start_stack
 
 KILLS = 20
@@ -163,18 +167,42 @@ def test_killing_the_pool_child_twenty_times_loses_nothing(
     assert "RUNNING" in faulty.ctl("status", "worker")
 
 
+@pytest.fixture
+def slow_host(tmp_path: Path, pages) -> Iterator[list[str]]:
+    """120 pages behind a host that answers in 300 ms: a task holds some of its places."""
+    server = IiifServer(tmp_path)
+    data = jpeg_bytes(pages[1])
+    urls = []
+    for i in range(120):
+        urls.append(server.add(f"p{i}.jpg", data))
+        server.rules[f"/p{i}.jpg"] = Rule(delay_s=0.3)
+    yield urls
+    server.stop()
+
+
 def test_task_of_a_dead_worker_comes_back_once_its_lease_lapses(
-    faulty: Stack, client: Api, page_url: str
+    faulty: Stack, client: Api, slow_host: list[str]
 ) -> None:
-    pages = 120
-    task_id = client.submit_ok({"type": "detect", "input": {"image_urls": [page_url] * pages}})
-    client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
+    pages = len(slow_host)
+    task_id = client.submit_ok({"type": "detect", "input": {"image_urls": slow_host}})
+    client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 3)
     main = faulty.program_pid("worker")
     children = faulty.pool_children()
+    places = KEY_PREFIX + urlsplit(slow_host[0]).netloc
+    deadline = time.monotonic() + 30  # killed while requests hold places (inference is slower)
+    while not redis_client(faulty).zcard(places):
+        assert time.monotonic() < deadline, "the task never held a place at the host"
+        time.sleep(0.01)
     killed_at = time.monotonic()
     for child in children:  # an orphaned child would finish the task before the timeout
         os.kill(child, signal.SIGKILL)
     os.kill(main, signal.SIGKILL)  # the whole worker dies: nobody rejects the message
+    # The host places its requests held die with it, one short lease later (host_slots.py):
+    # not after the longest a request may take (130 s), which held up the requeued task.
+    held = redis_client(faulty).zrange(places, 0, -1, withscores=True)
+    now_ms = redis_client(faulty).time()[0] * 1000
+    assert held, "the killed worker held none of the host's places"
+    assert max(ends for _, ends in held) <= now_ms + LEASE_S * 1000 + 1000, held
     at_kill = client.status(task_id).json()
     assert at_kill["state"] == "RUNNING" and at_kill["progress"]["done"] < pages  # mid-task
     new_main = main
@@ -196,6 +224,10 @@ def test_task_of_a_dead_worker_comes_back_once_its_lease_lapses(
     check_complete(body)
     assert LOST_GRACE_S - 4 <= came_back_s < LOST_GRACE_S + 15, came_back_s
     assert body["progress"]["done"] == pages
+    print(
+        f"whole worker killed: back after {came_back_s:.1f} s, finished after "
+        f"{time.monotonic() - killed_at:.1f} s (lost_grace_s {LOST_GRACE_S})"
+    )
 
 
 def test_queued_tasks_survive_a_redis_restart(faulty: Stack, client: Api, page_url: str) -> None:
