@@ -41,7 +41,7 @@ from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.metrics.record import meter_of
 from model.settings import get_settings
-from model.sources.addresses import AddressPolicy
+from model.sources.addresses import AddressPolicy, literal_address
 from model.sources.sniff import sniff_image
 from model.store import AlreadyClaimed, State
 
@@ -246,16 +246,14 @@ def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
     host = urlsplit(webhook.url).hostname or ""
     policy = AddressPolicy.from_list(svc.settings.fetch.allow)
     if not policy.host_allowed(host):
-        address = "127.0.0.1" if host == "localhost" or host.endswith(".localhost") else host
-        try:
-            allowed = policy.address_allowed(address)
-        except ValueError:  # a host name
-            allowed = True
-        if not allowed:
+        local = host == "localhost" or host.endswith(".localhost")
+        address = "127.0.0.1" if local else literal_address(host)  # None: a host name
+        if address is not None and not policy.address_allowed(address):
             raise ApiError(
                 422,
                 "webhook_refused",
-                f"webhook.url: {host} is not a public address; webhooks are delivered to public "
+                f"webhook.url: {host if address == host else f'{host} ({address})'} is not a "
+                "public address; webhooks are delivered to public "
                 "addresses only",
             )
     least = svc.settings.webhooks.min_progress_interval_s

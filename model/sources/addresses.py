@@ -7,6 +7,7 @@ a host resolves to, before connecting, with the same policy.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -51,6 +52,20 @@ class AddressPolicy:
         if any(ip in net for net in self.allow_networks):
             return True
         return _public(ip)
+
+
+def literal_address(host: str) -> str | None:
+    """The IP address `host` spells, in its usual form, or None for a host name. Every spelling
+    the C resolver takes counts (`2130706433`, `0x7f000001`, `0177.1`, `127.1`: 127.0.0.1), not
+    only the dotted quad: a URL naming one reaches that address without any DNS lookup."""
+    try:
+        return str(ipaddress.ip_address(host.strip("[]").split("%")[0]))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
 
 
 def _public(ip: IPAddress) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import socket
 import threading
 import time
@@ -93,6 +94,7 @@ class _Attempt:
         self._lock = threading.Lock()
         self._handles: list[socket.socket] = []
         self.reason: str | None = None  # "cancelled" or "deadline" once aborted
+        self.deadline = math.inf  # time.monotonic() of the response deadline: DNS and connect
 
     def adopt(self, sock: socket.socket) -> None:
         # A duplicate descriptor of the same kernel socket (which shutdown acts on): TLS wrapping
@@ -174,11 +176,38 @@ class FetchScope:
 # --- connections: check before connecting ------------------------------------------------------
 
 
+def _left_s() -> float:
+    """Seconds left before this thread's attempt's deadline (inf outside an attempt)."""
+    attempt: _Attempt | None = getattr(_local, "attempt", None)
+    return math.inf if attempt is None else attempt.deadline - time.monotonic()
+
+
 def _resolve(host: str, port: int) -> list[Any]:
-    try:
-        return socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError("dns_error", f"cannot resolve {host}") from exc
+    """The host's addresses, looked up within the attempt's deadline: the C resolver takes no
+    timeout and cannot be interrupted, so a slow lookup is left to finish on its own thread."""
+    found: list[Any] = []
+    failed: list[BaseException] = []
+
+    def lookup() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            failed.append(exc)
+
+    left = _left_s()
+    if left == math.inf:
+        lookup()
+    else:
+        thread = threading.Thread(target=lookup, name="dns", daemon=True)
+        thread.start()
+        thread.join(max(0.0, left))
+        if thread.is_alive():
+            raise FetchError("timeout", f"resolving {host} outlasted the attempt's deadline")
+    if failed:
+        if isinstance(failed[0], socket.gaierror | UnicodeError):
+            raise FetchError("dns_error", f"cannot resolve {host}") from failed[0]
+        raise failed[0]
+    return found
 
 
 def _connect_checked(conn: HTTPConnection, policy: AddressPolicy) -> socket.socket:
@@ -197,11 +226,15 @@ def _connect_first(conn: HTTPConnection, infos: list[Any]) -> socket.socket:
     timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
     error: OSError | None = None
     for family, kind, proto, _, address in infos:
+        left = _left_s()  # every address tried within the attempt's deadline
+        if left <= 0:
+            error = TimeoutError("the attempt's deadline passed")
+            break
         sock = socket.socket(family, kind, proto)
         try:
             for option in conn.socket_options or ():
                 sock.setsockopt(*option)
-            sock.settimeout(timeout)
+            sock.settimeout(left if timeout is None else min(timeout, left))
             sock.connect(address)
             return sock
         except OSError as exc:
@@ -347,10 +380,7 @@ class SafeFetcher:
             raise FetchError("bad_url", f"URL has no host: {url!r}")
         if self.policy.host_allowed(parts.hostname):
             return
-        try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or 80, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise FetchError("dns_error", f"cannot resolve {parts.hostname}") from exc
+        infos = _resolve(parts.hostname, parts.port or 80)  # within an attempt's deadline
         if not all(self.policy.address_allowed(info[4][0]) for info in infos):
             raise FetchError(
                 "blocked_address", f"{parts.hostname} resolves to a non-public address"
@@ -421,8 +451,8 @@ class SafeFetcher:
         checked before connecting, the connect and read timeouts, the response deadline. Never a
         redirect followed (a 3xx is the answer), no retries (the caller schedules them), the
         answer's body never read. Returns the HTTP status; FetchError when no answer came."""
-        self.check_url(url)
         with FetchScope().attempt() as attempt, self._watched(attempt):
+            self.check_url(url)  # its DNS lookup too within the deadline
             try:
                 with self.session.post(
                     url,
@@ -432,11 +462,15 @@ class SafeFetcher:
                     stream=True,
                     allow_redirects=False,
                 ) as resp:
-                    return resp.status_code
+                    status = resp.status_code
             except requests.exceptions.RequestException as exc:
                 error = self._aborted(url, attempt.reason) if attempt.reason else None
                 error = error or _network_error(url, exc)
                 raise (error.error if isinstance(error, _Retryable) else error) from exc
+            if attempt.reason is not None:  # a status line, then nothing until the deadline
+                error = self._aborted(url, attempt.reason)  # cut it (headers end at EOF): no
+                raise error.error if isinstance(error, _Retryable) else error  # answer came
+            return status
 
     def _get_held(
         self, url: str, number: int, max_bytes: int, scope: FetchScope, limiter: HostLimiter
@@ -491,6 +525,7 @@ class SafeFetcher:
         """This thread's sockets join `attempt`, which is aborted at the response deadline."""
         timer = threading.Timer(self.response_deadline_s, attempt.abort, ("deadline",))
         timer.daemon = True
+        attempt.deadline = time.monotonic() + self.response_deadline_s
         _local.attempt = attempt
         timer.start()
         try:

@@ -366,8 +366,9 @@ def test_read_timeout_before_the_headers_says_reading() -> None:
     assert failed.value.message == f"timed out reading from {base}/page.jpg"
 
 
-def test_connect_timeout_says_connecting() -> None:
-    # A listener whose accept queue is full: the kernel drops further connection attempts.
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A listener whose accept queue is full: the kernel drops further connection attempts."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=0)
     port = listener.getsockname()[1]
     fillers = [socket.socket() for _ in range(3)]
@@ -376,19 +377,25 @@ def test_connect_timeout_says_connecting() -> None:
         filler.connect_ex(("127.0.0.1", port))
     time.sleep(0.2)
     try:
-        fetcher = SafeFetcher(allow=LOOPBACK, connect_timeout_s=0.3, retries=0)
-        with pytest.raises(FetchError) as failed:
-            fetcher.get(f"http://127.0.0.1:{port}/page.jpg")
+        yield port
     finally:
         for sock in [*fillers, listener]:
             sock.close()
+
+
+def test_connect_timeout_says_connecting() -> None:
+    with unanswered_port() as port:
+        fetcher = SafeFetcher(allow=LOOPBACK, connect_timeout_s=0.3, retries=0)
+        with pytest.raises(FetchError) as failed:
+            fetcher.get(f"http://127.0.0.1:{port}/page.jpg")
     assert failed.value.code == "connect_timeout"
     assert failed.value.message == f"timed out connecting to http://127.0.0.1:{port}/page.jpg"
 
 
 @contextlib.contextmanager
-def stalling_server(send_head: bool) -> Iterator[str]:
-    """Accepts, reads the request, then (after the headers, or before them) sends nothing."""
+def stalling_server(send_head: bool, head: bytes | None = None) -> Iterator[str]:
+    """Accepts, reads the request, then (after the headers, or before them, or after `head`)
+    sends nothing."""
     listener = socket.create_server(("127.0.0.1", 0))
     held: list[socket.socket] = []
 
@@ -398,7 +405,9 @@ def stalling_server(send_head: bool) -> Iterator[str]:
                 conn, _ = listener.accept()
                 held.append(conn)
                 _read_head(conn)
-                if send_head:
+                if head is not None:
+                    conn.sendall(head)
+                elif send_head:
                     conn.sendall(_head(1000) + b"x")
 
     threading.Thread(target=serve, daemon=True).start()
@@ -408,3 +417,44 @@ def stalling_server(send_head: bool) -> Iterator[str]:
         listener.close()
         for conn in held:
             conn.close()
+
+
+# --- a POST (webhook deliveries): no answer before the deadline is no answer -------------------
+
+
+def test_a_status_line_then_nothing_is_not_an_answer() -> None:
+    """The deadline cuts the connection, and headers that end at EOF would read as complete: a
+    receiver that sent `200 OK` and hung was taken as a delivery (at-least-once broken)."""
+    with stalling_server(send_head=False, head=b"HTTP/1.1 200 OK\r\n") as base:
+        fetcher = SafeFetcher(allow=LOOPBACK, read_timeout_s=5, response_deadline_s=0.5)
+        with pytest.raises(FetchError) as failed:
+            fetcher.post(f"{base}/hook", b"{}")
+    assert failed.value.code == "timeout"
+
+
+def test_a_slow_dns_lookup_is_within_the_deadline(monkeypatch) -> None:
+    real = socket.getaddrinfo
+
+    def slow(host: str, *args: Any, **kwargs: Any) -> list[Any]:
+        if host == "slow-dns.example":
+            time.sleep(3)
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    fetcher = SafeFetcher(allow=["slow-dns.example"], response_deadline_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(FetchError) as failed:
+        fetcher.post("http://slow-dns.example:9/hook", b"{}")
+    assert failed.value.code == "timeout", failed.value.message
+    assert time.monotonic() - started < 2  # not the lookup's 3 s
+
+
+def test_connecting_is_within_the_deadline() -> None:
+    with unanswered_port() as port:
+        fetcher = SafeFetcher(allow=LOOPBACK, connect_timeout_s=5, response_deadline_s=0.5)
+        started = time.monotonic()
+        with pytest.raises(FetchError) as failed:
+            fetcher.post(f"http://127.0.0.1:{port}/hook", b"{}")
+    assert failed.value.code in ("timeout", "connect_timeout"), failed.value.message
+    assert time.monotonic() - started < 2  # not the connect timeout's 5 s
