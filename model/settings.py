@@ -239,6 +239,13 @@ class WebhookSettings(BaseModel):
     min_progress_interval_s: float = 5
     # Processes of the webhooks worker program (prefork).
     concurrency: int = 4
+    # Attempts of one key's events in flight at once, at most (and always fewer than
+    # `concurrency`): a key whose receiver hangs holds this many processes, never all of them.
+    key_in_flight: int = 2
+    # A receiver host whose last `breaker_failures` attempts all failed (no answer, 429, 5xx) gets
+    # none for `breaker_open_s`; then one attempt probes it (a 2xx closes the breaker again).
+    breaker_failures: int = 5
+    breaker_open_s: float = 60
     # After `keys webhook-secret NAME --rotate`, deliveries carry a signature with the old secret
     # too for this long, so receivers can switch without losing any.
     rotation_grace_s: float = 86_400

@@ -25,6 +25,8 @@ from model.webhooks.events import PROGRESS, Message, Outbox
 
 # Not worth retrying: the URL cannot be delivered to, whatever the receiver does.
 REFUSED_CODES = {"blocked_address", "bad_scheme", "bad_url"}
+# No answer from the receiver host (for its breaker): down, unreachable or hanging.
+ANSWERLESS_CODES = {"timeout", "connect_timeout", "connection_error", "dns_error", "fetch_error"}
 JITTER = 0.1  # each backoff is lengthened by up to this fraction (receivers are not stampeded)
 
 
@@ -46,6 +48,17 @@ def backoff_s(settings: Settings, attempt: int) -> float:
     hooks = settings.webhooks
     base = min(hooks.backoff_max_s, hooks.backoff_initial_s * 2 ** (attempt - 1))
     return base * (1 + random.uniform(0, JITTER))
+
+
+def _host_outcome(status: int | None, error: tuple[str, str] | None) -> str:
+    """What an attempt says of its receiver host, for its breaker: `failed` (no answer, 429 or
+    5xx: the host is down or overloaded), `ok` (any other answer: it is up), or `other` (nothing
+    was sent: a refused address, no secret)."""
+    if status is not None:
+        return "failed" if status == 429 or status >= 500 else "ok"
+    if error is None:
+        return "ok"
+    return "failed" if error[0] in ANSWERLESS_CODES else "other"
 
 
 def _iso(value: float | None) -> str | None:
@@ -71,6 +84,7 @@ class Deliverer:
         started = time.perf_counter()
         status, error = self._send(message)
         duration = time.perf_counter() - started
+        self.outbox.host_answered(message.host, _host_outcome(status, error), time.time())
         next_at = None
         if error is None:
             outcome = "delivered"

@@ -10,6 +10,12 @@ each message until it is delivered or given up.
   briefly away) is queued again by the webhooks worker's scheduler once the lease runs out:
   at-least-once. An attempt claims its message atomically (its number must be the next one), so
   a message queued twice is still sent once per attempt.
+- Fair to every key, and to receivers that are down: an attempt is claimed only while its key
+  has fewer than `webhooks.key_in_flight` attempts in flight (`sc:webhook:flight:<owner>`, a
+  sorted set of leases) and its receiver host's breaker is closed (`sc:webhook:breaker:<host>`:
+  consecutive failures, and until when it is open). Otherwise the message is due again a
+  little later, its attempt not used: one key's hanging receiver holds `key_in_flight`
+  processes, and the other keys' events go by meanwhile.
 - Each attempt is logged in `sc:task:<id>:webhook` (a list, the last 50), which GET /status
   shows and which expires with the task's record.
 
@@ -27,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from redis import Redis
 
@@ -42,6 +49,8 @@ log = logging.getLogger("scriptorium.webhooks")
 
 MSG_PREFIX = "sc:webhook:msg:"
 DUE_KEY = "sc:webhook:due"
+FLIGHT_PREFIX = "sc:webhook:flight:"  # + owner: that key's attempts in flight (msg id -> lease)
+BREAKER_PREFIX = "sc:webhook:breaker:"  # + receiver host: failures in a row, open until
 PROGRESS_GATE_PREFIX = "sc:webhook:progress:"  # at most one progress event per interval
 DELIVERIES_KEPT = 50
 COMPLETED, PROGRESS = "completed", "progress"
@@ -60,6 +69,23 @@ def lease_s(settings: Settings) -> float:
     """How long a queued or running attempt owns its message: an attempt's own limit, plus
     room for the queue; past it the scheduler queues the message again."""
     return 2 * settings.webhooks.timeout_s + 30
+
+
+def key_in_flight(settings: Settings) -> int:
+    """Attempts of one key in flight at once: as set, but fewer than the worker's processes."""
+    hooks = settings.webhooks
+    return max(1, min(hooks.key_in_flight, hooks.concurrency - 1))
+
+
+def defer_s(settings: Settings) -> float:
+    """How much later a message whose key is at its cap is due again (an attempt in flight
+    takes up to timeout_s; sooner, to take a place that frees early)."""
+    return max(0.1, settings.webhooks.timeout_s / 4)
+
+
+def receiver_host(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{(parts.hostname or '').lower()}:{parts.port or ''}"
 
 
 # --- the Celery side: which app sends ------------------------------------------------------------
@@ -148,8 +174,10 @@ return 1
 """
 
 # Claim attempt ARGV[1] of a message: only the next attempt, of a message that is pending or
-# whose last attempt's lease ran out. KEYS: message, due set; ARGV: attempt, now, lease until,
-# message id. Returns the message's fields, or false.
+# whose last attempt's lease ran out; and only while its key has fewer than ARGV[5] attempts in
+# flight and its receiver host's breaker is closed (else it is due again later, at ARGV[6] or
+# when the breaker half-opens). KEYS: message, due set; ARGV: attempt, now, lease until, message
+# id, key's cap, due again at, flight prefix, breaker prefix. Returns the fields, or false.
 _CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
@@ -158,16 +186,58 @@ if not state then
 end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if attempts ~= tonumber(ARGV[1]) - 1 then return false end
+local now = tonumber(ARGV[2])
 if state == 'sending' then
-  if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > tonumber(ARGV[2]) then
+  if tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0') > now then
     return false
   end
 elseif state ~= 'pending' then
   return false
 end
+local flight = ARGV[7] .. (redis.call('HGET', KEYS[1], 'owner') or '')
+redis.call('ZREMRANGEBYSCORE', flight, '-inf', now)
+redis.call('ZREM', flight, ARGV[4])  -- its own lapsed attempt
+if redis.call('ZCARD', flight) >= tonumber(ARGV[5]) then
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[6]), ARGV[4])
+  return false
+end
+local host = redis.call('HGET', KEYS[1], 'host')
+if host and host ~= '' then
+  local breaker = ARGV[8] .. host
+  local open_until = tonumber(redis.call('HGET', breaker, 'open_until') or '0')
+  if open_until > now then
+    redis.call('ZADD', KEYS[2], math.max(open_until, tonumber(ARGV[6])), ARGV[4])
+    return false
+  end
+  if open_until > 0 then  -- half-open: this attempt probes, the others wait for its answer
+    redis.call('HSET', breaker, 'open_until', ARGV[3])
+  end
+end
+redis.call('ZADD', flight, tonumber(ARGV[3]), ARGV[4])
+redis.call('EXPIREAT', flight, math.ceil(tonumber(ARGV[3])))
 redis.call('HSET', KEYS[1], 'state', 'sending', 'attempts', ARGV[1], 'lease_until', ARGV[3])
 redis.call('ZADD', KEYS[2], tonumber(ARGV[3]), ARGV[4])
 return redis.call('HGETALL', KEYS[1])
+"""
+
+# After an attempt to a receiver host. KEYS: its breaker; ARGV: outcome (ok, failed, other),
+# now, failures that open it, open for s, key ttl s. A success closes it; failures in a row open
+# it; anything else (a 4xx, a refusal) lets the next attempt probe it.
+_HOST_ANSWERED = """
+if ARGV[1] == 'ok' then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+if ARGV[1] == 'failed' then
+  local failures = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+  if failures >= tonumber(ARGV[3]) then
+    redis.call('HSET', KEYS[1], 'open_until', tonumber(ARGV[2]) + tonumber(ARGV[4]))
+  end
+elseif redis.call('HEXISTS', KEYS[1], 'open_until') == 1 then
+  redis.call('HSET', KEYS[1], 'open_until', ARGV[2])
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+return 1
 """
 
 # Messages due by now, each given a lease (so that two schedulers never queue the same one);
@@ -215,6 +285,7 @@ class Message:
     attempts: int
     created_at: float
     retry_until: float
+    host: str = ""  # the receiver's host:port (its breaker); "" in messages of older releases
 
     @classmethod
     def from_hash(cls, msg_id: str, data: dict[str, str]) -> Message:
@@ -228,6 +299,7 @@ class Message:
             attempts=int(data.get("attempts") or 0),
             created_at=float(data["created_at"]),
             retry_until=float(data["retry_until"]),
+            host=data.get("host", ""),
         )
 
 
@@ -239,6 +311,7 @@ class Outbox:
         self._claim = redis.register_script(_CLAIM)
         self._due = redis.register_script(_DUE)
         self._log = redis.register_script(_LOG)
+        self._host_answered = redis.register_script(_HOST_ANSWERED)
 
     # --- producers: the API and the inference worker -------------------------------------
     def enqueue(self, record: TaskRecord, event: str, msg_id: str, retry_for_s: float) -> bool:
@@ -250,6 +323,7 @@ class Outbox:
             "owner": record.owner,
             "event": event,
             "url": webhook["url"],
+            "host": receiver_host(webhook["url"]),
             "body": event_body(record, event, self.settings).decode(),
             "state": "pending",
             "attempts": 0,
@@ -273,7 +347,16 @@ class Outbox:
     def claim(self, msg_id: str, attempt: int, now: float) -> Message | None:
         fields = self._claim(
             keys=[message_key(msg_id), DUE_KEY],
-            args=[attempt, now, now + lease_s(self.settings), msg_id],
+            args=[
+                attempt,
+                now,
+                now + lease_s(self.settings),
+                msg_id,
+                key_in_flight(self.settings),
+                now + defer_s(self.settings),
+                FLIGHT_PREFIX,
+                BREAKER_PREFIX,
+            ],
         )
         if not fields:
             return None
@@ -284,11 +367,29 @@ class Outbox:
         """After an attempt: pending again (due at `next_at`) or final."""
         with self.redis.pipeline() as pipe:
             pipe.hset(message_key(message.id), mapping={"state": state, "lease_until": 0})
+            pipe.zrem(FLIGHT_PREFIX + message.owner, message.id)
             if next_at is None:
                 pipe.zrem(DUE_KEY, message.id)
             else:
                 pipe.zadd(DUE_KEY, {message.id: next_at})
             pipe.execute()
+
+    def host_answered(self, host: str, outcome: str, now: float) -> None:
+        """The breaker of a receiver host after an attempt: `ok` (a 2xx), `failed` (no answer,
+        429, 5xx) or anything else."""
+        if not host:
+            return
+        hooks = self.settings.webhooks
+        self._host_answered(
+            keys=[BREAKER_PREFIX + host],
+            args=[
+                outcome,
+                now,
+                hooks.breaker_failures,
+                hooks.breaker_open_s,
+                int(hooks.breaker_open_s + lease_s(self.settings) + 3600),
+            ],
+        )
 
     def due(self, now: float, most: int = 100) -> list[tuple[str, int]]:
         """Messages due now, leased to the caller (which queues their next attempt)."""

@@ -166,6 +166,12 @@ def test_the_webhooks_worker_runs_beside_the_inference_worker(stack: Stack) -> N
             "webhook_refused",
             "169.254.169.254 is not a public",
         ),
+        # Numeric spellings the resolver takes as they are (no DNS lookup); this stack allows
+        # 127.0.0.1 itself (the test image servers), not 127.0.0.2.
+        ({"url": "http://2130706434/hook"}, "webhook_refused", "(127.0.0.2) is not a public"),
+        ({"url": "http://0x7f000002/hook"}, "webhook_refused", "(127.0.0.2) is not a public"),
+        ({"url": "http://127.2:8080/hook"}, "webhook_refused", "(127.0.0.2) is not a public"),
+        ({"url": "http://0251.0376.0251.0376/"}, "webhook_refused", "(169.254.169.254) is not"),
         ({"url": "ftp://example.org/hook"}, "invalid_request", "webhook.url"),
         ({"url": "https://example.org/h", "events": []}, "invalid_request", "webhook.events"),
         (
@@ -295,6 +301,36 @@ def test_a_receiver_that_times_out_is_given_up_and_never_holds_up_tasks(
     assert all(a["duration_s"] < ATTEMPT_S + 1 for a in attempts), attempts
     assert [a["outcome"] for a in attempts] == ["failed"] * (len(attempts) - 1) + ["gave_up"]
     assert len(receiver.got(hook)) == len(attempts)
+
+
+HANGING = 8
+
+
+def test_one_keys_hanging_receiver_does_not_hold_up_another_keys_events(
+    stack: Stack, api: Api, secret: str
+) -> None:
+    """Alice's receiver never answers: her attempts may hold one of the two delivery processes
+    (webhooks.key_in_flight, below concurrency), not both; her other events wait their turn
+    while another key's event goes by. (One FIFO before: it waited behind all of hers.)"""
+    hanging, other = Receiver(), Receiver()  # hosts of their own: breakers are per host
+    try:
+        name = f"hooks-{uuid.uuid4().hex[:8]}"
+        carol = stack.client(stack.create_key(name, "--rate", "100000/second"))
+        assert stack.cli("keys", "webhook-secret", name).returncode == 0
+        stuck = hanging.hook(lambda _n: (200, ATTEMPT_S + 2))
+        for _ in range(HANGING):
+            noop_with(api, {"url": stuck})
+        wait_for(lambda: hanging.got(stuck), what="alice's first attempt")
+        hook = other.hook()
+        sent = time.monotonic()
+        noop_with(carol, {"url": hook})
+        [(delivered, _, _)] = wait_for(lambda: other.got(hook), what="carol's delivery")
+        alices = len(hanging.got(stuck))
+        print(f"carol's event after {delivered - sent:.2f} s; alice's attempts by then: {alices}")
+        assert alices <= HANGING // 2, f"carol's event waited for {alices} of alice's attempts"
+    finally:
+        hanging.close()
+        other.close()
 
 
 def test_a_redirect_is_not_followed(api: Api, secret: str, receiver: Receiver) -> None:
@@ -454,5 +490,50 @@ def test_outbox_claims_each_attempt_once_and_requeues_what_was_lost(
         outbox.settle(message, "delivered", None)
         assert outbox.due(later + 10_000) == []
         assert outbox.claim(msg_id, 4, later + 10_000) is None
+    finally:
+        events._celery = None
+
+
+def test_outbox_keeps_a_key_to_its_cap_and_a_failing_host_behind_its_breaker(
+    clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    port = clean_redis.connection_pool.connection_kwargs["port"]
+    hooks = {"concurrency": 4, "key_in_flight": 2, "breaker_failures": 3, "breaker_open_s": 60}
+    settings = Settings(data_dir=tmp_path, redis={"port": port}, webhooks=hooks)
+    store = TaskStore(clean_redis, 3600, 7200)
+    events.use_celery(_Sent())  # type: ignore[arg-type]
+
+    def event(owner: str, url: str) -> str:
+        record = store.create(owner, "noop", {}, 0, 60, webhook={"url": url})
+        store.finish(record.id, State.SUCCEEDED, only_from=[State.QUEUED])
+        ended = store.get(record.id)
+        assert ended is not None and events.task_ended(store, ended)
+        return f"msg_{record.id}_completed"
+
+    try:
+        outbox = Outbox(clean_redis, settings)
+        now = time.time()
+        a = [event("a", "https://a.example/h") for _ in range(3)]
+        b = event("b", "https://b.example/h")
+        first = outbox.claim(a[0], 1, now)
+        assert first is not None and outbox.claim(a[1], 1, now) is not None
+        assert outbox.claim(a[2], 1, now) is None  # key a has 2 attempts in flight
+        assert outbox.claim(b, 1, now) is not None  # another key's event goes by
+        soon = now + events.defer_s(settings) + 0.01
+        assert (a[2], 0) in outbox.due(soon)  # due again shortly, its attempt unused
+        outbox.settle(first, "pending", now + 600)  # one of key a's attempts is over
+        assert outbox.claim(a[2], 1, soon) is not None
+
+        # a.example stops answering: 3 failures in a row open its breaker, for every key.
+        for _ in range(3):
+            outbox.host_answered("a.example:", "failed", now)
+        c = [event("c", "https://a.example/h") for _ in range(2)]
+        assert outbox.claim(c[0], 1, now + 1) is None
+        assert (c[0], 0) not in outbox.due(now + 59)  # not due before the breaker half-opens
+        # 60 s on, one attempt probes the host; the next waits for its answer.
+        assert outbox.claim(c[0], 1, now + 61) is not None
+        assert outbox.claim(c[1], 1, now + 61) is None
+        outbox.host_answered("a.example:", "ok", now + 62)  # it answers: closed again
+        assert outbox.claim(c[1], 1, now + 62) is not None
     finally:
         events._celery = None
