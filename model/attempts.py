@@ -159,6 +159,20 @@ def requeue_lost(
     return requeued
 
 
+def release_deferred(store: TaskStore, celery: Any, settings: Any) -> str | None:
+    """A task has ended, a worker slot is free: send again the task deferred longest ago
+    because its key was at its cap (it may be deferred again); returns its id."""
+    while (task_id := store.pop_deferred()) is not None:
+        record = store.get(task_id)
+        if record is not None and record.state == State.QUEUED:
+            send_run(
+                celery, settings, task_id, record.timeout_s, record.queue or QUEUE, record.lane
+            )
+            store.mark_sent(task_id)
+            return task_id
+    return None
+
+
 def resend_unsent(store: TaskStore, celery: Any, settings: Any, now: float) -> list[str]:
     """Send again the run message of each QUEUED task whose send was never confirmed (an API
     process or a reaper killed between the record and the message); returns their ids. A

@@ -290,7 +290,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
         if args.keys_cmd == "create":
             if args.rate:
                 _check_rate(args.rate)
-            print(store.create(args.name, args.admin, args.max_queued, args.rate))
+            print(store.create(args.name, args.admin, args.max_queued, args.rate, args.max_running))
             print(f"(key {args.name!r} is shown once; store it now)", file=sys.stderr)
         elif args.keys_cmd == "rotate":
             print(store.rotate(args.name))
@@ -320,6 +320,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> None:
                     "admin" if key.admin else "",
                     f"max_queued={key.max_queued}" if key.max_queued is not None else "",
                     f"rate={key.rate_limit}" if key.rate_limit else "",
+                    f"max_running={key.max_running}" if key.max_running is not None else "",
                     "webhook-secret" if store.has_webhook_secret(key.name) else "",
                 ]
                 print("\t".join([key.name, f"...{key.hint}", status, *filter(None, extras)]))
@@ -400,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--admin", action="store_true", help="may list and stop all tasks")
     create.add_argument("--max-queued", type=int, help="queued tasks allowed at once")
     create.add_argument("--rate", help="request rate limit, e.g. '10/second'")
+    create.add_argument(
+        "--max-running",
+        type=int,
+        help="its tasks running at once (0: no cap; default: worker.key_running_max)",
+    )
     for name in ("rotate", "revoke"):
         keys_sub.add_parser(name).add_argument("name")
     keys_sub.add_parser("list")

@@ -40,13 +40,23 @@ CREATE TABLE IF NOT EXISTS api_keys (
     rate_limit TEXT
 )
 """
-# Added to databases created before webhooks (ALTER TABLE on open).
-_WEBHOOK_COLUMNS = {
+# Added to databases created before webhooks, and before running caps (ALTER TABLE on open).
+_ADDED_COLUMNS = {
     "webhook_secret": "TEXT",
     "webhook_secret_previous": "TEXT",  # kept for the rotation grace period
     "webhook_secret_rotated_at": "REAL",
+    "max_running": "INTEGER",
 }
-_COLUMNS = ("name", "hint", "created_at", "revoked_at", "admin", "max_queued", "rate_limit")
+_COLUMNS = (
+    "name",
+    "hint",
+    "created_at",
+    "revoked_at",
+    "admin",
+    "max_queued",
+    "rate_limit",
+    "max_running",
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,7 @@ class ApiKey:
     admin: bool = False
     max_queued: int | None = None  # queued tasks this key may have at once (None: default)
     rate_limit: str | None = None  # flask-limiter string, e.g. "10/second" (None: default)
+    max_running: int | None = None  # its tasks running at once (None: default, 0: no cap)
 
     @property
     def active(self) -> bool:
@@ -94,7 +105,7 @@ class KeyStore:
         with self._connect() as db:
             db.execute(_SCHEMA)
             present = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
-            for column, kind in _WEBHOOK_COLUMNS.items():
+            for column, kind in _ADDED_COLUMNS.items():
                 if column not in present:
                     db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
 
@@ -108,6 +119,7 @@ class KeyStore:
         admin: bool = False,
         max_queued: int | None = None,
         rate_limit: str | None = None,
+        max_running: int | None = None,
     ) -> str:
         """Create a key and return it; this is the only time the plaintext exists."""
         key = new_key()
@@ -115,7 +127,7 @@ class KeyStore:
             with self._connect() as db:
                 db.execute(
                     "INSERT INTO api_keys (name, key_hash, hint, created_at, admin, max_queued,"
-                    " rate_limit) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    " rate_limit, max_running) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         name,
                         hash_key(key),
@@ -124,6 +136,7 @@ class KeyStore:
                         int(admin),
                         max_queued,
                         rate_limit,
+                        max_running,
                     ),
                 )
         except sqlite3.IntegrityError as exc:
@@ -218,5 +231,7 @@ class KeyStore:
 
 
 def _row_to_key(row: tuple) -> ApiKey:
-    name, hint, created_at, revoked_at, admin, max_queued, rate_limit = row
-    return ApiKey(name, hint, created_at, revoked_at, bool(admin), max_queued, rate_limit)
+    name, hint, created_at, revoked_at, admin, max_queued, rate_limit, max_running = row
+    return ApiKey(
+        name, hint, created_at, revoked_at, bool(admin), max_queued, rate_limit, max_running
+    )

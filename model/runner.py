@@ -21,7 +21,7 @@ from model.jobs.contract import TaskSpec, WorkerResources
 from model.jobs.spec import JobSpec
 from model.metrics.record import Meter, meter_of
 from model.redis_client import unreachable
-from model.store import State, TaskRecord, TaskStore
+from model.store import DEFERRED, State, TaskRecord, TaskStore
 from model.webhooks.events import ProgressEvents
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ def run_task(
         return State.CANCELLED
     holder = process_holder(settings.worker_name)
     token = store.mark_running(task_id, os.getpid(), holder, lease_ms(settings))
+    if token == DEFERRED:
+        log.info("task %s: its key has its running tasks' cap; deferred", task_id)
+        return None
     if token is None:
         log.info("task %s: held by a live attempt elsewhere; this delivery is a duplicate", task_id)
         return None

@@ -54,6 +54,10 @@ class WorkerSettings(BaseModel):
     # (README, "Tasks run side by side"). 4: a task waiting on a slow library server leaves the
     # CPU (or GPU) to the others, and a small task never waits behind a big one.
     concurrency: int = Field(default=4, ge=1)
+    # Tasks of one key running at once, at most, on every worker together (0: no cap; a key's
+    # own `keys create --max-running` overrides it). Below concurrency, a slot is always left
+    # for other keys: one key's tasks stuck on a trickling host cannot hold every worker.
+    key_running_max: int = Field(default=3, ge=0)
     batch_size: int = 4
     # Redis re-delivers an unacknowledged task this long after the longest hard time limit.
     visibility_margin_s: int = 60

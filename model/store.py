@@ -31,6 +31,11 @@ RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
 # requeued, the send not confirmed). A reaper sends again what stays here (model/attempts.py):
 # an API process killed between the record and the message loses no task.
 UNSENT_KEY = f"{PREFIX}:unsent"
+# Sorted set: id -> time, QUEUED tasks a worker took while their key had `running_max` tasks
+# running; their message was dropped. Sent again when a task ends (a slot is free), or by the
+# reaper as unsent (they are in UNSENT_KEY too).
+DEFERRED_KEY = f"{PREFIX}:deferred"
+DEFERRED = "deferred"  # what mark_running answers for such a task
 QUEUES_KEY = f"{PREFIX}:queues"  # set of the Celery queues tasks were ever sent to
 DURATIONS_PREFIX = f"{PREFIX}:durations:"  # recent run durations (s) per job type, for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
@@ -110,6 +115,21 @@ return false
 _MARK_RUNNING = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return false end
+-- A key at its cap of running tasks: not now (its message is dropped; sent again later).
+local cap = tonumber(redis.call('HGET', KEYS[1], 'running_max') or '0')
+if state == 'QUEUED' and cap > 0 then
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  local mine = 0
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local other = redis.call('HMGET', ARGV[6] .. id, 'owner', 'state')
+    if id ~= ARGV[1] and other[1] == owner and other[2] == 'RUNNING' then mine = mine + 1 end
+  end
+  if mine >= cap then
+    redis.call('ZADD', KEYS[7], ARGV[3], ARGV[1])
+    redis.call('ZADD', KEYS[8], ARGV[3], ARGV[1])
+    return 'deferred'
+  end
+end
 -- This very call again (its reply was lost and the client retried): the attempt it began.
 if state == 'RUNNING' and redis.call('HGET', KEYS[1], 'attempt_started_at') == ARGV[3] then
   local holder = redis.call('HGET', KEYS[1], 'holder') or ''
@@ -125,6 +145,7 @@ redis.call('ZREM', KEYS[3], ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[6], token, 'PX', ARGV[5])
+redis.call('ZREM', KEYS[7], ARGV[1])
 return token
 """
 
@@ -474,6 +495,7 @@ class TaskStore:
         webhook: dict[str, Any] | None = None,
         queue: str = DEFAULT_QUEUE,
         idempotency: tuple[str, str] | None = None,
+        running_max: int = 0,
     ) -> TaskRecord:
         """A QUEUED task, in the lane its owner's waiting tasks give it (`record.lane`: send
         its Celery message with that priority, then call `mark_sent`). `idempotency`: (the
@@ -494,6 +516,8 @@ class TaskStore:
             "done": 0,
             "failed": 0,
         }
+        if running_max:  # its key's cap on running tasks (mark_running)
+            fields["running_max"] = running_max
         if webhook:
             fields["webhook"] = json.dumps(webhook)
         strings = {k: str(v) for k, v in fields.items()}
@@ -644,7 +668,8 @@ class TaskStore:
     ) -> str | None:
         """QUEUED -> RUNNING (or RUNNING again when redelivered after a crash, once no live
         attempt holds it) as a new attempt of `holder` (`<worker>:<main pid>:<pid>`); returns the
-        attempt's token, None if there is nothing to run."""
+        attempt's token, None if there is nothing to run, DEFERRED if its key has its
+        `running_max` tasks running (the task stays QUEUED: see DEFERRED_KEY)."""
         owner, queue = self.redis.hmget(task_key(task_id), "owner", "queue")
         token = self._mark_running(
             keys=[
@@ -654,10 +679,24 @@ class TaskStore:
                 RUNNING_KEY,
                 queue_index_key(queue),
                 lease_key(task_id),
+                DEFERRED_KEY,
+                UNSENT_KEY,
             ],
-            args=[task_id, worker_pid, time.time(), holder or f"-:0:{worker_pid}", lease_ms],
+            args=[
+                task_id,
+                worker_pid,
+                time.time(),
+                holder or f"-:0:{worker_pid}",
+                lease_ms,
+                task_key(""),
+            ],
         )
         return token or None
+
+    def pop_deferred(self) -> str | None:
+        """The task deferred longest ago (its key was at its cap), out of the deferred set."""
+        popped = self.redis.zpopmin(DEFERRED_KEY)
+        return popped[0][0] if popped else None
 
     def renew_lease(self, task_id: str, token: str, lease_ms: int) -> bool:
         """False: the attempt no longer holds the task (requeued, or ended by someone else)."""

@@ -34,7 +34,7 @@ from celery.signals import (
 from redis import Redis
 
 from model import fleet
-from model.attempts import lease_ms, own_prefix, requeue_lost, resend_unsent
+from model.attempts import lease_ms, own_prefix, release_deferred, requeue_lost, resend_unsent
 from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
 from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
@@ -209,7 +209,8 @@ def clear_heartbeat(**_: Any) -> None:
 def run_job(task_id: str) -> None:
     assert _resources is not None, "worker_process_init loads the resources first"
     try:
-        run_task(task_id, _resources.store, _resources)
+        if run_task(task_id, _resources.store, _resources) is not None:
+            release_deferred(_resources.store, celery, settings)  # this slot is free now
     except Exception as exc:
         if unreachable(exc):
             # Redis away before the task could start (or end): acknowledging the message would

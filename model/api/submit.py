@@ -237,6 +237,12 @@ def _upload_inputs(task_id: str, submission: Submission) -> list[TaskInput]:
     return entries
 
 
+def _running_max(svc: Services) -> int:
+    """Tasks of this key that may run at once (0: no cap): its own, else the default."""
+    own = g.api_key.max_running if g.get("api_key") is not None else None
+    return svc.settings.worker.key_running_max if own is None else own
+
+
 def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
     """The task's webhook as stored, once what can be refused now is: a URL whose host is an IP
     address that is not public (a host name is resolved, and its addresses checked, at each
@@ -335,6 +341,7 @@ def _enqueue(
         webhook=webhook,
         queue=queue,
         idempotency=idempotency,
+        running_max=_running_max(svc),
     )
     try:
         send_run(svc.celery, svc.settings, task_id, timeout, queue, record.lane)

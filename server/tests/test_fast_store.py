@@ -17,9 +17,11 @@ from model.ending import end_after_failure, end_task
 from model.housekeeping import purge_orphan_uploads
 from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
 from model.store import (
+    DEFERRED,
     QUEUE_KEY,
     RUNNING_KEY,
     STATUS_LIST_CAP,
+    UNSENT_KEY,
     AlreadyClaimed,
     State,
     TaskStore,
@@ -435,3 +437,26 @@ def test_expired_tasks_are_not_counted_or_listed(store: TaskStore) -> None:
     page, total = store.list("alice", None, 0, 10)
     assert total == 2 and [r.id for r in page] == [ids[2], ids[0]]
     assert store.redis.zcard(owner_tasks_key("alice")) == 2  # pruned on the way
+
+
+def test_a_key_at_its_running_cap_waits_and_is_sent_again_when_a_slot_frees(
+    store: TaskStore, clean_redis: redis.Redis
+) -> None:
+    """One key may run `running_max` tasks at once (keys create --max-running, else
+    worker.key_running_max): a worker that takes another leaves it QUEUED, deferred (its
+    message dropped, sent again when a task ends or by the reaper as unsent)."""
+    first, second = (store.create("a", "noop", {}, 0, 60, running_max=1) for _ in range(2))
+    other = store.create("b", "noop", {}, 0, 60, running_max=1)
+    uncapped = [store.create("c", "noop", {}, 0, 60) for _ in range(2)]
+    assert store.mark_running(first.id, 1, "w:1:1")
+    assert store.mark_running(second.id, 2, "w:1:2") == DEFERRED
+    assert store.get(second.id).state == State.QUEUED
+    assert clean_redis.zscore(UNSENT_KEY, second.id) is not None  # the reaper's fallback
+    assert store.mark_running(other.id, 3, "w:1:3") not in (None, DEFERRED)  # another key runs
+    assert all(store.mark_running(t.id, 4, "w:1:4") not in (None, DEFERRED) for t in uncapped)
+    assert store.pop_deferred() == second.id and store.pop_deferred() is None
+    assert store.mark_running(second.id, 2, "w:1:2") == DEFERRED  # still at its cap
+    assert store.finish(first.id, State.SUCCEEDED)
+    token = store.mark_running(second.id, 2, "w:1:2")
+    assert token not in (None, DEFERRED) and store.get(second.id).state == State.RUNNING
+    assert store.pop_deferred() is None  # out of the deferred set once it runs

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -228,3 +229,34 @@ def test_killing_the_child_of_one_of_two_running_tasks_loses_nothing(
     assert bystander_end["result"]["provenance"]["worker_pid"] == spared
     assert bystander_end["result"]["provenance"]["resumed_after"] == 0
     assert spared in side_by_side.pool_children()
+
+
+def test_a_key_at_its_running_cap_leaves_a_worker_for_other_keys(
+    side_by_side: Stack, client: Api, page_jpeg: bytes
+) -> None:
+    """A key allowed one running task (keys create --max-running 1; worker.key_running_max by
+    default) sends two long ones: the second waits, QUEUED, while the first runs, and another
+    key's one-page task takes the free child at once (before, the key held both children and
+    the other task waited for one of them to end)."""
+    capped = side_by_side.client(
+        side_by_side.create_key("capped", "--rate", "100000/second", "--max-running", "1")
+    )
+    slow = SlowHost(page_jpeg, LATENCY_S)
+    try:
+        first, second = (slow.detect(capped, PAGES, name) for name in ("first", "second"))
+        capped.wait(first, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 1)
+        time.sleep(1)  # long enough for a free child to take the second, were it allowed to
+        small = slow.detect(client, 1, "small")
+        assert client.wait(small, timeout_s=60)["state"] == "SUCCEEDED"
+        assert capped.status(first).json()["state"] == "RUNNING"
+        assert capped.status(second).json()["state"] == "QUEUED"
+        ends = [capped.wait(t, timeout_s=240) for t in (first, second)]
+    finally:
+        slow.stop()
+    for body in ends:
+        check_complete(body)
+    gap = datetime.fromisoformat(ends[1]["started_at"]) - datetime.fromisoformat(
+        ends[0]["finished_at"]
+    )
+    print(f"the second task started {gap.total_seconds():.2f} s after the first ended")
+    assert gap.total_seconds() >= 0  # never both running
