@@ -804,6 +804,22 @@ class TaskStore:
     def running_ids(self) -> list[str]:
         return list(self.redis.smembers(RUNNING_KEY))
 
+    def running_progress(self, queue: str) -> list[tuple[int, int, float]]:
+        """(items finished, total, seconds this attempt has run) of each task running in
+        `queue` now (ETAs of the tasks queued behind them: model/eta.py)."""
+        ids = self.running_ids()
+        fields = ("state", "queue", "done", "failed", "total", "attempt_started_at")
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(task_key(task_id), *fields)
+            rows = pipe.execute()
+        now, found = time.time(), []
+        for state, its_queue, done, failed, total, started in rows:
+            if state == State.RUNNING.value and (its_queue or DEFAULT_QUEUE) == queue and started:
+                finished = int(done or 0) + int(failed or 0)
+                found.append((finished, int(total or 0), max(0.0, now - float(started))))
+        return found
+
     def forget_running(self, task_id: str) -> None:
         self.redis.srem(RUNNING_KEY, task_id)
 

@@ -23,6 +23,7 @@ from model.api.schemas import (
 )
 from model.api.services import Services, services
 from model.ending import cancel_task
+from model.eta import start_in_s, time_left_s
 from model.store import State, TaskRecord
 from model.webhooks.events import deliveries
 
@@ -77,8 +78,16 @@ def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = N
         position = None if rank is None else rank + 1
         mean = svc.store.mean_duration_s(record.type)
         if position is not None and mean is not None:
-            serving = fleet.serving(fleet.live(svc.redis), record.queue)
-            eta = round(mean * position / max(1, serving), 2)
+            # Every slot busy for the mean duration, at least; and what the running tasks are
+            # doing counts: one stuck on a trickling host holds its worker long after the mean.
+            serving = max(1, fleet.serving(fleet.live(svc.redis), record.queue))
+            left = [
+                time_left_s(finished, total, running_s, mean)
+                for finished, total, running_s in svc.store.running_progress(record.queue)
+            ]
+            eta = round(
+                max(mean * position / serving, start_in_s(position, serving, left, mean)), 2
+            )
     error = None
     if record.error_code:
         error = {"code": record.error_code, "message": record.error_message or ""}

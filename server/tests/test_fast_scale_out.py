@@ -15,6 +15,7 @@ import redis
 
 from model import fleet
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE, queue_for, worker_queues
+from model.eta import start_in_s, time_left_s
 from model.fairness import waiting_messages
 from model.settings import Settings
 from model.store import State, TaskStore, lease_key
@@ -150,6 +151,37 @@ def test_eta_divides_by_the_workers_taking_the_tasks_queue(app_client, clean_red
     assert (status["queue_position"], status["eta_s"]) == (2, 10.0)  # 2 x 10 s over 2 workers
     status = app_client.get(f"/status/{routed}").json
     assert (status["queue_position"], status["eta_s"]) == (1, 10.0)  # 1 x 10 s over 1 worker
+
+
+def test_eta_knows_a_running_task_is_stuck_on_a_trickling_host(app_client, clean_redis) -> None:
+    """The issue's case: a task 1 page of 50 in after 100 s holds the only worker of the
+    queue for ~80 min more; the ETA said the mean duration (10 s) before."""
+    fleet.publish(
+        clean_redis, "sc:worker:host-a:1", _beat("host-a", [Settings().models.default], [QUEUE]), 20
+    )
+    clean_redis.lpush("sc:durations:detect", 10)
+    body = {"type": "detect", "input": {"image_urls": ["https://example.org/p.jpg"]}}
+    stuck = app_client.post("/task", json=body).json["task_id"]
+    store = TaskStore(clean_redis, 3600, 7200)
+    assert store.mark_running(stuck, 1, "host-a:1:2")
+    clean_redis.hset(
+        f"sc:task:{stuck}",
+        mapping={"done": 1, "total": 50, "attempt_started_at": time.time() - 100},
+    )
+    waiting = app_client.post("/task", json=body).json["task_id"]
+    status = app_client.get(f"/status/{waiting}").json
+    assert status["queue_position"] == 1
+    assert 4800 <= status["eta_s"] <= 5000, status["eta_s"]  # 100 s x 49 pages to go
+
+
+def test_eta_start_times_fill_the_first_free_slot() -> None:
+    assert start_in_s(1, 2, [], 10) == 0  # a free slot: now
+    assert start_in_s(1, 2, [30, 5], 10) == 5
+    assert start_in_s(3, 2, [30, 5], 10) == 25  # 5 + 10 + 10 (the other is busy until 30)
+    assert start_in_s(1, 1, [30, 5], 10) == 5  # more running than live slots: the soonest
+    assert time_left_s(10, 50, 20, 99) == 80  # its own pace: 2 s a page, 40 to go
+    assert time_left_s(0, 50, 4, 10) == 6  # no page yet: the mean, less what it has run
+    assert time_left_s(50, 50, 20, 10) == 0
 
 
 # --- attempts: a dead worker's task comes back, a stale attempt can neither emit nor finish -----
