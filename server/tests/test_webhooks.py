@@ -343,15 +343,22 @@ def test_a_redirect_is_not_followed(api: Api, secret: str, receiver: Receiver) -
     assert receiver.received.get("/elsewhere") is None
 
 
-def test_a_private_address_is_refused_at_delivery(api: Api, secret: str) -> None:
-    """A host the submit check cannot read as an address (the resolver's shorthand for
-    127.0.0.2) is resolved at delivery, where the guard refuses it before connecting: the
-    receiver listening there gets nothing, the reason is recorded, there is no retry."""
+def test_a_private_address_is_refused_at_delivery(stack: Stack, api: Api, secret: str) -> None:
+    """A host name is resolved at each attempt, where the guard refuses a private answer before
+    connecting: the receiver listening there gets nothing, the reason is recorded, there is no
+    retry. (Every spelling of an address is refused at submit already: the message's URL is
+    rewritten while the webhooks worker is stopped, as a name whose DNS answer turned private.)"""
     private = Receiver("127.0.0.2")
     try:
-        hook = f"http://127.2:{private.port}/hook"
-        task_id = noop_with(api, {"url": hook})
-        [attempt] = settled(api, task_id)
+        assert "stopped" in stack.ctl("stop", "webhooks")
+        try:
+            task_id = noop_with(api, {"url": "https://example.org/hook"})
+            message = f"{events.MSG_PREFIX}msg_{task_id}_completed"
+            wait_for(lambda: stack.redis().exists(message), what="the completed event")
+            stack.redis().hset(message, "url", f"http://127.2:{private.port}/hook")
+        finally:
+            assert "started" in stack.ctl("start", "webhooks")
+        [attempt] = settled(api, task_id, timeout_s=90)
         assert attempt["outcome"] == "refused" and attempt["status_code"] is None
         assert attempt["error"]["code"] == "blocked_address"
         assert "non-public address" in attempt["error"]["message"]
