@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mimetypes
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -258,8 +260,29 @@ def ask_cancel(task_id: str) -> bool:
     return line.strip().lower() in ("y", "yes")
 
 
+@contextlib.contextmanager
+def ctrl_c_heard() -> Iterator[None]:
+    """A person at the terminal is asked on Ctrl-C: heard even when SIGINT came ignored (a
+    parent's `trap '' INT`, a runner's background job), which Python keeps as it found it.
+    Without a terminal the parent's choice stands."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if not (ignored and sys.stdin and sys.stdin.isatty()):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def wait_for(ctx: Context, task_id: str) -> dict[str, Any]:
     """Poll until the task ends, showing its progress on stderr; Ctrl-C offers to cancel it."""
+    with ctrl_c_heard():
+        return _poll(ctx, task_id)
+
+
+def _poll(ctx: Context, task_id: str) -> dict[str, Any]:
     view = make_view(task_id, ctx.quiet)
     cancelling = False
     view.start()

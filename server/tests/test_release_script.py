@@ -564,7 +564,7 @@ def test_signal_tests_pass_when_pytest_inherits_sigint_ignored(tmp_path: Path) -
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "3 passed" in result.stdout, result.stdout[-3000:]
+    assert "4 passed" in result.stdout, result.stdout[-3000:]
 
 
 def test_term_to_the_script_alone_rolls_back_after_the_step_it_waits_for(host: Host) -> None:
