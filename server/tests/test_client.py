@@ -233,6 +233,7 @@ def test_ctrl_c_without_a_terminal_leaves_the_task_running(
             text=True,
         )
         mine.wait(task_id, {"RUNNING"})
+        connected(waiting.pid)  # past its imports (a Ctrl-C during them is Python's own)
         time.sleep(1)
         waiting.send_signal(signal.SIGINT)
         out, err = waiting.communicate(timeout=30)
@@ -242,6 +243,18 @@ def test_ctrl_c_without_a_terminal_leaves_the_task_running(
         assert mine.status(task_id).json()["state"] == "RUNNING"
     finally:
         mine.terminate(task_id)
+
+
+def connected(pid: int, timeout_s: float = 60) -> None:
+    """Wait until process `pid` holds a socket: the client is polling the server."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in fds):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} never connected")
 
 
 def test_unknown_task_exits_6(client: Run) -> None:
