@@ -122,6 +122,15 @@ class ShareSettings(BaseModel):
 
     default_ttl_s: int = 86400
     max_ttl_s: int = 7 * 86400
+    # Live links at most, per task and per key that made them: 409 beyond (each is a Redis
+    # hash, and listing reads every one).
+    max_per_task: int = Field(default=20, ge=1)
+    max_per_key: int = Field(default=1000, ge=1)
+    # Reads through share links (flask-limiter syntax), per link (as fast as a key's default)
+    # and per client address, whatever headers the request carries: 429 beyond. nginx also
+    # limits them per address (behind spiped the app sees one address for every client).
+    rate: str = "50/second;3000/minute"
+    client_rate: str = "100/second;6000/minute"
 
 
 class ConsoleSettings(BaseModel):

@@ -34,6 +34,7 @@ from model.outputs.annotations import (
     canvas_number,
     viewer_manifest,
 )
+from model.outputs.redact import shared_view
 from model.outputs.result_json import result_document
 from model.outputs.yolo import yolo_archive
 from model.store import State, TaskRecord
@@ -139,7 +140,8 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         pages = [annotation_page(result.manifest(m), items, result.links) for m in which]
         if len(pages) == 1:  # the page itself, as viewers load it
             return _iiif(pages[0])
-        return jsonify({"manifests": result.manifests, "pages": pages})  # one page each, in order
+        manifests = shared_view(result.manifests) if g.get("share_token") else result.manifests
+        return jsonify({"manifests": manifests, "pages": pages})  # one page each, in order
     error = {"code": record.error_code, "message": record.error_message or ""}
     body = result_document(
         record.id,
@@ -149,7 +151,7 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         error if record.error_code else None,
     )
     body.update(record.summary or {})  # similarity: the compared pairs
-    return jsonify(body)
+    return jsonify(shared_view(body) if g.get("share_token") else body)
 
 
 @api.get("/result/<task_id>/iiif/manifest/<int:manifest>", responses=RESPONSES)
