@@ -111,6 +111,9 @@ class LimitSettings(BaseModel):
     max_queued_total: int = 1000
     max_queued_per_key: int = 200
     max_json_depth: int = 32
+    # Largest JSON request body (a parsed body takes ~50x its size in the API process): 413
+    # beyond, before it is read. Files go as multipart uploads (http.max_body_bytes).
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
 class CorsSettings(BaseModel):

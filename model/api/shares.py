@@ -31,6 +31,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis import Redis
 
+from model.api.admission import read_json_body
 from model.api.auth import SECURITY, refuse, require_key
 from model.api.cors import mark_public
 from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
@@ -276,7 +277,9 @@ def create_share(path: TaskPath) -> Response:
     svc = services()
     record = _owned_record(svc, path.task_id)
     # No body (or an empty one) takes the defaults; a body must be a JSON object, as documented.
-    raw = request.get_json(silent=True) if request.get_data() else {}
+    limits = svc.settings.limits
+    body_bytes = read_json_body(limits.max_json_body_bytes, limits.max_json_depth)
+    raw = request.get_json(silent=True) if body_bytes else {}
     if not isinstance(raw, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object (or no body)")
     try:

@@ -21,9 +21,11 @@ from model import uploads
 from model.api.admission import (
     check_backpressure,
     check_json_depth,
+    check_json_size,
     claimed_by,
     earlier_submit,
     idempotency_claim,
+    read_json_body,
     request_fingerprint,
 )
 from model.api.auth import SECURITY, require_key
@@ -73,12 +75,11 @@ class Submission:
 def _json_field(raw: str | None, name: str) -> Any:
     if raw is None or raw == "":
         return None
+    check_json_depth(raw, services().settings.limits.max_json_depth)  # before parsing it
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"form field {name!r} is not valid JSON") from exc
-    check_json_depth(value, services().settings.limits.max_json_depth)
-    return value
 
 
 def _form_number(text: str) -> float | str:
@@ -114,13 +115,16 @@ def _multipart_fields() -> dict[str, Any]:
 
 
 def _json_fields() -> dict[str, Any]:
+    # Size (cap_json_body, before the body is read) and depth are checked on the bytes: the
+    # objects are built only for a body that passes both.
+    limits = services().settings.limits
+    read_json_body(limits.max_json_body_bytes, limits.max_json_depth)
     try:
         data = request.get_json(silent=True)
     except RecursionError:
         data = None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "body must be a JSON object")
-    check_json_depth(data, services().settings.limits.max_json_depth)
     return data
 
 
@@ -153,8 +157,14 @@ def _image_uploads() -> list[tuple[str, bytes]]:
 def _manifest_uploads() -> list[tuple[str, bytes]]:
     """Uploaded manifests (part `manifest`): JSON of a IIIF manifest or collection."""
     read = []
+    settings = services().settings
     for upload in request.files.getlist("manifest"):
-        data = upload.read()
+        name = upload.filename or "manifest.json"
+        # Bounded before it is read whole, let alone parsed (a manifest's objects take tens of
+        # times its bytes): iiif.max_json_bytes, as for a fetched one.
+        data = upload.stream.read(settings.iiif.max_json_bytes + 1)
+        check_json_size(len(data), settings.iiif.max_json_bytes, f"manifest upload {name!r}")
+        check_json_depth(data, settings.limits.max_json_depth)
         try:
             kind = document_kind(json.loads(data))
         except (ValueError, RecursionError):

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import uuid
 
+import psutil
 import pytest
 import requests
 
 from testkit.iiif_server import v3_canvas, v3_image, v3_manifest
+from testkit.memory import peak_rss, tree_rss
 from testkit.stack import TERMINAL, Api, Stack
 
 # --- 1. tiny timeouts ---------------------------------------------------------------------------
@@ -174,3 +176,28 @@ def test_nested_json_in_a_multipart_field_is_a_400(api: Api, field: str) -> None
     )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] in ("too_deep", "malformed_json")
+
+
+# --- issue 19, 1. a JSON body's memory -------------------------------------------------------
+
+
+def test_a_big_json_body_is_refused_without_growing_gunicorn(stack: Stack, api: Api) -> None:
+    """Before: a 10.5 MB body of small objects raised a gunicorn worker's peak from 72 MB to
+    588 MB (parsed whole, then its depth walked) only to be refused. Now it is refused from
+    its Content-Length (limits.max_json_body_bytes, 1 MB), unread."""
+    one = b'{"a":1},'
+    body = b'{"type":"noop","x":[' + one * (10_500_000 // len(one)) + b"{}]}"
+    gunicorn = psutil.Process(stack.program_pid("gunicorn"))
+    baseline = tree_rss(gunicorn)
+    with peak_rss(gunicorn, every_s=0.01) as peak:
+        resp = api.request("POST", "/task", data=body, headers={"Content-Type": "application/json"})
+    grown = peak[0] - baseline
+    print(
+        f"gunicorn RSS (master + workers) for a {len(body) / 1e6:.1f} MB JSON body: "
+        f"baseline {baseline / 1e6:.0f} MB, peak {peak[0] / 1e6:.0f} MB (+{grown / 1e6:.1f} MB)"
+    )
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["code"] == "body_too_large"
+    assert grown < 20e6, f"gunicorn grew by {grown / 1e6:.0f} MB"
+    # Under the cap, a body is read as before.
+    assert api.submit({"type": "noop", "params": {}}).status_code == 202
