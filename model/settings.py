@@ -75,6 +75,10 @@ class UploadSettings(BaseModel):
     # Bytes of uploaded files one task may keep (all its images and manifests); 0: as many as
     # http.max_body_bytes lets through.
     max_total_bytes: int = 0
+    # Bytes of uploads all of one key's tasks may keep in Redis at once, and all tasks together:
+    # reserved as a task is admitted (429 beyond), given back as it ends.
+    max_held_bytes_per_key: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_held_bytes_total: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
     # How long a task's uploads may wait for a worker, beyond its hard time limit: the TTL of
     # their Redis keys, set again when a worker starts the task.
     queue_wait_s: int = 21600

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from model import uploads
 from model.api.admission import (
+    RETRY_AFTER_FULL_S,
     check_backpressure,
     check_json_depth,
     check_json_size,
@@ -46,6 +47,7 @@ from model.settings import get_settings
 from model.sources.addresses import AddressPolicy
 from model.sources.sniff import sniff_image
 from model.store import AlreadyClaimed, State
+from model.uploads import OverBudget
 
 api = APIBlueprint(
     "submit",
@@ -233,6 +235,36 @@ def _check_upload_size(svc: Services, submission: Submission) -> None:
         raise ApiError(413, "uploads_too_large", f"a task's uploads may total {cap} bytes")
 
 
+def _reserve_uploads(svc: Services, task_id: str, submission: Submission) -> None:
+    """Hold the uploads' bytes against the key's budget and the service's (Redis memory)."""
+    size = sum(len(data) for data in _upload_files(submission))
+    settings = svc.settings.uploads
+    budgets = (settings.max_held_bytes_total, settings.max_held_bytes_per_key)
+    if size > min(budgets):  # could never fit, however long it waits
+        raise ApiError(
+            413, "uploads_too_large", f"uploads held at once may total {min(budgets)} bytes"
+        )
+    try:
+        svc.uploads.reserve(task_id, g.owner, size, budgets)
+    except OverBudget as exc:
+        if exc.scope == "key":
+            message = (
+                f"this key's tasks may hold {budgets[1]} bytes of uploads at once and this "
+                f"task's {size} would pass it; retry once some of them have ended"
+            )
+        else:
+            message = (
+                f"the service holds as many uploads as it may ({budgets[0]} bytes); retry once "
+                "some tasks have ended"
+            )
+        raise ApiError(
+            429,
+            "upload_budget_exceeded",
+            message,
+            {"Retry-After": RETRY_AFTER_FULL_S},
+        ) from exc
+
+
 def _upload_inputs(task_id: str, submission: Submission) -> list[TaskInput]:
     """Where the uploads will be stored (saved only once the task is sure to be queued)."""
     entries: list[TaskInput] = [
@@ -316,8 +348,13 @@ def submit_task() -> Response:
     except InputRejected as exc:
         raise ApiError(422, exc.code, exc.message) from exc
     check_backpressure(svc)
-    svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
+    _reserve_uploads(svc, task_id, submission)
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)
+    try:
+        svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
+    except Exception:
+        svc.uploads.release(task_id)
+        raise
     try:
         return _enqueue(svc, task_id, job, spec, timeout, webhook, idempotency_claim(fingerprint))
     except AlreadyClaimed as claimed:  # the same submit, racing: one task for both
