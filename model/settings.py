@@ -65,6 +65,9 @@ class WorkerSettings(BaseModel):
 class ResultSettings(BaseModel):
     ttl_s: int = 86400
     tombstone_ttl_s: int = 7 * 86400
+    # Items a finished task's status shows at most (the first stored); a bigger task's status
+    # says how many there are and where the rest is (GET /result/<id>?offset=&limit=).
+    status_max_items: int = Field(default=500, ge=1)
     # How often orphaned uploads and stale index entries are purged.
     purge_interval_s: float = 300
 
@@ -199,8 +202,9 @@ class FetchSettings(BaseModel):
 class IiifSettings(BaseModel):
     # Nested collections are followed this deep (0: a collection's manifests only).
     max_collection_depth: int = 2
-    # Canvases read per task, all manifests together; the rest are left out (and said so).
-    max_canvases: int = 500
+    # Canvases read per task, all manifests together (a whole large book); the rest are left
+    # out, counted, and the status warns of them.
+    max_canvases: int = 10_000
     # Manifests and collections fetched per task.
     max_manifests: int = 50
     # Cap on one manifest/collection/info.json body (images have fetch.max_bytes).
