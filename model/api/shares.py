@@ -10,6 +10,12 @@ A link is `?token=<token>` on that task's result routes (model/api/results.py) a
 (`share.default_ttl_s`, at most `share.max_ttl_s`, never after the result itself) and can be
 revoked. Its responses carry `Access-Control-Allow-Origin: *`: public by design.
 
+What a link cannot outlive or outgrow: the keys behind it (the task's owner, the key that made
+it: revoking either ends it, checked at each read), its budgets (`share.rate` per link and
+`share.client_rate` per client, whatever headers come with it), the caps on live links
+(`share.max_per_task`, `share.max_per_key`: 409). What it shows: the result less source URL
+queries and the worker's identity (model/outputs/redact.py).
+
 Why random tokens kept in Redis rather than signed ones (itsdangerous-style HMAC): revoking a
 link needs state on the server anyway (a signed token is valid until it expires unless a
 deny-list says otherwise), and once there is state, a random token is the simpler and safer half:

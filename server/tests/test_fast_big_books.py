@@ -7,11 +7,9 @@ them. The same with a live stack and a 100 ms host: `python -m bench --only book
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from model.iiif.loader import MAX_LISTED, Limits, limit_warnings, load
 from model.settings import Settings
@@ -125,16 +123,13 @@ def _item(index: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def big_task(clean_redis: redis.Redis, tmp_path: Path):
+def big_task(make_app):
     """The app, and a finished task of 10,000 pages (stored out of order, as pages finish)."""
-    from model.api.app import create_app
-    from model.keys import KeyStore
     from model.store import State, TaskStore
 
-    port = clean_redis.connection_pool.connection_kwargs["port"]
-    settings = Settings(data_dir=tmp_path, redis={"port": port})
-    client = create_app(settings).test_client()
-    client.environ_base["HTTP_X_API_KEY"] = KeyStore(settings.keys_db).create("alice")
+    client = make_app()
+    client.environ_base["HTTP_X_API_KEY"] = client.keys.create("alice")
+    clean_redis = client.redis
     store = TaskStore(clean_redis, 3600, 3600)
     record = store.create("alice", "detect", {"params": {}, "inputs": []}, 10_000, 600)
     store.mark_running(record.id, 1)

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import pytest
-import redis
 
 from model.api.admission import raw_json_depth
 
@@ -40,20 +38,9 @@ def test_depth_is_read_from_the_bytes_as_a_parser_would_count_it(text: str) -> N
 
 
 @pytest.fixture
-def small_app(clean_redis: redis.Redis, tmp_path: Path):
-    from model.api.app import create_app
-    from model.keys import KeyStore
-    from model.settings import Settings
-
-    port = clean_redis.connection_pool.connection_kwargs["port"]
-    settings = Settings(
-        data_dir=tmp_path,
-        redis={"port": port},
-        limits={"max_json_body_bytes": 64 * 1024},
-        iiif={"max_json_bytes": 32 * 1024},
-    )
-    client = create_app(settings).test_client()
-    client.environ_base["HTTP_X_API_KEY"] = KeyStore(settings.keys_db).create("fast")
+def small_app(make_app):
+    client = make_app(limits={"max_json_body_bytes": 64 * 1024}, iiif={"max_json_bytes": 32 * 1024})
+    client.environ_base["HTTP_X_API_KEY"] = client.keys.create("fast")
     return client
 
 

@@ -9,7 +9,6 @@ import random
 from pathlib import Path
 
 import pytest
-import redis
 from PIL import Image
 
 KB = 1024
@@ -24,21 +23,11 @@ def _png(seed: int, side: int = 96) -> bytes:
 
 
 @pytest.fixture
-def app(clean_redis: redis.Redis, tmp_path: Path):
-    from model.api.app import create_app
-    from model.keys import KeyStore
-    from model.settings import Settings
-
-    port = clean_redis.connection_pool.connection_kwargs["port"]
-    settings = Settings(
-        data_dir=tmp_path,
-        redis={"port": port},
-        uploads={"max_held_bytes_per_key": 100 * KB, "max_held_bytes_total": 150 * KB},
+def app(make_app):
+    client = make_app(
+        uploads={"max_held_bytes_per_key": 100 * KB, "max_held_bytes_total": 150 * KB}
     )
-    client = create_app(settings).test_client()
-    keys = KeyStore(settings.keys_db)
-    client.keys = {name: keys.create(name) for name in ("alice", "bob")}
-    client.redis = clean_redis
+    client.keys = {name: client.keys.create(name) for name in ("alice", "bob")}
     return client
 
 
