@@ -56,6 +56,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--big-pages", type=int, default=500, help="the big task of small-behind-big")
     p.add_argument("--small-samples", type=int, default=5)
     p.add_argument(
+        "--book-pages", type=int, default=10_000, help="canvases of the book10k phase's manifest"
+    )
+    p.add_argument(
         "--concurrency",
         type=int,
         help="worker.concurrency of the stack (default: the configured one; 1 = one at a time)",
@@ -99,6 +102,7 @@ def options(args: argparse.Namespace) -> Options:
         slow_latency_ms=args.slow_latency_ms,
         big_pages=args.big_pages,
         small_samples=args.small_samples,
+        book_pages=args.book_pages,
         concurrency=args.concurrency,
         cpu_threads=args.cpu_threads,
         parts=set(args.only or PARTS) - args.skip,
@@ -111,6 +115,7 @@ def options(args: argparse.Namespace) -> Options:
         o.scaling, o.noop_tasks, o.wrk_seconds = [5, 10, 20], 40, 3
         o.cancel_pages, o.memory_tasks = 40, 50
         o.big_pages, o.small_samples = 100, 3
+        o.book_pages = 500
     return o
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import cancel, memory, overhead, overlap, raw, seed_style, service, wrk
+from bench import book, cancel, memory, overhead, overlap, raw, seed_style, service, wrk
 from bench import stack as bench_stack
 from bench.cpu import CpuMeter
 from bench.iiif_host import IiifHost
@@ -33,8 +33,11 @@ PARTS = (
     "status",
     "cancel",
     "memory",
+    "book10k",
 )
-STACK_PARTS = set(PARTS) - {"raw", "seed"}  # the parts that run against the live stack
+OWN_STACK_PARTS = {"book10k"}  # on a stack of their own, in the default configuration
+# The parts that run against the run's shared live stack.
+STACK_PARTS = set(PARTS) - {"raw", "seed"} - OWN_STACK_PARTS
 
 
 PER_PAGE = ("page", lambda result: result["pages"])
@@ -58,6 +61,7 @@ class Options:
     slow_latency_ms: float = 200.0  # ...each answering every request after this long
     big_pages: int = 500  # the big task of small-behind-big
     small_samples: int = 5  # one-page tasks timed on an idle worker, then behind the big one
+    book_pages: int = 10_000  # the book10k phase's manifest
     concurrency: int | None = None  # worker.concurrency of the stack (None: the configured one)
     cpu_threads: int | None = None  # inference.cpu_threads of the stack (None: the configured one)
     parts: set[str] = field(default_factory=lambda: set(PARTS))
@@ -119,7 +123,26 @@ class Run:
         meta["busy_foreign_processes_at_start"] = self.monitor.heavy_foreign_processes()
         self.results["meta"] = meta
         self._check_tools()
+        if o.parts - OWN_STACK_PARTS:
+            self._shared_stack_parts()
+        if self.wanted("book10k"):
+            data_dir = Path(tempfile.mkdtemp(prefix="scriptorium-book10k-"))
+            try:
+                self.results["book10k"] = self.phase(
+                    "book10k: 10,000-page manifest behind a 100 ms host",
+                    lambda: book.measure(data_dir, o.book_pages),
+                )
+            finally:
+                if not o.keep:
+                    shutil.rmtree(data_dir, ignore_errors=True)
+        meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        meta["load_by_phase"] = self.monitor.phases
+        meta["busy_foreign_processes_at_end"] = self.monitor.heavy_foreign_processes()
+        return self.results
 
+    def _shared_stack_parts(self) -> None:
+        """Every part but those on a stack of their own: pages, hosts, one stack for all."""
+        o = self.o
         count = max(
             [o.pages, o.seed_pages]
             + (o.scaling if self.wanted("scaling") else [])
@@ -156,14 +179,11 @@ class Run:
         finally:
             if self.stack is not None:
                 self.stack.stop()
+                self.stack = None  # later phases (book10k) run on their own stack
             for extra in [host, *self.extra_hosts]:
                 extra.stop()
             if not o.keep:
                 shutil.rmtree(data_dir, ignore_errors=True)
-        meta["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        meta["load_by_phase"] = self.monitor.phases
-        meta["busy_foreign_processes_at_end"] = self.monitor.heavy_foreign_processes()
-        return self.results
 
     def _check_tools(self) -> None:
         if self.o.gpu:
@@ -174,7 +194,7 @@ class Run:
             self.results["meta"]["gpu"] = torch.cuda.get_device_name(0)
         missing = [t for t in ("redis-server",) if shutil.which(t) is None]
         if missing:
-            for part in sorted(STACK_PARTS & self.o.parts):
+            for part in sorted((STACK_PARTS | OWN_STACK_PARTS) & self.o.parts):
                 self.skip(part, f"{', '.join(missing)} not installed: the stack cannot run")
         if self.wanted("status") and not wrk.available():
             self.skip("status", "wrk not installed (Debian package wrk)")

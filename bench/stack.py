@@ -25,18 +25,23 @@ def has_nginx() -> bool:
     )
 
 
-def start(data_dir: Path, extra: dict[str, str] | None = None) -> tuple[Stack, dict[str, str]]:
+def start(
+    data_dir: Path, extra: dict[str, str] | None = None, default_cache: bool = False
+) -> tuple[Stack, dict[str, str]]:
     """Start the stack (with `extra` SCRIPTORIUM_* settings); returns it and notes on how it was
-    configured."""
+    configured. `default_cache`: the detection cache as configured (the book10k phase)."""
     notes = {}
     settings = {
         **(extra or {}),
-        # The detection cache would answer repeated pages without inference: the benchmark
-        # measures inference, so it is off (runs repeat the same pages).
-        "SCRIPTORIUM_CACHE__TTL_S": "0",
         "SCRIPTORIUM_LIMITS__MAX_QUEUED_TOTAL": "5000",
     }
-    notes["detection_cache"] = "disabled (cache.ttl_s=0): every page is inferred"
+    if default_cache:
+        notes["detection_cache"] = "as configured (identical pages: inferred once)"
+    else:
+        # The detection cache would answer repeated pages without inference: the benchmark
+        # measures inference, so it is off (runs repeat the same pages).
+        settings["SCRIPTORIUM_CACHE__TTL_S"] = "0"
+        notes["detection_cache"] = "disabled (cache.ttl_s=0): every page is inferred"
     http_port = free_port()
     if not has_nginx():
         # Without nginx gunicorn itself must listen on the public port.

@@ -38,6 +38,11 @@ def purge_orphan_uploads(
         if _ended(store, task_id) and uploads.idle_s(keys) >= min_age_s:
             uploads.delete(keys)
             removed.append(task_id)
+    for task_id, reserved_at in uploads.reservations().items():
+        # A reservation its task's end did not give back (a crash in between), or whose
+        # submit died before the task was created.
+        if now - reserved_at >= min_age_s and _ended(store, task_id) and uploads.release(task_id):
+            removed += [] if task_id in removed else [task_id]
     for folder in uploads.legacy_folders():
         if now - folder.stat().st_mtime >= min_age_s and _ended(store, folder.name):
             shutil.rmtree(folder, ignore_errors=True)

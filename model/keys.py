@@ -225,6 +225,14 @@ class KeyStore:
             ).fetchone()
         return _row_to_key(row) if row else None
 
+    def is_active(self, name: str) -> bool:
+        """Whether a key of this name exists and is not revoked (share links die with it)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT 1 FROM api_keys WHERE name = ? AND revoked_at IS NULL", (name,)
+            ).fetchone()
+        return row is not None
+
     def owner_of(self, key: str) -> str | None:
         found = self.lookup(key)
         return found.name if found else None

@@ -69,6 +69,9 @@ class WorkerSettings(BaseModel):
 class ResultSettings(BaseModel):
     ttl_s: int = 86400
     tombstone_ttl_s: int = 7 * 86400
+    # Items a finished task's status shows at most (the first stored); a bigger task's status
+    # says how many there are and where the rest is (GET /result/<id>?offset=&limit=).
+    status_max_items: int = Field(default=500, ge=1)
     # How often orphaned uploads and stale index entries are purged.
     purge_interval_s: float = 300
 
@@ -79,6 +82,10 @@ class UploadSettings(BaseModel):
     # Bytes of uploaded files one task may keep (all its images and manifests); 0: as many as
     # http.max_body_bytes lets through.
     max_total_bytes: int = 0
+    # Bytes of uploads all of one key's tasks may keep in Redis at once, and all tasks together:
+    # reserved as a task is admitted (429 beyond), given back as it ends.
+    max_held_bytes_per_key: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_held_bytes_total: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
     # How long a task's uploads may wait for a worker, beyond its hard time limit: the TTL of
     # their Redis keys, set again when a worker starts the task.
     queue_wait_s: int = 21600
@@ -115,6 +122,9 @@ class LimitSettings(BaseModel):
     max_queued_total: int = 1000
     max_queued_per_key: int = 200
     max_json_depth: int = 32
+    # Largest JSON request body (a parsed body takes ~50x its size in the API process): 413
+    # beyond, before it is read. Files go as multipart uploads (http.max_body_bytes).
+    max_json_body_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
 class CorsSettings(BaseModel):
@@ -126,6 +136,15 @@ class ShareSettings(BaseModel):
 
     default_ttl_s: int = 86400
     max_ttl_s: int = 7 * 86400
+    # Live links at most, per task and per key that made them: 409 beyond (each is a Redis
+    # hash, and listing reads every one).
+    max_per_task: int = Field(default=20, ge=1)
+    max_per_key: int = Field(default=1000, ge=1)
+    # Reads through share links (flask-limiter syntax), per link (as fast as a key's default)
+    # and per client address, whatever headers the request carries: 429 beyond. nginx also
+    # limits them per address (behind spiped the app sees one address for every client).
+    rate: str = "50/second;3000/minute"
+    client_rate: str = "100/second;6000/minute"
 
 
 class ConsoleSettings(BaseModel):
@@ -187,8 +206,9 @@ class FetchSettings(BaseModel):
 class IiifSettings(BaseModel):
     # Nested collections are followed this deep (0: a collection's manifests only).
     max_collection_depth: int = 2
-    # Canvases read per task, all manifests together; the rest are left out (and said so).
-    max_canvases: int = 500
+    # Canvases read per task, all manifests together (a whole large book); the rest are left
+    # out, counted, and the status warns of them.
+    max_canvases: int = 10_000
     # Manifests and collections fetched per task.
     max_manifests: int = 50
     # Cap on one manifest/collection/info.json body (images have fetch.max_bytes).

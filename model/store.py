@@ -45,8 +45,13 @@ RECENT_DURATIONS = 20
 DEFAULT_QUEUE = "scriptorium"
 DEFAULT_LEASE_MS = 45_000  # worker.lost_grace_s's default
 # Lists in a status (provenance: canvases skipped, manifest problems...) beyond this many
-# entries are cut, with their full length beside them; /result has them whole.
+# entries are cut, with their full length beside them; /result has them up to DETAIL_LIST_CAP.
 STATUS_LIST_CAP = 100
+DETAIL_LIST_CAP = 1000
+# Bytes of provenance a task keeps: in its record (read by every /status) and beside it (read by
+# /result). Lists are cut shorter until it fits; past that only its scalar fields are kept.
+RECORD_PROVENANCE_BYTES = 64 * 1024
+DETAIL_PROVENANCE_BYTES = 1024 * 1024
 
 
 class State(StrEnum):
@@ -298,8 +303,8 @@ return state
 )
 
 
-# A task's record and, once it has ended (states in ARGV[1]), its items: what GET /status shows,
-# read in one round trip instead of two.
+# A task's record and, once it has ended (states in ARGV[1]), its first ARGV[2] items and how
+# many it has: what GET /status shows, read in one round trip instead of two.
 _SNAPSHOT = """
 local fields = redis.call('HGETALL', KEYS[1])
 local state = nil
@@ -307,9 +312,12 @@ for i = 1, #fields, 2 do
   if fields[i] == 'state' then state = fields[i + 1] end
 end
 for _, s in ipairs(cjson.decode(ARGV[1])) do
-  if s == state then return {fields, 1, redis.call('LRANGE', KEYS[2], 0, -1)} end
+  if s == state then
+    local first = redis.call('LRANGE', KEYS[2], 0, tonumber(ARGV[2]) - 1)
+    return {fields, 1, first, redis.call('LLEN', KEYS[2])}
+  end
 end
-return {fields, 0, {}}
+return {fields, 0, {}, 0}
 """
 
 
@@ -392,10 +400,24 @@ def summarise_lists(value: Any, cap: int) -> tuple[Any, bool]:
     cut_any = False
     for key, child in value.items():
         out[key], cut = summarise_lists(child, cap)
-        if isinstance(child, list) and len(child) > cap:
-            out[f"{key}_count"] = len(child)
+        if isinstance(child, list) and len(child) > cap and f"{key}_count" not in value:
+            out[f"{key}_count"] = len(child)  # unless the producer counted it (more) already
         cut_any = cut_any or cut
     return out, cut_any
+
+
+def bounded_json(value: dict[str, Any], caps: tuple[int, ...], budget: int) -> tuple[str, bool]:
+    """JSON text of `value` within `budget` bytes: its lists cut to the first of `caps` that
+    fits (summarise_lists); if none does, its scalar fields with `"truncated": true`, or that
+    alone. Returns (text, whether anything was cut)."""
+    for cap in caps:
+        summary, cut = summarise_lists(value, cap)
+        text = json.dumps(summary)
+        if len(text.encode()) <= budget:
+            return text, cut
+    scalars = {k: v for k, v in value.items() if not isinstance(v, dict | list)}
+    text = json.dumps({**scalars, "truncated": True})
+    return (text if len(text.encode()) <= budget else '{"truncated": true}'), True
 
 
 def _as_str_dict(flat: Any) -> dict[str, str]:
@@ -563,18 +585,19 @@ class TaskStore:
         return TaskRecord.from_hash(data) if data else None
 
     def snapshot(
-        self, task_id: str, items_in: tuple[State, ...]
-    ) -> tuple[TaskRecord | None, list[dict[str, Any]] | None]:
-        """The record, and its items when its state is one of `items_in` (else None)."""
-        fields, with_items, raw_items = self._snapshot(
+        self, task_id: str, items_in: tuple[State, ...], max_items: int = 2**31
+    ) -> tuple[TaskRecord | None, list[dict[str, Any]] | None, int]:
+        """The record, and when its state is one of `items_in` its first `max_items` items
+        (as stored) and how many it has (else None, 0)."""
+        fields, with_items, raw_items, count = self._snapshot(
             keys=[task_key(task_id), items_key(task_id)],
-            args=[json.dumps([s.value for s in items_in])],
+            args=[json.dumps([s.value for s in items_in]), max_items],
         )
         if not fields:
-            return None, None
+            return None, None, 0
         data = _as_str_dict(fields)
         items = [json.loads(raw) for raw in raw_items] if with_items else None
-        return TaskRecord.from_hash(data), items
+        return TaskRecord.from_hash(data), items, int(count)
 
     def spec_of(self, task_id: str) -> dict[str, Any] | None:
         """The job spec alone (what a task's end needs to find its uploads)."""
@@ -651,6 +674,15 @@ class TaskStore:
 
     def items(self, task_id: str) -> list[dict[str, Any]]:
         return [json.loads(raw) for raw in self.redis.lrange(items_key(task_id), 0, -1)]
+
+    def item_page(self, task_id: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """Items `offset` to `offset + limit - 1` in the order they were stored, and how many
+        the task has: a page costs its own items, whatever the task's size."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lrange(items_key(task_id), offset, offset + limit - 1)
+            pipe.llen(items_key(task_id))
+            raw, count = pipe.execute()
+        return [json.loads(item) for item in raw], int(count)
 
     def flag_cancel(self, task_id: str) -> bool:
         """Raise the cancel flag of a RUNNING task (its job checks it between batches)."""
@@ -761,11 +793,15 @@ class TaskStore:
     def set_provenance(
         self, task_id: str, provenance: dict[str, Any], holder: str | None = None
     ) -> bool:
-        """The record keeps a summary (long lists cut to STATUS_LIST_CAP entries plus a count),
-        so every /status stays small; the whole provenance is kept beside it for /result."""
-        summary, cut = summarise_lists(provenance, STATUS_LIST_CAP)
-        detail = json.dumps(provenance) if cut else "-"
-        return self._set_fields(task_id, {"provenance": json.dumps(summary)}, holder, detail)
+        """The record keeps a summary (long lists cut to STATUS_LIST_CAP entries plus a count,
+        RECORD_PROVENANCE_BYTES at most), so every /status stays small; a fuller one is kept
+        beside it for /result (lists up to DETAIL_LIST_CAP, DETAIL_PROVENANCE_BYTES at most)."""
+        summary, cut = bounded_json(provenance, (STATUS_LIST_CAP, 10, 1), RECORD_PROVENANCE_BYTES)
+        detail = "-"
+        if cut:
+            caps = (DETAIL_LIST_CAP, STATUS_LIST_CAP, 10)
+            detail = bounded_json(provenance, caps, DETAIL_PROVENANCE_BYTES)[0]
+        return self._set_fields(task_id, {"provenance": summary}, holder, detail)
 
     def full_provenance(self, record: TaskRecord) -> dict[str, Any] | None:
         """The provenance with every list whole (the record's own copy may be summarised)."""

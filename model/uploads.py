@@ -7,7 +7,10 @@ thing every host reaches, but memory is dear there, so:
 - each key has a TTL bounded by the task's lifetime (`Settings.upload_ttl_s`: the hard time
   limit plus `uploads.queue_wait_s` of waiting), set at submit and set again when a worker
   starts the task, so a file outlives its task by a bounded time whatever happens to it;
-- model/ending.py deletes them as soon as the task ends, and housekeeping purges orphans.
+- model/ending.py deletes them as soon as the task ends, and housekeeping purges orphans;
+- their bytes are reserved at admission against two budgets, one per key and one for the whole
+  service (`uploads.max_held_bytes_per_key`, `uploads.max_held_bytes_total`), and given back as
+  the task ends (`discard`): a key cannot fill Redis with queued uploads, nor all keys together.
 
 The task store's client decodes replies as text; files need a binary-safe client of their own
 (`decode_responses=False`).
@@ -20,6 +23,7 @@ folder is deleted with the task, or purged, as before.
 from __future__ import annotations
 
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,48 @@ from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
 from model.store import PREFIX
 
 UPLOAD_PREFIX = f"{PREFIX}:upload:"
+# Hash: task id -> "<bytes> <reserved at> <owner>", the uploads each task holds in Redis.
+HELD_KEY = f"{PREFIX}:uploads:held"
+# Hash: "total" and "key:<owner>" -> bytes held (the sums of HELD_KEY, kept beside it).
+HELD_BYTES_KEY = f"{PREFIX}:uploads:held_bytes"
+
+# Reserve a task's upload bytes if both budgets allow them, in one step (parallel submits
+# cannot pass a budget together). KEYS: held, sums; ARGV: task id, owner, bytes, now, budget
+# in total, budget per key. Returns 'ok', 'total' or 'key' (the budget that refused it).
+_RESERVE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 'ok' end
+local size = tonumber(ARGV[3])
+local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
+if total + size > tonumber(ARGV[5]) then return 'total' end
+local mine = tonumber(redis.call('HGET', KEYS[2], 'key:' .. ARGV[2]) or '0')
+if mine + size > tonumber(ARGV[6]) then return 'key' end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ' ' .. ARGV[4] .. ' ' .. ARGV[2])
+redis.call('HINCRBY', KEYS[2], 'total', size)
+redis.call('HINCRBY', KEYS[2], 'key:' .. ARGV[2], size)
+return 'ok'
+"""
+
+# Give a task's reservation back, once (a second call finds nothing). KEYS: held, sums;
+# ARGV: task id.
+_RELEASE = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held then return 0 end
+local size, owner = string.match(held, '^(%d+) [^ ]+ (.*)$')
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], 'total', -tonumber(size))
+if redis.call('HINCRBY', KEYS[2], 'key:' .. owner, -tonumber(size)) <= 0 then
+  redis.call('HDEL', KEYS[2], 'key:' .. owner)
+end
+return 1
+"""
+
+
+class OverBudget(Exception):
+    """Reserving a task's uploads would pass a budget: `scope` is "total" or "key"."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__(scope)
+        self.scope = scope
 
 
 class UploadMissing(Exception):
@@ -57,6 +103,8 @@ class UploadStore:
         # Binary-safe: bytes in, bytes out (the task store's client decodes replies as text).
         self.redis = redis
         self.legacy_root = legacy_root
+        self._reserve = redis.register_script(_RESERVE)
+        self._release = redis.register_script(_RELEASE)
 
     @classmethod
     def from_settings(cls, settings: Any, **redis_options: Any) -> UploadStore:
@@ -64,6 +112,36 @@ class UploadStore:
         return cls(client, settings.uploads_dir)
 
     # --- the API side ------------------------------------------------------------------------
+    def reserve(self, task_id: str, owner: str, size: int, budgets: tuple[int, int]) -> None:
+        """Hold `size` bytes for a task's uploads (budgets: in total, per key) before they are
+        saved; raises OverBudget. Given back by `discard` (the task's end) or `release`."""
+        if size <= 0:
+            return
+        outcome = self._reserve(
+            keys=[HELD_KEY, HELD_BYTES_KEY], args=[task_id, owner, size, time.time(), *budgets]
+        )
+        outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
+        if outcome != "ok":
+            raise OverBudget(outcome)
+
+    def release(self, task_id: str) -> bool:
+        """Give a task's reserved bytes back (False: it held none, or gave them back already)."""
+        return bool(self._release(keys=[HELD_KEY, HELD_BYTES_KEY], args=[task_id]))
+
+    def held_bytes(self, owner: str | None = None) -> int:
+        """Bytes of uploads reserved, by one key's tasks or (None) by all."""
+        value = self.redis.hget(HELD_BYTES_KEY, f"key:{owner}" if owner else "total")
+        return int(value or 0)
+
+    def reservations(self) -> dict[str, float]:
+        """Task id -> when its reservation was made, for every task holding one."""
+        found = {}
+        for task_id, value in self.redis.hgetall(HELD_KEY).items():
+            task = task_id.decode() if isinstance(task_id, bytes) else task_id
+            text = value.decode() if isinstance(value, bytes) else value
+            found[task] = float(text.split(" ", 2)[1])
+        return found
+
     def save(self, task_id: str, files: list[bytes], ttl_s: int) -> None:
         """Store a task's files under key_for(task_id, 0..n-1), before the task is queued."""
         if not files:
@@ -97,7 +175,9 @@ class UploadStore:
 
     # --- the end of a task, and orphans ------------------------------------------------------
     def discard(self, task_id: str, spec: dict[str, Any] | None) -> None:
-        """Uploads are inputs only: once the task has ended they are deleted."""
+        """Uploads are inputs only: once the task has ended they are deleted, and their bytes
+        given back to the budgets."""
+        self.release(task_id)
         try:
             entries = _entries(TaskSpec.model_validate(spec or {}))
         except ValidationError:

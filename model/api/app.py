@@ -29,6 +29,7 @@ class _RequestIdFilter(logging.Filter):
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api import console, errors, listing, meta, results, shares, submit, tasks
+    from model.api.admission import cap_json_body
     from model.api.auth import SECURITY_SCHEMES
     from model.api.cors import init_cors
     from model.api.limits import init_limits
@@ -76,6 +77,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     def _assign_request_id() -> None:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         g.request_id = incoming[:64] if incoming.isalnum() else uuid.uuid4().hex
+
+    @app.before_request
+    def _cap_json_bodies() -> None:
+        cap_json_body(settings.limits.max_json_body_bytes)
 
     @app.after_request
     def _return_request_id(response: Response) -> Response:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from flask_limiter import Limiter, RequestLimit
+from limits import parse_many
 
 from model.api.auth import lookup_presented_key, presented_key
 from model.api.auth_failures import init_auth_failures
-from model.api.errors import error_response
+from model.api.errors import ApiError, error_response
 from model.api.services import services
 from model.keys import hash_key
-from model.settings import Settings
+from model.settings import Settings, ShareSettings
+
+log = logging.getLogger("scriptorium.api")
+LIMITER = "scriptorium.limiter"
 
 
 def _limit_key() -> str:
@@ -65,7 +70,36 @@ def init_limits(app: Flask, settings: Settings, exempt: list) -> Limiter:
         swallow_errors=True,  # limits fail open if Redis is briefly away, requests go on
         key_prefix="sc:limits",
     )
+    app.extensions[LIMITER] = limiter
     for blueprint in exempt:
         limiter.exempt(blueprint)
     init_auth_failures(app, limiter, settings.limits.auth_failures)
     return limiter
+
+
+def limit_share_read(share: ShareSettings, share_id: str) -> None:
+    """Count a read through a share link against its link's budget and its client's
+    (`share.rate`, `share.client_rate`): 429 beyond either. Such reads present no key, or
+    any header at all, so the per-key limit cannot be what holds them back."""
+    limiter: Limiter = current_app.extensions[LIMITER]
+    budgets = (
+        (share.rate, "share", share_id),
+        (share.client_rate, "share-client", request.remote_addr or "-"),
+    )
+    for rate, scope, who in budgets:
+        for item in parse_many(rate):
+            try:
+                strategy = limiter.limiter
+                allowed = strategy.hit(item, scope, who)
+                reset_at = None if allowed else strategy.get_window_stats(item, scope, who)[0]
+            except Exception:  # as the limiter does (swallow_errors): Redis away, reads go on
+                log.warning("share read limit not counted", exc_info=True)
+                return
+            if reset_at is not None:
+                raise ApiError(
+                    429,
+                    "too_many_requests",
+                    f"too many reads through share links ({item}, per {scope.replace('-', ' ')})"
+                    "; retry later",
+                    {"Retry-After": str(max(1, int(reset_at - time.time())))},
+                )

@@ -1,6 +1,7 @@
 """A finished task's result, as a file to keep or as documents a IIIF viewer opens:
 
     GET /result/<id>?format=json|iiif|yolo                       the whole result
+    GET /result/<id>?offset=&limit=                             a page of its items (JSON)
     GET /result/<id>/iiif/manifest/<m>                          the source manifest, its analysed
                                                                 canvases pointing at their pages
     GET /result/<id>/iiif/manifest/<m>/annotations              every annotation of manifest m
@@ -34,6 +35,7 @@ from model.outputs.annotations import (
     canvas_number,
     viewer_manifest,
 )
+from model.outputs.redact import shared_view
 from model.outputs.result_json import result_document
 from model.outputs.yolo import yolo_archive
 from model.store import State, TaskRecord
@@ -49,6 +51,8 @@ api.before_request(authorize_result_read)
 
 WITH_RESULT = (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED)
 IIIF_MIMETYPE = "application/ld+json"
+PAGE_ITEMS = 500  # a page of a result's items, unless `limit` says otherwise
+MAX_PAGE_ITEMS = 5000
 RESPONSES = {200: None, 202: None, 409: ErrorResponse, **ERRORS}
 
 
@@ -66,6 +70,15 @@ class ResultQuery(ShareToken):
     )
     manifest: int | None = Field(
         None, ge=0, description="iiif: which manifest (index in provenance.manifests)"
+    )
+    offset: int | None = Field(
+        None,
+        ge=0,
+        description="json: a page of the items from this position, in the order they were "
+        "stored (every item on exactly one page), instead of the whole result",
+    )
+    limit: int | None = Field(
+        None, ge=1, le=MAX_PAGE_ITEMS, description=f"json: items per page ({PAGE_ITEMS})"
     )
 
 
@@ -97,8 +110,9 @@ class _Finished:
         return self.manifests[index]
 
 
-def _finished(svc: Services, task_id: str) -> _Finished | Response:
-    """The task's result, or the 202 to answer while it runs (409 if it ended without one)."""
+def _finished_record(svc: Services, task_id: str) -> TaskRecord | Response:
+    """The finished task, or the 202 to answer while it runs (409 if it ended without a
+    result)."""
     record = _owned_record(svc, task_id)
     if not record.state.terminal:
         response = jsonify({"task_id": record.id, "state": record.state.value})
@@ -111,7 +125,13 @@ def _finished(svc: Services, task_id: str) -> _Finished | Response:
             "no_result",
             f"task {record.state.value.lower()}: {record.error_code}: {record.error_message}",
         )
-    return _Finished(svc, record)
+    return record
+
+
+def _finished(svc: Services, task_id: str) -> _Finished | Response:
+    """The task's result read whole, or what _finished_record answers instead."""
+    record = _finished_record(svc, task_id)
+    return record if isinstance(record, Response) else _Finished(svc, record)
 
 
 def _iiif(document: dict) -> Response:
@@ -122,6 +142,10 @@ def _iiif(document: dict) -> Response:
 def task_result(path: TaskPath, query: ResultQuery) -> Response:
     """A finished task's result as JSON, IIIF annotations or a zip of YOLO label files."""
     svc = services()
+    if query.offset is not None or query.limit is not None:
+        if query.format != "json":
+            raise ApiError(422, "invalid_request", "offset and limit page format=json only")
+        return _result_page(svc, path.task_id, query.offset or 0, query.limit or PAGE_ITEMS)
     result = _finished(svc, path.task_id)
     if isinstance(result, Response):
         return result
@@ -139,7 +163,8 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         pages = [annotation_page(result.manifest(m), items, result.links) for m in which]
         if len(pages) == 1:  # the page itself, as viewers load it
             return _iiif(pages[0])
-        return jsonify({"manifests": result.manifests, "pages": pages})  # one page each, in order
+        manifests = shared_view(result.manifests) if g.get("share_token") else result.manifests
+        return jsonify({"manifests": manifests, "pages": pages})  # one page each, in order
     error = {"code": record.error_code, "message": record.error_message or ""}
     body = result_document(
         record.id,
@@ -149,7 +174,36 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         error if record.error_code else None,
     )
     body.update(record.summary or {})  # similarity: the compared pairs
-    return jsonify(body)
+    return jsonify(shared_view(body) if g.get("share_token") else body)
+
+
+def _result_page(svc: Services, task_id: str, offset: int, limit: int) -> Response:
+    """One page of a finished task's items (as stored, each page sorted by index): a 10,000-page
+    result read without holding it whole, in Redis's reply or here. The first page carries the
+    provenance; `next_offset` is null on the last."""
+    record = _finished_record(svc, task_id)
+    if isinstance(record, Response):
+        return record
+    items, total = svc.store.item_page(record.id, offset, limit)
+    after = offset + len(items)
+    body = {
+        "task_id": record.id,
+        "state": record.state.value,
+        "complete": record.state == State.SUCCEEDED,
+        "offset": offset,
+        "limit": limit,
+        "items_total": total,
+        "next_offset": after if after < total else None,
+        "items": sorted(items, key=lambda item: item["index"]),
+    }
+    if offset == 0:
+        body["provenance"] = svc.store.full_provenance(record)
+        body["error"] = (
+            {"code": record.error_code, "message": record.error_message or ""}
+            if record.error_code
+            else None
+        )
+    return jsonify(shared_view(body) if g.get("share_token") else body)
 
 
 @api.get("/result/<task_id>/iiif/manifest/<int:manifest>", responses=RESPONSES)

@@ -160,8 +160,23 @@ class TaskResult(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    items: list[ResultItem]
+    items: list[ResultItem] = Field(
+        description="Every item, or in a task of more than results.status_max_items (500) the "
+        "first ones stored: then items_total and items_next are set"
+    )
     provenance: dict[str, Any] | None = None
+    items_total: int | None = Field(None, description="Items of the task, when not all shown")
+    items_next: str | None = Field(
+        None, description="Where the rest begins: GET /result/<id>?offset=&limit= (paged)"
+    )
+
+
+class TaskWarning(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    code: str = Field(description="canvas_limit: canvases left out by iiif.max_canvases")
+    message: str
+    count: int = Field(description="How many pages were left out")
 
 
 class WebhookDelivery(BaseModel):
@@ -204,6 +219,9 @@ class TaskStatus(BaseModel):
     queue_position: int | None = Field(None, description="1 = next to run (QUEUED only)")
     eta_s: float | None = Field(None, description="Estimated wait before it runs (QUEUED only)")
     webhook: WebhookStatus | None = Field(None, description="When the task has a webhook")
+    warnings: list[TaskWarning] | None = Field(
+        None, description="What a limit cut from the task (it still succeeds): e.g. canvases"
+    )
 
 
 class ModelDescription(BaseModel):

@@ -10,6 +10,12 @@ A link is `?token=<token>` on that task's result routes (model/api/results.py) a
 (`share.default_ttl_s`, at most `share.max_ttl_s`, never after the result itself) and can be
 revoked. Its responses carry `Access-Control-Allow-Origin: *`: public by design.
 
+What a link cannot outlive or outgrow: the keys behind it (the task's owner, the key that made
+it: revoking either ends it, checked at each read), its budgets (`share.rate` per link and
+`share.client_rate` per client, whatever headers come with it), the caps on live links
+(`share.max_per_task`, `share.max_per_key`: 409). What it shows: the result less source URL
+queries and the worker's identity (model/outputs/redact.py).
+
 Why random tokens kept in Redis rather than signed ones (itsdangerous-style HMAC): revoking a
 link needs state on the server anyway (a signed token is valid until it expires unless a
 deny-list says otherwise), and once there is state, a random token is the simpler and safer half:
@@ -31,9 +37,11 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis import Redis
 
+from model.api.admission import read_json_body
 from model.api.auth import SECURITY, refuse, require_key
 from model.api.cors import mark_public
 from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
+from model.api.limits import limit_share_read
 from model.api.schemas import TaskPath, timestamp
 from model.api.services import services
 from model.api.tasks import ERRORS, _owned_record
@@ -54,17 +62,55 @@ def task_shares_key(task_id: str) -> str:
     return f"{PREFIX}:task:{task_id}:shares"
 
 
+def key_shares_key(name: str) -> str:
+    """Sorted set of the share ids a key made, scored by their expiry (its cap)."""
+    return f"{PREFIX}:owner:{name}:shares"
+
+
 def share_id_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
+class TooManyShares(Exception):
+    """The task, or the key making the link, has as many live links as allowed."""
+
+    def __init__(self, scope: str, limit: int) -> None:
+        super().__init__(scope)
+        self.scope = scope
+        self.limit = limit
+
+
+# A new link, once the live links of its task and of the key making it are counted (expired
+# ones leave both indexes first): the count and the write in one step, so parallel creates
+# cannot pass the cap together. KEYS: the share, the task's index, the key's index; ARGV: share
+# id, expires at, now, cap per task, cap per key, then field, value pairs. Returns 'ok', or
+# which cap refused it.
+_CREATE = """
+local now = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return 'task' end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return 'key' end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+local expire_at = math.floor(tonumber(ARGV[2])) + 1
+redis.call('EXPIREAT', KEYS[1], expire_at)
+for i = 2, 3 do
+  redis.call('ZADD', KEYS[i], ARGV[2], ARGV[1])
+  local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
+  redis.call('EXPIREAT', KEYS[i], math.floor(tonumber(last[2])) + 1)  -- lives as its links
+end
+return 'ok'
+"""
 
 
 @dataclass(frozen=True)
 class Share:
     id: str
     task_id: str
-    owner: str
+    owner: str  # the task's owner
     created_at: float
     expires_at: float
+    created_by: str = ""  # the key that made it (links made before this was kept: the owner)
 
     def describe(self) -> dict:
         return {
@@ -74,31 +120,48 @@ class Share:
             "expires_at": timestamp(self.expires_at).isoformat(),
         }
 
+    @property
+    def keys(self) -> set[str]:
+        """The keys this link depends on: revoking either ends it."""
+        return {self.owner, self.created_by or self.owner}
+
 
 class ShareStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._create = redis.register_script(_CREATE)
 
-    def create(self, task_id: str, owner: str, expires_at: float) -> tuple[str, Share]:
+    def create(
+        self,
+        task_id: str,
+        owner: str,
+        expires_at: float,
+        created_by: str | None = None,
+        caps: tuple[int, int] = (2**31, 2**31),
+    ) -> tuple[str, Share]:
+        """A new link (raises TooManyShares beyond `caps`: per task, per key making it)."""
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        share = Share(share_id_of(token), task_id, owner, time.time(), expires_at)
-        index = task_shares_key(task_id)
-        with self.redis.pipeline() as pipe:
-            pipe.hset(
-                share_key(share.id),
-                mapping={
-                    "task_id": task_id,
-                    "owner": owner,
-                    "created_at": share.created_at,
-                    "expires_at": expires_at,
-                },
-            )
-            pipe.expireat(share_key(share.id), int(expires_at) + 1)
-            pipe.zadd(index, {share.id: expires_at})
-            pipe.zremrangebyscore(index, "-inf", time.time())
-            pipe.zrange(index, -1, -1, withscores=True)
-            *_, last = pipe.execute()
-        self.redis.expireat(index, int(last[0][1]) + 1)  # the index lives as long as its links
+        created_by = created_by or owner
+        share = Share(share_id_of(token), task_id, owner, time.time(), expires_at, created_by)
+        fields = {
+            "task_id": task_id,
+            "owner": owner,
+            "created_by": share.created_by,
+            "created_at": share.created_at,
+            "expires_at": expires_at,
+        }
+        outcome = self._create(
+            keys=[share_key(share.id), task_shares_key(task_id), key_shares_key(share.created_by)],
+            args=[
+                share.id,
+                expires_at,
+                share.created_at,
+                *caps,
+                *(x for kv in fields.items() for x in kv),
+            ],
+        )
+        if outcome != "ok":
+            raise TooManyShares(outcome, caps[0] if outcome == "task" else caps[1])
         return token, share
 
     def lookup(self, token: str) -> Share | None:
@@ -116,6 +179,7 @@ class ShareStore:
             data["owner"],
             float(data["created_at"]),
             float(data["expires_at"]),
+            data.get("created_by") or data["owner"],
         )
 
     def of_task(self, task_id: str) -> list[Share]:
@@ -129,6 +193,7 @@ class ShareStore:
         with self.redis.pipeline() as pipe:
             pipe.delete(share_key(share_id))
             pipe.zrem(task_shares_key(task_id), share_id)
+            pipe.zrem(key_shares_key(share.created_by), share_id)
             pipe.execute()
         return True
 
@@ -145,8 +210,15 @@ def authorize_result_read() -> None:
         require_key()
         return
     mark_public()  # its errors too: a viewer on any site must be able to read why
+    svc = services()
+    # Counted before the link is looked up, per client and per link, whatever key or
+    # Authorization header comes with it: a link is no way around the rate limits.
+    limit_share_read(svc.settings.share, share_id_of(token))
     share = share_store().lookup(token)
     if share is None or share.task_id != (request.view_args or {}).get("task_id"):
+        raise refuse("invalid, expired or revoked share link")
+    # A link lives no longer than the keys behind it: revoking a (stolen) key ends its links.
+    if not all(svc.keys.is_active(name) for name in share.keys):
         raise refuse("invalid, expired or revoked share link")
     g.owner = share.owner
     g.share_token = token
@@ -211,7 +283,9 @@ def create_share(path: TaskPath) -> Response:
     svc = services()
     record = _owned_record(svc, path.task_id)
     # No body (or an empty one) takes the defaults; a body must be a JSON object, as documented.
-    raw = request.get_json(silent=True) if request.get_data() else {}
+    limits = svc.settings.limits
+    body_bytes = read_json_body(limits.max_json_body_bytes, limits.max_json_depth)
+    raw = request.get_json(silent=True) if body_bytes else {}
     if not isinstance(raw, dict):
         raise ApiError(400, "malformed_json", "the body must be a JSON object (or no body)")
     try:
@@ -224,7 +298,17 @@ def create_share(path: TaskPath) -> Response:
     expires_at = time.time() + ttl_s
     if record.expires_at is not None:  # never outlives the result it opens
         expires_at = min(expires_at, record.expires_at)
-    token, share = share_store().create(record.id, record.owner, expires_at)
+    caps = (settings.max_per_task, settings.max_per_key)
+    try:
+        token, share = share_store().create(record.id, record.owner, expires_at, g.owner, caps)
+    except TooManyShares as exc:
+        whose = "this task" if exc.scope == "task" else f"the key {g.owner!r}"
+        raise ApiError(
+            409,
+            "too_many_shares",
+            f"{whose} already has {exc.limit} live share links; revoke some "
+            "(DELETE /result/<id>/shares/<share_id>) or wait for them to expire",
+        ) from exc
     response = jsonify({**share.describe(), "token": token, **share_links(record, token)})
     response.status_code = 201
     return response

@@ -19,11 +19,14 @@ from pydantic import BaseModel, ValidationError
 
 from model import uploads
 from model.api.admission import (
+    RETRY_AFTER_FULL_S,
     check_backpressure,
     check_json_depth,
+    check_json_size,
     claimed_by,
     earlier_submit,
     idempotency_claim,
+    read_json_body,
     request_fingerprint,
 )
 from model.api.auth import SECURITY, require_key
@@ -44,6 +47,7 @@ from model.settings import get_settings
 from model.sources.addresses import AddressPolicy, literal_address
 from model.sources.sniff import sniff_image
 from model.store import AlreadyClaimed, State
+from model.uploads import OverBudget
 
 api = APIBlueprint(
     "submit",
@@ -73,12 +77,11 @@ class Submission:
 def _json_field(raw: str | None, name: str) -> Any:
     if raw is None or raw == "":
         return None
+    check_json_depth(raw, services().settings.limits.max_json_depth)  # before parsing it
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "malformed_json", f"form field {name!r} is not valid JSON") from exc
-    check_json_depth(value, services().settings.limits.max_json_depth)
-    return value
 
 
 def _form_number(text: str) -> float | str:
@@ -114,13 +117,16 @@ def _multipart_fields() -> dict[str, Any]:
 
 
 def _json_fields() -> dict[str, Any]:
+    # Size (cap_json_body, before the body is read) and depth are checked on the bytes: the
+    # objects are built only for a body that passes both.
+    limits = services().settings.limits
+    read_json_body(limits.max_json_body_bytes, limits.max_json_depth)
     try:
         data = request.get_json(silent=True)
     except RecursionError:
         data = None
     if not isinstance(data, dict):
         raise ApiError(400, "malformed_json", "body must be a JSON object")
-    check_json_depth(data, services().settings.limits.max_json_depth)
     return data
 
 
@@ -153,8 +159,14 @@ def _image_uploads() -> list[tuple[str, bytes]]:
 def _manifest_uploads() -> list[tuple[str, bytes]]:
     """Uploaded manifests (part `manifest`): JSON of a IIIF manifest or collection."""
     read = []
+    settings = services().settings
     for upload in request.files.getlist("manifest"):
-        data = upload.read()
+        name = upload.filename or "manifest.json"
+        # Bounded before it is read whole, let alone parsed (a manifest's objects take tens of
+        # times its bytes): iiif.max_json_bytes, as for a fetched one.
+        data = upload.stream.read(settings.iiif.max_json_bytes + 1)
+        check_json_size(len(data), settings.iiif.max_json_bytes, f"manifest upload {name!r}")
+        check_json_depth(data, settings.limits.max_json_depth)
         try:
             kind = document_kind(json.loads(data))
         except (ValueError, RecursionError):
@@ -221,6 +233,36 @@ def _check_upload_size(svc: Services, submission: Submission) -> None:
     cap = svc.settings.upload_cap_bytes()
     if sum(len(data) for data in _upload_files(submission)) > cap:
         raise ApiError(413, "uploads_too_large", f"a task's uploads may total {cap} bytes")
+
+
+def _reserve_uploads(svc: Services, task_id: str, submission: Submission) -> None:
+    """Hold the uploads' bytes against the key's budget and the service's (Redis memory)."""
+    size = sum(len(data) for data in _upload_files(submission))
+    settings = svc.settings.uploads
+    budgets = (settings.max_held_bytes_total, settings.max_held_bytes_per_key)
+    if size > min(budgets):  # could never fit, however long it waits
+        raise ApiError(
+            413, "uploads_too_large", f"uploads held at once may total {min(budgets)} bytes"
+        )
+    try:
+        svc.uploads.reserve(task_id, g.owner, size, budgets)
+    except OverBudget as exc:
+        if exc.scope == "key":
+            message = (
+                f"this key's tasks may hold {budgets[1]} bytes of uploads at once and this "
+                f"task's {size} would pass it; retry once some of them have ended"
+            )
+        else:
+            message = (
+                f"the service holds as many uploads as it may ({budgets[0]} bytes); retry once "
+                "some tasks have ended"
+            )
+        raise ApiError(
+            429,
+            "upload_budget_exceeded",
+            message,
+            {"Retry-After": RETRY_AFTER_FULL_S},
+        ) from exc
 
 
 def _upload_inputs(task_id: str, submission: Submission) -> list[TaskInput]:
@@ -310,8 +352,13 @@ def submit_task() -> Response:
     except InputRejected as exc:
         raise ApiError(422, exc.code, exc.message) from exc
     check_backpressure(svc)
-    svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
+    _reserve_uploads(svc, task_id, submission)
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)
+    try:
+        svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
+    except Exception:
+        svc.uploads.release(task_id)
+        raise
     try:
         return _enqueue(svc, task_id, job, spec, timeout, webhook, idempotency_claim(fingerprint))
     except AlreadyClaimed as claimed:  # the same submit, racing: one task for both

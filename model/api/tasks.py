@@ -48,11 +48,16 @@ def _owned_record(svc: Services, task_id: str) -> TaskRecord:
     return _check_owner(svc, task_id, svc.store.get(task_id) if well_formed else None)
 
 
-def _owned_snapshot(svc: Services, task_id: str) -> tuple[TaskRecord, list[dict] | None]:
-    """The caller's task and, once it has ended, its items: one Redis round trip."""
+def _owned_snapshot(svc: Services, task_id: str) -> tuple[TaskRecord, list[dict] | None, int]:
+    """The caller's task and, once it has ended, its first items and their count: one Redis
+    round trip (a 10,000-page task's status reads `results.status_max_items` of them)."""
     well_formed = re.fullmatch(TASK_ID_PATTERN, task_id) is not None
-    record, items = svc.store.snapshot(task_id, WITH_ITEMS) if well_formed else (None, None)
-    return _check_owner(svc, task_id, record), items
+    record, items, count = (
+        svc.store.snapshot(task_id, WITH_ITEMS, svc.settings.results.status_max_items)
+        if well_formed
+        else (None, None, 0)
+    )
+    return _check_owner(svc, task_id, record), items, count
 
 
 def _check_owner(svc: Services, task_id: str, record: TaskRecord | None) -> TaskRecord:
@@ -64,12 +69,24 @@ def _check_owner(svc: Services, task_id: str, record: TaskRecord | None) -> Task
     raise ApiError(404, "not_found", "no such task")
 
 
-def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = None) -> TaskStatus:
+def _status_body(
+    svc: Services, record: TaskRecord, items: list[dict] | None = None, count: int = 0
+) -> TaskStatus:
     result = None
     if record.state in WITH_ITEMS:
-        items = svc.store.items(record.id) if items is None else items
+        if items is None:
+            limit = svc.settings.results.status_max_items
+            items, count = svc.store.item_page(record.id, 0, limit)
         items = sorted(items, key=lambda item: item["index"])
-        result = TaskResult(items=items, provenance=record.provenance, **(record.summary or {}))
+        more = {}
+        if count > len(items):  # the rest page by page: the status of a big task stays small
+            more = {
+                "items_total": count,
+                "items_next": f"/result/{record.id}?offset={len(items)}&limit={len(items)}",
+            }
+        result = TaskResult(
+            items=items, provenance=record.provenance, **more, **(record.summary or {})
+        )
     position = eta = None
     if record.state == State.QUEUED:
         # Per queue: a task naming a model waits only behind tasks of its own queue, and only
@@ -105,6 +122,7 @@ def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = N
         queue_position=position,
         eta_s=eta,
         webhook=_webhook_status(svc, record),
+        warnings=(record.provenance or {}).get("warnings") or None,
     )
 
 
@@ -128,8 +146,8 @@ def _status_response(body: TaskStatus, status: int | None = None) -> Response:
 def task_status(path: TaskPath) -> Response:
     """State, progress and (when finished) result of a task: 202 while active, 200 when done."""
     svc = services()
-    record, items = _owned_snapshot(svc, path.task_id)
-    return _status_response(_status_body(svc, record, items))
+    record, items, count = _owned_snapshot(svc, path.task_id)
+    return _status_response(_status_body(svc, record, items, count))
 
 
 @api.delete("/terminate/<task_id>", responses={200: TaskStatus, 202: TaskStatus, **ERRORS})

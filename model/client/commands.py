@@ -322,6 +322,8 @@ def summary(status: dict[str, Any]) -> str:
     error = status.get("error")
     if error:
         text += f" — {error.get('code')}: {error.get('message')}"
+    for warning in status.get("warnings") or []:  # a limit cut the task: never silently
+        text += f" — warning: {warning.get('message')}"
     return f"{text} (task {status.get('task_id')})"
 
 
@@ -355,10 +357,17 @@ def status_text(status: dict[str, Any]) -> str:
             rows.append((name.removesuffix("_at"), status[name]))
     if status.get("error"):
         rows.append(("error", f"{status['error'].get('code')}: {status['error'].get('message')}"))
+    for warning in status.get("warnings") or []:
+        rows.append(("warning", warning.get("message")))
     result = status.get("result") or {}
     if result.get("items") is not None:
         found = sum(len(item.get("detections") or []) for item in result["items"])
-        rows.append(("result", f"{len(result['items'])} items, {found} detections"))
+        shown = len(result["items"])
+        if result.get("items_total"):  # a big task's status shows its first items only
+            text = f"{result['items_total']} items ({found} detections in the first {shown})"
+        else:
+            text = f"{shown} items, {found} detections"
+        rows.append(("result", text))
     return "\n".join(f"{name:<9} {value}" for name, value in rows)
 
 

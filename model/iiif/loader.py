@@ -5,6 +5,10 @@ collection that includes itself, or a manifest twice, costs one fetch and termin
 
 A manifest the task names that cannot be used fails the task (`ManifestError`, with a clear
 code); a broken member deep in a collection is only reported, the rest goes on.
+
+What is left out is reported within bounds (a 200-byte request can name manifests of 100,000
+canvases each): canvases past the canvas limit are counted, never listed; canvases skipped for
+another reason, and problems, are listed up to MAX_LISTED entries each, and counted all.
 """
 
 from __future__ import annotations
@@ -20,6 +24,9 @@ from model.sources.fetch import FetchError
 JsonGetter = Callable[[str], Any]  # URL -> parsed JSON; raises FetchError or ValueError
 
 REFUSED_CODES = {"blocked_address", "bad_scheme", "bad_url"}
+# Entries listed per list of left-out things (a manifest's skipped canvases, a task's
+# problems); the rest are counted only.
+MAX_LISTED = 100
 
 
 class ManifestError(Exception):
@@ -32,7 +39,7 @@ class ManifestError(Exception):
 @dataclass(frozen=True)
 class Limits:
     max_depth: int = 2
-    max_canvases: int = 500
+    max_canvases: int = 10_000
     max_documents: int = 50
 
 
@@ -46,8 +53,16 @@ class ManifestSummary:
     label: str
     version: int
     canvases: int = 0
+    # Canvases without a usable image: the first MAX_LISTED (why each), and how many in all.
     skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped_count: int = 0
+    over_limit: int = 0  # canvases with an image left out by the canvas limit (counted only)
     document: dict[str, Any] | None = field(default=None, repr=False, compare=False)  # its JSON
+
+    def skip(self, entry: dict[str, str]) -> None:
+        self.skipped_count += 1
+        if len(self.skipped) < MAX_LISTED:
+            self.skipped.append(entry)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +73,8 @@ class ManifestSummary:
             "version": self.version,
             "canvases": self.canvases,
             "skipped": self.skipped,
+            "skipped_count": self.skipped_count,
+            "over_limit": self.over_limit,
         }
 
 
@@ -72,7 +89,20 @@ class CanvasTask:
 class Loaded:
     manifests: list[ManifestSummary] = field(default_factory=list)
     canvases: list[CanvasTask] = field(default_factory=list)
-    problems: list[dict[str, str]] = field(default_factory=list)  # members left out, limits hit
+    # Members left out, limits hit: the first MAX_LISTED, and how many in all.
+    problems: list[dict[str, str]] = field(default_factory=list)
+    problems_count: int = 0
+    unread_members: int = 0  # collection members not read once the canvas limit was reached
+
+    def problem(self, source: str, reason: str) -> None:
+        self.problems_count += 1
+        if len(self.problems) < MAX_LISTED:
+            self.problems.append({"source": source, "reason": reason})
+
+    @property
+    def over_limit(self) -> int:
+        """Canvases with an image left out by the canvas limit, in the manifests read."""
+        return sum(m.over_limit for m in self.manifests)
 
 
 def json_getter(fetcher: Any, max_bytes: int) -> JsonGetter:
@@ -140,7 +170,7 @@ class _Reader:
         self.loaded.manifests.append(summary)
         for position, canvas in enumerate(doc.canvases):
             if canvas.image is None:
-                summary.skipped.append(
+                summary.skip(
                     {
                         "canvas_id": canvas.id,
                         "label": canvas.label,
@@ -149,38 +179,23 @@ class _Reader:
                 )
                 continue
             if self.full():
-                summary.skipped.append(
-                    {
-                        "canvas_id": canvas.id,
-                        "label": canvas.label,
-                        "reason": f"over the limit of {self.limits.max_canvases} canvases per task",
-                    }
-                )
+                summary.over_limit += 1  # counted, not listed: there can be 100,000 of them
                 continue
             self.loaded.canvases.append(CanvasTask(summary, canvas, position))
             summary.canvases += 1
 
     def _expand(self, collection: Document, source: str, depth: int) -> None:
         if depth >= self.limits.max_depth + 1:
-            self.loaded.problems.append(
-                {
-                    "source": source,
-                    "reason": f"collection nested deeper than {self.limits.max_depth}",
-                }
-            )
+            self.loaded.problem(source, f"collection nested deeper than {self.limits.max_depth}")
             return
         for member in collection.members:
             if self.full():
-                self.loaded.problems.append(
-                    {"source": member.id or "", "reason": "canvas limit reached: not read"}
-                )
+                self.loaded.unread_members += 1
+                self.loaded.problem(member.id or "", "canvas limit reached: not read")
                 continue
             if member.kind == "collection" and depth >= self.limits.max_depth:
-                self.loaded.problems.append(
-                    {
-                        "source": member.id or "",
-                        "reason": f"collection nested deeper than {self.limits.max_depth}",
-                    }
+                self.loaded.problem(
+                    member.id or "", f"collection nested deeper than {self.limits.max_depth}"
                 )
                 continue
             if member.id and (member.id in self.fetched_urls or member.id in self.read_ids):
@@ -191,7 +206,7 @@ class _Reader:
             except ManifestError as exc:
                 if exc.code == "too_many_manifests":
                     raise
-                self.loaded.problems.append({"source": member.id or "", "reason": exc.message})
+                self.loaded.problem(member.id or "", exc.message)
                 continue
             if not self.first_time(doc):
                 self._already_read(member.id or doc.id)
@@ -209,7 +224,7 @@ class _Reader:
         raise ManifestError("manifest_invalid", "collection member without an id")
 
     def _already_read(self, source: str) -> None:
-        self.loaded.problems.append({"source": source, "reason": "already read in this task"})
+        self.loaded.problem(source, "already read in this task")
 
 
 def load(
@@ -233,3 +248,24 @@ def load(
         reader.first_time(parsed)
         reader.add(parsed, f"upload:{name}", 0)
     return reader.loaded
+
+
+def limit_warnings(loaded: Loaded, limits: Limits) -> list[dict[str, Any]]:
+    """What a task's status warns of: pages the canvas limit left out (the task succeeds
+    without them, so the cut must not go unnoticed)."""
+    if not (loaded.over_limit or loaded.unread_members):
+        return []
+    message = (
+        f"{loaded.over_limit} canvases with an image were left out: a task reads at most "
+        f"{limits.max_canvases} (iiif.max_canvases)"
+    )
+    if loaded.unread_members:
+        message += f"; {loaded.unread_members} collection members were not read"
+    return [
+        {
+            "code": "canvas_limit",
+            "message": message,
+            "count": loaded.over_limit,
+            "members_not_read": loaded.unread_members,
+        }
+    ]

@@ -59,6 +59,9 @@ def run_detect(ctx: Any) -> None:
     scope = FetchScope()
     fetcher = resources.fetcher.scoped(scope)
     plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
+    if plan.warnings:  # shown by /status from now on, not only once the task has ended
+        provenance["warnings"] = plan.warnings
+        ctx.set_provenance(provenance)
     _keep_manifests(ctx, plan.manifests, settings)
     ctx.set_total(len(plan.units))
     finished = ctx.finished_indices()
@@ -88,6 +91,7 @@ def run_detect(ctx: Any) -> None:
         provenance.update(
             manifests=[m.as_dict() for m in plan.manifests],
             manifest_problems=plan.problems,
+            manifest_problems_count=plan.problems_count,
             resumed_after=len(finished),
             pipeline={
                 "download_threads": settings.pipeline.download_threads,

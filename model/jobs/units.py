@@ -16,6 +16,7 @@ from model.iiif.loader import (
     ManifestError,
     ManifestSummary,
     json_getter,
+    limit_warnings,
     load,
     parse_json,
 )
@@ -38,6 +39,8 @@ class Plan:
     units: list[WorkUnit]
     manifests: list[ManifestSummary] = field(default_factory=list)
     problems: list[dict[str, str]] = field(default_factory=list)
+    problems_count: int = 0  # problems listed and not (model/iiif/loader.py: MAX_LISTED)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # limits that cut the task
 
 
 def _uploaded_manifest(entry: ManifestUpload, uploads: Any) -> tuple[str, Any]:
@@ -74,10 +77,11 @@ def plan_units(spec: TaskSpec, fetcher: Any, settings: Any, uploads: Any = None)
     except ManifestError as exc:
         raise JobFailed(exc.code, exc.message) from exc
     if not loaded.canvases and not units:
-        skipped = sum(len(m.skipped) for m in loaded.manifests)
+        skipped = sum(m.skipped_count for m in loaded.manifests)
         raise JobFailed(
             "no_images", f"the manifests have no canvas with an image ({skipped} canvases skipped)"
         )
     for task in loaded.canvases:
         units.append(WorkUnit(len(units), task.canvas.id, canvas=task))
-    return Plan(units, loaded.manifests, loaded.problems)
+    warnings = limit_warnings(loaded, limits)
+    return Plan(units, loaded.manifests, loaded.problems, loaded.problems_count, warnings)

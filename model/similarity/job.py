@@ -154,6 +154,8 @@ def run_similarity(ctx: Any, params: Any) -> None:
         manifest_problems=plan.problems,
         stage="features",
     )
+    if plan.warnings:
+        provenance["warnings"] = plan.warnings
     ctx.set_provenance(provenance)
 
     model_key = f"{embedder.info.sha256}:{detector.info.sha256 if detector else '-'}"

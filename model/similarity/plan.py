@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.iiif.loader import Limits, ManifestError, ManifestSummary, json_getter, load
+from model.iiif.loader import (
+    Limits,
+    ManifestError,
+    ManifestSummary,
+    json_getter,
+    limit_warnings,
+    load,
+)
 from model.jobs import JobFailed
 from model.jobs.units import WorkUnit
 
@@ -24,6 +31,7 @@ class DocumentPlan:
     manifests: list[ManifestSummary] = field(default_factory=list)
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     problems: list[dict[str, str]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)  # limits that cut a document
 
 
 def plan_documents(documents: list[tuple[str, str]], fetcher: Any, settings: Any) -> DocumentPlan:
@@ -42,7 +50,7 @@ def plan_documents(documents: list[tuple[str, str]], fetcher: Any, settings: Any
         except ManifestError as exc:
             raise JobFailed(exc.code, f"document {key!r}: {exc.message}") from exc
         if not loaded.canvases and canvases_left > 0:
-            skipped = sum(len(m.skipped) for m in loaded.manifests)
+            skipped = sum(m.skipped_count for m in loaded.manifests)
             raise JobFailed(
                 "no_images",
                 f"document {key!r} has no canvas with an image ({skipped} canvases skipped)",
@@ -55,6 +63,7 @@ def plan_documents(documents: list[tuple[str, str]], fetcher: Any, settings: Any
             plan.units.append(WorkUnit(len(plan.units), task.canvas.id, canvas=task))
             plan.document_of.append(key)
         plan.problems.extend({"document": key, **p} for p in loaded.problems)
+        plan.warnings.extend({"document": key, **w} for w in limit_warnings(loaded, limits))
         plan.documents[key] = {
             "source": url,
             "manifests": [m.index for m in loaded.manifests],

@@ -215,18 +215,30 @@ def clean_redis(bare_redis: redis.Redis) -> redis.Redis:
 
 
 @pytest.fixture
-def app_client(clean_redis: redis.Redis, tmp_path: Path):
-    """The HTTP app alone (Flask's test client), on the bare Redis, with one key."""
+def make_app(clean_redis: redis.Redis, tmp_path: Path):
+    """make_app(**settings): the HTTP app alone (Flask's test client) on the bare Redis, with
+    these settings; `client.keys` makes API keys, `client.redis` is the Redis it uses."""
     from model.api.app import create_app
     from model.keys import KeyStore
     from model.settings import Settings
 
-    port = clean_redis.connection_pool.connection_kwargs["port"]
-    settings = Settings(data_dir=tmp_path, redis={"port": port})
-    app = create_app(settings)
-    key = KeyStore(settings.keys_db).create("fast")
-    client = app.test_client()
-    client.environ_base["HTTP_X_API_KEY"] = key
+    def make(**overrides: object):
+        port = clean_redis.connection_pool.connection_kwargs["port"]
+        settings = Settings(data_dir=tmp_path, redis={"port": port}, **overrides)
+        client = create_app(settings).test_client()
+        client.keys = KeyStore(settings.keys_db)
+        client.redis = clean_redis
+        client.app_settings = settings
+        return client
+
+    return make
+
+
+@pytest.fixture
+def app_client(make_app):
+    """The HTTP app alone (Flask's test client), on the bare Redis, with one key."""
+    client = make_app()
+    client.environ_base["HTTP_X_API_KEY"] = client.keys.create("fast")
     return client
 
 

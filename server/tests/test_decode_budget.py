@@ -8,8 +8,6 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -25,6 +23,7 @@ from model.settings import Settings
 from model.sources.images import ImageDecodeError, decode_within, decoded_bytes
 from model.uploads import UploadStore
 from server.tests.conftest import ImageServer
+from testkit.memory import peak_rss, tree_rss
 from testkit.stack import Api, Stack
 
 MB = 1_000_000
@@ -285,43 +284,12 @@ def flat_png(side: int, shade: int) -> bytes:
     )
 
 
-def _tree_rss(root: psutil.Process) -> int:
-    """Resident bytes of the worker and its pool processes together."""
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        try:
-            total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            continue
-    return total
-
-
-@contextmanager
-def peak_rss(root: psutil.Process, every_s: float = 0.05) -> Iterator[list[int]]:
-    """Samples the tree's RSS in a thread; the list holds the peak once the block ends."""
-    peak = [_tree_rss(root)]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _tree_rss(root))
-            time.sleep(every_s)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        done.set()
-        thread.join()
-
-
 def test_live_huge_pngs_decode_within_the_budget(
     stack: Stack, api: Api, image_server: ImageServer
 ) -> None:
     urls = [image_server.add(f"huge-{i}.png", flat_png(HUGE_SIDE, 180 + i)) for i in range(4)]
     worker = psutil.Process(stack.program_pid("worker"))
-    baseline = _tree_rss(worker)
+    baseline = tree_rss(worker)
     with peak_rss(worker) as peak:
         task_id = api.submit_ok({"type": "detect", "input": {"image_urls": urls}})
         body = api.wait(task_id, timeout_s=600)

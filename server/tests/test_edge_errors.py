@@ -17,7 +17,7 @@ import requests
 
 from model.frontdoor import NGINX_TEMPLATE, nginx_values, render
 from model.settings import PROJECT_ROOT, get_settings
-from testkit.stack import Stack
+from testkit.stack import Api, Stack
 
 ALLOW = "GET, POST, DELETE, OPTIONS, HEAD"
 
@@ -247,6 +247,30 @@ def test_keyless_flood_is_shed_by_nginx(stack: Stack) -> None:
         _assert_shed_by_nginx(stack, responses, rid)
     finally:
         _refilled(stack, "/nope")
+
+
+def test_share_link_flood_is_shed_by_nginx_whatever_headers_it_carries(
+    stack: Stack, api: Api
+) -> None:
+    # A non-Bearer Authorization header once took token reads out of every limit: nginx's
+    # keyless zone skipped them and the app had no key to count them by.
+    task_id = api.submit_ok({"type": "noop"})
+    api.wait(task_id)
+    token = api.request("POST", f"/result/{task_id}/shares").json()["token"]
+    path = f"/result/{task_id}?token={token}"
+    rid = uuid.uuid4().hex
+    headers = {"X-Request-Id": rid, "Authorization": "Basic x"}
+
+    def one(_: int) -> requests.Response:
+        return requests.get(stack.base_url + path, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(one, range(150)))
+    try:
+        assert {r.status_code for r in responses} == {200, 429}
+        _assert_shed_by_nginx(stack, responses, rid)
+    finally:
+        _refilled(stack, path)
 
 
 def test_probes_and_keyed_calls_are_not_limited_by_nginx(stack: Stack) -> None:

@@ -18,13 +18,17 @@ from model.housekeeping import purge_orphan_uploads
 from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
 from model.store import (
     DEFERRED,
+    DETAIL_LIST_CAP,
+    DETAIL_PROVENANCE_BYTES,
     QUEUE_KEY,
+    RECORD_PROVENANCE_BYTES,
     RUNNING_KEY,
     STATUS_LIST_CAP,
     UNSENT_KEY,
     AlreadyClaimed,
     State,
     TaskStore,
+    detail_key,
     items_key,
     lease_key,
     owner_queue_key,
@@ -249,7 +253,9 @@ def test_uploads_of_a_live_task_are_never_orphans(store, uploads) -> None:
 # --- small statuses, lists read page by page ----------------------------------------------------
 
 
-def test_status_provenance_is_summarised_and_result_keeps_everything(store: TaskStore) -> None:
+def test_status_provenance_is_summarised_and_result_keeps_a_bounded_list(
+    store: TaskStore,
+) -> None:
     task_id = _task(store)
     skipped = [{"canvas": f"c{i}", "reason": "no image"} for i in range(5000)]
     store.set_provenance(task_id, {"model": "m", "manifests": [{"index": 0, "skipped": skipped}]})
@@ -258,9 +264,37 @@ def test_status_provenance_is_summarised_and_result_keeps_everything(store: Task
     assert len(summary["skipped"]) == STATUS_LIST_CAP
     assert summary["skipped_count"] == 5000
     assert len(json.dumps(record.provenance)) < 20_000
-    assert store.full_provenance(record)["manifests"][0]["skipped"] == skipped
+    detail = store.full_provenance(record)["manifests"][0]
+    assert detail["skipped"] == skipped[:DETAIL_LIST_CAP] and detail["skipped_count"] == 5000
     store.set_provenance(task_id, {"model": "m", "manifests": [{"index": 0, "skipped": []}]})
     assert store.full_provenance(store.get(task_id))["manifests"][0]["skipped"] == []
+
+
+def test_a_tasks_provenance_has_a_byte_budget_whatever_its_lists_hold(
+    store: TaskStore,
+) -> None:
+    """Before: a 198-byte request naming 5 manifests of 100,000 canvases stored a 67 MB
+    detail beside its record. Whatever a job puts in its provenance, the record's copy and
+    the one beside it stay within RECORD_PROVENANCE_BYTES and DETAIL_PROVENANCE_BYTES."""
+    task_id = _task(store)
+    label = "x" * 2000  # entries as big as a manifest may make them
+    manifests = [
+        {"index": m, "label": label, "skipped": [{"canvas": f"c{m}", "label": label}] * 5000}
+        for m in range(5)
+    ]
+    store.set_provenance(task_id, {"model": "m", "manifests": manifests, "note": label})
+    record_bytes = len(store.redis.hget(task_key(task_id), "provenance"))
+    detail_bytes = store.redis.strlen(detail_key(task_id))
+    print(f"provenance stored: record {record_bytes} B, detail {detail_bytes} B")
+    assert record_bytes <= RECORD_PROVENANCE_BYTES and detail_bytes <= DETAIL_PROVENANCE_BYTES
+    record = store.get(task_id)
+    assert record.provenance["model"] == "m" and record.provenance["manifests"][0]["skipped"]
+    assert record.provenance["manifests"][0]["skipped_count"] == 5000
+    full = store.full_provenance(record)
+    assert full["manifests"][4]["skipped_count"] == 5000
+    # A scalar too big for any budget leaves the marker alone.
+    store.set_provenance(task_id, {"model": "m", "huge": "y" * 2 * DETAIL_PROVENANCE_BYTES})
+    assert store.get(task_id).provenance == {"truncated": True}
 
 
 def _calls(r: redis.Redis, command: str) -> int:

@@ -13,29 +13,35 @@ ORIGIN = "https://viewer.example.org"
 PUBLIC = "https://scriptorium.example.org/api"
 
 
-@pytest.fixture
-def web(clean_redis: redis.Redis, tmp_path: Path):
-    """The app with one allowed origin and a public URL; `web.key` is an API key."""
+def _web_app(redis_server: redis.Redis, tmp_path: Path, **overrides):
+    """The app with one allowed origin and a public URL; `.key` is an API key."""
     from model.api.app import create_app
     from model.keys import KeyStore
     from model.settings import Settings
 
-    port = clean_redis.connection_pool.connection_kwargs["port"]
+    port = redis_server.connection_pool.connection_kwargs["port"]
     settings = Settings(
         data_dir=tmp_path,
         redis={"port": port},
         cors={"origins": [ORIGIN + "/"]},
         http={"public_url": PUBLIC},
         limits={"auth_failures": "1000/second"},  # the tests refuse many on purpose
+        **overrides,
     )
     app = create_app(settings)
     keys = KeyStore(settings.keys_db)
     client = app.test_client()
+    client.keys = keys
     client.key = keys.create("web")
     client.other_key = keys.create("other")
     client.admin_key = keys.create("boss", admin=True)
     client.app_settings = settings
     return client
+
+
+@pytest.fixture
+def web(clean_redis: redis.Redis, tmp_path: Path):
+    return _web_app(clean_redis, tmp_path)
 
 
 def _preflight(client, origin: str, path: str = "/task", method: str = "POST"):
@@ -151,7 +157,9 @@ def _canvas_item(index: int, position: int, status: str, detections: list[dict])
     }
 
 
-def _finished_task(web, source: dict, version: int, items: list[dict], owner: str = "web") -> str:
+def _finished_task(
+    web, source: dict, version: int, items: list[dict], owner: str = "web", **provenance
+) -> str:
     """A finished detect task in the store, as the worker leaves it."""
     import json
 
@@ -162,7 +170,8 @@ def _finished_task(web, source: dict, version: int, items: list[dict], owner: st
     record = store.create(owner, "detect", {"params": {}, "inputs": []}, len(items), 60)
     store.mark_running(record.id, 1)
     manifest = {"index": 0, "source": BOOK, "id": BOOK, "label": "Book", "version": version}
-    store.set_provenance(record.id, {"manifests": [manifest], "classes": ["illustration"]})
+    provenance = {"manifests": [manifest], "classes": ["illustration"], **provenance}
+    store.set_provenance(record.id, provenance)
     store.keep_manifest(record.id, 0, json.dumps(source), settings.hard_limit_s(60))
     for item in items:
         store.add_item(record.id, item, item["status"] != "ok")
@@ -348,6 +357,111 @@ def test_share_links_expire_and_never_outlive_the_result(web) -> None:
 
     redis.hset(share_key(share["share_id"]), "expires_at", 1)  # as if its time had passed
     assert web.get(f"/result/{task_id}?token={share['token']}").status_code == 401
+
+
+def _share(web, task_id: str, key: str) -> dict:
+    created = web.post(f"/result/{task_id}/shares", headers={"X-API-Key": key})
+    assert created.status_code == 201, created.get_data(as_text=True)
+    return created.get_json()
+
+
+def test_revoking_a_key_ends_the_share_links_behind_it(web) -> None:
+    task_id = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    own = _share(web, task_id, web.key)
+    by_admin = _share(web, task_id, web.admin_key)  # an admin key shares another key's task
+    for link in (own, by_admin):
+        assert web.get(f"/result/{task_id}?token={link['token']}").status_code == 200
+
+    # The admin key is revoked (stolen, say): the links it made die, the owner's live on.
+    web.keys.revoke("boss")
+    refused = web.get(f"/result/{task_id}?token={by_admin['token']}")
+    assert refused.status_code == 401, refused.get_data(as_text=True)
+    assert refused.get_json()["error"]["code"] == "unauthorized"
+    assert web.get(f"/result/{task_id}?token={own['token']}").status_code == 200
+
+    # The task's own key revoked: none of its task's links opens any more.
+    web.keys.revoke("web")
+    manifest = f"/result/{task_id}/iiif/manifest/0?token={own['token']}"
+    assert web.get(f"/result/{task_id}?token={own['token']}").status_code == 401
+    assert web.get(manifest).status_code == 401
+
+
+def test_share_reads_are_limited_per_link_and_per_client_whatever_headers(
+    clean_redis: redis.Redis, tmp_path: Path
+) -> None:
+    web = _web_app(clean_redis, tmp_path, share={"rate": "3/minute", "client_rate": "5/minute"})
+    task_id = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    first, second = _share(web, task_id, web.key), _share(web, task_id, web.key)
+    # Headers that once took a request out of every limit: a non-Bearer Authorization, or a
+    # made-up key (a new one each time: one bucket each).
+    bogus = [{"Authorization": "Basic x"}, *({"X-API-Key": f"made-up-{n}"} for n in range(3))]
+
+    def read(link: dict, n: int):
+        return web.get(f"/result/{task_id}?token={link['token']}", headers=bogus[n % 4])
+
+    assert [read(first, n).status_code for n in range(4)] == [200, 200, 200, 429]
+    limited = read(first, 4)
+    assert limited.get_json()["error"]["code"] == "too_many_requests"
+    assert "per share" in limited.get_json()["error"]["message"]
+    assert int(limited.headers["Retry-After"]) >= 1
+    assert limited.headers["Access-Control-Allow-Origin"] == "*"
+    # Another link of the same client: its own budget, but the client's is spent after 5.
+    assert [read(second, n).status_code for n in range(2)] == [200, 200]
+    over = read(second, 2)
+    assert over.status_code == 429 and "per share client" in over.get_json()["error"]["message"]
+    # The key holder's own reads are the key's to count, not the links'.
+    assert web.get(f"/result/{task_id}", headers={"X-API-Key": web.key}).status_code == 200
+
+
+def test_shared_result_hides_source_secrets_and_the_worker(web) -> None:
+    signed = "https://img.example/page.jpg?sig=s3cr3t&expires=99"
+    items = [
+        {
+            **V3_ITEMS[0],
+            "source": signed,
+            "image_url": "https://user:pw@img.example/page.jpg?token=t0k3n",
+        }
+    ]
+    worker = {"worker": "gpu-host-7", "worker_pid": 4242, "versions": {"torch": "2.14.1"}}
+    task_id = _finished_task(
+        web, _v3_book(), 3, items, model={"name": "demo", **worker}, inputs=[signed]
+    )
+    mine = web.get(f"/result/{task_id}", headers={"X-API-Key": web.key}).get_data(as_text=True)
+    for secret in ("s3cr3t", "t0k3n", "gpu-host-7", "4242", "2.14.1"):
+        assert secret in mine  # the key holder sees their own task whole
+
+    token = _share(web, task_id, web.key)["token"]
+    shared = web.get(f"/result/{task_id}?token={token}")
+    assert shared.status_code == 200
+    text = shared.get_data(as_text=True)
+    for secret in ("s3cr3t", "t0k3n", "pw@", "gpu-host-7", "4242", "2.14.1", "worker_pid"):
+        assert secret not in text, secret
+    body = shared.get_json()
+    assert body["items"][0]["source"] == "https://img.example/page.jpg?REDACTED"
+    assert body["items"][0]["image_url"] == "https://REDACTED@img.example/page.jpg?REDACTED"
+    assert body["provenance"]["model"] == {"name": "demo"}
+    assert body["provenance"]["inputs"] == ["https://img.example/page.jpg?REDACTED"]
+    iiif = web.get(f"/result/{task_id}?format=iiif&token={token}").get_data(as_text=True)
+    assert "s3cr3t" not in iiif
+
+
+def test_share_links_are_capped_per_task_and_per_key(clean_redis: redis.Redis, tmp_path) -> None:
+    web = _web_app(clean_redis, tmp_path, share={"max_per_task": 2, "max_per_key": 3})
+    task_a = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    task_b = _finished_task(web, _v3_book(), 3, V3_ITEMS)
+    key = {"X-API-Key": web.key}
+    links = [_share(web, task_a, web.key), _share(web, task_a, web.key)]
+    refused = web.post(f"/result/{task_a}/shares", headers=key)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"]["code"] == "too_many_shares"
+    assert "this task already has 2" in refused.get_json()["error"]["message"]
+    _share(web, task_b, web.key)  # the key's third
+    refused = web.post(f"/result/{task_b}/shares", headers=key)
+    assert refused.status_code == 409 and "the key 'web'" in refused.get_json()["error"]["message"]
+    # A revoked link frees its place, for its task and its key.
+    web.delete(f"/result/{task_a}/shares/{links[0]['share_id']}", headers=key)
+    _share(web, task_a, web.key)
+    assert len(web.get(f"/result/{task_a}/shares", headers=key).get_json()["shares"]) == 2
 
 
 # --- the operator page ----------------------------------------------------------------------------

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import uuid
 
+import psutil
 import pytest
 import requests
 
 from testkit.iiif_server import v3_canvas, v3_image, v3_manifest
+from testkit.memory import peak_rss, tree_rss
 from testkit.stack import TERMINAL, Api, Stack
 
 # --- 1. tiny timeouts ---------------------------------------------------------------------------
@@ -56,7 +58,7 @@ def skipping_manifest(iiif_server, iiif_pages) -> str:
     return iiif_server.add_json("hardening/skips.json", v3_manifest(base, "skips", canvases))
 
 
-def test_status_of_a_huge_manifest_stays_small_and_result_has_it_all(
+def test_status_of_a_huge_manifest_stays_small_and_result_counts_it_all(
     iiif_api: Api, skipping_manifest: str
 ) -> None:
     task_id = iiif_api.submit_ok({"type": "detect", "input": {"manifest_url": skipping_manifest}})
@@ -66,8 +68,10 @@ def test_status_of_a_huge_manifest_stays_small_and_result_has_it_all(
     assert len(status.content) < 100_000, len(status.content)  # 5000 skips were ~0.5 MB
     summary = status.json()["result"]["provenance"]["manifests"][0]
     assert summary["skipped_count"] == 5000 and len(summary["skipped"]) < 5000
+    # Listed up to a cap (model/iiif/loader.py MAX_LISTED), counted whole.
     result = iiif_api.request("GET", f"/result/{task_id}").json()
-    assert len(result["provenance"]["manifests"][0]["skipped"]) == 5000
+    manifest = result["provenance"]["manifests"][0]
+    assert manifest["skipped_count"] == 5000 and 0 < len(manifest["skipped"]) <= 100
 
 
 def test_annotation_ids_ignore_the_host_header(
@@ -174,3 +178,28 @@ def test_nested_json_in_a_multipart_field_is_a_400(api: Api, field: str) -> None
     )
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["code"] in ("too_deep", "malformed_json")
+
+
+# --- issue 19, 1. a JSON body's memory -------------------------------------------------------
+
+
+def test_a_big_json_body_is_refused_without_growing_gunicorn(stack: Stack, api: Api) -> None:
+    """Before: a 10.5 MB body of small objects raised a gunicorn worker's peak from 72 MB to
+    588 MB (parsed whole, then its depth walked) only to be refused. Now it is refused from
+    its Content-Length (limits.max_json_body_bytes, 1 MB), unread."""
+    one = b'{"a":1},'
+    body = b'{"type":"noop","x":[' + one * (10_500_000 // len(one)) + b"{}]}"
+    gunicorn = psutil.Process(stack.program_pid("gunicorn"))
+    baseline = tree_rss(gunicorn)
+    with peak_rss(gunicorn, every_s=0.01) as peak:
+        resp = api.request("POST", "/task", data=body, headers={"Content-Type": "application/json"})
+    grown = peak[0] - baseline
+    print(
+        f"gunicorn RSS (master + workers) for a {len(body) / 1e6:.1f} MB JSON body: "
+        f"baseline {baseline / 1e6:.0f} MB, peak {peak[0] / 1e6:.0f} MB (+{grown / 1e6:.1f} MB)"
+    )
+    assert resp.status_code == 413, resp.text
+    assert resp.json()["error"]["code"] == "body_too_large"
+    assert grown < 20e6, f"gunicorn grew by {grown / 1e6:.0f} MB"
+    # Under the cap, a body is read as before.
+    assert api.submit({"type": "noop", "params": {}}).status_code == 202
