@@ -1,4 +1,5 @@
-"""The practical limit: the shipped model's `predict` in one process, nothing else.
+"""The GPU limit: the shipped model's `predict` in one process, nothing else (the CPU limit,
+which also decodes, is `bench/raw_e2e.py`).
 
 Pages are prepared exactly as the worker prepares them — the same manifest parsing, size
 negotiation (`max_side`), fetch, decode and resize code (`model.jobs.loading.PageLoader`) — and
@@ -16,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from bench.raw_e2e import RecordingFetcher
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs.contract import ManifestUrl, TaskSpec
@@ -36,7 +38,7 @@ class PreparedPages:
 
 def prepare(manifest_url: str, imgsz: int, settings: Settings) -> PreparedPages:
     """Download and shrink the manifest's pages with the worker's own code (no timing here)."""
-    fetcher = SafeFetcher.from_settings(settings.fetch)
+    fetcher = RecordingFetcher(SafeFetcher.from_settings(settings.fetch))
     plan = plan_units(TaskSpec(inputs=[ManifestUrl(url=manifest_url)]), fetcher, settings)
     max_side = imgsz * MAX_SIDE_FACTOR
     loader = PageLoader(
@@ -57,7 +59,7 @@ def prepare(manifest_url: str, imgsz: int, settings: Settings) -> PreparedPages:
         images.append(prepared.image)
         methods.append(prepared.item.get("request", {}).get("method", "image"))
         fetched += prepared.item.get("bytes", 0)
-    return PreparedPages(images, fetched, methods)
+    return PreparedPages(images, fetched, methods, fetcher.bodies)
 
 
 def load_detectors(data_dir: Path, backends: list[str]) -> tuple[dict[str, Any], str]:
