@@ -3,9 +3,12 @@ issue's targets checked. Benchmarks report; nothing here fails a build."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
+
+from bench import profile_api
 
 Row = tuple[str, str, str, str, str, str]  # figure, value, baseline, ratio, target, met
 
@@ -320,11 +323,17 @@ def rows(r: dict[str, Any]) -> list[Row]:
                 _met(t["met"]),
             )
         )
+        hop, run = ov.get("noop_created_to_started"), ov.get("noop_started_to_finished")
+        split = (
+            f" (queue hop {hop['median_ms']:.1f} + run and end {run['median_ms']:.1f})"
+            if hop and run
+            else ""
+        )
         out.append(
             (
                 "noop: submit request / record created→finished, medians",
                 f"{ov['noop_submit_request']['median_ms']:.1f} / "
-                f"{ov['noop_server_created_to_finished']['median_ms']:.1f} ms",
+                f"{ov['noop_server_created_to_finished']['median_ms']:.1f} ms{split}",
                 f"status polled every {ov['poll_interval_ms']:g} ms",
                 "",
                 "",
@@ -597,6 +606,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows(r)]
     lines += stage_table(r)
+    lines += profile_api.summary_lines(r.get("profile"))
     lines += cpu_table(r)
     lines += [
         "",
@@ -625,15 +635,65 @@ def markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+HISTORY_COLUMNS = (
+    "started_at",
+    "commit",
+    "run",
+    "pages",
+    "service_pages_per_s",
+    "service_vs_raw_end_to_end",
+    "service_vs_raw_inference_only",
+    "noop_vs_celery_ping",
+    "status_vs_healthz",
+    "slow_hosts_vs_one_fast_task",
+    "small_behind_big_vs_idle",
+)
+
+
+def history_row(r: dict[str, Any], run: str) -> dict[str, str]:
+    """The headline ratios of one run, a line of history.csv."""
+    service = _get(r, "service", "negotiated", "pages_per_s")
+    values = {
+        "service_pages_per_s": service,
+        "service_vs_raw_end_to_end": _ratio(service, _get(r, "raw_e2e", "pages_per_s")),
+        "service_vs_raw_inference_only": _ratio(service, _get(r, "raw", "pages_per_s")),
+        "noop_vs_celery_ping": _get(r, "overhead", "ratio_median"),
+        "status_vs_healthz": _get(r, "status_load", "ratio_rps"),
+        "slow_hosts_vs_one_fast_task": _get(r, "slow_hosts", "ratio"),
+        "small_behind_big_vs_idle": _get(r, "small_behind_big", "ratio"),
+    }
+    git = _get(r, "meta", "git") or {}
+    return {
+        "started_at": _get(r, "meta", "started_at") or "",
+        "commit": f"{git.get('commit') or ''}{'+dirty' if git.get('dirty') else ''}",
+        "run": run,
+        "pages": str(_get(r, "setup", "pages") or ""),
+        **{k: "" if v is None else f"{v:.3f}" for k, v in values.items()},
+    }
+
+
+def append_history(path: Path, row: dict[str, str]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=HISTORY_COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def write(r: dict[str, Any], out_dir: Path, stem: str, latest: bool = True) -> dict[str, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """A whole run with the configured worker becomes `latest.*` (`latest-gpu.*`); any other
+    run (quick, some parts, another concurrency) keeps its files in the git-ignored tmp/. Every
+    run adds its headline ratios to history.csv: git history holds the older `latest.*`."""
     r["targets"] = targets(r)
-    paths = {"json": out_dir / f"{stem}.json", "md": out_dir / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(r, indent=2, default=str) + "\n")
-    text = markdown(r)
-    paths["md"].write_text(text)
     if latest:
-        stable = out_dir / ("latest-gpu.md" if stem.startswith("gpu") else "latest.md")
-        stable.write_text(text)
-        paths["latest"] = stable
+        name, folder = ("latest-gpu" if stem.startswith("gpu") else "latest"), out_dir
+    else:
+        name, folder = stem, out_dir / "tmp"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {"json": folder / f"{name}.json", "md": folder / f"{name}.md"}
+    paths["json"].write_text(json.dumps(r, indent=2, default=str) + "\n")
+    paths["md"].write_text(markdown(r))
+    append_history(out_dir / "history.csv", history_row(r, stem))
+    paths["history"] = out_dir / "history.csv"
     return paths
