@@ -13,7 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import cancel, memory, overhead, overlap, raw, raw_e2e, seed_style, service, wrk
+from bench import (
+    cancel,
+    memory,
+    overhead,
+    overlap,
+    profile_api,
+    raw,
+    raw_e2e,
+    seed_style,
+    service,
+    wrk,
+)
 from bench import stack as bench_stack
 from bench.cpu import CpuMeter
 from bench.iiif_host import IiifHost
@@ -31,6 +42,7 @@ PARTS = (
     "small_big",
     "overhead",
     "status",
+    "profile",
     "cancel",
     "memory",
 )
@@ -52,6 +64,7 @@ class Options:
     poll_ms: float = 2.0
     wrk_seconds: int = 10
     wrk_connections: int = 16
+    profile_calls: int = 2000  # GET /status calls profiled (noop submits: a quarter)
     cancel_pages: int = 200
     memory_tasks: int = 500
     slow_hosts: int = 4  # K tasks from K hosts...
@@ -323,7 +336,7 @@ class Run:
             self.phase(
                 "celery pings (CPU)", lambda: overhead.ping_block(celery, count), per=per_task
             )
-        if self.wanted("status"):
+        if self.wanted("status") or self.wanted("profile"):
             self._status(manifests["single"])
         if self.wanted("cancel"):
             long_manifest = host.manifest(f"cancel-{o.cancel_pages}", pages[: o.cancel_pages])
@@ -437,6 +450,15 @@ class Run:
         headers = {"X-API-Key": self.key}
         status_url = f"{base}/status/{task_id}"
         size = len(self.api.status(task_id).content)
+        if self.wanted("profile"):
+            self.results["profile"] = self.phase(
+                "profile: /status, noop submit, /healthz in process",
+                lambda: profile_api.measure(
+                    self.stack.settings(), self.key, task_id, o.profile_calls
+                ),
+            )
+        if not self.wanted("status"):
+            return
         wrk.run(f"{base}/healthz", 2, connections=o.wrk_connections)  # warm both paths up
         wrk.run(status_url, 2, headers, connections=o.wrk_connections)
         healthz = self.phase(
