@@ -156,13 +156,27 @@ def measure(settings: Any, key: str, task_id: str, calls: int) -> dict[str, Any]
         resp = client.post("/task", json={"type": "noop"}, headers=headers)
         assert resp.status_code == 202, resp.get_data(as_text=True)[:200]
 
-    return {
+    found = {
         "how": "the stack's app in the benchmark process (create_app, Flask test client), "
         "sampled on CPU time",
         "status": profile(status, calls),
         "healthz": profile(healthz, calls),
         "noop_submit": profile(submit, max(50, calls // 4)),
     }
+    _drain(app.extensions["scriptorium"].store)
+    return found
+
+
+def _drain(store: Any, timeout_s: float = 300) -> None:
+    """Wait until the worker has run the noop tasks submitted here: later phases must not
+    share the CPU with them."""
+    from model.store import RUNNING_KEY
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if store.queued_count() == 0 and not store.redis.scard(RUNNING_KEY):
+            return
+        time.sleep(0.2)
 
 
 def summary_lines(found: dict[str, Any] | None) -> list[str]:
