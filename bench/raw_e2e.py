@@ -72,7 +72,7 @@ def _serve(job: Job, conn: Any) -> None:
     detector = YoloDetector(info, job.backend, job.threads)
     fetcher = MemoryFetcher(job.bodies)
     units = plan_units(TaskSpec(inputs=[ManifestUrl(url=job.manifest_url)]), fetcher, settings)
-    loader = _loader(fetcher, settings, detector.imgsz)
+    loader = worker_loader(fetcher, settings, detector.imgsz)
     first = loader(units.units[0])
     detector.predict([first.image], 0.25, 0.45)  # warm up: first-call allocations
     conn.send(("ready", detector.backend))
@@ -88,7 +88,7 @@ def _serve(job: Job, conn: Any) -> None:
     conn.close()
 
 
-def _loader(fetcher: Any, settings: Any, imgsz: int) -> Any:
+def worker_loader(fetcher: Any, settings: Any, imgsz: int, params_key: str = "raw") -> Any:
     """The worker's PageLoader, as model/jobs/detect_run.py builds it (no detection cache)."""
     from model.iiif.loader import json_getter
     from model.iiif.negotiate import ServiceInfo
@@ -101,7 +101,7 @@ def _loader(fetcher: Any, settings: Any, imgsz: int) -> Any:
         fetcher=fetcher,
         services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
         cache=DetectionCache(None, 0, 0),
-        params_key="raw-e2e",
+        params_key=params_key,
         max_side=max_side,
         min_side=min(max_side, imgsz),
         max_pixels=settings.fetch.max_pixels,
