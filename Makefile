@@ -34,7 +34,8 @@ format: install
 	$(VENV)/bin/ruff format model server scripts bench testkit
 	$(VENV)/bin/ruff check --fix model server scripts bench testkit
 
-## Benchmarks (bench/README.md): service vs raw model vs seed-style, API overhead, cancel,
-## memory. BENCH_N=20 for fewer pages; BENCH_FLAGS=--quick for a smoke run, --gpu on CUDA.
+## Benchmarks (bench/README.md): service vs raw (inference only, end to end) vs seed-style,
+## API overhead and its profile, cancel, memory. BENCH_N=20 for fewer pages;
+## BENCH_FLAGS=--quick for a smoke run, --gpu on CUDA.
 bench: install
 	$(PY) -m bench $(BENCH_FLAGS)

@@ -47,6 +47,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--poll-ms", type=float, default=2.0, help="status polling of noop tasks")
     p.add_argument("--wrk-seconds", type=int, default=10)
     p.add_argument("--wrk-connections", type=int, default=16)
+    p.add_argument("--profile-calls", type=int, default=2000, help="/status calls profiled")
     p.add_argument("--cancel-pages", type=int, default=200)
     p.add_argument("--memory-tasks", type=int, default=500)
     p.add_argument("--slow-hosts", type=int, default=4, help="K: tasks from K slow hosts")
@@ -96,6 +97,7 @@ def options(args: argparse.Namespace) -> Options:
         poll_ms=args.poll_ms,
         wrk_seconds=args.wrk_seconds,
         wrk_connections=args.wrk_connections,
+        profile_calls=args.profile_calls,
         cancel_pages=args.cancel_pages,
         memory_tasks=args.memory_tasks,
         slow_hosts=args.slow_hosts,
@@ -113,6 +115,7 @@ def options(args: argparse.Namespace) -> Options:
     if args.quick:
         o.pages, o.seed_pages, o.rounds = 10, 5, 1
         o.scaling, o.noop_tasks, o.wrk_seconds = [5, 10, 20], 40, 3
+        o.profile_calls = 400
         o.cancel_pages, o.memory_tasks = 40, 50
         o.big_pages, o.small_samples = 100, 3
         o.book_pages = 500
@@ -132,14 +135,11 @@ def main(argv: list[str]) -> int:
         stem += f"-c{args.concurrency}"
     if args.cpu_threads is not None:
         stem += f"-t{args.cpu_threads}"
-    # latest.* is the last whole run with the configured worker, not a partial or smoke run.
+    # latest.* is the last whole run with the configured worker; the others go to tmp/.
     configured = args.concurrency is None and args.cpu_threads is None
     whole = configured and not (args.quick or args.only or args.skip)
     paths = report.write(results, args.out, stem, latest=whole)
-    png = chart.write(results, args.out / f"{stem}.png")
-    if png is not None and whole:
-        latest_png = args.out / f"latest{'-gpu' if args.gpu else ''}.png"
-        latest_png.write_bytes(png.read_bytes())
+    png = chart.write(results, paths["md"].with_suffix(".png"))
     print()
     print(paths["md"].read_text())
     print(f"written: {', '.join(str(p) for p in [*paths.values(), png] if p)}")

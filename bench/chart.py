@@ -18,6 +18,8 @@ def _throughputs(r: dict[str, Any]) -> list[tuple[str, float]]:
     for name in ("onnx", "torch"):
         if value := (r.get("raw", {}).get(name) or {}).get("pages_per_s"):
             bars.append((f"raw {name}", value))
+    if value := (r.get("raw_e2e") or {}).get("pages_per_s"):
+        bars.append(("raw end to end", value))
     service = r.get("service", {})
     if value := service.get("negotiated", {}).get("pages_per_s"):
         bars.append(("service (negotiated)", value))

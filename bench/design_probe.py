@@ -11,7 +11,8 @@ the worker does) and `predict` it — done by W workers at once, two ways:
 Every layout runs in forked processes that load their detector before the clock starts.
 
 Prints pages/s per layout, alternating them over rounds (the machine is shared: compare within
-a round), and writes bench/results/design-probe-<date>.md. No stack, no network.
+a round), and writes bench/results/tmp/design-probe-<date>.md (the recorded one is in git
+history). No stack, no network.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parent / "results" / "tmp"
 
 
 def _sample_jpeg() -> bytes:

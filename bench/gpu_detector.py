@@ -4,7 +4,7 @@ Runtime on the CPU, recall against known boxes, and images/s by batch size.
 Run from the project root on the GPU box (its image has torch, not our other packages):
     python3 -m pip install --no-deps --target /tmp/site ultralytics==8.4.190 ultralytics-thop
     PYTHONPATH=/tmp/site python3 bench/gpu_detector.py
-One run's output: bench/results/gpu-h100-detector.md.
+One run's output: bench/results/latest-gpu-detector.md.
 """
 
 from __future__ import annotations

@@ -33,11 +33,14 @@ def noop_once(api: Api, poll_s: float) -> dict[str, float]:
     if body["state"] != "SUCCEEDED":
         raise RuntimeError(f"noop task ended {body['state']}: {body.get('error')}")
     created = datetime.fromisoformat(body["created_at"]).timestamp()
+    began = datetime.fromisoformat(body["started_at"]).timestamp()
     finished = datetime.fromisoformat(body["finished_at"]).timestamp()
     return {
         "total": ended - started,
         "submit": submitted - started,
         "server": finished - created,  # record created (API) -> finished (worker)
+        "queue_hop": began - created,  # record created -> started in a pool child
+        "run": finished - began,  # started -> finished (the noop job and the record's end)
         "polls": polls,
     }
 
@@ -81,6 +84,8 @@ def measure(
         "noop_submit_to_terminal": noop,
         "noop_submit_request": summary_ms([s["submit"] for s in noops]),
         "noop_server_created_to_finished": summary_ms([s["server"] for s in noops]),
+        "noop_created_to_started": summary_ms([s["queue_hop"] for s in noops]),
+        "noop_started_to_finished": summary_ms([s["run"] for s in noops]),
         "noop_polls_median": sorted(s["polls"] for s in noops)[len(noops) // 2],
         "celery_ping_round_trip": bare,
         "ratio_median": round(noop["median_ms"] / bare["median_ms"], 2),

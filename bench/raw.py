@@ -1,4 +1,5 @@
-"""The practical limit: the shipped model's `predict` in one process, nothing else.
+"""The GPU limit: the shipped model's `predict` in one process, nothing else (the CPU limit,
+which also decodes, is `bench/raw_e2e.py`).
 
 Pages are prepared exactly as the worker prepares them — the same manifest parsing, size
 negotiation (`max_side`), fetch, decode and resize code (`model.jobs.loading.PageLoader`) — and
@@ -16,13 +17,9 @@ from typing import Any
 
 from PIL import Image
 
-from model.iiif.loader import json_getter
-from model.iiif.negotiate import ServiceInfo
+from bench.raw_e2e import RecordingFetcher, worker_loader
 from model.jobs.contract import ManifestUrl, TaskSpec
-from model.jobs.detect import MAX_SIDE_FACTOR
-from model.jobs.loading import PageLoader
 from model.jobs.units import plan_units
-from model.pipeline.cache import DetectionCache
 from model.settings import Settings
 from model.sources.fetch import SafeFetcher
 
@@ -32,23 +29,14 @@ class PreparedPages:
     images: list[Image.Image]
     bytes_fetched: int
     methods: list[str]  # how each request was planned ("computed", "info.json", "sizes", ...)
+    bodies: dict[str, bytes]  # every body read (manifest, images): raw end to end replays them
 
 
 def prepare(manifest_url: str, imgsz: int, settings: Settings) -> PreparedPages:
     """Download and shrink the manifest's pages with the worker's own code (no timing here)."""
-    fetcher = SafeFetcher.from_settings(settings.fetch)
+    fetcher = RecordingFetcher(SafeFetcher.from_settings(settings.fetch))
     plan = plan_units(TaskSpec(inputs=[ManifestUrl(url=manifest_url)]), fetcher, settings)
-    max_side = imgsz * MAX_SIDE_FACTOR
-    loader = PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
-        cache=DetectionCache(None, 0, 0),
-        params_key="raw",
-        max_side=max_side,
-        min_side=min(max_side, imgsz),
-        max_pixels=settings.fetch.max_pixels,
-        analyse_side=min(max_side, imgsz),  # as model/jobs/detect.py
-    )
+    loader = worker_loader(fetcher, settings, imgsz)
     images, methods, fetched = [], [], 0
     for unit in plan.units:
         prepared = loader(unit)
@@ -57,7 +45,7 @@ def prepare(manifest_url: str, imgsz: int, settings: Settings) -> PreparedPages:
         images.append(prepared.image)
         methods.append(prepared.item.get("request", {}).get("method", "image"))
         fetched += prepared.item.get("bytes", 0)
-    return PreparedPages(images, fetched, methods)
+    return PreparedPages(images, fetched, methods, fetcher.bodies)
 
 
 def load_detectors(data_dir: Path, backends: list[str]) -> tuple[dict[str, Any], str]:

@@ -13,7 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import book, cancel, memory, overhead, overlap, raw, seed_style, service, wrk
+from bench import (
+    book,
+    cancel,
+    memory,
+    overhead,
+    overlap,
+    profile_api,
+    raw,
+    raw_e2e,
+    seed_style,
+    service,
+    wrk,
+)
 from bench import stack as bench_stack
 from bench.cpu import CpuMeter
 from bench.iiif_host import IiifHost
@@ -31,6 +43,7 @@ PARTS = (
     "small_big",
     "overhead",
     "status",
+    "profile",
     "cancel",
     "memory",
     "book10k",
@@ -55,6 +68,7 @@ class Options:
     poll_ms: float = 2.0
     wrk_seconds: int = 10
     wrk_connections: int = 16
+    profile_calls: int = 2000  # GET /status calls profiled (noop submits: a quarter)
     cancel_pages: int = 200
     memory_tasks: int = 500
     slow_hosts: int = 4  # K tasks from K hosts...
@@ -241,6 +255,7 @@ class Run:
         settings = Settings(fetch={"allow": ["127.0.0.1"]})
         detectors: dict[str, Any] = {}
         prepared = None
+        e2e: raw_e2e.Pool | None = None
         if self.wanted("raw"):
             prepared = self.phase(
                 "raw: prepare pages",
@@ -260,6 +275,10 @@ class Run:
             self.results["raw"]["box_agreement"] = self.phase(
                 "raw: torch vs onnx boxes", lambda: self._compare(detectors, prepared.images)
             )
+            e2e = self.phase(
+                "raw end to end: start processes",
+                lambda: self._start_e2e(manifests["negotiated"], prepared.bodies, settings),
+            )
         if self.wanted("seed"):
             self._seed(host, pages[: o.seed_pages])
         if self.wanted("service"):
@@ -275,6 +294,13 @@ class Run:
                         per=("page", lambda _: len(prepared.images)),
                     )
                     self.results["raw"]["rounds"][name].append(timing)
+            if e2e is not None:
+                timing = self.phase(
+                    f"raw end to end round {round_no + 1}",
+                    lambda: e2e.run(len(prepared.images)),
+                    per=PER_PAGE,
+                )
+                self.results["raw_e2e"]["rounds"].append(timing)
             if self.wanted("service"):
                 run = self.phase(
                     f"service round {round_no + 1}",
@@ -283,6 +309,8 @@ class Run:
                 )
                 run.pop("_body")
                 self.results["service"]["negotiated"]["rounds"].append(run)
+        if e2e is not None:
+            e2e.close()  # its processes hold the model: free the cores and memory
         if self.wanted("service"):
             full = self.phase(
                 "service without size negotiation",
@@ -329,7 +357,7 @@ class Run:
             self.phase(
                 "celery pings (CPU)", lambda: overhead.ping_block(celery, count), per=per_task
             )
-        if self.wanted("status"):
+        if self.wanted("status") or self.wanted("profile"):
             self._status(manifests["single"])
         if self.wanted("cancel"):
             long_manifest = host.manifest(f"cancel-{o.cancel_pages}", pages[: o.cancel_pages])
@@ -356,6 +384,27 @@ class Run:
         found["boxes"] = {n: sum(len(b) for b in v) for n, v in boxes.items()}
         found["devices"] = {n: d.device for n, d in detectors.items()}
         return found
+
+    def _start_e2e(self, manifest: str, bodies: dict[str, bytes], settings: Settings) -> Any:
+        """`worker.concurrency` processes with the worker's model, backend and threads, as the
+        stack runs them (its --concurrency / --cpu-threads included)."""
+        if self.stack is not None:
+            settings = self.stack.settings()
+        job = raw_e2e.Job(
+            manifest_url=manifest,
+            bodies=bodies,
+            backend=settings.inference.backend,  # auto: torch/CUDA on a GPU, as the worker
+            threads=settings.inference_threads(),
+            batch_size=_batch(settings),
+        )
+        pool = raw_e2e.Pool(job, settings.worker.concurrency)
+        self.results["raw_e2e"] = {
+            "processes": settings.worker.concurrency,
+            "threads_per_process": job.threads,
+            "backends": pool.backends,
+            "rounds": [],
+        }
+        return pool
 
     def _seed(self, host: IiifHost, pages: list) -> None:
         from model.inference.registry import discover
@@ -422,6 +471,15 @@ class Run:
         headers = {"X-API-Key": self.key}
         status_url = f"{base}/status/{task_id}"
         size = len(self.api.status(task_id).content)
+        if self.wanted("profile"):
+            self.results["profile"] = self.phase(
+                "profile: /status, noop submit, /healthz in process",
+                lambda: profile_api.measure(
+                    self.stack.settings(), self.key, task_id, o.profile_calls
+                ),
+            )
+        if not self.wanted("status"):
+            return
         wrk.run(f"{base}/healthz", 2, connections=o.wrk_connections)  # warm both paths up
         wrk.run(status_url, 2, headers, connections=o.wrk_connections)
         healthz = self.phase(
@@ -472,6 +530,10 @@ class Run:
                 best = max(timed, key=lambda n: timed[n]["pages_per_s"])
                 r["raw"]["best_backend"] = best
                 r["raw"]["pages_per_s"] = timed[best]["pages_per_s"]
+        e2e = r.get("raw_e2e")
+        if e2e and e2e["rounds"]:
+            for key in ("pages_per_s", "decode_cpu_ms_per_page", "inference_cpu_ms_per_page"):
+                e2e[key] = statistics.median(x[key] for x in e2e["rounds"])
         negotiated = r.get("service", {}).get("negotiated")
         if negotiated and negotiated["rounds"]:
             rounds = negotiated["rounds"]

@@ -62,6 +62,10 @@ def send_run(
         priority=lane,
         soft_time_limit=timeout_s,
         time_limit=settings.hard_limit_s(timeout_s),
+        # The task record is the result (the run task stores none): without this, Celery
+        # subscribes to the task's result channel on send and unsubscribes later, two more
+        # Redis round trips in every submit.
+        ignore_result=True,
     )
 
 

@@ -22,10 +22,14 @@ import os
 import secrets
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 KEY_PREFIX = "sk_"
+# How long the API process trusts a key it found active (KeyCache): a revoked key is refused
+# from at most this long after `keys revoke` on.
+KEY_CACHE_TTL_S = 0.5
 WEBHOOK_SECRET_PREFIX = "whsec_"
 
 _SCHEMA = """
@@ -144,7 +148,7 @@ class KeyStore:
         return key
 
     def rotate(self, name: str) -> str:
-        """Replace an active key's secret; the old one stops working at once."""
+        """Replace an active key's secret; the old one stops working within KEY_CACHE_TTL_S."""
         key = new_key()
         with self._connect() as db:
             cursor = db.execute(
@@ -217,11 +221,14 @@ class KeyStore:
 
     def lookup(self, key: str) -> ApiKey | None:
         """The active key matching `key`, or None."""
+        return self.lookup_hash(hash_key(key))
+
+    def lookup_hash(self, key_hash: str) -> ApiKey | None:
         with self._connect() as db:
             row = db.execute(
                 f"SELECT {', '.join(_COLUMNS)} FROM api_keys "
                 "WHERE key_hash = ? AND revoked_at IS NULL",
-                (hash_key(key),),
+                (key_hash,),
             ).fetchone()
         return _row_to_key(row) if row else None
 
@@ -236,6 +243,45 @@ class KeyStore:
     def owner_of(self, key: str) -> str | None:
         found = self.lookup(key)
         return found.name if found else None
+
+
+class KeyCache:
+    """Active keys as the key database showed them a moment ago, for the API process.
+
+    Opening SQLite and reading the key was the largest single cost of an authenticated request
+    (bench/README.md, "Where a status call's time goes"). A key found active is trusted for
+    `ttl_s` (under a second), so a revoked or rotated key is refused from at most `ttl_s` after
+    the change on; a key not found is never remembered (a newly created key works at once, and
+    random guesses cannot fill the cache). At most `max_entries` keys are held.
+    """
+
+    def __init__(
+        self,
+        store: KeyStore,
+        ttl_s: float = KEY_CACHE_TTL_S,
+        max_entries: int = 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.clock = clock
+        self._found: dict[str, tuple[ApiKey, float]] = {}  # key hash -> (key, trusted until)
+
+    def lookup(self, key: str) -> ApiKey | None:
+        digest = hash_key(key)
+        now = self.clock()
+        hit = self._found.get(digest)
+        if hit is not None and now < hit[1]:
+            return hit[0]
+        found = self.store.lookup_hash(digest)
+        if found is None:
+            self._found.pop(digest, None)
+            return None
+        if len(self._found) >= self.max_entries:
+            self._found.clear()  # rare (more live keys than entries): start over, stay bounded
+        self._found[digest] = (found, now + self.ttl_s)
+        return found
 
 
 def _row_to_key(row: tuple) -> ApiKey:

@@ -611,6 +611,14 @@ class TaskStore:
     def queued_count(self, owner: str | None = None) -> int:
         return int(self.redis.zcard(owner_queue_key(owner) if owner else QUEUE_KEY))
 
+    def queued_counts(self, owner: str) -> tuple[int, int]:
+        """(queued tasks in all, queued tasks of `owner`) in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(QUEUE_KEY)
+            pipe.zcard(owner_queue_key(owner))
+            total, own = pipe.execute()
+        return int(total), int(own)
+
     def idempotent_task(self, owner: str, key: str) -> tuple[str, str | None] | None:
         """(task id, request fingerprint) bound to an Idempotency-Key, if any."""
         value = self.redis.get(idempotency_key(owner, key))

@@ -72,7 +72,8 @@ def read_json_body(limit: int, max_depth: int) -> bytes:
 def check_backpressure(svc: Services) -> None:
     """Refuse new work instead of letting the queue grow without bound."""
     limits = svc.settings.limits
-    if svc.store.queued_count() >= limits.max_queued_total:
+    total, own = svc.store.queued_counts(g.owner)  # one Redis round trip for both
+    if total >= limits.max_queued_total:
         raise ApiError(
             503,
             "queue_full",
@@ -82,7 +83,7 @@ def check_backpressure(svc: Services) -> None:
     per_key = (
         g.api_key.max_queued if g.api_key.max_queued is not None else limits.max_queued_per_key
     )
-    if svc.store.queued_count(g.owner) >= per_key:
+    if own >= per_key:
         raise ApiError(
             429,
             "too_many_queued",

@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api.request_doc import request_schema_components
     from model.api.services import Services
     from model.celery_app import make_celery
-    from model.keys import KeyStore
+    from model.keys import KeyCache, KeyStore
     from model.metrics.exposition import init_http_metrics
     from model.store import TaskStore
     from model.uploads import UploadStore
@@ -61,13 +61,15 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     redis = Redis.from_url(
         settings.redis_url(), decode_responses=True, socket_timeout=5, socket_connect_timeout=2
     )
+    keys = KeyStore(settings.keys_db)
     app.extensions["scriptorium"] = Services(
         settings=settings,
         redis=redis,
         store=TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s),
         uploads=UploadStore.from_settings(settings, socket_timeout=30, socket_connect_timeout=2),
-        keys=KeyStore(settings.keys_db),
+        keys=keys,
         celery=make_celery(settings),
+        key_cache=KeyCache(keys),
     )
     errors.register(app)
     # A task ended here (cancelled while queued, or not queued) has its webhook queued with it.

@@ -26,10 +26,11 @@ def presented_key() -> str | None:
 
 def lookup_presented_key() -> ApiKey | None:
     """The active key the request presents, read once per request (the rate limiter and the
-    auth hook both need it; a key revoked meanwhile is refused from the next request on)."""
+    auth hook both need it) through the process's key cache: a key revoked or rotated is
+    refused from at most `KEY_CACHE_TTL_S` (0.5 s) after the change on."""
     if "key_lookup" not in g:
         key = presented_key()
-        g.key_lookup = services().keys.lookup(key) if key else None
+        g.key_lookup = services().key_cache.lookup(key) if key else None
     return g.key_lookup
 
 

@@ -8,7 +8,7 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
-from model.keys import KeyStore
+from model.keys import KeyCache, KeyStore
 from model.settings import Settings
 from model.store import TaskStore
 from model.uploads import UploadStore
@@ -22,6 +22,7 @@ class Services:
     uploads: UploadStore  # binary-safe: uploaded files, read by workers on any host
     keys: KeyStore
     celery: Celery
+    key_cache: KeyCache  # what authentication reads: keys found a moment ago, else `keys`
 
 
 def services() -> Services:

@@ -141,6 +141,11 @@ class _Stats:
         self.bytes_fetched += prepared.item.get("bytes", 0)
         for stage, seconds in prepared.timings.items():
             self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+        for stage, seconds in (
+            ("fetch_cpu_s", prepared.fetch_cpu_s),
+            ("decode_cpu_s", prepared.decode_cpu_s),
+        ):
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
 
 def _analyse(

@@ -234,6 +234,7 @@ def test_a_task_whose_lease_lapsed_is_requeued_once_with_its_message(store: Task
             "priority": 0,  # lane 0: it has waited its turn already (model.fairness)
             "soft_time_limit": 60.0,
             "time_limit": 60.0 + Settings().cancel.grace_s,
+            "ignore_result": True,  # the record is the result: no result subscription
         }
     ]
     assert _sweep(store, celery) == [] and len(celery.sent) == 1

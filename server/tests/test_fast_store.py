@@ -127,6 +127,7 @@ def test_an_idempotency_key_is_bound_as_its_task_is_created_never_before(
     assert store.queued_count("alice") == 1
     other = store.create("bob", "detect", {}, 1, 60, idempotency=("k-1", "fp-a"))  # per owner
     assert other.id != first.id
+    assert store.queued_counts("alice") == (2, 1)  # all queued, alice's (one round trip)
 
 
 def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> None:

@@ -4,11 +4,13 @@ queue backpressure, idempotent submits, body limits, request ids and log privacy
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
 import requests
 
+from model.keys import KEY_CACHE_TTL_S
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import Api, Stack
 
@@ -26,6 +28,7 @@ def test_rotated_key_keeps_tasks_and_kills_old_secret(stack: Stack, pages) -> No
     assert result.returncode == 0, result.stderr
     new = result.stdout.strip()
     assert new != old
+    time.sleep(KEY_CACHE_TTL_S)  # each gunicorn process trusts a key it found for this long
     assert stack.client(old).status(task_id).status_code == 401
     assert stack.client(new).wait(task_id)["state"] == "SUCCEEDED"
 
