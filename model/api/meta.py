@@ -45,6 +45,8 @@ def known_models(svc: Services) -> dict[str, dict[str, Any]]:
         for name, info in discover(svc.settings.model_dirs).items()
     )
     for name, live in fleet.models(fleet.live(svc.redis)).items():
+        if live.get("imported") and name not in found:
+            continue  # removed: its workers drop it at their next sync (seconds)
         found[name] = {**found.get(name, {}), **live, "default": name == default}
     return found
 
