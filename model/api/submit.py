@@ -7,8 +7,10 @@ limits all come from the job's JobSpec.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,7 +38,14 @@ from model.api.tasks import ERRORS
 from model.celery_app import queue_for, send_run
 from model.ending import end_task
 from model.iiif.presentation import document_kind
-from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput, TaskSpec
+from model.jobs.contract import (
+    DatasetUpload,
+    ImageUpload,
+    InputRejected,
+    ManifestUpload,
+    TaskInput,
+    TaskSpec,
+)
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.metrics.record import meter_of
@@ -54,7 +63,7 @@ api = APIBlueprint(
 )
 api.before_request(require_key)
 
-FILE_PARTS = ("images", "manifest")
+FILE_PARTS = ("images", "manifest", "dataset")
 
 
 @dataclass
@@ -65,6 +74,7 @@ class Submission:
     request: Any  # the job's request model
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes)
     manifests: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes)
+    datasets: list[tuple[str, bytes]] = field(default_factory=list)  # zips (evaluate)
 
 
 # --- reading the request ------------------------------------------------------------------------
@@ -169,13 +179,28 @@ def _manifest_uploads() -> list[tuple[str, bytes]]:
     return read
 
 
+def _dataset_uploads() -> list[tuple[str, bytes]]:
+    """Uploaded datasets (part `dataset`): zip archives (YOLO images + labels)."""
+    read = []
+    for upload in request.files.getlist("dataset"):
+        data = upload.read()
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise ApiError(
+                422, "invalid_dataset", f"upload {upload.filename!r} is not a zip archive"
+            )
+        read.append((upload.filename or "dataset.zip", data))
+    return read
+
+
 def read_submission() -> Submission:
     if request.mimetype == "application/json":
         job, task_request = _validated(_json_fields())
         return Submission(job, task_request)
     if request.mimetype == "multipart/form-data":
         job, task_request = _validated(_multipart_fields())
-        return Submission(job, task_request, _image_uploads(), _manifest_uploads())
+        return Submission(
+            job, task_request, _image_uploads(), _manifest_uploads(), _dataset_uploads()
+        )
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
 
 
@@ -213,8 +238,9 @@ def _timeout(svc: Services, submission: Submission) -> float:
 
 
 def _upload_files(submission: Submission) -> list[bytes]:
-    """The uploaded files in the order of their inputs: images, then manifests."""
-    return [data for _, data in submission.images] + [data for _, data in submission.manifests]
+    """The uploaded files in the order of their inputs: images, manifests, then datasets."""
+    parts = (submission.images, submission.manifests, submission.datasets)
+    return [data for part in parts for _, data in part]
 
 
 def _check_upload_size(svc: Services, submission: Submission) -> None:
@@ -233,6 +259,11 @@ def _upload_inputs(task_id: str, submission: Submission) -> list[TaskInput]:
     entries += [
         ManifestUpload(key=uploads.key_for(task_id, index), filename=name)
         for index, (name, _) in enumerate(submission.manifests, start=start)
+    ]
+    start += len(submission.manifests)
+    entries += [
+        DatasetUpload(key=uploads.key_for(task_id, index), filename=name)
+        for index, (name, _) in enumerate(submission.datasets, start=start)
     ]
     return entries
 
