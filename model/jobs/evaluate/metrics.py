@@ -91,9 +91,9 @@ def tp_matrix(preds: list[Box], truths: list[Box]) -> np.ndarray:
 
 
 def compute_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    """ultralytics' compute_ap (method "interp")."""
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([1.0], precision, [0.0]))
+    """ultralytics' compute_ap (8.4: precision falls to 0 past the highest recall reached)."""
+    mrec = np.concatenate(([0.0], recall, [recall[-1] if len(recall) else 1.0], [1.0]))
+    mpre = np.concatenate(([1.0], precision, [0.0], [0.0]))
     mpre = np.flip(np.maximum.accumulate(np.flip(mpre)))
     x = np.linspace(0, 1, 101)
     return float(np.trapezoid(np.interp(x, mrec, mpre), x))

@@ -27,7 +27,7 @@ from model.sources.fetch import FetchScope
 
 # Every prediction down to this confidence counts for mAP (ultralytics' val() uses 0.001).
 MAP_CONFIDENCE = 0.001
-NMS_IOU = 0.7  # ultralytics' val() default
+NMS_IOU = 0.45  # as detect runs (its default): the boxes a user saw are the boxes judged
 AGNOSTIC = "any"
 MAX_ANNOTATION_URLS = 200
 OUTSIDE_TOLERANCE_PX = 2.0  # rounding in editors: a box may overshoot its canvas by this much
