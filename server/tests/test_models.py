@@ -10,20 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from model.inference.catalog import BLOB_PREFIX
 from server.tests.conftest import jpeg_bytes
-from testkit.checkpoints import make_in_subprocess
 from testkit.stack import Api, Stack, live_workers
 
 NAME = "woodcuts-imported"
 IMPORT_TIMEOUT_S = 300  # loads torch, a dry run and an ONNX export: slow on a busy 2-core machine
-
-
-@pytest.fixture(scope="session")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_in_subprocess(tmp_path_factory.mktemp("checkpoints"))
 
 
 def eventually(check: Callable[[], Any], timeout_s: float = 120) -> Any:

@@ -208,7 +208,9 @@ def _evaluate_manifest(
                     continue
                 truth = boxes_of[prepared.unit.index]
                 found = [Box(judge.label(p.label), p.xywh, p.confidence) for p in preds]
-                _emit(ctx, prepared.item, found, truth, params, scored)
+                width, height = prepared.decoded_size
+                item = {**prepared.item, "width": width, "height": height}
+                _emit(ctx, item, found, truth, params, scored)
     return problems
 
 
