@@ -6,7 +6,9 @@
   and publishes a heartbeat (model/fleet.py) that `/readyz`, `GET /models` and ETAs read.
 - The worker takes the default queue and the queue of every model it has (model/celery_app.py),
   so a task naming a model runs on a host that has it.
-- The same heartbeat thread renews the leases of the tasks the process runs (model/attempts.py).
+- The same heartbeat thread renews the leases of the tasks the process runs (model/attempts.py)
+  and keeps the imported models in step with Redis (model/inference/live.py): added ones are
+  loaded, removed ones dropped, without a restart. They go to the default queue.
 - The main process runs a small reaper thread that enforces a cancel the job did not honour
   within the grace period (kill the child; the model reloads in its replacement), requeues the
   tasks of dead workers, on any host (model/attempts.py), and records a task that the hard time
@@ -122,11 +124,11 @@ def load_models(**_: Any) -> None:
         for name, info in registry.items()
         if info.task == "detect"
     }
-    redis = _redis()
+    redis, uploads = _redis(), _uploads()
     # Imported models: loaded now, then kept in step by the heartbeat thread (no restart).
     detectors = LiveDetectors(
         shipped,
-        Catalog(_uploads().redis, settings.models.max_bytes),
+        Catalog(uploads.redis, settings.models.max_bytes),  # blobs need a binary-safe client
         BlobCache(settings.model_cache_dir),
         lambda info: detector_module.YoloDetector(info, settings.inference.backend, threads),
     )
@@ -165,7 +167,7 @@ def load_models(**_: Any) -> None:
         redis=redis,
         store=_store(redis),
         fetcher=fetcher,
-        uploads=_uploads(),
+        uploads=uploads,
         detectors=detectors,
         embedders=embedders,
         default_model=settings.models.default,
