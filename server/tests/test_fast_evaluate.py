@@ -124,6 +124,23 @@ def test_our_own_detect_output_is_ground_truth(version: int) -> None:
     assert parsed.problems == []
 
 
+@pytest.mark.parametrize(
+    "annotation",
+    [
+        {"type": "Annotation", "target": f"{C}#xywh=1.2.3,4,5,6"},
+        {"type": "Annotation", "target": f"{C}#xywh=-,.,5,6"},
+        {"type": "Annotation", "target": {"source": [C], "selector": {"value": 5}}},
+        {"type": "Annotation", "target": {"type": "SpecificResource"}, "body": [[1], 2]},
+        {"type": "Annotation", "on": [None, 3, {"full": {"@id": C}}], "resource": {"chars": 5}},
+        ["not", "an", "annotation"],
+        "https://example.org/annotation/1",
+    ],
+)
+def test_malformed_annotations_are_problems_not_errors(annotation) -> None:
+    parsed = parse([_v3_page(annotation)])
+    assert parsed.boxes == [] and parsed.problems
+
+
 def test_a_manifest_s_own_annotations_are_found_embedded_or_referenced() -> None:
     manifest = {
         "type": "Manifest",

@@ -51,9 +51,10 @@ class Parsed:
 
 def _fragment(value: str) -> tuple[float, float, float, float] | None:
     found = _XYWH.search(value)
-    if not found:
+    try:
+        return tuple(float(v) for v in found.groups()) if found else None  # type: ignore[return-value]
+    except ValueError:  # "1.2.3", "-", "."
         return None
-    return tuple(float(v) for v in found.groups())  # type: ignore[return-value]
 
 
 def _selector_value(selector: Any) -> str | None:
