@@ -104,6 +104,10 @@ class CancelSettings(BaseModel):
 class ModelSettings(BaseModel):
     dirs: list[str] = ["model/weights", "var/models"]
     default: str = "illustrations-demo"
+    # Imported models (model/inference/catalog.py): largest file, and how often a worker checks
+    # the catalog for added or removed models.
+    max_bytes: int = 209715200
+    sync_interval_s: float = 2.0
 
 
 class InferenceSettings(BaseModel):
@@ -213,6 +217,9 @@ class IiifSettings(BaseModel):
     max_manifests: int = 50
     # Cap on one manifest/collection/info.json body (images have fetch.max_bytes).
     max_json_bytes: int = 10 * 1024 * 1024
+    # Ground-truth annotations sent inline with an evaluate task (JSON; they are kept in the task
+    # record): larger sets go by URL or inside the manifest.
+    max_inline_annotation_bytes: int = 2 * 1024 * 1024
     # Parsed info.json descriptions kept in Redis by service id, shared across tasks (0: off).
     info_cache_ttl_s: int = 86_400
     # A detect task keeps each manifest it read up to this size (JSON), to serve it to viewers
@@ -340,6 +347,11 @@ class Settings(BaseSettings):
     @property
     def secrets_dir(self) -> Path:
         return self.data_path / "secrets"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where a worker host keeps the imported models' blobs (model/inference/catalog.py)."""
+        return self.data_path / "model-cache"
 
     @property
     def uploads_dir(self) -> Path:

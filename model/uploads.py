@@ -31,7 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis import Redis
 
-from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
+from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
 from model.store import PREFIX
 
 UPLOAD_PREFIX = f"{PREFIX}:upload:"
@@ -94,8 +94,8 @@ def key_for(task_id: str, index: int) -> str:
     return f"{UPLOAD_PREFIX}{task_id}:{index:05d}"
 
 
-def _entries(spec: TaskSpec) -> list[ImageUpload | ManifestUpload]:
-    return spec.of_kind(ImageUpload, ManifestUpload)
+def _entries(spec: TaskSpec) -> list[ImageUpload | ManifestUpload | DatasetUpload]:
+    return spec.of_kind(ImageUpload, ManifestUpload, DatasetUpload)
 
 
 class UploadStore:
@@ -152,7 +152,7 @@ class UploadStore:
             pipe.execute()
 
     # --- the worker side ---------------------------------------------------------------------
-    def read(self, entry: ImageUpload | ManifestUpload) -> bytes:
+    def read(self, entry: ImageUpload | ManifestUpload | DatasetUpload) -> bytes:
         if entry.key is not None:
             data = self.redis.get(entry.key)
             if data is None:

@@ -17,8 +17,9 @@ from model.jobs.spec import JobSpec
 from model.settings import Settings
 
 REF = "#/components/schemas/{model}"
-# The job type multipart submits are for: the one whose JobSpec takes uploads.
-(UPLOAD_JOB,) = [name for name, job in JOBS.items() if job.uploads]
+# The job type multipart submits are for when they name none, and which this document
+# describes (evaluate takes them too: docs/models.md).
+UPLOAD_JOB = "detect"
 # Formats accepted for uploaded images / manifests (the part's declared type is not checked:
 # the bytes are sniffed; this tells generators and readers what to send).
 IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/webp, image/gif, image/bmp"

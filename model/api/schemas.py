@@ -235,6 +235,10 @@ class ModelDescription(BaseModel):
     workers: int = Field(0, description="Live worker processes that have it loaded, all hosts")
     hosts: list[str] = Field([], description="Names of the workers that have it loaded")
     devices: list[str] = Field([], description="Where they run it: cpu, cuda:0...")
+    imported: bool = Field(
+        False,
+        description="Imported with `models add`: every worker host loads it (docs/models.md)",
+    )
 
 
 class ModelList(BaseModel):

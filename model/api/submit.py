@@ -7,8 +7,10 @@ limits all come from the job's JobSpec.
 
 from __future__ import annotations
 
+import io
 import json
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +33,7 @@ from model.api.admission import (
 )
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
-from model.api.meta import known_models
+from model.api.meta import catalog, known_models
 from model.api.request_doc import UPLOAD_JOB, task_request_body
 from model.api.schemas import REQUEST_MODELS, TaskCreated, Webhook
 from model.api.services import Services, services
@@ -39,7 +41,14 @@ from model.api.tasks import ERRORS
 from model.celery_app import queue_for, send_run
 from model.ending import end_task
 from model.iiif.presentation import document_kind
-from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput, TaskSpec
+from model.jobs.contract import (
+    DatasetUpload,
+    ImageUpload,
+    InputRejected,
+    ManifestUpload,
+    TaskInput,
+    TaskSpec,
+)
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.metrics.record import meter_of
@@ -58,7 +67,7 @@ api = APIBlueprint(
 )
 api.before_request(require_key)
 
-FILE_PARTS = ("images", "manifest")
+FILE_PARTS = ("images", "manifest", "dataset")
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Submission:
     request: Any  # the job's request model
     images: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes)
     manifests: list[tuple[str, bytes]] = field(default_factory=list)  # (name, bytes)
+    datasets: list[tuple[str, bytes]] = field(default_factory=list)  # zips (evaluate)
 
 
 # --- reading the request ------------------------------------------------------------------------
@@ -181,13 +191,28 @@ def _manifest_uploads() -> list[tuple[str, bytes]]:
     return read
 
 
+def _dataset_uploads() -> list[tuple[str, bytes]]:
+    """Uploaded datasets (part `dataset`): zip archives (YOLO images + labels)."""
+    read = []
+    for upload in request.files.getlist("dataset"):
+        data = upload.read()
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise ApiError(
+                422, "invalid_dataset", f"upload {upload.filename!r} is not a zip archive"
+            )
+        read.append((upload.filename or "dataset.zip", data))
+    return read
+
+
 def read_submission() -> Submission:
     if request.mimetype == "application/json":
         job, task_request = _validated(_json_fields())
         return Submission(job, task_request)
     if request.mimetype == "multipart/form-data":
         job, task_request = _validated(_multipart_fields())
-        return Submission(job, task_request, _image_uploads(), _manifest_uploads())
+        return Submission(
+            job, task_request, _image_uploads(), _manifest_uploads(), _dataset_uploads()
+        )
     raise ApiError(415, "unsupported_media_type", "send application/json or multipart/form-data")
 
 
@@ -225,8 +250,9 @@ def _timeout(svc: Services, submission: Submission) -> float:
 
 
 def _upload_files(submission: Submission) -> list[bytes]:
-    """The uploaded files in the order of their inputs: images, then manifests."""
-    return [data for _, data in submission.images] + [data for _, data in submission.manifests]
+    """The uploaded files in the order of their inputs: images, manifests, then datasets."""
+    parts = (submission.images, submission.manifests, submission.datasets)
+    return [data for part in parts for _, data in part]
 
 
 def _check_upload_size(svc: Services, submission: Submission) -> None:
@@ -275,6 +301,11 @@ def _upload_inputs(task_id: str, submission: Submission) -> list[TaskInput]:
     entries += [
         ManifestUpload(key=uploads.key_for(task_id, index), filename=name)
         for index, (name, _) in enumerate(submission.manifests, start=start)
+    ]
+    start += len(submission.manifests)
+    entries += [
+        DatasetUpload(key=uploads.key_for(task_id, index), filename=name)
+        for index, (name, _) in enumerate(submission.datasets, start=start)
     ]
     return entries
 
@@ -377,7 +408,7 @@ def _enqueue(
 ) -> Response:
     total = job.initial_total(spec.inputs)
     named = [spec.params.get(name) for name in job.model_fields]
-    queue = queue_for(svc.settings, named)
+    queue = queue_for(svc.settings, named, catalog(svc).cards() if any(named) else ())
     record = svc.store.create(
         g.owner,
         job.name,

@@ -54,6 +54,24 @@ class ManifestUpload(_Upload):
     kind: Literal["manifest_upload"] = "manifest_upload"
 
 
+class DatasetUpload(_Upload):
+    """A YOLO dataset as a zip (images and their label .txt files): evaluate's ground truth."""
+
+    kind: Literal["dataset_upload"] = "dataset_upload"
+
+
+class Annotations(_Input):
+    """IIIF annotation pages or lists sent inline with the task (evaluate's ground truth)."""
+
+    kind: Literal["annotations"] = "annotations"
+    documents: list[Any]
+
+
+class AnnotationUrl(_Input):
+    kind: Literal["annotation_url"] = "annotation_url"
+    url: str
+
+
 class Document(_Input):
     """A named IIIF manifest or collection to compare (similarity)."""
 
@@ -70,7 +88,15 @@ class SourceTask(_Input):
 
 
 TaskInput = Annotated[
-    ImageUrl | ImageUpload | ManifestUrl | ManifestUpload | Document | SourceTask,
+    ImageUrl
+    | ImageUpload
+    | ManifestUrl
+    | ManifestUpload
+    | DatasetUpload
+    | Annotations
+    | AnnotationUrl
+    | Document
+    | SourceTask,
     Field(discriminator="kind"),
 ]
 

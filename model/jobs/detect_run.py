@@ -62,25 +62,12 @@ def run_detect(ctx: Any) -> None:
     if plan.warnings:  # shown by /status from now on, not only once the task has ended
         provenance["warnings"] = plan.warnings
         ctx.set_provenance(provenance)
-    _keep_manifests(ctx, plan.manifests, settings)
+    keep_manifests(ctx, plan.manifests, settings)
     ctx.set_total(len(plan.units))
     finished = ctx.finished_indices()
     pending = [unit for unit in plan.units if unit.index not in finished]
     analysis = {"confidence": params.confidence, "iou": params.iou, "max_side": max_side}
-    loader = PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(
-            json_getter(fetcher, settings.iiif.max_json_bytes),
-            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
-        ),
-        cache=DetectionCache(resources.redis, settings.cache.ttl_s, settings.cache.max_entries),
-        params_key=params_digest(getattr(info, "sha256", name), analysis),
-        max_side=max_side,
-        min_side=min(max_side, detector.imgsz),
-        max_pixels=settings.fetch.max_pixels,
-        analyse_side=min(max_side, detector.imgsz),
-        uploads=resources.uploads,
-    )
+    loader = page_loader(resources, fetcher, detector, max_side, analysis)
     stats = _Stats()
     started = time.perf_counter()
     try:
@@ -112,7 +99,30 @@ def run_detect(ctx: Any) -> None:
         ctx.set_provenance(provenance)
 
 
-def _keep_manifests(ctx: Any, manifests: list[ManifestSummary], settings: Any) -> None:
+def page_loader(
+    resources: Any, fetcher: Any, detector: Detector, max_side: int, analysis: dict[str, Any]
+) -> PageLoader:
+    """Pages as the detector sees them: fetched (IIIF image services asked for the size it
+    needs), decoded, shrunk once; detections cached by model sha256 and `analysis` params."""
+    settings = resources.settings
+    model_key = getattr(getattr(detector, "info", None), "sha256", detector.name)
+    return PageLoader(
+        fetcher=fetcher,
+        services=ServiceInfo(
+            json_getter(fetcher, settings.iiif.max_json_bytes),
+            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
+        ),
+        cache=DetectionCache(resources.redis, settings.cache.ttl_s, settings.cache.max_entries),
+        params_key=params_digest(model_key, analysis),
+        max_side=max_side,
+        min_side=min(max_side, detector.imgsz),
+        max_pixels=settings.fetch.max_pixels,
+        analyse_side=min(max_side, detector.imgsz),
+        uploads=resources.uploads,
+    )
+
+
+def keep_manifests(ctx: Any, manifests: list[ManifestSummary], settings: Any) -> None:
     """Keep the manifests read with the task: the API serves them to viewers with the
     detections attached (it never fetches). One over iiif.max_kept_manifest_bytes is not kept;
     its annotation pages are served all the same."""

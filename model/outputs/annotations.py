@@ -24,6 +24,7 @@ from model.iiif.jsonld import as_list, node_id, node_type
 
 PRESENTATION_3 = "http://iiif.io/api/presentation/3/context.json"
 PRESENTATION_2 = "http://iiif.io/api/presentation/2/context.json"
+MEDIA_FRAGMENTS = "http://www.w3.org/TR/media-frags/"
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,50 @@ def analysed_canvases(items: list[dict[str, Any]], manifest: int) -> list[dict[s
 
 def _target(item: dict[str, Any], xywh: list[int]) -> str:
     canvas = item["canvas_id"].split("#", 1)[0]
-    return f"{canvas}#xywh={','.join(str(max(0, v)) for v in xywh)}"
+    return f"{canvas}#xywh={','.join(str(max(0, round(v))) for v in xywh)}"
 
 
 def _comment(detection: dict[str, Any]) -> str:
-    return f"confidence {detection['confidence']:.2f}"
+    if "confidence" not in detection:
+        return detection.get("note", "")
+    return f"{detection.get('note', 'confidence')} {detection['confidence']:.2f}"
+
+
+# An evaluate task's pages show what went wrong: ground truth the model missed, and detections
+# where the ground truth has nothing, each in its own colour (a CSS class in the annotation's
+# stylesheet, for viewers that apply one; the tag says it too, for those that do not).
+MARKS = {"misses": ("miss", "#d62728"), "false_alarms": ("false-alarm", "#ff7f0e")}
+MARK_NOTES = {"miss": "missed by the model", "false-alarm": "false alarm, confidence"}
+
+
+def boxes_of(item: dict[str, Any]) -> list[dict[str, Any]]:
+    """The boxes an item shows: a detect item's detections, an evaluate item's misses and false
+    alarms (marked with their style)."""
+    if "detections" in item:
+        return item["detections"]
+    return [
+        {**box, "style": style, "note": MARK_NOTES[style], "label": f"{style}: {box['label']}"}
+        for key, (style, _) in MARKS.items()
+        for box in item.get(key, [])
+    ]
+
+
+def _styled_target(target: str, style: str, v2: bool = False) -> dict[str, Any]:
+    canvas, _, fragment = target.partition("#")
+    selector = {"type": "FragmentSelector", "conformsTo": MEDIA_FRAGMENTS, "value": fragment}
+    if v2:
+        return {
+            "@type": "oa:SpecificResource",
+            "full": canvas,
+            "selector": {"@type": "oa:FragmentSelector", "value": fragment},
+            "style": style,
+        }
+    return {"type": "SpecificResource", "source": canvas, "selector": selector, "styleClass": style}
+
+
+def _stylesheet(style: str) -> dict[str, str]:
+    colour = dict(MARKS.values())[style]
+    return {"type": "CssStylesheet", "value": f".{style} {{ stroke: {colour}; color: {colour} }}"}
 
 
 def _text(value: str, purpose: str) -> dict[str, str]:
@@ -86,13 +126,18 @@ def _text(value: str, purpose: str) -> dict[str, str]:
 
 
 def _v3_annotation(anno_id: str, item: dict[str, Any], detection: dict[str, Any]) -> dict:
-    return {
+    annotation = {
         "id": anno_id,
         "type": "Annotation",
         "motivation": ["commenting", "tagging"],
         "body": [_text(detection["label"], "tagging"), _text(_comment(detection), "commenting")],
         "target": _target(item, detection["xywh"]),
     }
+    if style := detection.get("style"):
+        annotation.update(
+            stylesheet=_stylesheet(style), target=_styled_target(annotation["target"], style)
+        )
+    return annotation
 
 
 def _v2_annotation(anno_id: str, item: dict[str, Any], detection: dict[str, Any]) -> dict:
@@ -104,7 +149,9 @@ def _v2_annotation(anno_id: str, item: dict[str, Any], detection: dict[str, Any]
             {"@type": "oa:Tag", "chars": detection["label"]},
             {"@type": "dctypes:Text", "format": "text/plain", "chars": _comment(detection)},
         ],
-        "on": _target(item, detection["xywh"]),
+        "on": _target(item, detection["xywh"])
+        if not detection.get("style")
+        else _styled_target(_target(item, detection["xywh"]), detection["style"], v2=True),
     }
 
 
@@ -130,7 +177,7 @@ def annotation_page(
     annotations = [
         build(links.annotation(index, canvas_number(item), number), item, detection)
         for item in pages
-        for number, detection in enumerate(item.get("detections", []))
+        for number, detection in enumerate(boxes_of(item))
     ]
     if version == 2:
         return {

@@ -20,6 +20,7 @@ import requests
 
 from model.synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
+from testkit.checkpoints import make_in_subprocess
 from testkit.iiif_server import IiifServer, Published
 from testkit.redis_server import redis_server
 from testkit.signals import hear_interrupts
@@ -99,6 +100,12 @@ def jpeg_bytes(page: RenderedPage, quality: int = 90) -> bytes:
 def pages() -> list[RenderedPage]:
     """Fresh pages (seeds far from the training range) with known illustration boxes."""
     return [render_page(900_000 + i, n_illustrations=1 + i % 3) for i in range(6)]
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """YOLO checkpoints made offline (testkit/checkpoints.py): detector, classifier, truncated."""
+    return make_in_subprocess(tmp_path_factory.mktemp("checkpoints"))
 
 
 # --- IIIF: a stack of its own (short read timeout) and a local IIIF image server ---------------

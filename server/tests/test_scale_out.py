@@ -6,6 +6,7 @@ here; the test that kills host B runs last.
 
 - Tasks of one key spread over both hosts; uploads reach B through Redis (no file on any disk).
 - A task naming a model runs on the host that has it; /readyz and GET /models see both hosts.
+- A model imported on host A (`models add`) reaches host B through Redis and runs there.
 - `kill -9` of everything host B runs, mid-task: once B's lease lapses (worker.lost_grace_s),
   A's reaper requeues the task and A finishes it, each page reported once.
 """
@@ -36,6 +37,7 @@ from testkit.stack import (
 GRACE_S = 8  # worker.lost_grace_s on both hosts (45 s by default)
 ONLY_A, ONLY_B = "illustrations-only-a", "illustrations-only-b"
 DEMO = "illustrations-demo"
+IMPORTED = "imported-everywhere"
 
 
 def _copy_demo_model(folder: Path, name: str) -> None:
@@ -154,11 +156,8 @@ def test_a_task_naming_a_model_runs_on_the_host_that_has_it(
             assert (provenance["worker"], provenance["model"]) == (host, name)
 
 
-def test_a_killed_hosts_task_finishes_on_the_other_each_page_once(
-    hosts, api: Api, image_server: ImageServer, pages
-) -> None:
-    a, b = hosts
-    # Host A is kept busy with a task only it can run, so host B takes the next one.
+def _busy_host_a(api: Api, image_server: ImageServer, pages) -> str:
+    """A long task only host A can run, started: host B takes the next task."""
     url = image_server.add("blocker.jpg", jpeg_bytes(pages[1]))
     blocker = api.submit_ok(
         {
@@ -168,6 +167,48 @@ def test_a_killed_hosts_task_finishes_on_the_other_each_page_once(
         }
     )
     api.wait(blocker, {"RUNNING"}, predicate=lambda s: s["progress"]["done"] >= 1)
+    return blocker
+
+
+def test_an_imported_model_reaches_the_other_host_and_runs_there(
+    hosts, api: Api, image_server: ImageServer, pages, checkpoints: dict[str, Path]
+) -> None:
+    a, b = hosts
+    done = a.cli("models", "add", str(checkpoints["detector"]), "--name", IMPORTED, timeout_s=300)
+    assert done.returncode == 0, done.stderr
+    card = json.loads(done.stdout)
+
+    def hosts_of_model() -> list[str]:
+        models = {m["name"]: m for m in api.request("GET", "/models").json()["models"]}
+        return sorted(models[IMPORTED]["hosts"])
+
+    deadline = time.monotonic() + 180
+    while hosts_of_model() != ["host-a", "host-b"]:  # no restart, no file copied by hand
+        assert time.monotonic() < deadline, hosts_of_model()
+        time.sleep(0.5)
+    cached = sorted(p.name for p in (b.data_dir / "model-cache").iterdir())
+    assert cached == sorted([f"{card['sha256']}.pt", f"{card['onnx_sha256']}.onnx"])
+
+    blocker = _busy_host_a(api, image_server, pages)
+    url = image_server.add("imported.jpg", jpeg_bytes(pages[0]))
+    task = api.submit_ok(
+        {"type": "detect", "input": {"image_urls": [url]}, "params": {"model": IMPORTED}}
+    )
+    body = api.wait(task, timeout_s=120)
+    _check_complete(body, 1)
+    provenance = body["result"]["provenance"]
+    assert (provenance["worker"], provenance["sha256"]) == ("host-b", card["sha256"])
+    assert api.terminate(blocker).status_code == 202
+    api.wait(blocker, timeout_s=60)
+    assert a.cli("models", "remove", IMPORTED).returncode == 0
+
+
+def test_a_killed_hosts_task_finishes_on_the_other_each_page_once(
+    hosts, api: Api, image_server: ImageServer, pages
+) -> None:
+    a, b = hosts
+    # Host A is kept busy with a task only it can run, so host B takes the next one.
+    blocker = _busy_host_a(api, image_server, pages)
     count = 40
     upload = api.upload([(f"v{i}.jpg", jpeg_bytes(pages[i % len(pages)])) for i in range(count)])
     victim = upload.json()["task_id"]

@@ -1,0 +1,340 @@
+"""The evaluate job's work in the worker (declared in model/jobs/evaluate/__init__.py).
+
+Pages are loaded as detect loads them (IIIF canvases: model/jobs/loading.py; a dataset zip: read
+here), the model runs at a low confidence (every prediction counts for mAP), and each page becomes
+one result item: its TP/FP/FN at the task's IoU and confidence, its matches, misses and false
+alarms in canvas (or image) coordinates. A page whose annotations cannot be judged (boxes outside
+the canvas, labels the model does not have) is a failed item saying why, left out of the figures;
+the summary holds the overall and per-class figures (model/jobs/evaluate/metrics.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from model.jobs import JobFailed
+from model.jobs.contract import Annotations, AnnotationUrl, DatasetUpload
+from model.jobs.detect import MAX_SIDE_FACTOR
+from model.jobs.detect_run import keep_manifests, page_loader
+from model.jobs.evaluate import EvaluateParams
+from model.jobs.evaluate.dataset import Dataset
+from model.jobs.evaluate.groundtruth import Parsed, TruthBox, annotation_references, parse
+from model.jobs.evaluate.metrics import Box, page_outcome, summarise
+from model.jobs.loading import Prepared, page_batches, to_output_box
+from model.jobs.units import plan_units
+from model.sources.fetch import FetchScope
+
+# Every prediction down to this confidence counts for mAP (ultralytics' val() uses 0.001).
+MAP_CONFIDENCE = 0.001
+NMS_IOU = 0.45  # as detect runs (its default): the boxes a user saw are the boxes judged
+AGNOSTIC = "any"
+MAX_ANNOTATION_URLS = 200
+OUTSIDE_TOLERANCE_PX = 2.0  # rounding in editors: a box may overshoot its canvas by this much
+
+
+class _Judge:
+    """Labels and boxes of one page checked against the model and the canvas."""
+
+    def __init__(self, params: EvaluateParams, classes: list[str]) -> None:
+        self.params = params
+        self.classes = classes
+        self.default = params.default_class or (classes[0] if len(classes) == 1 else None)
+
+    def truths(
+        self, boxes: list[TruthBox], size: tuple[float | None, float | None]
+    ) -> tuple[list[Box], tuple[str, str] | None]:
+        width, height = size
+        if width and height:
+            outside = [
+                b.xywh
+                for b in boxes
+                if b.xywh[0] < -OUTSIDE_TOLERANCE_PX
+                or b.xywh[1] < -OUTSIDE_TOLERANCE_PX
+                or b.xywh[0] + b.xywh[2] > width + OUTSIDE_TOLERANCE_PX
+                or b.xywh[1] + b.xywh[3] > height + OUTSIDE_TOLERANCE_PX
+            ]
+            if outside:
+                return [], (
+                    "boxes_outside_canvas",
+                    f"{len(outside)} box(es) outside the {width}x{height} canvas, e.g. "
+                    f"{list(outside[0])}",
+                )
+        labels = [b.label or self.default for b in boxes]
+        if None in labels:
+            return [], (
+                "no_label",
+                "annotations without a label, and the model has several classes: set "
+                "params.default_class",
+            )
+        if not self.params.class_agnostic:
+            unknown = sorted({str(label) for label in labels} - set(self.classes))
+            if unknown:
+                return [], (
+                    "unknown_labels",
+                    f"labels {unknown} are not the model's classes {self.classes}: correct them, "
+                    "or set params.class_agnostic",
+                )
+        return [Box(self.label(str(lb)), b.xywh) for lb, b in zip(labels, boxes, strict=True)], None
+
+    def label(self, label: str) -> str:
+        return AGNOSTIC if self.params.class_agnostic else label
+
+
+def run_evaluate(ctx: Any) -> None:
+    params = EvaluateParams(**ctx.spec.params)
+    resources = ctx.resources
+    name = params.model or resources.default_model
+    detector = resources.detectors.get(name)
+    if detector is None:
+        raise JobFailed("model_unavailable", f"model {name!r} is not loaded on this worker")
+    classes = list(detector.info.classes)
+    judge = _Judge(params, classes)
+    provenance: dict[str, Any] = {
+        **resources.provenance(detector),
+        "params": params.model_dump(),
+        "classes": classes,
+        "map_confidence": MAP_CONFIDENCE,
+        "nms_iou": NMS_IOU,
+    }
+    ctx.set_provenance(provenance)
+    started = time.perf_counter()
+    scored: list[tuple[list[Box], list[Box]]] = []
+    datasets = ctx.spec.of_kind(DatasetUpload)
+    if datasets:
+        problems = _evaluate_dataset(ctx, datasets[0], detector, judge, scored)
+    else:
+        problems = _evaluate_manifest(ctx, params, detector, judge, scored, provenance)
+    summary = summarise(scored, params.iou, params.confidence)
+    summary.update(
+        pages={
+            "evaluated": len(scored),
+            "failed": sum(1 for i in ctx.store.items(ctx.task_id) if i.get("status") != "ok"),
+        },
+        annotation_problems=problems,
+        iou=params.iou,
+        confidence=params.confidence,
+    )
+    ctx.set_summary({"evaluation": summary})
+    provenance["timings"] = {"wall_s": round(time.perf_counter() - started, 3)}
+    ctx.set_provenance(provenance)
+
+
+# --- a IIIF manifest and its annotations ------------------------------------------------------
+
+
+def _ground_truth(ctx: Any, plan: Any, fetcher: Any) -> Parsed:
+    settings = ctx.resources.settings
+    parsed = Parsed()
+    for entry in ctx.spec.of_kind(Annotations):
+        parse(entry.documents, parsed)
+    urls = [e.url for e in ctx.spec.of_kind(AnnotationUrl)]
+    for manifest in plan.manifests:
+        if isinstance(manifest.document, dict):
+            embedded, referenced = annotation_references(manifest.document)
+            parse(embedded, parsed)
+            urls += referenced
+    from model.iiif.loader import json_getter
+
+    get = json_getter(fetcher, settings.iiif.max_json_bytes)
+    for url in list(dict.fromkeys(urls))[:MAX_ANNOTATION_URLS]:
+        ctx.check_cancel()
+        try:
+            parse([get(url)], parsed)
+        except Exception as exc:  # noqa: BLE001 - one unreadable list is reported, not fatal
+            parsed.problem("annotations_unreadable", f"{url}: {type(exc).__name__}: {exc}")
+    return parsed
+
+
+def _evaluate_manifest(
+    ctx: Any,
+    params: EvaluateParams,
+    detector: Any,
+    judge: _Judge,
+    scored: list[tuple[list[Box], list[Box]]],
+    provenance: dict[str, Any],
+) -> list[dict[str, str]]:
+    resources = ctx.resources
+    settings = resources.settings
+    scope = FetchScope()
+    fetcher = resources.fetcher.scoped(scope)
+    plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
+    keep_manifests(ctx, plan.manifests, settings)
+    provenance.update(manifests=[m.as_dict() for m in plan.manifests])
+    parsed = _ground_truth(ctx, plan, fetcher)
+    truths = parsed.by_canvas()
+    known = {u.canvas.canvas.id for u in plan.units if u.canvas is not None}
+    problems = list(parsed.problems)
+    unknown = sorted(set(truths) - known)
+    if unknown:
+        problems.append(
+            {
+                "code": "unknown_canvas",
+                "message": f"{len(unknown)} canvas(es) annotated but not in the manifest, e.g. "
+                f"{unknown[0]}",
+            }
+        )
+    if not set(truths) & known:
+        raise JobFailed(
+            "no_ground_truth",
+            "no annotation box on any canvas of the manifest"
+            + (f": {problems[0]['message']}" if problems else ""),
+        )
+    units = [
+        u
+        for u in plan.units
+        if u.canvas is not None and (params.pages == "all" or u.canvas.canvas.id in truths)
+    ]
+    ctx.set_total(len(units))
+    ready = []
+    for unit in units:
+        canvas = unit.canvas.canvas
+        boxes, reason = judge.truths(truths.get(canvas.id, []), (canvas.width, canvas.height))
+        if reason is None:
+            ready.append((unit, boxes))
+            continue
+        code, message = reason
+        item = {"index": unit.index, "source": unit.source, "canvas_id": canvas.id}
+        ctx.emit({**item, "status": "failed", "error": {"code": code, "message": message}}, True)
+    boxes_of = {unit.index: boxes for unit, boxes in ready}
+    max_side = params.max_side or detector.imgsz * MAX_SIDE_FACTOR
+    analysis = {"confidence": MAP_CONFIDENCE, "iou": NMS_IOU, "max_side": max_side}
+    loader = page_loader(resources, fetcher, detector, max_side, analysis)
+    with page_batches([u for u, _ in ready], loader, settings, scope, ctx.check_cancel) as batches:
+        for batch in batches:
+            for prepared, preds in _predict(batch, detector, loader.cache):
+                if preds is None:
+                    ctx.emit(prepared.item, failed=True)
+                    continue
+                truth = boxes_of[prepared.unit.index]
+                found = [Box(judge.label(p.label), p.xywh, p.confidence) for p in preds]
+                width, height = prepared.decoded_size
+                item = {**prepared.item, "width": width, "height": height}
+                _emit(ctx, item, found, truth, params, scored)
+    return problems
+
+
+def _predict(batch: list[Prepared], detector: Any, cache: Any) -> list[tuple[Prepared, Any]]:
+    """Each page's predictions in its item's coordinates (None: the page could not be loaded;
+    its item says why)."""
+    out: list[tuple[Prepared, Any]] = []
+    todo = [p for p in batch if p.error is None and p.cached is None]
+    found = detector.predict([p.image for p in todo], MAP_CONFIDENCE, NMS_IOU) if todo else []
+    fresh = dict(zip([id(p) for p in todo], found, strict=True))
+    for prepared in batch:
+        if prepared.error is not None:
+            code, message = prepared.error
+            prepared.item.update(status="failed", error={"code": code, "message": message})
+            out.append((prepared, None))
+            continue
+        if prepared.cached is not None:
+            decoded = prepared.cached
+        else:
+            decoded = [
+                {**d, "xyxy": [v / prepared.scale for v in d["xyxy"]]} for d in fresh[id(prepared)]
+            ]
+            if prepared.cache_key:
+                width, height = prepared.decoded_size
+                cache.put(
+                    prepared.cache_key, {"width": width, "height": height, "detections": decoded}
+                )
+        prepared.image = None
+        preds = [
+            Box(d["label"], tuple(to_output_box(prepared, d["xyxy"])), float(d["confidence"]))  # type: ignore[arg-type]
+            for d in decoded
+        ]
+        out.append((prepared, preds))
+    return out
+
+
+# --- a YOLO dataset zip ------------------------------------------------------------------------
+
+
+def _evaluate_dataset(
+    ctx: Any,
+    entry: DatasetUpload,
+    detector: Any,
+    judge: _Judge,
+    scored: list[tuple[list[Box], list[Box]]],
+) -> list[dict[str, str]]:
+    settings = ctx.resources.settings
+    dataset = Dataset(
+        ctx.resources.uploads.read(entry),
+        judge.classes,
+        settings.job_limits("evaluate").max_images,
+        settings.fetch.max_pixels,
+    )
+    if not any(dataset.labels.values()):
+        raise JobFailed("no_ground_truth", "no image of the dataset has a label file")
+    ctx.set_total(len(dataset.pages))
+    batch_size = max(1, settings.worker.batch_size)
+    for start in range(0, len(dataset.pages), batch_size):
+        ctx.check_cancel()
+        ready = []
+        for index, page in enumerate(dataset.pages[start : start + batch_size], start=start):
+            dataset.load(page)
+            item = {"index": index, "source": f"dataset:{page.name}"}
+            truths, reason = ([], page.error) if page.error else judge.truths(page.boxes, page.size)
+            if reason is not None:
+                error = {"code": reason[0], "message": reason[1]}
+                ctx.emit({**item, "status": "failed", "error": error}, True)
+                continue
+            ready.append((item, page, truths))
+        found = detector.predict([p.image for _, p, _ in ready], MAP_CONFIDENCE, NMS_IOU)
+        for (item, page, truths), preds in zip(ready, found, strict=True):
+            boxes = [
+                Box(judge.label(d["label"]), _xyxy_to_xywh(d["xyxy"]), d["confidence"])
+                for d in preds
+            ]
+            width, height = page.size
+            item.update(width=width, height=height)
+            _emit(ctx, item, boxes, truths, judge.params, scored)
+            page.image = None
+    return []
+
+
+def _xyxy_to_xywh(xyxy: list[float]) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = xyxy
+    return (x1, y1, x2 - x1, y2 - y1)
+
+
+# --- one page's result ----------------------------------------------------------------------
+
+
+def _xywh(box: Box) -> list[float]:
+    return [round(v, 1) for v in box.xywh]
+
+
+def _emit(
+    ctx: Any,
+    item: dict[str, Any],
+    preds: list[Box],
+    truths: list[Box],
+    params: EvaluateParams,
+    scored: list[tuple[list[Box], list[Box]]],
+) -> None:
+    scored.append((preds, truths))
+    outcome = page_outcome(preds, truths, params.iou, params.confidence)
+    result = {
+        **item,
+        "status": "ok",
+        **outcome.counts(),
+        "truths": len(truths),
+        "matches": [
+            {
+                "label": t.label,
+                "truth": _xywh(t),
+                "detection": _xywh(p),
+                "confidence": round(p.confidence, 4),
+            }
+            for p, t in outcome.matched
+        ],
+        "misses": [{"label": t.label, "xywh": _xywh(t)} for t in outcome.misses],
+        "false_alarms": [
+            {"label": p.label, "xywh": _xywh(p), "confidence": round(p.confidence, 4)}
+            for p in outcome.false_alarms
+        ],
+    }
+    if item.get("canvas_id"):
+        result["coordinates"] = "canvas"
+    ctx.emit(result)
