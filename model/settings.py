@@ -218,8 +218,9 @@ class IiifSettings(BaseModel):
     # Cap on one manifest/collection/info.json body (images have fetch.max_bytes).
     max_json_bytes: int = 10 * 1024 * 1024
     # Ground-truth annotations sent inline with an evaluate task (JSON; they are kept in the task
-    # record): larger sets go by URL or inside the manifest.
-    max_inline_annotation_bytes: int = 2 * 1024 * 1024
+    # record): larger sets go by URL or inside the manifest. Below limits.max_json_body_bytes,
+    # which caps the whole request.
+    max_inline_annotation_bytes: int = 512 * 1024
     # Parsed info.json descriptions kept in Redis by service id, shared across tasks (0: off).
     info_cache_ttl_s: int = 86_400
     # A detect task keeps each manifest it read up to this size (JSON), to serve it to viewers

@@ -310,6 +310,8 @@ def test_unusable_inline_ground_truth_is_refused_before_queueing(app_client) -> 
     assert "whole canvas" in body["error"]["message"]
     status, body = _evaluate(app_client, {"annotations": [_v3_page()]})
     assert status == 422 and body["error"]["code"] == "one_ground_truth"
-    huge = [_v3_page(*[{"type": "Annotation", "target": f"{C}#xywh=1,1,1,1"}] * 40_000)]
+    huge = [_v3_page(*[{"type": "Annotation", "target": f"{C}#xywh=1,1,1,1"}] * 7_000)]
+    # Over the inline cap (512 KiB) yet under the request body's (1 MB), which answers first.
+    assert 512 * 1024 < len(json.dumps(huge)) < 1000 * 1000
     status, body = _evaluate(app_client, {"manifest_url": manifest, "annotations": huge})
     assert status == 422 and body["error"]["code"] == "annotations_too_large"
