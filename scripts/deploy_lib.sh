@@ -492,3 +492,16 @@ activate() {
 	wait_ready "$since" || return 1
 	apply_program_changes || return 1
 }
+
+# warn_supervisord_stale: the values supervisord took at its start (ports, paths in its programs'
+# command lines) that shared/scriptorium.env now changes apply only once supervisord restarts:
+# say so, and how. (Programs read the rest of the file themselves as they start.)
+warn_supervisord_stale() {
+	local pid names
+	pid=$(cat "$RUN/supervisord.pid" 2>/dev/null) || return 0
+	names=$(py -m model supervisord-env --pid "$pid" 2>/dev/null) || return 0
+	[ -n "$names" ] || return 0
+	log "  warning: supervisord took ${names//$'\n'/, } at its start and the settings now differ:"
+	log "           they apply once it restarts: systemctl restart scriptorium (without systemd:"
+	log "           $PREFIX/bin/scriptoriumctl shutdown, then $PREFIX/bin/scriptorium-run)"
+}
