@@ -246,3 +246,36 @@ def test_worker_host_smoke_checks_redis_through_the_tunnel(tmp_path: Path, bare_
         smoke._redis_reachable(unset)
     names = [check.__name__ for check in smoke.WORKER_CHECKS]
     assert "_nginx_config_valid" not in names and "_app_answers" not in names
+
+
+def test_programs_read_the_settings_file_as_they_start(tmp_path: Path) -> None:
+    """scripts/with_settings.sh: the file named by SC_ENV_FILE as it is now, over what the
+    program inherited from supervisord; without SC_ENV_FILE the environment as given."""
+    env_file = tmp_path / "scriptorium.env"
+    env_file.write_text("SCRIPTORIUM_FETCH__ALLOW='[\"127.0.0.0/8\"]'\n")
+    wrapper = str(PROJECT_ROOT / "scripts" / "with_settings.sh")
+    base = {"PATH": os.environ["PATH"], "SCRIPTORIUM_GUNICORN_BIND": "unix:/x.sock"}
+    read = subprocess.run(
+        [wrapper, "env"], env={**base, "SC_ENV_FILE": str(env_file)}, capture_output=True, text=True
+    )
+    assert 'SCRIPTORIUM_FETCH__ALLOW=["127.0.0.0/8"]' in read.stdout.splitlines()
+    assert "SCRIPTORIUM_GUNICORN_BIND=unix:/x.sock" in read.stdout.splitlines()  # its own
+    plain = subprocess.run([wrapper, "env"], env=base, capture_output=True, text=True)
+    assert "SCRIPTORIUM_FETCH__ALLOW" not in plain.stdout
+
+
+def test_supervisord_env_names_what_only_its_restart_applies(tmp_path: Path) -> None:
+    """release.sh's warning: values supervisord took at its start that the settings change."""
+    env = {"SCRIPTORIUM_DATA_DIR": str(tmp_path / "var"), "SCRIPTORIUM_REDIS__PORT": "6391"}
+    started = {k: v for k, v in os.environ.items() if not k.startswith("SCRIPTORIUM_")}
+    settings = Settings(data_dir=tmp_path / "var", redis={"port": 6391})
+    fresh = cli.supervisor_env(settings)
+    # stands for supervisord, started when the port was 6390 (and the rest as now)
+    sleeper = subprocess.Popen(["sleep", "30"], env={**started, **fresh, "SC_REDIS_PORT": "6390"})
+    try:
+        result = _cli(env, "supervisord-env", "--pid", str(sleeper.pid))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["SC_REDIS_PORT"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
