@@ -270,10 +270,8 @@ if [ "$ROLE" = worker ]; then
 fi
 
 log "== settings"
-# Setup owns the lines between the markers of shared/scriptorium.env; the operator's (below
-# them) stay as they are.
-ENV_BEGIN="# >>> written by cloudvps_setup.sh (its options); your own settings go below <<<"
-ENV_END="# >>> end of cloudvps_setup.sh's settings <<<"
+# Setup owns the lines between the markers of shared/scriptorium.env (ENV_BEGIN, ENV_END); the
+# operator's (below them) stay as they are.
 setup_settings() {
 	printf '%s\n' "$ENV_BEGIN" \
 		"# Scriptorium's settings on this machine: SCRIPTORIUM_<SECTION>__<KEY> overrides" \
@@ -303,25 +301,11 @@ setup_settings() {
 	env_line SCRIPTORIUM_WORKER__NAME "$WORKER_NAME"
 	printf '%s\n' "$ENV_END"
 }
-# operator_settings: the lines of the file that setup does not own. A file from before the
-# markers was setup's alone but for lines the operator added: those setting other keys.
-SETUP_KEYS='SC_HOME|SC_VENV|SCRIPTORIUM_(ROLE|DATA_DIR|REDIS__PORT|REDIS_TUNNEL__[A-Z_]+|HTTP__HOST'
-SETUP_KEYS+='|HTTP__PORT|SPIPED__ENABLED|SPIPED__LISTEN|SPIPED__KEY_FILE|MODELS__DIRS|WORKER__NAME)'
-OLD_HEADER="# (Scriptorium's settings on this|flask_config.yaml. Read by|No secrets here)"
-operator_settings() {
-	[ -f "$ENV_FILE" ] || return 0
-	if grep -qxF "$ENV_BEGIN" "$ENV_FILE"; then
-		awk -v b="$ENV_BEGIN" -v e="$ENV_END" '$0 == b { s = 1; next } $0 == e { s = 0; next } !s' \
-			"$ENV_FILE"
-	else
-		grep -vE "^($SETUP_KEYS=|$OLD_HEADER)" "$ENV_FILE" || true
-	fi
-}
 old_settings=""
 [ ! -f "$ENV_FILE" ] || old_settings=$(cat "$ENV_FILE")
 settings=$(
 	setup_settings
-	operator_settings
+	operator_settings "$ENV_FILE"
 )
 # (here-strings, not `{...} | put_file`: a pipe would run put_file in a subshell, losing its
 # count of changes and PUT_CHANGED)
