@@ -668,10 +668,7 @@ def worker_host(installation: Installation, source_repo: Path) -> Iterator[Insta
         second, seconds = _run(setup)  # the secrets are in place: not needed again
         assert second.returncode == 0, second.stdout + second.stderr
         host.runs.append((second.stdout, seconds))
-        deadline = time.monotonic() + 240
-        while not any(w["name"] == WORKER_NAME for w in installation.wait_ready()["workers"]):
-            assert time.monotonic() < deadline, "the worker host's worker never showed up"
-            time.sleep(0.5)
+        _wait_worker_named(installation, WORKER_NAME)
         host.timings["its worker in /readyz after setup"] = time.monotonic() - started
         host.secrets = secrets
         yield host
@@ -724,6 +721,16 @@ def test_worker_host_runs_tasks(installation: Installation, worker_host: Install
             assert _wait_task(installation.url, api_key, task_id, 120)["state"] == "SUCCEEDED"
     finally:
         installation.service("ctl", "start", "worker")
+        _wait_worker_named(installation, socket.gethostname())  # as the next tests expect
+
+
+def _wait_worker_named(installation: Installation, name: str, timeout_s: float = 300) -> float:
+    """Until a live worker goes by `name` (/readyz); the seconds it took."""
+    started = time.monotonic()
+    while not any(w["name"] == name for w in installation.wait_ready(timeout_s)["workers"]):
+        assert time.monotonic() < started + timeout_s, f"no live worker named {name}"
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def test_readme_worker_host_walkthrough(
@@ -733,6 +740,7 @@ def test_readme_worker_host_walkthrough(
     workers listed under its name, a setting of the operator's applied by `release.sh --restart`,
     a rerun of setup keeping it."""
     # 4. both hosts' workers, each under its own name
+    _wait_worker_named(installation, socket.gethostname())
     names = {line.split("\t")[0] for line in installation.service("workers").splitlines()}
     assert names == {WORKER_NAME, socket.gethostname()}, names
     # 5. a setting of the operator's, applied by a restart
