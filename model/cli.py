@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -43,6 +44,8 @@ def init_data_dir(settings: Settings) -> None:
     for sub in ("secrets", "redis", "logs", "uploads", "run", "models"):
         (data / sub).mkdir(parents=True, exist_ok=True)
     os.chmod(settings.secrets_dir, 0o700)
+    if not settings.installation_file.exists():
+        settings.installation_file.write_text(secrets.token_hex(8) + "\n")
     password_file = settings.secrets_dir / "redis_password"
     if settings.role == "worker":
         # Redis is the API host's: its password and the tunnel key come from there (a secret
@@ -138,12 +141,37 @@ def supervisor_env(settings: Settings) -> dict[str, str]:
         "SC_REDIS_TUNNEL_CLIENT_LISTEN": f"{_spiped_host(redis.host)}:{redis.port}",
         "SC_REDIS_TUNNEL_SERVER": settings.redis_tunnel.server,
         "SC_REDIS_TUNNEL_KEY": str(settings.redis_tunnel_key),
+        # Not for supervisord.conf: inherited by the programs. torch's compiled kernels stay in
+        # the data dir (by default /tmp/torchinductor_<user>, outside the installation).
+        "TORCHINDUCTOR_CACHE_DIR": str(settings.data_path / "cache" / "torchinductor"),
     }
 
 
 def _exec(argv: list[str], settings: Settings) -> None:
     os.chdir(home())
-    os.execvpe(argv[0], argv, {**os.environ, **supervisor_env(settings)})
+    env = {**os.environ, **supervisor_env(settings)}
+    if env.get("SC_ENV_FILE"):
+        # An installation: its programs read the settings file as they start
+        # (scripts/with_settings.sh), so none of its values stay in supervisord's environment
+        # (read once): an edited or removed line applies at the program's next start.
+        env = {k: v for k, v in env.items() if not k.startswith("SCRIPTORIUM_")}
+    os.execvpe(argv[0], argv, env)
+
+
+def cmd_supervisord_env(args: argparse.Namespace, settings: Settings) -> None:
+    """The values supervisord took at its start (ports, paths: in its programs' command lines)
+    that the settings now give otherwise: they apply only when supervisord itself restarts."""
+    try:
+        raw = Path(f"/proc/{args.pid}/environ").read_bytes()
+    except OSError as exc:
+        sys.exit(f"error: supervisord's environment (pid {args.pid}): {exc}")
+    running = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    fresh = supervisor_env(settings)
+    stale = [name for name, value in fresh.items() if running.get(name, value) != value]
+    if os.environ.get("SC_ENV_FILE") and "SC_ENV_FILE" not in running:
+        stale.append("SC_ENV_FILE")  # started before programs read the settings file themselves
+    for name in stale:
+        print(name)
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> None:
@@ -200,6 +228,13 @@ def cmd_worker_secrets(args: argparse.Namespace, settings: Settings) -> None:
     key = settings.redis_tunnel_key
     if not password or not key.exists():
         sys.exit("error: no Redis password or tunnel key yet (python -m model init)")
+    out = os.fstat(sys.stdout.fileno())
+    if stat.S_ISREG(out.st_mode) and out.st_mode & 0o077:
+        # `worker-secrets > FILE` under the usual umask: readable by all, until a chmod.
+        sys.exit(
+            "error: the file receiving the secrets is readable by others: "
+            "(umask 077; scriptorium worker-secrets > FILE)"
+        )
     print(f"{WORKER_SECRETS_HEADER} (keep it private: mode 0600, delete it once installed)")
     print(f"redis_password={password}")
     print(f"redis_tunnel_key={base64.b64encode(key.read_bytes()).decode()}")
@@ -222,7 +257,6 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> None:
         where = f"{settings.redis.host}:{settings.redis.port}"
         print(f"error: redis at {where}: {exc}", file=sys.stderr)
         sys.exit(2)
-    here = socket.gethostname()
     rows = []
     for key, raw in zip(keys, values, strict=True):
         try:
@@ -231,23 +265,53 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> None:
             beat = None
         if not isinstance(beat, dict):
             continue
-        host = key[len(WORKERS_PREFIX) :].rpartition(":")[0]
-        rows.append({"host": host, **beat})
+        # The key names the worker (worker.name, default the host name); "host" is the machine's.
+        rows.append({**beat, "name": key[len(WORKERS_PREFIX) :].rpartition(":")[0]})
+    if args.taken is not None:
+        sys.exit(_name_taken(args.taken, rows, settings.installation_id()))
     if args.since is not None:
         rows = [row for row in rows if float(row.get("started_at") or 0) >= args.since]
     if args.parent is not None:
+        here = settings.worker_name
         rows = [
             row
             for row in rows
-            if row["host"] == here and _descends_from(row.get("pid"), args.parent)
+            if row["name"] == here and _descends_from(row.get("pid"), args.parent)
         ]
     if args.json:
         print(json.dumps(rows))
     for row in [] if args.json else rows:
         started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(row.get("started_at") or 0))
         models = ",".join(row.get("models") or [])
-        print(f"{row['host']}\tpid {row.get('pid')}\tstarted {started}\tmodels {models}")
+        print(
+            f"{row['name']}\thost {row.get('host')}\tpid {row.get('pid')}\tstarted {started}"
+            f"\tmodels {models}"
+        )
     sys.exit(0 if rows else 1)
+
+
+def _name_taken(name: str, rows: list[dict[str, object]], installation: str) -> int:
+    """3 when a live worker of another installation (another host) already goes by `name`:
+    two hosts under one name could not be told apart, nor their tasks' leases."""
+    here = socket.gethostname()
+    others = sorted(
+        {
+            str(row.get("host"))
+            for row in rows
+            if row["name"] == name
+            # (heartbeats of releases before installation ids: told apart by their machine)
+            and row.get("installation", installation if row.get("host") == here else None)
+            != installation
+        }
+    )
+    if others:
+        print(
+            f"error: worker name {name!r} is in use by a live worker of another installation "
+            f"(host {', '.join(others)}): give this host its own (--worker-name)",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
 
 
 def _descends_from(pid: object, parent: int) -> bool:
@@ -387,12 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
         "worker-secrets", help="API host: the Redis password and tunnel key for worker hosts"
     )
     secrets_cmd.set_defaults(func=cmd_worker_secrets)
+    stale = sub.add_parser(
+        "supervisord-env", help="supervisord's start-time values the settings now change"
+    )
+    stale.add_argument("--pid", type=int, required=True, help="supervisord's pid")
+    stale.set_defaults(func=cmd_supervisord_env)
     workers = sub.add_parser("workers", help="workers with their models loaded (every host)")
     workers.add_argument("--since", type=float, help="only those started at/after (epoch s)")
     workers.add_argument(
         "--parent", type=int, help="only this host's, of the worker whose main process is PID"
     )
     workers.add_argument("--json", action="store_true", help="one JSON list")
+    workers.add_argument(
+        "--taken",
+        metavar="NAME",
+        help="exit 3 if a live worker of another installation goes by NAME (setup's check)",
+    )
     workers.set_defaults(func=cmd_workers)
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_cmd", required=True)

@@ -389,6 +389,15 @@ class Settings(BaseSettings):
         return self.worker.name or socket.gethostname()
 
     @property
+    def installation_file(self) -> Path:
+        """A random id made once per data dir (`init`): /readyz and the heartbeats carry it, so
+        setup can tell its own stack from another one answering on the same port or name."""
+        return self.data_path / "installation_id"
+
+    def installation_id(self) -> str:
+        return _read_id(self.installation_file)
+
+    @property
     def redis_tunnel_key(self) -> Path:
         key_file = self.redis_tunnel.key_file
         return Path(key_file) if key_file else self.secrets_dir / "redis-tunnel.key"
@@ -449,6 +458,19 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+_IDS: dict[Path, str] = {}
+
+
+def _read_id(path: Path) -> str:
+    """The file's content, read once per process (a missing file is read again next time)."""
+    if path not in _IDS:
+        try:
+            _IDS[path] = path.read_text().strip()
+        except OSError:
+            return ""
+    return _IDS[path]
 
 
 @lru_cache(maxsize=1)

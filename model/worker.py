@@ -57,6 +57,8 @@ from model.webhooks.events import use_celery
 log = logging.getLogger("scriptorium.worker")
 settings = get_settings()
 celery = make_celery(settings)
+# Not -c on supervisord's command line: read at each start, so a settings edit applies.
+celery.conf.worker_concurrency = settings.worker.concurrency
 use_celery(celery)  # ended tasks' webhooks are queued with it (model/ending.py)
 
 HEARTBEAT_S = 5
@@ -177,6 +179,7 @@ def load_models(**_: Any) -> None:
     beat = {
         "name": settings.worker_name,
         "host": socket.gethostname(),
+        "installation": settings.installation_id(),
         "pid": os.getpid(),
         "slots": 1,  # tasks this process runs at once
         "queues": _queues(),

@@ -2,6 +2,7 @@
 # Sets up Scriptorium on a bare Debian 12 VM, as root, in one run; a second run changes nothing
 # (every step checks before it acts, and the summary says "no change"). Options: usage() below
 # (cloudvps_setup.sh --help). Upgrades: scripts/release.sh.
+# shellcheck disable=SC2310 # the functions called in conditions check each of their own steps
 set -euo pipefail
 shopt -s inherit_errexit
 umask 022
@@ -47,7 +48,11 @@ options:
   --api-host HOST           the API host's name or address               [worker]
   --redis-secrets-from FILE the API host's Redis password and tunnel key, made there by
                             `scriptorium worker-secrets` (README: worker hosts)  [worker]
-  --start                   without systemd: start supervisord in the background
+  --worker-name NAME        how this host's workers name themselves (/readyz, /models,
+                            `scriptorium workers`): the one set before, else the host name;
+                            refused when a live worker of another installation has it
+  --start                   without systemd: start supervisord in the background (its
+                            ports checked free first; then /readyz must name this installation)
   -h, --help                this text
 EOF
 }
@@ -64,16 +69,18 @@ REDIS_TUNNEL_BIND=0.0.0.0
 REDIS_TUNNEL_PORT=8026
 API_HOST=""
 SECRETS_FROM=""
+WORKER_NAME=""
 SOURCE=$(cd "$HERE/.." && pwd)
 REF=HEAD
 START=0
 KEEP=5
+TUNNEL_KEY_CHANGED=0
 
 while [ $# -gt 0 ]; do
 	case $1 in
 	--prefix | --user | --role | --http-host | --http-port | --redis-port | --spiped-bind | \
 		--spiped-port | --redis-tunnel-bind | --redis-tunnel-port | --api-host | \
-		--redis-secrets-from | --source | --ref)
+		--redis-secrets-from | --source | --ref | --worker-name)
 		[ $# -ge 2 ] || die "$1 needs a value"
 		;;
 	esac
@@ -92,6 +99,7 @@ while [ $# -gt 0 ]; do
 	--redis-secrets-from) SECRETS_FROM=$2 && shift ;;
 	--source) SOURCE=$(cd "$2" && pwd) && shift ;;
 	--ref) REF=$2 && shift ;;
+	--worker-name) WORKER_NAME=$2 && shift ;;
 	--start) START=1 ;;
 	-h | --help)
 		usage
@@ -135,6 +143,46 @@ SYSTEMD=0
 ROOT="root:root"
 SVC="$SVC_USER:$SVC_USER"
 var="$PREFIX/shared/var"
+ENV_FILE="$PREFIX/shared/scriptorium.env"
+# The worker's name: as asked, else the one this installation has, else the host name.
+OLD_WORKER_NAME=""
+if [ -f "$ENV_FILE" ]; then
+	OLD_WORKER_NAME=$(sed -n "s/^SCRIPTORIUM_WORKER__NAME='\(.*\)'$/\1/p" "$ENV_FILE" | tail -n 1)
+fi
+[ -n "$WORKER_NAME" ] || WORKER_NAME=$OLD_WORKER_NAME
+[ -n "$WORKER_NAME" ] || WORKER_NAME=$(hostname)
+[[ $WORKER_NAME =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ ]] ||
+	die "--worker-name: letters, digits and ._- (at most 63), not $WORKER_NAME"
+
+# stack_running: this installation's supervisord runs (under systemd or not).
+stack_running() {
+	local pid
+	pid=$(cat "$var/run/supervisord.pid" 2>/dev/null) || return 1
+	kill -0 "$pid" 2>/dev/null
+}
+# port_in_use ADDR PORT: something accepts connections there (a wildcard address: on loopback).
+port_in_use() {
+	local addr=$1
+	case $addr in 0.0.0.0 | ::) addr=127.0.0.1 ;; esac
+	# shellcheck disable=SC2016 # expanded by that bash
+	timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$addr" "$2" 2>/dev/null
+}
+# Before anything else: a stack that will be started here needs its ports free (another stack
+# on them left redis and nginx in BACKOFF and /readyz answering for the other one).
+if ! stack_running && { [ $START -eq 1 ] || [ -d /run/systemd/system ]; }; then
+	ports=("127.0.0.1 $REDIS_PORT --redis-port")
+	if [ "$ROLE" != worker ]; then
+		ports+=("$HTTP_HOST $HTTP_PORT --http-port" "$SPIPED_BIND $SPIPED_PORT --spiped-port")
+	fi
+	[ "$ROLE" != api ] || ports+=("$REDIS_TUNNEL_BIND $REDIS_TUNNEL_PORT --redis-tunnel-port")
+	busy=()
+	for entry in "${ports[@]}"; do
+		read -r addr port option <<<"$entry"
+		if port_in_use "$addr" "$port"; then busy+=("$port ($option)"); fi
+	done
+	[ ${#busy[@]} -eq 0 ] ||
+		die "port ${busy[*]} already in use (another stack?): stop it, or choose free ports"
+fi
 if [ "$ROLE" = worker ]; then
 	PACKAGES=(spiped python3-venv git ca-certificates curl)
 else
@@ -208,7 +256,9 @@ if [ "$ROLE" = worker ]; then
 		[ "$key_bytes" -eq 32 ] || die "$SECRETS_FROM: the tunnel key is $key_bytes bytes, not 32"
 		before=$CHANGES
 		put_file "$password_file" 600 "$SVC" <<<"$password"
-		base64 -d <<<"$key_b64" | put_file "$key_file" 600 "$SVC"
+		# (not `base64 -d | put_file`: put_file's count of changes would stay in that subshell)
+		put_file "$key_file" 600 "$SVC" < <(base64 -d <<<"$key_b64")
+		TUNNEL_KEY_CHANGED=$PUT_CHANGED
 		[ $CHANGES -ne "$before" ] || unchanged "Redis password and tunnel key as in $SECRETS_FROM"
 	elif [ -f "$password_file" ] && [ -f "$key_file" ]; then
 		unchanged "Redis password and tunnel key installed"
@@ -220,10 +270,14 @@ if [ "$ROLE" = worker ]; then
 fi
 
 log "== settings"
-{
-	printf '%s\n' "# Scriptorium's settings on this machine: SCRIPTORIUM_<SECTION>__<KEY> overrides" \
-		"# flask_config.yaml. Read by bin/scriptorium-env (so by supervisord and every program)." \
-		"# No secrets here. Values are single-quoted: bash sources this file."
+# Setup owns the lines between the markers of shared/scriptorium.env (ENV_BEGIN, ENV_END); the
+# operator's (below them) stay as they are.
+setup_settings() {
+	printf '%s\n' "$ENV_BEGIN" \
+		"# Scriptorium's settings on this machine: SCRIPTORIUM_<SECTION>__<KEY> overrides" \
+		"# flask_config.yaml. Read by bin/scriptorium-env and by each program as it starts" \
+		"# (release.sh --restart applies an edit). No secrets here. Values are single-quoted:" \
+		"# bash sources this file; a later line wins."
 	env_line SC_HOME "$PREFIX/current"
 	env_line SC_VENV "$PREFIX/current/.venv"
 	env_line SCRIPTORIUM_ROLE "$ROLE"
@@ -244,18 +298,30 @@ log "== settings"
 		env_line SCRIPTORIUM_REDIS_TUNNEL__KEY_FILE "$PREFIX/shared/keys/redis-tunnel.key"
 	fi
 	env_line SCRIPTORIUM_MODELS__DIRS "[\"model/weights\", \"$PREFIX/shared/models\"]"
-} | put_file "$PREFIX/shared/scriptorium.env" 644 "$ROOT"
+	env_line SCRIPTORIUM_WORKER__NAME "$WORKER_NAME"
+	printf '%s\n' "$ENV_END"
+}
+old_settings=""
+[ ! -f "$ENV_FILE" ] || old_settings=$(cat "$ENV_FILE")
+settings=$(
+	setup_settings
+	operator_settings "$ENV_FILE"
+)
+# (here-strings, not `{...} | put_file`: a pipe would run put_file in a subshell, losing its
+# count of changes and PUT_CHANGED)
+put_file "$ENV_FILE" 644 "$ROOT" <<<"$settings"
 SETTINGS_CHANGED=$PUT_CHANGED
 HTTP_URL="http://$HTTP_HOST:$HTTP_PORT"
 [ "$ROLE" != worker ] || HTTP_URL=""
-{
+deploy_settings=$(
 	printf '# Read by scripts/release.sh (sourced by bash: values single-quoted).\n'
 	env_line SOURCE "$SOURCE"
 	env_line SVC_USER "$SVC_USER"
 	env_line KEEP "$KEEP"
 	env_line ROLE "$ROLE"
 	env_line HTTP_URL "$HTTP_URL"
-} | put_file "$PREFIX/shared/deploy.env" 644 "$ROOT"
+)
+put_file "$PREFIX/shared/deploy.env" 644 "$ROOT" <<<"$deploy_settings"
 
 q_prefix=$(shell_quote "$PREFIX")
 q_user=$(shell_quote "$SVC_USER")
@@ -269,7 +335,7 @@ user=$q_user
 dir=\$prefix/current
 if [ "\${1:-}" = --in ]; then dir=\$2; shift 2; fi
 cmd=(env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin "HOME=\$prefix/shared/var"
-	LANG=C.UTF-8 bash -c 'set -a; . "\$0"; set +a; cd "\$1"; shift; exec "\$@"'
+	LANG=C.UTF-8 "SC_ENV_FILE=\$prefix/shared/scriptorium.env" bash -c 'set -a; . "\$0"; set +a; cd "\$1"; shift; exec "\$@"'
 	"\$prefix/shared/scriptorium.env" "\$dir" "\$@")
 [ "\$(id -un)" = "\$user" ] && exec "\${cmd[@]}"
 [ "\$(id -u)" -eq 0 ] || { echo "run as root or \$user" >&2; exit 1; }
@@ -316,6 +382,48 @@ else
 	in_release "$id" -m model "${smoke[@]}"
 	switch_current "$id"
 	changed "installed release $id from $SOURCE $REF in $((SECONDS - started)) s"
+fi
+
+# worker_name_taken: a live worker of another installation goes by WORKER_NAME, says Redis (this
+# host's, or the API host's through the tunnel: before a worker host's first start, through a
+# temporary end of it). Prints why when so. Fresh Redis of an API host's own: nobody yet.
+worker_name_taken() {
+	local rc=0 tunnel=""
+	if ! stack_running; then
+		[ "$ROLE" = worker ] || return 1
+		spiped -e -F -s "[127.0.0.1]:$REDIS_PORT" -t "$TUNNEL_SERVER" -k "$key_file" -o 5 &
+		tunnel=$!
+		for _ in 1 2 3 4 5 6 7 8 9 10; do
+			if port_in_use 127.0.0.1 "$REDIS_PORT"; then break; fi
+			sleep 0.5
+		done
+	fi
+	as_service "$PREFIX/current/.venv/bin/python" -m model workers --taken "$WORKER_NAME" || rc=$?
+	if [ -n "$tunnel" ]; then
+		kill "$tunnel"
+		wait "$tunnel" 2>/dev/null || true
+	fi
+	case $rc in
+	0) return 1 ;;
+	3) return 0 ;;
+	*)
+		log "  note: could not ask Redis whether worker name $WORKER_NAME is free (above)"
+		return 1
+		;;
+	esac
+}
+if [ "$WORKER_NAME" != "$OLD_WORKER_NAME" ]; then
+	log "== worker name"
+	if worker_name_taken; then
+		# Back to the settings as they were: nothing runs under the name.
+		if [ -n "$old_settings" ]; then
+			put_file "$ENV_FILE" 644 "$ROOT" <<<"$old_settings"
+		else
+			rm -f "$ENV_FILE"
+		fi
+		die "worker name $WORKER_NAME is taken: run this again with --worker-name NAME"
+	fi
+	unchanged "worker name $WORKER_NAME (no live worker of another installation has it)"
 fi
 
 log "== data dir, secrets"
@@ -371,6 +479,7 @@ WantedBy=multi-user.target
 EOF
 )
 running=""
+just_started=""
 if [ $SYSTEMD -eq 1 ]; then
 	put_file /etc/systemd/system/scriptorium.service 644 "$ROOT" <<<"$unit"
 	[ $PUT_CHANGED -eq 0 ] || systemctl daemon-reload
@@ -380,6 +489,7 @@ if [ $SYSTEMD -eq 1 ]; then
 	else
 		systemctl enable --now --quiet scriptorium
 		changed "enabled and started scriptorium.service"
+		just_started=1
 	fi
 else
 	put_file "$PREFIX/shared/systemd/scriptorium.service" 644 "$ROOT" <<<"$unit"
@@ -392,14 +502,40 @@ else
 	elif [ $START -eq 1 ]; then
 		setsid "$PREFIX/bin/scriptorium-run" </dev/null >>"$var/scriptorium-run.out" 2>&1 &
 		changed "started supervisord in the background ($PREFIX/bin/scriptorium-run)"
+		just_started=1
 	else
 		log "  note: start it with $PREFIX/bin/scriptorium-run (or run this again with --start)"
 	fi
 fi
 
+# own_stack_answers: /readyz on HTTP_URL is this installation's (its id in a header), within
+# 120 s; else says what answers instead.
+own_stack_answers() {
+	local id seen="" deadline=$((SECONDS + 120))
+	id=$(cat "$var/installation_id")
+	while [ $SECONDS -lt $deadline ]; do
+		seen=$(curl -s -m 5 -o /dev/null -D - "$HTTP_URL/readyz" | tr -d '\r' |
+			sed -n 's/^x-scriptorium-installation: *//Ip') || seen=""
+		if [ "$seen" = "$id" ]; then
+			unchanged "$HTTP_URL/readyz answers as this installation ($id)"
+			return 0
+		fi
+		[ -z "$seen" ] || break
+		sleep 1
+	done
+	log "  $HTTP_URL/readyz: ${seen:+installation $seen answers, not this one ($id)}${seen:-no answer in 120 s}"
+	return 1
+}
+if [ -n "$just_started" ] && [ "$ROLE" != worker ] && ! own_stack_answers; then
+	die "the stack started here does not answer on $HTTP_URL ($PREFIX/bin/scriptoriumctl status; logs in $var/logs)"
+fi
+
 if [ "$SETTINGS_CHANGED" -eq 1 ] && [ -n "$running" ]; then
-	log "  note: shared/scriptorium.env changed under a running stack: it applies after"
-	log "        systemctl restart scriptorium (or $PREFIX/bin/scriptoriumctl shutdown; --start)"
+	log "  note: shared/scriptorium.env changed under a running stack: apply it with"
+	log "        $PREFIX/current/scripts/release.sh --restart (it says if supervisord must restart)"
+fi
+if [ "$TUNNEL_KEY_CHANGED" -eq 1 ] && [ -n "$running" ]; then
+	log "  note: a new Redis tunnel key: $PREFIX/bin/scriptoriumctl restart spiped-redis-client"
 fi
 
 log ""

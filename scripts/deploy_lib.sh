@@ -79,6 +79,26 @@ env_line() {
 	printf '%s=%s\n' "$1" "$quoted"
 }
 
+# shared/scriptorium.env: cloudvps_setup.sh rewrites the lines between these markers, its own,
+# and keeps the operator's.
+ENV_BEGIN="# >>> written by cloudvps_setup.sh (its options); your own settings go below <<<"
+ENV_END="# >>> end of cloudvps_setup.sh's settings <<<"
+SETUP_KEYS='SC_HOME|SC_VENV|SCRIPTORIUM_(ROLE|DATA_DIR|REDIS__PORT|REDIS_TUNNEL__[A-Z_]+|HTTP__HOST'
+SETUP_KEYS+='|HTTP__PORT|SPIPED__ENABLED|SPIPED__LISTEN|SPIPED__KEY_FILE|MODELS__DIRS|WORKER__NAME)'
+OLD_HEADER="# (Scriptorium's settings on this|flask_config.yaml. Read by|No secrets here)"
+
+# operator_settings FILE: its lines that setup does not own (none when it does not exist). A file
+# from before the markers was setup's alone but for the lines the operator added: those setting
+# keys setup never writes (and no line of setup's old header).
+operator_settings() {
+	[ -f "$1" ] || return 0
+	if grep -qxF "$ENV_BEGIN" "$1"; then
+		awk -v b="$ENV_BEGIN" -v e="$ENV_END" '$0 == b { s = 1; next } $0 == e { s = 0; next } !s' "$1"
+	else
+		grep -vE "^($SETUP_KEYS=|$OLD_HEADER)" "$1" || true
+	fi
+}
+
 # Loads the values cloudvps_setup.sh recorded: SOURCE, SVC_USER, KEEP, HTTP_URL, ROLE
 # (installations made before roles have no ROLE: they are `all`).
 load_deploy_env() {
@@ -491,4 +511,17 @@ activate() {
 	fi
 	wait_ready "$since" || return 1
 	apply_program_changes || return 1
+}
+
+# warn_supervisord_stale: the values supervisord took at its start (ports, paths in its programs'
+# command lines) that shared/scriptorium.env now changes apply only once supervisord restarts:
+# say so, and how. (Programs read the rest of the file themselves as they start.)
+warn_supervisord_stale() {
+	local pid names
+	pid=$(cat "$RUN/supervisord.pid" 2>/dev/null) || return 0
+	names=$(py -m model supervisord-env --pid "$pid" 2>/dev/null) || return 0
+	[ -n "$names" ] || return 0
+	log "  warning: supervisord took ${names//$'\n'/, } at its start and the settings now differ:"
+	log "           they apply once it restarts: systemctl restart scriptorium (without systemd:"
+	log "           $PREFIX/bin/scriptoriumctl shutdown, then $PREFIX/bin/scriptorium-run)"
 }

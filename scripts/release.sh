@@ -28,7 +28,10 @@ usage() {
 usage: release.sh [options] REF          build REF of the source checkout and switch to it
        release.sh [options] --rollback   back to the newest good release before `current`
        release.sh [options] --restart    fresh processes on `current` (after editing
-                                         shared/scriptorium.env or adding to shared/models)
+                                         shared/scriptorium.env or adding to shared/models:
+                                         each program reads the file as it starts; a port
+                                         or path supervisord itself took needs a restart of
+                                         supervisord, and the script says so)
 
 Run as root on a machine set up by scripts/cloudvps_setup.sh (any --role).
 
@@ -169,6 +172,7 @@ if [ $MODE != release ]; then
 	PHASE=switch
 	if activate "$target"; then
 		PHASE=finished
+		warn_supervisord_stale
 		log "running $target (switched in $((SECONDS - started)) s)"
 		exit 0
 	fi
@@ -197,6 +201,7 @@ if activate "$new"; then
 	log "== pruning (keeping $KEEP good releases)"
 	prune
 	PHASE=finished
+	warn_supervisord_stale
 	log "released $new in $((SECONDS - started)) s"
 	exit 0
 fi

@@ -25,6 +25,15 @@ models_api = APIBlueprint(
 )
 models_api.before_request(require_key)
 probes_api = APIBlueprint("probes", __name__, abp_tags=[Tag(name="probes")])
+INSTALLATION_HEADER = "X-Scriptorium-Installation"
+
+
+@probes_api.after_request
+def name_the_installation(response: Response) -> Response:
+    """Which installation answers (its data dir's id): cloudvps_setup.sh --start checks that the
+    stack on its port is the one it started, not another one already there."""
+    response.headers[INSTALLATION_HEADER] = services().settings.installation_id()
+    return response
 
 
 def catalog(svc: Services) -> Catalog:

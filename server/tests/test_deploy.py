@@ -4,7 +4,9 @@ stack answers and runs a task, a release under load drops no request and loses n
 request through the spiped tunnel, although the release changes spiped.conf), a broken release
 rolls itself back, --rollback goes back by hand, a Ctrl-C mid-release goes back too; then a worker
 host (--role worker, a second prefix) reaches the API host's Redis through its own tunnel, runs
-tasks and takes a release of its own.
+tasks and takes a release of its own. The README's worker-host walk-through, step by step: a
+setting of the operator's applied by `release.sh --restart` (seen in the running worker's
+environment) and kept by a rerun of setup.
 
 Slow (the first setup builds a venv with torch, 2-3 min; the whole module ~6 min), so it has its
 own module: `pytest --ignore=server/tests/test_deploy.py` leaves it out.
@@ -12,10 +14,12 @@ own module: `pytest --ignore=server/tests/test_deploy.py` leaves it out.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -58,7 +62,8 @@ def _run(argv: list[str], timeout: float = 900) -> tuple[subprocess.CompletedPro
 
 def _remove_installation(prefix: Path) -> None:
     """Stop an installation's supervisord (waiting for it to be gone) and delete it."""
-    _run([str(prefix / "bin" / "scriptoriumctl"), "shutdown"], timeout=200)
+    if (prefix / "bin" / "scriptoriumctl").exists():
+        _run([str(prefix / "bin" / "scriptoriumctl"), "shutdown"], timeout=200)
     pid_file = prefix / "shared" / "var" / "run" / "supervisord.pid"
     deadline = time.monotonic() + 200
     while pid_file.exists() and time.monotonic() < deadline:
@@ -107,6 +112,24 @@ class Installation:
     url: str
     runs: list[tuple[str, float]] = field(default_factory=list)  # (output, seconds) per setup
     admin_key: str = ""
+    setup: list[str] = field(default_factory=list)  # its cloudvps_setup.sh command
+    secrets: Path = Path()  # a worker host's worker.secrets
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def env_file(self) -> Path:
+        return self.prefix / "shared" / "scriptorium.env"
+
+    def rerun_setup(self, *extra: str) -> subprocess.CompletedProcess:
+        result, seconds = _run([*self.setup, *extra])
+        self.timings["rerun of setup"] = seconds
+        return result
+
+    def environ(self, program: str) -> dict[str, str]:
+        """What the running program really has (/proc/PID/environ)."""
+        pid = self.service("ctl", "pid", program).strip()
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+        return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
 
     @property
     def var(self) -> Path:
@@ -169,7 +192,7 @@ def installation(source_repo: Path) -> Iterator[Installation]:
         *("--redis-tunnel-bind", "127.0.0.1", "--redis-tunnel-port", str(free_port())),
         "--start",
     ]
-    inst = Installation(prefix, f"http://127.0.0.1:{http_port}")
+    inst = Installation(prefix, f"http://127.0.0.1:{http_port}", setup=setup)
     try:
         for _ in range(2):
             result, seconds = _run(setup, timeout=1500)
@@ -191,6 +214,45 @@ def test_setup_twice_second_run_changes_nothing(installation: Installation) -> N
     assert "changed: installed release" in first
     assert "\nsetup: no change\n" in second, second
     assert "changed:" not in second and "ADMIN API KEY" not in second
+    # Every "changed:" line counted (writes through a pipe once went uncounted: 22 lines, "20").
+    assert f"\nsetup: {first.count('  changed: ')} changes\n" in first, first
+    # The stack that answers on its port is the one it started.
+    own = (installation.var / "installation_id").read_text().strip()
+    assert f"/readyz answers as this installation ({own})" in first, first
+    assert (
+        requests.get(installation.url + "/readyz", timeout=10).headers["X-Scriptorium-Installation"]
+        == own
+    )
+
+
+def test_start_refuses_ports_another_stack_holds(installation: Installation) -> None:
+    """--start where another stack listens (this one's HTTP and Redis ports): refused before
+    anything is installed. (It used to start anyway: redis and nginx in BACKOFF, /readyz
+    answering ready for the other stack.)"""
+    prefix = Path(tempfile.mkdtemp(prefix="scriptorium-busy-", dir="/tmp"))
+    prefix.chmod(0o755)
+    venvs = prefix / "shared" / "venvs"
+    venvs.mkdir(parents=True)
+    for venv in (installation.prefix / "shared" / "venvs").iterdir():
+        (venvs / venv.name).symlink_to(venv)  # (no torch install, should it get that far)
+    redis_port = _setting(installation, "SCRIPTORIUM_REDIS__PORT")
+    try:
+        result, _ = _run(
+            [
+                *installation.setup[:3],  # the script, --role api
+                *("--prefix", str(prefix), "--user", SERVICE_USER),
+                *("--http-port", installation.url.rsplit(":", 1)[1], "--redis-port", redis_port),
+                *("--spiped-bind", "127.0.0.1", "--spiped-port", str(free_port())),
+                *("--redis-tunnel-bind", "127.0.0.1", "--redis-tunnel-port", str(free_port())),
+                "--start",
+            ],
+            timeout=600,
+        )
+        assert result.returncode != 0, result.stdout
+        assert "already in use" in result.stderr and redis_port in result.stderr, result.stderr
+        assert not (prefix / "current").exists() and not (prefix / "bin").exists()
+    finally:
+        _remove_installation(prefix)
 
 
 def test_installed_layout_users_and_permissions(installation: Installation) -> None:
@@ -291,6 +353,39 @@ def test_installed_stack_answers_and_completes_a_task(
     task_id = _upload(installation.url, installation.admin_key, image)
     body = _wait_task(installation.url, installation.admin_key, task_id)
     assert body["state"] == "SUCCEEDED", body
+
+
+OPERATOR_LINES = """# mine: loopback test servers allowed
+SCRIPTORIUM_FETCH__ALLOW='["127.0.0.0/8"]'
+"""
+
+
+def test_operator_settings_survive_setup_and_apply_at_restart(installation: Installation) -> None:
+    """The operator's lines in scriptorium.env outlive a rerun of setup (which rewrote the whole
+    file), setup's own edited line is put back and said to need a restart, and `release.sh
+    --restart` gives every program the file as it is now (supervisord's environment, read once,
+    used to be what they got)."""
+    env_file = installation.env_file
+    text = env_file.read_text()
+    env_file.write_text(text.replace("SCRIPTORIUM_HTTP__HOST='127.0.0.1'", "") + OPERATOR_LINES)
+    result = installation.rerun_setup()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"changed: wrote {env_file}" in result.stdout
+    assert "\nsetup: 1 changes\n" in result.stdout, result.stdout
+    assert "changed under a running stack" in result.stdout
+    assert env_file.read_text() == text + OPERATOR_LINES
+    again = installation.rerun_setup()
+    assert "\nsetup: no change\n" in again.stdout and "changed:" not in again.stdout, again.stdout
+    result, seconds = installation.release("--restart")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "supervisord took" not in result.stdout  # nothing waits for supervisord's restart
+    print(f"\nrelease.sh --restart: {seconds:.0f} s")
+    for program in ("gunicorn", "worker", "webhooks"):
+        env = installation.environ(program)
+        assert env.get("SCRIPTORIUM_FETCH__ALLOW") == '["127.0.0.0/8"]', (program, env)
+    # torch's compiled kernels stay inside the installation (not /tmp/torchinductor_<user>)
+    cache = installation.environ("worker")["TORCHINDUCTOR_CACHE_DIR"]
+    assert Path(cache).is_relative_to(installation.prefix)
 
 
 class Load:
@@ -531,6 +626,7 @@ def test_ctrl_c_mid_release_goes_back_to_the_running_release(
 # --- a worker host ------------------------------------------------------------------------------
 
 WORKER_USER = f"sc-test-w-{os.getpid()}"
+WORKER_NAME = "gpu-2"
 
 
 @pytest.fixture(scope="module")
@@ -546,28 +642,35 @@ def worker_host(installation: Installation, source_repo: Path) -> Iterator[Insta
     for venv in (installation.prefix / "shared" / "venvs").iterdir():
         (shared / "venvs" / venv.name).symlink_to(venv)
     shutil.copytree(installation.prefix / "shared" / "models", shared / "models")
+    # README step 1, on one machine: 0600 from the start
     secrets = Path(tempfile.mkdtemp(prefix="worker-secrets-")) / "worker.secrets"
-    secrets.write_text(installation.service("worker-secrets"))
-    secrets.chmod(0o600)
+    scriptorium = installation.prefix / "bin" / "scriptorium"
+    subprocess.run(
+        ["bash", "-c", f"(umask 077; {scriptorium} worker-secrets > {secrets})"], check=True
+    )
+    assert secrets.stat().st_mode & 0o777 == 0o600
     tunnel_port = _setting(installation, "SCRIPTORIUM_REDIS_TUNNEL__LISTEN").rsplit(":", 1)[1]
     setup = [
         str(PROJECT_ROOT / "scripts" / "cloudvps_setup.sh"),
         *("--role", "worker", "--prefix", str(prefix), "--user", WORKER_USER),
         *("--source", str(source_repo), "--redis-port", str(free_port())),
         *("--api-host", "127.0.0.1", "--redis-tunnel-port", tunnel_port),
+        # The same machine: the API host's workers already go by its host name.
+        *("--worker-name", WORKER_NAME),
     ]
-    host = Installation(prefix, installation.url)
+    host = Installation(prefix, installation.url, setup=setup)
     try:
         first, seconds = _run([*setup, "--redis-secrets-from", str(secrets), "--start"])
         assert first.returncode == 0, first.stdout + first.stderr
+        started = time.monotonic()
         host.runs.append((first.stdout, seconds))
+        host.timings["worker host's first setup"] = seconds
         second, seconds = _run(setup)  # the secrets are in place: not needed again
         assert second.returncode == 0, second.stdout + second.stderr
         host.runs.append((second.stdout, seconds))
-        deadline = time.monotonic() + 240
-        while len(installation.wait_ready()["workers"]) < 2:
-            assert time.monotonic() < deadline, "the worker host's worker never showed up"
-            time.sleep(1)
+        _wait_worker_named(installation, WORKER_NAME)
+        host.timings["its worker in /readyz after setup"] = time.monotonic() - started
+        host.secrets = secrets
         yield host
     finally:
         _remove_installation(prefix)
@@ -618,6 +721,78 @@ def test_worker_host_runs_tasks(installation: Installation, worker_host: Install
             assert _wait_task(installation.url, api_key, task_id, 120)["state"] == "SUCCEEDED"
     finally:
         installation.service("ctl", "start", "worker")
+        _wait_worker_named(installation, socket.gethostname())  # as the next tests expect
+
+
+def _wait_worker_named(installation: Installation, name: str, timeout_s: float = 300) -> float:
+    """Until a live worker goes by `name` (/readyz); the seconds it took."""
+    started = time.monotonic()
+    while not any(w["name"] == name for w in installation.wait_ready(timeout_s)["workers"]):
+        assert time.monotonic() < started + timeout_s, f"no live worker named {name}"
+        time.sleep(0.5)
+    return time.monotonic() - started
+
+
+def test_readme_worker_host_walkthrough(
+    installation: Installation, worker_host: Installation
+) -> None:
+    """README, "Scaling out: worker hosts", steps 4-6 (1-3: the worker_host fixture): the host's
+    workers listed under its name, a setting of the operator's applied by `release.sh --restart`,
+    a rerun of setup keeping it."""
+    # 4. both hosts' workers, each under its own name
+    _wait_worker_named(installation, socket.gethostname())
+    names = {line.split("\t")[0] for line in installation.service("workers").splitlines()}
+    assert names == {WORKER_NAME, socket.gethostname()}, names
+    # 5. a setting of the operator's, applied by a restart
+    with worker_host.env_file.open("a") as fh:
+        fh.write(OPERATOR_LINES)
+    result, seconds = worker_host.release("--restart")
+    assert result.returncode == 0, result.stdout + result.stderr
+    worker_host.timings["release.sh --restart"] = seconds
+    env = worker_host.environ("worker")
+    assert env.get("SCRIPTORIUM_FETCH__ALLOW") == '["127.0.0.0/8"]', env
+    assert env.get("SCRIPTORIUM_WORKER__NAME") == WORKER_NAME
+    # 6. a rerun of setup keeps it
+    again = worker_host.rerun_setup()
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "\nsetup: no change\n" in again.stdout, again.stdout
+    assert worker_host.env_file.read_text().endswith(OPERATOR_LINES)
+    print("\nREADME worker-host walk-through:")
+    for step, seconds in worker_host.timings.items():
+        print(f"  {step}: {seconds:.1f} s")
+
+
+def test_a_worker_name_in_use_elsewhere_is_refused(worker_host: Installation) -> None:
+    """The API host's workers go by this machine's host name (live heartbeats): the worker host
+    may not take it too, and keeps its own."""
+    before = worker_host.env_file.read_text()
+    result = worker_host.rerun_setup("--worker-name", socket.gethostname())
+    assert result.returncode != 0, result.stdout
+    assert "is taken" in result.stderr and "another installation" in result.stderr, result.stderr
+    assert worker_host.env_file.read_text() == before
+
+
+def test_a_rotated_tunnel_key_alone_is_a_change(worker_host: Installation) -> None:
+    """Only the tunnel key differs from what is installed: reported, counted, and the tunnel's
+    restart named (it said "ok" and "no change")."""
+    key = worker_host.prefix / "shared" / "keys" / "redis-tunnel.key"
+    installed = key.read_bytes()
+    rotated = worker_host.secrets.with_name("rotated.secrets")
+    text = worker_host.secrets.read_text()
+    new_key = base64.b64encode(os.urandom(32)).decode()
+    rotated.write_text(re.sub(r"(?m)^redis_tunnel_key=.*$", f"redis_tunnel_key={new_key}", text))
+    try:
+        result = worker_host.rerun_setup("--redis-secrets-from", str(rotated))
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"changed: wrote {key}" in result.stdout
+        assert "ok: Redis password and tunnel key" not in result.stdout
+        assert "\nsetup: 1 changes\n" in result.stdout, result.stdout
+        assert "restart spiped-redis-client" in result.stdout
+    finally:
+        # The tunnel's running end still has the installed key: put it back.
+        restored = worker_host.rerun_setup("--redis-secrets-from", str(worker_host.secrets))
+        assert restored.returncode == 0, restored.stdout + restored.stderr
+    assert key.read_bytes() == installed
 
 
 def test_worker_host_release(worker_host: Installation, source_repo: Path) -> None:

@@ -316,6 +316,54 @@ def test_env_line_reads_back_as_written_and_runs_nothing(tmp_path: Path) -> None
     assert not marker.exists()
 
 
+# What an installation made before setup's markers has in shared/scriptorium.env (an operator's
+# lines among setup's, as they were found rewritten away).
+LEGACY_ENV = """# Scriptorium's settings on this machine: SCRIPTORIUM_<SECTION>__<KEY> overrides
+# flask_config.yaml. Read by bin/scriptorium-env (so by supervisord and every program).
+# No secrets here. Values are single-quoted: bash sources this file.
+SC_HOME='/srv/scriptorium/current'
+SCRIPTORIUM_ROLE='worker'
+SCRIPTORIUM_REDIS__PORT='6390'
+SCRIPTORIUM_REDIS_TUNNEL__SERVER='api:8026'
+SCRIPTORIUM_FETCH__ALLOW='["10.0.0.0/8"]'
+SCRIPTORIUM_MODELS__DIRS='["model/weights", "/srv/scriptorium/shared/models"]'
+# gpu: one child
+SCRIPTORIUM_WORKER__CONCURRENCY='1'
+"""
+OPERATOR = """SCRIPTORIUM_FETCH__ALLOW='["10.0.0.0/8"]'
+# gpu: one child
+SCRIPTORIUM_WORKER__CONCURRENCY='1'
+"""
+
+
+def test_setup_keeps_the_operators_settings(tmp_path: Path) -> None:
+    """operator_settings: the lines of scriptorium.env that cloudvps_setup.sh does not own (it
+    used to rewrite the whole file), in a file with its markers and in one from before them."""
+
+    def operator_lines(text: str) -> str:
+        (tmp_path / "env").write_text(text)
+        script = f". scripts/deploy_lib.sh; operator_settings {tmp_path}/env"
+        result = subprocess.run(
+            ["bash", "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True
+        )
+        return result.stdout
+
+    assert operator_lines(LEGACY_ENV) == OPERATOR
+    begin, end = (
+        subprocess.run(
+            ["bash", "-c", f'. scripts/deploy_lib.sh; printf "%s" "${name}"'],
+            capture_output=True,
+            text=True,
+            cwd=PROJECT_ROOT,
+            check=True,
+        ).stdout
+        for name in ("ENV_BEGIN", "ENV_END")
+    )
+    marked = f"{begin}\nSCRIPTORIUM_ROLE='api'\n# setup's comment\n{end}\n{OPERATOR}"
+    assert operator_lines(marked) == OPERATOR
+    assert operator_lines(f"{begin}\nSCRIPTORIUM_ROLE='api'\n{end}\n") == ""
+
+
 # --- a release ---------------------------------------------------------------------------------
 
 

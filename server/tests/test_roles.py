@@ -137,6 +137,33 @@ def test_worker_secrets_is_what_a_worker_host_needs(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "worker hosts need an API host" in refused.stderr
 
 
+def test_worker_secrets_never_land_in_a_file_others_can_read(tmp_path: Path) -> None:
+    """`worker-secrets > FILE` under umask 022 made FILE world-readable until a chmod: refused
+    before anything is written; under umask 077 (the README's way) the file is 0600 from the
+    start."""
+    env = {"SCRIPTORIUM_DATA_DIR": str(tmp_path / "var"), "SCRIPTORIUM_ROLE": "api"}
+    assert _cli(env, "init").returncode == 0
+    command = f"{sys.executable} -m model worker-secrets > {tmp_path}/worker.secrets"
+    for umask, ok in (("022", False), ("077", True)):
+        result = subprocess.run(
+            ["bash", "-c", f"umask {umask}; {command}"],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("SCRIPTORIUM_")},
+                **env,
+            },
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        written = (tmp_path / "worker.secrets").read_text()
+        assert (result.returncode == 0) == ok, result.stderr
+        assert ("redis_password=" in written) == ok
+        if not ok:
+            assert "umask 077" in result.stderr
+        (tmp_path / "worker.secrets").unlink()
+
+
 @pytest.fixture
 def bare_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
     if not shutil.which("redis-server"):
@@ -146,10 +173,13 @@ def bare_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
         yield port, password
 
 
-def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(bare_redis) -> None:
+def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(
+    bare_redis, tmp_path: Path
+) -> None:
     port, password = bare_redis
     client = redis.Redis(port=port, password=password)
-    here = socket.gethostname()
+    machine = socket.gethostname()
+    here = "gpu-2"  # this host's worker.name (two hosts on one machine: not the host name)
     child = subprocess.Popen(["sleep", "30"])  # stands for a pool process of worker os.getpid()
     try:
         beats = {
@@ -158,20 +188,34 @@ def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(bare_redis) ->
             f"sc:worker:elsewhere:{child.pid}": {"pid": child.pid, "started_at": 3000.0},
         }
         for key, beat in beats.items():
+            beat = {**beat, "host": machine, "installation": key.split(":")[2] + "-id"}
             client.set(key, json.dumps({**beat, "models": ["demo"]}))
+        var = tmp_path / "var"
+        var.mkdir()
+        (var / "installation_id").write_text("gpu-2-id\n")
         env = {
             "SCRIPTORIUM_REDIS__PORT": str(port),
             "SCRIPTORIUM_REDIS__PASSWORD": password,
+            "SCRIPTORIUM_WORKER__NAME": here,
+            "SCRIPTORIUM_DATA_DIR": str(var),
         }
         listed = _cli(env, "workers", "--json")
         assert listed.returncode == 0, listed.stderr
-        assert sorted(row["host"] for row in json.loads(listed.stdout)) == sorted(
+        assert sorted(row["name"] for row in json.loads(listed.stdout)) == sorted(
             [here, here, "elsewhere"]
         )
+        # Printed by their configured names, not the machine's (the same for all three here).
+        printed = _cli(env, "workers").stdout.splitlines()
+        assert sorted(line.split("\t")[0] for line in printed) == sorted([here, here, "elsewhere"])
         # release.sh: this host's worker (main process = this test), loaded since 1500
         fresh = _cli(env, "workers", "--json", "--since", "1500", "--parent", str(os.getpid()))
         assert fresh.returncode == 0
-        assert [(r["host"], r["pid"]) for r in json.loads(fresh.stdout)] == [(here, child.pid)]
+        assert [(r["name"], r["pid"]) for r in json.loads(fresh.stdout)] == [(here, child.pid)]
+        # setup's check: a name a live worker of another installation uses is taken
+        assert _cli(env, "workers", "--taken", here).returncode == 0  # this installation's own
+        taken = _cli(env, "workers", "--taken", "elsewhere")
+        assert taken.returncode == 3 and "in use" in taken.stderr
+        assert _cli(env, "workers", "--taken", "free-name").returncode == 0
         assert _cli(env, "workers", "--since", "2500", "--parent", str(os.getpid())).returncode == 1
         gone = _cli({**env, "SCRIPTORIUM_REDIS__PORT": str(free_port())}, "workers")
         assert gone.returncode == 2 and "error: redis" in gone.stderr
@@ -202,3 +246,36 @@ def test_worker_host_smoke_checks_redis_through_the_tunnel(tmp_path: Path, bare_
         smoke._redis_reachable(unset)
     names = [check.__name__ for check in smoke.WORKER_CHECKS]
     assert "_nginx_config_valid" not in names and "_app_answers" not in names
+
+
+def test_programs_read_the_settings_file_as_they_start(tmp_path: Path) -> None:
+    """scripts/with_settings.sh: the file named by SC_ENV_FILE as it is now, over what the
+    program inherited from supervisord; without SC_ENV_FILE the environment as given."""
+    env_file = tmp_path / "scriptorium.env"
+    env_file.write_text("SCRIPTORIUM_FETCH__ALLOW='[\"127.0.0.0/8\"]'\n")
+    wrapper = str(PROJECT_ROOT / "scripts" / "with_settings.sh")
+    base = {"PATH": os.environ["PATH"], "SCRIPTORIUM_GUNICORN_BIND": "unix:/x.sock"}
+    read = subprocess.run(
+        [wrapper, "env"], env={**base, "SC_ENV_FILE": str(env_file)}, capture_output=True, text=True
+    )
+    assert 'SCRIPTORIUM_FETCH__ALLOW=["127.0.0.0/8"]' in read.stdout.splitlines()
+    assert "SCRIPTORIUM_GUNICORN_BIND=unix:/x.sock" in read.stdout.splitlines()  # its own
+    plain = subprocess.run([wrapper, "env"], env=base, capture_output=True, text=True)
+    assert "SCRIPTORIUM_FETCH__ALLOW" not in plain.stdout
+
+
+def test_supervisord_env_names_what_only_its_restart_applies(tmp_path: Path) -> None:
+    """release.sh's warning: values supervisord took at its start that the settings change."""
+    env = {"SCRIPTORIUM_DATA_DIR": str(tmp_path / "var"), "SCRIPTORIUM_REDIS__PORT": "6391"}
+    started = {k: v for k, v in os.environ.items() if not k.startswith("SCRIPTORIUM_")}
+    settings = Settings(data_dir=tmp_path / "var", redis={"port": 6391})
+    fresh = cli.supervisor_env(settings)
+    # stands for supervisord, started when the port was 6390 (and the rest as now)
+    sleeper = subprocess.Popen(["sleep", "30"], env={**started, **fresh, "SC_REDIS_PORT": "6390"})
+    try:
+        result = _cli(env, "supervisord-env", "--pid", str(sleeper.pid))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["SC_REDIS_PORT"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
