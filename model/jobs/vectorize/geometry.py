@@ -67,7 +67,7 @@ def ink_mask(gray: np.ndarray, t: Thresholds) -> _Ink:
     return _Ink(mask, np.stack([xs, ys], 1).astype(np.float32), max(1.5, stroke), diag)
 
 
-CENTRE_SIDE = 400  # centres are voted for on a copy this size (the vote costs ~ pixels x radii)
+CENTRE_SIDE = 300  # centres are voted for on a copy this size (the vote costs ~ pixels x radii)
 
 
 def _centres(ink: _Ink, mask: np.ndarray, t: Thresholds) -> list[tuple[float, float]]:
@@ -82,7 +82,7 @@ def _centres(ink: _Ink, mask: np.ndarray, t: Thresholds) -> list[tuple[float, fl
         dp=1,
         minDist=max(3.0, 0.02 * diag),
         param1=60,
-        param2=12,
+        param2=15,
         minRadius=max(3, int(t.min_radius * diag)),
         maxRadius=int(0.6 * diag),
     )
@@ -91,7 +91,7 @@ def _centres(ink: _Ink, mask: np.ndarray, t: Thresholds) -> list[tuple[float, fl
     return [(float(x) / k, float(y) / k) for x, y, _r in found[0][:MAX_CENTRES]]
 
 
-MAX_CENTRES = 30
+MAX_CENTRES = 20
 
 
 def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
@@ -114,6 +114,24 @@ def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
     edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
     begins, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
     return [((int(b) + start) % n, int(e - b)) for b, e in zip(begins, ends, strict=True)]
+
+
+def _trimmed(occupied: np.ndarray, start: int, length: int) -> tuple[int, int]:
+    """A run without the stray ink bridged onto its ends (a crossing stroke a gap away): each
+    end moves inwards to the first SOLID bins inked in a row."""
+    n = len(occupied)
+    if length >= n:
+        return start, length
+    inked = occupied[(np.arange(length) + start) % n]
+    solid = np.convolve(inked, np.ones(SOLID), mode="valid") == SOLID
+    if not solid.any():
+        return start, 0
+    first = int(np.argmax(solid))
+    last = int(len(solid) - 1 - np.argmax(solid[::-1])) + SOLID
+    return (start + first) % n, last - first
+
+
+SOLID = 4
 
 
 def _fit_circle(pts: np.ndarray) -> tuple[float, float, float] | None:
@@ -162,7 +180,7 @@ def _shape_at(
         runs = _runs(occupied, max_gap=max_gap)
         if not runs:
             return None
-        start, length = max(runs, key=lambda run: run[1])
+        start, length = _trimmed(occupied, *max(runs, key=lambda run: run[1]))
         span = length * 360 / n_bins
         if span < t.min_arc_deg:
             return None
@@ -229,14 +247,24 @@ def _radii(dist: np.ndarray, angle: np.ndarray, ink: _Ink, t: Thresholds) -> lis
     return found
 
 
-def circles_and_arcs(ink: _Ink, t: Thresholds) -> list[dict]:
-    """Candidates from every centre, then accepted greedily, largest first, each only if most
-    of its ink is not explained by one accepted before (a slightly wrong centre sees parts of a
-    true circle as arcs at neighbouring radii). Twice: the big circles' votes drown the centres
-    of small arcs, which a second vote on the ink left unexplained finds."""
+def _greedy(candidates: list[_Candidate], n_points: int) -> list[_Candidate]:
+    """Largest first, each only if most of its ink is not explained by one accepted before."""
+    claimed = np.zeros(n_points, bool)
+    kept = []
+    for c in sorted(candidates, key=lambda c: -len(c.members)):
+        if len(c.members) == 0 or float((~claimed[c.members]).mean()) < MIN_FRESH:
+            continue
+        claimed[c.members] = True
+        kept.append(c)
+    return kept
+
+
+def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
+    """Circle and arc candidates around every voted centre. Twice: the big circles' votes drown
+    the centres of small arcs, which a second vote on the ink left unexplained finds."""
     band = max(2.5, ink.stroke / 2 + 2)
     claimed = np.zeros(len(ink.points), bool)
-    shapes: list[dict] = []
+    everything: list[_Candidate] = []
     mask = ink.mask
     for _round in range(ROUNDS):
         candidates: list[_Candidate] = []
@@ -250,19 +278,21 @@ def circles_and_arcs(ink: _Ink, t: Thresholds) -> list[dict]:
                     continue
                 if found.fill >= MIN_FILL:
                     candidates.append(found)
-        candidates.sort(key=lambda c: -len(c.members))
-        before = len(shapes)
-        for c in candidates:
-            if len(c.members) == 0 or float((~claimed[c.members]).mean()) < MIN_FRESH:
-                continue
-            claimed[c.members] = True
-            shapes.append(c.shape)
-        if len(shapes) == before:
+        everything += candidates
+        accepted = _greedy(candidates, len(ink.points))
+        if not accepted:
             break
-        mask = ink.mask.copy()
-        xy = ink.points[claimed].astype(int)
-        mask[xy[:, 1], xy[:, 0]] = 0
-    return shapes
+        for c in accepted:
+            claimed[c.members] = True
+        mask = _without(ink, claimed)
+    return everything
+
+
+def _without(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
+    mask = ink.mask.copy()
+    xy = ink.points[claimed].astype(int)
+    mask[xy[:, 1], xy[:, 0]] = 0
+    return mask
 
 
 ROUNDS = 2
@@ -271,22 +301,7 @@ MIN_FILL = 0.85
 MIN_FRESH = 0.6
 
 
-def _erase(mask: np.ndarray, shapes: list[dict], width: int) -> np.ndarray:
-    out = mask.copy()
-    for s in shapes:
-        cx, cy, r = s["center"][0], s["center"][1], s["radius"]
-        if s["kind"] == "circle":
-            a0, a1 = 0.0, 360.0
-        else:
-            a0 = s["start_deg"]
-            a1 = a0 + (s["end_deg"] - a0) % 360
-        center = (round(cx * 4), round(cy * 4))
-        radius = round(r * 4)
-        cv2.ellipse(out, center, (radius, radius), 0, a0 - 3, a1 + 3, 0, width, cv2.LINE_8, 2)
-    return out
-
-
-def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[dict]:
+def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]:
     """Greedy merge of collinear fragments, longest first."""
     if segs is None or len(segs) == 0:
         return []
@@ -336,10 +351,20 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[dict]:
             continue
         support = _support(ink.mask, a, b, ink.stroke)
         if support >= t.line_support:
-            lines.append(
-                {"kind": "line", "p0": a.tolist(), "p1": b.tolist(), "confidence": support}
-            )
+            shape = {"kind": "line", "p0": a.tolist(), "p1": b.tolist(), "confidence": support}
+            lines.append(_Candidate(shape, _near_segment(ink, a, b), support))
     return lines
+
+
+def _near_segment(ink: _Ink, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Indices of the ink points within half a stroke (and a little) of the segment a..b."""
+    d = b - a
+    length = float(np.linalg.norm(d))
+    u = d / (length + 1e-9)
+    rel = ink.points - a.astype(np.float32)
+    along = rel @ u.astype(np.float32)
+    across = np.abs(rel @ np.array([-u[1], u[0]], np.float32))
+    return np.nonzero((across <= ink.stroke / 2 + 1.5) & (along >= -2) & (along <= length + 2))[0]
 
 
 def _support(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> float:
@@ -355,17 +380,21 @@ def _support(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> f
 def vectorize(
     gray: np.ndarray, thresholds: Thresholds, kinds: frozenset[str] | None = None
 ) -> list[dict]:
-    """Primitives in the given image's pixels (kinds: those to report; all by default)."""
+    """Primitives in the given image's pixels (kinds: those to report; all by default).
+    Circles and arcs are found first; lines on the ink the circles leave; then lines, circles
+    and arcs compete for the ink (largest first), which drops arcs that only string together
+    pieces of lines and circles."""
     kinds = kinds or frozenset({"line", "circle", "arc"})
     ink = ink_mask(gray, thresholds)
     if len(ink.points) == 0:
         return []
-    round_shapes = circles_and_arcs(ink, thresholds)
-    width = int(2 * max(2.5, ink.stroke / 2 + 2) + 1)
-    rest = _erase(ink.mask, round_shapes, width)
-    lines: list[dict] = []
-    if "line" in kinds:
-        lsd = cv2.createLineSegmentDetector()
-        segs = lsd.detect(cv2.GaussianBlur(rest, (0, 0), 1.0))[0]
-        lines = _merge_lines(segs, ink, thresholds)
-    return [s for s in round_shapes + lines if s["kind"] in kinds]
+    rounds = round_candidates(ink, thresholds)
+    claimed = np.zeros(len(ink.points), bool)
+    for c in _greedy(rounds, len(ink.points)):
+        if c.shape["kind"] == "circle":
+            claimed[c.members] = True
+    lsd = cv2.createLineSegmentDetector()
+    segs = lsd.detect(cv2.GaussianBlur(_without(ink, claimed), (0, 0), 1.0))[0]
+    lines = _merge_lines(segs, ink, thresholds)
+    chosen = _greedy(rounds + lines, len(ink.points))
+    return [c.shape for c in chosen if c.shape["kind"] in kinds]
