@@ -17,8 +17,10 @@ from model.jobs.spec import JobSpec
 from model.settings import Settings
 
 REF = "#/components/schemas/{model}"
-# The job type multipart submits are for: the one whose JobSpec takes uploads.
-(UPLOAD_JOB,) = [name for name, job in JOBS.items() if job.uploads]
+# The job types multipart submits are for (their JobSpec takes uploads); without a `type` part,
+# the first (detect).
+UPLOAD_JOBS = [name for name, job in JOBS.items() if job.uploads]
+UPLOAD_JOB = UPLOAD_JOBS[0]
 # Formats accepted for uploaded images / manifests (the part's declared type is not checked:
 # the bytes are sniffed; this tells generators and readers what to send).
 IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/webp, image/gif, image/bmp"
@@ -66,17 +68,19 @@ def _files(description: str, most: int) -> dict[str, Any]:
     }
 
 
-def _multipart_schema(settings: Settings) -> dict[str, Any]:
-    job = JOBS[UPLOAD_JOB]
+def _multipart_schema(settings: Settings, name: str) -> dict[str, Any]:
+    job = JOBS[name]
     limits = settings.job_limits(job.name)
-    return {
+    kind: dict[str, Any] = {"type": "string", "const": job.name}
+    if name == UPLOAD_JOB:  # the default: `type` may be left out
+        kind["default"] = job.name
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {
             "type": {
-                "type": "string",
-                "const": job.name,
-                "default": job.name,
-                "description": f"multipart is for {job.name} with uploads; other jobs are JSON",
+                **kind,
+                "description": f"multipart is for {', '.join(UPLOAD_JOBS)} with uploads; "
+                "other jobs are JSON",
             },
             "params": {"$ref": REF.format(model=job.params.__name__)},
             "input": {"$ref": REF.format(model=job.input.__name__)},
@@ -98,6 +102,14 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
             {"required": ["input"], "properties": {"input": _input_schema(job)}},
         ],
     }
+    if name != UPLOAD_JOB:
+        schema["required"] = ["type"]
+    return schema
+
+
+def _multipart_schemas(settings: Settings) -> dict[str, Any]:
+    schemas = [_multipart_schema(settings, name) for name in UPLOAD_JOBS]
+    return schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
 
 
 def task_request_body(settings: Settings) -> dict[str, Any]:
@@ -108,7 +120,7 @@ def task_request_body(settings: Settings) -> dict[str, Any]:
             "content": {
                 "application/json": {"schema": {"oneOf": _json_schemas(settings)}},
                 "multipart/form-data": {
-                    "schema": _multipart_schema(settings),
+                    "schema": _multipart_schemas(settings),
                     # Object parts are JSON (OpenAPI's default for them, said explicitly).
                     "encoding": {
                         "params": {"contentType": "application/json"},

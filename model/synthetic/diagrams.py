@@ -118,8 +118,9 @@ def _layout(rng: np.random.Generator, w: int, h: int) -> list[Primitive]:
     shapes: list[Primitive] = []
     for _ in range(rng.integers(1, 3)):
         r_max = rng.uniform(0.18, 0.42) * s
-        cx, cy = rng.uniform(r_max + 0.04 * s, w - r_max - 0.04 * s), rng.uniform(
-            r_max + 0.04 * s, h - r_max - 0.04 * s
+        cx, cy = (
+            rng.uniform(r_max + 0.04 * s, w - r_max - 0.04 * s),
+            rng.uniform(r_max + 0.04 * s, h - r_max - 0.04 * s),
         )
         radii = sorted(
             {round(r_max * f, 1) for f in rng.uniform(0.25, 1.0, rng.integers(1, 4))}, reverse=True
@@ -205,7 +206,9 @@ def render_diagram(seed: int, long_side: int | None = None) -> RenderedDiagram:
     _labels(ink, rng, w, h)
     paper = _paper(rng, w, h)
     color = np.array([rng.uniform(20, 70), rng.uniform(15, 50), rng.uniform(10, 40)])
-    alpha = np.clip(ink / 255.0 * rng.uniform(0.75, 1.0) * (1 + 0.1 * _smooth_noise(rng, w, h, 8)), 0, 1)
+    alpha = np.clip(
+        ink / 255.0 * rng.uniform(0.75, 1.0) * (1 + 0.1 * _smooth_noise(rng, w, h, 8)), 0, 1
+    )
     img = paper * (1 - alpha[..., None]) + color * alpha[..., None]
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.0))
     img += rng.normal(0, rng.uniform(2, 7), img.shape)

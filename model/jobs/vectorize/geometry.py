@@ -55,7 +55,7 @@ def ink_mask(gray: np.ndarray, t: Thresholds) -> _Ink:
     ratio = gray.astype(np.float32) / np.maximum(paper, 1)
     mask = (ratio < 1 - t.ink_contrast).astype(np.uint8) * 255
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     longest = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
     keep = longest >= t.min_blob * diag
     keep[0] = False
@@ -232,7 +232,9 @@ def _radii(dist: np.ndarray, angle: np.ndarray, ink: _Ink, t: Thresholds) -> lis
     if r_max < 5:
         return []
     hist = np.zeros((r_max + 1, ANGLE_BINS), np.uint8)
-    hist[np.minimum(dist.astype(int), r_max), (angle * ANGLE_BINS / 360).astype(int) % ANGLE_BINS] = 1
+    hist[
+        np.minimum(dist.astype(int), r_max), (angle * ANGLE_BINS / 360).astype(int) % ANGLE_BINS
+    ] = 1
     band = int(max(2, ink.stroke / 2 + 1))
     spread = cv2.dilate(hist, np.ones((2 * band + 1, 1), np.uint8))  # along the radius
     coverage = spread.mean(axis=1)
@@ -241,9 +243,9 @@ def _radii(dist: np.ndarray, angle: np.ndarray, ink: _Ink, t: Thresholds) -> lis
     lo = int(t.min_radius * ink.diag)
     for r in range(lo, r_max):
         c = coverage[r]
-        if c >= low and c >= coverage[max(0, r - 2 * band) : r + 2 * band + 1].max():
-            if not found or r - found[-1] > band:
-                found.append(float(r))
+        peak = c >= low and c >= coverage[max(0, r - 2 * band) : r + 2 * band + 1].max()
+        if peak and (not found or r - found[-1] > band):
+            found.append(float(r))
     return found
 
 

@@ -124,7 +124,10 @@ def total(per_image: Iterable[dict[str, Counts]]) -> dict[str, Counts]:
 
 def table(sums: dict[str, Counts]) -> str:
     """The F1 table as Markdown."""
-    rows = ["| kind | true | found | matched | precision | recall | F1 |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| kind | true | found | matched | precision | recall | F1 |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind in KINDS:
         c = sums[kind]
         rows.append(
