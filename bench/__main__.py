@@ -111,6 +111,7 @@ def options(args: argparse.Namespace) -> Options:
         o.scaling, o.noop_tasks, o.wrk_seconds = [5, 10, 20], 40, 3
         o.cancel_pages, o.memory_tasks = 40, 50
         o.big_pages, o.small_samples = 100, 3
+        o.vectorize_diagrams = 20
     return o
 
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench import vectorize
+
 Row = tuple[str, str, str, str, str, str]  # figure, value, baseline, ratio, target, met
 
 
@@ -494,6 +496,7 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows(r)]
     lines += cpu_table(r)
+    lines += vectorize.markdown(r.get("vectorize") or {})
     lines += [
         "",
         "## Load during the run",

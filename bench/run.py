@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import cancel, memory, overhead, overlap, raw, seed_style, service, wrk
+from bench import cancel, memory, overhead, overlap, raw, seed_style, service, vectorize, wrk
 from bench import stack as bench_stack
 from bench.cpu import CpuMeter
 from bench.iiif_host import IiifHost
@@ -33,6 +33,7 @@ PARTS = (
     "status",
     "cancel",
     "memory",
+    "vectorize",
 )
 STACK_PARTS = set(PARTS) - {"raw", "seed"}  # the parts that run against the live stack
 
@@ -63,6 +64,7 @@ class Options:
     parts: set[str] = field(default_factory=lambda: set(PARTS))
     gpu: bool = False
     cache_dir: Path = Path("bench/results/tmp/pages")
+    vectorize_diagrams: int = 200  # held-out diagrams scored (and 1/4 of them through the API)
     keep: bool = False
 
 
@@ -325,6 +327,11 @@ class Run:
             )
         if self.wanted("memory"):
             self._memory(host, pages, manifests["single"])
+        if self.wanted("vectorize"):
+            n = o.vectorize_diagrams
+            self.results["vectorize"] = self.phase(
+                "vectorize: F1 and diagrams/s", lambda: vectorize.run(self.api, n, max(5, n // 4))
+            )
         self._summarise()
 
     # --- phases ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ through nginx: what a person or a viewer in a browser does.
   on another origin is blocked by CORS.
 - Mirador 4.0.0 (from npm, a test tool only) opens a shared manifest URL, no key, from an origin
   the stack does not list, and shows the detections of the canvas.
+- Mirador draws a vectorized diagram's SvgSelector paths, and the operator page its primitives.
 - The operator page shows a running task's progress moving, draws its boxes, cancels a task
   and hands out a share link that opens in the viewer.
 
@@ -178,8 +179,8 @@ def test_mirador_shows_the_detections_of_a_shared_manifest(
     assert not [p for p in page.problems if "HTTP 4" in p or "HTTP 5" in p], page.problems
 
 
-def test_mirador_draws_the_svg_selectors_of_a_vectorized_diagram(
-    page, mirador: str, iiif_api: Api, iiif_server: IiifServer, web_origins
+def test_mirador_and_the_console_draw_a_vectorized_diagram(
+    page, mirador: str, iiif_stack: Stack, iiif_api: Api, iiif_server: IiifServer, web_origins
 ) -> None:
     """One annotation per primitive, each an SvgSelector path that Mirador draws (in its
     annotation colour, which nothing on the brown-on-paper diagram has)."""
@@ -213,6 +214,13 @@ def test_mirador_draws_the_svg_selectors_of_a_vectorized_diagram(
     time.sleep(1)
     assert _changed_pixels(drawn, viewer.screenshot()) > 500, "Mirador drew no annotation"
     assert not [p for p in page.problems if "HTTP 4" in p or "HTTP 5" in p], page.problems
+
+    # The operator page draws them on the task's thumbnail.
+    _sign_in(page, iiif_stack, iiif_stack.keys["iiif"])
+    page.click(f'tr[data-task="{task_id}"] button.open')
+    page.wait_for_selector("#pages figure", timeout=10_000)
+    assert page.locator("#pages figure path.primitive").count() == len(primitives)
+    page.screenshot(path=str(browser_kit.artifact("console-vectorized.png")), full_page=True)
 
 
 def _book_of(iiif_server: IiifServer, name: str, published: list[Published]) -> str:
