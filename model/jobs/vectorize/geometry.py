@@ -348,6 +348,7 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
             direction = np.linalg.eigh(cov)[1][:, -1]
             proj = (pts - mean) @ direction
             a, b = mean + proj.min() * direction, mean + proj.max() * direction
+        a, b = _extend(ink.mask, b, a, ink.stroke), _extend(ink.mask, a, b, ink.stroke)
         length = float(np.linalg.norm(b - a))
         if length < t.min_line * ink.diag:
             continue
@@ -356,6 +357,26 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
             shape = {"kind": "line", "p0": a.tolist(), "p1": b.tolist(), "confidence": support}
             lines.append(_Candidate(shape, _near_segment(ink, a, b), support))
     return lines
+
+
+def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np.ndarray:
+    """b moved outwards along a->b while ink goes on (LSD stops short of junctions and of the
+    ink it shares with a circle); gaps up to a couple of stroke widths are crossed."""
+    u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+    h, w = mask.shape
+    gap = int(2 * stroke + 2)
+    last, misses = 0, 0
+    for step in range(1, int(0.2 * math.hypot(w, h))):
+        x, y = (b + u * step).round().astype(int)
+        if not (1 <= x < w - 1 and 1 <= y < h - 1):
+            break
+        if mask[y - 1 : y + 2, x - 1 : x + 2].any():
+            last, misses = step, 0
+        else:
+            misses += 1
+            if misses > gap:
+                break
+    return b + u * last
 
 
 def _near_segment(ink: _Ink, a: np.ndarray, b: np.ndarray) -> np.ndarray:
