@@ -262,8 +262,8 @@ def _greedy(candidates: list[_Candidate], n_points: int) -> list[_Candidate]:
 
 
 def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
-    """Circle and arc candidates around every voted centre. Twice: the big circles' votes drown
-    the centres of small arcs, which a second vote on the ink left unexplained finds."""
+    """Circle and arc candidates around every voted centre, in rounds: the big circles' votes
+    drown the centres of small arcs, which a vote on the ink left unexplained finds."""
     band = max(2.5, ink.stroke / 2 + 2)
     claimed = np.zeros(len(ink.points), bool)
     everything: list[_Candidate] = []
@@ -297,7 +297,7 @@ def _without(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
     return mask
 
 
-ROUNDS = 2
+ROUNDS = 3
 MAX_GAP = 0.03  # of the diagonal: longest gap bridged along a ring
 MIN_FILL = 0.85
 MIN_FRESH = 0.6
