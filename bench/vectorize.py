@@ -97,6 +97,8 @@ def through_service(
         wall = time.perf_counter() - started
     finally:
         server.shutdown()
+    if result["state"] != "SUCCEEDED":
+        raise RuntimeError(f"the vectorize task ended {result['state']}: {result.get('error')}")
     items = sorted(result["result"]["items"], key=lambda i: i["index"])
     if figure is not None:
         draw_figure(diagrams[0].image, items[0]["primitives"], figure)

@@ -24,6 +24,7 @@ from model.jobs.contract import (
 )
 from model.jobs.detect import DetectInput
 from model.jobs.detect import check as check_pages
+from model.jobs.detect import input_schema as detect_input_schema
 from model.jobs.detect import task_inputs as page_inputs
 from model.jobs.fields import bounded_integer
 from model.jobs.spec import JobSpec
@@ -110,16 +111,10 @@ def check(request_input: VectorizeInput, inputs: list[TaskInput], settings: Sett
 
 
 def input_schema(ref: str) -> dict[str, Any]:
-    """At least one image or manifest URL, or a detect task."""
-    return {
-        "allOf": [{"$ref": ref}],
-        "anyOf": [
-            {"required": ["image_urls"], "properties": {"image_urls": {"minItems": 1}}},
-            {"required": ["manifest_url"], "properties": {"manifest_url": {"type": "string"}}},
-            {"required": ["manifest_urls"], "properties": {"manifest_urls": {"minItems": 1}}},
-            {"required": ["task_id"], "properties": {"task_id": {"type": "string"}}},
-        ],
-    }
+    """At least one image or manifest URL (as detect), or a detect task."""
+    schema = detect_input_schema(ref)
+    task = {"required": ["task_id"], "properties": {"task_id": {"type": "string"}}}
+    return {**schema, "anyOf": [*schema["anyOf"], task]}
 
 
 def run(ctx: Any) -> None:

@@ -20,9 +20,8 @@ from PIL import Image
 from model.iiif.info_cache import InfoCache
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
-from model.jobs import JobFailed
 from model.jobs.contract import SourceTask
-from model.jobs.crops import FINISHED, _full_size_scale, _service_base
+from model.jobs.crops import _full_size_scale, _service_base, detect_items
 from model.jobs.detect_run import _keep_manifests
 from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.units import plan_units
@@ -148,19 +147,6 @@ class _Region:
     confidence: float
 
 
-def _source_items(ctx: Any, task_id: str) -> list[dict[str, Any]]:
-    record = ctx.store.get(task_id)
-    if record is None or record.owner != ctx.record.owner:
-        raise JobFailed("source_not_found", f"no task {task_id} of this key")
-    if record.type != "detect" or record.state.value not in FINISHED:
-        raise JobFailed(
-            "source_unusable",
-            f"task {task_id} is a {record.type} task in state {record.state.value};"
-            " vectorize needs a finished detect task",
-        )
-    return sorted(ctx.store.items(task_id), key=lambda item: item["index"])
-
-
 def _copy_manifests(ctx: Any, task_id: str, provenance: dict[str, Any]) -> None:
     """The detect task's manifests, so that this result opens in a IIIF viewer too."""
     record = ctx.store.get(task_id)
@@ -175,7 +161,7 @@ def _copy_manifests(ctx: Any, task_id: str, provenance: dict[str, Any]) -> None:
 
 
 def _regions(ctx: Any, task_id: str, params: VectorizeParams, provenance: dict) -> None:
-    pages = _source_items(ctx, task_id)
+    pages = detect_items(ctx, task_id)
     _copy_manifests(ctx, task_id, provenance)
     regions = [
         _Region(0, page, d["xywh"], d["label"], d["confidence"])
