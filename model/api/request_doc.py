@@ -68,19 +68,23 @@ def _files(description: str, most: int) -> dict[str, Any]:
     }
 
 
-def _multipart_schema(settings: Settings, name: str) -> dict[str, Any]:
-    job = JOBS[name]
+def _multipart_schema(settings: Settings) -> dict[str, Any]:
+    """The multipart form of the default upload job (detect). The other job types that take
+    uploads (vectorize) take the same form with their `type` and params; they are not described
+    as alternatives here because schemathesis cannot generate multipart bodies under a oneOf."""
+    job = JOBS[UPLOAD_JOB]
     limits = settings.job_limits(job.name)
-    kind: dict[str, Any] = {"type": "string", "const": job.name}
-    if name == UPLOAD_JOB:  # the default: `type` may be left out
-        kind["default"] = job.name
-    schema: dict[str, Any] = {
+    others = [name for name in UPLOAD_JOBS if name != UPLOAD_JOB]
+    return {
         "type": "object",
         "properties": {
             "type": {
-                **kind,
-                "description": f"multipart is for {', '.join(UPLOAD_JOBS)} with uploads; "
-                "other jobs are JSON",
+                "type": "string",
+                "const": job.name,
+                "default": job.name,
+                "description": f"multipart is for {job.name} with uploads (also "
+                f"{', '.join(others) or 'nothing else'}: the same form with its own type and "
+                "params); other jobs are JSON",
             },
             "params": {"$ref": REF.format(model=job.params.__name__)},
             "input": {"$ref": REF.format(model=job.input.__name__)},
@@ -102,14 +106,6 @@ def _multipart_schema(settings: Settings, name: str) -> dict[str, Any]:
             {"required": ["input"], "properties": {"input": _input_schema(job)}},
         ],
     }
-    if name != UPLOAD_JOB:
-        schema["required"] = ["type"]
-    return schema
-
-
-def _multipart_schemas(settings: Settings) -> dict[str, Any]:
-    schemas = [_multipart_schema(settings, name) for name in UPLOAD_JOBS]
-    return schemas[0] if len(schemas) == 1 else {"oneOf": schemas}
 
 
 def task_request_body(settings: Settings) -> dict[str, Any]:
@@ -120,7 +116,7 @@ def task_request_body(settings: Settings) -> dict[str, Any]:
             "content": {
                 "application/json": {"schema": {"oneOf": _json_schemas(settings)}},
                 "multipart/form-data": {
-                    "schema": _multipart_schemas(settings),
+                    "schema": _multipart_schema(settings),
                     # Object parts are JSON (OpenAPI's default for them, said explicitly).
                     "encoding": {
                         "params": {"contentType": "application/json"},

@@ -212,8 +212,9 @@ SOURCE_STATES = (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED)
 
 
 def _check_sources(svc: Services, job: JobSpec, inputs: list[TaskInput]) -> None:
-    """A `task` input names a finished task of a type the job takes, of this key (another
-    key's task is no more visible here than through GET /status)."""
+    """A `task` input names a finished task of a type the job takes, of this key: 404 for an
+    unknown one (another key's task is no more visible here than through GET /status), 422 for
+    one of another type or still running."""
     if not job.source_task_types:
         return
     wanted = " or ".join(job.source_task_types)
@@ -222,7 +223,7 @@ def _check_sources(svc: Services, job: JobSpec, inputs: list[TaskInput]) -> None
             continue
         record = svc.store.get(entry.task_id)
         if record is None or record.owner != g.owner:
-            raise ApiError(422, "source_not_found", f"no task {entry.task_id} of this key")
+            raise ApiError(404, "source_not_found", f"no task {entry.task_id} of this key")
         if record.type not in job.source_task_types or record.state not in SOURCE_STATES:
             raise ApiError(
                 422,

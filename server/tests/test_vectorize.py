@@ -53,9 +53,7 @@ def test_url_input_gives_primitives_in_full_image_pixels_and_an_svg_zip(
 
 
 def test_upload_with_a_subset_of_kinds(api: Api, diagram) -> None:
-    resp = api.upload(
-        [("d.jpg", diagram.jpeg)], params={"primitives": ["line"]}, type="vectorize"
-    )
+    resp = api.upload([("d.jpg", diagram.jpeg)], params={"primitives": ["line"]}, type="vectorize")
     assert resp.status_code == 202, resp.text
     body = api.wait(resp.json()["task_id"], timeout_s=120)
     assert body["state"] == "SUCCEEDED", body
@@ -131,9 +129,9 @@ def test_task_id_must_be_a_finished_detect_task_of_this_key(
     detect = api.submit_ok({"type": "detect", "input": {"image_urls": [url]}})
     api.wait(detect)
     resp = other_api.submit({"type": "vectorize", "input": {"task_id": detect}})
-    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "source_not_found")
+    assert (resp.status_code, resp.json()["error"]["code"]) == (404, "source_not_found")
     resp = api.submit({"type": "vectorize", "input": {"task_id": "0" * 32}})
-    assert (resp.status_code, resp.json()["error"]["code"]) == (422, "source_not_found")
+    assert (resp.status_code, resp.json()["error"]["code"]) == (404, "source_not_found")
     resp = api.submit({"type": "vectorize", "input": {"task_id": detect, "image_urls": [url]}})
     assert (resp.status_code, resp.json()["error"]["code"]) == (422, "invalid_input")
 
