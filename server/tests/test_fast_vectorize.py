@@ -183,3 +183,48 @@ def test_svg_archive_has_one_file_per_finished_item() -> None:
     ]
     names = zipfile.ZipFile(io.BytesIO(svg_archive(items))).namelist()
     assert names == ["00001.svg"]
+
+
+def _canvas_item(**extra):
+    return {
+        "index": 3,
+        "status": "ok",
+        "manifest": 0,
+        "canvas_index": 1,
+        "canvas_id": "https://example.org/c/1",
+        "primitives": [
+            {**_line((10, 20), (30, 40)), "confidence": 0.9},
+            {**_arc((100, 100), 50, 0, 90), "confidence": 1.0},
+        ],
+        **extra,
+    }
+
+
+def test_iiif_v3_page_has_an_svg_and_a_box_selector_per_primitive() -> None:
+    from model.outputs.annotations import ResultLinks, annotation_page
+
+    links = ResultLinks("https://api/result/t")
+    page = annotation_page({"index": 0, "version": 3}, [_canvas_item()], links)
+    line, arc = page["items"]
+    assert line["id"].endswith("/canvas/1/annotations#primitive-3-0")
+    assert line["target"]["source"] == "https://example.org/c/1"
+    svg, box = line["target"]["selector"]
+    assert svg["type"] == "SvgSelector" and "d='M10,20 L30,40'" in svg["value"]
+    assert box == {
+        "type": "FragmentSelector",
+        "conformsTo": "http://www.w3.org/TR/media-frags/",
+        "value": "xywh=10,20,20,20",
+    }
+    assert arc["target"]["selector"][1]["value"] == "xywh=100,100,50,50"
+    assert [b["value"] for b in arc["body"]] == ["arc", "confidence 1.00"]
+
+
+def test_iiif_v2_list_has_a_choice_of_selectors() -> None:
+    from model.outputs.annotations import ResultLinks, annotation_page
+
+    links = ResultLinks("https://api/result/t")
+    page = annotation_page({"index": 0, "version": 2}, [_canvas_item()], links)
+    on = page["resources"][0]["on"]
+    assert on["full"] == "https://example.org/c/1"
+    assert on["selector"]["item"]["@type"] == "oa:SvgSelector"
+    assert on["selector"]["default"]["value"] == "xywh=10,20,20,20"
