@@ -76,6 +76,7 @@ def test_a_detect_tasks_regions_are_vectorized_in_page_coordinates(
     assert body["state"] == "SUCCEEDED", body
     items = sorted(body["result"]["items"], key=lambda i: i["index"])
     assert [(i["page_index"], i["region"]["xywh"]) for i in items] == boxes
+    assert all(i["region"]["image_url"] in urls for i in items)  # no service: cut from the page
     assert any(i["primitives"] for i in items), "nothing found in any illustration"
     for item in items:
         x, y, w, h = item["region"]["xywh"]
@@ -141,3 +142,39 @@ def test_svg_format_is_for_vectorize_tasks(api: Api) -> None:
     api.wait(noop)
     resp = api.request("GET", f"/result/{noop}?format=svg")
     assert (resp.status_code, resp.json()["error"]["code"]) == (409, "no_vectors")
+
+
+def test_regions_come_from_the_pages_image_service(
+    iiif_api: Api, iiif_server, level1_server: str, iiif_pages
+) -> None:
+    """A detect task over a canvas with a level-1 image service: each illustration is asked from
+    the service as a region, and its primitives come back in canvas coordinates, inside it."""
+    from server.tests.test_crops import _level1_manifest
+
+    page, _ = iiif_pages[0]
+    manifest = _level1_manifest(iiif_server, level1_server, page.image.size)
+    detect = iiif_api.submit_ok(
+        {"type": "detect", "input": {"manifest_url": manifest}, "params": {"confidence": 0.3}}
+    )
+    assert iiif_api.wait(detect, timeout_s=120)["state"] == "SUCCEEDED"
+    task_id = iiif_api.submit_ok({"type": "vectorize", "input": {"task_id": detect}})
+    body = iiif_api.wait(task_id, timeout_s=120)
+    assert body["state"] == "SUCCEEDED", body
+    items = body["result"]["items"]
+    assert items and all(i["status"] == "ok" for i in items), items
+    assert all(i["coordinates"] == "canvas" and i["canvas_id"] for i in items)
+    for item in items:  # asked from the service, just that region
+        x, y, w, h = item["region"]["xywh"]
+        assert item["region"]["image_url"].startswith(f"{level1_server}/3.0_pil/page/")
+        assert f"/{x},{y},{w},{h}/" in item["region"]["image_url"]
+    assert any(i["primitives"] for i in items), "nothing found in any illustration"
+    for item in items:
+        x, y, w, h = item["region"]["xywh"]
+        for p in item["primitives"]:
+            if p["kind"] == "line":
+                for px, py in (p["p0"], p["p1"]):
+                    assert x - 2 <= px <= x + w + 2 and y - 2 <= py <= y + h + 2, (p, item)
+    # It opens in a viewer like the detect task: the manifest and its annotations carry over.
+    annotations = iiif_api.request("GET", f"/result/{task_id}?format=iiif").json()
+    selectors = [a["target"]["selector"][0]["type"] for a in annotations["items"]]
+    assert selectors == ["SvgSelector"] * sum(len(i["primitives"]) for i in items)

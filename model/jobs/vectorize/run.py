@@ -184,7 +184,8 @@ def _regions(ctx: Any, task_id: str, params: VectorizeParams, provenance: dict) 
             item = _region_item(region)
             try:
                 started = time.perf_counter()
-                image, to_page = _region_image(region, fetcher, settings, params, page_cache)
+                image, to_page, asked = _region_image(region, fetcher, settings, params, page_cache)
+                item["region"]["image_url"] = asked
                 item["timings"] = {"fetch_s": round(time.perf_counter() - started, 4)}
             except (FetchError, ImageDecodeError) as exc:
                 error = {"code": exc.code, "message": exc.message}
@@ -234,8 +235,9 @@ def _region_image(
     settings: Any,
     params: VectorizeParams,
     page_cache: dict[str, Image.Image],
-) -> tuple[Image.Image, Affine]:
-    """The region's pixels (at most max_side) and the map from them to page coordinates."""
+) -> tuple[Image.Image, Affine, str]:
+    """The region's pixels (at most max_side), the map from them to page coordinates and the
+    URL they were asked from (the region itself, or the whole page)."""
     page = region.page
     x, y, w, h = region.box
     base = _service_base(page)
@@ -244,12 +246,14 @@ def _region_image(
         left, top = max(0, round(x * sx)), max(0, round(y * sy))
         width, height = max(1, round(w * sx)), max(1, round(h * sy))
         side = params.max_side
-        url = f"{base}/{left},{top},{width},{height}/!{side},{side}/0/default.jpg"
+        # "w," / ",h" (level 1), never larger than the region ("!w,h" is level 2).
+        size = f"{min(width, side)}," if width >= height else f",{min(height, side)}"
+        url = f"{base}/{left},{top},{width},{height}/{size}/0/default.jpg"
         data = fetcher.get(url).content
         image, _size, _scale = decode_within(data, settings.fetch.max_pixels, side, reduce=False)
         # fetched pixels -> full image pixels -> page coordinates
         fx, fy = width / image.width, height / image.height
-        return image, Affine(fx / sx, fy / sy, left / sx, top / sy)
+        return image, Affine(fx / sx, fy / sy, left / sx, top / sy), url
     url = page.get("image_url") or page.get("source", "")
     if not str(url).startswith(("http://", "https://")):
         raise FetchError("source_image_unavailable", "the page was an upload; it is gone")
@@ -266,4 +270,4 @@ def _region_image(
     k = min(1.0, params.max_side / max(crop.width, crop.height, 1))
     if k < 1.0:
         crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))))
-    return crop, Affine(1 / (k * kx), 1 / (k * ky), box[0] / kx, box[1] / ky)
+    return crop, Affine(1 / (k * kx), 1 / (k * ky), box[0] / kx, box[1] / ky), url
