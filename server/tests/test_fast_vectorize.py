@@ -228,3 +228,9 @@ def test_iiif_v2_list_has_a_choice_of_selectors() -> None:
     assert on["full"] == "https://example.org/c/1"
     assert on["selector"]["item"]["@type"] == "oa:SvgSelector"
     assert on["selector"]["default"]["value"] == "xywh=10,20,20,20"
+
+
+def test_the_params_defaults_are_the_methods_defaults() -> None:
+    from dataclasses import asdict
+
+    assert VectorizeParams().thresholds() == asdict(Thresholds())
