@@ -119,6 +119,7 @@ def options(args: argparse.Namespace) -> Options:
         o.cancel_pages, o.memory_tasks = 40, 50
         o.big_pages, o.small_samples = 100, 3
         o.book_pages = 500
+        o.vectorize_diagrams = 20
     return o
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench import profile_api
+from bench import profile_api, vectorize
 
 Row = tuple[str, str, str, str, str, str]  # figure, value, baseline, ratio, target, met
 
@@ -699,6 +699,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines += stage_table(r)
     lines += profile_api.summary_lines(r.get("profile"))
     lines += cpu_table(r)
+    lines += vectorize.markdown(r.get("vectorize") or {})
     lines += [
         "",
         "## Load during the run",

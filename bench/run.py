@@ -24,6 +24,7 @@ from bench import (
     raw_e2e,
     seed_style,
     service,
+    vectorize,
     wrk,
 )
 from bench import stack as bench_stack
@@ -47,6 +48,7 @@ PARTS = (
     "cancel",
     "memory",
     "book10k",
+    "vectorize",
 )
 OWN_STACK_PARTS = {"book10k"}  # on a stack of their own, in the default configuration
 # The parts that run against the run's shared live stack.
@@ -81,6 +83,7 @@ class Options:
     parts: set[str] = field(default_factory=lambda: set(PARTS))
     gpu: bool = False
     cache_dir: Path = Path("bench/results/tmp/pages")
+    vectorize_diagrams: int = 200  # held-out diagrams scored (and 1/4 of them through the API)
     keep: bool = False
 
 
@@ -373,6 +376,11 @@ class Run:
             )
         if self.wanted("memory"):
             self._memory(host, pages, manifests["single"])
+        if self.wanted("vectorize"):
+            n = o.vectorize_diagrams
+            self.results["vectorize"] = self.phase(
+                "vectorize: F1 and diagrams/s", lambda: vectorize.run(self.api, n, max(5, n // 4))
+            )
         self._summarise()
 
     # --- phases ----------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from model.jobs.spec import JobSpec
 from model.settings import Settings
 
 REF = "#/components/schemas/{model}"
-# The job type multipart submits are for when they name none, and which this document
-# describes (evaluate takes them too: docs/models.md).
-UPLOAD_JOB = "detect"
+# The job types multipart submits are for (their JobSpec takes uploads: detect, evaluate,
+# vectorize); without a `type` part, the first (detect), which this document describes.
+UPLOAD_JOBS = [name for name, job in JOBS.items() if job.uploads]
+UPLOAD_JOB = UPLOAD_JOBS[0]
 # Formats accepted for uploaded images / manifests (the part's declared type is not checked:
 # the bytes are sniffed; this tells generators and readers what to send).
 IMAGE_TYPES = "image/jpeg, image/png, image/tiff, image/webp, image/gif, image/bmp"
@@ -68,8 +69,12 @@ def _files(description: str, most: int) -> dict[str, Any]:
 
 
 def _multipart_schema(settings: Settings) -> dict[str, Any]:
+    """The multipart form of the default upload job (detect). The other job types that take
+    uploads (vectorize) take the same form with their `type` and params; they are not described
+    as alternatives here because schemathesis cannot generate multipart bodies under a oneOf."""
     job = JOBS[UPLOAD_JOB]
     limits = settings.job_limits(job.name)
+    others = [name for name in UPLOAD_JOBS if name != UPLOAD_JOB]
     return {
         "type": "object",
         "properties": {
@@ -77,7 +82,9 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
                 "type": "string",
                 "const": job.name,
                 "default": job.name,
-                "description": f"multipart is for {job.name} with uploads; other jobs are JSON",
+                "description": f"multipart is for {job.name} with uploads (also "
+                f"{', '.join(others) or 'nothing else'}: the same form with its own type and "
+                "params); other jobs are JSON",
             },
             "params": {"$ref": REF.format(model=job.params.__name__)},
             "input": {"$ref": REF.format(model=job.input.__name__)},

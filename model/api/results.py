@@ -37,6 +37,7 @@ from model.outputs.annotations import (
 )
 from model.outputs.redact import shared_view
 from model.outputs.result_json import result_document
+from model.outputs.vector import svg_archive
 from model.outputs.yolo import yolo_archive
 from model.store import State, TaskRecord
 
@@ -63,10 +64,11 @@ class ShareToken(BaseModel):
 
 
 class ResultQuery(ShareToken):
-    format: Literal["json", "iiif", "yolo"] = Field(
+    format: Literal["json", "iiif", "yolo", "svg"] = Field(
         "json",
         description="json: items + provenance; iiif: W3C/IIIF annotations (AnnotationPage, or "
-        "a v2 AnnotationList for 2.x manifests); yolo: zip of YOLO txt files",
+        "a v2 AnnotationList for 2.x manifests); yolo: zip of YOLO txt files; svg (vectorize): "
+        "zip of one SVG per item, sized to its image",
     )
     manifest: int | None = Field(
         None, ge=0, description="iiif: which manifest (index in provenance.manifests)"
@@ -156,6 +158,14 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
             data,
             mimetype="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{record.id}-yolo.zip"'},
+        )
+    if query.format == "svg":
+        if record.type != "vectorize":
+            raise ApiError(409, "no_vectors", "format=svg is for vectorize tasks")
+        return Response(
+            svg_archive(items),
+            mimetype="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{record.id}-svg.zip"'},
         )
     if query.format == "iiif":
         # Every manifest, or the one asked for; none read: manifest(0) answers the 409.

@@ -134,6 +134,37 @@ class Detection(BaseModel):
     label: str
 
 
+# vectorize: the primitives of an item, in the same coordinates as detect's boxes (canvas
+# coordinates for IIIF canvases, else the image's pixels; a region's are its page's).
+ANGLE_NOTE = "degrees in [0, 360) of atan2(y - cy, x - cx), image coordinates (y down)"
+
+
+class LinePrimitive(BaseModel):
+    kind: Literal["line"]
+    p0: list[float] = Field(description="x, y of one end")
+    p1: list[float] = Field(description="x, y of the other end")
+    confidence: float = Field(description="Share of its length that is ink")
+
+
+class CirclePrimitive(BaseModel):
+    kind: Literal["circle"]
+    center: list[float] = Field(description="x, y")
+    radius: float
+    confidence: float = Field(description="Share of its ring that is ink")
+
+
+class ArcPrimitive(BaseModel):
+    kind: Literal["arc"]
+    center: list[float] = Field(description="x, y")
+    radius: float
+    start_deg: float = Field(description=f"Where it starts: {ANGLE_NOTE}")
+    end_deg: float = Field(description="Where it ends, running by increasing angle from start")
+    confidence: float = Field(description="Share of its span that is ink")
+
+
+Primitive = Annotated[LinePrimitive | CirclePrimitive | ArcPrimitive, Field(discriminator="kind")]
+
+
 class ResultItem(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -143,6 +174,9 @@ class ResultItem(BaseModel):
     width: int | None = None
     height: int | None = None
     detections: list[Detection] = []
+    primitives: list[Primitive] | None = Field(
+        None, description="vectorize: the lines, circles and arcs found"
+    )
     error: TaskError | None = None
     timings: dict[str, float] | None = None
     # IIIF canvases only:

@@ -46,6 +46,7 @@ from model.jobs.contract import (
     ImageUpload,
     InputRejected,
     ManifestUpload,
+    SourceTask,
     TaskInput,
     TaskSpec,
 )
@@ -237,6 +238,32 @@ def _check_model(svc: Services, name: str | None, task: str) -> None:
         )
 
 
+# States in which a task has a result another job can work on.
+SOURCE_STATES = (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED)
+
+
+def _check_sources(svc: Services, job: JobSpec, inputs: list[TaskInput]) -> None:
+    """A `task` input names a finished task of a type the job takes, of this key: 404 for an
+    unknown one (another key's task is no more visible here than through GET /status), 422 for
+    one of another type or still running."""
+    if not job.source_task_types:
+        return
+    wanted = " or ".join(job.source_task_types)
+    for entry in inputs:
+        if not isinstance(entry, SourceTask):
+            continue
+        record = svc.store.get(entry.task_id)
+        if record is None or record.owner != g.owner:
+            raise ApiError(404, "source_not_found", f"no task {entry.task_id} of this key")
+        if record.type not in job.source_task_types or record.state not in SOURCE_STATES:
+            raise ApiError(
+                422,
+                "source_unusable",
+                f"task {entry.task_id} is a {record.type} task in state {record.state.value}; "
+                f"{job.name} needs a finished {wanted} task",
+            )
+
+
 def _timeout(svc: Services, submission: Submission) -> float:
     limits = svc.settings.job_limits(submission.job.name)
     timeout = submission.request.timeout or limits.timeout_default_s
@@ -382,6 +409,7 @@ def submit_task() -> Response:
         job.check(task_request.input, inputs, svc.settings)
     except InputRejected as exc:
         raise ApiError(422, exc.code, exc.message) from exc
+    _check_sources(svc, job, inputs)
     check_backpressure(svc)
     _reserve_uploads(svc, task_id, submission)
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)

@@ -38,6 +38,9 @@ class JobSpec:
     check: Callable[[Any, list[TaskInput], Settings], None] = _accept
     input_required: bool = False  # `input` must be in the request (no default)
     uploads: bool = False  # images/manifests may be uploaded (multipart)
+    # Types of another task of the same key its `task` input may name; the API refuses one
+    # that is not such a task, finished, when the request comes (404 unknown, 422 unusable).
+    source_task_types: tuple[str, ...] = ()
     # Params naming a model -> the task of the models they may name (checked at submit).
     model_fields: dict[str, str] = field(default_factory=dict)
     limits: JobLimits = field(default_factory=JobLimits)  # flask_config.yaml jobs.<name> wins

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from model.iiif.jsonld import as_list, node_id, node_type
+from model.outputs.vector import bbox, selector_svg
 
 PRESENTATION_3 = "http://iiif.io/api/presentation/3/context.json"
 PRESENTATION_2 = "http://iiif.io/api/presentation/2/context.json"
@@ -155,6 +156,56 @@ def _v2_annotation(anno_id: str, item: dict[str, Any], detection: dict[str, Any]
     }
 
 
+def _primitive_body(p: dict[str, Any]) -> list[dict[str, str]]:
+    return [_text(p["kind"], "tagging"), _text(_comment(p), "commenting")]
+
+
+def _v3_primitive(anno_id: str, item: dict[str, Any], p: dict[str, Any]) -> dict:
+    """A vectorize primitive: an SvgSelector (what Mirador draws) beside a FragmentSelector
+    (its box, for viewers that read boxes only)."""
+    xywh = ",".join(str(v) for v in bbox(p))
+    return {
+        "id": anno_id,
+        "type": "Annotation",
+        "motivation": ["commenting", "tagging"],
+        "body": _primitive_body(p),
+        "target": {
+            "type": "SpecificResource",
+            "source": item["canvas_id"].split("#", 1)[0],
+            "selector": [
+                {"type": "SvgSelector", "value": selector_svg(p)},
+                {
+                    "type": "FragmentSelector",
+                    "conformsTo": MEDIA_FRAGMENTS,
+                    "value": f"xywh={xywh}",
+                },
+            ],
+        },
+    }
+
+
+def _v2_primitive(anno_id: str, item: dict[str, Any], p: dict[str, Any]) -> dict:
+    xywh = ",".join(str(v) for v in bbox(p))
+    return {
+        "@id": anno_id,
+        "@type": "oa:Annotation",
+        "motivation": ["oa:commenting", "oa:tagging"],
+        "resource": [
+            {"@type": "oa:Tag", "chars": p["kind"]},
+            {"@type": "dctypes:Text", "format": "text/plain", "chars": _comment(p)},
+        ],
+        "on": {
+            "@type": "oa:SpecificResource",
+            "full": item["canvas_id"].split("#", 1)[0],
+            "selector": {
+                "@type": "oa:Choice",
+                "default": {"@type": "oa:FragmentSelector", "value": f"xywh={xywh}"},
+                "item": {"@type": "oa:SvgSelector", "value": selector_svg(p)},
+            },
+        },
+    }
+
+
 def annotation_page(
     manifest: dict[str, Any],
     items: list[dict[str, Any]],
@@ -178,6 +229,16 @@ def annotation_page(
         build(links.annotation(index, canvas_number(item), number), item, detection)
         for item in pages
         for number, detection in enumerate(boxes_of(item))
+    ]
+    primitive = _v2_primitive if version == 2 else _v3_primitive
+    annotations += [  # vectorize items (a detect task's regions share their canvas)
+        primitive(
+            f"{links.canvas_page(index, canvas_number(item))}#primitive-{item['index']}-{n}",
+            item,
+            p,
+        )
+        for item in pages
+        for n, p in enumerate(item.get("primitives", []))
     ]
     if version == 2:
         return {

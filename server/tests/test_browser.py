@@ -5,6 +5,7 @@ through nginx: what a person or a viewer in a browser does.
   on another origin is blocked by CORS.
 - Mirador 4.0.0 (from npm, a test tool only) opens a shared manifest URL, no key, from an origin
   the stack does not list, and shows the detections of the canvas.
+- Mirador draws a vectorized diagram's SvgSelector paths, and the operator page its primitives.
 - The operator page shows a running task's progress moving, draws its boxes, cancels a task
   and hands out a share link that opens in the viewer.
 
@@ -176,6 +177,70 @@ def test_mirador_shows_the_detections_of_a_shared_manifest(
     page.screenshot(path=str(shot))
     print(f"Mirador screenshot: {shot}")
     assert not [p for p in page.problems if "HTTP 4" in p or "HTTP 5" in p], page.problems
+
+
+def test_mirador_and_the_console_draw_a_vectorized_diagram(
+    page, mirador: str, iiif_stack: Stack, iiif_api: Api, iiif_server: IiifServer, web_origins
+) -> None:
+    """One annotation per primitive, each an SvgSelector path that Mirador draws (in its
+    annotation colour, which nothing on the brown-on-paper diagram has)."""
+    from model.synthetic.diagrams import render_diagram
+
+    diagram = render_diagram(424_243, long_side=1200)
+    published = iiif_server.publish("vec-diagram", diagram.image, 3)
+    url = _book_of(iiif_server, "vectorized", [published])
+    task_id = iiif_api.submit_ok({"type": "vectorize", "input": {"manifest_url": url}})
+    body = iiif_api.wait(task_id, timeout_s=180)
+    assert body["state"] == "SUCCEEDED", body
+    primitives = body["result"]["items"][0]["primitives"]
+    assert primitives
+
+    share = iiif_api.request("POST", f"/result/{task_id}/shares", json={}).json()
+    manifest_url = share["manifests"][0]["manifest_url"]
+    page.goto(f"{web_origins.other}/{mirador}?manifest={quote(manifest_url)}&canvas=0")
+    assert _annotation_count(page) == len(primitives), page.problems
+    listed = page.locator(".mirador-window-sidebar-annotation-panel [role=menuitem]")
+    chips = [e.locator(".MuiChip-label").inner_text() for e in listed.all()]
+    assert chips == [p["kind"] for p in primitives]
+    page.wait_for_load_state("networkidle")
+    time.sleep(3)  # OpenSeadragon's zoom animation
+    shot = browser_kit.artifact("mirador-vectorized-diagram.png")
+    page.screenshot(path=str(shot))
+    print(f"Mirador screenshot: {shot}")
+    # The geometry is drawn: the picture changes when "highlight all" is switched off.
+    viewer = page.locator(".openseadragon-canvas").first
+    drawn = viewer.screenshot()
+    page.locator("button[aria-label='Highlight none']").first.click()
+    time.sleep(1)
+    assert _changed_pixels(drawn, viewer.screenshot()) > 500, "Mirador drew no annotation"
+    assert not [p for p in page.problems if "HTTP 4" in p or "HTTP 5" in p], page.problems
+
+    # The operator page draws them on the task's thumbnail.
+    _sign_in(page, iiif_stack, iiif_stack.keys["iiif"])
+    page.click(f'tr[data-task="{task_id}"] button.open')
+    page.wait_for_selector("#pages figure", timeout=10_000)
+    assert page.locator("#pages figure path.primitive").count() == len(primitives)
+    page.screenshot(path=str(browser_kit.artifact("console-vectorized.png")), full_page=True)
+
+
+def _book_of(iiif_server: IiifServer, name: str, published: list[Published]) -> str:
+    base = f"{iiif_server.url}/{name}"
+    canvases = [
+        v3_canvas(f"{base}/canvas/{i}", f"f. {i + 1}", p.width, p.height, v3_image(p))
+        for i, p in enumerate(published)
+    ]
+    manifest = v3_manifest(f"{base}/manifest.json", name, canvases)
+    return iiif_server.add_json(f"{name}/manifest.json", manifest)
+
+
+def _changed_pixels(a: bytes, b: bytes) -> int:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    one, two = (np.asarray(Image.open(io.BytesIO(x)).convert("L")).astype(int) for x in (a, b))
+    return int((np.abs(one - two) > 40).sum())
 
 
 # --- The operator page --------------------------------------------------------------------------

@@ -240,6 +240,20 @@ async function downloadResult(taskId) {
   setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
+// A vectorize primitive as SVG path data (as model/outputs/vector.py writes it): a line M L, a
+// circle two half-circle arcs, an arc M A by increasing angle (y down: sweep-flag 1).
+function primitivePath(p) {
+  if (p.kind === "line") return `M${p.p0[0]},${p.p0[1]} L${p.p1[0]},${p.p1[1]}`;
+  const [cx, cy] = p.center;
+  const r = p.radius;
+  if (p.kind === "circle") return `M${cx - r},${cy} A${r},${r} 0 1 1 ${cx + r},${cy} A${r},${r} 0 1 1 ${cx - r},${cy}`;
+  const at = (deg) => [cx + r * Math.cos((deg * Math.PI) / 180), cy + r * Math.sin((deg * Math.PI) / 180)];
+  const span = (((p.end_deg - p.start_deg) % 360) + 360) % 360;
+  const [x0, y0] = at(p.start_deg);
+  const [x1, y1] = at(p.end_deg);
+  return `M${x0},${y0} A${r},${r} 0 ${span > 180 ? 1 : 0} 1 ${x1},${y1}`;
+}
+
 // A page: its image (when it has a URL) under an SVG of its boxes, both stretched over the box
 // coordinates' space (the canvas for IIIF pages, else the image's pixels).
 function pageFigure(item) {
@@ -262,10 +276,21 @@ function pageFigure(item) {
     rect.append(title);
     svg.append(rect);
   }
+  for (const primitive of item.primitives || []) {
+    const path = document.createElementNS(SVG, "path");
+    path.setAttribute("d", primitivePath(primitive));
+    path.setAttribute("class", `primitive ${primitive.kind}`);
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = `${primitive.kind} ${primitive.confidence.toFixed(2)}`;
+    path.append(title);
+    svg.append(path);
+  }
   frame.append(svg);
-  const count = (item.detections || []).length;
+  const vectors = Array.isArray(item.primitives);
+  const count = vectors ? item.primitives.length : (item.detections || []).length;
+  const unit = vectors ? (count === 1 ? "primitive" : "primitives") : (count === 1 ? "box" : "boxes");
   const caption = item.status === "ok"
-    ? `${item.label || item.source || ""} · ${count} box${count === 1 ? "" : "es"}`
+    ? `${item.label || item.source || ""} · ${count} ${unit}`
     : `${item.label || item.source || ""} · failed: ${(item.error && item.error.code) || ""}`;
   return el("figure", { "data-index": String(item.index), "data-status": item.status || "" }, [
     frame,

@@ -1,0 +1,423 @@
+"""Classical diagram vectorization (OpenCV + numpy): ink -> circles and arcs -> lines.
+
+1. Ink: the page divided by its own background (ink removed by a max filter on a small copy),
+   thresholded; small blobs (letters, specks) dropped.
+2. Circles and arcs: Hough gradient votes give candidate centres. Around each centre the ink is
+   binned by radius and angle; a radius whose ring is inked over most angles is a circle, a
+   long angular run is an arc. Several radii per centre, so concentric circles are found, which
+   HoughCircles alone (one radius per centre) misses. Each is refitted by least squares.
+3. Lines: the ink of the circles and arcs found is erased, the line segment detector (LSD) runs
+   on what is left, and collinear fragments (both edges of a stroke, pieces cut by gaps and by
+   crossings) are merged into one line each.
+
+Chosen by measurement on the synthetic benchmark (bench/vectorize.py, docs/vectorize.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+ANGLE_BINS = 180  # 2 degrees each
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The method's knobs (the job's params; the defaults are the measured best)."""
+
+    ink_contrast: float = 0.22  # ink is this much darker than the paper around it
+    min_blob: float = 0.03  # of the diagonal: shorter connected ink (letters) is dropped
+    circle_coverage: float = 0.8  # ring inked over this share of its angles: a circle
+    min_arc_deg: float = 35.0  # shortest arc reported
+    min_radius: float = 0.02  # of the diagonal
+    min_line: float = 0.04  # of the diagonal: shortest line reported
+    line_support: float = 0.6  # share of a line's length that must be ink
+
+
+@dataclass
+class _Ink:
+    mask: np.ndarray  # uint8 0/255, letters removed
+    points: np.ndarray  # (n, 2) float32 x, y of ink pixels
+    stroke: float  # typical stroke width (px)
+    diag: float
+
+
+def ink_mask(gray: np.ndarray, t: Thresholds) -> _Ink:
+    h, w = gray.shape
+    diag = math.hypot(w, h)
+    small = cv2.resize(gray, (max(8, w // 8), max(8, h // 8)), interpolation=cv2.INTER_AREA)
+    paper = cv2.dilate(small, np.ones((5, 5), np.uint8))  # ink is dark: a max filter removes it
+    paper = cv2.GaussianBlur(paper, (0, 0), 2)
+    paper = cv2.resize(paper, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    ratio = gray.astype(np.float32) / np.maximum(paper, 1)
+    mask = (ratio < 1 - t.ink_contrast).astype(np.uint8) * 255
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    longest = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    keep = longest >= t.min_blob * diag
+    keep[0] = False
+    mask = np.where(keep[labels], 255, 0).astype(np.uint8)
+    ys, xs = np.nonzero(mask)
+    dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3)
+    inside = dist[mask > 0]
+    stroke = float(2 * np.percentile(inside, 80)) if inside.size else 2.0
+    return _Ink(mask, np.stack([xs, ys], 1).astype(np.float32), max(1.5, stroke), diag)
+
+
+CENTRE_SIDE = 300  # centres are voted for on a copy this size (the vote costs ~ pixels x radii)
+
+
+def _centres(ink: _Ink, mask: np.ndarray, t: Thresholds) -> list[tuple[float, float]]:
+    h, w = mask.shape
+    k = min(1.0, CENTRE_SIDE / max(h, w))
+    small = cv2.resize(mask, (round(w * k), round(h * k)), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(small, (0, 0), 1.0)
+    diag = ink.diag * k
+    found = cv2.HoughCircles(
+        blurred,
+        cv2.HOUGH_GRADIENT,
+        dp=1,
+        minDist=max(3.0, 0.02 * diag),
+        param1=60,
+        param2=15,
+        minRadius=max(3, int(t.min_radius * diag)),
+        maxRadius=int(0.6 * diag),
+    )
+    if found is None:
+        return []
+    return [(float(x) / k, float(y) / k) for x, y, _r in found[0][:MAX_CENTRES]]
+
+
+MAX_CENTRES = 20
+
+
+def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
+    """Circular runs of occupied angle bins (gaps up to max_gap bridged): (start, length)."""
+    n = len(occupied)
+    if occupied.all():
+        return [(0, n)]
+    if not occupied.any():
+        return []
+    filled = occupied.copy()
+    idx = np.nonzero(occupied)[0]
+    gaps = np.diff(np.concatenate([idx, [idx[0] + n]]))
+    for i, g in zip(idx, gaps, strict=True):
+        if 1 < g <= max_gap + 1:
+            filled[(np.arange(i + 1, i + g)) % n] = True
+    if filled.all():
+        return [(0, n)]
+    start = int(np.argmin(filled))  # an empty bin: runs do not wrap past it
+    rolled = np.roll(filled, -start)
+    edges = np.diff(np.concatenate([[0], rolled.astype(np.int8), [0]]))
+    begins, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    return [((int(b) + start) % n, int(e - b)) for b, e in zip(begins, ends, strict=True)]
+
+
+def _trimmed(occupied: np.ndarray, start: int, length: int) -> tuple[int, int]:
+    """A run without the stray ink bridged onto its ends (a crossing stroke a gap away): each
+    end moves inwards to the first SOLID bins inked in a row."""
+    n = len(occupied)
+    if length >= n:
+        return start, length
+    inked = occupied[(np.arange(length) + start) % n]
+    solid = np.convolve(inked, np.ones(SOLID), mode="valid") == SOLID
+    if not solid.any():
+        return start, 0
+    first = int(np.argmax(solid))
+    last = int(len(solid) - 1 - np.argmax(solid[::-1])) + SOLID
+    return (start + first) % n, last - first
+
+
+SOLID = 4
+
+
+def _fit_circle(pts: np.ndarray) -> tuple[float, float, float] | None:
+    """Least-squares circle (Kasa) through points."""
+    if len(pts) < 8:
+        return None
+    x, y = pts[:, 0].astype(np.float64), pts[:, 1].astype(np.float64)
+    a = np.stack([x, y, np.ones_like(x)], 1)
+    b = x * x + y * y
+    sol, *_ = np.linalg.lstsq(a, b, rcond=None)
+    cx, cy = sol[0] / 2, sol[1] / 2
+    r2 = sol[2] + cx * cx + cy * cy
+    return (cx, cy, math.sqrt(r2)) if r2 > 0 else None
+
+
+def _polar(points: np.ndarray, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray]:
+    d = points - np.array([cx, cy], np.float32)
+    dist = np.hypot(d[:, 0], d[:, 1])
+    angle = (np.degrees(np.arctan2(d[:, 1], d[:, 0])) + 360) % 360
+    return dist, angle
+
+
+@dataclass
+class _Candidate:
+    shape: dict
+    members: np.ndarray  # indices of the ink points it explains
+    fill: float  # share of its angular run actually inked
+
+
+def _shape_at(
+    ink: _Ink, pool: np.ndarray, cx: float, cy: float, r: float, band: float, t: Thresholds
+) -> _Candidate | None:
+    """The circle or the longest arc of radius r around (cx, cy), refitted, or None.
+    `pool`: indices of the ink points near enough to matter."""
+    points = ink.points[pool]
+    for attempt in range(3):
+        dist, angle = _polar(points, cx, cy)
+        near = np.abs(dist - r) <= band
+        if near.sum() < 10:
+            return None
+        # Bins about a stroke long on the ring: a gap or a stray crossing reads as what it is.
+        n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
+        bins = (angle * n_bins / 360).astype(int) % n_bins
+        occupied = np.bincount(bins[near], minlength=n_bins) > 0
+        max_gap = max(2, int(MAX_GAP * ink.diag / (2 * math.pi * r) * n_bins))
+        runs = _runs(occupied, max_gap=max_gap)
+        if not runs:
+            return None
+        start, length = _trimmed(occupied, *max(runs, key=lambda run: run[1]))
+        span = length * 360 / n_bins
+        if span < t.min_arc_deg:
+            return None
+        in_run = ((bins - start) % n_bins) < length
+        if attempt == 2:
+            break
+        fit = _fit_circle(points[near & in_run])
+        if fit is None:
+            break
+        nx, ny, nr = fit
+        if math.hypot(nx - cx, ny - cy) > 0.1 * r + band or abs(nr - r) > 0.1 * r + band:
+            break  # a short arc's fit can run away: keep the voted one
+        cx, cy, r = nx, ny, nr
+    members = pool[near & in_run]
+    if not _round_enough(ink.points[members], cx, cy, r, ink.stroke):
+        return None
+    run_bins = (np.arange(length) + start) % n_bins
+    fill = float(occupied[run_bins].mean())
+    coverage = float(occupied.mean())
+    if span >= 360 * t.circle_coverage or coverage >= t.circle_coverage:
+        shape = {"kind": "circle", "center": [cx, cy], "radius": r, "confidence": coverage}
+        return _Candidate(shape, members, coverage)
+    a0 = start * 360 / n_bins
+    shape = {
+        "kind": "arc",
+        "center": [cx, cy],
+        "radius": r,
+        "start_deg": a0 % 360,
+        "end_deg": (a0 + span) % 360,
+        "confidence": fill,
+    }
+    return _Candidate(shape, members, fill)
+
+
+def _round_enough(pts: np.ndarray, cx: float, cy: float, r: float, stroke: float) -> bool:
+    """Ink that a circle fits tightly and a straight line does not (a straight stroke is an
+    arc of a huge circle too)."""
+    if len(pts) < 10:
+        return False
+    circle_rms = float(np.sqrt(np.mean((np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - r) ** 2)))
+    centred = pts - pts.mean(0)
+    line_rms = float(np.sqrt(max(0.0, np.linalg.eigvalsh(np.cov(centred.T))[0])))
+    return circle_rms <= 0.3 * stroke + 1.2 and line_rms > 2 * circle_rms + 1
+
+
+def _radii(dist: np.ndarray, angle: np.ndarray, ink: _Ink, t: Thresholds) -> list[float]:
+    """Radii around a centre where a ring of ink spreads over many angles."""
+    r_max = int(min(dist.max(initial=0), 0.7 * ink.diag)) + 2
+    if r_max < 5:
+        return []
+    hist = np.zeros((r_max + 1, ANGLE_BINS), np.uint8)
+    hist[
+        np.minimum(dist.astype(int), r_max), (angle * ANGLE_BINS / 360).astype(int) % ANGLE_BINS
+    ] = 1
+    band = int(max(2, ink.stroke / 2 + 1))
+    spread = cv2.dilate(hist, np.ones((2 * band + 1, 1), np.uint8))  # along the radius
+    coverage = spread.mean(axis=1)
+    low = t.min_arc_deg / 360
+    found = []
+    lo = int(t.min_radius * ink.diag)
+    for r in range(lo, r_max):
+        c = coverage[r]
+        peak = c >= low and c >= coverage[max(0, r - 2 * band) : r + 2 * band + 1].max()
+        if peak and (not found or r - found[-1] > band):
+            found.append(float(r))
+    return found
+
+
+def _greedy(candidates: list[_Candidate], n_points: int) -> list[_Candidate]:
+    """Largest first, each only if most of its ink is not explained by one accepted before."""
+    claimed = np.zeros(n_points, bool)
+    kept = []
+    for c in sorted(candidates, key=lambda c: -len(c.members)):
+        if len(c.members) == 0 or float((~claimed[c.members]).mean()) < MIN_FRESH:
+            continue
+        claimed[c.members] = True
+        kept.append(c)
+    return kept
+
+
+def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
+    """Circle and arc candidates around every voted centre, in rounds: the big circles' votes
+    drown the centres of small arcs, which a vote on the ink left unexplained finds."""
+    band = max(2.5, ink.stroke / 2 + 2)
+    claimed = np.zeros(len(ink.points), bool)
+    everything: list[_Candidate] = []
+    mask = ink.mask
+    for _round in range(ROUNDS):
+        candidates: list[_Candidate] = []
+        for cx, cy in _centres(ink, mask, t):
+            dist, angle = _polar(ink.points, cx, cy)
+            free = ~claimed
+            for r in _radii(dist[free], angle[free], ink, t):
+                pool = np.nonzero(free & (np.abs(dist - r) <= band + 0.1 * r))[0]
+                found = _shape_at(ink, pool, cx, cy, r, band, t)
+                if found is None or found.shape["radius"] < t.min_radius * ink.diag:
+                    continue
+                if found.fill >= MIN_FILL:
+                    candidates.append(found)
+        everything += candidates
+        accepted = _greedy(candidates, len(ink.points))
+        if not accepted:
+            break
+        for c in accepted:
+            claimed[c.members] = True
+        mask = _without(ink, claimed)
+    return everything
+
+
+def _without(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
+    mask = ink.mask.copy()
+    xy = ink.points[claimed].astype(int)
+    mask[xy[:, 1], xy[:, 0]] = 0
+    return mask
+
+
+ROUNDS = 3
+MAX_GAP = 0.03  # of the diagonal: longest gap bridged along a ring
+MIN_FILL = 0.85
+MIN_FRESH = 0.6
+
+
+def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]:
+    """Greedy merge of collinear fragments, longest first."""
+    if segs is None or len(segs) == 0:
+        return []
+    segs = segs.reshape(-1, 4).astype(np.float64)
+    lengths = np.hypot(segs[:, 2] - segs[:, 0], segs[:, 3] - segs[:, 1])
+    keep = lengths >= 3
+    segs, lengths = segs[keep], lengths[keep]
+    order = np.argsort(-lengths)
+    used = np.zeros(len(segs), bool)
+    offset_tol = max(3.0, ink.stroke) + 1.5
+    gap_tol = 0.03 * ink.diag
+    lines = []
+    p0s, p1s = segs[:, :2], segs[:, 2:]
+    for i in order:
+        if used[i]:
+            continue
+        group = [i]
+        used[i] = True
+        a, b = p0s[i], p1s[i]
+        for _ in range(20):  # grow: each pass may bring fragments further along
+            d = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+            n = np.array([-d[1], d[0]])
+            off0 = np.abs((p0s - a) @ n)
+            off1 = np.abs((p1s - a) @ n)
+            t0, t1 = (p0s - a) @ d, (p1s - a) @ d
+            lo, hi = np.minimum(t0, t1), np.maximum(t0, t1)
+            span_lo, span_hi = 0.0, float(np.linalg.norm(b - a))
+            gap = np.maximum(lo - span_hi, span_lo - hi)
+            seg_dir = (p1s - p0s) / (lengths[:, None] + 1e-9)
+            parallel = np.abs(seg_dir @ d) >= math.cos(math.radians(3))
+            join = (~used) & parallel & (off0 <= offset_tol) & (off1 <= offset_tol)
+            join &= gap <= gap_tol
+            new = np.nonzero(join)[0]
+            if len(new) == 0:
+                break
+            used[new] = True
+            group.extend(new.tolist())
+            pts = np.concatenate([p0s[group], p1s[group]])
+            w = np.concatenate([lengths[group], lengths[group]])
+            mean = (pts * w[:, None]).sum(0) / w.sum()
+            cov = np.cov((pts - mean).T, aweights=w)
+            direction = np.linalg.eigh(cov)[1][:, -1]
+            proj = (pts - mean) @ direction
+            a, b = mean + proj.min() * direction, mean + proj.max() * direction
+        a, b = _extend(ink.mask, b, a, ink.stroke), _extend(ink.mask, a, b, ink.stroke)
+        length = float(np.linalg.norm(b - a))
+        if length < t.min_line * ink.diag:
+            continue
+        support = _support(ink.mask, a, b, ink.stroke)
+        if support >= t.line_support:
+            shape = {"kind": "line", "p0": a.tolist(), "p1": b.tolist(), "confidence": support}
+            lines.append(_Candidate(shape, _near_segment(ink, a, b), support))
+    return lines
+
+
+def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np.ndarray:
+    """b moved outwards along a->b while ink goes on (LSD stops short of junctions and of the
+    ink it shares with a circle); gaps up to a couple of stroke widths are crossed."""
+    u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+    h, w = mask.shape
+    gap = int(2 * stroke + 2)
+    last, misses = 0, 0
+    for step in range(1, int(0.2 * math.hypot(w, h))):
+        x, y = (b + u * step).round().astype(int)
+        if not (1 <= x < w - 1 and 1 <= y < h - 1):
+            break
+        if mask[y - 1 : y + 2, x - 1 : x + 2].any():
+            last, misses = step, 0
+        else:
+            misses += 1
+            if misses > gap:
+                break
+    return b + u * last
+
+
+def _near_segment(ink: _Ink, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Indices of the ink points within half a stroke (and a little) of the segment a..b."""
+    d = b - a
+    length = float(np.linalg.norm(d))
+    u = d / (length + 1e-9)
+    rel = ink.points - a.astype(np.float32)
+    along = rel @ u.astype(np.float32)
+    across = np.abs(rel @ np.array([-u[1], u[0]], np.float32))
+    return np.nonzero((across <= ink.stroke / 2 + 1.5) & (along >= -2) & (along <= length + 2))[0]
+
+
+def _support(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> float:
+    """Share of points along a..b that have ink within about a stroke width."""
+    n = max(2, int(np.linalg.norm(b - a) / 2))
+    pts = np.linspace(a, b, n)
+    h, w = mask.shape
+    xs = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
+    ys = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
+    return float((mask[ys, xs] > 0).mean())
+
+
+def vectorize(
+    gray: np.ndarray, thresholds: Thresholds, kinds: frozenset[str] | None = None
+) -> list[dict]:
+    """Primitives in the given image's pixels (kinds: those to report; all by default).
+    Circles and arcs are found first; lines on the ink the circles leave; then lines, circles
+    and arcs compete for the ink (largest first), which drops arcs that only string together
+    pieces of lines and circles."""
+    kinds = kinds or frozenset({"line", "circle", "arc"})
+    ink = ink_mask(gray, thresholds)
+    if len(ink.points) == 0:
+        return []
+    rounds = round_candidates(ink, thresholds)
+    claimed = np.zeros(len(ink.points), bool)
+    for c in _greedy(rounds, len(ink.points)):
+        if c.shape["kind"] == "circle":
+            claimed[c.members] = True
+    lsd = cv2.createLineSegmentDetector()
+    segs = lsd.detect(cv2.GaussianBlur(_without(ink, claimed), (0, 0), 1.0))[0]
+    lines = _merge_lines(segs, ink, thresholds)
+    chosen = _greedy(rounds + lines, len(ink.points))
+    return [c.shape for c in chosen if c.shape["kind"] in kinds]

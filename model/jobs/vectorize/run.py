@@ -1,0 +1,273 @@
+"""The vectorize job's work in the worker (declared in model/jobs/vectorize/__init__.py).
+
+Pages (image URLs, uploads, IIIF canvases) go through detect's pipeline: planned units, a
+bounded prefetch, the result cache, one item per page as soon as it is done (a cancel or a
+timeout keeps what is finished). A detect task's illustrations are regions: each is asked from
+its page's IIIF image service when the page came from one, else cut from the page fetched again;
+its primitives are given in the page's coordinates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from model.iiif.info_cache import InfoCache
+from model.iiif.loader import json_getter
+from model.iiif.negotiate import ServiceInfo
+from model.jobs.contract import SourceTask
+from model.jobs.crops import _full_size_scale, _service_base, detect_items
+from model.jobs.detect_run import _keep_manifests
+from model.jobs.loading import PageLoader, Prepared, page_batches
+from model.jobs.units import plan_units
+from model.jobs.vectorize import METHOD, VERSION, VectorizeParams
+from model.jobs.vectorize.geometry import Thresholds, vectorize
+from model.jobs.vectorize.transform import Affine, page_transform, transformed
+from model.pipeline.cache import DetectionCache, params_digest
+from model.sources.fetch import FetchError, FetchScope
+from model.sources.images import ImageDecodeError, decode_within
+
+
+def analyse(image: Image.Image, params: VectorizeParams) -> list[dict[str, Any]]:
+    """Primitives in the given image's pixels."""
+    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    return vectorize(gray, Thresholds(**params.thresholds()), frozenset(params.primitives))
+
+
+def run_vectorize(ctx: Any) -> None:
+    params = VectorizeParams(**ctx.spec.params)
+    provenance: dict[str, Any] = {
+        "method": METHOD,
+        "version": VERSION,
+        "params": params.model_dump(),
+        "versions": {"opencv": cv2.__version__, "numpy": np.__version__},
+    }
+    ctx.set_provenance(provenance)
+    started = time.perf_counter()
+    sources = ctx.spec.of_kind(SourceTask)
+    try:
+        if sources:
+            _regions(ctx, sources[0].task_id, params, provenance)
+        else:
+            _pages(ctx, params, provenance)
+    finally:
+        provenance["timings"] = {"wall_s": round(time.perf_counter() - started, 3)}
+        ctx.set_provenance(provenance)
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+
+def _pages(ctx: Any, params: VectorizeParams, provenance: dict[str, Any]) -> None:
+    resources = ctx.resources
+    settings = resources.settings
+    scope = FetchScope()
+    fetcher = resources.fetcher.scoped(scope)
+    plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
+    _keep_manifests(ctx, plan.manifests, settings)
+    provenance.update(
+        manifests=[m.as_dict() for m in plan.manifests], manifest_problems=plan.problems
+    )
+    ctx.set_provenance(provenance)
+    ctx.set_total(len(plan.units))
+    finished = ctx.finished_indices()
+    pending = [unit for unit in plan.units if unit.index not in finished]
+    loader = PageLoader(
+        fetcher=fetcher,
+        services=ServiceInfo(
+            json_getter(fetcher, settings.iiif.max_json_bytes),
+            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
+        ),
+        cache=DetectionCache(resources.redis, settings.cache.ttl_s, settings.cache.max_entries),
+        params_key=params_digest(f"{METHOD}-{VERSION}", params.model_dump()),
+        max_side=params.max_side,
+        min_side=params.max_side,
+        max_pixels=settings.fetch.max_pixels,
+        analyse_side=params.max_side,
+        uploads=resources.uploads,
+    )
+    with page_batches(pending, loader, settings, scope, ctx.check_cancel) as batches:
+        for batch in batches:
+            for prepared in batch:
+                _page_done(ctx, prepared, params, loader.cache)
+
+
+def _page_done(
+    ctx: Any, prepared: Prepared, params: VectorizeParams, cache: DetectionCache
+) -> None:
+    if prepared.error is not None:
+        code, message = prepared.error
+        failed = {**prepared.item, "status": "failed", "primitives": []}
+        ctx.emit({**failed, "error": {"code": code, "message": message}}, failed=True)
+        return
+    width, height = prepared.decoded_size
+    cached = prepared.cached is not None
+    if prepared.cached is not None:
+        decoded = prepared.cached  # in the decoded image's pixels
+    else:
+        ctx.check_cancel()
+        started = time.perf_counter()
+        assert prepared.image is not None
+        found = analyse(prepared.image, params)
+        prepared.timings["analyse_s"] = time.perf_counter() - started
+        decoded = transformed(found, Affine.scale(1 / prepared.scale))
+        if prepared.cache_key:
+            cache.put(prepared.cache_key, {"width": width, "height": height, "detections": decoded})
+        prepared.image = None
+    item = {
+        **prepared.item,
+        "status": "ok",
+        "width": width,
+        "height": height,
+        "cached": cached,
+        "primitives": transformed(decoded, page_transform(prepared)),
+        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
+    }
+    if prepared.unit.canvas is not None:
+        item["coordinates"] = "canvas"
+        item["canvas_width"] = item.get("canvas_width") or width
+        item["canvas_height"] = item.get("canvas_height") or height
+    ctx.emit(item)
+
+
+# --- a detect task's regions --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Region:
+    index: int
+    page: dict[str, Any]  # the detect task's item
+    box: list[float]  # x, y, w, h in the page item's coordinates
+    label: str
+    confidence: float
+
+
+def _copy_manifests(ctx: Any, task_id: str, provenance: dict[str, Any]) -> None:
+    """The detect task's manifests, so that this result opens in a IIIF viewer too."""
+    record = ctx.store.get(task_id)
+    source = ctx.store.full_provenance(record) or {}
+    provenance["manifests"] = source.get("manifests", [])
+    provenance["source_task"] = task_id
+    lifetime_s = ctx.resources.settings.hard_limit_s(ctx.record.timeout_s)
+    for manifest in provenance["manifests"]:
+        text = ctx.store.kept_manifest(task_id, manifest["index"])
+        if text is not None:
+            ctx.store.keep_manifest(ctx.task_id, manifest["index"], text, lifetime_s)
+
+
+def _regions(ctx: Any, task_id: str, params: VectorizeParams, provenance: dict) -> None:
+    pages = detect_items(ctx, task_id)
+    _copy_manifests(ctx, task_id, provenance)
+    regions = [
+        _Region(0, page, d["xywh"], d["label"], d["confidence"])
+        for page in pages
+        if page.get("status") == "ok"
+        for d in page.get("detections", [])
+    ]
+    regions = [_Region(i, r.page, r.box, r.label, r.confidence) for i, r in enumerate(regions)]
+    ctx.set_total(len(regions))
+    done = ctx.finished_indices()
+    scope = FetchScope()
+    fetcher = ctx.resources.fetcher.scoped(scope)
+    settings = ctx.resources.settings
+    page_cache: dict[str, Image.Image] = {}  # one page fetched once for all its regions
+    try:
+        for region in regions:
+            if region.index in done:
+                continue
+            ctx.check_cancel()
+            item = _region_item(region)
+            try:
+                started = time.perf_counter()
+                image, to_page, asked = _region_image(region, fetcher, settings, params, page_cache)
+                item["region"]["image_url"] = asked
+                item["timings"] = {"fetch_s": round(time.perf_counter() - started, 4)}
+            except (FetchError, ImageDecodeError) as exc:
+                error = {"code": exc.code, "message": exc.message}
+                ctx.emit({**item, "status": "failed", "primitives": [], "error": error}, True)
+                continue
+            ctx.check_cancel()
+            started = time.perf_counter()
+            found = analyse(image, params)
+            item["timings"]["analyse_s"] = round(time.perf_counter() - started, 4)
+            ctx.emit({**item, "status": "ok", "primitives": transformed(found, to_page)})
+    finally:
+        scope.cancel()
+
+
+def _region_item(region: _Region) -> dict[str, Any]:
+    page = region.page
+    keep = (
+        "source",
+        "canvas_id",
+        "label",
+        "manifest",
+        "canvas_index",
+        "canvas_width",
+        "canvas_height",
+        "coordinates",
+        "image_url",
+        "width",
+        "height",
+    )
+    item = {k: page[k] for k in keep if k in page}
+    item.update(
+        index=region.index,
+        page_index=page["index"],
+        region={
+            "xywh": [round(v) for v in region.box],
+            "label": region.label,
+            "confidence": region.confidence,
+        },
+        cached=False,
+    )
+    return item
+
+
+def _region_image(
+    region: _Region,
+    fetcher: Any,
+    settings: Any,
+    params: VectorizeParams,
+    page_cache: dict[str, Image.Image],
+) -> tuple[Image.Image, Affine, str]:
+    """The region's pixels (at most max_side), the map from them to page coordinates and the
+    URL they were asked from (the region itself, or the whole page)."""
+    page = region.page
+    x, y, w, h = region.box
+    base = _service_base(page)
+    if base is not None:
+        sx, sy = _full_size_scale(page)
+        left, top = max(0, round(x * sx)), max(0, round(y * sy))
+        width, height = max(1, round(w * sx)), max(1, round(h * sy))
+        side = params.max_side
+        # "w," / ",h" (level 1), never larger than the region ("!w,h" is level 2).
+        size = f"{min(width, side)}," if width >= height else f",{min(height, side)}"
+        url = f"{base}/{left},{top},{width},{height}/{size}/0/default.jpg"
+        data = fetcher.get(url).content
+        image, _size, _scale = decode_within(data, settings.fetch.max_pixels, side, reduce=False)
+        # fetched pixels -> full image pixels -> page coordinates
+        fx, fy = width / image.width, height / image.height
+        return image, Affine(fx / sx, fy / sy, left / sx, top / sy), url
+    url = page.get("image_url") or page.get("source", "")
+    if not str(url).startswith(("http://", "https://")):
+        raise FetchError("source_image_unavailable", "the page was an upload; it is gone")
+    if url not in page_cache:
+        data = fetcher.get(url).content
+        page_cache.clear()  # regions come page by page: keep one page only
+        page_cache[url] = decode_within(data, settings.fetch.max_pixels, None, reduce=False)[0]
+    full = page_cache[url]
+    base_w = page.get("canvas_width") or page.get("width") or full.width
+    base_h = page.get("canvas_height") or page.get("height") or full.height
+    kx, ky = full.width / base_w, full.height / base_h  # page coordinates -> fetched pixels
+    box = (round(x * kx), round(y * ky), round((x + w) * kx), round((y + h) * ky))
+    crop = full.crop(box)
+    k = min(1.0, params.max_side / max(crop.width, crop.height, 1))
+    if k < 1.0:
+        crop = crop.resize((max(1, round(crop.width * k)), max(1, round(crop.height * k))))
+    return crop, Affine(1 / (k * kx), 1 / (k * ky), box[0] / kx, box[1] / ky), url
