@@ -1,0 +1,188 @@
+"""The cluster job's method, measured (`python -m bench.cluster`, and a `make bench` part).
+
+On testkit/cluster_corpus.py's families (re-drawn, turned +-20 degrees, scaled 0.6-1.5x,
+mirrored, cropped, re-inked, on other paper; plus distractors in no family), for a development
+seed and a held-out one:
+- quality of each method: adjusted Rand index and NMI (scikit-learn; every unclustered item and
+  every distractor counts as a singleton), share of distractors left unclustered;
+- cost: features + embedding per item (against the raw embedder loop on the same crops), then
+  clustering at 100, 1,000 and 10,000 items once embedded. 10,000 distinct synthetic items
+  would take ~15 min to draw on a 2-core CPU, so the large sizes re-use the measured items'
+  features (each item repeated, every copy its own index): the work per shortlisted pair is
+  that of real items, and the shortlist is exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model.jobs.cluster import method
+from testkit.cluster_corpus import DISTRACTOR, HELD_OUT_SEEDS, build
+
+DEV_SEED = 1
+HELD_OUT_SEED = HELD_OUT_SEEDS + 1
+
+
+@dataclass
+class Scores:
+    ari: float
+    nmi: float
+    distractors_unclustered: float
+    families_found: int
+    seconds: float
+
+
+def singletons(labels: np.ndarray) -> np.ndarray:
+    """-1 (no family) -> a label of its own: ARI/NMI see each such item as a singleton."""
+    out = labels.copy()
+    lone = np.flatnonzero(out < 0)
+    out[lone] = out.max(initial=0) + 1 + np.arange(len(lone))
+    return out
+
+
+def score(truth: list[int], predicted: np.ndarray, seconds: float) -> Scores:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    t, p = singletons(np.array(truth)), singletons(predicted)
+    distractor = np.array(truth) == DISTRACTOR
+    return Scores(
+        ari=float(adjusted_rand_score(t, p)),
+        nmi=float(normalized_mutual_info_score(t, p)),
+        distractors_unclustered=float((predicted[distractor] < 0).mean()),
+        families_found=int(predicted.max(initial=-1) + 1),
+        seconds=seconds,
+    )
+
+
+def load_embedder(name: str | None = None) -> Any:
+    from model.inference.registry import discover
+    from model.settings import get_settings
+    from model.similarity.embedders import load_embedder as load
+
+    settings = get_settings()
+    models = discover(settings.model_dirs)
+    return load(models[name or settings.similarity.embed_model], settings.inference_threads())
+
+
+def featurize(images: list[Any], embedder: Any) -> tuple[list[method.ClusterItem], dict]:
+    """Items as the job computes them; timings of the local features and of embedding, and of
+    the raw embedder loop on the same images (the job's overhead is measured against it)."""
+    t0 = time.perf_counter()
+    items = [method.item_features(i, image) for i, image in enumerate(images)]
+    t1 = time.perf_counter()
+    for start in range(0, len(images), 32):
+        vectors = embedder.embed(images[start : start + 32])
+        for item, vector in zip(items[start : start + 32], vectors, strict=True):
+            method.set_embedding(item, vector)
+    t2 = time.perf_counter()
+    for start in range(0, len(images), 32):
+        embedder.embed(images[start : start + 32])
+    t3 = time.perf_counter()
+    n = max(1, len(images))
+    return items, {
+        "local_features_ms": 1000 * (t1 - t0) / n,
+        "embed_ms": 1000 * (t2 - t1) / n,
+        "raw_embed_ms": 1000 * (t3 - t2) / n,
+    }
+
+
+def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> dict[str, Scores]:
+    out: dict[str, Scores] = {}
+    emb = np.stack([i.upright.embedding for i in items])
+    t0 = time.perf_counter()
+    out["embedding + HDBSCAN"] = score(truth, method.embedding_hdbscan(emb), time.perf_counter() - t0)
+    joined = np.hstack([emb, np.stack([i.upright.layout for i in items])])
+    t0 = time.perf_counter()
+    out["embedding+layout + HDBSCAN"] = score(
+        truth, method.embedding_hdbscan(joined), time.perf_counter() - t0
+    )
+    t0 = time.perf_counter()
+    pairs = method.shortlist(items, k)
+    edges = method.verify_edges(items, pairs)
+    labels = method.families(len(items), edges)
+    out[f"shortlist {k} + verified graph"] = score(truth, labels, time.perf_counter() - t0)
+    return out
+
+
+def scaling(items: list[method.ClusterItem], sizes: list[int], k: int) -> list[dict[str, float]]:
+    rows = []
+    for n in sizes:
+        sample = [items[i % len(items)] for i in range(n)]
+        t0 = time.perf_counter()
+        pairs = method.shortlist(sample, k)
+        t1 = time.perf_counter()
+        edges = method.verify_edges(sample, pairs)
+        t2 = time.perf_counter()
+        method.families(n, edges)
+        t3 = time.perf_counter()
+        rows.append(
+            {
+                "items": n,
+                "pairs": len(pairs),
+                "shortlist_s": t1 - t0,
+                "verify_s": t2 - t1,
+                "families_s": t3 - t2,
+                "total_s": t3 - t0,
+            }
+        )
+    return rows
+
+
+def table(results: dict[str, dict[str, Scores]]) -> str:
+    lines = [
+        "| corpus | method | ARI | NMI | distractors unclustered | families (true) | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for corpus, scores in results.items():
+        for name, s in scores.items():
+            lines.append(
+                f"| {corpus} | {name} | {s.ari:.3f} | {s.nmi:.3f} | "
+                f"{s.distractors_unclustered:.0%} | {s.families_found} | {s.seconds:.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
+    p.add_argument("--families", type=int, default=60)
+    p.add_argument("--distractors", type=int, default=100)
+    p.add_argument("--neighbours", type=int, default=method.DEFAULT_NEIGHBOURS)
+    p.add_argument("--sizes", default="100,1000,10000")
+    p.add_argument("--seeds", default=f"{DEV_SEED},{HELD_OUT_SEED}")
+    args = p.parse_args(argv)
+    embedder = load_embedder()
+    results: dict[str, dict[str, Scores]] = {}
+    timings: dict[str, float] = {}
+    kept: list[method.ClusterItem] = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        corpus = build(seed, args.families, distractors=args.distractors)
+        items, timings = featurize(corpus.images, embedder)
+        truth = corpus.labels
+        kind = "held-out" if seed >= HELD_OUT_SEEDS else "dev"
+        name = f"seed {seed} ({kind}, {len(items)} items, {corpus.families} families)"
+        results[name] = run_methods(items, truth, args.neighbours)
+        for scores in results[name].values():
+            scores.families_found = scores.families_found  # printed beside the true count
+        kept = items
+    print(table(results))
+    print(
+        f"\nper item: local features {timings['local_features_ms']:.1f} ms, embedding "
+        f"{timings['embed_ms']:.1f} ms (raw embedder loop {timings['raw_embed_ms']:.1f} ms)"
+    )
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    print("\n| items | shortlisted pairs | shortlist s | verify s | families s | total s |")
+    print("|---|---|---|---|---|---|")
+    for row in scaling(kept, sizes, args.neighbours):
+        print(
+            f"| {row['items']} | {row['pairs']} | {row['shortlist_s']:.2f} | "
+            f"{row['verify_s']:.2f} | {row['families_s']:.2f} | {row['total_s']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
