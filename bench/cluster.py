@@ -95,7 +95,9 @@ def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> di
     out: dict[str, Scores] = {}
     emb = np.stack([i.upright.embedding for i in items])
     t0 = time.perf_counter()
-    out["embedding + HDBSCAN"] = score(truth, method.embedding_hdbscan(emb), time.perf_counter() - t0)
+    out["embedding + HDBSCAN"] = score(
+        truth, method.embedding_hdbscan(emb), time.perf_counter() - t0
+    )
     joined = np.hstack([emb, np.stack([i.upright.layout for i in items])])
     t0 = time.perf_counter()
     out["embedding+layout + HDBSCAN"] = score(

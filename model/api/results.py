@@ -34,6 +34,7 @@ from model.outputs.annotations import (
     canvas_number,
     viewer_manifest,
 )
+from model.outputs.cluster import with_links
 from model.outputs.result_json import result_document
 from model.outputs.yolo import yolo_archive
 from model.store import State, TaskRecord
@@ -59,10 +60,11 @@ class ShareToken(BaseModel):
 
 
 class ResultQuery(ShareToken):
-    format: Literal["json", "iiif", "yolo"] = Field(
+    format: Literal["json", "iiif", "yolo", "html"] = Field(
         "json",
         description="json: items + provenance; iiif: W3C/IIIF annotations (AnnotationPage, or "
-        "a v2 AnnotationList for 2.x manifests); yolo: zip of YOLO txt files",
+        "a v2 AnnotationList for 2.x manifests), for a cluster task a IIIF Collection of its "
+        "families; yolo: zip of YOLO txt files; html: a cluster task's contact sheet",
     )
     manifest: int | None = Field(
         None, ge=0, description="iiif: which manifest (index in provenance.manifests)"
@@ -126,6 +128,12 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
     if isinstance(result, Response):
         return result
     record, items, provenance = result.record, result.items, result.provenance
+    if record.type == "cluster" and query.format in ("html", "iiif"):
+        from model.api.cluster_results import cluster_output  # it imports this module
+
+        return cluster_output(result, query.format)
+    if query.format == "html":
+        raise ApiError(409, "no_html", "format=html is a cluster task's contact sheet")
     if query.format == "yolo":
         data = yolo_archive(items, provenance.get("classes", []), result.manifests)
         return Response(
@@ -149,6 +157,8 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         error if record.error_code else None,
     )
     body.update(record.summary or {})  # similarity: the compared pairs
+    if record.type == "cluster" and record.summary:
+        body.update(with_links(record.summary, result.links))
     return jsonify(body)
 
 

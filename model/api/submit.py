@@ -36,7 +36,14 @@ from model.api.tasks import ERRORS
 from model.celery_app import queue_for, send_run
 from model.ending import end_task
 from model.iiif.presentation import document_kind
-from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput, TaskSpec
+from model.jobs.contract import (
+    ImageUpload,
+    InputRejected,
+    ManifestUpload,
+    SourceTask,
+    TaskInput,
+    TaskSpec,
+)
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.metrics.record import meter_of
@@ -200,6 +207,19 @@ def _check_model(svc: Services, name: str | None, task: str) -> None:
         )
 
 
+def _check_sources(svc: Services, job: JobSpec, inputs: list[TaskInput]) -> None:
+    """The tasks a job reads must be this key's (another key's are as unknown as a missing one)."""
+    if job.source_check is None:
+        return
+    for entry in inputs:
+        if isinstance(entry, SourceTask):
+            record = svc.store.get(entry.task_id)
+            visible = record if record is not None and record.owner == g.owner else None
+            problem = job.source_check(entry.task_id, visible)
+            if problem is not None:
+                raise ApiError(422, *problem)
+
+
 def _timeout(svc: Services, submission: Submission) -> float:
     limits = svc.settings.job_limits(submission.job.name)
     timeout = submission.request.timeout or limits.timeout_default_s
@@ -305,6 +325,7 @@ def submit_task() -> Response:
         job.check(task_request.input, inputs, svc.settings)
     except InputRejected as exc:
         raise ApiError(422, exc.code, exc.message) from exc
+    _check_sources(svc, job, inputs)
     check_backpressure(svc)
     svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)

@@ -46,3 +46,6 @@ class JobSpec:
     # The request's `input` in the OpenAPI document when the API asks more than the model shows
     # (e.g. at least one URL): given the model's $ref, a JSON schema.
     input_schema: Callable[[str], dict[str, Any]] | None = None
+    # Checked at submit for each SourceTask input: given its id and its record (None when it
+    # does not exist or is another key's), None if usable, else (error code, message): a 422.
+    source_check: Callable[[str, Any], tuple[str, str] | None] | None = None

@@ -92,9 +92,7 @@ def build(items: list[ClusterItem], members: list[int], edges: list[Edge]) -> Pr
             matrix, flipped = found
             source = item.analysed[:, ::-1] if flipped else item.analysed
             source = np.ascontiguousarray(source)
-            ink = cv2.warpAffine(
-                _darkness(source), matrix, (width, height), flags=cv2.INTER_LINEAR
-            )
+            ink = cv2.warpAffine(_darkness(source), matrix, (width, height), flags=cv2.INTER_LINEAR)
             ones = np.ones(source.shape, np.float32)
             valid = cv2.warpAffine(ones, matrix, (width, height), flags=cv2.INTER_NEAREST) > 0.5
         total += np.where(valid, ink, 0.0)
@@ -106,10 +104,7 @@ def build(items: list[ClusterItem], members: list[int], edges: list[Edge]) -> Pr
     # Stretch the mean's ink to the full range: an average of n copies is paler than any one.
     top = float(np.percentile(mean[enough], 99.5)) if enough.any() else 1.0
     picture = 255.0 * (1.0 - np.clip(mean / max(top, 1e-3), 0.0, 1.0))
-    scores = [
-        0.0 if w is None else round(_ncc(w[0], mean, w[1] & enough), 4) for w in warped
-    ]
+    scores = [0.0 if w is None else round(_ncc(w[0], mean, w[1] & enough), 4) for w in warped]
     buffer = io.BytesIO()
     Image.fromarray(picture.astype(np.uint8), "L").save(buffer, "PNG", optimize=True)
     return Prototype(buffer.getvalue(), ref_pos, scores, aligned)
-

@@ -1,0 +1,321 @@
+"""The cluster job in the worker.
+
+Stages, and what survives an interruption:
+1. Items (progress counts them): each image URL, and each illustration of the detect tasks
+   named (cut through the page's IIIF image service where there is one, else from the page
+   image). Each is fetched (the safe fetcher: timeout, size cap, SSRF guard), described
+   (method.item_features) and embedded in batches; each becomes a result item as it is done,
+   a failed one with its reason. A timeout or cancel here keeps those items; the result's
+   `clustering.state` says clustering was not reached.
+2. Clustering: shortlist, verification, families (method.py); then one prototype PNG per
+   family (prototype.py), kept with the result. `clustering.state` is then "done".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+from PIL import Image
+
+from model.inference.provenance import model_provenance
+from model.jobs import JobFailed
+from model.jobs.cluster import FINISHED, ClusterParams, method, prototype
+from model.jobs.contract import ImageUrl, SourceTask
+from model.jobs.crops import CropsParams, crops_of
+from model.pipeline.memory import process_budget
+from model.sources.fetch import FetchError
+from model.sources.images import ImageDecodeError, decode_within
+
+EMBED_BATCH = 32
+MAX_SIDE = 1024  # an item is decoded with its long side at most this (it is analysed at 256)
+MIN_SIDE = 8
+METHOD = {
+    "features": "similarity's region features (RootSIFT, layout thumbnail) + the feature "
+    "extractor's pooled vector, upright and mirrored",
+    "shortlist": "each item's `neighbours` nearest items: mean of the embedding cosine and the "
+    f"best layout cosine over turns {list(method.TURNS)} and mirror",
+    "verification": "similarity's RANSAC similarity transform + photometric correlation, "
+    "direct or mirrored; the score (0-1) is the edge's weight",
+    "families": "edges of at least `threshold` joined strongest first (Kruskal); groups under "
+    "`min_cluster_size` unclustered; with `clusters`, merging stops at that many families",
+    "prototype": "members aligned onto the medoid by their RANSAC transform and averaged; a "
+    "member's score is its correlation with the prototype",
+}
+
+
+@dataclass
+class Planned:
+    """One item to fetch: `url` (an image, a region of one, or a page to cut `box` from)."""
+
+    index: int
+    url: str
+    describe: dict[str, Any]  # what the result says of where it comes from
+    box: tuple[float, float, float, float] | None = None  # x, y, w, h in the page's pixels
+    page_size: tuple[int, int] | None = None  # the page's size `box` is measured in
+
+
+@dataclass
+class _Run:
+    ctx: Any
+    params: ClusterParams
+    embedder: Any
+    items: dict[int, method.ClusterItem] = field(default_factory=dict)
+    pending: list[tuple[Planned, Image.Image]] = field(default_factory=list)
+    page: tuple[str, Image.Image] | None = None  # the last page image fetched, to cut from
+
+
+def _embedder(ctx: Any, params: ClusterParams) -> Any:
+    resources = ctx.resources
+    name = params.model or resources.settings.similarity.embed_model
+    try:
+        embedder = resources.embedders.get(name) if resources.embedders is not None else None
+    except Exception as exc:  # a broken plug-in model fails the task, not the worker
+        raise JobFailed(
+            "model_unavailable", f"feature extractor {name!r} did not load: {exc}"
+        ) from exc
+    if embedder is None:
+        raise JobFailed("model_unavailable", f"feature extractor {name!r} is not available")
+    return embedder
+
+
+def _source_items(ctx: Any, source: SourceTask) -> list[dict[str, Any]]:
+    record = ctx.store.get(source.task_id)
+    if record is None or record.owner != ctx.record.owner:
+        raise JobFailed("source_not_found", f"no task {source.task_id} of this key")
+    if record.type != "detect" or record.state.value not in FINISHED:
+        raise JobFailed(
+            "source_unusable",
+            f"task {source.task_id} is a {record.type} task in state {record.state.value}",
+        )
+    return sorted(ctx.store.items(source.task_id), key=lambda item: item["index"])
+
+
+def plan(ctx: Any, params: ClusterParams) -> list[Planned]:
+    """Every item, numbered: image URLs first, then each detect task's illustrations."""
+    planned: list[Planned] = []
+    for entry in ctx.spec.of_kind(ImageUrl):
+        planned.append(Planned(len(planned), entry.url, {"image_url": entry.url}))
+    crop_params = CropsParams(min_confidence=params.min_confidence)
+    for source in ctx.spec.of_kind(SourceTask):
+        for page in _source_items(ctx, source):
+            if page.get("status") != "ok":
+                continue
+            crops = crops_of(page, crop_params)["crops"]
+            kept = [
+                d for d in page.get("detections", []) if d["confidence"] >= params.min_confidence
+            ]
+            for detection, crop in zip(kept, crops, strict=True):
+                where = {
+                    "task_id": source.task_id,
+                    "page_index": page["index"],
+                    "canvas_id": page.get("canvas_id"),
+                    "manifest": page.get("manifest"),
+                    "page_url": page.get("source"),
+                    "xywh": detection["xywh"],
+                    "coordinates": "canvas" if page.get("canvas_id") else "image",
+                    "label": detection.get("label"),
+                    "confidence": detection.get("confidence"),
+                    "region_url": crop["region_url"],
+                }
+                if crop["region_url"]:
+                    planned.append(Planned(len(planned), crop["region_url"], where))
+                else:
+                    size = (
+                        page.get("canvas_width") or page.get("width"),
+                        page.get("canvas_height") or page.get("height"),
+                    )
+                    page_url = page.get("image_url") or page.get("source")
+                    planned.append(
+                        Planned(len(planned), page_url, where, tuple(detection["xywh"]), size)
+                    )
+    return planned
+
+
+def _load(run: _Run, planned: Planned) -> Image.Image:
+    settings = run.ctx.resources.settings
+    if planned.box is not None and run.page is not None and run.page[0] == planned.url:
+        image = run.page[1]
+    else:
+        data = run.ctx.resources.fetcher.get(planned.url).content
+        side = None if planned.box is not None else MAX_SIDE
+        image, _, _ = decode_within(data, settings.fetch.max_pixels, side, process_budget())
+        if planned.box is not None:
+            run.page = (planned.url, image)
+    if planned.box is None:
+        return image
+    x, y, w, h = planned.box
+    base_w, base_h = planned.page_size or image.size
+    sx, sy = image.width / (base_w or image.width), image.height / (base_h or image.height)
+    crop = image.crop((round(x * sx), round(y * sy), round((x + w) * sx), round((y + h) * sy)))
+    crop.thumbnail((MAX_SIDE, MAX_SIDE))
+    return crop
+
+
+def _flush(run: _Run) -> None:
+    """Embed the pending items, emit them."""
+    if not run.pending:
+        return
+    finished = run.ctx.finished_indices()
+    vectors = run.embedder.embed([image for _, image in run.pending])
+    for (planned, image), vector in zip(run.pending, vectors, strict=True):
+        item = method.item_features(planned.index, image)
+        method.set_embedding(item, vector)
+        run.items[planned.index] = item
+        if planned.index not in finished:
+            run.ctx.emit(
+                {
+                    "index": planned.index,
+                    "source": planned.url,
+                    "status": "ok",
+                    **planned.describe,
+                    "width": image.width,
+                    "height": image.height,
+                }
+            )
+    run.pending = []
+
+
+def _features(run: _Run, planned_items: list[Planned]) -> None:
+    finished = run.ctx.finished_indices()
+    for planned in planned_items:
+        run.ctx.check_cancel()
+        try:
+            image = _load(run, planned)
+            if min(image.size) < MIN_SIDE:
+                raise ImageDecodeError("too_small", f"{image.width}x{image.height} px")
+        except (FetchError, ImageDecodeError) as exc:
+            if planned.index not in finished:
+                run.ctx.emit(
+                    {
+                        "index": planned.index,
+                        "source": planned.url,
+                        "status": "failed",
+                        **planned.describe,
+                        "error": {"code": exc.code, "message": exc.message},
+                    },
+                    failed=True,
+                )
+            continue
+        run.pending.append((planned, image.convert("RGB")))
+        if len(run.pending) >= EMBED_BATCH:
+            _flush(run)
+    _flush(run)
+    run.page = None
+
+
+def _summary(state: str, **extra: Any) -> dict[str, Any]:
+    return {"clusters": [], "unclustered": [], "clustering": {"state": state, **extra}}
+
+
+def _member(index: int, score: float, described: dict[str, Any]) -> dict[str, Any]:
+    return {"index": index, "score": score, **described}
+
+
+def run_cluster(ctx: Any, params: ClusterParams) -> None:
+    resources = ctx.resources
+    settings = resources.settings
+    embedder = _embedder(ctx, params)
+    provenance: dict[str, Any] = {
+        "method": METHOD,
+        "embedder": {**model_provenance(embedder), "dim": embedder.dim},
+        "params": params.model_dump(),
+        "worker": settings.worker_name,
+        "worker_pid": os.getpid(),
+        "versions": {**resources.versions, "opencv": cv2.__version__},
+        "stage": "planning",
+    }
+    ctx.set_provenance(provenance)
+    planned = plan(ctx, params)
+    most = settings.job_limits("cluster").max_images
+    if len(planned) > most:
+        raise JobFailed("too_many_items", f"{len(planned)} items; at most {most} per task")
+    if len(planned) < 2:
+        raise JobFailed("too_few_items", f"{len(planned)} item(s) to cluster; at least 2")
+    ctx.set_total(len(planned))
+    ctx.set_summary(
+        _summary(
+            "not reached",
+            message="items are being fetched and embedded; clustering follows (a timeout or "
+            "cancel before it keeps the embedded items, with no families)",
+        )
+    )
+    provenance["stage"] = "items"
+    ctx.set_provenance(provenance)
+    run = _Run(ctx, params, embedder)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    try:
+        _features(run, planned)
+        timings["items_s"] = time.perf_counter() - started
+        provenance["stage"] = "clustering"
+        ctx.set_provenance(provenance)
+        ctx.set_summary(_summary("running", items=len(run.items)))
+        _cluster(run, planned, timings)
+        provenance["stage"] = "done"
+    finally:
+        provenance["timings"] = {
+            **{k: round(v, 3) for k, v in timings.items()},
+            "wall_s": round(time.perf_counter() - started, 3),
+        }
+        ctx.set_provenance(provenance)
+
+
+def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> None:
+    ctx, params = run.ctx, run.params
+    order = sorted(run.items)
+    items = [run.items[i] for i in order]
+    if len(items) < 2:
+        ctx.set_summary(_summary("skipped", message=f"{len(items)} item(s) loaded; at least 2"))
+        return
+    t0 = time.perf_counter()
+    pairs = method.shortlist(items, params.neighbours, ctx.check_cancel)
+    edges = method.verify_edges(items, pairs, ctx.check_cancel)
+    threshold = params.threshold
+    if threshold is None:
+        threshold = 1e-6 if params.clusters else method.DEFAULT_THRESHOLD
+    labels = method.families(len(items), edges, threshold, params.min_cluster_size, params.clusters)
+    timings["clustering_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    lifetime_s = ctx.resources.settings.hard_limit_s(ctx.record.timeout_s)
+    clusters = []
+    for number in range(int(labels.max(initial=-1)) + 1):
+        ctx.check_cancel()
+        members = [int(p) for p in (labels == number).nonzero()[0]]
+        proto = prototype.build(items, members, edges)
+        ctx.store.keep_file(ctx.task_id, f"prototype-{number}.png", proto.png, lifetime_s)
+        described = [
+            _member(order[p], score, planned[order[p]].describe)
+            for p, score in zip(members, proto.scores, strict=True)
+        ]
+        described.sort(key=lambda m: -m["score"])
+        clusters.append(
+            {
+                "id": number,
+                "size": len(members),
+                "cohesion": round(proto.cohesion, 4),
+                "medoid": order[members[proto.medoid]],
+                "aligned": proto.aligned,
+                "members": described,
+            }
+        )
+    timings["prototypes_s"] = time.perf_counter() - t0
+    unclustered = [
+        {"index": order[p], **planned[order[p]].describe} for p in (labels < 0).nonzero()[0]
+    ]
+    ctx.set_summary(
+        {
+            "clusters": clusters,
+            "unclustered": unclustered,
+            "clustering": {
+                "state": "done",
+                "items": len(items),
+                "pairs_verified": len(pairs),
+                "edges": len(edges),
+                "threshold": threshold,
+            },
+        }
+    )
