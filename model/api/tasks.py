@@ -23,6 +23,8 @@ from model.api.schemas import (
 )
 from model.api.services import Services, services
 from model.ending import cancel_task
+from model.outputs.annotations import ResultLinks
+from model.outputs.cluster import with_links
 from model.store import State, TaskRecord
 from model.webhooks.events import deliveries
 
@@ -68,7 +70,11 @@ def _status_body(svc: Services, record: TaskRecord, items: list[dict] | None = N
     if record.state in WITH_ITEMS:
         items = svc.store.items(record.id) if items is None else items
         items = sorted(items, key=lambda item: item["index"])
-        result = TaskResult(items=items, provenance=record.provenance, **(record.summary or {}))
+        summary = record.summary or {}
+        if record.type == "cluster" and summary:  # the families' prototype URLs
+            public = svc.settings.http.public_base_url()
+            summary = with_links(summary, ResultLinks.of_task(public, record.id))
+        result = TaskResult(items=items, provenance=record.provenance, **summary)
     position = eta = None
     if record.state == State.QUEUED:
         # Per queue: a task naming a model waits only behind tasks of its own queue, and only

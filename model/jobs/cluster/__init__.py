@@ -93,6 +93,72 @@ class ClusterInput(BaseModel):
         return ids
 
 
+_WHERE = {
+    "index": {"type": "integer", "description": "The item's result item (result.items[].index)"},
+    "image_url": {"type": "string", "description": "URL inputs: the image"},
+    "task_id": {"type": "string", "description": "Region inputs: the detect task"},
+    "canvas_id": {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "Region inputs: its canvas",
+    },
+    "xywh": {
+        "type": "array",
+        "items": {"type": "integer"},
+        "description": "Region inputs: its box, in canvas coordinates (image pixels off IIIF)",
+    },
+    "region_url": {
+        "anyOf": [{"type": "string"}, {"type": "null"}],
+        "description": "The region cut by its IIIF image service, where one can cut it",
+    },
+}
+# The result fields a cluster task adds beside items and provenance (GET /status, /result).
+RESULT_SCHEMA: dict[str, Any] = {
+    "clusters": {
+        "type": "array",
+        "description": "cluster tasks: the families, largest first",
+        "items": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "integer"},
+                "size": {"type": "integer"},
+                "prototype_url": {
+                    "type": "string",
+                    "description": "PNG: the members aligned onto the medoid and averaged",
+                },
+                "cohesion": {"type": "number", "description": "Mean member score (0-1)"},
+                "medoid": {"type": "integer", "description": "Index of the reference member"},
+                "aligned": {"type": "integer", "description": "Members in the prototype"},
+                "members": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            **_WHERE,
+                            "score": {
+                                "type": "number",
+                                "description": "Correlation with the prototype once aligned "
+                                "(0-1; 0: could not be aligned)",
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "unclustered": {
+        "type": "array",
+        "description": "cluster tasks: items in no family",
+        "items": {"type": "object", "properties": _WHERE},
+    },
+    "clustering": {
+        "type": "object",
+        "description": "cluster tasks: `state` not reached (the task ended while items were "
+        "loading: the items so far are kept), running, done or skipped; counts",
+        "properties": {"state": {"type": "string"}, "message": {"type": "string"}},
+    },
+}
+
+
 def task_inputs(request_input: ClusterInput) -> list[TaskInput]:
     return [
         *(ImageUrl(url=url) for url in request_input.image_urls),

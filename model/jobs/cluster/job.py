@@ -30,7 +30,7 @@ from model.pipeline.memory import process_budget
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 
-EMBED_BATCH = 32
+EMBED_BATCH = 8  # small: items show as done soon after they load
 MAX_SIDE = 1024  # an item is decoded with its long side at most this (it is analysed at 256)
 MIN_SIDE = 8
 METHOD = {
@@ -56,6 +56,8 @@ class Planned:
     describe: dict[str, Any]  # what the result says of where it comes from
     box: tuple[float, float, float, float] | None = None  # x, y, w, h in the page's pixels
     page_size: tuple[int, int] | None = None  # the page's size `box` is measured in
+    # A region URL the service refused (a level-0 service cuts nothing): the page and the box
+    fallback: Planned | None = None
 
 
 @dataclass
@@ -121,17 +123,16 @@ def plan(ctx: Any, params: ClusterParams) -> list[Planned]:
                     "confidence": detection.get("confidence"),
                     "region_url": crop["region_url"],
                 }
+                size = (
+                    page.get("canvas_width") or page.get("width"),
+                    page.get("canvas_height") or page.get("height"),
+                )
+                page_url = page.get("image_url") or page.get("source")
+                cut = Planned(len(planned), page_url, where, tuple(detection["xywh"]), size)
                 if crop["region_url"]:
-                    planned.append(Planned(len(planned), crop["region_url"], where))
+                    planned.append(Planned(len(planned), crop["region_url"], where, fallback=cut))
                 else:
-                    size = (
-                        page.get("canvas_width") or page.get("width"),
-                        page.get("canvas_height") or page.get("height"),
-                    )
-                    page_url = page.get("image_url") or page.get("source")
-                    planned.append(
-                        Planned(len(planned), page_url, where, tuple(detection["xywh"]), size)
-                    )
+                    planned.append(cut)
     return planned
 
 
@@ -184,7 +185,15 @@ def _features(run: _Run, planned_items: list[Planned]) -> None:
     for planned in planned_items:
         run.ctx.check_cancel()
         try:
-            image = _load(run, planned)
+            try:
+                image = _load(run, planned)
+            except FetchError:
+                if planned.fallback is None:
+                    raise
+                # The service would not cut the region (level 0): cut it from the page.
+                planned.describe["region_url"] = None
+                planned.fallback.describe = planned.describe
+                image = _load(run, planned.fallback)
             if min(image.size) < MIN_SIDE:
                 raise ImageDecodeError("too_small", f"{image.width}x{image.height} px")
         except (FetchError, ImageDecodeError) as exc:
