@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 
 from testkit.cluster_corpus import DISTRACTOR, build
-from testkit.iiif_server import IiifServer, Rule, jpeg, v3_canvas, v3_image, v3_manifest
+from testkit.iiif_server import IiifServer, Rule, jpeg
 from testkit.similarity_corpus import build as build_pages
 from testkit.similarity_corpus import instance_of
 from testkit.stack import Api, Stack
