@@ -137,6 +137,10 @@ def main(argv: list[str]) -> int:
         latest_png.write_bytes(png.read_bytes())
     print()
     print(paths["md"].read_text())
+    if "cluster" in results:
+        from bench import cluster
+
+        print(cluster.markdown(results["cluster"]))
     print(f"written: {', '.join(str(p) for p in [*paths.values(), png] if p)}")
     return 0
 

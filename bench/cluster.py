@@ -135,17 +135,69 @@ def scaling(items: list[method.ClusterItem], sizes: list[int], k: int) -> list[d
     return rows
 
 
-def table(results: dict[str, dict[str, Scores]]) -> str:
+def table(results: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = [
-        "| corpus | method | ARI | NMI | distractors unclustered | families (true) | s |",
+        "| corpus | method | ARI | NMI | distractors unclustered | families found | s |",
         "|---|---|---|---|---|---|---|",
     ]
     for corpus, scores in results.items():
         for name, s in scores.items():
             lines.append(
-                f"| {corpus} | {name} | {s.ari:.3f} | {s.nmi:.3f} | "
-                f"{s.distractors_unclustered:.0%} | {s.families_found} | {s.seconds:.1f} |"
+                f"| {corpus} | {name} | {s['ari']:.3f} | {s['nmi']:.3f} | "
+                f"{s['distractors_unclustered']:.0%} | {s['families_found']} | "
+                f"{s['seconds']:.1f} |"
             )
+    return "\n".join(lines)
+
+
+def measure(
+    families: int = 60,
+    distractors: int = 100,
+    neighbours: int = method.DEFAULT_NEIGHBOURS,
+    sizes: tuple[int, ...] = (100, 1000, 10000),
+    seeds: tuple[int, ...] = (DEV_SEED, HELD_OUT_SEED),
+) -> dict[str, Any]:
+    """Every figure, JSON-ready; `markdown` prints them."""
+    embedder = load_embedder()
+    quality: dict[str, dict[str, dict[str, float]]] = {}
+    timings: dict[str, float] = {}
+    kept: list[method.ClusterItem] = []
+    for seed in seeds:
+        corpus = build(seed, families, distractors=distractors)
+        items, timings = featurize(corpus.images, embedder)
+        kind = "held-out" if seed >= HELD_OUT_SEEDS else "dev"
+        name = f"seed {seed} ({kind}, {len(items)} items, {corpus.families} families)"
+        scores = run_methods(items, corpus.labels, neighbours)
+        quality[name] = {method_name: vars(s) for method_name, s in scores.items()}
+        kept = items
+    return {
+        "quality": quality,
+        "per_item_ms": timings,
+        "scaling": scaling(kept, list(sizes), neighbours),
+        "threshold": method.DEFAULT_THRESHOLD,
+        "neighbours": neighbours,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    t = result["per_item_ms"]
+    lines = [
+        "### Cluster method (bench/cluster.py)",
+        "",
+        table(result["quality"]),
+        "",
+        f"Per item: local features {t['local_features_ms']:.1f} ms, embedding "
+        f"{t['embed_ms']:.1f} ms (raw embedder loop on the same images "
+        f"{t['raw_embed_ms']:.1f} ms).",
+        "",
+        "| items | shortlisted pairs | shortlist s | verify s | families s | total s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in result["scaling"]:
+        lines.append(
+            f"| {row['items']} | {row['pairs']} | {row['shortlist_s']:.2f} | "
+            f"{row['verify_s']:.2f} | {row['families_s']:.2f} | {row['total_s']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -157,33 +209,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="100,1000,10000")
     p.add_argument("--seeds", default=f"{DEV_SEED},{HELD_OUT_SEED}")
     args = p.parse_args(argv)
-    embedder = load_embedder()
-    results: dict[str, dict[str, Scores]] = {}
-    timings: dict[str, float] = {}
-    kept: list[method.ClusterItem] = []
-    for seed in (int(s) for s in args.seeds.split(",")):
-        corpus = build(seed, args.families, distractors=args.distractors)
-        items, timings = featurize(corpus.images, embedder)
-        truth = corpus.labels
-        kind = "held-out" if seed >= HELD_OUT_SEEDS else "dev"
-        name = f"seed {seed} ({kind}, {len(items)} items, {corpus.families} families)"
-        results[name] = run_methods(items, truth, args.neighbours)
-        for scores in results[name].values():
-            scores.families_found = scores.families_found  # printed beside the true count
-        kept = items
-    print(table(results))
-    print(
-        f"\nper item: local features {timings['local_features_ms']:.1f} ms, embedding "
-        f"{timings['embed_ms']:.1f} ms (raw embedder loop {timings['raw_embed_ms']:.1f} ms)"
+    result = measure(
+        args.families,
+        args.distractors,
+        args.neighbours,
+        tuple(int(s) for s in args.sizes.split(",") if s),
+        tuple(int(s) for s in args.seeds.split(",") if s),
     )
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    print("\n| items | shortlisted pairs | shortlist s | verify s | families s | total s |")
-    print("|---|---|---|---|---|---|")
-    for row in scaling(kept, sizes, args.neighbours):
-        print(
-            f"| {row['items']} | {row['pairs']} | {row['shortlist_s']:.2f} | "
-            f"{row['verify_s']:.2f} | {row['families_s']:.2f} | {row['total_s']:.2f} |"
-        )
+    print(markdown(result))
 
 
 if __name__ == "__main__":

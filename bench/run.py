@@ -33,8 +33,9 @@ PARTS = (
     "status",
     "cancel",
     "memory",
+    "cluster",
 )
-STACK_PARTS = set(PARTS) - {"raw", "seed"}  # the parts that run against the live stack
+STACK_PARTS = set(PARTS) - {"raw", "seed", "cluster"}  # the parts that run against the live stack
 
 
 PER_PAGE = ("page", lambda result: result["pages"])
@@ -148,6 +149,10 @@ class Run:
         }
         if {"slow_hosts", "small_big"} & o.parts:
             self._overlap_hosts(pages, book)
+        if self.wanted("cluster"):  # in process, no stack: the method's quality and cost
+            from bench import cluster
+
+            self.results["cluster"] = self.phase("cluster method", cluster.measure)
         data_dir = Path(tempfile.mkdtemp(prefix="scriptorium-bench-"))
         try:
             if STACK_PARTS & o.parts:

@@ -12,6 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
+from testkit.browser import artifact
 from testkit.cluster_corpus import DISTRACTOR, build
 from testkit.iiif_server import IiifServer, Rule, jpeg
 from testkit.similarity_corpus import build as build_pages
@@ -81,8 +82,10 @@ def test_prototypes_are_served_to_the_key_and_through_a_share_link(
     assert url.endswith(f"/result/{task_id}/clusters/{cluster['id']}/prototype.png")
     path = url.split(iiif_api.base_url, 1)[-1] if url.startswith(iiif_api.base_url) else None
     path = path or f"/result/{task_id}/clusters/{cluster['id']}/prototype.png"
-    picture = _png(iiif_api.request("GET", path))
+    answer = iiif_api.request("GET", path)
+    picture = _png(answer)
     assert min(picture.size) >= 64
+    artifact("cluster-prototype.png").write_bytes(answer.content)  # docs/cluster.md shows it
     # Another key sees no such task; a share link opens it without a key.
     other = iiif_stack.client(iiif_stack.keys["iiif-other"])
     assert other.request("GET", path).status_code == 404

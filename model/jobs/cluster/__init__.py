@@ -40,7 +40,7 @@ class ClusterParams(BaseModel):
         None,
         ge=0.0,
         le=1.0,
-        description="Least verified similarity (0-1) that links two items; default 0.1",
+        description="Least verified similarity (0-1) that links two items; default 0.4",
     )
     clusters: Integer | None = Field(
         None,

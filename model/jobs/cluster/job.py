@@ -262,7 +262,14 @@ def run_cluster(ctx: Any, params: ClusterParams) -> None:
         timings["items_s"] = time.perf_counter() - started
         provenance["stage"] = "clustering"
         ctx.set_provenance(provenance)
-        ctx.set_summary(_summary("running", items=len(run.items)))
+        ctx.set_summary(
+            _summary(
+                "running",
+                items=len(run.items),
+                message="every item is embedded; families are being formed (a timeout or "
+                "cancel now keeps the items, with no families)",
+            )
+        )
         _cluster(run, planned, timings)
         provenance["stage"] = "done"
     finally:
