@@ -101,20 +101,25 @@ def crops_of(item: dict[str, Any], params: CropsParams) -> dict[str, Any]:
     return {**out, "status": "ok", "detections": [], "crops": crops}
 
 
-def run(ctx: Any) -> None:
-    params = CropsParams(**ctx.spec.params)
-    (source,) = ctx.spec.of_kind(SourceTask)
-    record = ctx.store.get(source.task_id)
+def detect_items(ctx: Any, task_id: str, job: str) -> list[dict[str, Any]]:
+    """The items of a finished detect task of this task's key, in order (else JobFailed)."""
+    record = ctx.store.get(task_id)
     if record is None or record.owner != ctx.record.owner:
         # Another key's task is no more visible here than through the API.
-        raise JobFailed("source_not_found", f"no task {source.task_id} of this key")
+        raise JobFailed("source_not_found", f"no task {task_id} of this key")
     if record.type != "detect" or record.state.value not in FINISHED:
         raise JobFailed(
             "source_unusable",
-            f"task {source.task_id} is a {record.type} task in state {record.state.value};"
-            " crops needs a finished detect task",
+            f"task {task_id} is a {record.type} task in state {record.state.value};"
+            f" {job} needs a finished detect task",
         )
-    items = sorted(ctx.store.items(source.task_id), key=lambda item: item["index"])
+    return sorted(ctx.store.items(task_id), key=lambda item: item["index"])
+
+
+def run(ctx: Any) -> None:
+    params = CropsParams(**ctx.spec.params)
+    (source,) = ctx.spec.of_kind(SourceTask)
+    items = detect_items(ctx, source.task_id, "crops")
     ctx.set_total(len(items))
     done = ctx.finished_indices()
     for item in items:

@@ -16,13 +16,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.jobs.contract import ImageUrl, InputRejected, SourceTask, TaskInput
+from model.jobs.crops import FINISHED, TASK_ID_PATTERN
 from model.jobs.fields import Integer
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import check_http_url, url_list_schema
 
-TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
-FINISHED = {"SUCCEEDED", "TIMED_OUT", "CANCELLED"}
 MAX_SOURCE_TASKS = 50
 
 

@@ -23,10 +23,11 @@ from PIL import Image
 
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.cluster import FINISHED, ClusterParams, method, prototype
+from model.jobs.cluster import ClusterParams, method, prototype
 from model.jobs.contract import ImageUrl, SourceTask
-from model.jobs.crops import CropsParams, crops_of
+from model.jobs.crops import CropsParams, crops_of, detect_items
 from model.pipeline.memory import process_budget
+from model.similarity.job import embedder_named
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 
@@ -70,32 +71,6 @@ class _Run:
     page: tuple[str, Image.Image] | None = None  # the last page image fetched, to cut from
 
 
-def _embedder(ctx: Any, params: ClusterParams) -> Any:
-    resources = ctx.resources
-    name = params.model or resources.settings.similarity.embed_model
-    try:
-        embedder = resources.embedders.get(name) if resources.embedders is not None else None
-    except Exception as exc:  # a broken plug-in model fails the task, not the worker
-        raise JobFailed(
-            "model_unavailable", f"feature extractor {name!r} did not load: {exc}"
-        ) from exc
-    if embedder is None:
-        raise JobFailed("model_unavailable", f"feature extractor {name!r} is not available")
-    return embedder
-
-
-def _source_items(ctx: Any, source: SourceTask) -> list[dict[str, Any]]:
-    record = ctx.store.get(source.task_id)
-    if record is None or record.owner != ctx.record.owner:
-        raise JobFailed("source_not_found", f"no task {source.task_id} of this key")
-    if record.type != "detect" or record.state.value not in FINISHED:
-        raise JobFailed(
-            "source_unusable",
-            f"task {source.task_id} is a {record.type} task in state {record.state.value}",
-        )
-    return sorted(ctx.store.items(source.task_id), key=lambda item: item["index"])
-
-
 def plan(ctx: Any, params: ClusterParams) -> list[Planned]:
     """Every item, numbered: image URLs first, then each detect task's illustrations."""
     planned: list[Planned] = []
@@ -103,7 +78,7 @@ def plan(ctx: Any, params: ClusterParams) -> list[Planned]:
         planned.append(Planned(len(planned), entry.url, {"image_url": entry.url}))
     crop_params = CropsParams(min_confidence=params.min_confidence)
     for source in ctx.spec.of_kind(SourceTask):
-        for page in _source_items(ctx, source):
+        for page in detect_items(ctx, source.task_id, "cluster"):
             if page.get("status") != "ok":
                 continue
             crops = crops_of(page, crop_params)["crops"]
@@ -227,7 +202,7 @@ def _member(index: int, score: float, described: dict[str, Any]) -> dict[str, An
 def run_cluster(ctx: Any, params: ClusterParams) -> None:
     resources = ctx.resources
     settings = resources.settings
-    embedder = _embedder(ctx, params)
+    embedder = embedder_named(resources, params.model)
     provenance: dict[str, Any] = {
         "method": METHOD,
         "embedder": {**model_provenance(embedder), "dim": embedder.dim},
