@@ -182,7 +182,7 @@ def test_cancel_while_items_load(iiif_api: Api, iiif_server: IiifServer) -> None
 
 def test_timeout_before_clustering_keeps_the_items(iiif_api: Api, iiif_server: IiifServer) -> None:
     urls = _slow_urls(iiif_server, "timeout", 30, 0.5)
-    body = {"type": "cluster", "input": {"image_urls": urls}, "timeout": 5}
+    body = {"type": "cluster", "input": {"image_urls": urls}, "timeout": 8}
     end = iiif_api.wait(iiif_api.submit_ok(body), timeout_s=60)
     assert end["state"] == "TIMED_OUT", end
     done = end["progress"]["done"]

@@ -32,6 +32,7 @@ from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 
 EMBED_BATCH = 8  # small: items show as done soon after they load
+FLUSH_S = 1.0  # ...and no item waits longer than this for its batch (slow hosts)
 MAX_SIDE = 1024  # an item is decoded with its long side at most this (it is analysed at 256)
 MIN_SIDE = 8
 METHOD = {
@@ -68,6 +69,7 @@ class _Run:
     embedder: Any
     items: dict[int, method.ClusterItem] = field(default_factory=dict)
     pending: list[tuple[Planned, Image.Image]] = field(default_factory=list)
+    pending_since: float = 0.0
     page: tuple[str, Image.Image] | None = None  # the last page image fetched, to cut from
 
 
@@ -184,8 +186,10 @@ def _features(run: _Run, planned_items: list[Planned]) -> None:
                     failed=True,
                 )
             continue
+        if not run.pending:
+            run.pending_since = time.monotonic()
         run.pending.append((planned, image.convert("RGB")))
-        if len(run.pending) >= EMBED_BATCH:
+        if len(run.pending) >= EMBED_BATCH or time.monotonic() - run.pending_since > FLUSH_S:
             _flush(run)
     _flush(run)
     run.page = None
