@@ -15,8 +15,8 @@ from PIL import Image
 from testkit.browser import artifact
 from testkit.cluster_corpus import DISTRACTOR, build
 from testkit.iiif_server import IiifServer, Rule, jpeg
+from testkit.similarity_corpus import Corpus, instance_of
 from testkit.similarity_corpus import build as build_pages
-from testkit.similarity_corpus import instance_of
 from testkit.stack import Api, Stack
 
 # 3 families of 3 and 2 lone motifs, drawn once for the module.
@@ -119,31 +119,49 @@ def test_contact_sheet_and_iiif_collection(iiif_api: Api, url_run: dict[str, Any
         assert body["id"].startswith("http") and canvas["width"] > 0
 
 
-def test_detected_illustrations_are_items(iiif_api: Api, iiif_server: IiifServer) -> None:
-    # Two copies each of art 0 and art 1, one lone art 2, on 4 pages of one manifest
+@pytest.fixture(scope="module")
+def book(iiif_server: IiifServer) -> Corpus:
+    """Two copies each of art 0 and art 1, one lone art 2, on 4 pages of one manifest."""
     layout = {"book": [[(0, False), (2, False)], [(0, True)], [(1, False)], [(1, True)]]}
-    pages = build_pages(iiif_server, "clu", layout, seed=5)
-    detect = iiif_api.submit_ok(
-        {"type": "detect", "input": {"manifest_url": pages.manifests["book"]}}
-    )
-    assert iiif_api.wait(detect, timeout_s=120)["state"] == "SUCCEEDED"
-    body = iiif_api.wait(
-        iiif_api.submit_ok({"type": "cluster", "input": {"task_ids": [detect]}}), timeout_s=240
-    )
+    return build_pages(iiif_server, "clu", layout, seed=5)
+
+
+def _one_motif_per_family(body: dict[str, Any], pages: Corpus, task_id: str | None) -> None:
     assert body["state"] == "SUCCEEDED", body
     clusters = body["result"]["clusters"]
     assert clusters, body["result"]
     for cluster in clusters:
         arts = set()
         for member in cluster["members"]:
-            assert member["task_id"] == detect
-            assert member["canvas_id"].startswith(iiif_server.url)
+            assert member.get("task_id") == task_id
+            assert member["canvas_id"] in pages.canvas_ids.values()
             assert member["coordinates"] == "canvas" and len(member["xywh"]) == 4
-            side = {"canvas_id": member["canvas_id"], "xywh": member["xywh"]}
-            instance = instance_of(pages, side)
+            instance = instance_of(pages, member)
             arts.add(instance.art if instance else None)
         assert len(arts) == 1 and None not in arts, arts  # one motif per family
-    assert {a for c in clusters for a in [instance_of(pages, c["members"][0]).art]} <= {0, 1}
+        assert arts <= {0, 1}  # never the lone motif
+
+
+def test_detected_illustrations_are_items(iiif_api: Api, book: Corpus) -> None:
+    detect = iiif_api.submit_ok(
+        {"type": "detect", "input": {"manifest_url": book.manifests["book"]}}
+    )
+    assert iiif_api.wait(detect, timeout_s=120)["state"] == "SUCCEEDED"
+    body = iiif_api.wait(
+        iiif_api.submit_ok({"type": "cluster", "input": {"task_ids": [detect]}}), timeout_s=240
+    )
+    _one_motif_per_family(body, book, detect)
+
+
+def test_illustrations_of_manifests_are_detected_on_the_fly(iiif_api: Api, book: Corpus) -> None:
+    body = iiif_api.wait(
+        iiif_api.submit_ok(
+            {"type": "cluster", "input": {"manifest_urls": [book.manifests["book"]]}}
+        ),
+        timeout_s=240,
+    )
+    _one_motif_per_family(body, book, None)
+    assert body["progress"]["total"] == len(body["result"]["items"]) >= 4
 
 
 def test_bad_input_is_refused_with_4xx(iiif_stack: Stack, iiif_api: Api) -> None:

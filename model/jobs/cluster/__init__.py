@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.jobs.contract import ImageUrl, InputRejected, SourceTask, TaskInput
+from model.jobs.contract import ImageUrl, InputRejected, ManifestUrl, SourceTask, TaskInput
 from model.jobs.crops import FINISHED, TASK_ID_PATTERN
 from model.jobs.fields import Integer
 from model.jobs.spec import JobSpec
@@ -53,6 +53,10 @@ class ClusterParams(BaseModel):
     min_confidence: float = Field(
         0.0, ge=0.0, le=1.0, description="task_ids: leave out detections below this confidence"
     )
+    detector: str | None = Field(
+        None, description="manifest_urls: detection model (GET /models, task 'detect')"
+    )
+    confidence: float = Field(0.25, ge=0.0, le=1.0, description="manifest_urls: detector threshold")
 
 
 class ClusterInput(BaseModel):
@@ -72,7 +76,14 @@ class ClusterInput(BaseModel):
         },
     )
 
-    @field_validator("image_urls")
+    manifest_urls: list[str] = Field(
+        default_factory=list,
+        description="http(s) URLs of IIIF manifests or collections: their illustrations are "
+        "detected on the fly, each one an item",
+        json_schema_extra=url_list_schema(),
+    )
+
+    @field_validator("image_urls", "manifest_urls")
     @classmethod
     def _http_urls(cls, urls: list[str]) -> list[str]:
         for url in urls:
@@ -162,15 +173,22 @@ def task_inputs(request_input: ClusterInput) -> list[TaskInput]:
     return [
         *(ImageUrl(url=url) for url in request_input.image_urls),
         *(SourceTask(task_id=task_id) for task_id in dict.fromkeys(request_input.task_ids)),
+        *(ManifestUrl(url=url) for url in request_input.manifest_urls),
     ]
 
 
 def check(_input: ClusterInput, inputs: list[TaskInput], settings: Settings) -> None:
     images = sum(isinstance(e, ImageUrl) for e in inputs)
-    tasks = sum(isinstance(e, SourceTask) for e in inputs)
+    tasks = sum(isinstance(e, SourceTask | ManifestUrl) for e in inputs)
     if images + tasks == 0 or (tasks == 0 and images < 2):
         raise InputRejected(
-            "too_few_items", "give at least 2 items: input.image_urls and/or input.task_ids"
+            "too_few_items",
+            "give at least 2 items: input.image_urls, input.task_ids and/or input.manifest_urls",
+        )
+    manifests = sum(isinstance(e, ManifestUrl) for e in inputs)
+    if manifests > settings.iiif.max_manifests:
+        raise InputRejected(
+            "too_many_manifests", f"at most {settings.iiif.max_manifests} manifests per task"
         )
     most = settings.job_limits("cluster").max_images
     if images > most:
@@ -195,6 +213,7 @@ def input_schema(ref: str) -> dict[str, Any]:
         "anyOf": [
             {"required": ["image_urls"], "properties": {"image_urls": {"minItems": 2}}},
             {"required": ["task_ids"], "properties": {"task_ids": {"minItems": 1}}},
+            {"required": ["manifest_urls"], "properties": {"manifest_urls": {"minItems": 1}}},
         ],
     }
 
@@ -214,7 +233,7 @@ SPEC = JobSpec(
     task_inputs=task_inputs,
     check=check,
     input_required=True,
-    model_fields={"model": "embed"},
+    model_fields={"model": "embed", "detector": "detect"},
     # max_images: the most items (images and detected illustrations) one task clusters
     limits=JobLimits(timeout_default_s=1800, timeout_max_s=7200, max_images=10000),
     initial_total=lambda inputs: sum(isinstance(e, ImageUrl) for e in inputs),

@@ -21,17 +21,24 @@ from typing import Any
 import cv2
 from PIL import Image
 
+from model.iiif.info_cache import InfoCache
+from model.iiif.loader import json_getter
+from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
 from model.jobs.cluster import ClusterParams, method, prototype
-from model.jobs.contract import ImageUrl, SourceTask
+from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_items
+from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
+from model.jobs.units import plan_units
+from model.pipeline.cache import DetectionCache
 from model.pipeline.memory import process_budget
 from model.similarity.job import embedder_named
-from model.sources.fetch import FetchError
+from model.sources.fetch import FetchError, FetchScope
 from model.sources.images import ImageDecodeError, decode_within
 
 EMBED_BATCH = 8  # small: items show as done soon after they load
+DETECT_IOU = 0.45  # the detector's NMS threshold (detect's default)
 FLUSH_S = 1.0  # ...and no item waits longer than this for its batch (slow hosts)
 MAX_SIDE = 1024  # an item is decoded with its long side at most this (it is analysed at 256)
 MIN_SIDE = 8
@@ -60,6 +67,7 @@ class Planned:
     page_size: tuple[int, int] | None = None  # the page's size `box` is measured in
     # A region URL the service refused (a level-0 service cuts nothing): the page and the box
     fallback: Planned | None = None
+    image: Image.Image | None = None  # manifest_urls: cut from the page already
 
 
 @dataclass
@@ -114,6 +122,9 @@ def plan(ctx: Any, params: ClusterParams) -> list[Planned]:
 
 
 def _load(run: _Run, planned: Planned) -> Image.Image:
+    if planned.image is not None:
+        image, planned.image = planned.image, None
+        return image
     settings = run.ctx.resources.settings
     if planned.box is not None and run.page is not None and run.page[0] == planned.url:
         image = run.page[1]
@@ -157,42 +168,126 @@ def _flush(run: _Run) -> None:
     run.pending = []
 
 
+def _take(run: _Run, planned: Planned, finished: set[int]) -> None:
+    """Load one item and queue it for embedding (a failed one is emitted with its reason)."""
+    run.ctx.check_cancel()
+    try:
+        try:
+            image = _load(run, planned)
+        except FetchError:
+            if planned.fallback is None:
+                raise
+            # The service would not cut the region (level 0): cut it from the page.
+            planned.describe["region_url"] = None
+            planned.fallback.describe = planned.describe
+            image = _load(run, planned.fallback)
+        if min(image.size) < MIN_SIDE:
+            raise ImageDecodeError("too_small", f"{image.width}x{image.height} px")
+    except (FetchError, ImageDecodeError) as exc:
+        _failed(run, planned.index, planned.url, planned.describe, (exc.code, exc.message))
+        return
+    if not run.pending:
+        run.pending_since = time.monotonic()
+    run.pending.append((planned, image.convert("RGB")))
+    if len(run.pending) >= EMBED_BATCH or time.monotonic() - run.pending_since > FLUSH_S:
+        _flush(run)
+
+
+def _failed(
+    run: _Run, index: int, source: str, described: dict[str, Any], error: tuple[str, str]
+) -> None:
+    if index not in run.ctx.finished_indices():
+        item = {"index": index, "source": source, "status": "failed", **described}
+        run.ctx.emit({**item, "error": {"code": error[0], "message": error[1]}}, failed=True)
+
+
 def _features(run: _Run, planned_items: list[Planned]) -> None:
     finished = run.ctx.finished_indices()
-    for planned in planned_items:
-        run.ctx.check_cancel()
-        try:
-            try:
-                image = _load(run, planned)
-            except FetchError:
-                if planned.fallback is None:
-                    raise
-                # The service would not cut the region (level 0): cut it from the page.
-                planned.describe["region_url"] = None
-                planned.fallback.describe = planned.describe
-                image = _load(run, planned.fallback)
-            if min(image.size) < MIN_SIDE:
-                raise ImageDecodeError("too_small", f"{image.width}x{image.height} px")
-        except (FetchError, ImageDecodeError) as exc:
-            if planned.index not in finished:
-                run.ctx.emit(
-                    {
-                        "index": planned.index,
-                        "source": planned.url,
-                        "status": "failed",
-                        **planned.describe,
-                        "error": {"code": exc.code, "message": exc.message},
-                    },
-                    failed=True,
-                )
-            continue
-        if not run.pending:
-            run.pending_since = time.monotonic()
-        run.pending.append((planned, image.convert("RGB")))
-        if len(run.pending) >= EMBED_BATCH or time.monotonic() - run.pending_since > FLUSH_S:
-            _flush(run)
+    for planned in list(planned_items):
+        _take(run, planned, finished)
+    _detected(run, planned_items, finished)
     _flush(run)
     run.page = None
+
+
+def _detected(run: _Run, planned: list[Planned], finished: set[int]) -> None:
+    """manifest_urls: each canvas's image fetched as detect does (size negotiation, prefetch
+    threads, safe fetcher), the detector run on it, each illustration cut from the page and
+    taken as an item (numbered after the other inputs, in canvas order)."""
+    ctx, params = run.ctx, run.params
+    manifests = ctx.spec.of_kind(ManifestUrl)
+    if not manifests:
+        return
+    resources, settings = ctx.resources, ctx.resources.settings
+    name = params.detector or resources.default_model
+    detector = resources.detectors.get(name)
+    if detector is None:
+        raise JobFailed("model_unavailable", f"detector {name!r} is not loaded")
+    scope = FetchScope()
+    fetcher = resources.fetcher.scoped(scope)
+    pages = plan_units(TaskSpec(inputs=manifests), fetcher, settings)
+    most = settings.job_limits("cluster").max_images
+    loader = PageLoader(
+        fetcher=fetcher,
+        services=ServiceInfo(
+            json_getter(fetcher, settings.iiif.max_json_bytes),
+            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
+        ),
+        cache=DetectionCache(None, 0, 0),  # items are cut from the pixels: nothing to reuse
+        params_key="-",
+        max_side=MAX_SIDE,
+        min_side=min(MAX_SIDE, detector.imgsz),
+        max_pixels=settings.fetch.max_pixels,
+    )
+    with page_batches(pages.units, loader, settings, scope, ctx.check_cancel) as batches:
+        for batch in batches:
+            loaded = [p for p in batch if p.error is None and p.image is not None]
+            for page in batch:
+                if page.error is not None:
+                    where = {k: page.item.get(k) for k in ("canvas_id", "manifest", "source")}
+                    _failed(run, len(planned), page.unit.source, where, page.error)
+                    planned.append(Planned(len(planned), page.unit.source, where))
+            found = detector.predict([p.image for p in loaded], params.confidence, DETECT_IOU)
+            for page, detections in zip(loaded, found, strict=True):
+                for crop in _cut(page, detections, len(planned)):
+                    if len(planned) >= most:
+                        raise JobFailed("too_many_items", f"more than {most} items")
+                    planned.append(crop)
+                    ctx.set_total(len(planned))
+                    _take(run, crop, finished)
+                page.image = None
+    ctx.set_total(len(planned))
+
+
+def _cut(page: Prepared, detections: list[dict[str, Any]], start: int) -> list[Planned]:
+    """The page's detected illustrations as items: the pixels cut from the analysed page,
+    the box in canvas coordinates, the region URL where the page came from an image service."""
+    assert page.image is not None
+    boxes = [[v / page.scale for v in d["xyxy"]] for d in detections]
+    described = [
+        {"xywh": to_output_box(page, box), "label": d["label"], "confidence": d["confidence"]}
+        for d, box in zip(detections, boxes, strict=True)
+    ]
+    regions = crops_of({**page.item, "status": "ok", "detections": described}, CropsParams())
+    out = []
+    for n, (d, crop, region) in enumerate(
+        zip(detections, described, regions["crops"], strict=True)
+    ):
+        x1, y1, x2, y2 = (round(v) for v in d["xyxy"])
+        where = {
+            "canvas_id": page.item.get("canvas_id"),
+            "manifest": page.item.get("manifest"),
+            "page_url": page.item.get("source"),
+            "xywh": crop["xywh"],
+            "coordinates": "canvas" if page.unit.canvas is not None else "image",
+            "label": crop["label"],
+            "confidence": round(float(crop["confidence"]), 4),
+            "region_url": region["region_url"],
+        }
+        image = page.image.crop((x1, y1, x2, y2))
+        url = region["region_url"] or page.item.get("source") or ""
+        out.append(Planned(start + n, url, where, image=image))
+    return out
 
 
 def _summary(state: str, **extra: Any) -> dict[str, Any]:
@@ -221,7 +316,7 @@ def run_cluster(ctx: Any, params: ClusterParams) -> None:
     most = settings.job_limits("cluster").max_images
     if len(planned) > most:
         raise JobFailed("too_many_items", f"{len(planned)} items; at most {most} per task")
-    if len(planned) < 2:
+    if len(planned) < 2 and not ctx.spec.of_kind(ManifestUrl):  # those are found later
         raise JobFailed("too_few_items", f"{len(planned)} item(s) to cluster; at least 2")
     ctx.set_total(len(planned))
     ctx.set_summary(
