@@ -174,3 +174,15 @@ def test_requests_need_two_items() -> None:
     assert len(task_inputs(from_task)) == 1  # the same task once
     check(from_task, task_inputs(from_task), settings)  # its illustrations are counted later
     assert source_check("a" * 32, None)[0] == "source_not_found"
+
+
+def test_kept_files_live_beside_the_manifests_without_hiding_them(clean_redis) -> None:
+    from model.store import TaskStore, manifests_key
+
+    store = TaskStore(clean_redis, 3600, 7200)
+    store.keep_manifest("t" * 32, 0, "{}", 60)
+    store.keep_file("t" * 32, "prototype-0.png", b"\x89PNG...", 60)
+    assert store.kept_file("t" * 32, "prototype-0.png") == b"\x89PNG..."
+    assert store.kept_file("t" * 32, "prototype-1.png") is None
+    assert store.kept_manifest_indices("t" * 32) == {0}  # share links list manifests only
+    assert 0 < clean_redis.ttl(manifests_key("t" * 32)) <= 60 + 3600 + 1
