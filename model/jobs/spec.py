@@ -47,5 +47,5 @@ class JobSpec:
     # (e.g. at least one URL): given the model's $ref, a JSON schema.
     input_schema: Callable[[str], dict[str, Any]] | None = None
     # Checked at submit for each SourceTask input: given its id and its record (None when it
-    # does not exist or is another key's), None if usable, else (error code, message): a 422.
-    source_check: Callable[[str, Any], tuple[str, str] | None] | None = None
+    # does not exist or is another key's), None if usable, else (HTTP status, code, message).
+    source_check: Callable[[str, Any], tuple[int, str, str] | None] | None = None

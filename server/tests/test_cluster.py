@@ -171,9 +171,9 @@ def test_bad_input_is_refused_with_4xx(iiif_stack: Stack, iiif_api: Api) -> None
     iiif_api.wait(mine)
     other = iiif_stack.client(iiif_stack.keys["iiif-other"])
     stolen = other.submit({"type": "cluster", "input": {"task_ids": [mine]}})
-    assert (stolen.status_code, stolen.json()["error"]["code"]) == (422, "source_not_found")
+    assert (stolen.status_code, stolen.json()["error"]["code"]) == (404, "source_not_found")
     wrong = iiif_api.submit({"type": "cluster", "input": {"task_ids": [mine]}})
-    assert (wrong.status_code, wrong.json()["error"]["code"]) == (422, "source_unusable")
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (409, "source_unusable")
     assert iiif_api.submit({"type": "cluster", "input": {"task_ids": ["../x"]}}).status_code == 422
     assert iiif_api.submit({"type": "cluster"}).status_code == 422
 

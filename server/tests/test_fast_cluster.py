@@ -173,7 +173,7 @@ def test_requests_need_two_items() -> None:
     from_task = ClusterInput(task_ids=["a" * 32, "a" * 32])
     assert len(task_inputs(from_task)) == 1  # the same task once
     check(from_task, task_inputs(from_task), settings)  # its illustrations are counted later
-    assert source_check("a" * 32, None)[0] == "source_not_found"
+    assert source_check("a" * 32, None)[:2] == (404, "source_not_found")
 
 
 def test_kept_files_live_beside_the_manifests_without_hiding_them(clean_redis) -> None:

@@ -195,11 +195,13 @@ def check(_input: ClusterInput, inputs: list[TaskInput], settings: Settings) -> 
         raise InputRejected("too_many_items", f"at most {most} items per cluster task")
 
 
-def source_check(task_id: str, record: Any) -> tuple[str, str] | None:
+def source_check(task_id: str, record: Any) -> tuple[int, str, str] | None:
+    """404 as /status answers for a task this key cannot see; 409: it is not (yet) usable."""
     if record is None:
-        return "source_not_found", f"no task {task_id} of this key"
+        return 404, "source_not_found", f"no task {task_id} of this key"
     if record.type != "detect" or record.state.value not in FINISHED:
         return (
+            409,
             "source_unusable",
             f"task {task_id} is a {record.type} task in state {record.state.value}; cluster "
             "reads finished detect tasks",
