@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.jobs.contract import ImageUrl, InputRejected, ManifestUrl, SourceTask, TaskInput
 from model.jobs.crops import FINISHED, TASK_ID_PATTERN
-from model.jobs.fields import Integer
+from model.jobs.fields import Integer, bounded_integer
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import check_http_url, url_list_schema
@@ -41,10 +41,8 @@ class ClusterParams(BaseModel):
         le=1.0,
         description="Least verified similarity (0-1) that links two items; default 0.4",
     )
-    clusters: Integer | None = Field(
+    clusters: bounded_integer(1, 10000) | None = Field(  # type: ignore[valid-type]
         None,
-        ge=1,
-        le=10000,
         description="Stop merging families once this many are left (instead of a threshold)",
     )
     neighbours: Integer = Field(
