@@ -143,6 +143,10 @@ def main(argv: list[str]) -> int:
     png = chart.write(results, paths["md"].with_suffix(".png"))
     print()
     print(paths["md"].read_text())
+    if "cluster" in results:
+        from bench import cluster
+
+        print(cluster.markdown(results["cluster"]))
     print(f"written: {', '.join(str(p) for p in [*paths.values(), png] if p)}")
     return 0
 

@@ -49,10 +49,11 @@ PARTS = (
     "memory",
     "book10k",
     "vectorize",
+    "cluster",
 )
 OWN_STACK_PARTS = {"book10k"}  # on a stack of their own, in the default configuration
-# The parts that run against the run's shared live stack.
-STACK_PARTS = set(PARTS) - {"raw", "seed"} - OWN_STACK_PARTS
+# The parts that run against the run's shared live stack (cluster runs in-process).
+STACK_PARTS = set(PARTS) - {"raw", "seed", "cluster"} - OWN_STACK_PARTS
 
 
 PER_PAGE = ("page", lambda result: result["pages"])
@@ -188,6 +189,10 @@ class Run:
         }
         if {"slow_hosts", "small_big"} & o.parts:
             self._overlap_hosts(pages, book)
+        if self.wanted("cluster"):  # in process, no stack: the method's quality and cost
+            from bench import cluster
+
+            self.results["cluster"] = self.phase("cluster method", cluster.measure)
         data_dir = Path(tempfile.mkdtemp(prefix="scriptorium-bench-"))
         try:
             if STACK_PARTS & o.parts:

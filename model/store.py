@@ -827,7 +827,19 @@ class TaskStore:
             pipe.execute()
 
     def kept_manifest_indices(self, task_id: str) -> set[int]:
-        return {int(i) for i in self.redis.hkeys(manifests_key(task_id))}
+        return {int(i) for i in self.redis.hkeys(manifests_key(task_id)) if i.isdigit()}
+
+    def keep_file(self, task_id: str, name: str, data: bytes, lifetime_s: float) -> None:
+        """A file made by the task (a cluster's prototype PNG), kept beside its manifests and
+        expiring with its result the same way (`file:<name>` fields of the same hash)."""
+        with self.redis.pipeline() as pipe:
+            pipe.hset(manifests_key(task_id), f"file:{name}", base64.b64encode(data).decode())
+            pipe.expire(manifests_key(task_id), int(lifetime_s + self.result_ttl_s) + 1)
+            pipe.execute()
+
+    def kept_file(self, task_id: str, name: str) -> bytes | None:
+        packed = self.redis.hget(manifests_key(task_id), f"file:{name}")
+        return base64.b64decode(packed) if packed else None
 
     def kept_manifest(self, task_id: str, index: int) -> str | None:
         packed = self.redis.hget(manifests_key(task_id), str(index))

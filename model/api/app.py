@@ -28,7 +28,17 @@ class _RequestIdFilter(logging.Filter):
 
 
 def create_app(settings: Settings | None = None) -> OpenAPI:
-    from model.api import console, errors, listing, meta, results, shares, submit, tasks
+    from model.api import (
+        cluster_results,
+        console,
+        errors,
+        listing,
+        meta,
+        results,
+        shares,
+        submit,
+        tasks,
+    )
     from model.api.admission import cap_json_body
     from model.api.auth import SECURITY_SCHEMES
     from model.api.cors import init_cors
@@ -98,6 +108,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(meta.probes_api)
     app.register_api(listing.api)
     app.register_api(results.api)
+    app.register_api(cluster_results.api)
     app.register_api(shares.api)
     app.register_api(console.api)
     # Probes stay unlimited: monitoring must never be told to back off.

@@ -52,7 +52,7 @@ def _json_schemas(settings: Settings) -> list[dict[str, Any]]:
         schema = _schema(model)
         _bound_timeout(schema, settings.job_limits(job_type).timeout_max_s)
         if job.input_schema:  # stricter than the model: then `input` is needed too
-            schema["required"] = [*schema.get("required", []), "input"]
+            schema["required"] = [*dict.fromkeys([*schema.get("required", []), "input"])]
             schema["properties"]["input"] = _input_schema(job)
         schemas.append(schema)
     return schemas

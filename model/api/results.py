@@ -16,7 +16,7 @@ The URLs inside the IIIF documents are absolute, from `http.public_url`, and car
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from flask import Response, g, jsonify
 from flask_openapi3 import APIBlueprint, Tag
@@ -35,6 +35,7 @@ from model.outputs.annotations import (
     canvas_number,
     viewer_manifest,
 )
+from model.outputs.cluster import with_links
 from model.outputs.redact import shared_view
 from model.outputs.result_json import result_document
 from model.outputs.vector import svg_archive
@@ -64,11 +65,12 @@ class ShareToken(BaseModel):
 
 
 class ResultQuery(ShareToken):
-    format: Literal["json", "iiif", "yolo", "svg"] = Field(
+    format: Literal["json", "iiif", "yolo", "svg", "html"] = Field(
         "json",
         description="json: items + provenance; iiif: W3C/IIIF annotations (AnnotationPage, or "
-        "a v2 AnnotationList for 2.x manifests); yolo: zip of YOLO txt files; svg (vectorize): "
-        "zip of one SVG per item, sized to its image",
+        "a v2 AnnotationList for 2.x manifests), for a cluster task a IIIF Collection of its "
+        "families; yolo: zip of YOLO txt files; svg (vectorize): zip of one SVG per item, sized "
+        "to its image; html: a cluster task's contact sheet",
     )
     manifest: int | None = Field(
         None, ge=0, description="iiif: which manifest (index in provenance.manifests)"
@@ -152,6 +154,12 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
     if isinstance(result, Response):
         return result
     record, items, provenance = result.record, result.items, result.provenance
+    if record.type == "cluster" and query.format in ("html", "iiif"):
+        from model.api.cluster_results import cluster_output  # it imports this module
+
+        return cluster_output(result, query.format)
+    if query.format == "html":
+        raise ApiError(409, "no_html", "format=html is a cluster task's contact sheet")
     if query.format == "yolo":
         data = yolo_archive(items, provenance.get("classes", []), result.manifests)
         return Response(
@@ -173,7 +181,7 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         pages = [annotation_page(result.manifest(m), items, result.links) for m in which]
         if len(pages) == 1:  # the page itself, as viewers load it
             return _iiif(pages[0])
-        manifests = shared_view(result.manifests) if g.get("share_token") else result.manifests
+        manifests = _for_viewer(svc, result.manifests)
         return jsonify({"manifests": manifests, "pages": pages})  # one page each, in order
     error = {"code": record.error_code, "message": record.error_message or ""}
     body = result_document(
@@ -184,7 +192,17 @@ def task_result(path: TaskPath, query: ResultQuery) -> Response:
         error if record.error_code else None,
     )
     body.update(record.summary or {})  # similarity: the compared pairs
-    return jsonify(shared_view(body) if g.get("share_token") else body)
+    if record.type == "cluster" and record.summary:
+        body.update(with_links(record.summary, result.links))
+    return jsonify(_for_viewer(svc, body))
+
+
+def _for_viewer(svc: Services, body: Any) -> Any:
+    """`body` as the caller may see it: whole for the key, redacted through a share link (the
+    service's own links, which carry the link's token, kept)."""
+    if not g.get("share_token"):
+        return body
+    return shared_view(body, svc.settings.http.public_base_url().rstrip("/") + "/")
 
 
 def _result_page(svc: Services, task_id: str, offset: int, limit: int) -> Response:
@@ -213,7 +231,7 @@ def _result_page(svc: Services, task_id: str, offset: int, limit: int) -> Respon
             if record.error_code
             else None
         )
-    return jsonify(shared_view(body) if g.get("share_token") else body)
+    return jsonify(_for_viewer(svc, body))
 
 
 @api.get("/result/<task_id>/iiif/manifest/<int:manifest>", responses=RESPONSES)

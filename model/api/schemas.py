@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator
 
+from model.jobs.cluster import RESULT_SCHEMA as CLUSTER
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.store import State
@@ -190,9 +191,12 @@ class ResultItem(BaseModel):
 
 class TaskResult(BaseModel):
     """Items (one per image or canvas) and provenance; a similarity task adds `pairs` (one per
-    pair of documents: its top-k item pairs, best first) and `comparison` ({done, total})."""
+    pair of documents: its top-k item pairs, best first) and `comparison` ({done, total}); a
+    cluster task `clusters`, `unclustered` and `clustering`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(
+        extra="allow", json_schema_extra=lambda schema: schema["properties"].update(CLUSTER)
+    )
 
     items: list[ResultItem] = Field(
         description="Every item, or in a task of more than results.status_max_items (500) the "

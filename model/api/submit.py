@@ -32,7 +32,7 @@ from model.api.admission import (
     request_fingerprint,
 )
 from model.api.auth import SECURITY, require_key
-from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
+from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, describe_validation_error
 from model.api.meta import catalog, known_models
 from model.api.request_doc import UPLOAD_JOB, task_request_body
 from model.api.schemas import REQUEST_MODELS, TaskCreated, Webhook
@@ -384,7 +384,7 @@ def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
 
 @api.post(
     "/task",
-    responses={202: TaskCreated, **ERRORS},
+    responses={202: TaskCreated, **ERRORS, 409: ErrorResponse},  # 409: a source task unusable
     openapi_extensions=task_request_body(get_settings()),
 )
 def submit_task() -> Response:

@@ -24,6 +24,8 @@ from model.api.schemas import (
 from model.api.services import Services, services
 from model.ending import cancel_task
 from model.eta import start_in_s, time_left_s
+from model.outputs.annotations import ResultLinks
+from model.outputs.cluster import with_links
 from model.store import State, TaskRecord
 from model.webhooks.events import deliveries
 
@@ -84,9 +86,11 @@ def _status_body(
                 "items_total": count,
                 "items_next": f"/result/{record.id}?offset={len(items)}&limit={len(items)}",
             }
-        result = TaskResult(
-            items=items, provenance=record.provenance, **more, **(record.summary or {})
-        )
+        summary = record.summary or {}
+        if record.type == "cluster" and summary:  # the families' prototype URLs
+            public = svc.settings.http.public_base_url()
+            summary = with_links(summary, ResultLinks.of_task(public, record.id))
+        result = TaskResult(items=items, provenance=record.provenance, **more, **summary)
     position = eta = None
     if record.state == State.QUEUED:
         # Per queue: a task naming a model waits only behind tasks of its own queue, and only

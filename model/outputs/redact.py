@@ -18,9 +18,10 @@ WORKER_KEYS = frozenset(
 )
 
 
-def redact_url(value: str) -> str:
-    """`value` with its query and user info REDACTED, if it is an http(s) URL."""
-    if not value.startswith(("http://", "https://")):
+def redact_url(value: str, own_base: str = "") -> str:
+    """`value` with its query and user info REDACTED, if it is an http(s) URL that is not one of
+    this service's own (under `own_base`: those carry the share token the link already shows)."""
+    if not value.startswith(("http://", "https://")) or (own_base and value.startswith(own_base)):
         return value
     try:
         parts = urlsplit(value)
@@ -37,13 +38,14 @@ def redact_url(value: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def shared_view(value: Any) -> Any:
-    """A copy of a result document (or part of one) fit for a share link: every URL redacted,
-    the worker's identity and versions left out."""
+def shared_view(value: Any, own_base: str = "") -> Any:
+    """A copy of a result document (or part of one) fit for a share link: every URL but the
+    service's own (under `own_base`, e.g. a cluster's prototype links) redacted, the worker's
+    identity and versions left out."""
     if isinstance(value, dict):
-        return {k: shared_view(v) for k, v in value.items() if k not in WORKER_KEYS}
+        return {k: shared_view(v, own_base) for k, v in value.items() if k not in WORKER_KEYS}
     if isinstance(value, list):
-        return [shared_view(v) for v in value]
+        return [shared_view(v, own_base) for v in value]
     if isinstance(value, str):
-        return redact_url(value)
+        return redact_url(value, own_base)
     return value

@@ -102,9 +102,9 @@ class _Run:
     )
 
 
-def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
-    resources = ctx.resources
-    name = params.model or resources.settings.similarity.embed_model
+def embedder_named(resources: Any, name: str | None) -> Any:
+    """The worker's feature extractor `name` (the configured one if None), or JobFailed."""
+    name = name or resources.settings.similarity.embed_model
     embedders = resources.embedders
     try:
         embedder = embedders.get(name) if embedders is not None else None
@@ -114,6 +114,12 @@ def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
         ) from exc
     if embedder is None:
         raise JobFailed("model_unavailable", f"feature extractor {name!r} is not available")
+    return embedder
+
+
+def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
+    resources = ctx.resources
+    embedder = embedder_named(resources, params.model)
     detector = None
     if params.level == "region":
         det_name = params.detector or resources.default_model

@@ -45,7 +45,15 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 def test_every_job_type_is_declared_once_and_derived_everywhere() -> None:
     from model.api.schemas import REQUEST_MODELS
 
-    assert set(JOBS) == {"detect", "noop", "similarity", "crops", "evaluate", "vectorize"}
+    assert set(JOBS) == {
+        "detect",
+        "noop",
+        "similarity",
+        "crops",
+        "evaluate",
+        "vectorize",
+        "cluster",
+    }
     assert set(REQUEST_MODELS) == set(JOBS)
     for name, spec in JOBS.items():
         model = REQUEST_MODELS[name]

@@ -509,3 +509,18 @@ def test_readyz_counts_queued_and_running_tasks(web) -> None:
     ready = web.get("/readyz").get_json()
     assert (ready["queued"], ready["running"]) == (2, 1)
     assert [(w["pid"], w["models"]) for w in ready["workers"]] == [(1, [default])]
+
+
+def test_a_shared_view_keeps_the_services_own_links() -> None:
+    from model.outputs.redact import shared_view
+
+    own = "https://scriptorium.example/"
+    body = {
+        "prototype_url": f"{own}result/t1/clusters/0/prototype.png?token=share-token",
+        "image_url": "https://img.example/a.jpg?sig=s3cr3t",
+        "lookalike": "https://scriptorium.example.evil/x?sig=s3cr3t",
+    }
+    view = shared_view(body, own)
+    assert view["prototype_url"] == body["prototype_url"]  # the link's own token, kept
+    assert view["image_url"] == "https://img.example/a.jpg?REDACTED"
+    assert view["lookalike"] == "https://scriptorium.example.evil/x?REDACTED"

@@ -1,0 +1,192 @@
+"""Group items (illustrations) into families: the worker side of the cluster job (numpy, OpenCV,
+scikit-learn; no torch — the embedder is handed in).
+
+Chosen by measurement on bench/cluster.py's corpus (figures in docs/cluster.md):
+1. Features per item, as the similarity job computes them for a region (features.describe):
+   the embedder's pooled vector, a 16x16 layout thumbnail, RootSIFT keypoints, a small thumb;
+   and the same for the item mirrored (SIFT is not mirror-invariant; printers flipped blocks).
+2. Shortlist: each item's `neighbours` nearest items by the global descriptor (embedding and
+   layout, either way round for the mirror), exact, in blocks (no N x N matrix is kept).
+3. Verification: similarity's local-feature check (RANSAC similarity transform + photometric
+   correlation) on each shortlisted pair, direct and mirrored; the better score is the edge.
+4. Families: connected groups of edges scoring at least `threshold` (single linkage on a verified
+   graph: a verified copy is rarely wrong, so chains are trustworthy); groups smaller than
+   `min_cluster_size` are unclustered. Asked for `clusters`: the strongest edges are kept until
+   the graph has that many families (or no more edges).
+A pure embedding + HDBSCAN baseline (`embedding_hdbscan`) is kept for the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from model.similarity.compare import verify_pair
+from model.similarity.features import (
+    REGION_FEATURES,
+    REGION_SIDE,
+    ItemFeatures,
+    describe,
+    grey,
+    layout_descriptor,
+)
+
+DEFAULT_NEIGHBOURS = 8
+DEFAULT_THRESHOLD = 0.4  # a verified score (similarity's 0-1): best ARI on the dev seed
+BLOCK = 256  # rows of the similarity matrix computed at once
+# The layout thumbnail is compared with each item turned by these angles (degrees), and mirrored
+TURNS = (-20.0, -10.0, 0.0, 10.0, 20.0)
+
+
+@dataclass
+class ClusterItem:
+    """One item's features, upright and mirrored (embedding set by the caller)."""
+
+    upright: ItemFeatures
+    mirrored: ItemFeatures
+    analysed: np.ndarray  # contrast-normalised grey at REGION_SIDE: what prototypes average
+    # Layout descriptors of the item turned by each of TURNS, upright then mirrored
+    turned: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+
+@dataclass(frozen=True)
+class Edge:
+    a: int
+    b: int
+    score: float
+    mirrored: bool
+
+
+def _turn(gray: np.ndarray, angle: float) -> np.ndarray:
+    h, w = gray.shape
+    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    return cv2.warpAffine(gray, matrix, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+def item_features(index: int, image: Image.Image) -> ClusterItem:
+    gray = grey(image)
+    box = (0.0, 0.0, float(image.width), float(image.height))
+    upright, analysed = describe(index, None, gray, box, 1.0, REGION_SIDE, REGION_FEATURES)
+    flipped = np.ascontiguousarray(gray[:, ::-1])
+    mirrored, _ = describe(index, None, flipped, box, 1.0, REGION_SIDE, REGION_FEATURES)
+    sides = (analysed, np.ascontiguousarray(analysed[:, ::-1]))
+    turned = np.stack([layout_descriptor(_turn(g, a)) for g in sides for a in TURNS])
+    return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32))
+
+
+def set_embedding(item: ClusterItem, vector: np.ndarray) -> None:
+    item.upright.embedding = item.mirrored.embedding = vector.astype(np.float32)
+
+
+def shortlist(
+    items: list[ClusterItem], k: int, check: Callable[[], None] = lambda: None
+) -> dict[tuple[int, int], bool]:
+    """Unordered pairs (i < j) -> whether j is best seen mirrored: each item's k nearest others
+    by the mean of the embedding's cosine and the best layout cosine over j's turns and mirror.
+    Exact, by blocks of rows: memory stays O(BLOCK x N x turns)."""
+    n = len(items)
+    k = min(k, n - 1)
+    if k <= 0:
+        return {}
+    emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
+    base = np.stack([i.upright.layout for i in items]).astype(np.float32)
+    variants = np.stack([i.turned for i in items])  # n x v x d
+    v = variants.shape[1]
+    flat = variants.reshape(n * v, -1)
+    pairs: dict[tuple[int, int], bool] = {}
+    for start in range(0, n, BLOCK):
+        check()
+        rows = slice(start, min(n, start + BLOCK))
+        layout = (base[rows] @ flat.T).reshape(-1, n, v)
+        which = layout.argmax(axis=2)
+        sims = (layout.max(axis=2) + emb[rows] @ emb.T) / 2
+        local = np.arange(sims.shape[0])
+        sims[local, local + start] = -np.inf  # never an item with itself
+        best = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        for r, row in enumerate(best):
+            i = start + r
+            for j in (int(x) for x in row):
+                pairs.setdefault((min(i, j), max(i, j)), bool(which[r, j] >= v // 2))
+    return dict(sorted(pairs.items()))
+
+
+def verify_edges(
+    items: list[ClusterItem],
+    pairs: dict[tuple[int, int], bool],
+    check: Callable[[], None] = lambda: None,
+) -> list[Edge]:
+    """Similarity's verification of each pair, in the orientation the shortlist saw it in
+    (the other one too when that fails); edges scoring above 0."""
+    edges = []
+    for n, ((i, j), flipped) in enumerate(pairs.items()):
+        if n % 32 == 0:
+            check()
+        a, b = items[i], items[j]
+        first = b.mirrored if flipped else b.upright
+        score = verify_pair(a.upright, first, 0.0).score
+        if score <= 0:
+            flipped = not flipped
+            score = verify_pair(a.upright, b.mirrored if flipped else b.upright, 0.0).score
+        if score > 0:
+            edges.append(Edge(i, j, float(score), flipped))
+    return edges
+
+
+def _find(parent: list[int], x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def families(
+    n: int,
+    edges: list[Edge],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_cluster_size: int = 2,
+    clusters: int | None = None,
+) -> np.ndarray:
+    """Labels 0..F-1 (largest family first), -1 for unclustered items. Edges scoring at least
+    `threshold` are joined strongest first (Kruskal). With `clusters`, a join that would merge
+    two families (each at least min_cluster_size) is skipped once only that many are left."""
+    parent = list(range(n))
+    size = [1] * n
+    big = 0  # families of at least min_cluster_size so far
+
+    def is_big(count: int) -> int:
+        return int(count >= min_cluster_size)
+
+    for edge in sorted(edges, key=lambda e: (-e.score, e.a, e.b)):
+        if edge.score < threshold:
+            break
+        ra, rb = _find(parent, edge.a), _find(parent, edge.b)
+        if ra == rb:
+            continue
+        after = big - is_big(size[ra]) - is_big(size[rb]) + is_big(size[ra] + size[rb])
+        if clusters is not None and after < big and after < clusters:
+            continue
+        if size[ra] < size[rb]:
+            ra, rb = rb, ra
+        parent[rb] = ra
+        size[ra] += size[rb]
+        big = after
+    roots = [_find(parent, i) for i in range(n)]
+    counts: dict[int, int] = {}
+    for root in roots:
+        counts[root] = counts.get(root, 0) + 1
+    kept = sorted(
+        (r for r, c in counts.items() if c >= min_cluster_size), key=lambda r: (-counts[r], r)
+    )
+    number = {root: label for label, root in enumerate(kept)}
+    return np.array([number.get(root, -1) for root in roots], dtype=np.int64)
+
+
+def embedding_hdbscan(vectors: np.ndarray, min_cluster_size: int = 2) -> np.ndarray:
+    """The baseline: HDBSCAN on the embeddings alone (euclidean on unit vectors)."""
+    from sklearn.cluster import HDBSCAN
+
+    return HDBSCAN(min_cluster_size=max(2, min_cluster_size), copy=True).fit_predict(vectors)
