@@ -103,8 +103,9 @@ class UploadStore:
         # Binary-safe: bytes in, bytes out (the task store's client decodes replies as text).
         self.redis = redis
         self.legacy_root = legacy_root
-        self._reserve = redis.register_script(_RESERVE)
-        self._release = redis.register_script(_RELEASE)
+        # None where only path-kept (legacy) uploads are read, as a worker's unit tests do.
+        self._reserve = redis.register_script(_RESERVE) if redis is not None else None
+        self._release = redis.register_script(_RELEASE) if redis is not None else None
 
     @classmethod
     def from_settings(cls, settings: Any, **redis_options: Any) -> UploadStore:
