@@ -33,8 +33,9 @@ def test_status_body_is_the_json_jsonify_would_send(app_client) -> None:
     sent = resp.get_data()
     assert sent.isascii() and sent.endswith(b"\n")
     with app_client.application.test_request_context():
-        latest, items = svc.store.snapshot(record.id, WITH_ITEMS)
-        expected = jsonify(_status_body(svc, latest, items).model_dump(mode="json")).get_data()
+        latest, items, count = svc.store.snapshot(record.id, WITH_ITEMS)
+        body = _status_body(svc, latest, items, count)
+        expected = jsonify(body.model_dump(mode="json")).get_data()
     assert json.loads(sent) == json.loads(expected)
     assert list(json.loads(sent)) == list(json.loads(expected))  # field order kept
     assert json.loads(sent)["result"]["items"][0]["label"] == item["label"]
