@@ -589,10 +589,33 @@ class TaskStore:
     ) -> tuple[TaskRecord | None, list[dict[str, Any]] | None, int]:
         """The record, and when its state is one of `items_in` its first `max_items` items
         (as stored) and how many it has (else None, 0)."""
-        fields, with_items, raw_items, count = self._snapshot(
-            keys=[task_key(task_id), items_key(task_id)],
-            args=[json.dumps([s.value for s in items_in]), max_items],
+        return self.parse_snapshot(
+            self._snapshot(
+                keys=[task_key(task_id), items_key(task_id)],
+                args=[json.dumps([s.value for s in items_in]), max_items],
+            )
         )
+
+    def queue_snapshot(
+        self, pipe: Any, task_id: str, items_in: tuple[State, ...], max_items: int = 2**31
+    ) -> None:
+        """`snapshot`'s script queued on a pipeline of this store's Redis, to share its round
+        trip (EVAL: a pipeline of registered scripts would first check that they exist);
+        `parse_snapshot` reads its reply."""
+        pipe.eval(
+            self._snapshot.script,
+            2,
+            task_key(task_id),
+            items_key(task_id),
+            json.dumps([s.value for s in items_in]),
+            max_items,
+        )
+
+    @staticmethod
+    def parse_snapshot(
+        reply: list[Any],
+    ) -> tuple[TaskRecord | None, list[dict[str, Any]] | None, int]:
+        fields, with_items, raw_items, count = reply
         if not fields:
             return None, None, 0
         data = _as_str_dict(fields)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItem, parse_many
-from limits.storage import storage_from_string
+from limits.storage import RedisStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, RateLimiter
 
 from model.api.auth import lookup_presented_key, presented_key
@@ -31,6 +33,7 @@ LIMITER = "scriptorium.limiter"
 # so counts carry over an upgrade).
 KEY_PREFIX = "sc:limits"
 SCOPE = "global"
+DEFERRED = "rate_count_deferred"  # g: (limit, key) the view counts in its own round trip
 
 
 @lru_cache(maxsize=256)
@@ -67,9 +70,12 @@ class KeyRateLimit:
     them (limit_req) and a keyed route refuses them with the failed-authentication budget;
     counting them here would put every client behind the tunnel (one address) in one bucket."""
 
-    def __init__(self, strategy: RateLimiter, exempt_blueprints: set[str]) -> None:
+    def __init__(
+        self, strategy: RateLimiter, exempt_blueprints: set[str], deferred: set[str]
+    ) -> None:
         self.strategy = strategy
         self._exempt = exempt_blueprints
+        self._deferred = deferred  # endpoints whose view counts the request (queue_count)
 
     def check(self) -> Response | None:
         """before_request hook: None, or the 429 that answers instead of the view."""
@@ -85,23 +91,87 @@ class KeyRateLimit:
             return None
         who = f"key:{hash_key(key)[:32]}"  # hashed: no secret in Redis
         try:
-            for item in _items(_rate_for_caller()):
+            items = _items(_rate_for_caller())
+            # Only a valid key's single limit: an unknown key never reaches the view, and of
+            # several limits the longer ones are not counted once a shorter one is over.
+            if endpoint in self._deferred and len(items) == 1 and lookup_presented_key():
+                g.setdefault(DEFERRED, (items[0], who))
+                return None
+            for item in items:
                 if not self.strategy.hit(item, KEY_PREFIX, who, SCOPE):
-                    reset_at, remaining = self.strategy.get_window_stats(
-                        item, KEY_PREFIX, who, SCOPE
-                    )
-                    log.info("ratelimit %s (%s) exceeded at endpoint: %s", item, who, endpoint)
-                    return _too_many_requests(item, reset_at, remaining)
+                    return self._refuse(item, who)
         except Exception:  # fail open while Redis is briefly away: requests go on
             log.exception("Failed to rate limit. Swallowing error")
         return None
 
+    def _refuse(self, item: RateLimitItem, who: str) -> Response:
+        reset_at, remaining = self.strategy.get_window_stats(item, KEY_PREFIX, who, SCOPE)
+        log.info("ratelimit %s (%s) exceeded at endpoint: %s", item, who, request.endpoint)
+        return _too_many_requests(item, reset_at, remaining)
 
-def init_limits(app: Flask, settings: Settings, exempt: list) -> KeyRateLimit:
+    def queue_count(self, pipe: Any) -> Callable[[list], None]:
+        """Queue this request's deferred count on `pipe` (a pipeline of the limits' Redis),
+        if the hook left it to the view. Returns `settle(replies)`: given the pipeline's
+        replies (the count's first), raises the 429 once over the limit. EVAL, not EVALSHA:
+        a pipeline of registered scripts would first ask Redis whether they exist."""
+        deferred = g.pop(DEFERRED, None)
+        if deferred is None:
+            return lambda replies: None
+        item, who = deferred
+        storage = self.strategy.storage
+        assert isinstance(storage, RedisStorage)
+        name = storage.prefixed_key(item.key_for(KEY_PREFIX, who, SCOPE))
+        pipe.eval(storage.lua_incr_expire.script, 1, name, item.get_expiry(), 1)
+
+        def settle(replies: list) -> None:
+            count = replies[0]
+            if isinstance(count, Exception):
+                log.error("Failed to rate limit. Swallowing error: %s", count)
+            elif int(count) > item.amount:
+                raise _Refused(self._refuse(item, who))
+
+        return settle
+
+    def count_if_deferred(self, response: Response) -> Response:
+        """after_request: count a request the view did not (refused before it ran)."""
+        deferred = g.pop(DEFERRED, None)
+        if deferred is None:
+            return response
+        item, who = deferred
+        try:
+            if not self.strategy.hit(item, KEY_PREFIX, who, SCOPE):
+                return self._refuse(item, who)
+        except Exception:
+            log.exception("Failed to rate limit. Swallowing error")
+        return response
+
+
+class _Refused(Exception):
+    """A 429 found in a view's round trip (answered by init_limits' error handler)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__("rate limit exceeded")
+        self.response = response
+
+
+def queue_count(pipe: Any) -> Callable[[list], None]:
+    """The current app's `KeyRateLimit.queue_count`."""
+    limiter: KeyRateLimit = current_app.extensions[LIMITER]
+    return limiter.queue_count(pipe)
+
+
+def init_limits(
+    app: Flask, settings: Settings, exempt: list, deferred: tuple[str, ...] = ()
+) -> KeyRateLimit:
+    """`deferred`: endpoints whose view counts the request itself (`queue_count`)."""
     storage = storage_from_string(settings.redis_url(), socket_timeout=2)
-    limiter = KeyRateLimit(FixedWindowRateLimiter(storage), {bp.name for bp in exempt})
+    limiter = KeyRateLimit(
+        FixedWindowRateLimiter(storage), {bp.name for bp in exempt}, set(deferred)
+    )
     app.extensions[LIMITER] = limiter
     app.before_request(limiter.check)
+    app.after_request(limiter.count_if_deferred)
+    app.register_error_handler(_Refused, lambda exc: exc.response)
     init_auth_failures(app, limiter.strategy, settings.limits.auth_failures)
     return limiter
 

@@ -64,3 +64,56 @@ def test_limits_fail_open_while_redis_is_away(make_app) -> None:
 
     strategy.hit = away
     assert [client.get("/models", headers=headers).status_code for _ in range(3)] == [200] * 3
+
+
+def _counter(client) -> int:
+    names = list(client.redis.scan_iter("LIMITS:LIMITER/sc:limits/*"))
+    return sum(int(client.redis.get(name)) for name in names)
+
+
+def test_a_status_read_is_counted_once_and_refused_over_the_limit(make_app) -> None:
+    # GET /status counts the request in the round trip that reads the task: once, and a
+    # key over its limit gets the 429 whatever the task.
+    client = make_app()
+    key = client.keys.create("poller", rate_limit="3/minute")
+    headers = {"X-API-Key": key}
+    task_id = client.post("/task", json={"type": "noop"}, headers=headers).get_json()["task_id"]
+    assert client.get(f"/status/{task_id}", headers=headers).status_code == 202
+    assert _counter(client) == 2
+    assert client.get(f"/status/{TASK}", headers=headers).status_code == 404
+    assert _counter(client) == 3
+    for path in (f"/status/{task_id}", f"/status/{TASK}", "/status/not-an-id"):
+        limited = client.get(path, headers=headers)
+        assert limited.status_code == 429, path
+        assert limited.get_json()["error"]["code"] == "too_many_requests"
+        assert limited.headers["X-RateLimit-Limit"] == "3"
+        assert int(limited.headers["Retry-After"]) <= 60
+        assert limited.headers["X-Request-Id"]
+    assert _counter(client) == 6
+
+
+def test_a_status_request_refused_before_its_view_is_still_counted(make_app) -> None:
+    client = make_app(limits={"auth_failures": "1000/second"})
+    headers = {"X-API-Key": client.keys.create("typo", rate_limit="2/minute")}
+    bad = "/status/" + "z" * 32  # not a task id: refused by validation or as unknown
+    codes = [client.get(bad, headers=headers).status_code for _ in range(3)]
+    assert codes[2] == 429 and codes[0] in (404, 422), codes
+    assert _counter(client) == 3
+    # An unknown key on /status: counted, then refused by authentication.
+    unknown = {"X-API-Key": "sk_unknown"}
+    assert client.get(f"/status/{TASK}", headers=unknown).status_code == 401
+    from model.keys import hash_key
+
+    who = hash_key("sk_unknown")[:32]
+    counted = [client.redis.get(n) for n in client.redis.scan_iter(f"LIMITS:*/key:{who}/*")]
+    assert counted and set(counted) == {"1"}  # in each window of the default rate
+
+
+def test_a_key_with_several_limits_polls_status_within_the_shortest(make_app) -> None:
+    client = make_app()
+    headers = {"X-API-Key": client.keys.create("two", rate_limit="2/second;50/minute")}
+    codes = [client.get(f"/status/{TASK}", headers=headers).status_code for _ in range(3)]
+    assert codes == [404, 404, 429]
+    # The minute's window was not charged for the refused request (shortest first).
+    minute = [n for n in client.redis.scan_iter("LIMITS:*") if n.endswith("/50/1/minute")]
+    assert [client.redis.get(n) for n in minute] == ["2"]
