@@ -28,7 +28,7 @@ PARTS: list[tuple[str, Callable[[str, str], bool]]] = [
     ("key lookup (cache, SQLite)", lambda f, fn: f.endswith("model/keys.py")),
     ("auth hook", lambda f, fn: f.endswith("model/api/auth.py")),
     (
-        "rate limit (flask-limiter)",
+        "rate limit (model/api/limits.py, limits)",
         lambda f, fn: "/flask_limiter/" in f or "/limits/" in f or f.endswith("api/limits.py"),
     ),
     ("task store (Redis scripts)", lambda f, fn: f.endswith("model/store.py")),
