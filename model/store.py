@@ -16,11 +16,13 @@ import json
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from model.fairness import LANE_SPAN, LANES
 
@@ -598,18 +600,22 @@ class TaskStore:
 
     def queue_snapshot(
         self, pipe: Any, task_id: str, items_in: tuple[State, ...], max_items: int = 2**31
-    ) -> None:
+    ) -> Callable[[Any], tuple[TaskRecord | None, list[dict[str, Any]] | None, int]]:
         """`snapshot`'s script queued on a pipeline of this store's Redis, to share its round
-        trip (EVAL: a pipeline of registered scripts would first check that they exist);
-        `parse_snapshot` reads its reply."""
-        pipe.eval(
-            self._snapshot.script,
-            2,
-            task_key(task_id),
-            items_key(task_id),
-            json.dumps([s.value for s in items_in]),
-            max_items,
-        )
+        trip; returns what reads its reply. EVALSHA, not the registered script: a pipeline of
+        those first asks Redis whether they exist (one more round trip); a Redis that lost
+        its scripts answers NOSCRIPT, and then `snapshot` reads it again on its own."""
+        args = (json.dumps([s.value for s in items_in]), max_items)
+        pipe.evalsha(self._snapshot.sha, 2, task_key(task_id), items_key(task_id), *args)
+
+        def read(reply: Any) -> tuple[TaskRecord | None, list[dict[str, Any]] | None, int]:
+            if isinstance(reply, NoScriptError):
+                return self.snapshot(task_id, items_in, max_items)
+            if isinstance(reply, Exception):
+                raise reply
+            return self.parse_snapshot(reply)
+
+        return read
 
     @staticmethod
     def parse_snapshot(

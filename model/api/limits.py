@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, g, request
 from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter, RateLimiter
+from redis.exceptions import NoScriptError
 
 from model.api.auth import lookup_presented_key, presented_key
 from model.api.auth_failures import init_auth_failures
@@ -112,19 +113,23 @@ class KeyRateLimit:
     def queue_count(self, pipe: Any) -> Callable[[list], None]:
         """Queue this request's deferred count on `pipe` (a pipeline of the limits' Redis),
         if the hook left it to the view. Returns `settle(replies)`: given the pipeline's
-        replies (the count's first), raises the 429 once over the limit. EVAL, not EVALSHA:
-        a pipeline of registered scripts would first ask Redis whether they exist."""
+        replies (the count's first), raises the 429 once over the limit. EVALSHA, not the
+        registered script: a pipeline of those first asks Redis whether they exist; a Redis
+        that lost its scripts answers NOSCRIPT (nothing counted), then the count goes alone."""
         deferred = g.pop(DEFERRED, None)
         if deferred is None:
             return lambda replies: None
         item, who = deferred
         storage = self.strategy.storage
         assert isinstance(storage, RedisStorage)
-        name = storage.prefixed_key(item.key_for(KEY_PREFIX, who, SCOPE))
-        pipe.eval(storage.lua_incr_expire.script, 1, name, item.get_expiry(), 1)
+        name = item.key_for(KEY_PREFIX, who, SCOPE)
+        expiry = item.get_expiry()
+        pipe.evalsha(storage.lua_incr_expire.sha, 1, storage.prefixed_key(name), expiry, 1)
 
         def settle(replies: list) -> None:
             count = replies[0]
+            if isinstance(count, NoScriptError):
+                count = storage.incr(name, expiry)
             if isinstance(count, Exception):
                 log.error("Failed to rate limit. Swallowing error: %s", count)
             elif int(count) > item.amount:

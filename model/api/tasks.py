@@ -62,12 +62,12 @@ def _read_snapshot(svc: Services, task_id: str) -> tuple[TaskRecord | None, list
     hook) in one round trip: 429 first when the key is over its limit."""
     with svc.redis.pipeline(transaction=False) as pipe:
         settle = queue_count(pipe)
-        svc.store.queue_snapshot(pipe, task_id, WITH_ITEMS, svc.settings.results.status_max_items)
+        read = svc.store.queue_snapshot(
+            pipe, task_id, WITH_ITEMS, svc.settings.results.status_max_items
+        )
         replies = pipe.execute(raise_on_error=False)
     settle(replies)
-    if isinstance(replies[-1], Exception):
-        raise replies[-1]
-    return svc.store.parse_snapshot(replies[-1])
+    return read(replies[-1])
 
 
 def _check_owner(svc: Services, task_id: str, record: TaskRecord | None) -> TaskRecord:

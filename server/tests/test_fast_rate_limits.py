@@ -117,3 +117,18 @@ def test_a_key_with_several_limits_polls_status_within_the_shortest(make_app) ->
     # The minute's window was not charged for the refused request (shortest first).
     minute = [n for n in client.redis.scan_iter("LIMITS:*") if n.endswith("/50/1/minute")]
     assert [client.redis.get(n) for n in minute] == ["2"]
+
+
+def test_a_status_read_after_redis_lost_its_scripts(make_app) -> None:
+    # The count and the read are sent by hash in one round trip; a Redis restarted (or
+    # flushed) answers NOSCRIPT: nothing was counted, both go again on their own.
+    client = make_app()
+    headers = {"X-API-Key": client.keys.create("after-restart", rate_limit="2/minute")}
+    task_id = client.post("/task", json={"type": "noop"}, headers=headers).get_json()["task_id"]
+    client.redis.script_flush()
+    status = client.get(f"/status/{task_id}", headers=headers)
+    assert status.status_code == 202 and status.get_json()["task_id"] == task_id
+    assert _counter(client) == 2
+    client.redis.script_flush()
+    assert client.get(f"/status/{task_id}", headers=headers).status_code == 429
+    assert _counter(client) == 3
