@@ -28,10 +28,14 @@ PARTS: list[tuple[str, Callable[[str, str], bool]]] = [
     ("key lookup (cache, SQLite)", lambda f, fn: f.endswith("model/keys.py")),
     ("auth hook", lambda f, fn: f.endswith("model/api/auth.py")),
     (
-        "rate limit (flask-limiter)",
+        "rate limit (model/api/limits.py, limits)",
         lambda f, fn: "/flask_limiter/" in f or "/limits/" in f or f.endswith("api/limits.py"),
     ),
-    ("task store (Redis scripts)", lambda f, fn: f.endswith("model/store.py")),
+    # /status reads the task and counts the request in one pipeline (`_read_snapshot`).
+    (
+        "task store (Redis scripts; /status: with the rate-limit count)",
+        lambda f, fn: f.endswith("model/store.py") or fn == "_read_snapshot",
+    ),
     ("queue position / fairness", lambda f, fn: f.endswith(("fleet.py", "fairness.py"))),
     ("metrics", lambda f, fn: "/model/metrics/" in f),
     ("Celery publish", lambda f, fn: "/celery/" in f or "/kombu/" in f),

@@ -71,7 +71,7 @@ class ApiKey:
     revoked_at: float | None
     admin: bool = False
     max_queued: int | None = None  # queued tasks this key may have at once (None: default)
-    rate_limit: str | None = None  # flask-limiter string, e.g. "10/second" (None: default)
+    rate_limit: str | None = None  # a `limits` string, e.g. "10/second" (None: default)
     max_running: int | None = None  # its tasks running at once (None: default, 0: no cap)
 
     @property

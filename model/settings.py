@@ -118,7 +118,7 @@ class InferenceSettings(BaseModel):
 
 
 class LimitSettings(BaseModel):
-    # Per API key (flask-limiter syntax); a key created with --rate overrides it.
+    # Per API key (`limits` syntax); a key created with --rate overrides it.
     rate: str = "50/second;3000/minute"
     # Requests whose key is missing, wrong or revoked, per client address (behind the tunnel:
     # all of them together); beyond it they get 429 instead of 401. Valid keys are not affected.
@@ -144,7 +144,7 @@ class ShareSettings(BaseModel):
     # hash, and listing reads every one).
     max_per_task: int = Field(default=20, ge=1)
     max_per_key: int = Field(default=1000, ge=1)
-    # Reads through share links (flask-limiter syntax), per link (as fast as a key's default)
+    # Reads through share links (`limits` syntax), per link (as fast as a key's default)
     # and per client address, whatever headers the request carries: 429 beyond. nginx also
     # limits them per address (behind spiped the app sees one address for every client).
     rate: str = "50/second;3000/minute"

@@ -16,11 +16,13 @@ import json
 import time
 import uuid
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError
 
 from model.fairness import LANE_SPAN, LANES
 
@@ -589,10 +591,37 @@ class TaskStore:
     ) -> tuple[TaskRecord | None, list[dict[str, Any]] | None, int]:
         """The record, and when its state is one of `items_in` its first `max_items` items
         (as stored) and how many it has (else None, 0)."""
-        fields, with_items, raw_items, count = self._snapshot(
-            keys=[task_key(task_id), items_key(task_id)],
-            args=[json.dumps([s.value for s in items_in]), max_items],
+        return self.parse_snapshot(
+            self._snapshot(
+                keys=[task_key(task_id), items_key(task_id)],
+                args=[json.dumps([s.value for s in items_in]), max_items],
+            )
         )
+
+    def queue_snapshot(
+        self, pipe: Any, task_id: str, items_in: tuple[State, ...], max_items: int = 2**31
+    ) -> Callable[[Any], tuple[TaskRecord | None, list[dict[str, Any]] | None, int]]:
+        """`snapshot`'s script queued on a pipeline of this store's Redis, to share its round
+        trip; returns what reads its reply. EVALSHA, not the registered script: a pipeline of
+        those first asks Redis whether they exist (one more round trip); a Redis that lost
+        its scripts answers NOSCRIPT, and then `snapshot` reads it again on its own."""
+        args = (json.dumps([s.value for s in items_in]), max_items)
+        pipe.evalsha(self._snapshot.sha, 2, task_key(task_id), items_key(task_id), *args)
+
+        def read(reply: Any) -> tuple[TaskRecord | None, list[dict[str, Any]] | None, int]:
+            if isinstance(reply, NoScriptError):
+                return self.snapshot(task_id, items_in, max_items)
+            if isinstance(reply, Exception):
+                raise reply
+            return self.parse_snapshot(reply)
+
+        return read
+
+    @staticmethod
+    def parse_snapshot(
+        reply: list[Any],
+    ) -> tuple[TaskRecord | None, list[dict[str, Any]] | None, int]:
+        fields, with_items, raw_items, count = reply
         if not fields:
             return None, None, 0
         data = _as_str_dict(fields)

@@ -112,7 +112,8 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(shares.api)
     app.register_api(console.api)
     # Probes stay unlimited: monitoring must never be told to back off.
-    init_limits(app, settings, exempt=[meta.probes_api, console.api])
+    # GET /status counts the request in the round trip that reads the task.
+    init_limits(app, settings, [meta.probes_api, console.api], deferred=("tasks.task_status",))
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
     for name, schema in request_schema_components(settings).items():
         app.components_schemas.setdefault(name, schema)

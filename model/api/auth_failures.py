@@ -12,8 +12,8 @@ import logging
 import time
 
 from flask import Flask, current_app
-from flask_limiter import Limiter
 from limits import parse_many
+from limits.strategies import RateLimiter
 
 log = logging.getLogger(__name__)
 EXTENSION = "scriptorium.auth_failures"
@@ -22,14 +22,14 @@ AUTH_FAILURES_NAMESPACE = "sc:auth-failures"
 
 
 class AuthFailures:
-    def __init__(self, limiter: Limiter, rates: str) -> None:
-        self._limiter = limiter
+    def __init__(self, strategy: RateLimiter, rates: str) -> None:
+        self._strategy = strategy
         self._items = parse_many(rates)
 
     def retry_after(self, client: str) -> int | None:
         """Count one failure of `client`; seconds to wait when over budget, else None."""
         try:
-            strategy = self._limiter.limiter
+            strategy = self._strategy
             for item in self._items:
                 if not strategy.hit(item, AUTH_FAILURES_NAMESPACE, client):
                     reset_at, _ = strategy.get_window_stats(item, AUTH_FAILURES_NAMESPACE, client)
@@ -39,8 +39,8 @@ class AuthFailures:
         return None
 
 
-def init_auth_failures(app: Flask, limiter: Limiter, rates: str) -> None:
-    app.extensions[EXTENSION] = AuthFailures(limiter, rates)
+def init_auth_failures(app: Flask, strategy: RateLimiter, rates: str) -> None:
+    app.extensions[EXTENSION] = AuthFailures(strategy, rates)
 
 
 def retry_after(client: str) -> int | None:

@@ -12,6 +12,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from model import fleet
 from model.api.auth import SECURITY, is_admin, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse
+from model.api.limits import queue_count
 from model.api.schemas import (
     TASK_ID_PATTERN,
     Progress,
@@ -54,12 +55,21 @@ def _owned_snapshot(svc: Services, task_id: str) -> tuple[TaskRecord, list[dict]
     """The caller's task and, once it has ended, its first items and their count: one Redis
     round trip (a 10,000-page task's status reads `results.status_max_items` of them)."""
     well_formed = re.fullmatch(TASK_ID_PATTERN, task_id) is not None
-    record, items, count = (
-        svc.store.snapshot(task_id, WITH_ITEMS, svc.settings.results.status_max_items)
-        if well_formed
-        else (None, None, 0)
-    )
+    record, items, count = _read_snapshot(svc, task_id) if well_formed else (None, None, 0)
     return _check_owner(svc, task_id, record), items, count
+
+
+def _read_snapshot(svc: Services, task_id: str) -> tuple[TaskRecord | None, list | None, int]:
+    """The snapshot and the request's rate-limit count (left to this view by the limiter's
+    hook) in one round trip: 429 first when the key is over its limit."""
+    with svc.redis.pipeline(transaction=False) as pipe:
+        settle = queue_count(pipe)
+        read = svc.store.queue_snapshot(
+            pipe, task_id, WITH_ITEMS, svc.settings.results.status_max_items
+        )
+        replies = pipe.execute(raise_on_error=False)
+    settle(replies)
+    return read(replies[-1])
 
 
 def _check_owner(svc: Services, task_id: str, record: TaskRecord | None) -> TaskRecord:
