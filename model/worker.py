@@ -35,7 +35,7 @@ from redis import Redis
 
 from model import fleet
 from model.attempts import lease_ms, own_prefix, requeue_lost, resend_unsent
-from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
+from model.celery_app import PING, RUN_JOB, TRAIN_QUEUE, make_celery, worker_queues
 from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
 from model.inference.provenance import model_provenance
@@ -86,7 +86,11 @@ def _queues() -> list[str]:
 
 @celeryd_after_setup.connect
 def take_model_queues(instance: Any = None, **_: Any) -> None:
-    """Besides the default queue (-Q), the queue of every model found here (main process)."""
+    """Besides the default queue (-Q), the queue of every model found here (main process).
+    The train-worker program (model.train_worker) takes the training queue only."""
+    if instance.app.conf.task_default_queue == TRAIN_QUEUE:
+        log.info("taking the training queue only")
+        return
     queues = _queues()
     for queue in queues:
         instance.app.amqp.queues.select_add(queue)

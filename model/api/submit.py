@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from model import uploads
 from model.api.admission import (
+    check_active_per_key,
     check_backpressure,
     check_json_depth,
     claimed_by,
@@ -306,6 +307,7 @@ def submit_task() -> Response:
     except InputRejected as exc:
         raise ApiError(422, exc.code, exc.message) from exc
     check_backpressure(svc)
+    check_active_per_key(svc, job)
     svc.uploads.save(task_id, _upload_files(submission), svc.settings.upload_ttl_s(timeout))
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)
     try:
@@ -326,7 +328,7 @@ def _enqueue(
 ) -> Response:
     total = job.initial_total(spec.inputs)
     named = [spec.params.get(name) for name in job.model_fields]
-    queue = queue_for(svc.settings, named)
+    queue = job.queue or queue_for(svc.settings, named)
     record = svc.store.create(
         g.owner,
         job.name,

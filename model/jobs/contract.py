@@ -69,8 +69,15 @@ class SourceTask(_Input):
     task_id: str
 
 
+class DatasetUrl(_Input):
+    """A YOLO dataset zip to train on (train)."""
+
+    kind: Literal["dataset_url"] = "dataset_url"
+    url: str
+
+
 TaskInput = Annotated[
-    ImageUrl | ImageUpload | ManifestUrl | ManifestUpload | Document | SourceTask,
+    ImageUrl | ImageUpload | ManifestUrl | ManifestUpload | Document | SourceTask | DatasetUrl,
     Field(discriminator="kind"),
 ]
 

@@ -9,11 +9,11 @@ Torch-free and light: the HTTP process imports it.
 
 from __future__ import annotations
 
-from model.jobs import crops, detect, noop, similarity
+from model.jobs import crops, detect, noop, similarity, train
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 
-JOBS: dict[str, JobSpec] = {m.SPEC.name: m.SPEC for m in (detect, noop, similarity, crops)}
+JOBS: dict[str, JobSpec] = {m.SPEC.name: m.SPEC for m in (detect, noop, similarity, crops, train)}
 
 
 def job_limits(settings: Settings, job_type: str) -> JobLimits:
