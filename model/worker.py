@@ -119,15 +119,18 @@ def load_models(**_: Any) -> None:
     registry = discover(settings.model_dirs)
     # This process's share of the cores: `worker.concurrency` processes infer side by side.
     threads = settings.inference_threads()
+    # A train-worker child trains from the weights on disk: it loads no detector.
+    training_only = celery.conf.task_default_queue == TRAIN_QUEUE
     detectors = {
         name: detector_module.YoloDetector(info, settings.inference.backend, threads)
         for name, info in registry.items()
-        if info.task == "detect"
+        if info.task == "detect" and not training_only
     }
     # Feature extractors (similarity job): the configured one now, others on first use.
     embedders = embedder_module.Embedders(registry, threads)
     try:
-        embedders.get(settings.similarity.embed_model)
+        if not training_only:
+            embedders.get(settings.similarity.embed_model)
     except Exception:  # a broken plug-in must not stop detection: its tasks fail instead
         log.exception("feature extractor %s did not load", settings.similarity.embed_model)
     redis = _redis()
@@ -170,7 +173,7 @@ def load_models(**_: Any) -> None:
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "slots": 1,  # tasks this process runs at once
-        "queues": _queues(),
+        "queues": [TRAIN_QUEUE] if training_only else _queues(),
         "models": sorted(detectors),
         "embedders": sorted(embedders.loaded),
         "model_info": [
