@@ -36,11 +36,14 @@ def _default_models(settings: Settings) -> set[str]:
     return {settings.models.default, settings.similarity.embed_model}
 
 
-def queue_for(settings: Settings, models: Iterable[str | None]) -> str:
+def queue_for(
+    settings: Settings, models: Iterable[str | None], everywhere: Iterable[str] = ()
+) -> str:
     """The queue of a task naming these models: the first that is not a default model picks its
     own queue (a task naming two such models goes to the first one's: give the hosts that have
-    it the other too); none: the default queue."""
-    defaults = _default_models(settings)
+    it the other too); none: the default queue. Models `everywhere` (imported ones, which every
+    worker loads: model/inference/catalog.py) count as default models."""
+    defaults = _default_models(settings) | set(everywhere)
     for name in models:
         if name and name not in defaults:
             return MODEL_QUEUE_PREFIX + name

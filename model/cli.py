@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from model import frontdoor
+from model import frontdoor, models_cli
 from model.keys import KeyStore, KeyStoreError
 from model.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -410,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("name")
     secret.add_argument("--rotate", action="store_true", help="replace it with a new one")
     keys.set_defaults(func=cmd_keys)
+    models_cli.add_parser(sub)
     manifest = sub.add_parser(
         "manifest", help="show what a task would fetch for a IIIF manifest (URL or file)"
     )

@@ -93,6 +93,10 @@ class CancelSettings(BaseModel):
 class ModelSettings(BaseModel):
     dirs: list[str] = ["model/weights", "var/models"]
     default: str = "illustrations-demo"
+    # Imported models (model/inference/catalog.py): largest file, and how often a worker checks
+    # the catalog for added or removed models.
+    max_bytes: int = 209715200
+    sync_interval_s: float = 2.0
 
 
 class InferenceSettings(BaseModel):
@@ -326,6 +330,11 @@ class Settings(BaseSettings):
     @property
     def secrets_dir(self) -> Path:
         return self.data_path / "secrets"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where a worker host keeps the imported models' blobs (model/inference/catalog.py)."""
+        return self.data_path / "model-cache"
 
     @property
     def uploads_dir(self) -> Path:

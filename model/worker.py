@@ -38,6 +38,8 @@ from model.attempts import lease_ms, own_prefix, requeue_lost, resend_unsent
 from model.celery_app import PING, RUN_JOB, TRAIN_QUEUE, make_celery, worker_queues
 from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
+from model.inference.catalog import BlobCache, Catalog
+from model.inference.live import LiveDetectors
 from model.inference.provenance import model_provenance
 from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
@@ -108,6 +110,14 @@ def _versions() -> dict[str, str]:
     return found
 
 
+class _TrainingOnly(LiveDetectors):
+    """A train-worker child's detectors: none, and imported models are not loaded either (the
+    train job reads a base model's weights from the blob cache itself)."""
+
+    def sync(self, force: bool = False) -> bool:
+        return False
+
+
 @worker_process_init.connect
 def load_models(**_: Any) -> None:
     from model.inference import detector as detector_module
@@ -121,11 +131,23 @@ def load_models(**_: Any) -> None:
     threads = settings.inference_threads()
     # A train-worker child trains from the weights on disk: it loads no detector.
     training_only = celery.conf.task_default_queue == TRAIN_QUEUE
-    detectors = {
+    shipped = {
         name: detector_module.YoloDetector(info, settings.inference.backend, threads)
         for name, info in registry.items()
         if info.task == "detect" and not training_only
     }
+    redis = _redis()
+    # Imported models: loaded now, then kept in step by the heartbeat thread (no restart).
+    detectors = (_TrainingOnly if training_only else LiveDetectors)(
+        shipped,
+        Catalog(_uploads().redis, settings.models.max_bytes),
+        BlobCache(settings.model_cache_dir),
+        lambda info: detector_module.YoloDetector(info, settings.inference.backend, threads),
+    )
+    try:
+        detectors.sync()
+    except Exception:  # Redis away at start: the heartbeat thread syncs once it is back
+        log.warning("imported models not synced at start", exc_info=True)
     # Feature extractors (similarity job): the configured one now, others on first use.
     embedders = embedder_module.Embedders(registry, threads)
     try:
@@ -133,7 +155,6 @@ def load_models(**_: Any) -> None:
             embedders.get(settings.similarity.embed_model)
     except Exception:  # a broken plug-in must not stop detection: its tasks fail instead
         log.exception("feature extractor %s did not load", settings.similarity.embed_model)
-    redis = _redis()
     versions = _versions()
     meter = meter_of(redis)
     for name, det in detectors.items():
@@ -166,37 +187,55 @@ def load_models(**_: Any) -> None:
         versions=versions,
         provenance=provenance,
     )
-    # Feature extractors load on first use: any on disk here can be served.
-    served = [*detectors.values(), *(i for i in registry.values() if i.task == "embed")]
     beat = {
         "name": settings.worker_name,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "slots": 1,  # tasks this process runs at once
         "queues": [TRAIN_QUEUE] if training_only else _queues(),
-        "models": sorted(detectors),
         "embedders": sorted(embedders.loaded),
-        "model_info": [
-            getattr(m, "info", m).describe(settings.models.default)
-            for m in sorted(served, key=lambda m: m.name)
-        ],
-        "backends": {n: d.backend for n, d in detectors.items()},
-        "devices": {n: d.device for n, d in detectors.items()},
-        "device": next((d.device for d in detectors.values() if d.device != "cpu"), "cpu"),
-        "model_loads": detector_module.LOAD_COUNT,
         "inference_threads": threads,
         "started_at": time.time(),
     }
-    threading.Thread(target=_heartbeat, args=(redis, beat), daemon=True).start()
+    # Feature extractors load on first use: any on disk here can be served.
+    embed = [i.describe(settings.models.default) for i in registry.values() if i.task == "embed"]
+    _describe_models(beat, detectors, embed)
+    threading.Thread(target=_heartbeat, args=(redis, beat, embed), daemon=True).start()
 
 
-def _heartbeat(redis: Redis, beat: dict[str, Any]) -> None:
-    """The process's heartbeat and the leases of its tasks, a few times per lease."""
+def _describe_models(
+    beat: dict[str, Any], detectors: LiveDetectors, embed: list[dict[str, Any]]
+) -> None:
+    """The heartbeat's account of the models this process serves (again after each sync)."""
+    from model.inference import detector as detector_module
+
+    default = settings.models.default
+    described = [
+        {**d.info.describe(default), **({"imported": True} if n in detectors.imported else {})}
+        for n, d in detectors.items()
+    ]
+    beat.update(
+        models=sorted(detectors),
+        model_info=sorted([*described, *embed], key=lambda m: m["name"]),
+        model_problems=dict(detectors.problems),
+        backends={n: d.backend for n, d in detectors.items()},
+        devices={n: d.device for n, d in detectors.items()},
+        device=next((d.device for d in detectors.values() if d.device != "cpu"), "cpu"),
+        model_loads=detector_module.LOAD_COUNT,
+    )
+
+
+def _heartbeat(redis: Redis, beat: dict[str, Any], embed: list[dict[str, Any]]) -> None:
+    """The process's heartbeat and the leases of its tasks, a few times per lease; imported
+    models added or removed since the last beat are loaded or dropped first."""
     assert _resources is not None
-    period = min(HEARTBEAT_S, settings.worker.lost_grace_s / 3)
+    period = min(HEARTBEAT_S, settings.worker.lost_grace_s / 3, settings.models.sync_interval_s)
+    detectors = _resources.detectors
     while True:
         try:
             ATTEMPTS.renew(_resources.store, lease_ms(settings))
+            if detectors.sync() or set(detectors) != set(beat["models"]):
+                _describe_models(beat, detectors, embed)
             beat["running"] = ATTEMPTS.running()
             fleet.publish(redis, _heartbeat_key(), beat, HEARTBEAT_TTL_S)
         except Exception:

@@ -38,14 +38,14 @@ class Supervised:
     env: dict[str, str]
     process: subprocess.Popen
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
+    def cli(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "model", *args],
             env=self.env,
             cwd=PROJECT_ROOT,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout_s,
         )
 
     def ctl(self, *args: str) -> str:

@@ -12,6 +12,7 @@ from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import Services, services
+from model.inference.catalog import Catalog, describe
 from model.inference.registry import discover
 from model.store import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
 
@@ -26,15 +27,26 @@ models_api.before_request(require_key)
 probes_api = APIBlueprint("probes", __name__, abp_tags=[Tag(name="probes")])
 
 
+def catalog(svc: Services) -> Catalog:
+    return Catalog(svc.uploads.redis, svc.settings.models.max_bytes)
+
+
 def known_models(svc: Services) -> dict[str, dict[str, Any]]:
-    """Models a task may name: those some live worker has loaded, on any host, and those in this
-    host's model folders (a task for one waits in its queue until a worker that has it runs)."""
+    """Models a task may name: those some live worker has loaded, on any host, those in this
+    host's model folders (a task for one waits in its queue until a worker that has it runs) and
+    the imported ones (every worker loads them; `hosts` says which have so far)."""
     default = svc.settings.models.default
     found = {
-        name: {**info.describe(default), "workers": 0, "hosts": [], "devices": []}
-        for name, info in discover(svc.settings.model_dirs).items()
+        name: {**describe(card, default), "workers": 0, "hosts": [], "devices": []}
+        for name, card in catalog(svc).cards().items()
     }
+    found.update(
+        (name, {**info.describe(default), "workers": 0, "hosts": [], "devices": []})
+        for name, info in discover(svc.settings.model_dirs).items()
+    )
     for name, live in fleet.models(fleet.live(svc.redis)).items():
+        if live.get("imported") and name not in found:
+            continue  # removed: its workers drop it at their next sync (seconds)
         found[name] = {**found.get(name, {}), **live, "default": name == default}
     return found
 

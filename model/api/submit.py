@@ -29,7 +29,7 @@ from model.api.admission import (
 )
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
-from model.api.meta import known_models
+from model.api.meta import catalog, known_models
 from model.api.request_doc import UPLOAD_JOB, task_request_body
 from model.api.schemas import REQUEST_MODELS, TaskCreated, Webhook
 from model.api.services import Services, services
@@ -328,7 +328,7 @@ def _enqueue(
 ) -> Response:
     total = job.initial_total(spec.inputs)
     named = [spec.params.get(name) for name in job.model_fields]
-    queue = job.queue or queue_for(svc.settings, named)
+    queue = job.queue or queue_for(svc.settings, named, catalog(svc).cards() if any(named) else ())
     record = svc.store.create(
         g.owner,
         job.name,

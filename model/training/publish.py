@@ -1,56 +1,47 @@
-"""Publishing a trained model: the seam between the train job and the model store.
+"""Publishing a trained model through the model store (model/inference/catalog.py).
 
-`Publisher` is the small interface the train job needs. `FolderPublisher` is the one this
-branch ships: it writes `<name>-<sha12>.pt` and then `<name>.json` into the last folder of
-`models.dirs` (var/models), each by an atomic rename, the card last: the registry lists a model
-only once its card names weights that exist, so a crash at any point leaves either no model or a
-whole one, never half of one. The model store of issue 23 (content-addressed blobs in Redis
-that every worker host picks up) replaces it behind the same interface.
+The new weights go through the same checks as `models add` (importer.inspect: loads with
+ultralytics, one dry inference, ONNX export where it can), then card and blobs are written in
+one MULTI: every worker host picks the model up without a restart, and nothing is ever half
+published. A name taken meanwhile is refused there too (`model_exists`).
+
+Base models: a shipped model's weights are on disk; an imported one's come from the host's
+blob cache (fetched from Redis and checked by sha256).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from model.inference.registry import discover
-
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # never a path: no dot, no slash
-_NAME = re.compile(NAME_PATTERN)
+from model.inference.catalog import BlobCache, Catalog, model_info
+from model.inference.registry import ModelInfo, discover
 
 
-class Publisher(Protocol):
-    def exists(self, name: str) -> bool: ...
+class ModelStore:
+    """The train job's view of the models: find a base, check a name, publish a result."""
 
-    def publish(self, name: str, weights: Path, sha256: str, card: dict[str, Any]) -> None: ...
+    def __init__(self, settings: Any, binary_redis: Any) -> None:
+        self.settings = settings
+        self.catalog = Catalog(binary_redis, settings.models.max_bytes)
+        self.cache = BlobCache(settings.model_cache_dir)
 
-
-def _replace_atomically(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, dst)
-
-
-class FolderPublisher:
-    def __init__(self, dirs: list[Path]) -> None:
-        self.dirs = dirs
-        self.folder = dirs[-1]
+    def base(self, name: str) -> ModelInfo | None:
+        found = discover(self.settings.model_dirs).get(name)
+        if found is not None:
+            return found
+        card = self.catalog.card(name)
+        if card is None:
+            return None
+        return model_info(card, self.cache.ensure(self.catalog, card["sha256"], ".pt"), None)
 
     def exists(self, name: str) -> bool:
-        return name in discover(self.dirs)
+        return name in discover(self.settings.model_dirs) or self.catalog.card(name) is not None
 
-    def publish(self, name: str, weights: Path, sha256: str, card: dict[str, Any]) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"invalid model name {name!r}")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        stored = f"{name}-{sha256[:12]}.pt"  # a new version never overwrites loaded weights
-        _replace_atomically(weights, self.folder / stored)
-        card_tmp = self.folder / f".{name}.json.tmp"
-        card_tmp.write_text(json.dumps({**card, "name": name, "weights": stored}, indent=1))
-        os.replace(card_tmp, self.folder / f"{name}.json")
+    def publish(self, name: str, weights: Path, work: Path, extra: dict[str, Any]) -> str:
+        """Check and publish; returns the weights' sha256."""
+        from model.inference.importer import inspect
+
+        card, blobs = inspect(weights, work, self.settings.models.max_bytes, name)
+        self.catalog.publish({**card, **extra, "source": "train job"}, blobs)
+        return str(card["sha256"])

@@ -12,11 +12,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.celery_app import TRAIN_QUEUE
+from model.inference.catalog import NAME_PATTERN, ModelStoreError, validate_name
 from model.jobs.contract import DatasetUrl, InputRejected, TaskInput
 from model.jobs.fields import bounded_integer
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
-from model.training.publish import NAME_PATTERN
 from model.urls import HTTP_URL_PATTERN, check_http_url
 
 
@@ -24,7 +24,7 @@ class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(
-        description="Name of the new model (lower-case letters, digits, '-', '_'; at most 63)",
+        description="Name of the new model: 1-64 of a-z 0-9 . _ -, not already in GET /models",
         pattern=NAME_PATTERN,
     )
     base_model: str | None = Field(
@@ -43,6 +43,14 @@ class TrainParams(BaseModel):
         description="if_better: publish only when the new model's held-out mAP50 beats the "
         "base model's; always: publish whatever it scores",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        try:
+            return validate_name(value)  # never a path, never a file suffix
+        except ModelStoreError as exc:
+            raise ValueError(exc.message) from exc
 
     @field_validator("imgsz")
     @classmethod

@@ -16,21 +16,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from model.inference.registry import ModelInfo, discover
+from model.inference.catalog import ModelStoreError, sha256_file
+from model.inference.registry import ModelInfo
 from model.jobs import JobFailed
 from model.jobs.contract import DatasetUrl
 from model.jobs.train import TrainParams
 from model.sources.fetch import FetchError
 from model.training.dataset import Dataset, DatasetError, read_yolo_zip, write_split
 from model.training.finetune import FinetuneConfig, FinetuneResult, finetune
-from model.training.publish import FolderPublisher
+from model.training.publish import ModelStore
 
 
-def _base_model(settings: Any, name: str | None) -> ModelInfo:
+def _base_model(store: ModelStore, settings: Any, name: str | None) -> ModelInfo:
     wanted = name or settings.models.default
-    info = discover(settings.model_dirs).get(wanted)
+    try:
+        info = store.base(wanted)
+    except ModelStoreError as exc:
+        raise JobFailed(exc.code, exc.message) from exc
     if info is None or info.task != "detect":
-        raise JobFailed("unknown_model", f"no detect model named {wanted!r} on this worker host")
+        raise JobFailed("unknown_model", f"no detect model named {wanted!r}")
     return info
 
 
@@ -56,9 +60,9 @@ def run_train(ctx: Any) -> None:
     params = TrainParams.model_validate(ctx.spec.params)
     if params.epochs > settings.training.max_epochs:
         raise JobFailed("too_many_epochs", f"at most {settings.training.max_epochs} epochs")
-    base = _base_model(settings, params.base_model)
-    publisher = FolderPublisher(settings.model_dirs)
-    if publisher.exists(params.name):
+    store = ModelStore(settings, ctx.resources.uploads.redis)
+    base = _base_model(store, settings, params.base_model)
+    if store.exists(params.name):
         raise JobFailed("model_exists", f"a model named {params.name!r} exists already")
     ctx.set_total(params.epochs)
     ctx.set_summary({"stage": "loading dataset"})
@@ -85,18 +89,15 @@ def run_train(ctx: Any) -> None:
         ctx.check_cancel()  # the last point to stop: past it the model is published whole
         summary = _summary(params, base, dataset, split, result)
         if summary["published"]:
-            card = _card(params, base, dataset, result, summary["provenance"])
-            publisher.publish(params.name, result.weights, summary["new"]["sha256"], card)
+            extra = _card(params, base, dataset, result, summary["provenance"], ctx.record.owner)
+            try:
+                store.publish(params.name, result.weights, work / "publish", extra)
+            except ModelStoreError as exc:
+                raise JobFailed(exc.code, exc.message) from exc
         ctx.set_provenance(summary["provenance"])
         ctx.set_summary(summary)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    from model.inference.registry import _sha256 as cached
-
-    return cached(path, path.stat().st_mtime_ns)
 
 
 def _summary(
@@ -114,7 +115,7 @@ def _summary(
             "model": params.name,
             "mAP50": result.new.map50,
             "mAP50_95": result.new.map50_95,
-            "sha256": _sha256(result.weights),
+            "sha256": sha256_file(result.weights),
         },
         "better": better,
         "published": params.publish == "always" or better,
@@ -144,11 +145,11 @@ def _card(
     dataset: Dataset,
     result: FinetuneResult,
     provenance: dict[str, Any],
+    owner: str,
 ) -> dict[str, Any]:
+    """Card fields beside the store's own (classes, imgsz, sha256 come from the checkpoint)."""
     return {
-        "task": "detect",
-        "classes": dataset.classes,
-        "imgsz": params.imgsz,
+        "published_by": owner,
         "trained_on": f"{len(dataset.pages)} annotated pages (train job), from {base.name}",
         "metrics": {
             "mAP50": result.new.map50,
