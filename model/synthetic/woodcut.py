@@ -3,7 +3,8 @@
 The shipped model (model/weights/MODEL_CARD.md) was trained on model/synthetic/pages.py: cream
 or grey paper, framed drawings, engravings drawn as dark hatching on white, plates. These pages
 differ on purpose, in the ways the issue names:
-- dyed paper in strong colours (blue, green, rose, ochre), not cream;
+- coloured paper: mostly dark (indigo, green, oxblood, brown) printed and drawn in light ink
+  (white heightening, gold), the rest dyed in light colours (blue, green, rose, ochre);
 - woodcut figures: solid black silhouettes carved by white gouge lines, no frame;
 - two columns of text, figures set in a column or across both;
 - small pen drawings in the outer margins (often red-brown), beside the text block.
@@ -34,6 +35,11 @@ from model.synthetic.pages import (
 # Dyed papers: far from the cream/grey tints of the shipped model's training pages.
 _PAPERS = ((150, 185, 225), (165, 210, 165), (235, 170, 185), (225, 185, 95), (190, 170, 220))
 _MARGIN_INKS = ((150, 45, 30), (120, 60, 35), (40, 40, 110))
+# Most pages are on dark blue, green, oxblood or brown paper printed and drawn in light ink
+# (white heightening, gold): the contrast the shipped model learned is reversed there.
+_DARK_PAPERS = ((40, 55, 110), (35, 70, 50), (95, 30, 35), (50, 42, 35))
+_LIGHT_INKS = ((235, 230, 215), (230, 200, 120), (215, 225, 235))
+DARK_SHARE = 0.75
 
 
 def _silhouette(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -93,8 +99,9 @@ def margin_drawing(rng: np.random.Generator, w: int, h: int, s: float, ink: tupl
     return img
 
 
-def _paper(rng: np.random.Generator, w: int, h: int) -> Image.Image:
-    tint = np.array(_PAPERS[int(rng.integers(len(_PAPERS)))], dtype=np.float32)
+def _paper(rng: np.random.Generator, w: int, h: int, dark: bool) -> Image.Image:
+    papers = _DARK_PAPERS if dark else _PAPERS
+    tint = np.array(papers[int(rng.integers(len(papers)))], dtype=np.float32)
     tint += rng.integers(-15, 16, size=3)
     sw, sh = max(8, w // 4), max(8, h // 4)
     lum = 1.0 + (_smooth_field(rng, sw, sh, int(rng.integers(3, 9))) - 0.5) * _u(rng, 0.05, 0.15)
@@ -163,7 +170,15 @@ def render_woodcut_page(seed: int, width: int = 1000, height: int = 1400) -> Ren
     text_blocked = [r for r in placed if r[0] < tx1 and r[2] > tx0]
     for c0, c1 in cols:
         _text_column(d, rng, c0, c1, ty0, ty1, style, text_blocked)
-    img = ImageChops.multiply(_paper(rng, width, height), layer)
+    dark = rng.random() < DARK_SHARE
+    paper = _paper(rng, width, height, dark)
+    if dark:  # light ink laid on dark paper: the layer's darkness says how much ink
+        ink_amount = 1.0 - np.asarray(layer, dtype=np.float32).mean(axis=2, keepdims=True) / 255
+        light = np.array(_LIGHT_INKS[int(rng.integers(len(_LIGHT_INKS)))], dtype=np.float32)
+        arr = np.asarray(paper, dtype=np.float32) * (1 - ink_amount) + light * ink_amount
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    else:
+        img = ImageChops.multiply(paper, layer)
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(radius=_u(rng, 0.3, 0.9) * s))
     return RenderedPage(image=img, boxes=boxes)
