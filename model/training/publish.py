@@ -42,6 +42,7 @@ class ModelStore:
         """Check and publish; returns the weights' sha256."""
         from model.inference.importer import inspect
 
+        work.mkdir(parents=True, exist_ok=True)
         card, blobs = inspect(weights, work, self.settings.models.max_bytes, name)
         self.catalog.publish({**card, **extra, "source": "train job"}, blobs)
         return str(card["sha256"])

@@ -54,7 +54,7 @@ def test_train_publishes_a_model_that_detect_then_uses(
     )
     try:
         done = api.wait(task, timeout_s=TRAIN_WAIT_S)
-        assert done["state"] == "succeeded", done
+        assert done["state"] == "SUCCEEDED", done
         result = done["result"]
         assert done["progress"]["done"] == done["progress"]["total"] == 2
         assert [item["epoch"] for item in result["items"]] == [1, 2]
@@ -79,7 +79,7 @@ def test_train_publishes_a_model_that_detect_then_uses(
             }
         )
         found = api.wait(detect, timeout_s=300)
-        assert found["state"] == "succeeded", found
+        assert found["state"] == "SUCCEEDED", found
         assert found["result"]["provenance"]["model"] == name
         assert found["result"]["provenance"]["sha256"] == result["new"]["sha256"]
     finally:
@@ -96,10 +96,10 @@ def test_cancel_stops_training_and_publishes_nothing(
         {"type": "train", "input": {"dataset_url": tiny_set["url"]}, "params": {"name": "x2"}}
     )
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_active"
-    api.wait(task, {"running"}, TRAIN_WAIT_S, lambda body: body["progress"]["done"] >= 1)
+    api.wait(task, {"RUNNING"}, TRAIN_WAIT_S, lambda body: body["progress"]["done"] >= 1)
     assert api.terminate(task).status_code == 202
     ended = api.wait(task, timeout_s=120)
-    assert ended["state"] == "cancelled", ended
+    assert ended["state"] == "CANCELLED", ended
     assert ended["progress"]["done"] < 200
     assert name not in _models(api)
 
@@ -128,4 +128,4 @@ def test_a_dataset_without_labels_fails_with_its_reason(
         (tmp_path / "images" / f"{i}.png").write_bytes(b"not really a png")
     url = image_server.add(f"bad-{uuid.uuid4().hex[:8]}.zip", yolo_zip(tmp_path, ["figure"]))
     done = api.wait(_train(api, url, name=f"never-{uuid.uuid4().hex[:8]}"), timeout_s=120)
-    assert done["state"] == "failed" and done["error"]["code"] == "too_few_pages", done
+    assert done["state"] == "FAILED" and done["error"]["code"] == "too_few_pages", done
