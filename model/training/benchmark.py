@@ -34,11 +34,13 @@ def build(
     root: Path, seed: int = 0, train: int = TRAIN_PAGES, heldout: int = HELDOUT_PAGES
 ) -> Benchmark:
     """Render both splits under root (train/, heldout/) and a YOLO yaml for the held-out pages."""
-    rng = np.random.default_rng([seed, 2023])
     boxes: dict[str, int] = {}
     base = seed * 1_000_000
-    for split, first, count in (("train", base, train), ("heldout", base + 500_000, heldout)):
-        n = 0
+    for k, (split, first, count) in enumerate(
+        (("train", base, train), ("heldout", base + 500_000, heldout))
+    ):
+        rng = np.random.default_rng([seed, 2023, k])  # per split: held-out pages never depend
+        n = 0  # on how many training pages were drawn
         for page_seed in range(first, first + count):
             w = int(rng.integers(WIDTHS[0], WIDTHS[1] + 1))
             h = int(w * rng.uniform(1.3, 1.5))

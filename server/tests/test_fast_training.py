@@ -58,6 +58,13 @@ def test_benchmark_pages_are_seeded_and_their_boxes_lie_on_the_page(tmp_path: Pa
             assert min(cx - w / 2, cy - h / 2) >= 0 and max(cx + w / 2, cy + h / 2) <= 1
 
 
+def test_held_out_pages_do_not_depend_on_the_training_page_count(tmp_path: Path) -> None:
+    alone = build(tmp_path / "a", seed=2, train=0, heldout=2)
+    beside = build(tmp_path / "b", seed=2, train=1, heldout=2)
+    for label in sorted((alone.heldout / "labels").iterdir()):
+        assert label.read_text() == (beside.heldout / "labels" / label.name).read_text()
+
+
 def test_yolo_zip_round_trip_keeps_boxes_classes_and_digest(tmp_path: Path) -> None:
     bench = build(tmp_path / "pages", seed=1, train=3, heldout=0)
     data = yolo_zip(bench.train, CLASS_NAMES)
