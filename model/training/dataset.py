@@ -16,18 +16,14 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from model.jobs import JobFailed
 from model.training.yolo_data import IMAGE_SUFFIXES, link_split, split_stems, write_page, write_yaml
 
 MAX_ENTRIES = 20_000  # files in a zip (images + labels + the rest)
 
 
-class DatasetError(Exception):
+class DatasetError(JobFailed):
     """The dataset as a whole is unusable: code and message for the task's error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass

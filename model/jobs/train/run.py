@@ -22,7 +22,7 @@ from model.jobs import JobFailed
 from model.jobs.contract import DatasetUrl
 from model.jobs.train import TrainParams
 from model.sources.fetch import FetchError
-from model.training.dataset import Dataset, DatasetError, read_yolo_zip, write_split
+from model.training.dataset import Dataset, read_yolo_zip, write_split
 from model.training.finetune import FinetuneConfig, FinetuneResult, finetune
 from model.training.publish import ModelStore
 
@@ -47,8 +47,6 @@ def _dataset(ctx: Any) -> Dataset:
         return read_yolo_zip(data, settings.training.max_pages, cap)
     except FetchError as exc:
         raise JobFailed("dataset_unreachable", f"dataset_url: {exc}") from exc
-    except DatasetError as exc:
-        raise JobFailed(exc.code, exc.message) from exc
 
 
 def _threads(settings: Any) -> int:
