@@ -92,7 +92,8 @@ def run_train(ctx: Any) -> None:
                 store.publish(params.name, result.weights, work / "publish", extra)
             except ModelStoreError as exc:
                 raise JobFailed(exc.code, exc.message) from exc
-        ctx.set_provenance(summary["provenance"])
+        # The status shows it as result.provenance (a summary key of that name would clash).
+        ctx.set_provenance(summary.pop("provenance"))
         ctx.set_summary(summary)
     finally:
         shutil.rmtree(work, ignore_errors=True)
