@@ -125,6 +125,14 @@ def test_a_zip_that_unpacks_past_the_cap_is_refused_before_reading() -> None:
     assert caught.value.code == "dataset_too_large"
 
 
+def test_an_epoch_item_is_a_result_item_the_status_can_show() -> None:
+    from model.api.schemas import ResultItem
+    from model.jobs.train import epoch_item
+
+    item = ResultItem.model_validate(epoch_item(3, 0.5)).model_dump()
+    assert (item["index"], item["status"], item["epoch"], item["val_map50"]) == (2, "ok", 3, 0.5)
+
+
 def test_training_modules_import_without_torch() -> None:
     code = (
         "import sys; import model.training.finetune, model.training.dataset, model.jobs.train; "

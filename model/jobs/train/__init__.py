@@ -76,6 +76,18 @@ class TrainInput(BaseModel):
         return url
 
 
+def epoch_item(done: int, map50: float | None) -> dict[str, Any]:
+    """The result item of one epoch (progress counts them): a result item like any other job's
+    (index, source, status) plus the epoch's held-out mAP50."""
+    return {
+        "index": done - 1,
+        "source": f"epoch {done}",
+        "status": "ok",
+        "epoch": done,
+        "val_map50": map50,
+    }
+
+
 def _task_inputs(request_input: TrainInput) -> list[TaskInput]:
     return [DatasetUrl(url=request_input.dataset_url)]
 

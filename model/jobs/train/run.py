@@ -20,7 +20,7 @@ from model.inference.catalog import ModelStoreError, sha256_file
 from model.inference.registry import ModelInfo
 from model.jobs import JobFailed
 from model.jobs.contract import DatasetUrl
-from model.jobs.train import TrainParams
+from model.jobs.train import TrainParams, epoch_item
 from model.sources.fetch import FetchError
 from model.training.dataset import Dataset, read_yolo_zip, write_split
 from model.training.finetune import FinetuneConfig, FinetuneResult, finetune
@@ -75,7 +75,7 @@ def run_train(ctx: Any) -> None:
         ctx.set_summary({"stage": "scoring the base model"})
 
         def on_epoch(done: int, total: int, map50: float | None) -> None:
-            ctx.emit({"index": done - 1, "epoch": done, "val_map50": map50})
+            ctx.emit(epoch_item(done, map50))
             ctx.set_summary({"stage": "training", "epoch": done, "of": total, "val_map50": map50})
 
         config = FinetuneConfig(
