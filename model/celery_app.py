@@ -27,6 +27,9 @@ MODEL_QUEUE_PREFIX = f"{QUEUE}.model."
 # slow receiver never holds up inference (model/webhooks/).
 DELIVER_WEBHOOK = "scriptorium.deliver_webhook"
 WEBHOOK_QUEUE = "scriptorium.webhooks"
+# Training tasks: a queue of their own, consumed by the `train-worker` program only (its own
+# concurrency, training.concurrency), so a training task never holds a detection worker.
+TRAIN_QUEUE = f"{QUEUE}.train"
 
 
 def _default_models(settings: Settings) -> set[str]:

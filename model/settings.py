@@ -255,6 +255,22 @@ class SimilaritySettings(BaseModel):
     cache_max_entries: int = 5000
 
 
+class TrainingSettings(BaseModel):
+    """The train job (model/jobs/train/): its own worker program and queue, so training never
+    takes a detection worker's place; route it to a GPU host by running that program there."""
+
+    # Training tasks one host runs at once (the `train-worker` program's Celery children).
+    concurrency: int = Field(default=1, ge=1)
+    # CPU threads torch may use while training (0: every core of the host).
+    cpu_threads: int = Field(default=0, ge=0)
+    # Training tasks a key may have queued or running at once.
+    max_active_per_key: int = Field(default=1, ge=1)
+    max_pages: int = Field(default=500, ge=2)
+    max_epochs: int = Field(default=300, ge=1)
+    # Size of a dataset zip fetched by URL, and of everything inside it once unpacked.
+    max_dataset_bytes: int = 200 * 1024 * 1024
+
+
 class WebhookSettings(BaseModel):
     """Deliveries of task events to `webhook.url` (model/webhooks/), by their own worker program."""
 
@@ -319,6 +335,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = PipelineSettings()
     cache: CacheSettings = CacheSettings()
     similarity: SimilaritySettings = SimilaritySettings()
+    training: TrainingSettings = TrainingSettings()
     limits: LimitSettings = LimitSettings()
     cors: CorsSettings = CorsSettings()
     share: ShareSettings = ShareSettings()

@@ -667,6 +667,17 @@ class TaskStore:
         ids = [i for i, s in self._live_states(index) if state is None or s == state.value]
         return self._records(index, ids[offset : offset + limit]), len(ids)
 
+    def active_count(self, owner: str, job_type: str) -> int:
+        """The owner's tasks of this type that are queued or running."""
+        ids = [
+            i for i, state in self._live_states(owner_tasks_key(owner)) if not State(state).terminal
+        ]
+        with self.redis.pipeline() as pipe:
+            for task_id in ids:
+                pipe.hget(task_key(task_id), "type")
+            types = pipe.execute()
+        return sum(found == job_type for found in types)
+
     def _live_states(self, index: str) -> list[tuple[str, str]]:
         """(id, state) of every task `index` names, newest first; expired ones leave it."""
         ids = self.redis.zrevrange(index, 0, -1)

@@ -37,7 +37,7 @@ from redis import Redis
 
 from model import fleet
 from model.attempts import lease_ms, own_prefix, release_deferred, requeue_lost, resend_unsent
-from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
+from model.celery_app import PING, RUN_JOB, TRAIN_QUEUE, make_celery, worker_queues
 from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
 from model.inference.catalog import BlobCache, Catalog
@@ -92,7 +92,11 @@ def _queues() -> list[str]:
 
 @celeryd_after_setup.connect
 def take_model_queues(instance: Any = None, **_: Any) -> None:
-    """Besides the default queue (-Q), the queue of every model found here (main process)."""
+    """Besides the default queue (-Q), the queue of every model found here (main process).
+    The train-worker program (model.train_worker) takes the training queue only."""
+    if instance.app.conf.task_default_queue == TRAIN_QUEUE:
+        log.info("taking the training queue only")
+        return
     queues = _queues()
     for queue in queues:
         instance.app.amqp.queues.select_add(queue)
@@ -110,6 +114,14 @@ def _versions() -> dict[str, str]:
     return found
 
 
+class _TrainingOnly(LiveDetectors):
+    """A train-worker child's detectors: none, and imported models are not loaded either (the
+    train job reads a base model's weights from the blob cache itself)."""
+
+    def sync(self, force: bool = False) -> bool:
+        return False
+
+
 @worker_process_init.connect
 def load_models(**_: Any) -> None:
     from model.inference import detector as detector_module
@@ -121,14 +133,16 @@ def load_models(**_: Any) -> None:
     registry = discover(settings.model_dirs)
     # This process's share of the cores: `worker.concurrency` processes infer side by side.
     threads = settings.inference_threads()
+    # A train-worker child trains from the weights on disk: it loads no detector.
+    training_only = celery.conf.task_default_queue == TRAIN_QUEUE
     shipped = {
         name: detector_module.YoloDetector(info, settings.inference.backend, threads)
         for name, info in registry.items()
-        if info.task == "detect"
+        if info.task == "detect" and not training_only
     }
     redis, uploads = _redis(), _uploads()
     # Imported models: loaded now, then kept in step by the heartbeat thread (no restart).
-    detectors = LiveDetectors(
+    detectors = (_TrainingOnly if training_only else LiveDetectors)(
         shipped,
         Catalog(uploads.redis, settings.models.max_bytes),  # blobs need a binary-safe client
         BlobCache(settings.model_cache_dir),
@@ -141,7 +155,8 @@ def load_models(**_: Any) -> None:
     # Feature extractors (similarity job): the configured one now, others on first use.
     embedders = embedder_module.Embedders(registry, threads)
     try:
-        embedders.get(settings.similarity.embed_model)
+        if not training_only:
+            embedders.get(settings.similarity.embed_model)
     except Exception:  # a broken plug-in must not stop detection: its tasks fail instead
         log.exception("feature extractor %s did not load", settings.similarity.embed_model)
     versions = _versions()
@@ -182,7 +197,7 @@ def load_models(**_: Any) -> None:
         "installation": settings.installation_id(),
         "pid": os.getpid(),
         "slots": 1,  # tasks this process runs at once
-        "queues": _queues(),
+        "queues": [TRAIN_QUEUE] if training_only else _queues(),
         "embedders": sorted(embedders.loaded),
         "inference_threads": threads,
         "started_at": time.time(),

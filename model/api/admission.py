@@ -13,6 +13,7 @@ from flask import g, request
 
 from model.api.errors import ApiError
 from model.api.services import Services
+from model.jobs.spec import JobSpec
 from model.store import AlreadyClaimed
 
 MAX_IDEMPOTENCY_KEY = 200
@@ -88,6 +89,21 @@ def check_backpressure(svc: Services) -> None:
             429,
             "too_many_queued",
             f"this key already has {per_key} queued tasks; wait for some to start",
+            {"Retry-After": RETRY_AFTER_FULL_S},
+        )
+
+
+def check_active_per_key(svc: Services, job: JobSpec) -> None:
+    """A job type with a per-key cap (training: each task holds a worker for minutes)."""
+    if job.active_per_key is None:
+        return
+    most = job.active_per_key(svc.settings)
+    if svc.store.active_count(g.owner, job.name) >= most:
+        raise ApiError(
+            429,
+            "too_many_active",
+            f"this key already has {most} {job.name} task(s) queued or running; wait for one "
+            "to end",
             {"Retry-After": RETRY_AFTER_FULL_S},
         )
 

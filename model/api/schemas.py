@@ -95,7 +95,9 @@ def request_model(spec: JobSpec) -> type[BaseModel]:
         __doc__=f"POST /task body of a {spec.name} task",
         type=(Literal[spec.name], Field(description=spec.summary)),  # type: ignore[valid-type]
         input=input_field,
-        params=(spec.params, Field(default_factory=spec.params)),
+        params=(spec.params, Field(description=f"How to run the {spec.name} job"))
+        if spec.params_required
+        else (spec.params, Field(default_factory=spec.params)),
         timeout=(Timeout, Field(None, ge=MIN_TIMEOUT_S, description=_TIMEOUT_DESCRIPTION)),
         # Every job type takes one: declared here, not in each job.
         webhook=(Webhook | None, Field(None, description=_WEBHOOK_DESCRIPTION)),

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from model import uploads
 from model.api.admission import (
     RETRY_AFTER_FULL_S,
+    check_active_per_key,
     check_backpressure,
     check_json_depth,
     check_json_size,
@@ -411,6 +412,7 @@ def submit_task() -> Response:
         raise ApiError(422, exc.code, exc.message) from exc
     _check_sources(svc, job, inputs)
     check_backpressure(svc)
+    check_active_per_key(svc, job)
     _reserve_uploads(svc, task_id, submission)
     spec = TaskSpec(params=task_request.params.model_dump(), inputs=inputs)
     try:
@@ -436,7 +438,7 @@ def _enqueue(
 ) -> Response:
     total = job.initial_total(spec.inputs)
     named = [spec.params.get(name) for name in job.model_fields]
-    queue = queue_for(svc.settings, named, catalog(svc).cards() if any(named) else ())
+    queue = job.queue or queue_for(svc.settings, named, catalog(svc).cards() if any(named) else ())
     record = svc.store.create(
         g.owner,
         job.name,

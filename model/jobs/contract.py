@@ -87,6 +87,13 @@ class SourceTask(_Input):
     task_id: str
 
 
+class DatasetUrl(_Input):
+    """A YOLO dataset zip to train on (train)."""
+
+    kind: Literal["dataset_url"] = "dataset_url"
+    url: str
+
+
 TaskInput = Annotated[
     ImageUrl
     | ImageUpload
@@ -96,7 +103,8 @@ TaskInput = Annotated[
     | Annotations
     | AnnotationUrl
     | Document
-    | SourceTask,
+    | SourceTask
+    | DatasetUrl,
     Field(discriminator="kind"),
 ]
 

@@ -37,6 +37,7 @@ class JobSpec:
     # Raises InputRejected for what the job cannot take (given every input, uploads too).
     check: Callable[[Any, list[TaskInput], Settings], None] = _accept
     input_required: bool = False  # `input` must be in the request (no default)
+    params_required: bool = False  # `params` too (a param without a default: train's `name`)
     uploads: bool = False  # images/manifests may be uploaded (multipart)
     # Types of another task of the same key its `task` input may name; the API refuses one
     # that is not such a task, finished, when the request comes (404 unknown, 422 unusable).
@@ -49,3 +50,8 @@ class JobSpec:
     # The request's `input` in the OpenAPI document when the API asks more than the model shows
     # (e.g. at least one URL): given the model's $ref, a JSON schema.
     input_schema: Callable[[str], dict[str, Any]] | None = None
+    # A queue of its own (the train job's: its own worker program and concurrency), instead of
+    # the default queue or the named model's.
+    queue: str | None = None
+    # How many tasks of this type one key may have queued or running at once (None: no limit).
+    active_per_key: Callable[[Settings], int] | None = None

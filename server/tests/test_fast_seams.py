@@ -53,6 +53,7 @@ def test_every_job_type_is_declared_once_and_derived_everywhere() -> None:
         "evaluate",
         "vectorize",
         "cluster",
+        "train",
     }
     assert set(REQUEST_MODELS) == set(JOBS)
     for name, spec in JOBS.items():
@@ -359,7 +360,7 @@ def test_flask_config_yaml_shows_the_code_defaults() -> None:
     shown = _flatten(yaml.safe_load(CONFIG_FILE.read_text()))
     defaults = Settings.model_construct().model_dump(mode="json")
     defaults["jobs"] = {
-        n: s.limits.model_dump() for n, s in JOBS.items() if n in ("detect", "similarity")
+        n: s.limits.model_dump() for n, s in JOBS.items() if n in ("detect", "similarity", "train")
     }
     code = _flatten(defaults)
     drift = {k: (v, code.get(k)) for k, v in shown.items() if k in code and code[k] != v}

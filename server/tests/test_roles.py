@@ -24,10 +24,20 @@ from testkit.redis_server import redis_server
 from testkit.stack import PROJECT_ROOT, free_port
 
 PROGRAMS = {
-    "all": {"redis", "worker", "webhooks", "gunicorn", "gunicorn-next", "nginx", "spiped"},
+    "all": {
+        "redis",
+        "worker",
+        "train-worker",
+        "webhooks",
+        "gunicorn",
+        "gunicorn-next",
+        "nginx",
+        "spiped",
+    },
     "api": {
         "redis",
         "worker",
+        "train-worker",
         "webhooks",
         "gunicorn",
         "gunicorn-next",
@@ -35,7 +45,7 @@ PROGRAMS = {
         "spiped",
         "spiped-redis",
     },
-    "worker": {"worker", "spiped-redis-client"},
+    "worker": {"worker", "train-worker", "spiped-redis-client"},
 }
 
 

@@ -1,0 +1,124 @@
+"""The train job: fine-tune a detector on annotated pages and publish it (docs/training.md).
+
+This module declares it (params, input, limits, its own queue); the work is in run.py, imported
+by the worker only. Training tasks go to their own queue, taken by the `train-worker` program
+alone (training.concurrency at once), so one never holds a detection worker's place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from model.celery_app import TRAIN_QUEUE
+from model.inference.catalog import NAME_PATTERN, ModelStoreError, validate_name
+from model.jobs.contract import DatasetUrl, InputRejected, TaskInput
+from model.jobs.fields import bounded_integer
+from model.jobs.spec import JobSpec
+from model.settings import JobLimits, Settings
+from model.urls import HTTP_URL_PATTERN, check_http_url
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(
+        description="Name of the new model: 1-64 of a-z 0-9 . _ -, not already in GET /models",
+        pattern=NAME_PATTERN,
+    )
+    base_model: str | None = Field(
+        None, description="Detect model from GET /models to start from; default if omitted"
+    )
+    epochs: bounded_integer(1, 300) = Field(30, description="Training epochs")  # type: ignore[valid-type]
+    imgsz: bounded_integer(64, 1280) = Field(  # type: ignore[valid-type]
+        416, description="Training and scoring input size (px, a multiple of 32)"
+    )
+    val_fraction: float = Field(
+        0.2, ge=0.05, le=0.5, description="Share of the pages held out to score both models"
+    )
+    seed: bounded_integer(0, 2**31 - 1) = Field(0, description="Split and training seed")  # type: ignore[valid-type]
+    publish: Literal["if_better", "always"] = Field(
+        "if_better",
+        description="if_better: publish only when the new model's held-out mAP50 beats the "
+        "base model's; always: publish whatever it scores",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        try:
+            return validate_name(value)  # never a path, never a file suffix
+        except ModelStoreError as exc:
+            raise ValueError(exc.message) from exc
+
+    @field_validator("imgsz")
+    @classmethod
+    def _stride(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError("imgsz must be a multiple of 32")
+        return value
+
+
+class TrainInput(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dataset_url: str = Field(
+        description="http(s) URL of a YOLO dataset zip: images, a label file per image (same "
+        "stem, `class cx cy w h` normalized), class names in data.yaml or classes.txt",
+        json_schema_extra={"pattern": HTTP_URL_PATTERN},
+    )
+
+    @field_validator("dataset_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        check_http_url(url)  # the worker's fetcher decides which hosts it may reach
+        return url
+
+
+def epoch_item(done: int, map50: float | None) -> dict[str, Any]:
+    """The result item of one epoch (progress counts them): a result item like any other job's
+    (index, source, status) plus the epoch's held-out mAP50."""
+    return {
+        "index": done - 1,
+        "source": f"epoch {done}",
+        "status": "ok",
+        "epoch": done,
+        "val_map50": map50,
+    }
+
+
+def _task_inputs(request_input: TrainInput) -> list[TaskInput]:
+    return [DatasetUrl(url=request_input.dataset_url)]
+
+
+def _check(request_input: TrainInput, _inputs: list[TaskInput], _settings: Settings) -> None:
+    if not request_input.dataset_url:
+        raise InputRejected("no_input", "give input.dataset_url")
+
+
+def _active_per_key(settings: Settings) -> int:
+    return settings.training.max_active_per_key
+
+
+def run(ctx: Any) -> None:
+    from model.jobs.train.run import run_train
+
+    run_train(ctx)
+
+
+SPEC = JobSpec(
+    name="train",
+    summary="train: fine-tune a detector on annotated pages, score it against its base, publish",
+    params=TrainParams,
+    input=TrainInput,
+    run=run,
+    task_inputs=_task_inputs,
+    check=_check,
+    input_required=True,
+    params_required=True,
+    model_fields={"base_model": "detect"},
+    limits=JobLimits(timeout_default_s=3600, timeout_max_s=21600, max_images=500),
+    queue=TRAIN_QUEUE,
+    active_per_key=_active_per_key,
+)
