@@ -79,10 +79,14 @@ class ResultQuery(ShareToken):
         None,
         ge=0,
         description="json: a page of the items from this position, in the order they were "
-        "stored (every item on exactly one page), instead of the whole result",
+        "stored (every item on exactly one page), instead of the whole result; the other "
+        "formats ignore it",
     )
     limit: int | None = Field(
-        None, ge=1, le=MAX_PAGE_ITEMS, description=f"json: items per page ({PAGE_ITEMS})"
+        None,
+        ge=1,
+        le=MAX_PAGE_ITEMS,
+        description=f"json: items per page ({PAGE_ITEMS}); the other formats ignore it",
     )
 
 
@@ -146,9 +150,8 @@ def _iiif(document: dict) -> Response:
 def task_result(path: TaskPath, query: ResultQuery) -> Response:
     """A finished task's result as JSON, IIIF annotations or a zip of YOLO label files."""
     svc = services()
-    if query.offset is not None or query.limit is not None:
-        if query.format != "json":
-            raise ApiError(422, "invalid_request", "offset and limit page format=json only")
+    paged = query.offset is not None or query.limit is not None
+    if paged and query.format == "json":  # the other formats are whole documents
         return _result_page(svc, path.task_id, query.offset or 0, query.limit or PAGE_ITEMS)
     result = _finished(svc, path.task_id)
     if isinstance(result, Response):

@@ -40,7 +40,7 @@ from redis import Redis
 from model.api.admission import read_json_body
 from model.api.auth import SECURITY, refuse, require_key
 from model.api.cors import mark_public
-from model.api.errors import COMMON_RESPONSES, ApiError, describe_validation_error
+from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, describe_validation_error
 from model.api.limits import limit_share_read
 from model.api.schemas import TaskPath, timestamp
 from model.api.services import services
@@ -270,7 +270,7 @@ def share_links(record: TaskRecord, token: str) -> dict:
 
 @api.post(
     "/result/<task_id>/shares",
-    responses={201: None, **ERRORS},
+    responses={201: None, 409: ErrorResponse, **ERRORS},
     openapi_extensions={
         "requestBody": {
             "required": False,

@@ -20,6 +20,7 @@ from schemathesis.checks import CHECKS as CHECK_REGISTRY
 from schemathesis.checks import load_all_checks
 
 from server.tests import fuzz_media  # noqa: F401 - registers real images and manifests
+from server.tests.fuzz_cli_hooks import fit_positive
 from testkit.stack import PROJECT_ROOT, Stack
 
 MAX_EXAMPLES = 20
@@ -90,6 +91,8 @@ def test_no_5xx_and_responses_match_schema(
         # The checks of missing and wrong keys send some: their budget is not what this tests.
         stack.reset_auth_failures()
         headers = {**(case.headers or {}), "X-API-Key": fuzz_key}
+        if mode == GenerationMode.POSITIVE:
+            fit_positive(case.body)
         case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
 
     run()

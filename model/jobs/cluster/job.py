@@ -88,7 +88,7 @@ def plan(ctx: Any, params: ClusterParams) -> list[Planned]:
         planned.append(Planned(len(planned), entry.url, {"image_url": entry.url}))
     crop_params = CropsParams(min_confidence=params.min_confidence)
     for source in ctx.spec.of_kind(SourceTask):
-        for page in detect_items(ctx, source.task_id, "cluster"):
+        for page in detect_items(ctx, source.task_id):
             if page.get("status") != "ok":
                 continue
             crops = crops_of(page, crop_params)["crops"]

@@ -149,6 +149,16 @@ def run(ctx: Any) -> None:
     run_evaluate(ctx)
 
 
+def input_schema(ref: str) -> dict[str, Any]:
+    """A JSON request names its manifest (uploads, the other ways to give ground truth, come as
+    multipart parts)."""
+    return {
+        "allOf": [{"$ref": ref}],
+        "required": ["manifest_url"],
+        "properties": {"manifest_url": {"type": "string"}},
+    }
+
+
 SPEC = JobSpec(
     name="evaluate",
     summary="evaluate: precision, recall, mAP of a model against annotated pages",
@@ -159,6 +169,7 @@ SPEC = JobSpec(
     check=check,
     input_required=False,
     uploads=True,
+    input_schema=input_schema,
     model_fields={"model": "detect"},
     limits=JobLimits(timeout_default_s=1800, timeout_max_s=7200, max_images=2000),
 )

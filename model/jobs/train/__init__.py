@@ -32,7 +32,7 @@ class TrainParams(BaseModel):
     )
     epochs: bounded_integer(1, 300) = Field(30, description="Training epochs")  # type: ignore[valid-type]
     imgsz: bounded_integer(64, 1280) = Field(  # type: ignore[valid-type]
-        416, description="Training and scoring input size (px, a multiple of 32)"
+        416, multiple_of=32, description="Training and scoring input size (px, a multiple of 32)"
     )
     val_fraction: float = Field(
         0.2, ge=0.05, le=0.5, description="Share of the pages held out to score both models"
@@ -51,13 +51,6 @@ class TrainParams(BaseModel):
             return validate_name(value)  # never a path, never a file suffix
         except ModelStoreError as exc:
             raise ValueError(exc.message) from exc
-
-    @field_validator("imgsz")
-    @classmethod
-    def _stride(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError("imgsz must be a multiple of 32")
-        return value
 
 
 class TrainInput(BaseModel):

@@ -111,10 +111,22 @@ def check(request_input: VectorizeInput, inputs: list[TaskInput], settings: Sett
 
 
 def input_schema(ref: str) -> dict[str, Any]:
-    """At least one image or manifest URL (as detect), or a detect task."""
+    """At least one image or manifest URL (as detect) and no task, or a detect task alone."""
     schema = detect_input_schema(ref)
-    task = {"required": ["task_id"], "properties": {"task_id": {"type": "string"}}}
-    return {**schema, "anyOf": [*schema["anyOf"], task]}
+    pages = [
+        {**variant, "properties": {**variant["properties"], "task_id": {"type": "null"}}}
+        for variant in schema["anyOf"]
+    ]
+    alone = {
+        "required": ["task_id"],
+        "properties": {
+            "task_id": {"type": "string"},
+            "image_urls": {"maxItems": 0},
+            "manifest_url": {"type": "null"},
+            "manifest_urls": {"maxItems": 0},
+        },
+    }
+    return {**schema, "anyOf": [*pages, alone]}
 
 
 def run(ctx: Any) -> None:

@@ -22,7 +22,7 @@ from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs.contract import SourceTask
 from model.jobs.crops import _full_size_scale, _service_base, detect_items
-from model.jobs.detect_run import _keep_manifests
+from model.jobs.detect_run import keep_manifests
 from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.units import plan_units
 from model.jobs.vectorize import METHOD, VERSION, VectorizeParams
@@ -69,7 +69,9 @@ def _pages(ctx: Any, params: VectorizeParams, provenance: dict[str, Any]) -> Non
     scope = FetchScope()
     fetcher = resources.fetcher.scoped(scope)
     plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
-    _keep_manifests(ctx, plan.manifests, settings)
+    keep_manifests(ctx, plan.manifests, settings)
+    if plan.warnings:  # a canvas limit that cut the book, as detect reports it
+        provenance["warnings"] = plan.warnings
     provenance.update(
         manifests=[m.as_dict() for m in plan.manifests], manifest_problems=plan.problems
     )
