@@ -4,7 +4,8 @@ Renders the woodcut benchmark (model/training/benchmark.py: 40 training + 40 hel
 splits the training pages as the `train` job does (val_fraction 0.2, seeded), fine-tunes the
 shipped detector on this machine's device and prints the shipped and the fine-tuned model's
 mAP50 / mAP50-95 on the 40 held-out pages, with the training time and the machine's load.
-Writes bench/results/train-<device>-<date>.md and .json. A report, never a test: it does not fail.
+Writes bench/results/latest-train-<device>.md and .json (git history keeps earlier runs).
+A report, never a test: it does not fail.
 """
 
 from __future__ import annotations
@@ -102,11 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     kind = "gpu" if result.device.startswith("cuda") else "cpu"
-    (args.out / f"train-{kind}-{stamp}.md").write_text(md + "\n")
+    (args.out / f"latest-train-{kind}.md").write_text(md + "\n")
     summary = result.summary() | {"epochs": epochs, "load": [load_before, load_after]}
-    (args.out / f"train-{kind}-{stamp}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (args.out / f"latest-train-{kind}.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0
