@@ -683,7 +683,8 @@ def test_worker_host_setup_twice_and_what_it_runs(worker_host: Installation) -> 
     print(f"\nworker host setup: first run {first_s:.0f} s, second run {second_s:.1f} s")
     assert "changed: installed release" in first and "ADMIN API KEY" not in first
     assert "\nsetup: no change\n" in second, second
-    running = {"spiped-redis-client": "RUNNING", "worker": "RUNNING"}
+    # (train-worker: the train job's own queue, docs/training.md)
+    running = {"spiped-redis-client": "RUNNING", "worker": "RUNNING", "train-worker": "RUNNING"}
     deadline = time.monotonic() + 120  # STARTING until startsecs pass (slow on a loaded machine)
     while (status := worker_host.status()) != running and time.monotonic() < deadline:
         time.sleep(1)
