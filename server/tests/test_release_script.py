@@ -638,7 +638,7 @@ def test_interrupted_rollback_by_hand_goes_back_where_it_was(host: Host) -> None
 def test_worker_host_release_restarts_only_the_worker(worker_host: Host) -> None:
     host = worker_host
     first = host.current()
-    assert set(host.state()["programs"]) == {"worker", "spiped-redis-client"}
+    assert set(host.state()["programs"]) == {"worker", "train-worker", "spiped-redis-client"}
     conf = (host.source / "config/supervisor/worker-host/spiped-redis-client.conf").read_text()
     host.commit(
         files={
