@@ -285,7 +285,7 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> None:
         models = ",".join(row.get("models") or [])
         print(
             f"{row['name']}\thost {row.get('host')}\tpid {row.get('pid')}\tstarted {started}"
-            f"\tmodels {models}"
+            f"\tmodels {models}\t{row.get('role', 'worker')}"
         )
     sys.exit(0 if rows else 1)
 

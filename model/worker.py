@@ -196,6 +196,8 @@ def load_models(**_: Any) -> None:
         "host": socket.gethostname(),
         "installation": settings.installation_id(),
         "pid": os.getpid(),
+        # Which supervisor program: a host runs a worker and a train-worker under one name.
+        "role": "train-worker" if training_only else "worker",
         "slots": 1,  # tasks this process runs at once
         "queues": [TRAIN_QUEUE] if training_only else _queues(),
         "embedders": sorted(embedders.loaded),

@@ -169,7 +169,8 @@ def launch_worker_host(
     """A worker-only host (`role: worker`) in `data_dir`, in a session of its own (see
     kill_host): its worker reaches `main`'s Redis only through spiped — its own client end of
     the Redis tunnel, listening where the worker expects Redis, carried to `main`'s server end
-    (`main` runs with role api). Returns once its worker's heartbeat is in that Redis."""
+    (`main` runs with role api). Returns once the heartbeats of both its programs, worker and
+    train-worker, are in that Redis."""
     env = {
         **os.environ,
         "SCRIPTORIUM_ROLE": "worker",
@@ -186,7 +187,8 @@ def launch_worker_host(
     process = _run_stack(data_dir, env, own_session=True)
     host = WorkerHost(data_dir, env, process, name=name)
     deadline = time.monotonic() + ready_timeout_s
-    while not any(beat.get("name") == name for beat in live_workers(main)):
+    wanted = {"worker", "train-worker"}
+    while not wanted <= {b.get("role") for b in live_workers(main) if b.get("name") == name}:
         if process.poll() is not None:
             raise RuntimeError(f"supervisord exited: {(data_dir / 'stack.out').read_text()}")
         if time.monotonic() > deadline:
@@ -281,7 +283,9 @@ def wait_ready(stack: Stack, timeout_s: float = 180) -> None:
 
 def wait_all_pool_children(stack: Stack, timeout_s: float = 180) -> None:
     """/readyz answers once one pool child has its models; tests and benchmarks want every one
-    of the `worker.concurrency` children loaded (a child still loading takes CPU and no task)."""
+    of the `worker.concurrency` children loaded (a child still loading takes CPU and no task),
+    and the train-worker up beside them."""
+    from model import fleet
     from model.store import WORKERS_PREFIX
 
     wanted = stack.settings().worker.concurrency
@@ -290,12 +294,15 @@ def wait_all_pool_children(stack: Stack, timeout_s: float = 180) -> None:
     try:
         while time.monotonic() < deadline:
             loaded = {int(k.rsplit(":", 1)[1]) for k in client.scan_iter(f"{WORKERS_PREFIX}*")}
-            if len(loaded & set(stack.pool_children())) >= wanted:
+            trains = any(b.get("role") == "train-worker" for b in fleet.live(client))
+            if len(loaded & set(stack.pool_children())) >= wanted and trains:
                 return
             time.sleep(0.5)
     finally:
         client.close()
-    raise RuntimeError(f"fewer than {wanted} worker pool children loaded after {timeout_s}s")
+    raise RuntimeError(
+        f"fewer than {wanted} worker pool children, or no train-worker, after {timeout_s}s"
+    )
 
 
 class Api:

@@ -297,7 +297,10 @@ class QueueLoad(BaseModel):
 class Readiness(BaseModel):
     status: str
     redis: bool
-    workers: list[dict[str, Any]] = Field(description="Heartbeats of live worker processes")
+    workers: list[dict[str, Any]] = Field(
+        description="Heartbeats of live worker processes; `role` is the supervisor program "
+        "(`worker` runs tasks, `train-worker` the training queue) and `name` the host's worker name"
+    )
     queued: int = Field(description="Tasks waiting for a worker, all queues")
     running: int = Field(description="Tasks a worker is running")
     queues: dict[str, QueueLoad]

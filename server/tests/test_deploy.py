@@ -726,9 +726,13 @@ def test_worker_host_runs_tasks(installation: Installation, worker_host: Install
 
 
 def _wait_worker_named(installation: Installation, name: str, timeout_s: float = 300) -> float:
-    """Until a live worker goes by `name` (/readyz); the seconds it took."""
+    """Until a live worker (the program, not the train-worker beside it) goes by `name`
+    (/readyz); the seconds it took."""
     started = time.monotonic()
-    while not any(w["name"] == name for w in installation.wait_ready(timeout_s)["workers"]):
+    while not any(
+        (w["name"], w["role"]) == (name, "worker")
+        for w in installation.wait_ready(timeout_s)["workers"]
+    ):
         assert time.monotonic() < started + timeout_s, f"no live worker named {name}"
         time.sleep(0.5)
     return time.monotonic() - started

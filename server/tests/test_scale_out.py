@@ -124,16 +124,17 @@ def test_tasks_of_one_key_spread_over_both_hosts_uploads_included(hosts, api: Ap
     print(f"8 upload tasks: {ran_on.count('host-a')} on host-a, {ran_on.count('host-b')} on host-b")
 
 
-@pytest.mark.xfail(
-    reason="known defect from the train merge: a host's train-worker heartbeats beside its "
-    "worker and /readyz miscounts the hosts and the main queue's workers (stop 18 note)",
-    strict=False,
-)
 def test_readiness_and_models_see_every_live_worker(hosts, api: Api) -> None:
     a, _ = hosts
     ready = api.request("GET", "/readyz").json()
     assert ready["status"] == "ready"
-    assert sorted(w["name"] for w in ready["workers"]) == ["host-a", "host-b"]
+    roles = sorted((w["role"], w["name"]) for w in ready["workers"])
+    assert roles == [
+        ("train-worker", "host-a"),
+        ("train-worker", "host-b"),
+        ("worker", "host-a"),
+        ("worker", "host-b"),
+    ]
     assert ready["queues"][QUEUE]["workers"] == 2
     assert ready["queues"][MODEL_QUEUE_PREFIX + ONLY_B] == {"queued": 0, "workers": 1}
     models = {m["name"]: m for m in api.request("GET", "/models").json()["models"]}

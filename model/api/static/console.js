@@ -157,7 +157,7 @@ async function refreshAdmin() {
   $("running-count").textContent = response.ok ? String(ready.running) : "-";
   const workers = (ready.workers || []).map((worker) =>
     el("tr", {}, [
-      el("td", { text: String(worker.pid) }),
+      el("td", { text: `${worker.name || ""} ${worker.role || "worker"} ${worker.pid}` }),
       el("td", { text: (worker.models || []).join(", ") }),
       el("td", { text: Object.values(worker.backends || {}).join(", ") }),
       el("td", { text: worker.started_at ? new Date(worker.started_at * 1000).toLocaleString() : "" }),
