@@ -228,3 +228,23 @@ def test_the_worked_example_runs_through_the_runner(clean_redis) -> None:
     theirs = labels_task("mallory")
     assert run_task(theirs, store, resources, jobs) == State.FAILED
     assert store.get(theirs).error_code == "source_not_found"
+
+
+def test_the_worker_host_walk_through_is_where_test_deploy_says() -> None:
+    """test_deploy.py follows docs/operations.md's worker-host steps 1-6 on one machine (slow):
+    the steps it runs must still be that section's."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text.split("### Scaling out: worker hosts", 1)[1].split("\n### ", 1)[0]
+    steps = [int(n) for n in re.findall(r"^# (\d)\. ", section, re.M)]
+    assert steps == [1, 2, 3, 4, 5, 6], steps
+    for command in (
+        "(umask 077; ssh root@API '/srv/scriptorium/bin/scriptorium worker-secrets' > worker",
+        "scripts/cloudvps_setup.sh --role worker --api-host API",
+        "--worker-name gpu-2 --redis-secrets-from /root/worker.secrets",
+        "/srv/scriptorium/bin/scriptorium workers",
+        "/srv/scriptorium/current/scripts/release.sh --restart",
+        '"setup: no change"',
+    ):
+        assert command in section, command
+    deploy = (ROOT / "server" / "tests" / "test_deploy.py").read_text()
+    assert 'docs/operations.md, "Scaling out: worker hosts", steps 4-6' in deploy
