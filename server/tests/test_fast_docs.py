@@ -1,10 +1,10 @@
 """Fast layer: the docs a newcomer reads stay short, whole and true to the build.
 
 The README fits on a few screens and shows the two commands the Makefile and CI really run;
-every relative link in README.md and docs/*.md reaches a file (and a heading, when it names
-one); the module map in docs/design.md names every module of the `model` package; the worked
-example of docs/adding-a-job.md is a job the runner runs. File reading, and a bare redis-server
-for the example."""
+every relative link in README.md, docs/*.md and bench/README.md reaches a file (and a heading,
+when it names one); the module map in docs/design.md names every module of the `model`
+package; the worked example of docs/adding-a-job.md is a job the runner runs. File reading,
+and a bare redis-server for the example."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from model.uploads import UploadStore
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-DOCS = sorted((ROOT / "docs").glob("*.md"))
+DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 README_MAX_LINES = 250
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
