@@ -8,6 +8,7 @@ and a bare redis-server for the example."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 import types
@@ -135,9 +136,7 @@ def test_the_module_map_names_every_module() -> None:
     deeper down (jobs/cluster/, api/templates/ aside: no code) is named in it."""
     package = ROOT / "model"
     shown = _module_map()
-    starts = {
-        line.split()[0] for line in shown.splitlines() if line.startswith("  ") and line.strip()
-    }
+    starts = set(re.findall(r"^  (\S+)", shown, re.M))  # an entry, not a continued line
     missing = [
         f"{p.name}/" if p.is_dir() else p.name
         for p in package.iterdir()
@@ -150,6 +149,18 @@ def test_the_module_map_names_every_module() -> None:
         if f"{p.parent.name}/" not in shown
     ]
     assert not missing + deeper, missing + deeper
+    # ...and names nothing that is gone (the lines under `model/`, up to the next top folder).
+    inside = shown.split("\n", 1)[1].split("\ntestkit/", 1)[0]
+    gone = [n for n in set(re.findall(r"^  (\S+)", inside, re.M)) if not (package / n).exists()]
+    assert not gone, gone
+
+
+def test_the_readme_walk_through_imports_what_exists() -> None:
+    """The walk-through's `python -c "from model... import ..."` lines name real code."""
+    lines = re.findall(r'python -c "from ([\w.]+) import (\w+)', README.read_text())
+    assert lines, "the walk-through makes its page with python -c"
+    for module, name in lines:
+        assert hasattr(importlib.import_module(module), name), (module, name)
 
 
 # --- docs/adding-a-job.md: its worked example is a job that runs -------------------------------
