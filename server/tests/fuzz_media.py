@@ -2,7 +2,7 @@
 manifests, as the document's `encoding` asks, instead of random bytes the API rightly refuses.
 
 Imported by test_schema_fuzz.py; for the CLI: `SCHEMATHESIS_HOOKS=server.tests.fuzz_media
-schemathesis run ...` (see the README's hardening notes).
+schemathesis run ...` (see test_schema_fuzz.py).
 """
 
 from __future__ import annotations

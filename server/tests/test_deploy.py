@@ -4,9 +4,9 @@ stack answers and runs a task, a release under load drops no request and loses n
 request through the spiped tunnel, although the release changes spiped.conf), a broken release
 rolls itself back, --rollback goes back by hand, a Ctrl-C mid-release goes back too; then a worker
 host (--role worker, a second prefix) reaches the API host's Redis through its own tunnel, runs
-tasks and takes a release of its own. The README's worker-host walk-through, step by step: a
-setting of the operator's applied by `release.sh --restart` (seen in the running worker's
-environment) and kept by a rerun of setup.
+tasks and takes a release of its own. The worker-host walk-through of docs/operations.md
+("Scaling out: worker hosts"), step by step: a setting of the operator's applied by
+`release.sh --restart` (seen in the running worker's environment) and kept by a rerun of setup.
 
 Slow (the first setup builds a venv with torch, 2-3 min; the whole module ~6 min), so it has its
 own module: `pytest --ignore=server/tests/test_deploy.py` leaves it out.
@@ -642,7 +642,7 @@ def worker_host(installation: Installation, source_repo: Path) -> Iterator[Insta
     for venv in (installation.prefix / "shared" / "venvs").iterdir():
         (shared / "venvs" / venv.name).symlink_to(venv)
     shutil.copytree(installation.prefix / "shared" / "models", shared / "models")
-    # README step 1, on one machine: 0600 from the start
+    # docs/operations.md's step 1, on one machine: 0600 from the start
     secrets = Path(tempfile.mkdtemp(prefix="worker-secrets-")) / "worker.secrets"
     scriptorium = installation.prefix / "bin" / "scriptorium"
     subprocess.run(
@@ -741,9 +741,9 @@ def _wait_worker_named(installation: Installation, name: str, timeout_s: float =
 def test_readme_worker_host_walkthrough(
     installation: Installation, worker_host: Installation
 ) -> None:
-    """README, "Scaling out: worker hosts", steps 4-6 (1-3: the worker_host fixture): the host's
-    workers listed under its name, a setting of the operator's applied by `release.sh --restart`,
-    a rerun of setup keeping it."""
+    """docs/operations.md, "Scaling out: worker hosts", steps 4-6 (1-3: the worker_host fixture):
+    the host's workers listed under its name, a setting of the operator's applied by
+    `release.sh --restart`, a rerun of setup keeping it."""
     # 4. both hosts' workers, each under its own name
     _wait_worker_named(installation, socket.gethostname())
     names = {line.split("\t")[0] for line in installation.service("workers").splitlines()}
@@ -762,7 +762,7 @@ def test_readme_worker_host_walkthrough(
     assert again.returncode == 0, again.stdout + again.stderr
     assert "\nsetup: no change\n" in again.stdout, again.stdout
     assert worker_host.env_file.read_text().endswith(OPERATOR_LINES)
-    print("\nREADME worker-host walk-through:")
+    print("\nworker-host walk-through (docs/operations.md):")
     for step, seconds in worker_host.timings.items():
         print(f"  {step}: {seconds:.1f} s")
 

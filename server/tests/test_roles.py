@@ -149,8 +149,8 @@ def test_worker_secrets_is_what_a_worker_host_needs(tmp_path: Path) -> None:
 
 def test_worker_secrets_never_land_in_a_file_others_can_read(tmp_path: Path) -> None:
     """`worker-secrets > FILE` under umask 022 made FILE world-readable until a chmod: refused
-    before anything is written; under umask 077 (the README's way) the file is 0600 from the
-    start."""
+    before anything is written; under umask 077 (docs/operations.md's way) the file is 0600 from
+    the start."""
     env = {"SCRIPTORIUM_DATA_DIR": str(tmp_path / "var"), "SCRIPTORIUM_ROLE": "api"}
     assert _cli(env, "init").returncode == 0
     command = f"{sys.executable} -m model worker-secrets > {tmp_path}/worker.secrets"
