@@ -7,7 +7,7 @@ thing every host reaches, but memory is dear there, so:
 - each key has a TTL bounded by the task's lifetime (`Settings.upload_ttl_s`: the hard time
   limit plus `uploads.queue_wait_s` of waiting), set at submit and set again when a worker
   starts the task, so a file outlives its task by a bounded time whatever happens to it;
-- model/ending.py deletes them as soon as the task ends, and housekeeping purges orphans;
+- model/tasks/ending.py deletes them as soon as the task ends, and housekeeping purges orphans;
 - their bytes are reserved at admission against two budgets, one per key and one for the whole
   service (`uploads.max_held_bytes_per_key`, `uploads.max_held_bytes_total`), and given back as
   the task ends (`discard`): a key cannot fill Redis with queued uploads, nor all keys together.
@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from redis import Redis
 
 from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
-from model.store import PREFIX
+from model.tasks.keyspace import PREFIX
 
 UPLOAD_PREFIX = f"{PREFIX}:upload:"
 # Hash: task id -> "<bytes> <reserved at> <owner>", the uploads each task holds in Redis.

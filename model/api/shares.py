@@ -47,7 +47,8 @@ from model.api.services import services
 from model.api.tasks import ERRORS, _owned_record
 from model.jobs.fields import bounded_integer
 from model.outputs.annotations import ResultLinks
-from model.store import PREFIX, TaskRecord
+from model.tasks.keyspace import PREFIX
+from model.tasks.record import TaskRecord
 
 TOKEN_BYTES = 32
 SHARE_ID_PATTERN = r"^[0-9a-f]{32}$"

@@ -41,7 +41,7 @@ from typing import Any
 from redis import Redis
 
 from model.inference.registry import ModelInfo
-from model.store import PREFIX
+from model.tasks.keyspace import PREFIX
 
 MODELS_PREFIX = f"{PREFIX}:models:"
 CARDS_KEY = f"{MODELS_PREFIX}cards"

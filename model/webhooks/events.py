@@ -38,7 +38,10 @@ from urllib.parse import urlsplit
 from redis import Redis
 
 from model.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE
-from model.store import State, TaskRecord, TaskStore, task_key
+from model.tasks.keyspace import task_key
+from model.tasks.record import TaskRecord
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -421,7 +424,7 @@ def deliveries(redis: Redis, task_id: str) -> list[dict[str, Any]]:
 
 
 def task_ended(store: TaskStore, record: TaskRecord) -> bool:
-    """The `completed` event of a task that has just ended (model/ending.py calls it once)."""
+    """The `completed` event of a task that has just ended (model/tasks/ending.py calls it once)."""
     webhook = record.webhook
     if not webhook or COMPLETED not in webhook.get("events", [COMPLETED]):
         return False

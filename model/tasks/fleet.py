@@ -15,7 +15,7 @@ from typing import Any
 
 from redis import Redis
 
-from model.store import DEFAULT_QUEUE, PREFIX, WORKERS_PREFIX
+from model.tasks.keyspace import DEFAULT_QUEUE, PREFIX, WORKERS_PREFIX
 
 WORKERS_INDEX = f"{PREFIX}:workers"  # sorted set: heartbeat key -> when it lapses
 
