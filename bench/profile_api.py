@@ -174,7 +174,7 @@ def measure(settings: Any, key: str, task_id: str, calls: int) -> dict[str, Any]
 def _drain(store: Any, timeout_s: float = 300) -> None:
     """Wait until the worker has run the noop tasks submitted here: later phases must not
     share the CPU with them."""
-    from model.tasks.keyspace import RUNNING_KEY
+    from model.keyspace import RUNNING_KEY
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 from celery import Celery
 
+from model.keyspace import DEFAULT_QUEUE
 from model.settings import Settings
 from model.tasks.fairness import LANES
-from model.tasks.keyspace import DEFAULT_QUEUE
 
 RUN_JOB = "scriptorium.run_job"
 PING = "scriptorium.ping"

@@ -32,13 +32,9 @@ from pydantic import ValidationError
 from redis import Redis
 
 from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
-from model.tasks.keyspace import PREFIX
-
-UPLOAD_PREFIX = f"{PREFIX}:upload:"
-# Hash: task id -> "<bytes> <reserved at> <owner>", the uploads each task holds in Redis.
-HELD_KEY = f"{PREFIX}:uploads:held"
-# Hash: "total" and "key:<owner>" -> bytes held (the sums of HELD_KEY, kept beside it).
-HELD_BYTES_KEY = f"{PREFIX}:uploads:held_bytes"
+from model.keyspace import UPLOAD_PREFIX
+from model.keyspace import UPLOADS_HELD_BYTES_KEY as HELD_BYTES_KEY
+from model.keyspace import UPLOADS_HELD_KEY as HELD_KEY
 
 # Reserve a task's upload bytes if both budgets allow them, in one step (parallel submits
 # cannot pass a budget together). KEYS: held, sums; ARGV: task id, owner, bytes, now, budget

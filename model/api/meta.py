@@ -13,8 +13,8 @@ from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import Services, services
 from model.inference.catalog import Catalog, describe
 from model.inference.registry import discover
+from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
 from model.tasks import fleet
-from model.tasks.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
 
 models_api = APIBlueprint(
     "models",

@@ -41,10 +41,10 @@ from model.api.auth import is_admin, require_key
 from model.api.errors import ApiError
 from model.api.services import services
 from model.celery_app import QUEUE, WEBHOOK_QUEUE
+from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
 from model.metrics.catalog import HTTP, LIVE, RECORDED, Spec
 from model.metrics.record import metric_key
 from model.tasks.fairness import waiting_messages
-from model.tasks.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
 from model.webhooks.events import DUE_KEY
 
 # How long a worker's heartbeat key lives (model/worker.py HEARTBEAT_TTL_S; a test keeps them

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from model.celery_app import QUEUE, send_run
-from model.tasks.keyspace import lease_key
+from model.keyspace import lease_key
 from model.tasks.states import State
 from model.tasks.store import TaskStore
 

@@ -5,7 +5,7 @@ Celery's own states cannot tell "queued" from "unknown" from "expired", so every
 results (kept as they complete, so they survive a timeout or cancel), and after expiry a small
 tombstone so an expired id answers 410 instead of 404. A detect task also keeps the IIIF
 manifests it read, so the API can serve them to viewers with the detections attached without
-fetching anything itself. Key names: model/tasks/keyspace.py.
+fetching anything itself. Key names: model/keyspace.py.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import NoScriptError
 
-from model.tasks.fairness import LANE_SPAN, LANES
-from model.tasks.keyspace import (
+from model.keyspace import (
     ALL_TASKS_KEY,
     DEFAULT_QUEUE,
     DEFERRED_KEY,
@@ -44,6 +43,7 @@ from model.tasks.keyspace import (
     task_key,
     tomb_key,
 )
+from model.tasks.fairness import LANE_SPAN, LANES
 from model.tasks.record import (
     DETAIL_LIST_CAP,
     DETAIL_PROVENANCE_BYTES,

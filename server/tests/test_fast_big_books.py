@@ -45,7 +45,7 @@ def test_a_10000_page_book_is_read_whole_by_default() -> None:
 def test_what_a_limit_cuts_is_counted_not_listed_and_warned_of(bare_redis) -> None:
     """Before: every canvas past the limit was listed in the provenance, kept for a day (5
     manifests of 100,000 canvases stored 67 MB beside the task's record)."""
-    from model.tasks.keyspace import detail_key, task_key
+    from model.keyspace import detail_key, task_key
     from model.tasks.record import DETAIL_PROVENANCE_BYTES, RECORD_PROVENANCE_BYTES
     from model.tasks.store import TaskStore
 

@@ -176,7 +176,7 @@ def test_requests_need_two_items() -> None:
 
 
 def test_kept_files_live_beside_the_manifests_without_hiding_them(clean_redis) -> None:
-    from model.tasks.keyspace import manifests_key
+    from model.keyspace import manifests_key
     from model.tasks.store import TaskStore
 
     store = TaskStore(clean_redis, 3600, 7200)

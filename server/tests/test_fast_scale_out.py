@@ -14,11 +14,11 @@ import pytest
 import redis
 
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE, queue_for, worker_queues
+from model.keyspace import lease_key
 from model.settings import Settings
 from model.tasks import fleet
 from model.tasks.eta import start_in_s, time_left_s
 from model.tasks.fairness import waiting_messages
-from model.tasks.keyspace import lease_key
 from model.tasks.states import State
 from model.tasks.store import TaskStore
 from model.uploads import UploadStore

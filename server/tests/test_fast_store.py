@@ -14,9 +14,7 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
-from model.tasks.ending import end_after_failure, end_task
-from model.tasks.housekeeping import purge_orphan_uploads
-from model.tasks.keyspace import (
+from model.keyspace import (
     QUEUE_KEY,
     RUNNING_KEY,
     UNSENT_KEY,
@@ -29,6 +27,8 @@ from model.tasks.keyspace import (
     task_key,
     tomb_key,
 )
+from model.tasks.ending import end_after_failure, end_task
+from model.tasks.housekeeping import purge_orphan_uploads
 from model.tasks.record import (
     DETAIL_LIST_CAP,
     DETAIL_PROVENANCE_BYTES,
