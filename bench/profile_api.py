@@ -34,7 +34,7 @@ PARTS: list[tuple[str, Callable[[str, str], bool]]] = [
     # /status reads the task and counts the request in one pipeline (`_read_snapshot`).
     (
         "task store (Redis scripts; /status: with the rate-limit count)",
-        lambda f, fn: f.endswith("model/store.py") or fn == "_read_snapshot",
+        lambda f, fn: f.endswith("model/tasks/store.py") or fn == "_read_snapshot",
     ),
     ("queue position / fairness", lambda f, fn: f.endswith(("fleet.py", "fairness.py"))),
     ("metrics", lambda f, fn: "/model/metrics/" in f),
@@ -174,7 +174,7 @@ def measure(settings: Any, key: str, task_id: str, calls: int) -> dict[str, Any]
 def _drain(store: Any, timeout_s: float = 300) -> None:
     """Wait until the worker has run the noop tasks submitted here: later phases must not
     share the CPU with them."""
-    from model.store import RUNNING_KEY
+    from model.keyspace import RUNNING_KEY
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 from celery import Celery
 
-from model.fairness import LANES
+from model.keyspace import DEFAULT_QUEUE
 from model.settings import Settings
-from model.store import DEFAULT_QUEUE
+from model.tasks.fairness import LANES
 
 RUN_JOB = "scriptorium.run_job"
 PING = "scriptorium.ping"
@@ -59,7 +59,7 @@ def send_run(
     celery: Celery, settings: Settings, task_id: str, timeout_s: float, queue: str, lane: int = 0
 ) -> None:
     """The message that runs a task (sent again when its worker died: in lane 0, see
-    model.fairness)."""
+    model.tasks.fairness)."""
     celery.send_task(
         RUN_JOB,
         args=[task_id],
@@ -85,7 +85,7 @@ def make_celery(settings: Settings) -> Celery:
         # 10th period: up to 100 s more before a dead worker's task is redelivered).
         "unacked_restore_interval": 10,
         "unacked_restore_throttle": 1,
-        # One list per lane (model.fairness), taken lane 0 first.
+        # One list per lane (model.tasks.fairness), taken lane 0 first.
         "priority_steps": list(range(LANES)),
     }
     app.conf.update(

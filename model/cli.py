@@ -245,7 +245,7 @@ def cmd_workers(args: argparse.Namespace, settings: Settings) -> None:
     Exit status 1 when none matches (release.sh waits on that), 2 when Redis cannot be read."""
     from redis import Redis, RedisError
 
-    from model.store import WORKERS_PREFIX
+    from model.keyspace import WORKERS_PREFIX
 
     redis = Redis.from_url(
         settings.redis_url(), decode_responses=True, socket_timeout=5, socket_connect_timeout=5

@@ -4,7 +4,7 @@ supervisord, a tunnel that reconnects) instead of failing the task in hand at it
 redis-py's clients made by `from_url` do not retry at all: a command sent while Redis restarts
 fails at once. A worker's calls retry with a capped exponential backoff until
 `redis.outage_patience_s` has passed since the call began; an outage longer than that reaches
-the runner, which leaves the task to be requeued once Redis is back (model/runner.py), never
+the runner, which leaves the task to be requeued once Redis is back (model/tasks/runner.py), never
 ends it as failed.
 """
 

@@ -62,7 +62,7 @@ class WorkerSettings(BaseModel):
     # Redis re-delivers an unacknowledged task this long after the longest hard time limit.
     visibility_margin_s: int = 60
     # A running task whose worker has not renewed its lease for this long (a host died, a
-    # worker was killed whole) is requeued by another worker's reaper (model/attempts.py).
+    # worker was killed whole) is requeued by another worker's reaper (model/tasks/attempts.py).
     lost_grace_s: float = 45
 
 

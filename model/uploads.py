@@ -7,7 +7,7 @@ thing every host reaches, but memory is dear there, so:
 - each key has a TTL bounded by the task's lifetime (`Settings.upload_ttl_s`: the hard time
   limit plus `uploads.queue_wait_s` of waiting), set at submit and set again when a worker
   starts the task, so a file outlives its task by a bounded time whatever happens to it;
-- model/ending.py deletes them as soon as the task ends, and housekeeping purges orphans;
+- model/tasks/ending.py deletes them as soon as the task ends, and housekeeping purges orphans;
 - their bytes are reserved at admission against two budgets, one per key and one for the whole
   service (`uploads.max_held_bytes_per_key`, `uploads.max_held_bytes_total`), and given back as
   the task ends (`discard`): a key cannot fill Redis with queued uploads, nor all keys together.
@@ -32,13 +32,9 @@ from pydantic import ValidationError
 from redis import Redis
 
 from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
-from model.store import PREFIX
-
-UPLOAD_PREFIX = f"{PREFIX}:upload:"
-# Hash: task id -> "<bytes> <reserved at> <owner>", the uploads each task holds in Redis.
-HELD_KEY = f"{PREFIX}:uploads:held"
-# Hash: "total" and "key:<owner>" -> bytes held (the sums of HELD_KEY, kept beside it).
-HELD_BYTES_KEY = f"{PREFIX}:uploads:held_bytes"
+from model.keyspace import UPLOAD_PREFIX
+from model.keyspace import UPLOADS_HELD_BYTES_KEY as HELD_BYTES_KEY
+from model.keyspace import UPLOADS_HELD_KEY as HELD_KEY
 
 # Reserve a task's upload bytes if both budgets allow them, in one step (parallel submits
 # cannot pass a budget together). KEYS: held, sums; ARGV: task id, owner, bytes, now, budget

@@ -3,16 +3,17 @@
 - The worker runs `worker.concurrency` tasks at once, one per prefork pool process (README,
   "Tasks run side by side"). Each pool process loads every registered model once, at start
   (`worker_process_init`), with its share of the CPU threads (`Settings.inference_threads`),
-  and publishes a heartbeat (model/fleet.py) that `/readyz`, `GET /models` and ETAs read.
+  and publishes a heartbeat (model/tasks/fleet.py) that `/readyz`, `GET /models` and ETAs read.
 - The worker takes the default queue and the queue of every model it has (model/celery_app.py),
   so a task naming a model runs on a host that has it.
-- The same heartbeat thread renews the leases of the tasks the process runs (model/attempts.py)
-  and keeps the imported models in step with Redis (model/inference/live.py): added ones are
-  loaded, removed ones dropped, without a restart. They go to the default queue.
+- The same heartbeat thread renews the leases of the tasks the process runs
+  (model/tasks/attempts.py) and keeps the imported models in step with Redis
+  (model/inference/live.py): added ones are loaded, removed ones dropped, without a restart.
+  They go to the default queue.
 - The main process runs a small reaper thread that enforces a cancel the job did not honour
   within the grace period (kill the child; the model reloads in its replacement), requeues the
-  tasks of dead workers, on any host (model/attempts.py), and records a task that the hard time
-  limit killed as TIMED_OUT (Celery reports that in the main process).
+  tasks of dead workers, on any host (model/tasks/attempts.py), and records a task that the hard
+  time limit killed as TIMED_OUT (Celery reports that in the main process).
 """
 
 from __future__ import annotations
@@ -35,11 +36,7 @@ from celery.signals import (
 )
 from redis import Redis
 
-from model import fleet
-from model.attempts import lease_ms, own_prefix, release_deferred, requeue_lost, resend_unsent
 from model.celery_app import PING, RUN_JOB, TRAIN_QUEUE, make_celery, worker_queues
-from model.ending import end_after_failure, end_task, timeout_error
-from model.housekeeping import housekeeping
 from model.inference.catalog import BlobCache, Catalog
 from model.inference.live import LiveDetectors
 from model.inference.provenance import model_provenance
@@ -48,9 +45,14 @@ from model.jobs.contract import WorkerResources
 from model.metrics.fetching import MeteredFetcher
 from model.metrics.record import meter_of
 from model.redis_client import patient_options, patient_redis, unreachable
-from model.runner import ATTEMPTS, run_task
 from model.settings import get_settings
-from model.store import State, TaskStore
+from model.tasks import fleet
+from model.tasks.attempts import lease_ms, own_prefix, release_deferred, requeue_lost, resend_unsent
+from model.tasks.ending import end_after_failure, end_task, timeout_error
+from model.tasks.housekeeping import housekeeping
+from model.tasks.runner import ATTEMPTS, run_task
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 from model.webhooks.events import use_celery
 
@@ -59,7 +61,7 @@ settings = get_settings()
 celery = make_celery(settings)
 # Not -c on supervisord's command line: read at each start, so a settings edit applies.
 celery.conf.worker_concurrency = settings.worker.concurrency
-use_celery(celery)  # ended tasks' webhooks are queued with it (model/ending.py)
+use_celery(celery)  # ended tasks' webhooks are queued with it (model/tasks/ending.py)
 
 HEARTBEAT_S = 5
 HEARTBEAT_TTL_S = 20

@@ -79,7 +79,7 @@ class Supervised:
 
     def task_process(self, task_id: str) -> int | None:
         """The pool child running a task now (None: not running, or its child is gone)."""
-        from model.store import task_key
+        from model.keyspace import task_key
 
         client = self.redis()
         try:
@@ -214,7 +214,7 @@ def _run_stack(data_dir: Path, env: dict[str, str], own_session: bool = False) -
 
 def live_workers(stack: Stack) -> list[dict[str, Any]]:
     """Heartbeats of the live worker processes on the stack's Redis, every host's."""
-    from model import fleet
+    from model.tasks import fleet
 
     return fleet.live(stack.redis())
 
@@ -285,8 +285,8 @@ def wait_all_pool_children(stack: Stack, timeout_s: float = 180) -> None:
     """/readyz answers once one pool child has its models; tests and benchmarks want every one
     of the `worker.concurrency` children loaded (a child still loading takes CPU and no task),
     and the train-worker up beside them."""
-    from model import fleet
-    from model.store import WORKERS_PREFIX
+    from model.keyspace import WORKERS_PREFIX
+    from model.tasks import fleet
 
     wanted = stack.settings().worker.concurrency
     deadline = time.monotonic() + timeout_s

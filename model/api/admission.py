@@ -14,7 +14,7 @@ from flask import g, request
 from model.api.errors import ApiError
 from model.api.services import Services
 from model.jobs.spec import JobSpec
-from model.store import AlreadyClaimed
+from model.tasks.store import AlreadyClaimed
 
 MAX_IDEMPOTENCY_KEY = 200
 RETRY_AFTER_FULL_S = "10"

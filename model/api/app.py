@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.celery_app import make_celery
     from model.keys import KeyCache, KeyStore
     from model.metrics.exposition import init_http_metrics
-    from model.store import TaskStore
+    from model.tasks.store import TaskStore
     from model.uploads import UploadStore
     from model.webhooks.events import use_celery
 

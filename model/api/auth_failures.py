@@ -15,10 +15,11 @@ from flask import Flask, current_app
 from limits import parse_many
 from limits.strategies import RateLimiter
 
+from model.keyspace import AUTH_FAILURES_NAMESPACE
+
 log = logging.getLogger(__name__)
 EXTENSION = "scriptorium.auth_failures"
 # Limiter keys: LIMITS:LIMITER/sc:auth-failures/<client>/<rate>.
-AUTH_FAILURES_NAMESPACE = "sc:auth-failures"
 
 
 class AuthFailures:

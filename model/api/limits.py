@@ -26,13 +26,13 @@ from model.api.auth_failures import init_auth_failures
 from model.api.errors import ApiError, error_response
 from model.api.services import services
 from model.keys import hash_key
+from model.keyspace import RATE_LIMITS_NAMESPACE as KEY_PREFIX
 from model.settings import Settings, ShareSettings
 
 log = logging.getLogger("scriptorium.api")
 LIMITER = "scriptorium.limiter"
 # Redis keys: LIMITS:LIMITER/sc:limits/key:<hash>/global/<rate> (as flask-limiter named them,
 # so counts carry over an upgrade).
-KEY_PREFIX = "sc:limits"
 SCOPE = "global"
 DEFERRED = "rate_count_deferred"  # g: (limit, key) the view counts in its own round trip
 

@@ -12,7 +12,8 @@ from model.api.auth import SECURITY, is_admin, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse
 from model.api.schemas import Progress, timestamp
 from model.api.services import services
-from model.store import State, TaskRecord
+from model.tasks.record import TaskRecord
+from model.tasks.states import State
 
 api = APIBlueprint(
     "listing",

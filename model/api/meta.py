@@ -1,4 +1,4 @@
-"""GET /models, /healthz, /readyz: what every live worker, on any host, has (model/fleet.py)."""
+"""GET /models, /healthz, /readyz: what every live worker, on any host, has (tasks/fleet.py)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Any
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
-from model import fleet
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import Services, services
 from model.inference.catalog import Catalog, describe
 from model.inference.registry import discover
-from model.store import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
+from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
+from model.tasks import fleet
 
 models_api = APIBlueprint(
     "models",

@@ -40,7 +40,8 @@ from model.outputs.redact import shared_view
 from model.outputs.result_json import result_document
 from model.outputs.vector import svg_archive
 from model.outputs.yolo import yolo_archive
-from model.store import State, TaskRecord
+from model.tasks.record import TaskRecord
+from model.tasks.states import State
 
 api = APIBlueprint(
     "results",

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_v
 from model.jobs.cluster import RESULT_SCHEMA as CLUSTER
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
-from model.store import State
+from model.tasks.states import State
 from model.urls import HTTP_URL_PATTERN, check_http_url
 
 TASK_ID_PATTERN = r"[0-9a-f]{32}"

@@ -10,7 +10,7 @@ from redis import Redis
 
 from model.keys import KeyCache, KeyStore
 from model.settings import Settings
-from model.store import TaskStore
+from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 
 

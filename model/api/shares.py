@@ -46,25 +46,13 @@ from model.api.schemas import TaskPath, timestamp
 from model.api.services import services
 from model.api.tasks import ERRORS, _owned_record
 from model.jobs.fields import bounded_integer
+from model.keyspace import owner_shares_key as key_shares_key
+from model.keyspace import share_key, task_shares_key
 from model.outputs.annotations import ResultLinks
-from model.store import PREFIX, TaskRecord
+from model.tasks.record import TaskRecord
 
 TOKEN_BYTES = 32
 SHARE_ID_PATTERN = r"^[0-9a-f]{32}$"
-
-
-def share_key(share_id: str) -> str:
-    return f"{PREFIX}:share:{share_id}"
-
-
-def task_shares_key(task_id: str) -> str:
-    """Sorted set of a task's share ids, scored by their expiry."""
-    return f"{PREFIX}:task:{task_id}:shares"
-
-
-def key_shares_key(name: str) -> str:
-    """Sorted set of the share ids a key made, scored by their expiry (its cap)."""
-    return f"{PREFIX}:owner:{name}:shares"
 
 
 def share_id_of(token: str) -> str:

@@ -40,7 +40,6 @@ from model.api.schemas import REQUEST_MODELS, TaskCreated, Webhook
 from model.api.services import Services, services
 from model.api.tasks import ERRORS
 from model.celery_app import queue_for, send_run
-from model.ending import end_task
 from model.iiif.presentation import document_kind
 from model.jobs.contract import (
     DatasetUpload,
@@ -57,7 +56,9 @@ from model.metrics.record import meter_of
 from model.settings import get_settings
 from model.sources.addresses import AddressPolicy, literal_address
 from model.sources.sniff import sniff_image
-from model.store import AlreadyClaimed, State
+from model.tasks.ending import end_task
+from model.tasks.states import State
+from model.tasks.store import AlreadyClaimed
 from model.uploads import OverBudget
 
 api = APIBlueprint(

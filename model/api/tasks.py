@@ -9,7 +9,6 @@ from typing import Any
 from flask import Response, current_app, g
 from flask_openapi3 import APIBlueprint, Tag
 
-from model import fleet
 from model.api.auth import SECURITY, is_admin, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse
 from model.api.limits import queue_count
@@ -23,11 +22,13 @@ from model.api.schemas import (
     timestamp,
 )
 from model.api.services import Services, services
-from model.ending import cancel_task
-from model.eta import start_in_s, time_left_s
 from model.outputs.annotations import ResultLinks
 from model.outputs.cluster import with_links
-from model.store import State, TaskRecord
+from model.tasks import fleet
+from model.tasks.ending import cancel_task
+from model.tasks.eta import start_in_s, time_left_s
+from model.tasks.record import TaskRecord
+from model.tasks.states import State
 from model.webhooks.events import deliveries
 
 tag = Tag(name="tasks", description="Submit, poll and stop jobs")

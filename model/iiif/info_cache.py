@@ -18,10 +18,10 @@ from typing import Any
 from redis import Redis, RedisError
 
 from model.iiif.image_api import ImageService
+from model.keyspace import IIIF_INFO_PREFIX as PREFIX
 
 log = logging.getLogger(__name__)
 
-PREFIX = "sc:iiif-info:v1:"  # bump the version when ImageService's fields change meaning
 DEFAULT_TTL_S = 86_400  # publishers rarely change a service; a day bounds a stale description
 # A description listing thousands of sizes (hostile or odd) is not worth a Redis entry.
 MAX_VALUE_BYTES = 32 * 1024

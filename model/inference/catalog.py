@@ -41,12 +41,9 @@ from typing import Any
 from redis import Redis
 
 from model.inference.registry import ModelInfo
-from model.store import PREFIX
-
-MODELS_PREFIX = f"{PREFIX}:models:"
-CARDS_KEY = f"{MODELS_PREFIX}cards"
-VERSION_KEY = f"{MODELS_PREFIX}version"
-BLOB_PREFIX = f"{MODELS_PREFIX}blob:"
+from model.keyspace import MODEL_BLOB_PREFIX as BLOB_PREFIX
+from model.keyspace import MODEL_CARDS_KEY as CARDS_KEY
+from model.keyspace import MODELS_VERSION_KEY as VERSION_KEY
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)

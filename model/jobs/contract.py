@@ -171,7 +171,7 @@ class WorkerResources:
 
     settings: Any  # model.settings.Settings
     redis: Any  # redis.Redis
-    store: Any  # model.store.TaskStore
+    store: Any  # model.tasks.store.TaskStore
     fetcher: Any  # model.sources.fetch.SafeFetcher
     uploads: Any = None  # model.uploads.UploadStore: the task's uploaded files
     detectors: dict[str, Any] = field(default_factory=dict)  # name -> YoloDetector

@@ -41,10 +41,10 @@ from model.api.auth import is_admin, require_key
 from model.api.errors import ApiError
 from model.api.services import services
 from model.celery_app import QUEUE, WEBHOOK_QUEUE
-from model.fairness import waiting_messages
+from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
 from model.metrics.catalog import HTTP, LIVE, RECORDED, Spec
 from model.metrics.record import metric_key
-from model.store import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
+from model.tasks.fairness import waiting_messages
 from model.webhooks.events import DUE_KEY
 
 # How long a worker's heartbeat key lives (model/worker.py HEARTBEAT_TTL_S; a test keeps them
@@ -192,7 +192,7 @@ class RedisCollector:
             for key in workers:
                 pipe.pttl(key)
             rows = pipe.execute()
-        # A queue's messages wait in one list per lane (model.fairness).
+        # A queue's messages wait in one list per lane (model.tasks.fairness).
         return rows, queues, workers, [waiting_messages(self.redis, queue) for queue in queues]
 
 

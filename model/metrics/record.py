@@ -27,12 +27,12 @@ from urllib.parse import urlsplit
 
 from redis import Redis
 
+from model.keyspace import METRICS_HOSTS_KEY as HOSTS_KEY
+from model.keyspace import METRICS_PREFIX as KEY_PREFIX
 from model.metrics.catalog import OTHER_HOST, RECORDED
 
 log = logging.getLogger("scriptorium.metrics")
 
-KEY_PREFIX = "sc:metrics:"
-HOSTS_KEY = "sc:metrics:hosts"
 STAGES = {"fetch_s": "fetch", "decode_s": "decode", "inference_s": "inference"}
 MAX_LABEL = 100  # characters of a label value (codes, hosts)
 HOST_CACHE_MIN = 1024  # host labels a process remembers at least (4 x metrics.max_hosts)

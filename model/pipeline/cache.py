@@ -14,6 +14,7 @@ from typing import Any
 
 from redis import Redis
 
+from model.keyspace import DETECTION_CACHE_INDEX_KEY, DETECTION_CACHE_PREFIX
 from model.metrics.record import Meter
 
 
@@ -26,8 +27,8 @@ class BoundedCache:
     """JSON values in Redis under `prefix`, each with a TTL, the oldest evicted beyond
     `max_entries` (an index by insertion time in `index_key`). Subclasses name the key space."""
 
-    prefix = "sc:cache:"
-    index_key = "sc:cache-index"
+    prefix = DETECTION_CACHE_PREFIX
+    index_key = DETECTION_CACHE_INDEX_KEY
     kind = "cache"  # the `cache` label of its lookups in the metrics
 
     def __init__(self, redis: Redis | None, ttl_s: int, max_entries: int) -> None:

@@ -10,12 +10,13 @@ reads `width`, `height` and `detections` (here: the packed features) from a hit.
 
 from __future__ import annotations
 
+from model.keyspace import FEATURE_CACHE_INDEX_KEY, FEATURE_CACHE_PREFIX
 from model.pipeline.cache import BoundedCache
 
 
 class FeatureCache(BoundedCache):
     """Page features: `{"width", "height", "detections": {"detections", "items"}}`."""
 
-    prefix = "sc:simcache:"
-    index_key = "sc:simcache-index"
+    prefix = FEATURE_CACHE_PREFIX
+    index_key = FEATURE_CACHE_INDEX_KEY
     kind = "features"

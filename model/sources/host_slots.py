@@ -30,10 +30,10 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import RedisError
 
+from model.keyspace import FETCH_LIMIT_PREFIX as LEARNED_PREFIX
+from model.keyspace import FETCH_SLOTS_PREFIX as KEY_PREFIX
 from model.sources.throttle import IDLE_RESET_S
 
-KEY_PREFIX = "sc:fetch:slots:"
-LEARNED_PREFIX = "sc:fetch:limit:"  # the limit the processes' limiters reached with a host
 POLL_S = 0.02  # how often a request waiting for a place asks again (and looks at its cancel flag)
 WAITER_GONE_MS = 1000  # a waiter that has not asked for this long is dropped from the line
 REDIS_TIMEOUT_S = 5.0  # a Redis that hangs must not hold a download thread for longer

@@ -19,7 +19,7 @@ from typing import Any
 from model.keys import KeyStore
 from model.settings import Settings
 from model.sources.fetch import FetchError, SafeFetcher
-from model.store import TaskStore
+from model.tasks.store import TaskStore
 from model.webhooks import signing
 from model.webhooks.events import PROGRESS, Message, Outbox
 

@@ -38,7 +38,15 @@ from urllib.parse import urlsplit
 from redis import Redis
 
 from model.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE
-from model.store import State, TaskRecord, TaskStore, task_key
+from model.keyspace import WEBHOOK_BREAKER_PREFIX as BREAKER_PREFIX
+from model.keyspace import WEBHOOK_DUE_KEY as DUE_KEY
+from model.keyspace import WEBHOOK_FLIGHT_PREFIX as FLIGHT_PREFIX
+from model.keyspace import WEBHOOK_MSG_PREFIX as MSG_PREFIX
+from model.keyspace import WEBHOOK_PROGRESS_PREFIX as PROGRESS_GATE_PREFIX
+from model.keyspace import task_key, webhook_log_key
+from model.tasks.record import TaskRecord
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -47,11 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("scriptorium.webhooks")
 
-MSG_PREFIX = "sc:webhook:msg:"
-DUE_KEY = "sc:webhook:due"
-FLIGHT_PREFIX = "sc:webhook:flight:"  # + owner: that key's attempts in flight (msg id -> lease)
-BREAKER_PREFIX = "sc:webhook:breaker:"  # + receiver host: failures in a row, open until
-PROGRESS_GATE_PREFIX = "sc:webhook:progress:"  # at most one progress event per interval
 DELIVERIES_KEPT = 50
 COMPLETED, PROGRESS = "completed", "progress"
 FINAL_STATES = ("delivered", "gave_up", "refused", "skipped", "failed")
@@ -62,7 +65,7 @@ def message_key(msg_id: str) -> str:
 
 
 def deliveries_key(task_id: str) -> str:
-    return f"sc:task:{task_id}:webhook"
+    return webhook_log_key(task_id)
 
 
 def lease_s(settings: Settings) -> float:
@@ -421,7 +424,7 @@ def deliveries(redis: Redis, task_id: str) -> list[dict[str, Any]]:
 
 
 def task_ended(store: TaskStore, record: TaskRecord) -> bool:
-    """The `completed` event of a task that has just ended (model/ending.py calls it once)."""
+    """The `completed` event of a task that has just ended (model/tasks/ending.py calls it once)."""
     webhook = record.webhook
     if not webhook or COMPLETED not in webhook.get("events", [COMPLETED]):
         return False

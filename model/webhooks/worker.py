@@ -23,7 +23,7 @@ from model.celery_app import DELIVER_WEBHOOK, make_celery
 from model.keys import KeyStore
 from model.metrics.record import Meter
 from model.settings import get_settings
-from model.store import TaskStore
+from model.tasks.store import TaskStore
 from model.webhooks.delivery import Deliverer, webhook_fetcher
 from model.webhooks.events import Outbox, send, use_celery
 

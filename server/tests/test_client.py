@@ -654,7 +654,7 @@ import importlib.abc, json, sys
 
 HEAVY = {"torch", "torchvision", "PIL", "ultralytics", "numpy", "cv2", "onnxruntime", "flask",
          "flask_openapi3", "werkzeug", "pydantic", "pydantic_settings", "yaml", "redis", "celery"}
-SERVICE = ("model.inference", "model.settings", "model.api", "model.worker", "model.store")
+SERVICE = ("model.inference", "model.settings", "model.api", "model.worker", "model.tasks")
 
 def heavy(name):
     return name.split(".")[0] in HEAVY or name.startswith(SERVICE)

@@ -1,5 +1,5 @@
 """Fair sharing between keys on the live stack (one task at a time): the order a real worker
-starts tasks in follows the lanes (model/fairness.py), not only the order they were sent."""
+starts tasks in follows the lanes (model/tasks/fairness.py), not only the order they were sent."""
 
 from __future__ import annotations
 

@@ -45,13 +45,9 @@ def test_a_10000_page_book_is_read_whole_by_default() -> None:
 def test_what_a_limit_cuts_is_counted_not_listed_and_warned_of(bare_redis) -> None:
     """Before: every canvas past the limit was listed in the provenance, kept for a day (5
     manifests of 100,000 canvases stored 67 MB beside the task's record)."""
-    from model.store import (
-        DETAIL_PROVENANCE_BYTES,
-        RECORD_PROVENANCE_BYTES,
-        TaskStore,
-        detail_key,
-        task_key,
-    )
+    from model.keyspace import detail_key, task_key
+    from model.tasks.record import DETAIL_PROVENANCE_BYTES, RECORD_PROVENANCE_BYTES
+    from model.tasks.store import TaskStore
 
     limits = Limits(max_canvases=10_000)
     books = [
@@ -127,7 +123,8 @@ def _item(index: int) -> dict[str, Any]:
 @pytest.fixture
 def big_task(make_app):
     """The app, and a finished task of 10,000 pages (stored out of order, as pages finish)."""
-    from model.store import State, TaskStore
+    from model.tasks.states import State
+    from model.tasks.store import TaskStore
 
     client = make_app()
     client.environ_base["HTTP_X_API_KEY"] = client.keys.create("alice")

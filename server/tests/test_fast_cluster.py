@@ -176,7 +176,8 @@ def test_requests_need_two_items() -> None:
 
 
 def test_kept_files_live_beside_the_manifests_without_hiding_them(clean_redis) -> None:
-    from model.store import TaskStore, manifests_key
+    from model.keyspace import manifests_key
+    from model.tasks.store import TaskStore
 
     store = TaskStore(clean_redis, 3600, 7200)
     store.keep_manifest("t" * 32, 0, "{}", 60)

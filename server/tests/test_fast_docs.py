@@ -20,9 +20,10 @@ from pydantic import BaseModel, ValidationError
 
 from model.jobs.contract import SourceTask, TaskSpec, WorkerResources
 from model.jobs.spec import JobSpec
-from model.runner import run_task
 from model.settings import Settings
-from model.store import State, TaskStore
+from model.tasks.runner import run_task
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
-"""Fair sharing between keys (model/fairness.py): the HTTP app and the Celery messages it sends,
-on a bare Redis; the order a worker takes them in is read with kombu itself."""
+"""Fair sharing between keys (model/tasks/fairness.py): the HTTP app and the Celery messages it
+sends, on a bare Redis; the order a worker takes them in is read with kombu itself."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from model.celery_app import QUEUE, make_celery
-from model.fairness import LANES, lane_lists, waiting_messages
-from model.store import TaskStore
+from model.tasks.fairness import LANES, lane_lists, waiting_messages
+from model.tasks.store import TaskStore
 
 
 @pytest.fixture

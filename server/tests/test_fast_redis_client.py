@@ -106,7 +106,7 @@ def test_a_message_for_a_task_redis_cannot_start_goes_back_to_the_queue(tmp_path
     import model.worker as worker
     from model.jobs.contract import WorkerResources
     from model.settings import Settings
-    from model.store import TaskStore
+    from model.tasks.store import TaskStore
     from model.uploads import UploadStore
 
     gone = patient_redis(f"redis://127.0.0.1:{free_port()}/0", 0.2, decode_responses=True)

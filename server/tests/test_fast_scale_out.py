@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from model import fleet
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE, queue_for, worker_queues
-from model.eta import start_in_s, time_left_s
-from model.fairness import waiting_messages
+from model.keyspace import lease_key
 from model.settings import Settings
-from model.store import State, TaskStore, lease_key
+from model.tasks import fleet
+from model.tasks.eta import start_in_s, time_left_s
+from model.tasks.fairness import waiting_messages
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 
 OTHER = "illustrations-other"  # a model only some (fake) worker has
@@ -208,7 +210,7 @@ def _running(store: TaskStore, holder: str = "host-b:10:11", queue: str = QUEUE)
 
 
 def _sweep(store: TaskStore, celery: _Celery, ended: list | None = None, now: float = 0) -> list:
-    from model.attempts import requeue_lost
+    from model.tasks.attempts import requeue_lost
 
     ended = ended if ended is not None else []
     return requeue_lost(store, celery, _settings(), ended.append, now or time.time())
@@ -231,7 +233,7 @@ def test_a_task_whose_lease_lapsed_is_requeued_once_with_its_message(store: Task
             "args": [task_id],
             "task_id": task_id,
             "queue": other,
-            "priority": 0,  # lane 0: it has waited its turn already (model.fairness)
+            "priority": 0,  # lane 0: it has waited its turn already (model.tasks.fairness)
             "soft_time_limit": 60.0,
             "time_limit": 60.0 + Settings().cancel.grace_s,
             "ignore_result": True,  # the record is the result: no result subscription
@@ -246,7 +248,7 @@ def test_a_task_whose_run_message_was_never_confirmed_sent_is_sent_again(
 ) -> None:
     """An API process killed between a task's record and its message (or a reaper between a
     requeue and its send) leaves a QUEUED task with no message: a reaper sends it again."""
-    from model.attempts import UNSENT_GRACE_S, resend_unsent
+    from model.tasks.attempts import UNSENT_GRACE_S, resend_unsent
 
     sent = store.create("alice", "detect", {}, 3, 60).id
     store.mark_sent(sent)
@@ -334,7 +336,7 @@ def test_a_superseded_attempt_cannot_emit_or_finish(store: TaskStore) -> None:
 
 
 def test_the_renewing_process_learns_its_attempt_was_lost(store: TaskStore) -> None:
-    from model.attempts import Attempts
+    from model.tasks.attempts import Attempts
 
     task_id = _running(store)
     attempts = Attempts()
@@ -353,7 +355,7 @@ def test_the_renewing_process_learns_its_attempt_was_lost(store: TaskStore) -> N
 def test_a_worker_ends_after_a_time_limit_only_a_task_its_own_attempt_holds(store) -> None:
     from celery.exceptions import TimeLimitExceeded
 
-    from model.ending import end_after_failure
+    from model.tasks.ending import end_after_failure
 
     uploads = UploadStore(
         redis.Redis(port=store.redis.connection_pool.connection_kwargs["port"]), Path("/x")
@@ -368,7 +370,7 @@ def test_a_worker_ends_after_a_time_limit_only_a_task_its_own_attempt_holds(stor
     state = end_after_failure(store, uploads, task_id, TimeLimitExceeded(1), "host-a:20:")
     assert state == State.TIMED_OUT
     # A failure reported in the pool process itself: its own attempts' prefix.
-    from model.attempts import own_prefix, process_holder
+    from model.tasks.attempts import own_prefix, process_holder
 
     ours = store.create("alice", "detect", {}, 1, 60).id
     store.mark_running(ours, os.getpid(), process_holder("host-a"), 45_000)
@@ -383,7 +385,7 @@ def test_the_runner_stops_an_attempt_that_lost_its_task_without_ending_it(store)
 
     from model.jobs.contract import WorkerResources
     from model.jobs.spec import JobSpec
-    from model.runner import run_task
+    from model.tasks.runner import run_task
 
     def run(ctx) -> None:
         ctx.emit({"index": 0, "source": "a", "status": "ok"})

@@ -14,7 +14,6 @@ import redis
 import yaml
 from pydantic import BaseModel, ConfigDict
 
-from model.ending import end_after_failure
 from model.jobs import JobFailed
 from model.jobs.contract import (
     Document,
@@ -31,9 +30,11 @@ from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.jobs.units import WorkUnit
-from model.runner import run_task
 from model.settings import CONFIG_FILE, Settings
-from model.store import TRANSITIONS, State, TaskStore, sources_of
+from model.tasks.ending import end_after_failure
+from model.tasks.runner import run_task
+from model.tasks.states import TRANSITIONS, State, sources_of
+from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -241,7 +242,7 @@ def test_a_page_that_cannot_reach_redis_stops_the_attempt_instead_of_failing(sto
 
 
 def test_a_queued_task_with_a_cancel_never_runs(store) -> None:
-    from model.ending import cancel_task
+    from model.tasks.ending import cancel_task
 
     task_id = _submit(store)
     assert cancel_task(store, _uploads(store), task_id) == State.QUEUED

@@ -8,7 +8,7 @@ import json
 from flask import jsonify
 
 from model.api.tasks import WITH_ITEMS, _status_body
-from model.store import State
+from model.tasks.states import State
 
 
 def test_status_body_is_the_json_jsonify_would_send(app_client) -> None:

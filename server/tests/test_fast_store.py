@@ -13,21 +13,11 @@ import redis
 from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
-from model.ending import end_after_failure, end_task
-from model.housekeeping import purge_orphan_uploads
 from model.jobs.contract import ImageUpload, ManifestUpload, TaskSpec
-from model.store import (
-    DEFERRED,
-    DETAIL_LIST_CAP,
-    DETAIL_PROVENANCE_BYTES,
+from model.keyspace import (
     QUEUE_KEY,
-    RECORD_PROVENANCE_BYTES,
     RUNNING_KEY,
-    STATUS_LIST_CAP,
     UNSENT_KEY,
-    AlreadyClaimed,
-    State,
-    TaskStore,
     detail_key,
     items_key,
     lease_key,
@@ -37,6 +27,16 @@ from model.store import (
     task_key,
     tomb_key,
 )
+from model.tasks.ending import end_after_failure, end_task
+from model.tasks.housekeeping import purge_orphan_uploads
+from model.tasks.record import (
+    DETAIL_LIST_CAP,
+    DETAIL_PROVENANCE_BYTES,
+    RECORD_PROVENANCE_BYTES,
+    STATUS_LIST_CAP,
+)
+from model.tasks.states import DEFERRED, State
+from model.tasks.store import AlreadyClaimed, TaskStore
 from model.uploads import UploadMissing, UploadStore, key_for
 
 TTL_S = 3600

@@ -163,7 +163,8 @@ def _finished_task(
     """A finished detect task in the store, as the worker leaves it."""
     import json
 
-    from model.store import State, TaskStore
+    from model.tasks.states import State
+    from model.tasks.store import TaskStore
 
     settings = web.app_settings
     store = TaskStore(web.application.extensions["scriptorium"].redis, 3600, 3600)
@@ -496,8 +497,8 @@ def test_console_is_a_static_shell_under_a_strict_policy(web) -> None:
 
 def test_readyz_counts_queued_and_running_tasks(web) -> None:
     """What the operator page shows admin keys beside the workers."""
-    from model import fleet
-    from model.store import TaskStore
+    from model.tasks import fleet
+    from model.tasks.store import TaskStore
 
     services = web.application.extensions["scriptorium"]
     redis, default = services.redis, services.settings.models.default

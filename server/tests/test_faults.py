@@ -25,9 +25,9 @@ import pytest
 import redis
 import requests
 
-from model.fairness import waiting_messages
 from model.jobs.registry import JOBS
 from model.sources.host_slots import KEY_PREFIX, LEASE_S
+from model.tasks.fairness import waiting_messages
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.iiif_server import IiifServer, Rule
 from testkit.stack import TERMINAL, Api, Stack, start_stack

@@ -26,7 +26,8 @@ import redis
 from standardwebhooks import Webhook as Verifier
 
 from model.settings import Settings
-from model.store import State, TaskStore
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 from model.webhooks import events
 from model.webhooks.events import Outbox
 from server.tests.conftest import WEBHOOK_TEST_SETTINGS, ImageServer, jpeg_bytes

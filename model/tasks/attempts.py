@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from model.celery_app import QUEUE, send_run
-from model.store import State, TaskStore, lease_key
+from model.keyspace import lease_key
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
 LOCK_MS = 10_000  # a reaper's claim on requeueing one task
@@ -128,7 +130,7 @@ def requeue_lost(
     store: TaskStore, celery: Any, settings: Any, end_timed_out: Any, now: float
 ) -> list[str]:
     """Requeue the running tasks whose attempt is gone; returns their ids. `end_timed_out(record)`
-    ends one that had outlived its hard limit instead (model.ending)."""
+    ends one that had outlived its hard limit instead (model.tasks.ending)."""
     task_ids = store.running_ids()
     requeued = []
     for task_id, (holder, lease) in zip(task_ids, store.holders(task_ids), strict=True):

@@ -14,7 +14,8 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model.redis_client import unreachable
-from model.store import State, TaskStore
+from model.tasks.states import State
+from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Jobs know nothing of Redis or Celery: they get a JobContext to emit per-item results, publish
 provenance and check for cancellation. Every write goes through the attempt that started the
-task (model/attempts.py): once another attempt holds it, this one can neither emit nor finish.
+task (model/tasks/attempts.py): once another attempt holds it, this one can neither emit nor finish.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from model.attempts import Attempt, AttemptLost, Attempts, lease_ms, process_holder
-from model.ending import end_task, internal_error, timeout_error
 from model.jobs import JobCancelled, JobFailed
 from model.jobs.contract import TaskSpec, WorkerResources
 from model.jobs.spec import JobSpec
 from model.metrics.record import Meter, meter_of
 from model.redis_client import unreachable
-from model.store import DEFERRED, State, TaskRecord, TaskStore
+from model.tasks.attempts import Attempt, AttemptLost, Attempts, lease_ms, process_holder
+from model.tasks.ending import end_task, internal_error, timeout_error
+from model.tasks.record import TaskRecord
+from model.tasks.states import DEFERRED, State
+from model.tasks.store import TaskStore
 from model.webhooks.events import ProgressEvents
 
 log = logging.getLogger(__name__)

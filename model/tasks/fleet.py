@@ -15,9 +15,7 @@ from typing import Any
 
 from redis import Redis
 
-from model.store import DEFAULT_QUEUE, PREFIX, WORKERS_PREFIX
-
-WORKERS_INDEX = f"{PREFIX}:workers"  # sorted set: heartbeat key -> when it lapses
+from model.keyspace import DEFAULT_QUEUE, WORKERS_INDEX, WORKERS_PREFIX
 
 
 def heartbeat_key(worker_name: str, pid: int) -> str:

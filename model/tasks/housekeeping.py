@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from model.store import TaskStore
+from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 
 # Uploads this fresh may belong to a submit still in progress (they are saved first).

@@ -1,7 +1,7 @@
 """Fair sharing of the workers between keys: lanes of the Celery queue.
 
 A task joins lane n when its key already has n tasks waiting, in any queue (n at most
-LANES - 1; chosen and taken in one step with the task's creation, `model.store`), and workers
+LANES - 1; chosen and taken in one step with the task's creation, `model.tasks.store`), and workers
 take lane 0 before lane 1, and so on, first come first served within a lane. So a key's first
 waiting task competes with every other key's first, its second with their second: a key that
 queues 500 tasks holds one place in each lane, and another key's single task waits behind at
@@ -10,7 +10,7 @@ worker died) go to lane 0: they have waited their turn already.
 
 Lanes are Celery message priorities on the Redis transport (kombu: one list per priority step,
 `<queue>\\x06\\x16<n>` for n > 0, popped lowest first), and the score of the task in its queue
-index (`model.store`), so `queue_position` counts the tasks a worker will really take first.
+index (`model.tasks.store`), so `queue_position` counts the tasks a worker will really take first.
 """
 
 from __future__ import annotations
