@@ -47,7 +47,7 @@ options:
   --redis-tunnel-port N     its port (8026); on a worker host: the API host's tunnel port
   --api-host HOST           the API host's name or address               [worker]
   --redis-secrets-from FILE the API host's Redis password and tunnel key, made there by
-                            `scriptorium worker-secrets` (README: worker hosts)  [worker]
+                            `scriptorium worker-secrets` (docs/operations.md: worker hosts)  [worker]
   --worker-name NAME        how this host's workers name themselves (/readyz, /models,
                             `scriptorium workers`): the one set before, else the host name;
                             refused when a live worker of another installation has it
@@ -265,7 +265,7 @@ if [ "$ROLE" = worker ]; then
 	else
 		die "a worker host needs the API host's Redis password and tunnel key: on the API host run
   /srv/scriptorium/bin/scriptorium worker-secrets > worker.secrets, copy that file here
-  (scp), then run this again with --redis-secrets-from worker.secrets (README: worker hosts)"
+  (scp), then run this again with --redis-secrets-from worker.secrets (docs/operations.md: worker hosts)"
 	fi
 fi
 
@@ -552,7 +552,7 @@ worker)
 	log "API: $HTTP_HOST:$HTTP_PORT (nginx)   tunnel: spiped on $SPIPED_BIND:$SPIPED_PORT"
 	if [ "$ROLE" = api ]; then
 		log "Redis tunnel for worker hosts: spiped on $REDIS_TUNNEL_BIND:$REDIS_TUNNEL_PORT; their secrets:"
-		log "  $PREFIX/bin/scriptorium worker-secrets > worker.secrets (README: worker hosts)"
+		log "  $PREFIX/bin/scriptorium worker-secrets > worker.secrets (docs/operations.md: worker hosts)"
 	fi
 	;;
 esac

@@ -148,13 +148,13 @@ on_exit() {
 			if activate "$prev"; then
 				log "running $prev again"
 			else
-				log "error: $prev did not become ready either (README: when /readyz fails)"
+				log "error: $prev did not become ready either (docs/operations.md: When /readyz fails)"
 				rc=1
 			fi
 		fi
 		;;
 	prune) log "  $new is live; pruning was cut short (the next release prunes)" ;;
-	*) log "  (README: when /readyz fails)" ;;
+	*) log "  (docs/operations.md: When /readyz fails)" ;;
 	esac
 	exit "$rc"
 }
@@ -177,7 +177,7 @@ if [ $MODE != release ]; then
 		exit 0
 	fi
 	PHASE=finished
-	die "$target did not become ready (README: when /readyz fails)"
+	die "$target did not become ready (docs/operations.md: When /readyz fails)"
 fi
 
 log "== building $REF from $SOURCE"
@@ -211,7 +211,7 @@ mark_failed "$new" "did not become ready"
 log "== $new is not ready: rolling back to $prev"
 if ! activate "$prev"; then
 	PHASE=finished
-	die "rollback to $prev did not become ready either (README: when /readyz fails)"
+	die "rollback to $prev did not become ready either (docs/operations.md: When /readyz fails)"
 fi
 PHASE=finished
 log "rolled back to $prev in $((SECONDS - started)) s; $new is marked FAILED"
