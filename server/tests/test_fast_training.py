@@ -251,3 +251,13 @@ def test_unusable_train_ground_truth_is_refused_before_queueing(app_client) -> N
     ]:
         status, body = _train(app_client, input_)
         assert status == 422 and body["error"]["code"] == code, (input_, body)
+
+
+def test_a_yolo_zip_upload_is_train_ground_truth_as_for_evaluate(app_client) -> None:
+    zipped = _zip({"images/a.png": _png(), "labels/a.txt": "0 0.5 0.5 0.2 0.2\n"})
+    form = {"type": "train", "params": '{"name": "from-upload"}'}
+    resp = app_client.post("/task", data={**form, "dataset": (io.BytesIO(zipped), "set.zip")})
+    assert resp.status_code == 202, resp.get_json()
+    both = {**form, "input": '{"dataset_url": "https://example.org/set.zip"}'}
+    resp = app_client.post("/task", data={**both, "dataset": (io.BytesIO(zipped), "set.zip")})
+    assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "one_ground_truth"
