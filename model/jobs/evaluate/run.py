@@ -1,7 +1,7 @@
 """The evaluate job's work in the worker (declared in model/jobs/evaluate/__init__.py).
 
-Pages are loaded as detect loads them (IIIF canvases: model/jobs/loading.py; a dataset zip: read
-here), the model runs at a low confidence (every prediction counts for mAP), and each page becomes
+Pages are loaded as detect loads them (IIIF canvases: model/jobs/loading.py; a dataset zip's
+images decoded as detect decodes an upload: evaluate/dataset.py), the model runs at a low confidence (every prediction counts for mAP), and each page becomes
 one result item: its TP/FP/FN at the task's IoU and confidence, its matches, misses and false
 alarms in canvas (or image) coordinates. A page whose annotations cannot be judged (boxes outside
 the canvas, labels the model does not have) is a failed item saying why, left out of the figures;
@@ -204,6 +204,7 @@ def _evaluate_dataset(
         judge.classes,
         settings.job_limits("evaluate").max_images,
         settings.fetch.max_pixels,
+        analyse_side=detector.imgsz,  # as detect decodes an uploaded image
     )
     if not any(dataset.labels.values()):
         raise JobFailed("no_ground_truth", "no image of the dataset has a label file")
@@ -224,7 +225,11 @@ def _evaluate_dataset(
         found = detector.predict([p.image for _, p, _ in ready], MAP_CONFIDENCE, NMS_IOU)
         for (item, page, truths), preds in zip(ready, found, strict=True):
             boxes = [
-                Box(judge.label(d["label"]), _xyxy_to_xywh(d["xyxy"]), d["confidence"])
+                Box(
+                    judge.label(d["label"]),
+                    _xyxy_to_xywh([v / page.scale for v in d["xyxy"]]),
+                    d["confidence"],
+                )
                 for d in preds
             ]
             width, height = page.size
