@@ -4,6 +4,9 @@ Renders the woodcut benchmark (model/training/benchmark.py: 40 training + 40 hel
 splits the training pages as the `train` job does (val_fraction 0.2, seeded), fine-tunes the
 shipped detector on this machine's device and prints the shipped and the fine-tuned model's
 mAP50 / mAP50-95 on the 40 held-out pages, with the training time and the machine's load.
+Then (unless --no-service) the same two models measured through the service, as a user gets
+them: the fine-tuned weights imported into a real stack, an `evaluate` task and a `detect` task
+on the held-out pages with each model (bench/train_service.py).
 Writes bench/results/latest-train-<device>.md and .json (git history keeps earlier runs).
 A report, never a test: it does not fail.
 """
@@ -18,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from model.training.benchmark import HELDOUT_PAGES, build
+from bench import train_service
+from model.training.benchmark import HELDOUT_PAGES, TRAIN_PAGES, build
 from model.training.finetune import FinetuneConfig, finetune
 from model.training.yolo_data import CLASS_NAMES, images_of, link_split, split_stems, write_yaml
 
@@ -38,6 +42,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--base", type=Path, default=SHIPPED)
     p.add_argument("--workdir", type=Path, help="keep the pages and runs here (default: temp)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--train-pages", type=int, default=TRAIN_PAGES, help="fewer: a quick run")
+    p.add_argument("--heldout-pages", type=int, default=HELDOUT_PAGES)
+    p.add_argument(
+        "--no-service",
+        action="store_true",
+        help="skip the check through the service (evaluate and detect tasks on a live stack)",
+    )
     return p.parse_args(argv)
 
 
@@ -51,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-"))
     t0 = time.perf_counter()
-    bench = build(work / "pages", seed=args.seed)
+    bench = build(
+        work / "pages", seed=args.seed, train=args.train_pages, heldout=args.heldout_pages
+    )
     render_s = time.perf_counter() - t0
     stems = [p.stem for p in images_of(bench.train)]
     train_stems, val_stems = split_stems(stems, args.val_fraction, args.seed)
@@ -81,13 +94,16 @@ def main(argv: list[str] | None = None) -> int:
         ("fine-tuned", result.new.map50, result.new.map50_95),
     ]
     load_after = os.getloadavg()
+    service: dict[str, dict] = {}
+    if not args.no_service:
+        service = train_service.verify(result.weights, "bench-finetuned", bench.heldout)
     gain = result.new.map50 - result.base.map50
     md = "\n".join(
         [
             f"# Domain-shift benchmark (woodcut pages), {time.strftime('%Y-%m-%d %H:%M UTC')}",
             "",
             f"{len(train_stems)} training + {len(val_stems)} validation pages (of "
-            f"{len(stems)}), scored on {HELDOUT_PAGES} held-out pages; "
+            f"{len(stems)}), scored on {args.heldout_pages} held-out pages; "
             f"{result.epochs_run} epochs at imgsz {args.imgsz} on {result.device} "
             f"({args.threads} threads).",
             "",
@@ -100,12 +116,31 @@ def main(argv: list[str] | None = None) -> int:
             f"on {os.cpu_count()} cores (other work on the machine slows training)",
             f"- versions: {result.versions}",
         ]
+        + (
+            [
+                "",
+                "Through the service (the fine-tuned weights imported with `models add`; "
+                f"evaluate: a dataset zip upload; detect: image uploads, scored at IoU "
+                f"{train_service.IOU}; P/R/F1 at confidence {train_service.CONFIDENCE}):",
+                "",
+                train_service.table(service),
+            ]
+            if service
+            else []
+        )
     )
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     kind = "gpu" if result.device.startswith("cuda") else "cpu"
+    if (args.train_pages, args.heldout_pages) != (TRAIN_PAGES, HELDOUT_PAGES):
+        kind += "-reduced"  # a quick run never stands in for the benchmark's record
     (args.out / f"latest-train-{kind}.md").write_text(md + "\n")
-    summary = result.summary() | {"epochs": epochs, "load": [load_before, load_after]}
+    summary = result.summary() | {
+        "epochs": epochs,
+        "load": [load_before, load_after],
+        "service": service,
+        "pages": {"train": args.train_pages, "heldout": args.heldout_pages},
+    }
     (args.out / f"latest-train-{kind}.json").write_text(json.dumps(summary, indent=1) + "\n")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)

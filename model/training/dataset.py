@@ -1,4 +1,5 @@
-"""Annotated pages for training: read a YOLO dataset zip, check it, split it, write it out.
+"""Annotated pages for training: read a YOLO dataset zip, check it, split it, write it out (IIIF
+ground truth becomes the same Dataset in model/jobs/train/iiif.py).
 
 Torch-free (PIL, zipfile). A page that cannot be used gets a reason and is left out; a dataset
 with nothing left to train on is refused as a whole (`DatasetError`, a 4xx-style code).
@@ -35,6 +36,7 @@ class Page:
     size: tuple[int, int]
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    source: str = ""  # where it came from, when not its name (a IIIF canvas id)
 
 
 @dataclass
@@ -42,6 +44,11 @@ class Dataset:
     pages: list[Page]
     classes: list[str]
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"page", "reason"}
+    # What was wrong in IIIF annotations besides pages (unreadable lists, unknown canvases).
+    problems: list[dict[str, str]] = field(default_factory=list)  # {"code", "message"}
+
+    def source_of(self, name: str) -> str:
+        return next((p.source or p.name for p in self.pages if p.name == name), name)
 
     def digest(self) -> str:
         """sha256 over the pages' bytes and boxes, in name order: same data, same digest."""

@@ -35,11 +35,12 @@ def fit_positive(body: Any) -> None:
     rest of it (each refusal is documented and tested on its own):
     - a webhook URL whose host spells an IP address that is not public (`HTTP://0`, `10.1`) is
       refused at submit (422 webhook_refused; test_webhooks.py): sent with a public host;
-    - evaluate's inline annotations must hold a box on a canvas (422 no_boxes;
-      test_fast_evaluate.py): left out, the manifest's own annotations are read instead."""
+    - evaluate's and train's inline annotations must hold a box on a canvas (422 no_boxes;
+      test_fast_evaluate.py), two canvases for train (422 too_few_pages; test_fast_training.py):
+      left out, the manifest's own annotations are read instead."""
     if not isinstance(body, dict):
         return
-    if body.get("type") == "evaluate" and isinstance(body.get("input"), dict):
+    if body.get("type") in ("evaluate", "train") and isinstance(body.get("input"), dict):
         body["input"].pop("annotations", None)
     webhook = body.get("webhook")
     if isinstance(webhook, dict) and isinstance(webhook.get("url"), str):

@@ -295,6 +295,25 @@ def test_a_yolo_zip_gives_boxes_in_pixels_and_reasons_for_bad_lines() -> None:
     assert d.error is None and d.boxes == []
 
 
+def test_a_zip_page_is_decoded_as_detect_decodes_an_upload() -> None:
+    """The model sees the pixels a detect task on the same image would give it (shrunk once to
+    its input size, a JPEG at reduced scale); the truth stays in the full image's pixels."""
+    from model.pipeline.memory import ByteBudget
+    from model.sources.images import decode_within
+
+    buffer = io.BytesIO()
+    Image.effect_noise((800, 400), 60).convert("RGB").save(buffer, "JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    files = {"images/a.jpg": jpeg, "labels/a.txt": "0 0.5 0.5 0.25 0.5\n"}
+    dataset = Dataset(_zip(files), ["illustration"], 10, 10**8, analyse_side=200)
+    (page,) = dataset.pages
+    dataset.load(page)
+    assert page.size == (800, 400) and page.scale == 0.25 and page.image.size == (200, 100)
+    assert [b.xywh for b in page.boxes] == [(300.0, 100.0, 200.0, 200.0)]
+    upload, _, _ = decode_within(jpeg, 10**8, 200, ByteBudget(1 << 30), reduce=True)
+    assert page.image.tobytes() == upload.tobytes()
+
+
 def _evaluate(app_client, input_: dict) -> tuple[int, dict]:
     resp = app_client.post("/task", json={"type": "evaluate", "input": input_})
     return resp.status_code, resp.get_json()

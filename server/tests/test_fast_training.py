@@ -139,3 +139,125 @@ def test_training_modules_import_without_torch() -> None:
         "assert 'torch' not in sys.modules and 'ultralytics' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --- IIIF annotations as a training set (model/jobs/train/iiif.py) ---------------------------
+
+BOOK = "https://example.org/iiif/book"
+
+
+def _tagged(canvas: str, xywh: str, label: str | None = None, selector: bool = False) -> dict:
+    """A Presentation 3 annotation as viewers write it: `canvas#xywh=` or a FragmentSelector."""
+    target: object = f"{canvas}#xywh={xywh}"
+    if selector:
+        target = {
+            "type": "SpecificResource",
+            "source": canvas,
+            "selector": {"type": "FragmentSelector", "value": f"xywh={xywh}"},
+        }
+    body = [{"type": "TextualBody", "purpose": "tagging", "value": label}] if label else []
+    return {"type": "Annotation", "motivation": "tagging", "body": body, "target": target}
+
+
+def _canvas_pages(annotations: list[dict], loaded: dict[str, tuple]) -> list:
+    """Canvases as read_iiif hands them over: the boxes by evaluate's reader, each canvas's
+    image (or load error) and the part of the canvas it shows."""
+    from model.jobs.evaluate.groundtruth import parse
+    from model.jobs.train.iiif import CanvasPage
+
+    truths = parse([{"type": "AnnotationPage", "items": annotations}]).by_canvas()
+    pages = []
+    for n, (canvas, (size, image, region, error)) in enumerate(loaded.items()):
+        page = CanvasPage(f"p{n:05d}", canvas, size, truths.get(canvas, []), image, region)
+        page.error = error
+        pages.append(page)
+    return pages
+
+
+def test_iiif_annotations_become_a_training_set_in_image_pixels(tmp_path: Path) -> None:
+    from model.jobs.train.iiif import training_set
+
+    half = Image.new("RGB", (500, 400), (200, 180, 150))  # a 1000x800 canvas's image at 1/2
+    c1, c2, c3, c4, c5 = (f"{BOOK}/canvas/{i}" for i in range(1, 6))
+    annotations = [
+        _tagged(c1, "100,200,300,100"),  # no label: the base model's only class
+        _tagged(c2, "0,0,1000,800", "woodcut", selector=True),  # a new class
+        _tagged(c2, "900,0,100,100", "woodcut"),
+        _tagged(c3, "900,700,200,200"),  # outside the canvas: the page is skipped
+        _tagged(c4, "10,10,50,50"),  # its image did not load
+        _tagged(c5, "150,150,100,100"),  # the image shows canvas (100, 100, 400, 400) only
+        _tagged(c5, "50,50,100,100"),  # partly beside that image: clipped to it
+    ]
+    canvas = (1000.0, 800.0)
+    loaded = {
+        c1: (canvas, half, (0, 0, 1000, 800), None),
+        c2: (canvas, half, (0, 0, 1000, 800), None),
+        c3: (canvas, half, (0, 0, 1000, 800), None),
+        c4: (canvas, None, (0, 0, 1000, 800), ("fetch_failed", "HTTP 404")),
+        c5: (canvas, Image.new("RGB", (200, 200)), (100, 100, 400, 400), None),
+    }
+    dataset = training_set(_canvas_pages(annotations, loaded), None, ["illustration"])
+    assert dataset.classes == ["illustration", "woodcut"]
+    by_canvas = {p.source: p for p in dataset.pages}
+    assert set(by_canvas) == {c1, c2, c5}
+    assert by_canvas[c1].boxes == [(50.0, 100.0, 150.0, 50.0)]
+    assert by_canvas[c1].labels == ["illustration"]
+    assert by_canvas[c2].boxes == [(0.0, 0.0, 500.0, 400.0), (450.0, 0.0, 50.0, 50.0)]
+    assert by_canvas[c2].labels == ["woodcut", "woodcut"]
+    assert by_canvas[c5].boxes == [(25.0, 25.0, 50.0, 50.0), (0.0, 0.0, 25.0, 25.0)]
+    reasons = {s["page"]: s["reason"].split(":")[0] for s in dataset.skipped}
+    assert reasons == {c3: "boxes_outside_canvas", c4: "fetch_failed"}
+
+    # Written out as the YOLO zip path writes pages: normalised, with the class index.
+    split = write_split(dataset, tmp_path / "split", 0.34, seed=0, max_side=0)
+    label = (tmp_path / "split" / "all" / "labels" / f"{by_canvas[c1].name}.txt").read_text()
+    assert label == "0 0.250000 0.312500 0.300000 0.125000\n"
+    assert len(split.train_pages) + len(split.val_pages) == 3
+    assert dataset.source_of(by_canvas[c2].name) == c2
+
+
+def test_iiif_ground_truth_without_two_usable_pages_is_refused() -> None:
+    from model.jobs.train.iiif import training_set
+
+    image = Image.new("RGB", (100, 100))
+    c1, c2 = f"{BOOK}/canvas/1", f"{BOOK}/canvas/2"
+    annotations = [_tagged(c1, "10,10,20,20"), _tagged(c2, "10,10,20,20")]
+    loaded = {c: ((100.0, 100.0), image, (0, 0, 100, 100), None) for c in (c1, c2)}
+    # No label, and the base model has two classes: no default to give them.
+    with pytest.raises(DatasetError) as caught:
+        training_set(_canvas_pages(annotations, loaded), None, ["a", "b"])
+    assert caught.value.code == "too_few_pages" and "no_label" in caught.value.message
+    dataset = training_set(_canvas_pages(annotations, loaded), "b", ["a", "b"])
+    assert dataset.classes == ["a", "b"] and [p.labels for p in dataset.pages] == [["b"], ["b"]]
+
+
+def _train(app_client, input_: dict) -> tuple[int, dict]:
+    resp = app_client.post(
+        "/task", json={"type": "train", "input": input_, "params": {"name": "t"}}
+    )
+    return resp.status_code, resp.get_json()
+
+
+def test_unusable_train_ground_truth_is_refused_before_queueing(app_client) -> None:
+    manifest = f"{BOOK}/manifest.json"
+    one_page = [{"type": "AnnotationPage", "items": [_tagged(f"{BOOK}/canvas/1", "1,1,9,9")]}]
+    for input_, code in [
+        ({}, "one_ground_truth"),
+        ({"annotations": one_page}, "one_ground_truth"),
+        ({"manifest_url": manifest, "dataset_url": f"{BOOK}/set.zip"}, "one_ground_truth"),
+        ({"dataset_url": f"{BOOK}/set.zip", "annotations": one_page}, "annotations_with_dataset"),
+        ({"manifest_url": manifest, "annotations": [{"type": "AnnotationPage"}]}, "no_boxes"),
+        ({"manifest_url": manifest, "annotations": one_page}, "too_few_pages"),
+    ]:
+        status, body = _train(app_client, input_)
+        assert status == 422 and body["error"]["code"] == code, (input_, body)
+
+
+def test_a_yolo_zip_upload_is_train_ground_truth_as_for_evaluate(app_client) -> None:
+    zipped = _zip({"images/a.png": _png(), "labels/a.txt": "0 0.5 0.5 0.2 0.2\n"})
+    form = {"type": "train", "params": '{"name": "from-upload"}'}
+    resp = app_client.post("/task", data={**form, "dataset": (io.BytesIO(zipped), "set.zip")})
+    assert resp.status_code == 202, resp.get_json()
+    both = {**form, "input": '{"dataset_url": "https://example.org/set.zip"}'}
+    resp = app_client.post("/task", data={**both, "dataset": (io.BytesIO(zipped), "set.zip")})
+    assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "one_ground_truth"

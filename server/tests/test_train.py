@@ -1,5 +1,6 @@
 """The train job on the live stack: a few epochs on a tiny set, the published model then used by
-detect; cancel mid-training; the per-key cap; bad datasets. Speed is bench/train.py's business:
+detect; the same pages as IIIF canvases with annotations, the model then used by evaluate;
+cancel mid-training; the per-key cap; bad datasets. Speed is bench/train.py's business:
 no timing here."""
 
 from __future__ import annotations
@@ -8,11 +9,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from model.training.benchmark import build
 from model.training.dataset import read_yolo_zip, yolo_zip
-from model.training.yolo_data import CLASS_NAMES
+from model.training.yolo_data import CLASS_NAMES, images_of
 from server.tests.conftest import ImageServer
+from testkit.iiif_server import IiifServer, v3_canvas, v3_image, v3_manifest
 from testkit.stack import Api, Stack
 
 # Training on a CPU shared with the other live tests: generous, never asserted on.
@@ -27,6 +30,7 @@ def tiny_set(tmp_path_factory: pytest.TempPathFactory, image_server: ImageServer
     page = (bench.heldout / "images").iterdir().__next__()
     return {
         "url": url,
+        "train": bench.train,
         "digest": read_yolo_zip(data, 10, 1 << 30).digest(),
         "page_url": image_server.add(f"heldout-{page.name}", page.read_bytes()),
     }
@@ -82,6 +86,68 @@ def test_train_publishes_a_model_that_detect_then_uses(
         assert found["state"] == "SUCCEEDED", found
         assert found["result"]["provenance"]["model"] == name
         assert found["result"]["provenance"]["sha256"] == result["new"]["sha256"]
+    finally:
+        _remove(stack, name)
+
+
+@pytest.fixture(scope="module")
+def tiny_book(tiny_set: dict, iiif_server: IiifServer) -> dict:
+    """The tiny set's pages behind level-0 IIIF image services, on canvases twice the images'
+    size, and their boxes as a P3 AnnotationPage in canvas coordinates (fragments and
+    FragmentSelectors, as viewers write them)."""
+    base = f"{iiif_server.url}/trainbook-{uuid.uuid4().hex[:8]}"
+    canvases, annotations = [], []
+    for n, path in enumerate(images_of(tiny_set["train"])):
+        with Image.open(path) as image:
+            published = iiif_server.publish(f"{base.rsplit('/', 1)[1]}-{n}", image, 3)
+        canvas_id = f"{base}/canvas/{n}"
+        width, height = 2 * published.width, 2 * published.height
+        canvases.append(v3_canvas(canvas_id, f"p{n}", width, height, v3_image(published)))
+        label = path.parent.parent / "labels" / f"{path.stem}.txt"
+        for i, line in enumerate(label.read_text().splitlines()):
+            cx, cy, w, h = (float(v) for v in line.split()[1:])
+            box = ((cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height)
+            xywh = ",".join(f"{v:.0f}" for v in box)
+            target: object = f"{canvas_id}#xywh={xywh}"
+            if i % 2:
+                selector = {"type": "FragmentSelector", "value": f"xywh={xywh}"}
+                target = {"type": "SpecificResource", "source": canvas_id, "selector": selector}
+            body = {"type": "TextualBody", "purpose": "tagging", "value": "illustration"}
+            annotations.append({"type": "Annotation", "body": body, "target": target})
+    manifest = v3_manifest(f"{base}/manifest.json", "Tiny", canvases)
+    url = iiif_server.add_json(f"{base.rsplit('/', 1)[1]}/manifest.json", manifest)
+    page = {"type": "AnnotationPage", "items": annotations}
+    return {"manifest_url": url, "annotations": [page], "canvases": [c["id"] for c in canvases]}
+
+
+def test_train_from_iiif_annotations_then_evaluate_with_the_new_model(
+    stack: Stack, api: Api, tiny_book: dict
+) -> None:
+    name = f"from-iiif-{uuid.uuid4().hex[:8]}"
+    truth = {"manifest_url": tiny_book["manifest_url"], "annotations": tiny_book["annotations"]}
+    params = {"name": name, "epochs": 1, "imgsz": 160, "val_fraction": 0.25, "publish": "always"}
+    task = api.submit_ok({"type": "train", "input": truth, "params": params})
+    try:
+        done = api.wait(task, timeout_s=TRAIN_WAIT_S)
+        assert done["state"] == "SUCCEEDED", done
+        result = done["result"]
+        assert result["published"] is True and result["skipped_pages"] == []
+        assert result["train_pages"] == 3
+        assert set(result["held_out_pages"]) < set(tiny_book["canvases"])
+        assert len(result["provenance"]["dataset_sha256"]) == 64
+
+        # The new model judged on the same ground truth: every canvas evaluated, in canvas
+        # coordinates (the images are half the canvases' size).
+        evaluate = api.submit_ok({"type": "evaluate", "input": truth, "params": {"model": name}})
+        body = api.wait(evaluate, timeout_s=300)
+        assert body["state"] == "SUCCEEDED", body
+        assert body["result"]["provenance"]["sha256"] == result["new"]["sha256"]
+        evaluation = body["result"]["evaluation"]
+        assert evaluation["pages"] == {"evaluated": 4, "failed": 0}
+        overall = evaluation["overall"]
+        assert overall["tp"] + overall["fn"] == sum(
+            len(page["items"]) for page in tiny_book["annotations"]
+        )
     finally:
         _remove(stack, name)
 

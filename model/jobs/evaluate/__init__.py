@@ -29,7 +29,7 @@ from model.jobs.contract import (
     ManifestUrl,
     TaskInput,
 )
-from model.jobs.evaluate.groundtruth import parse
+from model.jobs.evaluate.groundtruth import Parsed, parse
 from model.jobs.fields import bounded_integer
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
@@ -110,37 +110,52 @@ def task_inputs(request_input: EvaluateInput) -> list[TaskInput]:
     return inputs
 
 
-def check(request_input: EvaluateInput, inputs: list[TaskInput], settings: Settings) -> None:
+GROUND_TRUTH_WAYS = "input.manifest_url, a 'manifest' upload, a 'dataset' zip upload"
+
+
+def check_ground_truth(
+    request_input: EvaluateInput,
+    inputs: list[TaskInput],
+    settings: Settings,
+    datasets: tuple[type, ...] = (DatasetUpload,),
+    ways: str = GROUND_TRUTH_WAYS,
+) -> Parsed | None:
+    """One source of ground truth (a manifest, or a dataset of one of the `datasets` kinds) and
+    inline annotations that hold a box: evaluate's and train's requests alike. Returns the inline
+    annotations as read (None without any)."""
     manifests = sum(isinstance(e, ManifestUrl | ManifestUpload) for e in inputs)
-    datasets = sum(isinstance(e, DatasetUpload) for e in inputs)
+    dataset_count = sum(isinstance(e, datasets) for e in inputs)
     if any(isinstance(e, ImageUpload) for e in inputs):
         raise InputRejected(
             "images_without_truth",
             "images alone carry no ground truth: upload a YOLO 'dataset' zip, or give a manifest",
         )
-    if manifests + datasets != 1:
-        raise InputRejected(
-            "one_ground_truth",
-            "give exactly one of: input.manifest_url, a 'manifest' upload, a 'dataset' zip upload",
-        )
-    if datasets and (request_input.annotations or request_input.annotation_urls):
+    if manifests + dataset_count != 1:
+        raise InputRejected("one_ground_truth", f"give exactly one of: {ways}")
+    if dataset_count and (request_input.annotations or request_input.annotation_urls):
         raise InputRejected("annotations_with_dataset", "a dataset zip carries its own labels")
-    if request_input.annotations:
-        size = len(json.dumps(request_input.annotations, separators=(",", ":")).encode())
-        most = settings.iiif.max_inline_annotation_bytes
-        if size > most:
-            raise InputRejected(
-                "annotations_too_large",
-                f"inline annotations may be {most} bytes; give them by URL or inside the manifest",
-            )
-        parsed = parse(request_input.annotations)
-        if not parsed.boxes and not request_input.annotation_urls:
-            problems = "; ".join(p["message"] for p in parsed.problems[:5])
-            raise InputRejected(
-                "no_boxes",
-                "the inline annotations hold no box (xywh fragment or FragmentSelector on a "
-                f"canvas){': ' + problems if problems else ''}",
-            )
+    if not request_input.annotations:
+        return None
+    size = len(json.dumps(request_input.annotations, separators=(",", ":")).encode())
+    most = settings.iiif.max_inline_annotation_bytes
+    if size > most:
+        raise InputRejected(
+            "annotations_too_large",
+            f"inline annotations may be {most} bytes; give them by URL or inside the manifest",
+        )
+    parsed = parse(request_input.annotations)
+    if not parsed.boxes and not request_input.annotation_urls:
+        problems = "; ".join(p["message"] for p in parsed.problems[:5])
+        raise InputRejected(
+            "no_boxes",
+            "the inline annotations hold no box (xywh fragment or FragmentSelector on a "
+            f"canvas){': ' + problems if problems else ''}",
+        )
+    return parsed
+
+
+def check(request_input: EvaluateInput, inputs: list[TaskInput], settings: Settings) -> None:
+    check_ground_truth(request_input, inputs, settings)
 
 
 def run(ctx: Any) -> None:

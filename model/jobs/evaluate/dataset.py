@@ -4,7 +4,10 @@ to the image. Class names come from a data.yaml (`names`) or classes.txt in the 
 model's own, by index. An image without a label file has no illustration (YOLO's convention).
 
 Worker only (PIL). Sizes are checked before anything is decompressed: file count, each image's
-pixels (Image.open reads the header only until load).
+pixels (Image.open reads the header only until load). With `analyse_side`, a page is decoded as
+detect decodes an uploaded image (`decode_within`: shrunk once, JPEGs at reduced scale, within
+the process's decode budget), so the model sees the pixels it would see in a detect task; boxes
+stay in the full image's pixels and `scale` maps detections back.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from PIL import Image
 
 from model.jobs import JobFailed
 from model.jobs.evaluate.groundtruth import TruthBox
+from model.pipeline.memory import process_budget
+from model.sources.images import ImageDecodeError, decode_within
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
@@ -30,7 +35,8 @@ TOLERANCE = 0.01  # normalised coordinates a little over 1 (rounding) are tolera
 class DatasetPage:
     name: str
     image: Any = None  # PIL image (RGB)
-    size: tuple[int, int] = (0, 0)
+    size: tuple[int, int] = (0, 0)  # the full image's
+    scale: float = 1.0  # decoded image / full image
     boxes: list[TruthBox] = field(default_factory=list)
     error: tuple[str, str] | None = None
 
@@ -93,7 +99,12 @@ class Dataset:
     """The zip's pages, each decoded only when loaded (a batch at a time)."""
 
     def __init__(
-        self, data: bytes, model_classes: list[str], max_images: int, max_pixels: int
+        self,
+        data: bytes,
+        model_classes: list[str],
+        max_images: int,
+        max_pixels: int,
+        analyse_side: int | None = None,
     ) -> None:
         try:
             self.archive = zipfile.ZipFile(io.BytesIO(data))
@@ -113,6 +124,7 @@ class Dataset:
             raise JobFailed("too_many_images", f"at most {max_images} images per evaluate task")
         self.names = _names(self.archive, sorted(self.sizes), model_classes)
         self.max_pixels = max_pixels
+        self.analyse_side = analyse_side
         self.pages = [DatasetPage(name) for name in images]
         self.labels = {name: _label_member(name, set(self.sizes)) for name in images}
 
@@ -124,16 +136,24 @@ class Dataset:
                 label and self.sizes[label] > MAX_MEMBER_BYTES
             ):
                 raise ValueError(("too_large", f"over {MAX_MEMBER_BYTES} bytes uncompressed"))
-            image = Image.open(io.BytesIO(self.archive.read(page.name)))
-            if image.width * image.height > self.max_pixels:
-                raise ValueError(("too_many_pixels", f"{image.width}x{image.height}"))
-            page.image = image.convert("RGB")
-            page.size = page.image.size
+            data = self.archive.read(page.name)
+            if self.analyse_side:
+                page.image, page.size, page.scale = decode_within(
+                    data, self.max_pixels, self.analyse_side, process_budget(), reduce=True
+                )
+            else:
+                image = Image.open(io.BytesIO(data))
+                if image.width * image.height > self.max_pixels:
+                    raise ValueError(("too_many_pixels", f"{image.width}x{image.height}"))
+                page.image = image.convert("RGB")
+                page.size = page.image.size
             if label:
                 text = self.archive.read(label).decode("utf-8", errors="replace")
                 page.boxes = _boxes(text, self.names, page.size, page.name)
         except ValueError as exc:
             reason = exc.args[0] if exc.args and isinstance(exc.args[0], tuple) else None
             page.error, page.image = reason or ("undecodable", str(exc)), None
+        except ImageDecodeError as exc:
+            page.error, page.image = (exc.code, exc.message), None
         except (OSError, Image.DecompressionBombError, zipfile.BadZipFile) as exc:
             page.error, page.image = ("undecodable", f"{type(exc).__name__}: {exc}"), None

@@ -24,6 +24,7 @@ from typing import Any
 from model.iiif.jsonld import as_list, node_id, node_type
 
 _XYWH = re.compile(r"xywh=(?:pixel:)?\s*([-\d.]+),([-\d.]+),([-\d.]+),([-\d.]+)\s*$")
+OUTSIDE_TOLERANCE_PX = 2.0  # rounding in editors: a box may overshoot its canvas by this much
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,42 @@ def parse(documents: list[Any], into: Parsed | None = None) -> Parsed:
             else:
                 parsed.boxes.append(TruthBox(canvas, label, xywh))
     return parsed
+
+
+def outside_canvas(
+    boxes: list[TruthBox], size: tuple[float | None, float | None]
+) -> tuple[str, str] | None:
+    """Why a page's boxes cannot be judged or learnt from when some lie outside its canvas (a
+    canvas of unknown size: None, nothing to check against)."""
+    width, height = size
+    if not (width and height):
+        return None
+    outside = [
+        b.xywh
+        for b in boxes
+        if b.xywh[0] < -OUTSIDE_TOLERANCE_PX
+        or b.xywh[1] < -OUTSIDE_TOLERANCE_PX
+        or b.xywh[0] + b.xywh[2] > width + OUTSIDE_TOLERANCE_PX
+        or b.xywh[1] + b.xywh[3] > height + OUTSIDE_TOLERANCE_PX
+    ]
+    if not outside:
+        return None
+    return (
+        "boxes_outside_canvas",
+        f"{len(outside)} box(es) outside the {width}x{height} canvas, e.g. {list(outside[0])}",
+    )
+
+
+def labels_of(boxes: list[TruthBox], default: str | None) -> list[str] | tuple[str, str]:
+    """Each box's label (the default for a box without one), or why the page has none to give."""
+    labels = [b.label or default for b in boxes]
+    if None in labels:
+        return (
+            "no_label",
+            "annotations without a label, and the model has several classes: set "
+            "params.default_class",
+        )
+    return [str(label) for label in labels]
 
 
 def annotation_references(manifest: dict[str, Any]) -> tuple[list[Any], list[str]]:

@@ -1,7 +1,7 @@
 """The evaluate job's work in the worker (declared in model/jobs/evaluate/__init__.py).
 
-Pages are loaded as detect loads them (IIIF canvases: model/jobs/loading.py; a dataset zip: read
-here), the model runs at a low confidence (every prediction counts for mAP), and each page becomes
+Pages are loaded as detect loads them (IIIF canvases: model/jobs/loading.py; a dataset zip's
+images decoded as detect decodes an upload: evaluate/dataset.py), the model runs at a low confidence (every prediction counts for mAP), and each page becomes
 one result item: its TP/FP/FN at the task's IoU and confidence, its matches, misses and false
 alarms in canvas (or image) coordinates. A page whose annotations cannot be judged (boxes outside
 the canvas, labels the model does not have) is a failed item saying why, left out of the figures;
@@ -14,12 +14,13 @@ import time
 from typing import Any
 
 from model.jobs import JobFailed
-from model.jobs.contract import Annotations, AnnotationUrl, DatasetUpload
+from model.jobs.contract import DatasetUpload
 from model.jobs.detect import MAX_SIDE_FACTOR
 from model.jobs.detect_run import keep_manifests, page_loader
 from model.jobs.evaluate import EvaluateParams
 from model.jobs.evaluate.dataset import Dataset
-from model.jobs.evaluate.groundtruth import Parsed, TruthBox, annotation_references, parse
+from model.jobs.evaluate.groundtruth import TruthBox, labels_of, outside_canvas
+from model.jobs.evaluate.iiif_truth import gather, on_canvases
 from model.jobs.evaluate.metrics import Box, page_outcome, summarise
 from model.jobs.loading import Prepared, page_batches, to_output_box
 from model.jobs.units import plan_units
@@ -29,8 +30,6 @@ from model.sources.fetch import FetchScope
 MAP_CONFIDENCE = 0.001
 NMS_IOU = 0.45  # as detect runs (its default): the boxes a user saw are the boxes judged
 AGNOSTIC = "any"
-MAX_ANNOTATION_URLS = 200
-OUTSIDE_TOLERANCE_PX = 2.0  # rounding in editors: a box may overshoot its canvas by this much
 
 
 class _Judge:
@@ -44,38 +43,21 @@ class _Judge:
     def truths(
         self, boxes: list[TruthBox], size: tuple[float | None, float | None]
     ) -> tuple[list[Box], tuple[str, str] | None]:
-        width, height = size
-        if width and height:
-            outside = [
-                b.xywh
-                for b in boxes
-                if b.xywh[0] < -OUTSIDE_TOLERANCE_PX
-                or b.xywh[1] < -OUTSIDE_TOLERANCE_PX
-                or b.xywh[0] + b.xywh[2] > width + OUTSIDE_TOLERANCE_PX
-                or b.xywh[1] + b.xywh[3] > height + OUTSIDE_TOLERANCE_PX
-            ]
-            if outside:
-                return [], (
-                    "boxes_outside_canvas",
-                    f"{len(outside)} box(es) outside the {width}x{height} canvas, e.g. "
-                    f"{list(outside[0])}",
-                )
-        labels = [b.label or self.default for b in boxes]
-        if None in labels:
-            return [], (
-                "no_label",
-                "annotations without a label, and the model has several classes: set "
-                "params.default_class",
-            )
+        outside = outside_canvas(boxes, size)
+        if outside is not None:
+            return [], outside
+        labels = labels_of(boxes, self.default)
+        if isinstance(labels, tuple):
+            return [], labels
         if not self.params.class_agnostic:
-            unknown = sorted({str(label) for label in labels} - set(self.classes))
+            unknown = sorted(set(labels) - set(self.classes))
             if unknown:
                 return [], (
                     "unknown_labels",
                     f"labels {unknown} are not the model's classes {self.classes}: correct them, "
                     "or set params.class_agnostic",
                 )
-        return [Box(self.label(str(lb)), b.xywh) for lb, b in zip(labels, boxes, strict=True)], None
+        return [Box(self.label(lb), b.xywh) for lb, b in zip(labels, boxes, strict=True)], None
 
     def label(self, label: str) -> str:
         return AGNOSTIC if self.params.class_agnostic else label
@@ -123,29 +105,6 @@ def run_evaluate(ctx: Any) -> None:
 # --- a IIIF manifest and its annotations ------------------------------------------------------
 
 
-def _ground_truth(ctx: Any, plan: Any, fetcher: Any) -> Parsed:
-    settings = ctx.resources.settings
-    parsed = Parsed()
-    for entry in ctx.spec.of_kind(Annotations):
-        parse(entry.documents, parsed)
-    urls = [e.url for e in ctx.spec.of_kind(AnnotationUrl)]
-    for manifest in plan.manifests:
-        if isinstance(manifest.document, dict):
-            embedded, referenced = annotation_references(manifest.document)
-            parse(embedded, parsed)
-            urls += referenced
-    from model.iiif.loader import json_getter
-
-    get = json_getter(fetcher, settings.iiif.max_json_bytes)
-    for url in list(dict.fromkeys(urls))[:MAX_ANNOTATION_URLS]:
-        ctx.check_cancel()
-        try:
-            parse([get(url)], parsed)
-        except Exception as exc:  # noqa: BLE001 - one unreadable list is reported, not fatal
-            parsed.problem("annotations_unreadable", f"{url}: {type(exc).__name__}: {exc}")
-    return parsed
-
-
 def _evaluate_manifest(
     ctx: Any,
     params: EvaluateParams,
@@ -161,25 +120,7 @@ def _evaluate_manifest(
     plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
     keep_manifests(ctx, plan.manifests, settings)
     provenance.update(manifests=[m.as_dict() for m in plan.manifests])
-    parsed = _ground_truth(ctx, plan, fetcher)
-    truths = parsed.by_canvas()
-    known = {u.canvas.canvas.id for u in plan.units if u.canvas is not None}
-    problems = list(parsed.problems)
-    unknown = sorted(set(truths) - known)
-    if unknown:
-        problems.append(
-            {
-                "code": "unknown_canvas",
-                "message": f"{len(unknown)} canvas(es) annotated but not in the manifest, e.g. "
-                f"{unknown[0]}",
-            }
-        )
-    if not set(truths) & known:
-        raise JobFailed(
-            "no_ground_truth",
-            "no annotation box on any canvas of the manifest"
-            + (f": {problems[0]['message']}" if problems else ""),
-        )
+    truths, problems = on_canvases(gather(ctx, plan, fetcher), plan)
     units = [
         u
         for u in plan.units
@@ -263,6 +204,7 @@ def _evaluate_dataset(
         judge.classes,
         settings.job_limits("evaluate").max_images,
         settings.fetch.max_pixels,
+        analyse_side=detector.imgsz,  # as detect decodes an uploaded image
     )
     if not any(dataset.labels.values()):
         raise JobFailed("no_ground_truth", "no image of the dataset has a label file")
@@ -283,7 +225,11 @@ def _evaluate_dataset(
         found = detector.predict([p.image for _, p, _ in ready], MAP_CONFIDENCE, NMS_IOU)
         for (item, page, truths), preds in zip(ready, found, strict=True):
             boxes = [
-                Box(judge.label(d["label"]), _xyxy_to_xywh(d["xyxy"]), d["confidence"])
+                Box(
+                    judge.label(d["label"]),
+                    _xyxy_to_xywh([v / page.scale for v in d["xyxy"]]),
+                    d["confidence"],
+                )
                 for d in preds
             ]
             width, height = page.size

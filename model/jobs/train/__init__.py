@@ -13,11 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.celery_app import TRAIN_QUEUE
 from model.inference.catalog import NAME_PATTERN, ModelStoreError, validate_name
-from model.jobs.contract import DatasetUrl, InputRejected, TaskInput
+from model.jobs.contract import DatasetUpload, DatasetUrl, InputRejected, TaskInput
+from model.jobs.evaluate import GROUND_TRUTH_WAYS, EvaluateInput, check_ground_truth
+from model.jobs.evaluate import task_inputs as evaluate_task_inputs
 from model.jobs.fields import bounded_integer
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url
+
+MIN_PAGES = 2  # annotated pages a training task needs: one to learn from, one to score on
 
 
 class TrainParams(BaseModel):
@@ -38,6 +42,12 @@ class TrainParams(BaseModel):
         0.2, ge=0.05, le=0.5, description="Share of the pages held out to score both models"
     )
     seed: bounded_integer(0, 2**31 - 1) = Field(0, description="Split and training seed")  # type: ignore[valid-type]
+    default_class: str | None = Field(
+        None,
+        max_length=200,
+        description="Label of IIIF annotations without one; default: the base model's class if "
+        "it has one",
+    )
     publish: Literal["if_better", "always"] = Field(
         "if_better",
         description="if_better: publish only when the new model's held-out mAP50 beats the "
@@ -53,10 +63,14 @@ class TrainParams(BaseModel):
             raise ValueError(exc.message) from exc
 
 
-class TrainInput(BaseModel):
+class TrainInput(EvaluateInput):
+    """evaluate's ground truth (a manifest and its annotations, or a YOLO zip upload), or a YOLO
+    zip by URL."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    dataset_url: str = Field(
+    dataset_url: str | None = Field(
+        None,
         description="http(s) URL of a YOLO dataset zip: images, a label file per image (same "
         "stem, `class cx cy w h` normalized), class names in data.yaml or classes.txt",
         json_schema_extra={"pattern": HTTP_URL_PATTERN},
@@ -64,8 +78,9 @@ class TrainInput(BaseModel):
 
     @field_validator("dataset_url")
     @classmethod
-    def _http_url(cls, url: str) -> str:
-        check_http_url(url)  # the worker's fetcher decides which hosts it may reach
+    def _dataset_http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            check_http_url(url)  # the worker's fetcher decides which hosts it may reach
         return url
 
 
@@ -82,12 +97,53 @@ def epoch_item(done: int, map50: float | None) -> dict[str, Any]:
 
 
 def _task_inputs(request_input: TrainInput) -> list[TaskInput]:
-    return [DatasetUrl(url=request_input.dataset_url)]
+    inputs = evaluate_task_inputs(request_input)
+    if request_input.dataset_url:
+        inputs.append(DatasetUrl(url=request_input.dataset_url))
+    return inputs
 
 
-def _check(request_input: TrainInput, _inputs: list[TaskInput], _settings: Settings) -> None:
-    if not request_input.dataset_url:
-        raise InputRejected("no_input", "give input.dataset_url")
+def _check(request_input: TrainInput, inputs: list[TaskInput], settings: Settings) -> None:
+    parsed = check_ground_truth(
+        request_input,
+        inputs,
+        settings,
+        datasets=(DatasetUpload, DatasetUrl),
+        ways=f"{GROUND_TRUTH_WAYS}, input.dataset_url",
+    )
+    # Inline annotations alone (no list by URL) must reach two pages: one to learn from, one
+    # to score on. Boxes on canvases the manifest lacks are found only in the worker.
+    if parsed is not None and not request_input.annotation_urls:
+        pages = len(parsed.by_canvas())
+        if pages < MIN_PAGES:
+            raise InputRejected(
+                "too_few_pages",
+                f"the inline annotations have boxes on {pages} canvas(es); training needs "
+                f"{MIN_PAGES} at least (one to learn from, one to score on)",
+            )
+
+
+def input_schema(ref: str) -> dict[str, Any]:
+    """A JSON request names one source: a manifest (with its annotations) or a dataset zip URL
+    (which carries its labels); uploads, the other ways, come as multipart parts."""
+    return {
+        "allOf": [{"$ref": ref}],
+        "anyOf": [
+            {
+                "required": ["manifest_url"],
+                "properties": {"manifest_url": {"type": "string"}, "dataset_url": {"type": "null"}},
+            },
+            {
+                "required": ["dataset_url"],
+                "properties": {
+                    "dataset_url": {"type": "string"},
+                    "manifest_url": {"type": "null"},
+                    "annotations": {"maxItems": 0},
+                    "annotation_urls": {"maxItems": 0},
+                },
+            },
+        ],
+    }
 
 
 def _active_per_key(settings: Settings) -> int:
@@ -108,8 +164,10 @@ SPEC = JobSpec(
     run=run,
     task_inputs=_task_inputs,
     check=_check,
-    input_required=True,
+    input_required=False,
     params_required=True,
+    uploads=True,
+    input_schema=input_schema,
     model_fields={"base_model": "detect"},
     limits=JobLimits(timeout_default_s=3600, timeout_max_s=21600, max_images=500),
     queue=TRAIN_QUEUE,

@@ -19,12 +19,14 @@ from typing import Any
 from model.inference.catalog import ModelStoreError, sha256_file
 from model.inference.registry import ModelInfo
 from model.jobs import JobFailed
-from model.jobs.contract import DatasetUrl
+from model.jobs.contract import DatasetUpload, DatasetUrl
 from model.jobs.train import TrainParams, epoch_item
+from model.jobs.train.iiif import read_iiif
 from model.sources.fetch import FetchError
 from model.training.dataset import Dataset, read_yolo_zip, write_split
 from model.training.finetune import FinetuneConfig, FinetuneResult, finetune
 from model.training.publish import ModelStore
+from model.uploads import UploadMissing
 
 
 def _base_model(store: ModelStore, settings: Any, name: str | None) -> ModelInfo:
@@ -38,15 +40,25 @@ def _base_model(store: ModelStore, settings: Any, name: str | None) -> ModelInfo
     return info
 
 
-def _dataset(ctx: Any) -> Dataset:
+def _dataset(ctx: Any, params: TrainParams, base: ModelInfo) -> Dataset:
+    """The task's ground truth, as evaluate takes it (a manifest and its annotations, or a YOLO
+    zip upload), or a YOLO zip by URL."""
     settings = ctx.resources.settings
-    (source,) = ctx.spec.of_kind(DatasetUrl)
     cap = settings.training.max_dataset_bytes
+    by_url = ctx.spec.of_kind(DatasetUrl)
+    uploaded = ctx.spec.of_kind(DatasetUpload)
+    if not by_url and not uploaded:
+        return read_iiif(ctx, params.imgsz, params.default_class, list(base.classes))
     try:
-        data = ctx.resources.fetcher.get(source.url, max_bytes=cap).content
-        return read_yolo_zip(data, settings.training.max_pages, cap)
+        if by_url:
+            data = ctx.resources.fetcher.get(by_url[0].url, max_bytes=cap).content
+        else:
+            data = ctx.resources.uploads.read(uploaded[0])
     except FetchError as exc:
         raise JobFailed("dataset_unreachable", f"dataset_url: {exc}") from exc
+    except UploadMissing as exc:
+        raise JobFailed(exc.code, exc.message) from exc
+    return read_yolo_zip(data, settings.training.max_pages, cap)
 
 
 def _threads(settings: Any) -> int:
@@ -64,7 +76,7 @@ def run_train(ctx: Any) -> None:
         raise JobFailed("model_exists", f"a model named {params.name!r} exists already")
     ctx.set_total(params.epochs)
     ctx.set_summary({"stage": "loading dataset"})
-    dataset = _dataset(ctx)
+    dataset = _dataset(ctx, params, base)
     ctx.check_cancel()
 
     scratch = settings.data_path / "training"
@@ -119,9 +131,10 @@ def _summary(
         "better": better,
         "published": params.publish == "always" or better,
         "publish": params.publish,
-        "held_out_pages": split.val_pages,
+        "held_out_pages": [dataset.source_of(name) for name in split.val_pages],
         "train_pages": len(split.train_pages),
         "skipped_pages": dataset.skipped,
+        "annotation_problems": dataset.problems,
         "train_seconds": result.train_seconds,
         "device": result.device,
         "provenance": {
