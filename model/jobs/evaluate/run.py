@@ -1,11 +1,12 @@
 """The evaluate job's work in the worker (declared in model/jobs/evaluate/__init__.py).
 
 Pages are loaded as detect loads them (IIIF canvases: model/jobs/loading.py; a dataset zip's
-images decoded as detect decodes an upload: evaluate/dataset.py), the model runs at a low confidence (every prediction counts for mAP), and each page becomes
-one result item: its TP/FP/FN at the task's IoU and confidence, its matches, misses and false
-alarms in canvas (or image) coordinates. A page whose annotations cannot be judged (boxes outside
-the canvas, labels the model does not have) is a failed item saying why, left out of the figures;
-the summary holds the overall and per-class figures (model/jobs/evaluate/metrics.py).
+images decoded as detect decodes an upload: evaluate/dataset.py), the model runs at a low
+confidence (every prediction counts for mAP), and each page becomes one result item: its
+TP/FP/FN at the task's IoU and confidence, its matches, misses and false alarms in canvas (or
+image) coordinates. A page whose annotations cannot be judged (boxes outside the canvas, labels
+the model does not have) is a failed item saying why, left out of the figures; the summary holds
+the overall and per-class figures (model/jobs/evaluate/metrics.py).
 """
 
 from __future__ import annotations
