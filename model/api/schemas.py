@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    Strict,
+    TypeAdapter,
+    create_model,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from model.jobs.cluster import RESULT_SCHEMA as CLUSTER
 from model.jobs.registry import JOBS
@@ -128,67 +139,21 @@ class Progress(BaseModel):
     failed: int
 
 
-class Detection(BaseModel):
-    xywh: list[int] = Field(
-        description="x, y, width, height: in canvas coordinates for IIIF canvases, else in the "
-        "original image's pixels"
-    )
-    confidence: float
-    label: str
+class StoredItems:
+    """A task's result items as the worker stored them (each validated by its job's item model
+    when emitted, served as stored). The document shows the union of the registry's item
+    models (JobSpec.item): one item's fields are those of its task type's model."""
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> CoreSchema:
+        return core_schema.list_schema(core_schema.dict_schema())
 
-# vectorize: the primitives of an item, in the same coordinates as detect's boxes (canvas
-# coordinates for IIIF canvases, else the image's pixels; a region's are its page's).
-ANGLE_NOTE = "degrees in [0, 360) of atan2(y - cy, x - cx), image coordinates (y down)"
-
-
-class LinePrimitive(BaseModel):
-    kind: Literal["line"]
-    p0: list[float] = Field(description="x, y of one end")
-    p1: list[float] = Field(description="x, y of the other end")
-    confidence: float = Field(description="Share of its length that is ink")
-
-
-class CirclePrimitive(BaseModel):
-    kind: Literal["circle"]
-    center: list[float] = Field(description="x, y")
-    radius: float
-    confidence: float = Field(description="Share of its ring that is ink")
-
-
-class ArcPrimitive(BaseModel):
-    kind: Literal["arc"]
-    center: list[float] = Field(description="x, y")
-    radius: float
-    start_deg: float = Field(description=f"Where it starts: {ANGLE_NOTE}")
-    end_deg: float = Field(description="Where it ends, running by increasing angle from start")
-    confidence: float = Field(description="Share of its span that is ink")
-
-
-Primitive = Annotated[LinePrimitive | CirclePrimitive | ArcPrimitive, Field(discriminator="kind")]
-
-
-class ResultItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    index: int
-    source: str
-    status: Literal["ok", "failed"]
-    width: int | None = None
-    height: int | None = None
-    detections: list[Detection] = []
-    primitives: list[Primitive] | None = Field(
-        None, description="vectorize: the lines, circles and arcs found"
-    )
-    error: TaskError | None = None
-    timings: dict[str, float] | None = None
-    # IIIF canvases only:
-    canvas_id: str | None = None
-    label: str | None = None
-    manifest: int | None = Field(None, description="Index of the manifest in provenance")
-    image_url: str | None = Field(None, description="Image request sent (size negotiated)")
-    canvas_width: int | None = None
-    canvas_height: int | None = None
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, _schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        models = tuple(dict.fromkeys(spec.item for spec in JOBS.values()))
+        return handler(TypeAdapter(list[Union[models]]).core_schema)  # type: ignore[valid-type]  # noqa: UP007
 
 
 class TaskResult(BaseModel):
@@ -200,7 +165,7 @@ class TaskResult(BaseModel):
         extra="allow", json_schema_extra=lambda schema: schema["properties"].update(CLUSTER)
     )
 
-    items: list[ResultItem] = Field(
+    items: StoredItems = Field(
         description="Every item, or in a task of more than results.status_max_items (500) the "
         "first ones stored: then items_total and items_next are set"
     )

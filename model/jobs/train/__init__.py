@@ -7,7 +7,7 @@ alone (training.concurrency at once), so one never holds a detection worker's pl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,9 +15,13 @@ from model.celery_app import TRAIN_QUEUE
 from model.inference.catalog import NAME_PATTERN, ModelStoreError, validate_name
 from model.jobs.contract import DatasetUrl, InputRejected, TaskInput
 from model.jobs.fields import bounded_integer
+from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 
 class TrainParams(BaseModel):
@@ -69,16 +73,18 @@ class TrainInput(BaseModel):
         return url
 
 
-def epoch_item(done: int, map50: float | None) -> dict[str, Any]:
+class TrainEpoch(ResultItem):
     """The result item of one epoch (progress counts them): a result item like any other job's
     (index, source, status) plus the epoch's held-out mAP50."""
-    return {
-        "index": done - 1,
-        "source": f"epoch {done}",
-        "status": "ok",
-        "epoch": done,
-        "val_map50": map50,
-    }
+
+    epoch: int = Field(description="Epochs done (1 = the first)")
+    val_map50: float | None = Field(description="mAP50 on the held-out pages after it")
+
+
+def epoch_item(done: int, map50: float | None) -> TrainEpoch:
+    return TrainEpoch(
+        index=done - 1, source=f"epoch {done}", status="ok", epoch=done, val_map50=map50
+    )
 
 
 def _task_inputs(request_input: TrainInput) -> list[TaskInput]:
@@ -94,7 +100,7 @@ def _active_per_key(settings: Settings) -> int:
     return settings.training.max_active_per_key
 
 
-def run(ctx: Any) -> None:
+def run(ctx: JobContext) -> None:
     from model.jobs.train.run import run_train
 
     run_train(ctx)
@@ -106,6 +112,7 @@ SPEC = JobSpec(
     params=TrainParams,
     input=TrainInput,
     run=run,
+    item=TrainEpoch,
     task_inputs=_task_inputs,
     check=_check,
     input_required=True,

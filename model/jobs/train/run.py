@@ -19,6 +19,7 @@ from typing import Any
 from model.inference.catalog import ModelStoreError, sha256_file
 from model.inference.registry import ModelInfo
 from model.jobs import JobFailed
+from model.jobs.context import JobContext
 from model.jobs.contract import DatasetUrl
 from model.jobs.train import TrainParams, epoch_item
 from model.sources.fetch import FetchError
@@ -38,7 +39,7 @@ def _base_model(store: ModelStore, settings: Any, name: str | None) -> ModelInfo
     return info
 
 
-def _dataset(ctx: Any) -> Dataset:
+def _dataset(ctx: JobContext) -> Dataset:
     settings = ctx.resources.settings
     (source,) = ctx.spec.of_kind(DatasetUrl)
     cap = settings.training.max_dataset_bytes
@@ -53,7 +54,7 @@ def _threads(settings: Any) -> int:
     return settings.training.cpu_threads or len(os.sched_getaffinity(0))
 
 
-def run_train(ctx: Any) -> None:
+def run_train(ctx: JobContext) -> None:
     settings = ctx.resources.settings
     params = TrainParams.model_validate(ctx.spec.params)
     if params.epochs > settings.training.max_epochs:
