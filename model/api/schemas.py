@@ -20,6 +20,7 @@ from pydantic_core import CoreSchema, core_schema
 
 from model.jobs.cluster import RESULT_SCHEMA as CLUSTER
 from model.jobs.registry import JOBS
+from model.jobs.similarity import Comparison, DocumentPair
 from model.jobs.spec import JobSpec
 from model.store import State
 from model.urls import HTTP_URL_PATTERN, check_http_url
@@ -139,27 +140,31 @@ class Progress(BaseModel):
     failed: int
 
 
-class StoredItems:
-    """A task's result items as the worker stored them (each validated by its job's item model
-    when emitted, served as stored). The document shows the union of the registry's item
-    models (JobSpec.item): one item's fields are those of its task type's model."""
+class _Stored:
+    """A value served as the worker stored it (validated by its model when the job made it),
+    documented in the OpenAPI document by that model's schema."""
 
-    @classmethod
-    def __get_pydantic_core_schema__(cls, _source: Any, _handler: Any) -> CoreSchema:
-        return core_schema.list_schema(core_schema.dict_schema())
+    def __init__(self, documented: Any) -> None:
+        self.documented = documented
 
-    @classmethod
+    def __get_pydantic_core_schema__(self, _source: Any, _handler: Any) -> CoreSchema:
+        return core_schema.any_schema()
+
     def __get_pydantic_json_schema__(
-        cls, _schema: CoreSchema, handler: GetJsonSchemaHandler
+        self, _schema: CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
-        models = tuple(dict.fromkeys(spec.item for spec in JOBS.values()))
-        return handler(TypeAdapter(list[Union[models]]).core_schema)  # type: ignore[valid-type]  # noqa: UP007
+        return handler(TypeAdapter(self.documented).core_schema)
+
+
+# One item's fields are those of its task type's item model (JobSpec.item).
+_ITEM_MODELS = tuple(dict.fromkeys(spec.item for spec in JOBS.values()))
+StoredItems = Annotated[list[dict[str, Any]], _Stored(list[Union[_ITEM_MODELS]])]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class TaskResult(BaseModel):
-    """Items (one per image or canvas) and provenance; a similarity task adds `pairs` (one per
-    pair of documents: its top-k item pairs, best first) and `comparison` ({done, total}); a
-    cluster task `clusters`, `unclustered` and `clustering`."""
+    """Items (one per image, canvas, region or epoch: the model of the task's type) and
+    provenance; a similarity task adds `pairs` and `comparison`; a cluster task `clusters`,
+    `unclustered` and `clustering`; an evaluate task `evaluation`."""
 
     model_config = ConfigDict(
         extra="allow", json_schema_extra=lambda schema: schema["properties"].update(CLUSTER)
@@ -173,6 +178,17 @@ class TaskResult(BaseModel):
     items_total: int | None = Field(None, description="Items of the task, when not all shown")
     items_next: str | None = Field(
         None, description="Where the rest begins: GET /result/<id>?offset=&limit= (paged)"
+    )
+    # Set by one job type only: left out of the other types' results.
+    pairs: Annotated[Any, _Stored(list[DocumentPair])] = Field(
+        None,
+        description="similarity tasks: one per pair of documents, as each is done",
+        exclude_if=lambda value: value is None,
+    )
+    comparison: Annotated[Any, _Stored(Comparison)] = Field(
+        None,
+        description="similarity tasks: pairs of documents compared so far",
+        exclude_if=lambda value: value is None,
     )
 
 

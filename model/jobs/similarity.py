@@ -151,6 +151,13 @@ class DocumentPair(BaseModel):
     matches: list[PairMatch]
 
 
+class Comparison(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    done: int = Field(description="Pairs of documents compared")
+    total: int
+
+
 def run(ctx: JobContext) -> None:
     from model.similarity.job import run_similarity
 

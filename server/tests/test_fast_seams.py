@@ -72,6 +72,30 @@ def test_the_openapi_document_lists_every_job_type(app_client) -> None:
     assert types == set(JOBS)
 
 
+def test_the_openapi_document_describes_every_job_types_items(app_client) -> None:
+    schemas = app_client.get("/openapi/openapi.json").json["components"]["schemas"]
+    branches = schemas["TaskResult"]["properties"]["items"]["items"]["anyOf"]
+    described = {branch["$ref"].rsplit("/", 1)[1] for branch in branches}
+    assert described == {spec.item.__name__ for spec in JOBS.values()}
+    crops = schemas[JOBS["crops"].item.__name__]["properties"]
+    assert {"crops", "index", "status"} <= set(crops)
+    assert schemas["Crop"]["properties"]["region_url"]
+    pairs = schemas["TaskResult"]["properties"]["pairs"]
+    assert pairs["items"]["$ref"].endswith("/DocumentPair")
+
+
+def test_a_result_shows_another_job_types_fields_only_when_set() -> None:
+    from model.api.schemas import TaskResult
+
+    plain = json.loads(
+        TaskResult(items=[{"index": 0, "source": "a", "status": "ok"}]).model_dump_json()
+    )
+    assert "pairs" not in plain and "comparison" not in plain
+    assert plain["items"] == [{"index": 0, "source": "a", "status": "ok"}]  # as stored
+    similar = TaskResult(items=[], pairs=[], comparison={"done": 0, "total": 1})
+    assert json.loads(similar.model_dump_json())["pairs"] == []
+
+
 # --- the typed contract -------------------------------------------------------------------------
 
 
