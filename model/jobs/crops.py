@@ -70,24 +70,8 @@ class CropsPage(ResultItem):
     crops: list[Crop] = Field(default_factory=list)
 
 
-def _full_size_scale(page: DetectPage) -> tuple[float, float]:
-    """From the page's box coordinates (canvas, or decoded image) to the full image's pixels."""
-    request = page.request
-    full_w, full_h = (request.full_width, request.full_height) if request else (None, None)
-    base_w = page.canvas_width or page.width
-    base_h = page.canvas_height or page.height
-    if not (full_w and full_h and base_w and base_h):
-        return 1.0, 1.0
-    return full_w / base_w, full_h / base_h
-
-
-def _service(page: DetectPage) -> str | None:
-    """The image service the page was asked from (None: the image resource itself)."""
-    return page.request.service_id if page.request else None
-
-
 def _crop(page: DetectPage, detection: Detection, params: CropsParams) -> Crop:
-    sx, sy = _full_size_scale(page)
+    sx, sy = page.full_size_scale()
     x, y, w, h = detection.xywh
     pad_x, pad_y = w * params.padding, h * params.padding
     left, top = max(0, round((x - pad_x) * sx)), max(0, round((y - pad_y) * sy))
@@ -95,7 +79,7 @@ def _crop(page: DetectPage, detection: Detection, params: CropsParams) -> Crop:
     full_w, full_h = (page.request.full_width, page.request.full_height) if page.request else (0, 0)
     if full_w and full_h:  # never past the image's edge
         width, height = min(width, full_w - left), min(height, full_h - top)
-    service = _service(page)
+    service = page.image_service
     region = f"{left},{top},{width},{height}"
     return Crop(
         label=detection.label,

@@ -93,6 +93,22 @@ class PageItem(ResultItem):
     request: PageRequest | None = None
     notes: list[str] | None = Field(None, description="How the image request was planned")
 
+    @property
+    def image_service(self) -> str | None:
+        """The IIIF image service the page was asked from (None: the image resource itself)."""
+        return self.request.service_id if self.request else None
+
+    def full_size_scale(self) -> tuple[float, float]:
+        """From the page's box coordinates (canvas, or decoded image) to the full image's
+        pixels (1, 1 where a size is unknown)."""
+        full_w, full_h = (
+            (self.request.full_width, self.request.full_height) if self.request else (None, None)
+        )
+        base_w, base_h = self.canvas_width or self.width, self.canvas_height or self.height
+        if not (full_w and full_h and base_w and base_h):
+            return 1.0, 1.0
+        return full_w / base_w, full_h / base_h
+
 
 class DetectPage(PageItem):
     """A detect item: the illustrations found on one page."""

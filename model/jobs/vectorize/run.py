@@ -22,7 +22,7 @@ from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs.context import JobContext
 from model.jobs.contract import SourceTask
-from model.jobs.crops import _full_size_scale, _service, detect_pages
+from model.jobs.crops import detect_pages
 from model.jobs.detect_run import keep_manifests
 from model.jobs.items import DetectPage
 from model.jobs.loading import PageLoader, Prepared, page_batches
@@ -247,9 +247,9 @@ def _region_image(
     URL they were asked from (the region itself, or the whole page)."""
     page = region.page
     x, y, w, h = region.box
-    base = _service(page)
+    base = page.image_service
     if base is not None:
-        sx, sy = _full_size_scale(page)
+        sx, sy = page.full_size_scale()
         left, top = max(0, round(x * sx)), max(0, round(y * sy))
         width, height = max(1, round(w * sx)), max(1, round(h * sy))
         side = params.max_side
