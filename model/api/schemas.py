@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    Strict,
+    TypeAdapter,
+    create_model,
+    field_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from model.jobs.cluster import RESULT_SCHEMA as CLUSTER
 from model.jobs.registry import JOBS
+from model.jobs.similarity import Comparison, DocumentPair
 from model.jobs.spec import JobSpec
 from model.tasks.states import State
 from model.urls import HTTP_URL_PATTERN, check_http_url
@@ -128,79 +140,37 @@ class Progress(BaseModel):
     failed: int
 
 
-class Detection(BaseModel):
-    xywh: list[int] = Field(
-        description="x, y, width, height: in canvas coordinates for IIIF canvases, else in the "
-        "original image's pixels"
-    )
-    confidence: float
-    label: str
+class _Stored:
+    """A value served as the worker stored it (validated by its model when the job made it),
+    documented in the OpenAPI document by that model's schema."""
+
+    def __init__(self, documented: Any) -> None:
+        self.documented = documented
+
+    def __get_pydantic_core_schema__(self, _source: Any, _handler: Any) -> CoreSchema:
+        return core_schema.any_schema()
+
+    def __get_pydantic_json_schema__(
+        self, _schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(TypeAdapter(self.documented).core_schema)
 
 
-# vectorize: the primitives of an item, in the same coordinates as detect's boxes (canvas
-# coordinates for IIIF canvases, else the image's pixels; a region's are its page's).
-ANGLE_NOTE = "degrees in [0, 360) of atan2(y - cy, x - cx), image coordinates (y down)"
-
-
-class LinePrimitive(BaseModel):
-    kind: Literal["line"]
-    p0: list[float] = Field(description="x, y of one end")
-    p1: list[float] = Field(description="x, y of the other end")
-    confidence: float = Field(description="Share of its length that is ink")
-
-
-class CirclePrimitive(BaseModel):
-    kind: Literal["circle"]
-    center: list[float] = Field(description="x, y")
-    radius: float
-    confidence: float = Field(description="Share of its ring that is ink")
-
-
-class ArcPrimitive(BaseModel):
-    kind: Literal["arc"]
-    center: list[float] = Field(description="x, y")
-    radius: float
-    start_deg: float = Field(description=f"Where it starts: {ANGLE_NOTE}")
-    end_deg: float = Field(description="Where it ends, running by increasing angle from start")
-    confidence: float = Field(description="Share of its span that is ink")
-
-
-Primitive = Annotated[LinePrimitive | CirclePrimitive | ArcPrimitive, Field(discriminator="kind")]
-
-
-class ResultItem(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    index: int
-    source: str
-    status: Literal["ok", "failed"]
-    width: int | None = None
-    height: int | None = None
-    detections: list[Detection] = []
-    primitives: list[Primitive] | None = Field(
-        None, description="vectorize: the lines, circles and arcs found"
-    )
-    error: TaskError | None = None
-    timings: dict[str, float] | None = None
-    # IIIF canvases only:
-    canvas_id: str | None = None
-    label: str | None = None
-    manifest: int | None = Field(None, description="Index of the manifest in provenance")
-    image_url: str | None = Field(None, description="Image request sent (size negotiated)")
-    canvas_width: int | None = None
-    canvas_height: int | None = None
+# One item's fields are those of its task type's item model (JobSpec.item).
+_ITEM_MODELS = tuple(dict.fromkeys(spec.item for spec in JOBS.values()))
+StoredItems = Annotated[list[dict[str, Any]], _Stored(list[Union[_ITEM_MODELS]])]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class TaskResult(BaseModel):
-    """Items (one per image or canvas) and provenance; a similarity task adds `pairs` (one per
-    pair of documents: its top-k item pairs, best first) and `comparison` ({done, total}); a
-    cluster task `clusters`, `unclustered` and `clustering`."""
+    """Items (one per image, canvas, region or epoch: the model of the task's type) and
+    provenance; a similarity task adds `pairs` and `comparison`; a cluster task `clusters`,
+    `unclustered` and `clustering`; an evaluate task `evaluation`."""
 
     model_config = ConfigDict(
         extra="allow", json_schema_extra=lambda schema: schema["properties"].update(CLUSTER)
     )
 
-    items: list[ResultItem] = Field(
+    items: StoredItems = Field(
         description="Every item, or in a task of more than results.status_max_items (500) the "
         "first ones stored: then items_total and items_next are set"
     )
@@ -208,6 +178,17 @@ class TaskResult(BaseModel):
     items_total: int | None = Field(None, description="Items of the task, when not all shown")
     items_next: str | None = Field(
         None, description="Where the rest begins: GET /result/<id>?offset=&limit= (paged)"
+    )
+    # Set by one job type only: left out of the other types' results.
+    pairs: Annotated[Any, _Stored(list[DocumentPair])] = Field(
+        None,
+        description="similarity tasks: one per pair of documents, as each is done",
+        exclude_if=lambda value: value is None,
+    )
+    comparison: Annotated[Any, _Stored(Comparison)] = Field(
+        None,
+        description="similarity tasks: pairs of documents compared so far",
+        exclude_if=lambda value: value is None,
     )
 
 

@@ -79,6 +79,9 @@ class ImageRequest:
     # size the manifest lists), "info.json" (from the service's description) or "image".
     method: str = "info.json"
     notes: list[str] = field(default_factory=list)
+    # The image service asked (its base URI), None for the image resource itself: regions of
+    # the page are asked from it (the crops job) without taking the URL apart.
+    service_id: str | None = None
 
 
 def _version(node: dict[str, Any]) -> int | None:
@@ -186,7 +189,7 @@ def _size_url(service: ImageService, width: int, height: int, by_width: bool = F
 def confined_request(service: ImageService, max_side: int, method: str) -> ImageRequest:
     """`!max_side,max_side` (level 2): the best fit without knowing the image's size."""
     url = f"{service.id}/full/!{max_side},{max_side}/0/default.jpg"
-    return ImageRequest(url, None, None, None, None, "confined", method)
+    return ImageRequest(url, None, None, None, None, "confined", method, service_id=service.id)
 
 
 def choose_request(
@@ -195,6 +198,12 @@ def choose_request(
     min_side: int,
     method: str = "info.json",
 ) -> ImageRequest:
+    """The request for the smallest image that still gives the detector `max_side` pixels
+    (see _choose), naming the service it asks."""
+    return replace(_choose(service, max_side, min_side, method), service_id=service.id)
+
+
+def _choose(service: ImageService, max_side: int, min_side: int, method: str) -> ImageRequest:
     """The request for the smallest image that still gives the detector `max_side` pixels.
 
     `method` says where the description comes from; a "computed" one (the manifest's) asks

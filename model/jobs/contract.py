@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:  # the worker's side: none of it is imported here (the HTTP process reads this)
+    from redis import Redis
+
+    from model.inference.detector import YoloDetector
+    from model.settings import Settings
+    from model.similarity.embedders import Embedders
+    from model.sources.fetch import SafeFetcher
+    from model.tasks.store import TaskStore
+    from model.uploads import UploadStore
 
 
 class _Input(BaseModel):
@@ -167,15 +177,17 @@ class InputRejected(Exception):
 
 @dataclass
 class WorkerResources:
-    """What a worker process lends its jobs: loaded once per process (`worker_process_init`)."""
+    """What a worker process lends its jobs: loaded once per process (`worker_process_init`).
+    Jobs see it as model/jobs/context.py's JobResources: everything here but the store, which
+    only the runner and the lease renewals use."""
 
-    settings: Any  # model.settings.Settings
-    redis: Any  # redis.Redis
-    store: Any  # model.tasks.store.TaskStore
-    fetcher: Any  # model.sources.fetch.SafeFetcher
-    uploads: Any = None  # model.uploads.UploadStore: the task's uploaded files
-    detectors: dict[str, Any] = field(default_factory=dict)  # name -> YoloDetector
-    embedders: Any = None  # model.similarity.embedders.Embedders
+    settings: Settings
+    redis: Redis
+    store: TaskStore
+    fetcher: SafeFetcher
+    uploads: UploadStore  # the task's uploaded files
+    detectors: dict[str, YoloDetector] = field(default_factory=dict)  # name -> loaded detector
+    embedders: Embedders | None = None
     default_model: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     # Provenance of a result made with a model: name, sha256, backend, device, versions...

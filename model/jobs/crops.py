@@ -11,20 +11,19 @@ The whole job is this module and one line in model/jobs/registry.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.jobs import JobFailed
 from model.jobs.contract import SourceTask, TaskInput
+from model.jobs.items import Detection, DetectPage, ResultItem
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits
 
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
+
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
-# How the detect job planned a page's request (item.request.method): every way but "image" (the
-# image resource itself) asked an image service, which can then be asked for a region.
-NO_SERVICE = "image"
-FINISHED = {"SUCCEEDED", "TIMED_OUT", "CANCELLED"}
 
 
 class CropsParams(BaseModel):
@@ -46,88 +45,83 @@ class CropsInput(BaseModel):
     )
 
 
-def _full_size_scale(item: dict[str, Any]) -> tuple[float, float]:
-    """From the item's box coordinates (canvas, or decoded image) to the full image's pixels."""
-    request = item.get("request") or {}
-    full_w, full_h = request.get("full_width"), request.get("full_height")
-    base_w = item.get("canvas_width") or item.get("width")
-    base_h = item.get("canvas_height") or item.get("height")
-    if not (full_w and full_h and base_w and base_h):
-        return 1.0, 1.0
-    return full_w / base_w, full_h / base_h
+class Crop(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    confidence: float
+    xywh: list[int] = Field(description="x, y, width, height in the full image's pixels")
+    region_url: str | None = Field(
+        description="IIIF Image API region request of the crop (null: the page came from no "
+        "image service)"
+    )
 
 
-def _service_base(item: dict[str, Any]) -> str | None:
-    """The image service a page was asked from: its request minus region/size/rotation/quality."""
-    request = item.get("request") or {}
-    url = item.get("image_url")
-    if request.get("method") in (None, NO_SERVICE) or not url:
-        return None
-    parts = url.split("?")[0].rstrip("/").split("/")
-    return "/".join(parts[:-4]) if len(parts) > 6 else None
+class CropsPage(ResultItem):
+    """A crops item: one page of the detect task (its index and source), with its crops."""
+
+    canvas_id: str | None = None
+    label: str | None = None
+    manifest: int | None = Field(None, description="Index of the manifest in provenance")
+    image_url: str | None = Field(None, description="The detect task's image request")
+    detections: list[Detection] = Field(
+        default_factory=list, description="Always empty: the boxes are in `crops`"
+    )
+    crops: list[Crop] = Field(default_factory=list)
 
 
-def _crop(item: dict[str, Any], detection: dict[str, Any], params: CropsParams) -> dict[str, Any]:
-    sx, sy = _full_size_scale(item)
-    x, y, w, h = detection["xywh"]
+def _crop(page: DetectPage, detection: Detection, params: CropsParams) -> Crop:
+    sx, sy = page.full_size_scale()
+    x, y, w, h = detection.xywh
     pad_x, pad_y = w * params.padding, h * params.padding
     left, top = max(0, round((x - pad_x) * sx)), max(0, round((y - pad_y) * sy))
     width, height = round((w + 2 * pad_x) * sx), round((h + 2 * pad_y) * sy)
-    full_w = (item.get("request") or {}).get("full_width")
-    full_h = (item.get("request") or {}).get("full_height")
+    full_w, full_h = (page.request.full_width, page.request.full_height) if page.request else (0, 0)
     if full_w and full_h:  # never past the image's edge
         width, height = min(width, full_w - left), min(height, full_h - top)
-    base = _service_base(item)
+    service = page.image_service
     region = f"{left},{top},{width},{height}"
-    return {
-        "label": detection["label"],
-        "confidence": detection["confidence"],
-        "xywh": [left, top, width, height],  # in the full image's pixels
-        "region_url": f"{base}/{region}/pct:100/0/default.jpg" if base else None,
-    }
+    return Crop(
+        label=detection.label,
+        confidence=detection.confidence,
+        xywh=[left, top, width, height],
+        region_url=f"{service}/{region}/pct:100/0/default.jpg" if service else None,
+    )
 
 
-def crops_of(item: dict[str, Any], params: CropsParams) -> dict[str, Any]:
+def crops_of(page: DetectPage, params: CropsParams) -> CropsPage:
     """One result item: the page's crops (a failed page stays failed)."""
-    keep = ("index", "source", "canvas_id", "label", "manifest", "image_url")
-    out = {k: item[k] for k in keep if k in item}
-    if item.get("status") != "ok":
-        return {**out, "status": "failed", "crops": [], "error": item.get("error")}
+    where = page.model_dump(
+        include={"index", "source", "canvas_id", "label", "manifest", "image_url"},
+        exclude_unset=True,
+    )
+    if page.status != "ok":
+        return CropsPage(**where, status="failed", crops=[], error=page.error)
     crops = [
-        _crop(item, d, params)
-        for d in item.get("detections", [])
-        if d["confidence"] >= params.min_confidence
+        _crop(page, d, params) for d in page.detections if d.confidence >= params.min_confidence
     ]
-    return {**out, "status": "ok", "detections": [], "crops": crops}
+    return CropsPage(**where, status="ok", detections=[], crops=crops)
 
 
-def detect_items(ctx: Any, task_id: str) -> list[dict[str, Any]]:
-    """The items of a finished detect task of this task's key, in order (else JobFailed)."""
-    record = ctx.store.get(task_id)
-    if record is None or record.owner != ctx.record.owner:
-        # Another key's task is no more visible here than through the API.
-        raise JobFailed("source_not_found", f"no task {task_id} of this key")
-    if record.type != "detect" or record.state.value not in FINISHED:
-        raise JobFailed(
-            "source_unusable",
-            f"task {task_id} is a {record.type} task in state {record.state.value};"
-            f" {ctx.record.type} needs a finished detect task",
-        )
-    return sorted(ctx.store.items(task_id), key=lambda item: item["index"])
+def detect_pages(ctx: JobContext, task_id: str) -> tuple[list[DetectPage], dict]:
+    """The pages of a finished detect task of this task's key, in order, and its provenance
+    (else JobFailed)."""
+    source = ctx.source(task_id, ("detect",))
+    return [DetectPage.model_validate(item) for item in source.items], source.provenance
 
 
-def run(ctx: Any) -> None:
+def run(ctx: JobContext) -> None:
     params = CropsParams(**ctx.spec.params)
     (source,) = ctx.spec.of_kind(SourceTask)
-    items = detect_items(ctx, source.task_id)
-    ctx.set_total(len(items))
+    pages, _provenance = detect_pages(ctx, source.task_id)
+    ctx.set_total(len(pages))
     done = ctx.finished_indices()
-    for item in items:
-        if item["index"] in done:
+    for page in pages:
+        if page.index in done:
             continue
         ctx.check_cancel()
-        result = crops_of(item, params)
-        ctx.emit(result, failed=result["status"] == "failed")
+        result = crops_of(page, params)
+        ctx.emit(result, failed=result.status == "failed")
 
 
 def task_inputs(request_input: CropsInput) -> list[TaskInput]:
@@ -140,6 +134,7 @@ SPEC = JobSpec(
     params=CropsParams,
     input=CropsInput,
     run=run,
+    item=CropsPage,
     task_inputs=task_inputs,
     input_required=True,
     limits=JobLimits(timeout_default_s=120, timeout_max_s=600, max_images=0),

@@ -4,7 +4,7 @@ model/jobs/detect_run.py, imported by the worker only (PIL, the fetcher, the pre
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,9 +17,13 @@ from model.jobs.contract import (
     TaskInput,
 )
 from model.jobs.fields import bounded_integer
+from model.jobs.items import DetectPage
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url, url_list_schema
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 # Without an explicit max_side, IIIF images are requested at this many times the model's input
 # size: enough detail for the one shrink to the model's input, far fewer pixels to move.
@@ -114,7 +118,7 @@ def input_schema(ref: str) -> dict[str, Any]:
     }
 
 
-def run(ctx: Any) -> None:
+def run(ctx: JobContext) -> None:
     from model.jobs.detect_run import run_detect
 
     run_detect(ctx)
@@ -126,6 +130,7 @@ SPEC = JobSpec(
     params=DetectParams,
     input=DetectInput,
     run=run,
+    item=DetectPage,
     task_inputs=task_inputs,
     check=check,
     uploads=True,

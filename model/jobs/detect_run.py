@@ -20,7 +20,9 @@ from model.iiif.info_cache import InfoCache
 from model.iiif.loader import ManifestSummary, json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.jobs import JobFailed
+from model.jobs.context import JobContext, JobResources
 from model.jobs.detect import MAX_SIDE_FACTOR, DetectParams
+from model.jobs.items import DetectPage
 from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
 from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache, params_digest
@@ -36,7 +38,7 @@ class Detector(Protocol):
     ) -> list[list[dict[str, Any]]]: ...
 
 
-def run_detect(ctx: Any) -> None:
+def run_detect(ctx: JobContext) -> None:
     params = DetectParams(**ctx.spec.params)
     resources = ctx.resources
     settings = resources.settings
@@ -100,7 +102,11 @@ def run_detect(ctx: Any) -> None:
 
 
 def page_loader(
-    resources: Any, fetcher: Any, detector: Detector, max_side: int, analysis: dict[str, Any]
+    resources: JobResources,
+    fetcher: Any,
+    detector: Detector,
+    max_side: int,
+    analysis: dict[str, Any],
 ) -> PageLoader:
     """Pages as the detector sees them: fetched (IIIF image services asked for the size it
     needs), decoded, shrunk once; detections cached by model sha256 and `analysis` params."""
@@ -122,11 +128,10 @@ def page_loader(
     )
 
 
-def keep_manifests(ctx: Any, manifests: list[ManifestSummary], settings: Any) -> None:
+def keep_manifests(ctx: JobContext, manifests: list[ManifestSummary], settings: Any) -> None:
     """Keep the manifests read with the task: the API serves them to viewers with the
     detections attached (it never fetches). One over iiif.max_kept_manifest_bytes is not kept;
     its annotation pages are served all the same."""
-    lifetime_s = settings.hard_limit_s(ctx.record.timeout_s)
     for manifest in manifests:
         if manifest.document is None:
             continue
@@ -135,7 +140,7 @@ def keep_manifests(ctx: Any, manifests: list[ManifestSummary], settings: Any) ->
         except (ValueError, RecursionError):
             continue
         if len(text.encode()) <= settings.iiif.max_kept_manifest_bytes:
-            ctx.store.keep_manifest(ctx.task_id, manifest.index, text, lifetime_s)
+            ctx.keep_manifest(manifest.index, text)
 
 
 @dataclass
@@ -159,7 +164,7 @@ class _Stats:
 
 
 def _analyse(
-    ctx: Any,
+    ctx: JobContext,
     batch: list[Prepared],
     detector: Detector,
     params: DetectParams,
@@ -173,7 +178,8 @@ def _analyse(
             code, message = prepared.error
             failed = {**prepared.item, "status": "failed", "detections": [], "timings": {}}
             failed["timings"] = {k: round(v, 4) for k, v in prepared.timings.items()}
-            ctx.emit({**failed, "error": {"code": code, "message": message}}, failed=True)
+            failed["error"] = {"code": code, "message": message}
+            ctx.emit(DetectPage.model_validate(failed), failed=True)
         elif prepared.cached is not None:
             stats.hits += 1
             _emit_ok(ctx, prepared, prepared.cached, cached=True)
@@ -183,7 +189,7 @@ def _analyse(
         return
     started = time.perf_counter()
     predictions = detector.predict([p.image for p in ready], params.confidence, params.iou)
-    if getattr(ctx, "meter", None) is not None:
+    if ctx.meter is not None:
         ctx.meter.inference_batch(detector.name, len(ready))
     per_image_s = (time.perf_counter() - started) / len(ready)
     stats.misses += len(ready)
@@ -206,7 +212,9 @@ def _analyse(
         _emit_ok(ctx, prepared, decoded, cached=False)
 
 
-def _emit_ok(ctx: Any, prepared: Prepared, decoded: list[dict[str, Any]], cached: bool) -> None:
+def _emit_ok(
+    ctx: JobContext, prepared: Prepared, decoded: list[dict[str, Any]], cached: bool
+) -> None:
     width, height = prepared.decoded_size
     item = {
         **prepared.item,
@@ -228,4 +236,4 @@ def _emit_ok(ctx: Any, prepared: Prepared, decoded: list[dict[str, Any]], cached
         item["coordinates"] = "canvas"
         item["canvas_width"] = item.get("canvas_width") or width
         item["canvas_height"] = item.get("canvas_height") or height
-    ctx.emit(item)
+    ctx.emit(DetectPage.model_validate(item))

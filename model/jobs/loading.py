@@ -150,6 +150,7 @@ class PageLoader:
                 "expected_height": request.height,
                 "full_width": request.full_width,
                 "full_height": request.full_height,
+                "service_id": request.service_id,
             },
         )
         if request.notes:

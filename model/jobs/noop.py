@@ -5,12 +5,16 @@ service's own round trip — see bench/ — without a model in the way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 
 class NoopParams(BaseModel):
@@ -21,7 +25,7 @@ class NoopInput(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def run(ctx: Any) -> None:
+def run(ctx: JobContext) -> None:
     """Nothing to do: the runner records RUNNING and then SUCCEEDED around this call."""
 
 
@@ -31,5 +35,6 @@ SPEC = JobSpec(
     params=NoopParams,
     input=NoopInput,
     run=run,
+    item=ResultItem,  # it emits none
     limits=JobLimits(),
 )

@@ -13,15 +13,19 @@ the worker side is imported inside run().
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.jobs.contract import Document, InputRejected, TaskInput
 from model.jobs.fields import Integer
+from model.jobs.items import DetectPage
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 DOCUMENT_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 # A hard ceiling for validation; the service's own limit is `similarity.max_documents`.
@@ -99,7 +103,62 @@ def check(request_input: SimilarityInput, _inputs: list[TaskInput], settings: Se
         raise InputRejected("too_many_documents", f"at most {most} documents per similarity task")
 
 
-def run(ctx: Any) -> None:
+class SimilarityPage(DetectPage):
+    """A page of a document: read like detect's (its illustrations when `level` is region)."""
+
+    document: str = Field(description="The document (input key) the page belongs to")
+    compared: int | None = Field(None, description="Items of the page that were compared")
+
+
+class PairSide(BaseModel):
+    """One item of a match: a page, or one of its illustrations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    document: str
+    index: int = Field(description="The page's result item")
+    canvas_id: str | None = None
+    label: str | None = None
+    manifest: int | None = None
+    region: int | None = Field(None, description="Its illustration (detections), null: the page")
+    xywh: list[int] = Field(description="The item's box, in canvas (else image) coordinates")
+    match_xywh: list[int] | None = Field(None, description="Where it matches the other side")
+
+
+class PairMatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    score: float = Field(description="0-1: verified keypoints and aligned correlation")
+    inliers: int
+    matches: int
+    correlation: float
+    cosine: float
+    scale: float
+    rotation: float = Field(description="Degrees")
+    a: PairSide
+    b: PairSide
+
+
+class DocumentPair(BaseModel):
+    """The result's `pairs`: one per pair of documents, its top-k item pairs, best first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[str]
+    items: list[int] = Field(description="How many items each document had")
+    verified: int
+    seconds: float
+    matches: list[PairMatch]
+
+
+class Comparison(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    done: int = Field(description="Pairs of documents compared")
+    total: int
+
+
+def run(ctx: JobContext) -> None:
     from model.similarity.job import run_similarity
 
     run_similarity(ctx, SimilarityParams(**ctx.spec.params))
@@ -111,6 +170,7 @@ SPEC = JobSpec(
     params=SimilarityParams,
     input=SimilarityInput,
     run=run,
+    item=SimilarityPage,
     task_inputs=task_inputs,
     check=check,
     input_required=True,

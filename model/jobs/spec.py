@@ -1,6 +1,6 @@
 """The declaration of a job type (`JobSpec`): its request models, how its input becomes task
-inputs, what it refuses, its default limits and its run function. Each job module declares one
-`SPEC`; model/jobs/registry.py lists them.
+inputs, what it refuses, its default limits, its run function and the result items it emits.
+Each job module declares one `SPEC`; model/jobs/registry.py lists them.
 
 Torch-free and light: the HTTP process imports it."""
 
@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from model.jobs.contract import TaskInput
+from model.jobs.items import ResultItem
 from model.settings import JobLimits, Settings
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 
 def _no_inputs(_input: Any) -> list[TaskInput]:
@@ -30,8 +34,11 @@ class JobSpec:
     summary: str  # one line: the request's `type` description in the OpenAPI document
     params: type[BaseModel]
     input: type[BaseModel]
-    # The job's work: run(ctx: JobContext) in the worker (imports its heavy code itself).
-    run: Callable[[Any], None]
+    # The job's work in the worker (imports its heavy code itself).
+    run: Callable[[JobContext], None]
+    # What it emits, one per result item: the result schema of the OpenAPI document is the
+    # union of the registry's item models.
+    item: type[ResultItem]
     # The request's `input` -> the task's typed inputs (uploads are added by the API).
     task_inputs: Callable[[Any], list[TaskInput]] = _no_inputs
     # Raises InputRejected for what the job cannot take (given every input, uploads too).

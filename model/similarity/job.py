@@ -24,8 +24,10 @@ from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
+from model.jobs.context import JobContext
 from model.jobs.contract import Document
 from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
+from model.jobs.similarity import DocumentPair, PairMatch, PairSide, SimilarityPage
 from model.pipeline.cache import params_digest
 from model.similarity import compare as comparing
 from model.similarity.cache import FeatureCache
@@ -80,7 +82,7 @@ class PageInfo:
 
 @dataclass
 class _Run:
-    ctx: Any
+    ctx: JobContext
     params: Any
     embedder: Any
     detector: Any
@@ -117,7 +119,7 @@ def embedder_named(resources: Any, name: str | None) -> Any:
     return embedder
 
 
-def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
+def _models(ctx: JobContext, params: Any) -> tuple[Any, Any]:
     resources = ctx.resources
     embedder = embedder_named(resources, params.model)
     detector = None
@@ -129,7 +131,7 @@ def _models(ctx: Any, params: Any) -> tuple[Any, Any]:
     return embedder, detector
 
 
-def run_similarity(ctx: Any, params: Any) -> None:
+def run_similarity(ctx: JobContext, params: Any) -> None:
     from model.similarity.plan import plan_documents
 
     resources = ctx.resources
@@ -337,7 +339,7 @@ def _accept(
         item["coordinates"] = "canvas"
         item["canvas_width"] = item.get("canvas_width") or width
         item["canvas_height"] = item.get("canvas_height") or height
-    run.ctx.emit(item)
+    run.ctx.emit(SimilarityPage.model_validate(item))
 
 
 def _emit_failed(run: _Run, prepared: Prepared) -> None:
@@ -352,7 +354,7 @@ def _emit_failed(run: _Run, prepared: Prepared) -> None:
         "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
         "error": {"code": code, "message": message},
     }
-    run.ctx.emit(item, failed=True)
+    run.ctx.emit(SimilarityPage.model_validate(item), failed=True)
 
 
 # --- stage 2: comparison ------------------------------------------------------------------------
@@ -376,47 +378,46 @@ def _compare_all(run: _Run, keys: list[str]) -> None:
             min_score=run.params.min_score,
             check=run.ctx.check_cancel,
         )
-        summary["pairs"].append(
-            {
-                "documents": [key_a, key_b],
-                "items": [len(run.items[key_a]), len(run.items[key_b])],
-                "verified": stats.verified,
-                "seconds": round(time.perf_counter() - started, 3),
-                "matches": [_describe(run, m) for m in matches],
-            }
+        pair = DocumentPair(
+            documents=[key_a, key_b],
+            items=[len(run.items[key_a]), len(run.items[key_b])],
+            verified=stats.verified,
+            seconds=round(time.perf_counter() - started, 3),
+            matches=[_describe(run, m) for m in matches],
         )
+        summary["pairs"].append(pair.model_dump(mode="json"))
         summary["comparison"]["done"] += 1
         run.ctx.set_summary(summary)
 
 
-def _side(run: _Run, item: ItemFeatures, area: tuple[float, ...] | None) -> dict[str, Any]:
+def _side(run: _Run, item: ItemFeatures, area: tuple[float, ...] | None) -> PairSide:
     page = run.pages[item.page]
-    side: dict[str, Any] = {
-        "document": page.document,
-        "index": item.page,
-        "canvas_id": page.item.get("canvas_id"),
-        "label": page.item.get("label"),
-        "manifest": page.item.get("manifest"),
-        "region": item.region,
-    }
     if item.region is not None and item.region < len(page.detections):
-        side["xywh"] = page.detections[item.region]["xywh"]
+        xywh = page.detections[item.region]["xywh"]
     else:
-        side["xywh"] = page.to_canvas(item.box)
-    side["match_xywh"] = page.to_canvas(area) if area else None
-    return side
+        xywh = page.to_canvas(item.box)
+    return PairSide(
+        document=page.document,
+        index=item.page,
+        canvas_id=page.item.get("canvas_id"),
+        label=page.item.get("label"),
+        manifest=page.item.get("manifest"),
+        region=item.region,
+        xywh=xywh,
+        match_xywh=page.to_canvas(area) if area else None,
+    )
 
 
-def _describe(run: _Run, match: comparing.Match) -> dict[str, Any]:
+def _describe(run: _Run, match: comparing.Match) -> PairMatch:
     v = match.verification
-    return {
-        "score": match.score,
-        "inliers": v.inliers,
-        "matches": v.matches,
-        "correlation": round(match.correlation, 4),
-        "cosine": round(match.cosine, 4),
-        "scale": round(v.scale, 4),
-        "rotation": round(v.angle, 2),
-        "a": _side(run, match.a, match.area_a),
-        "b": _side(run, match.b, match.area_b),
-    }
+    return PairMatch(
+        score=match.score,
+        inliers=v.inliers,
+        matches=v.matches,
+        correlation=round(match.correlation, 4),
+        cosine=round(match.cosine, 4),
+        scale=round(v.scale, 4),
+        rotation=round(v.angle, 2),
+        a=_side(run, match.a, match.area_a),
+        b=_side(run, match.b, match.area_b),
+    )

@@ -1,8 +1,9 @@
 """Runs one task in the worker: state transitions around a job, whatever way the job ends.
 
-Jobs know nothing of Redis or Celery: they get a JobContext to emit per-item results, publish
-provenance and check for cancellation. Every write goes through the attempt that started the
-task (model/tasks/attempts.py): once another attempt holds it, this one can neither emit nor finish.
+Jobs know nothing of Redis or Celery: they get a JobContext (model/jobs/context.py) to emit
+per-item results, publish provenance, read a source task and check for cancellation. Every
+write goes through the attempt that started the task (model/tasks/attempts.py): once another attempt
+holds it, this one can neither emit nor finish.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 
 from model.jobs import JobCancelled, JobFailed
+from model.jobs.context import SourceResult
 from model.jobs.contract import TaskSpec, WorkerResources
+from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
 from model.metrics.record import Meter, meter_of
 from model.redis_client import unreachable
@@ -32,22 +35,28 @@ log = logging.getLogger(__name__)
 ATTEMPTS = Attempts()
 
 
+# The states in which another task's result may be read (it ran to its end, whole or partial).
+_READABLE = (State.SUCCEEDED, State.TIMED_OUT, State.CANCELLED)
+
+
 @dataclass
-class JobContext:
-    """What a running job may touch."""
+class TaskContext:
+    """The runner's JobContext (model/jobs/context.py): what a running job may touch. The store
+    stays behind it: every write names the attempt, so a superseded one can write nothing."""
 
     record: TaskRecord
-    store: TaskStore
+    _store: TaskStore
     resources: WorkerResources  # loaded models, fetcher, settings: lent by the worker
     spec: TaskSpec
     attempt: Attempt
     _finished: set[int] = field(default_factory=set)
     _progress: ProgressEvents | None = None  # the task's `progress` webhook events, if asked
     meter: Meter | None = None  # pages, stages, batches (model/metrics/)
+    _sources: set[str] = field(default_factory=set)  # tasks read with source()
 
     def __post_init__(self) -> None:
-        self._progress = ProgressEvents.of(self.record, self.store)
-        self.meter = self.meter or meter_of(self.store.redis)
+        self._progress = ProgressEvents.of(self.record, self._store)
+        self.meter = self.meter or meter_of(self._store.redis)
 
     @property
     def task_id(self) -> str:
@@ -58,36 +67,75 @@ class JobContext:
             self.attempt.lost.set()
             raise AttemptLost(self.attempt.token)
 
+    def _holds(self) -> bool:
+        """Still this attempt's task (for writes the store does not check themselves; an
+        attempt superseded between the check and the write keeps what the next one keeps)."""
+        holder, _lease = self._store.holders([self.task_id])[0]
+        return not self.attempt.lost.is_set() and holder == self.attempt.token
+
     def finished_indices(self) -> set[int]:
-        """Items already stored: a task redelivered after a crash resumes after them."""
         if not self._finished:
-            self._finished = {item["index"] for item in self.store.items(self.task_id)}
+            self._finished = {item["index"] for item in self._store.items(self.task_id)}
         return self._finished
+
+    def failed_count(self) -> int:
+        return sum(1 for i in self._store.items(self.task_id) if i.get("status") != "ok")
 
     def check_cancel(self) -> None:
         if self.attempt.lost.is_set():
             raise AttemptLost(self.attempt.token)
-        if self.store.is_cancel_requested(self.task_id):
+        if self._store.is_cancel_requested(self.task_id):
             raise JobCancelled()
 
-    def emit(self, item: dict[str, Any], failed: bool = False) -> None:
-        self._held(self.store.add_item(self.task_id, item, failed, self.attempt.token))
+    def emit(self, item: ResultItem, failed: bool = False) -> None:
+        stored = item.stored()
+        self._held(self._store.add_item(self.task_id, stored, failed, self.attempt.token))
         if self.meter is not None:
-            self.meter.item_done(self.record.type, item, failed)
+            self.meter.item_done(self.record.type, stored, failed)
         if self._progress is not None:
             self._progress.item_done()
 
     def set_provenance(self, provenance: dict[str, Any]) -> None:
-        self._held(self.store.set_provenance(self.task_id, provenance, self.attempt.token))
+        self._held(self._store.set_provenance(self.task_id, provenance, self.attempt.token))
 
     def set_summary(self, summary: dict[str, Any]) -> None:
-        """Result fields beside the items (replaced whole on each call; kept if the task is
-        cancelled or times out)."""
-        self._held(self.store.set_summary(self.task_id, summary, self.attempt.token))
+        self._held(self._store.set_summary(self.task_id, summary, self.attempt.token))
 
     def set_total(self, total: int) -> None:
-        """How many items the task will have, once its inputs are expanded (IIIF manifests)."""
-        self._held(self.store.set_total(self.task_id, total, self.attempt.token))
+        self._held(self._store.set_total(self.task_id, total, self.attempt.token))
+
+    def source(self, task_id: str, types: tuple[str, ...]) -> SourceResult:
+        record = self._store.get(task_id)
+        if record is None or record.owner != self.record.owner:
+            # Another key's task is no more visible here than through the API.
+            raise JobFailed("source_not_found", f"no task {task_id} of this key")
+        if record.type not in types or record.state not in _READABLE:
+            raise JobFailed(
+                "source_unusable",
+                f"task {task_id} is a {record.type} task in state {record.state.value};"
+                f" {self.record.type} needs a finished {' or '.join(types)} task",
+            )
+        self._sources.add(task_id)
+        items = sorted(self._store.items(task_id), key=lambda item: item["index"])
+        provenance = self._store.full_provenance(record) or {}
+        return SourceResult(task_id, record.type, items, provenance)
+
+    def _lifetime_s(self) -> float:
+        """How long what the task keeps must last if it never finishes (finish shortens it)."""
+        return self.resources.settings.hard_limit_s(self.record.timeout_s)
+
+    def keep_manifest(self, index: int, document: str) -> None:
+        self._held(self._holds())
+        self._store.keep_manifest(self.task_id, index, document, self._lifetime_s())
+
+    def kept_manifest(self, task_id: str, index: int) -> str | None:
+        if task_id != self.task_id and task_id not in self._sources:
+            raise ValueError(f"task {task_id} was not read with source()")
+        return self._store.kept_manifest(task_id, index)
+
+    def keep_file(self, name: str, data: bytes) -> None:
+        self._held(self._holds())
+        self._store.keep_file(self.task_id, name, data, self._lifetime_s())
 
 
 def run_task(
@@ -120,7 +168,7 @@ def run_task(
         spec = TaskSpec.model_validate(record.spec)
         # However long it waited, its uploads now live as long as its run may last.
         uploads.refresh(spec, settings.upload_ttl_s(record.timeout_s))
-        job.run(JobContext(record, store, resources, spec, attempt))
+        job.run(TaskContext(record, store, resources, spec, attempt))
     except AttemptLost:
         log.warning(
             "task %s: attempt %s was superseded; stopping without ending it", task_id, token

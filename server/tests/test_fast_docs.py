@@ -19,6 +19,7 @@ import redis
 from pydantic import BaseModel, ValidationError
 
 from model.jobs.contract import SourceTask, TaskSpec, WorkerResources
+from model.jobs.items import DetectPage
 from model.jobs.spec import JobSpec
 from model.settings import Settings
 from model.tasks.runner import run_task
@@ -212,11 +213,25 @@ def test_the_worked_example_runs_through_the_runner(clean_redis) -> None:
                 {"label": label, "confidence": c, "xywh": [0, 0, 1, 1]} for label, c in found
             ]
             ctx.emit(
-                {"index": index, "source": f"p{index}", "status": "ok", "detections": detections}
+                DetectPage.model_validate(
+                    {
+                        "index": index,
+                        "source": f"p{index}",
+                        "status": "ok",
+                        "detections": detections,
+                    }
+                )
             )
 
     jobs = {
-        "detect": JobSpec(name="detect", summary="", params=BaseModel, input=BaseModel, run=detect),
+        "detect": JobSpec(
+            name="detect",
+            summary="",
+            params=BaseModel,
+            input=BaseModel,
+            run=detect,
+            item=DetectPage,
+        ),
         "labels": job.SPEC,
     }
     detect_id = store.create("alice", "detect", TaskSpec().model_dump(), 2, 60).id

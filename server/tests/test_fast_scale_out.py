@@ -384,16 +384,19 @@ def test_the_runner_stops_an_attempt_that_lost_its_task_without_ending_it(store)
     from pydantic import BaseModel
 
     from model.jobs.contract import WorkerResources
+    from model.jobs.items import ResultItem
     from model.jobs.spec import JobSpec
     from model.tasks.runner import run_task
 
     def run(ctx) -> None:
-        ctx.emit({"index": 0, "source": "a", "status": "ok"})
+        ctx.emit(ResultItem(index=0, source="a", status="ok"))
         store.redis.delete(lease_key(ctx.task_id))  # frozen past the grace: another worker
         store.requeue(ctx.task_id, ctx.attempt.token, None)  # requeues it meanwhile
-        ctx.emit({"index": 1, "source": "b", "status": "ok"})
+        ctx.emit(ResultItem(index=1, source="b", status="ok"))
 
-    job = JobSpec(name="fake", summary="", params=BaseModel, input=BaseModel, run=run)
+    job = JobSpec(
+        name="fake", summary="", params=BaseModel, input=BaseModel, run=run, item=ResultItem
+    )
     task_id = store.create("alice", "fake", {}, 2, 60).id
     port = store.redis.connection_pool.connection_kwargs["port"]
     resources = WorkerResources(

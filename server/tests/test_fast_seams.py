@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from model.jobs import JobFailed
 from model.jobs.contract import (
@@ -26,6 +26,7 @@ from model.jobs.contract import (
     WorkerResources,
 )
 from model.jobs.crops import CropsParams, crops_of
+from model.jobs.items import DetectPage, ResultItem
 from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
@@ -70,6 +71,30 @@ def test_the_openapi_document_lists_every_job_type(app_client) -> None:
     body = doc["paths"]["/task"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     types = {branch["properties"]["type"]["const"] for branch in body["oneOf"]}
     assert types == set(JOBS)
+
+
+def test_the_openapi_document_describes_every_job_types_items(app_client) -> None:
+    schemas = app_client.get("/openapi/openapi.json").json["components"]["schemas"]
+    branches = schemas["TaskResult"]["properties"]["items"]["items"]["anyOf"]
+    described = {branch["$ref"].rsplit("/", 1)[1] for branch in branches}
+    assert described == {spec.item.__name__ for spec in JOBS.values()}
+    crops = schemas[JOBS["crops"].item.__name__]["properties"]
+    assert {"crops", "index", "status"} <= set(crops)
+    assert schemas["Crop"]["properties"]["region_url"]
+    pairs = schemas["TaskResult"]["properties"]["pairs"]
+    assert pairs["items"]["$ref"].endswith("/DocumentPair")
+
+
+def test_a_result_shows_another_job_types_fields_only_when_set() -> None:
+    from model.api.schemas import TaskResult
+
+    plain = json.loads(
+        TaskResult(items=[{"index": 0, "source": "a", "status": "ok"}]).model_dump_json()
+    )
+    assert "pairs" not in plain and "comparison" not in plain
+    assert plain["items"] == [{"index": 0, "source": "a", "status": "ok"}]  # as stored
+    similar = TaskResult(items=[], pairs=[], comparison={"done": 0, "total": 1})
+    assert json.loads(similar.model_dump_json())["pairs"] == []
 
 
 # --- the typed contract -------------------------------------------------------------------------
@@ -132,7 +157,11 @@ class _Empty(BaseModel):
 
 
 def _fake_jobs(run) -> dict[str, JobSpec]:
-    return {"fake": JobSpec(name="fake", summary="fake", params=_Empty, input=_Empty, run=run)}
+    return {
+        "fake": JobSpec(
+            name="fake", summary="fake", params=_Empty, input=_Empty, run=run, item=ResultItem
+        )
+    }
 
 
 def _resources(store: TaskStore) -> WorkerResources:
@@ -158,13 +187,68 @@ def _submit(store: TaskStore) -> str:
 def test_runner_records_items_and_success(store: TaskStore) -> None:
     def run(ctx) -> None:
         ctx.set_total(2)
-        ctx.emit({"index": 0, "source": "a", "status": "ok"})
-        ctx.emit({"index": 1, "source": "b", "status": "failed"}, failed=True)
+        ctx.emit(ResultItem(index=0, source="a", status="ok"))
+        ctx.emit(ResultItem(index=1, source="b", status="failed"), failed=True)
 
     task_id = _submit(store)
     assert run_task(task_id, store, _resources(store), _fake_jobs(run)) == State.SUCCEEDED
     record = store.get(task_id)
     assert (record.state, record.done, record.failed, record.total) == (State.SUCCEEDED, 1, 1, 2)
+
+
+def test_an_item_its_model_refuses_is_never_stored() -> None:
+    with pytest.raises(ValidationError):  # a key no client was told about
+        DetectPage.model_validate({"index": 0, "source": "a", "status": "ok", "boxes": []})
+    page = DetectPage.model_validate({"index": 0, "source": "a", "status": "ok"})
+    assert page.stored() == {"index": 0, "source": "a", "status": "ok"}  # only what was set
+
+
+def _finished_detect(store: TaskStore, owner: str = "alice") -> str:
+    task_id = store.create(owner, "detect", TaskSpec().model_dump(), 2, 60).id
+    token = store.mark_running(task_id, 1)
+    store.add_item(task_id, {"index": 0, "source": "a", "status": "ok"}, False, token)
+    store.keep_manifest(task_id, 0, "{}", 60)
+    assert store.finish(task_id, State.SUCCEEDED, holder=token)
+    return task_id
+
+
+def test_a_job_reads_a_finished_task_of_its_own_key_only(store) -> None:
+    mine, theirs = _finished_detect(store), _finished_detect(store, owner="bob")
+    running = store.create("alice", "detect", TaskSpec().model_dump(), 2, 60).id
+    seen: dict[str, object] = {}
+
+    def run(ctx) -> None:
+        with pytest.raises(ValueError):  # not read with source(): not readable
+            ctx.kept_manifest(mine, 0)
+        source = ctx.source(mine, ("detect",))
+        seen["items"], seen["manifest"] = source.items, ctx.kept_manifest(mine, 0)
+        for task_id, types, code in (
+            (theirs, ("detect",), "source_not_found"),
+            (running, ("detect",), "source_unusable"),
+            (mine, ("similarity",), "source_unusable"),
+        ):
+            with pytest.raises(JobFailed) as caught:
+                ctx.source(task_id, types)
+            seen[code] = caught.value.code
+        ctx.keep_manifest(0, "{}")
+
+    task_id = _submit(store)
+    assert run_task(task_id, store, _resources(store), _fake_jobs(run)) == State.SUCCEEDED
+    assert seen["items"] == [{"index": 0, "source": "a", "status": "ok"}]
+    assert seen["manifest"] == "{}" and store.kept_manifest(task_id, 0) == "{}"
+    assert seen["source_not_found"] == "source_not_found"
+    assert seen["source_unusable"] == "source_unusable"
+
+
+def test_a_superseded_attempt_keeps_no_document(store) -> None:
+    def run(ctx) -> None:
+        store.redis.delete(f"sc:task:{ctx.task_id}:lease")  # frozen past the grace: another
+        store.requeue(ctx.task_id, ctx.attempt.token, None)  # worker requeues it meanwhile
+        ctx.keep_manifest(0, "{}")
+
+    task_id = _submit(store)
+    assert run_task(task_id, store, _resources(store), _fake_jobs(run)) is None
+    assert store.kept_manifest(task_id, 0) is None
 
 
 @pytest.mark.parametrize(
@@ -191,7 +275,7 @@ def test_runner_resumes_after_the_items_already_stored(store) -> None:
         for index in range(3):
             if index not in done:
                 seen.append(index)
-                ctx.emit({"index": index, "source": str(index), "status": "ok"})
+                ctx.emit(ResultItem(index=index, source=str(index), status="ok"))
 
     task_id = _submit(store)
     store.mark_running(task_id, 1)  # a first attempt that died after one item
@@ -206,7 +290,7 @@ def test_runner_leaves_a_task_to_its_requeue_when_redis_is_out_of_reach(store) -
     failed by the runner nor by Celery's failure signal; its lease lapses and it is requeued."""
 
     def run(ctx) -> None:
-        ctx.emit({"index": 0, "source": "a", "status": "ok"})
+        ctx.emit(ResultItem(index=0, source="a", status="ok"))
         raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
 
     task_id = _submit(store)
@@ -269,25 +353,36 @@ def test_a_queued_task_cannot_succeed(store) -> None:
 # --- crops: the job added through the registry --------------------------------------------------
 
 
-def _detected_item(method: str = "computed") -> dict:
-    return {
-        "index": 3,
-        "source": "https://iiif.example.org/c3",
-        "canvas_id": "https://iiif.example.org/c3",
-        "status": "ok",
-        "image_url": "https://img.example.org/iiif/3/page3/full/832,/0/default.jpg",
-        "request": {"method": method, "full_width": 4000, "full_height": 6000},
-        "canvas_width": 2000,
-        "canvas_height": 3000,
-        "detections": [
-            {"xywh": [100, 200, 300, 400], "confidence": 0.9, "label": "illustration"},
-            {"xywh": [0, 0, 10, 10], "confidence": 0.1, "label": "illustration"},
-        ],
-    }
+SERVICE = "https://img.example.org/iiif/3/page3"
+
+
+def _detected_item(method: str = "computed", service: str | None = SERVICE) -> DetectPage:
+    return DetectPage.model_validate(
+        {
+            "index": 3,
+            "source": "https://iiif.example.org/c3",
+            "canvas_id": "https://iiif.example.org/c3",
+            "status": "ok",
+            "image_url": f"{SERVICE}/full/832,/0/default.jpg",
+            "request": {
+                "method": method,
+                "choice": "scaled",
+                "full_width": 4000,
+                "full_height": 6000,
+                "service_id": service,
+            },
+            "canvas_width": 2000,
+            "canvas_height": 3000,
+            "detections": [
+                {"xywh": [100, 200, 300, 400], "confidence": 0.9, "label": "illustration"},
+                {"xywh": [0, 0, 10, 10], "confidence": 0.1, "label": "illustration"},
+            ],
+        }
+    )
 
 
 def test_crops_are_region_urls_in_full_image_pixels() -> None:
-    item = crops_of(_detected_item(), CropsParams(min_confidence=0.5))
+    item = crops_of(_detected_item(), CropsParams(min_confidence=0.5)).stored()
     assert item["status"] == "ok" and len(item["crops"]) == 1
     crop = item["crops"][0]
     assert crop["xywh"] == [200, 400, 600, 800]  # canvas 2000 wide, image 4000: x2
@@ -297,10 +392,35 @@ def test_crops_are_region_urls_in_full_image_pixels() -> None:
 
 
 def test_crops_pad_within_the_image_and_skip_serviceless_pages() -> None:
-    padded = crops_of(_detected_item(), CropsParams(padding=0.5))["crops"][1]
+    padded = crops_of(_detected_item(), CropsParams(padding=0.5)).stored()["crops"][1]
     assert padded["xywh"][:2] == [0, 0]  # clamped at the edge
-    plain = crops_of(_detected_item(method="image"), CropsParams())["crops"][0]
-    assert plain["region_url"] is None and plain["xywh"] == [200, 400, 600, 800]
+    plain = crops_of(_detected_item(method="image", service=None), CropsParams()).stored()
+    assert plain["crops"][0]["region_url"] is None
+    assert plain["crops"][0]["xywh"] == [200, 400, 600, 800]
+
+
+def test_crops_ask_the_service_the_page_names_not_its_url_taken_apart() -> None:
+    # The service the page names, even one the image URL was not built on (a CDN's copy).
+    service = "https://img.example.org/cantaloupe/iiif/2/a%2Fb%2Fpage3.jp2"
+    crop = crops_of(_detected_item(service=service), CropsParams()).crops[0]
+    assert crop.region_url == f"{service}/200,400,600,800/pct:100/0/default.jpg"
+    # The image URL alone (no service stored) gives no region URL: nothing is guessed from it.
+    assert crops_of(_detected_item(service=None), CropsParams()).crops[0].region_url is None
+
+
+def test_a_crops_item_keeps_the_fields_clients_read() -> None:
+    item = crops_of(_detected_item(), CropsParams()).stored()
+    assert set(item) == {
+        "index", "source", "canvas_id", "image_url", "status", "detections", "crops"
+    }  # fmt: skip
+    failed = DetectPage(index=1, source="s", status="failed", error={"code": "x", "message": ""})
+    assert crops_of(failed, CropsParams()).stored() == {
+        "index": 1,
+        "source": "s",
+        "status": "failed",
+        "crops": [],
+        "error": {"code": "x", "message": ""},
+    }
 
 
 # --- layers: what each process imports ----------------------------------------------------------

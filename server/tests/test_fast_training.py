@@ -126,10 +126,10 @@ def test_a_zip_that_unpacks_past_the_cap_is_refused_before_reading() -> None:
 
 
 def test_an_epoch_item_is_a_result_item_the_status_can_show() -> None:
-    from model.api.schemas import ResultItem
+    from model.jobs.registry import JOBS
     from model.jobs.train import epoch_item
 
-    item = ResultItem.model_validate(epoch_item(3, 0.5)).model_dump()
+    item = JOBS["train"].item.model_validate(epoch_item(3, 0.5).stored()).stored()
     assert (item["index"], item["status"], item["epoch"], item["val_map50"]) == (2, "ok", 3, 0.5)
 
 

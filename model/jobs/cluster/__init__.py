@@ -11,16 +11,20 @@ Light: the HTTP process imports this module; the worker side is imported inside 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.jobs.contract import ImageUrl, InputRejected, ManifestUrl, SourceTask, TaskInput
 from model.jobs.crops import TASK_ID_PATTERN
 from model.jobs.fields import Integer, bounded_integer
+from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import check_http_url, url_list_schema
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 MAX_SOURCE_TASKS = 50
 
@@ -204,7 +208,30 @@ def input_schema(ref: str) -> dict[str, Any]:
     }
 
 
-def run(ctx: Any) -> None:
+class ClusterItem(ResultItem):
+    """One item clustered: an image URL, or an illustration (of a detect task, or found on a
+    manifest's canvas). Families are in the result's `clusters`."""
+
+    width: int | None = Field(None, description="The pixels clustered (px)")
+    height: int | None = None
+    image_url: str | None = Field(None, description="URL inputs: the image")
+    task_id: str | None = Field(None, description="Region inputs: the detect task")
+    page_index: int | None = Field(None, description="Region inputs: the detect task's item")
+    canvas_id: str | None = Field(None, description="Its canvas (IIIF pages)")
+    manifest: int | None = Field(None, description="Index of the manifest in provenance")
+    page_url: str | None = Field(None, description="Regions: the page they were found on")
+    xywh: list[int] | None = Field(
+        None, description="Regions: the box, in canvas coordinates (image pixels off IIIF)"
+    )
+    coordinates: Literal["canvas", "image"] | None = None
+    label: str | None = None
+    confidence: float | None = None
+    region_url: str | None = Field(
+        None, description="The region cut by its IIIF image service, where one can cut it"
+    )
+
+
+def run(ctx: JobContext) -> None:
     from model.jobs.cluster.job import run_cluster
 
     run_cluster(ctx, ClusterParams(**ctx.spec.params))
@@ -216,6 +243,7 @@ SPEC = JobSpec(
     params=ClusterParams,
     input=ClusterInput,
     run=run,
+    item=ClusterItem,
     task_inputs=task_inputs,
     check=check,
     input_required=True,

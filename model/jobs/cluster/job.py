@@ -26,9 +26,11 @@ from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.cluster import ClusterParams, method, prototype
+from model.jobs.cluster import ClusterItem, ClusterParams, method, prototype
+from model.jobs.context import JobContext
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
-from model.jobs.crops import CropsParams, crops_of, detect_items
+from model.jobs.crops import CropsParams, crops_of, detect_pages
+from model.jobs.items import DetectPage
 from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
 from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache
@@ -72,7 +74,7 @@ class Planned:
 
 @dataclass
 class _Run:
-    ctx: Any
+    ctx: JobContext
     params: ClusterParams
     embedder: Any
     items: dict[int, method.ClusterItem] = field(default_factory=dict)
@@ -81,41 +83,36 @@ class _Run:
     page: tuple[str, Image.Image] | None = None  # the last page image fetched, to cut from
 
 
-def plan(ctx: Any, params: ClusterParams) -> list[Planned]:
+def plan(ctx: JobContext, params: ClusterParams) -> list[Planned]:
     """Every item, numbered: image URLs first, then each detect task's illustrations."""
     planned: list[Planned] = []
     for entry in ctx.spec.of_kind(ImageUrl):
         planned.append(Planned(len(planned), entry.url, {"image_url": entry.url}))
     crop_params = CropsParams(min_confidence=params.min_confidence)
     for source in ctx.spec.of_kind(SourceTask):
-        for page in detect_items(ctx, source.task_id):
-            if page.get("status") != "ok":
+        for page in detect_pages(ctx, source.task_id)[0]:
+            if page.status != "ok":
                 continue
-            crops = crops_of(page, crop_params)["crops"]
-            kept = [
-                d for d in page.get("detections", []) if d["confidence"] >= params.min_confidence
-            ]
+            crops = crops_of(page, crop_params).crops
+            kept = [d for d in page.detections if d.confidence >= params.min_confidence]
             for detection, crop in zip(kept, crops, strict=True):
                 where = {
                     "task_id": source.task_id,
-                    "page_index": page["index"],
-                    "canvas_id": page.get("canvas_id"),
-                    "manifest": page.get("manifest"),
-                    "page_url": page.get("source"),
-                    "xywh": detection["xywh"],
-                    "coordinates": "canvas" if page.get("canvas_id") else "image",
-                    "label": detection.get("label"),
-                    "confidence": detection.get("confidence"),
-                    "region_url": crop["region_url"],
+                    "page_index": page.index,
+                    "canvas_id": page.canvas_id,
+                    "manifest": page.manifest,
+                    "page_url": page.source,
+                    "xywh": detection.xywh,
+                    "coordinates": "canvas" if page.canvas_id else "image",
+                    "label": detection.label,
+                    "confidence": detection.confidence,
+                    "region_url": crop.region_url,
                 }
-                size = (
-                    page.get("canvas_width") or page.get("width"),
-                    page.get("canvas_height") or page.get("height"),
-                )
-                page_url = page.get("image_url") or page.get("source")
-                cut = Planned(len(planned), page_url, where, tuple(detection["xywh"]), size)
-                if crop["region_url"]:
-                    planned.append(Planned(len(planned), crop["region_url"], where, fallback=cut))
+                size = (page.canvas_width or page.width, page.canvas_height or page.height)
+                page_url = page.image_url or page.source
+                cut = Planned(len(planned), page_url, where, tuple(detection.xywh), size)
+                if crop.region_url:
+                    planned.append(Planned(len(planned), crop.region_url, where, fallback=cut))
                 else:
                     planned.append(cut)
     return planned
@@ -155,16 +152,9 @@ def _flush(run: _Run) -> None:
         method.set_embedding(item, vector)
         run.items[planned.index] = item
         if planned.index not in finished:
-            run.ctx.emit(
-                {
-                    "index": planned.index,
-                    "source": planned.url,
-                    "status": "ok",
-                    **planned.describe,
-                    "width": image.width,
-                    "height": image.height,
-                }
-            )
+            item = {"index": planned.index, "source": planned.url, "status": "ok"}
+            item.update(planned.describe, width=image.width, height=image.height)
+            run.ctx.emit(ClusterItem.model_validate(item))
     run.pending = []
 
 
@@ -198,7 +188,8 @@ def _failed(
 ) -> None:
     if index not in run.ctx.finished_indices():
         item = {"index": index, "source": source, "status": "failed", **described}
-        run.ctx.emit({**item, "error": {"code": error[0], "message": error[1]}}, failed=True)
+        item["error"] = {"code": error[0], "message": error[1]}
+        run.ctx.emit(ClusterItem.model_validate(item), failed=True)
 
 
 def _features(run: _Run, planned_items: list[Planned]) -> None:
@@ -268,11 +259,10 @@ def _cut(page: Prepared, detections: list[dict[str, Any]], start: int) -> list[P
         {"xywh": to_output_box(page, box), "label": d["label"], "confidence": d["confidence"]}
         for d, box in zip(detections, boxes, strict=True)
     ]
-    regions = crops_of({**page.item, "status": "ok", "detections": described}, CropsParams())
+    found = DetectPage.model_validate({**page.item, "status": "ok", "detections": described})
+    regions = crops_of(found, CropsParams())
     out = []
-    for n, (d, crop, region) in enumerate(
-        zip(detections, described, regions["crops"], strict=True)
-    ):
+    for n, (d, crop, region) in enumerate(zip(detections, described, regions.crops, strict=True)):
         x1, y1, x2, y2 = (round(v) for v in d["xyxy"])
         where = {
             "canvas_id": page.item.get("canvas_id"),
@@ -282,10 +272,10 @@ def _cut(page: Prepared, detections: list[dict[str, Any]], start: int) -> list[P
             "coordinates": "canvas" if page.unit.canvas is not None else "image",
             "label": crop["label"],
             "confidence": round(float(crop["confidence"]), 4),
-            "region_url": region["region_url"],
+            "region_url": region.region_url,
         }
         image = page.image.crop((x1, y1, x2, y2))
-        url = region["region_url"] or page.item.get("source") or ""
+        url = region.region_url or page.item.get("source") or ""
         out.append(Planned(start + n, url, where, image=image))
     return out
 
@@ -298,7 +288,7 @@ def _member(index: int, score: float, described: dict[str, Any]) -> dict[str, An
     return {"index": index, "score": score, **described}
 
 
-def run_cluster(ctx: Any, params: ClusterParams) -> None:
+def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
     resources = ctx.resources
     settings = resources.settings
     embedder = embedder_named(resources, params.model)
@@ -370,13 +360,12 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
     labels = method.families(len(items), edges, threshold, params.min_cluster_size, params.clusters)
     timings["clustering_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lifetime_s = ctx.resources.settings.hard_limit_s(ctx.record.timeout_s)
     clusters = []
     for number in range(int(labels.max(initial=-1)) + 1):
         ctx.check_cancel()
         members = [int(p) for p in (labels == number).nonzero()[0]]
         proto = prototype.build(items, members, edges)
-        ctx.store.keep_file(ctx.task_id, f"prototype-{number}.png", proto.png, lifetime_s)
+        ctx.keep_file(f"prototype-{number}.png", proto.png)
         described = [
             _member(order[p], score, planned[order[p]].describe)
             for p, score in zip(members, proto.scores, strict=True)

@@ -15,7 +15,7 @@ This module declares the job (light: the API imports it); the work is in run.py 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,10 +30,14 @@ from model.jobs.contract import (
     TaskInput,
 )
 from model.jobs.evaluate.groundtruth import Parsed, parse
+from model.jobs.evaluate.items import EvaluatePage
 from model.jobs.fields import bounded_integer
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url, url_list_schema
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 
 class EvaluateParams(BaseModel):
@@ -158,7 +162,7 @@ def check(request_input: EvaluateInput, inputs: list[TaskInput], settings: Setti
     check_ground_truth(request_input, inputs, settings)
 
 
-def run(ctx: Any) -> None:
+def run(ctx: JobContext) -> None:
     from model.jobs.evaluate.run import run_evaluate
 
     run_evaluate(ctx)
@@ -180,6 +184,7 @@ SPEC = JobSpec(
     params=EvaluateParams,
     input=EvaluateInput,
     run=run,
+    item=EvaluatePage,
     task_inputs=task_inputs,
     check=check,
     input_required=False,

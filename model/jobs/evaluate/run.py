@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from model.jobs import JobFailed
+from model.jobs.context import JobContext
 from model.jobs.contract import DatasetUpload
 from model.jobs.detect import MAX_SIDE_FACTOR
 from model.jobs.detect_run import keep_manifests, page_loader
@@ -22,6 +23,7 @@ from model.jobs.evaluate import EvaluateParams
 from model.jobs.evaluate.dataset import Dataset
 from model.jobs.evaluate.groundtruth import TruthBox, labels_of, outside_canvas
 from model.jobs.evaluate.iiif_truth import gather, on_canvases
+from model.jobs.evaluate.items import EvaluatePage
 from model.jobs.evaluate.metrics import Box, page_outcome, summarise
 from model.jobs.loading import Prepared, page_batches, to_output_box
 from model.jobs.units import plan_units
@@ -64,7 +66,7 @@ class _Judge:
         return AGNOSTIC if self.params.class_agnostic else label
 
 
-def run_evaluate(ctx: Any) -> None:
+def run_evaluate(ctx: JobContext) -> None:
     params = EvaluateParams(**ctx.spec.params)
     resources = ctx.resources
     name = params.model or resources.default_model
@@ -92,7 +94,7 @@ def run_evaluate(ctx: Any) -> None:
     summary.update(
         pages={
             "evaluated": len(scored),
-            "failed": sum(1 for i in ctx.store.items(ctx.task_id) if i.get("status") != "ok"),
+            "failed": ctx.failed_count(),
         },
         annotation_problems=problems,
         iou=params.iou,
@@ -107,7 +109,7 @@ def run_evaluate(ctx: Any) -> None:
 
 
 def _evaluate_manifest(
-    ctx: Any,
+    ctx: JobContext,
     params: EvaluateParams,
     detector: Any,
     judge: _Judge,
@@ -137,7 +139,8 @@ def _evaluate_manifest(
             continue
         code, message = reason
         item = {"index": unit.index, "source": unit.source, "canvas_id": canvas.id}
-        ctx.emit({**item, "status": "failed", "error": {"code": code, "message": message}}, True)
+        item.update(status="failed", error={"code": code, "message": message})
+        ctx.emit(EvaluatePage.model_validate(item), True)
     boxes_of = {unit.index: boxes for unit, boxes in ready}
     max_side = params.max_side or detector.imgsz * MAX_SIDE_FACTOR
     analysis = {"confidence": MAP_CONFIDENCE, "iou": NMS_IOU, "max_side": max_side}
@@ -146,7 +149,7 @@ def _evaluate_manifest(
         for batch in batches:
             for prepared, preds in _predict(batch, detector, loader.cache):
                 if preds is None:
-                    ctx.emit(prepared.item, failed=True)
+                    ctx.emit(EvaluatePage.model_validate(prepared.item), failed=True)
                     continue
                 truth = boxes_of[prepared.unit.index]
                 found = [Box(judge.label(p.label), p.xywh, p.confidence) for p in preds]
@@ -193,7 +196,7 @@ def _predict(batch: list[Prepared], detector: Any, cache: Any) -> list[tuple[Pre
 
 
 def _evaluate_dataset(
-    ctx: Any,
+    ctx: JobContext,
     entry: DatasetUpload,
     detector: Any,
     judge: _Judge,
@@ -220,7 +223,9 @@ def _evaluate_dataset(
             truths, reason = ([], page.error) if page.error else judge.truths(page.boxes, page.size)
             if reason is not None:
                 error = {"code": reason[0], "message": reason[1]}
-                ctx.emit({**item, "status": "failed", "error": error}, True)
+                ctx.emit(
+                    EvaluatePage.model_validate({**item, "status": "failed", "error": error}), True
+                )
                 continue
             ready.append((item, page, truths))
         found = detector.predict([p.image for _, p, _ in ready], MAP_CONFIDENCE, NMS_IOU)
@@ -253,7 +258,7 @@ def _xywh(box: Box) -> list[float]:
 
 
 def _emit(
-    ctx: Any,
+    ctx: JobContext,
     item: dict[str, Any],
     preds: list[Box],
     truths: list[Box],
@@ -284,4 +289,4 @@ def _emit(
     }
     if item.get("canvas_id"):
         result["coordinates"] = "canvas"
-    ctx.emit(result)
+    ctx.emit(EvaluatePage.model_validate(result))

@@ -7,7 +7,7 @@ alone (training.concurrency at once), so one never holds a detection worker's pl
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -17,11 +17,15 @@ from model.jobs.contract import DatasetUpload, DatasetUrl, InputRejected, TaskIn
 from model.jobs.evaluate import GROUND_TRUTH_WAYS, EvaluateInput, check_ground_truth
 from model.jobs.evaluate import task_inputs as evaluate_task_inputs
 from model.jobs.fields import bounded_integer
+from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url
 
 MIN_PAGES = 2  # annotated pages a training task needs: one to learn from, one to score on
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 
 class TrainParams(BaseModel):
@@ -84,16 +88,18 @@ class TrainInput(EvaluateInput):
         return url
 
 
-def epoch_item(done: int, map50: float | None) -> dict[str, Any]:
+class TrainEpoch(ResultItem):
     """The result item of one epoch (progress counts them): a result item like any other job's
     (index, source, status) plus the epoch's held-out mAP50."""
-    return {
-        "index": done - 1,
-        "source": f"epoch {done}",
-        "status": "ok",
-        "epoch": done,
-        "val_map50": map50,
-    }
+
+    epoch: int = Field(description="Epochs done (1 = the first)")
+    val_map50: float | None = Field(description="mAP50 on the held-out pages after it")
+
+
+def epoch_item(done: int, map50: float | None) -> TrainEpoch:
+    return TrainEpoch(
+        index=done - 1, source=f"epoch {done}", status="ok", epoch=done, val_map50=map50
+    )
 
 
 def _task_inputs(request_input: TrainInput) -> list[TaskInput]:
@@ -150,7 +156,7 @@ def _active_per_key(settings: Settings) -> int:
     return settings.training.max_active_per_key
 
 
-def run(ctx: Any) -> None:
+def run(ctx: JobContext) -> None:
     from model.jobs.train.run import run_train
 
     run_train(ctx)
@@ -162,6 +168,7 @@ SPEC = JobSpec(
     params=TrainParams,
     input=TrainInput,
     run=run,
+    item=TrainEpoch,
     task_inputs=_task_inputs,
     check=_check,
     input_required=False,

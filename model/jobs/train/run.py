@@ -19,6 +19,7 @@ from typing import Any
 from model.inference.catalog import ModelStoreError, sha256_file
 from model.inference.registry import ModelInfo
 from model.jobs import JobFailed
+from model.jobs.context import JobContext
 from model.jobs.contract import DatasetUpload, DatasetUrl
 from model.jobs.train import TrainParams, epoch_item
 from model.jobs.train.iiif import read_iiif
@@ -40,7 +41,7 @@ def _base_model(store: ModelStore, settings: Any, name: str | None) -> ModelInfo
     return info
 
 
-def _dataset(ctx: Any, params: TrainParams, base: ModelInfo) -> Dataset:
+def _dataset(ctx: JobContext, params: TrainParams, base: ModelInfo) -> Dataset:
     """The task's ground truth, as evaluate takes it (a manifest and its annotations, or a YOLO
     zip upload), or a YOLO zip by URL."""
     settings = ctx.resources.settings
@@ -65,7 +66,7 @@ def _threads(settings: Any) -> int:
     return settings.training.cpu_threads or len(os.sched_getaffinity(0))
 
 
-def run_train(ctx: Any) -> None:
+def run_train(ctx: JobContext) -> None:
     settings = ctx.resources.settings
     params = TrainParams.model_validate(ctx.spec.params)
     if params.epochs > settings.training.max_epochs:

@@ -11,7 +11,7 @@ increasing angle.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -28,6 +28,7 @@ from model.jobs.detect import input_schema as detect_input_schema
 from model.jobs.detect import task_inputs as page_inputs
 from model.jobs.fields import bounded_integer
 from model.jobs.spec import JobSpec
+from model.jobs.vectorize.items import VectorizeItem
 from model.settings import JobLimits, Settings
 
 Kind = Literal["line", "circle", "arc"]
@@ -35,6 +36,9 @@ KINDS: tuple[Kind, ...] = ("line", "circle", "arc")
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
 METHOD = "classical-hough-lsd"
 VERSION = "1"
+
+if TYPE_CHECKING:
+    from model.jobs.context import JobContext
 
 
 class VectorizeParams(BaseModel):
@@ -129,7 +133,7 @@ def input_schema(ref: str) -> dict[str, Any]:
     return {**schema, "anyOf": [*pages, alone]}
 
 
-def run(ctx: Any) -> None:
+def run(ctx: JobContext) -> None:
     from model.jobs.vectorize.run import run_vectorize
 
     run_vectorize(ctx)
@@ -142,6 +146,7 @@ SPEC = JobSpec(
     params=VectorizeParams,
     input=VectorizeInput,
     run=run,
+    item=VectorizeItem,
     task_inputs=task_inputs,
     check=check,
     uploads=True,

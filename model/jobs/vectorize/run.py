@@ -20,13 +20,16 @@ from PIL import Image
 from model.iiif.info_cache import InfoCache
 from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
+from model.jobs.context import JobContext
 from model.jobs.contract import SourceTask
-from model.jobs.crops import _full_size_scale, _service_base, detect_items
+from model.jobs.crops import detect_pages
 from model.jobs.detect_run import keep_manifests
+from model.jobs.items import DetectPage
 from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.units import plan_units
 from model.jobs.vectorize import METHOD, VERSION, VectorizeParams
 from model.jobs.vectorize.geometry import Thresholds, vectorize
+from model.jobs.vectorize.items import VectorizeItem
 from model.jobs.vectorize.transform import Affine, page_transform, transformed
 from model.pipeline.cache import DetectionCache, params_digest
 from model.sources.fetch import FetchError, FetchScope
@@ -39,7 +42,7 @@ def analyse(image: Image.Image, params: VectorizeParams) -> list[dict[str, Any]]
     return vectorize(gray, Thresholds(**params.thresholds()), frozenset(params.primitives))
 
 
-def run_vectorize(ctx: Any) -> None:
+def run_vectorize(ctx: JobContext) -> None:
     params = VectorizeParams(**ctx.spec.params)
     provenance: dict[str, Any] = {
         "method": METHOD,
@@ -63,7 +66,7 @@ def run_vectorize(ctx: Any) -> None:
 # --- pages --------------------------------------------------------------------------------------
 
 
-def _pages(ctx: Any, params: VectorizeParams, provenance: dict[str, Any]) -> None:
+def _pages(ctx: JobContext, params: VectorizeParams, provenance: dict[str, Any]) -> None:
     resources = ctx.resources
     settings = resources.settings
     scope = FetchScope()
@@ -100,12 +103,13 @@ def _pages(ctx: Any, params: VectorizeParams, provenance: dict[str, Any]) -> Non
 
 
 def _page_done(
-    ctx: Any, prepared: Prepared, params: VectorizeParams, cache: DetectionCache
+    ctx: JobContext, prepared: Prepared, params: VectorizeParams, cache: DetectionCache
 ) -> None:
     if prepared.error is not None:
         code, message = prepared.error
         failed = {**prepared.item, "status": "failed", "primitives": []}
-        ctx.emit({**failed, "error": {"code": code, "message": message}}, failed=True)
+        failed["error"] = {"code": code, "message": message}
+        ctx.emit(VectorizeItem.model_validate(failed), failed=True)
         return
     width, height = prepared.decoded_size
     cached = prepared.cached is not None
@@ -134,7 +138,7 @@ def _page_done(
         item["coordinates"] = "canvas"
         item["canvas_width"] = item.get("canvas_width") or width
         item["canvas_height"] = item.get("canvas_height") or height
-    ctx.emit(item)
+    ctx.emit(VectorizeItem.model_validate(item))
 
 
 # --- a detect task's regions --------------------------------------------------------------------
@@ -143,33 +147,32 @@ def _page_done(
 @dataclass(frozen=True)
 class _Region:
     index: int
-    page: dict[str, Any]  # the detect task's item
+    page: DetectPage  # the detect task's item
     box: list[float]  # x, y, w, h in the page item's coordinates
     label: str
     confidence: float
 
 
-def _copy_manifests(ctx: Any, task_id: str, provenance: dict[str, Any]) -> None:
+def _copy_manifests(
+    ctx: JobContext, task_id: str, source: dict[str, Any], provenance: dict[str, Any]
+) -> None:
     """The detect task's manifests, so that this result opens in a IIIF viewer too."""
-    record = ctx.store.get(task_id)
-    source = ctx.store.full_provenance(record) or {}
     provenance["manifests"] = source.get("manifests", [])
     provenance["source_task"] = task_id
-    lifetime_s = ctx.resources.settings.hard_limit_s(ctx.record.timeout_s)
     for manifest in provenance["manifests"]:
-        text = ctx.store.kept_manifest(task_id, manifest["index"])
+        text = ctx.kept_manifest(task_id, manifest["index"])
         if text is not None:
-            ctx.store.keep_manifest(ctx.task_id, manifest["index"], text, lifetime_s)
+            ctx.keep_manifest(manifest["index"], text)
 
 
-def _regions(ctx: Any, task_id: str, params: VectorizeParams, provenance: dict) -> None:
-    pages = detect_items(ctx, task_id)
-    _copy_manifests(ctx, task_id, provenance)
+def _regions(ctx: JobContext, task_id: str, params: VectorizeParams, provenance: dict) -> None:
+    pages, source = detect_pages(ctx, task_id)
+    _copy_manifests(ctx, task_id, source, provenance)
     regions = [
-        _Region(0, page, d["xywh"], d["label"], d["confidence"])
+        _Region(0, page, d.xywh, d.label, d.confidence)
         for page in pages
-        if page.get("status") == "ok"
-        for d in page.get("detections", [])
+        if page.status == "ok"
+        for d in page.detections
     ]
     regions = [_Region(i, r.page, r.box, r.label, r.confidence) for i, r in enumerate(regions)]
     ctx.set_total(len(regions))
@@ -191,13 +194,15 @@ def _regions(ctx: Any, task_id: str, params: VectorizeParams, provenance: dict) 
                 item["timings"] = {"fetch_s": round(time.perf_counter() - started, 4)}
             except (FetchError, ImageDecodeError) as exc:
                 error = {"code": exc.code, "message": exc.message}
-                ctx.emit({**item, "status": "failed", "primitives": [], "error": error}, True)
+                failed = {**item, "status": "failed", "primitives": [], "error": error}
+                ctx.emit(VectorizeItem.model_validate(failed), True)
                 continue
             ctx.check_cancel()
             started = time.perf_counter()
             found = analyse(image, params)
             item["timings"]["analyse_s"] = round(time.perf_counter() - started, 4)
-            ctx.emit({**item, "status": "ok", "primitives": transformed(found, to_page)})
+            done_item = {**item, "status": "ok", "primitives": transformed(found, to_page)}
+            ctx.emit(VectorizeItem.model_validate(done_item))
     finally:
         scope.cancel()
 
@@ -217,10 +222,10 @@ def _region_item(region: _Region) -> dict[str, Any]:
         "width",
         "height",
     )
-    item = {k: page[k] for k in keep if k in page}
+    item = page.model_dump(mode="json", include=set(keep), exclude_unset=True)
     item.update(
         index=region.index,
-        page_index=page["index"],
+        page_index=page.index,
         region={
             "xywh": [round(v) for v in region.box],
             "label": region.label,
@@ -242,9 +247,9 @@ def _region_image(
     URL they were asked from (the region itself, or the whole page)."""
     page = region.page
     x, y, w, h = region.box
-    base = _service_base(page)
+    base = page.image_service
     if base is not None:
-        sx, sy = _full_size_scale(page)
+        sx, sy = page.full_size_scale()
         left, top = max(0, round(x * sx)), max(0, round(y * sy))
         width, height = max(1, round(w * sx)), max(1, round(h * sy))
         side = params.max_side
@@ -256,7 +261,7 @@ def _region_image(
         # fetched pixels -> full image pixels -> page coordinates
         fx, fy = width / image.width, height / image.height
         return image, Affine(fx / sx, fy / sy, left / sx, top / sy), url
-    url = page.get("image_url") or page.get("source", "")
+    url = page.image_url or page.source
     if not str(url).startswith(("http://", "https://")):
         raise FetchError("source_image_unavailable", "the page was an upload; it is gone")
     if url not in page_cache:
@@ -264,8 +269,8 @@ def _region_image(
         page_cache.clear()  # regions come page by page: keep one page only
         page_cache[url] = decode_within(data, settings.fetch.max_pixels, None, reduce=False)[0]
     full = page_cache[url]
-    base_w = page.get("canvas_width") or page.get("width") or full.width
-    base_h = page.get("canvas_height") or page.get("height") or full.height
+    base_w = page.canvas_width or page.width or full.width
+    base_h = page.canvas_height or page.height or full.height
     kx, ky = full.width / base_w, full.height / base_h  # page coordinates -> fetched pixels
     box = (round(x * kx), round(y * ky), round((x + w) * kx), round((y + h) * ky))
     crop = full.crop(box)
