@@ -4,6 +4,8 @@ what similarity's check gives it, and skipped pairs change no family."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -91,27 +93,26 @@ def test_projection_keeps_dot_products_within_its_span() -> None:
     assert np.array_equal(method._projection(vectors, 64), np.eye(64, dtype=np.float32))
 
 
-def test_the_two_pass_shortlist_matches_the_exact_one() -> None:
-    """With every item a first-pass candidate the second pass is the exact shortlist; with few
-    candidates on low-rank vectors (the projection loses nothing) it is the same."""
+def test_the_two_pass_shortlist_matches_the_exact_one(monkeypatch) -> None:
+    """On vectors of low rank the projection loses nothing: the two-pass shortlist (forced on
+    60 items, 8 dimensions kept, 12 candidates) finds the exact shortlist's pairs."""
     rng = np.random.default_rng(2)
+    layout_basis, emb_basis = rng.normal(size=(8, 32)), rng.normal(size=(8, 16))
     items = []
     for _ in range(60):
-        item = method.ClusterItem.__new__(method.ClusterItem)
-        turned = rng.normal(size=(10, 8)) @ rng.normal(size=(8, 32))
+        turned = rng.normal(size=(10, 8)) @ layout_basis
         turned /= np.linalg.norm(turned, axis=1, keepdims=True)
-        item.turned = turned.astype(np.float32)
-        item.upright = type("F", (), {})()
-        item.upright.layout = item.turned[2]
-        e = rng.normal(size=16).astype(np.float32)
-        item.upright.embedding = e / np.linalg.norm(e)
-        items.append(item)
+        e = rng.normal(size=8) @ emb_basis
+        upright = SimpleNamespace(layout=turned[2], embedding=e / np.linalg.norm(e))
+        items.append(SimpleNamespace(upright=upright, turned=turned.astype(np.float32)))
     emb = np.stack([i.upright.embedding for i in items])
-    lay = (
-        np.stack([i.upright.layout for i in items])
-        @ np.stack([i.turned for i in items]).reshape(-1, 32).T
-    )
-    sims = (lay.reshape(60, 60, 10).max(axis=2) + emb @ emb.T) / 2
+    turned = np.stack([i.turned for i in items]).reshape(-1, 32)
+    layout = (np.stack([i.upright.layout for i in items]) @ turned.T).reshape(60, 60, 10)
+    sims = (layout.max(axis=2) + emb @ emb.T) / 2
     np.fill_diagonal(sims, -np.inf)
     exact = {(min(i, int(j)), max(i, int(j))) for i in range(60) for j in np.argsort(-sims[i])[:4]}
+    assert set(method.shortlist(items, 4)) == exact  # one exact pass (few items)
+    monkeypatch.setattr(method, "EXACT_ITEMS", 0)
+    monkeypatch.setattr(method, "PROJECTED", 8)
+    monkeypatch.setattr(method, "COARSE", 12)
     assert set(method.shortlist(items, 4)) == exact

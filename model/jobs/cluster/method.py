@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
-from model.jobs.cluster.verify import verify_pairs
+from model.jobs.cluster.verify import BLAS, verify_pairs
 from model.similarity.features import (
     REGION_FEATURES,
     REGION_SIDE,
@@ -43,6 +42,7 @@ DEFAULT_THRESHOLD = 0.4  # a verified score (similarity's 0-1): best ARI on the 
 BLOCK = 256  # rows of the similarity matrix computed at once
 PROJECTED = 64  # dimensions of the shortlist's first pass (layout and embedding each)
 COARSE = 16  # candidates per item that the first pass hands to the exact score
+EXACT_ITEMS = 2000  # up to this many items one exact pass is cheap enough
 # The layout thumbnail is compared with each item turned by these angles (degrees), and mirrored
 TURNS = (-20.0, -10.0, 0.0, 10.0, 20.0)
 
@@ -94,7 +94,7 @@ def _projection(vectors: np.ndarray, dims: int) -> np.ndarray:
     if dims >= d:
         return np.eye(d, dtype=np.float32)
     sample = vectors[:: max(1, len(vectors) // 20_000)].astype(np.float32)
-    with threadpool_limits(1):  # tiny: threads on a busy CPU cost more than they give
+    with BLAS.limit(limits=1):  # tiny: threads on a busy CPU cost more than they give
         _, vecs = np.linalg.eigh((sample.T @ sample).astype(np.float64))
     return np.ascontiguousarray(vecs[:, ::-1][:, :dims]).astype(np.float32)
 
@@ -115,9 +115,9 @@ def shortlist(
 ) -> dict[tuple[int, int], bool]:
     """Unordered pairs (i < j) -> whether j is best seen mirrored: each item's k nearest others
     by the mean of the embedding's cosine and the best layout cosine over j's turns and mirror.
-    Two passes, by blocks of rows (memory O(BLOCK x N)): the COARSE best candidates of each
-    row by the same similarity on vectors projected to PROJECTED dimensions (the N x N x turns
-    products are what cost at 10,000 items), then those candidates scored exactly."""
+    By blocks of rows (memory O(BLOCK x N)). Past EXACT_ITEMS, two passes: the COARSE best
+    candidates of each row by the same similarity on vectors projected to PROJECTED dimensions
+    (the N x N x turns products are what cost at 10,000 items), then those scored exactly."""
     n = len(items)
     k = min(k, n - 1)
     if k <= 0:
@@ -126,14 +126,17 @@ def shortlist(
     base = np.stack([i.upright.layout for i in items]).astype(np.float32)
     variants = np.stack([i.turned for i in items]).astype(np.float32)  # n x v x d
     v = variants.shape[1]
-    to_layout = _projection(variants.reshape(n * v, -1), PROJECTED)
-    to_emb = _projection(emb, PROJECTED)
+    # Up to EXACT_ITEMS the first pass is exact (no projection) and hands on k candidates
+    two_pass = n > EXACT_ITEMS
+    dims = PROJECTED if two_pass else max(variants.shape[2], emb.shape[1])
+    to_layout = _projection(variants.reshape(n * v, -1), dims)
+    to_emb = _projection(emb, dims)
     small_base, small_emb = base @ to_layout, emb @ to_emb
     # Turn-major: the max over turns is then taken across whole rows (fast), not along a
     # short strided axis
     small_flat = (variants.transpose(1, 0, 2).reshape(v * n, -1) @ to_layout).T.copy()
     small_emb_t = small_emb.T.copy()
-    coarse = min(n - 1, max(k, COARSE))
+    coarse = min(n - 1, max(k, COARSE)) if two_pass else k
     pairs: dict[tuple[int, int], bool] = {}
     for start in range(0, n, BLOCK):
         check()

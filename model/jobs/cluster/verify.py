@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from model.similarity.compare import (
     CHANCE_INLIERS,
@@ -39,6 +39,8 @@ from model.similarity.compare import (
 from model.similarity.features import ItemFeatures
 from model.similarity.local import RANSAC_SEED, RATIO, SCALE_RANGE
 
+# Found once: each threadpool_limits() call would look for the BLAS libraries again (slow)
+BLAS = ThreadpoolController()
 KEYPOINTS = 256  # per item and orientation, the strongest (describe() keeps up to 500)
 # The first pass: matches among the strongest PRESCREEN_KEYPOINTS. On the dev seed every pair
 # that verified at 0.4 had at least 5 there; two thirds of the others had fewer.
@@ -189,7 +191,7 @@ def verify_pairs(
     joined = Joined(len(upright)) if threshold is not None else None
     out: dict[tuple[int, int], Scored] = {}
     verified = 0
-    with threadpool_limits(1):  # small products: threads only add overhead on a busy CPU
+    with BLAS.limit(limits=1):  # small products: threads only add overhead on a busy CPU
         for i, candidates in _pairs_by_item(pairs).items():
             check()
             if joined is not None:
