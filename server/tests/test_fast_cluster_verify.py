@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from model.jobs.cluster import method, verify
 from model.similarity.compare import evidence, verify_pair
@@ -116,3 +117,17 @@ def test_the_two_pass_shortlist_matches_the_exact_one(monkeypatch) -> None:
     monkeypatch.setattr(method, "PROJECTED", 8)
     monkeypatch.setattr(method, "COARSE", 12)
     assert set(method.shortlist(items, 4)) == exact
+
+
+def test_alignments_find_each_copy_and_its_mirror(copies) -> None:
+    flipped = method.item_features(
+        4, Image.fromarray(copies[1].analysed).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    )
+    others = [copies[1], copies[2], copies[3], flipped]
+    found = verify.alignments(
+        copies[0].upright, [o.upright for o in others], [o.mirrored for o in others]
+    )
+    assert found[2] is None  # the other motif
+    for n in (0, 1, 3):
+        assert found[n] is not None and found[n][0] > 0.2 and found[n][1].shape == (2, 3)
+    assert found[3][2] is not found[0][2]  # the mirrored copy aligns the other way round

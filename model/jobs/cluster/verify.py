@@ -97,10 +97,13 @@ def _small(points: np.ndarray, item: ItemFeatures) -> bool:
     return float(extent.min()) < MIN_EXTENT * max(item.local.size)
 
 
-def score_matches(a: ItemFeatures, b: ItemFeatures, ia: np.ndarray, ib: np.ndarray) -> float:
-    """Similarity's score (0-1) of b against a from their matches: as compare.verify_pair."""
+def fit(
+    a: ItemFeatures, b: ItemFeatures, ia: np.ndarray, ib: np.ndarray
+) -> tuple[float, np.ndarray | None]:
+    """Similarity's score (0-1) of b against a from their matches, as compare.verify_pair
+    gives it, and the 2x3 transform b -> a (None when the score is 0)."""
     if len(ia) < MIN_INLIERS:
-        return 0.0
+        return 0.0, None
     cv2.setRNGSeed(RANSAC_SEED)  # the same two items always give the same answer
     matrix, mask = cv2.estimateAffinePartial2D(
         b.local.points[ib],
@@ -111,17 +114,42 @@ def score_matches(a: ItemFeatures, b: ItemFeatures, ia: np.ndarray, ib: np.ndarr
         confidence=0.995,
     )
     if matrix is None or mask is None:
-        return 0.0
+        return 0.0, None
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
     keep = mask.ravel().astype(bool)
     inliers = int(keep.sum())
     if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] or inliers < MIN_INLIERS:
-        return 0.0
+        return 0.0, None
     points_a, points_b = a.local.points[ia[keep]], b.local.points[ib[keep]]
     if degenerate(points_a) or _small(points_a, a) or _small(points_b, b):
-        return 0.0
-    corr = correlation(a, b, matrix.astype(np.float32), points_a)
-    return round(evidence(inliers) * max(0.0, corr), 4)
+        return 0.0, None
+    matrix = matrix.astype(np.float32)
+    value = round(evidence(inliers) * max(0.0, correlation(a, b, matrix, points_a)), 4)
+    return value, (matrix if value > 0 else None)
+
+
+def alignments(
+    reference: ItemFeatures,
+    upright: list[ItemFeatures],
+    mirrored: list[ItemFeatures],
+    keypoints: int = KEYPOINTS,
+) -> list[tuple[float, np.ndarray, bool] | None]:
+    """Each other item's best transform onto the reference (score, 2x3 matrix, mirrored), or
+    None where neither orientation verifies: one product for all of them."""
+    sides = [side for pair in zip(upright, mirrored, strict=True) for side in pair]
+    if not sides:
+        return []
+    with BLAS.limit(limits=1):
+        found = _match(reference, sides, keypoints)
+    out: list[tuple[float, np.ndarray, bool] | None] = []
+    for n in range(len(upright)):
+        best = None
+        for o in (0, 1):
+            value, matrix = fit(reference, sides[2 * n + o], *found[2 * n + o])
+            if matrix is not None and (best is None or value > best[0]):
+                best = (value, matrix, bool(o))
+        out.append(best)
+    return out
 
 
 class Joined:
@@ -216,7 +244,7 @@ def verify_pairs(
                     ia, ib = found[2 * m + o]
                     if len(ia) < need:
                         break
-                    value = score_matches(a, chosen[2 * m + o], ia, ib)
+                    value, _ = fit(a, chosen[2 * m + o], ia, ib)
                     if value > 0:
                         out[(i, j)] = Scored(value, bool(o))
                         if joined is not None and value >= (threshold or 0.0):
