@@ -46,7 +46,9 @@ METHOD = {
     "features": "similarity's region features (RootSIFT, layout thumbnail) + the feature "
     "extractor's pooled vector, upright and mirrored",
     "shortlist": "each item's `neighbours` nearest items: mean of the embedding cosine and the "
-    f"best layout cosine over turns {list(method.TURNS)} and mirror",
+    f"best layout cosine over turns {list(method.TURNS)} and mirror (past "
+    f"{method.EXACT_ITEMS} items, candidates from {method.PROJECTED}-dimension projections "
+    "first)",
     "verification": "similarity's RANSAC similarity transform + photometric correlation, "
     "direct or mirrored, on the strongest keypoints after a prescreen; pairs already joined "
     "at the threshold are skipped; the score (0-1) is the edge's weight",
