@@ -4,12 +4,16 @@ On testkit/cluster_corpus.py's families (re-drawn, turned +-20 degrees, scaled 0
 mirrored, cropped, re-inked, on other paper; plus distractors in no family), for a development
 seed and a held-out one:
 - quality of each method: adjusted Rand index and NMI (scikit-learn; every unclustered item and
-  every distractor counts as a singleton), share of distractors left unclustered;
+  every distractor counts as a singleton), share of distractors left unclustered; the method
+  shipped before (exact shortlist, every pair verified one by one) as the baseline, same run;
 - cost: features + embedding per item (against the raw embedder loop on the same images),
-  then clustering at 100, 1,000 and 10,000 items once embedded. 10,000 distinct synthetic items
-  would take ~15 min to draw on a 2-core CPU, so the large sizes repeat the measured items
-  (every copy its own index; the shortlist is exact and whole). Past VERIFY_SAMPLE shortlisted
-  pairs an evenly spread sample is verified and its time scaled up: each pair is the same work.
+  then clustering once embedded, now and before, in the same run. 100 and 1,000 items are
+  distinct (the seeds' items pooled). 10,000 distinct items would take ~15 min to draw and
+  describe on a 2-core CPU, so at 10,000 the items repeat: the shortlist is computed whole
+  (its cost does not depend on what the items show), but copies of one item would verify
+  trivially, so the verification is the 1,000 distinct items' per-item cost times 10,000
+  (said in the row). The baseline verifies at most VERIFY_SAMPLE pairs, evenly spread, and
+  scales its time up (each pair is the same work).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from model.jobs.cluster import method
 from testkit.cluster_corpus import DISTRACTOR, HELD_OUT_SEEDS, build
 
 DEV_SEED = 1
-VERIFY_SAMPLE = 6000  # pairs verified at most per scaling size (the rest extrapolated)
+VERIFY_SAMPLE = 1500  # pairs the baseline verifies at most per size (the rest extrapolated)
+BASELINE = "before: exact shortlist 8, every pair verified, threshold 0.4"
+PREVIOUS_THRESHOLD = 0.4  # what the previous method shipped with
 HELD_OUT_SEED = HELD_OUT_SEEDS + 1
 
 
@@ -94,6 +100,48 @@ def featurize(
     }
 
 
+def previous_shortlist(items: list[method.ClusterItem], k: int) -> dict[tuple[int, int], bool]:
+    """The shortlist shipped before (the baseline): exact, all turns at full size."""
+    n, k = len(items), min(k, len(items) - 1)
+    emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
+    base = np.stack([i.upright.layout for i in items]).astype(np.float32)
+    variants = np.stack([i.turned for i in items])
+    v = variants.shape[1]
+    flat = variants.reshape(n * v, -1)
+    pairs: dict[tuple[int, int], bool] = {}
+    for start in range(0, n, method.BLOCK):
+        rows = slice(start, min(n, start + method.BLOCK))
+        layout = (base[rows] @ flat.T).reshape(-1, n, v)
+        which = layout.argmax(axis=2)
+        sims = (layout.max(axis=2) + emb[rows] @ emb.T) / 2
+        local = np.arange(sims.shape[0])
+        sims[local, local + start] = -np.inf
+        for r, row in enumerate(np.argpartition(-sims, k - 1, axis=1)[:, :k]):
+            for j in (int(x) for x in row):
+                key = (min(start + r, j), max(start + r, j))
+                pairs.setdefault(key, bool(which[r, j] >= v // 2))
+    return dict(sorted(pairs.items()))
+
+
+def previous_verify(
+    items: list[method.ClusterItem], pairs: dict[tuple[int, int], bool]
+) -> list[method.Edge]:
+    """The verification shipped before (the baseline): similarity's check pair by pair, in the
+    shortlist's orientation, then the other one if that fails."""
+    from model.similarity.compare import verify_pair
+
+    edges = []
+    for (i, j), flipped in pairs.items():
+        a, b = items[i], items[j]
+        score = verify_pair(a.upright, b.mirrored if flipped else b.upright, 0.0).score
+        if score <= 0:
+            flipped = not flipped
+            score = verify_pair(a.upright, b.mirrored if flipped else b.upright, 0.0).score
+        if score > 0:
+            edges.append(method.Edge(i, j, float(score), flipped))
+    return edges
+
+
 def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> dict[str, Scores]:
     out: dict[str, Scores] = {}
     emb = np.stack([i.upright.embedding for i in items])
@@ -107,44 +155,88 @@ def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> di
         truth, method.embedding_hdbscan(joined), time.perf_counter() - t0
     )
     t0 = time.perf_counter()
+    edges = previous_verify(items, previous_shortlist(items, k))
+    labels = method.families(len(items), edges, PREVIOUS_THRESHOLD)
+    out[BASELINE] = score(truth, labels, time.perf_counter() - t0)
+    # The previous verification's edges at today's threshold (no time: the same edges)
+    out["before, threshold now"] = score(truth, method.families(len(items), edges), 0.0)
+    t0 = time.perf_counter()
     pairs = method.shortlist(items, k)
-    edges = method.verify_edges(items, pairs)
+    edges, _ = method.verify_edges(items, pairs)
     labels = method.families(len(items), edges)
-    out[f"shortlist {k} + verified graph"] = score(truth, labels, time.perf_counter() - t0)
+    out[f"shortlist {k} + verified graph (shipped)"] = score(
+        truth, labels, time.perf_counter() - t0
+    )
     return out
+
+
+def _cost(items: list[method.ClusterItem], k: int, most_verified: int) -> dict[str, Any]:
+    """Seconds of each stage on these items, now and before (the baseline's verification on an
+    evenly spread sample of at most `most_verified` pairs, scaled up)."""
+    n = len(items)
+    t0 = time.perf_counter()
+    pairs = method.shortlist(items, k)
+    t1 = time.perf_counter()
+    edges, verified = method.verify_edges(items, pairs)
+    t2 = time.perf_counter()
+    method.families(n, edges)
+    t3 = time.perf_counter()
+    before = previous_shortlist(items, k)
+    t4 = time.perf_counter()
+    chosen = list(before.items())
+    sample = chosen[:: max(1, len(chosen) // most_verified)]
+    previous_verify(items, dict(sample))
+    t5 = time.perf_counter()
+    return {
+        "items": n,
+        "pairs": len(pairs),
+        "verified_pairs": verified,
+        "shortlist_s": t1 - t0,
+        "verify_s": t2 - t1,
+        "families_s": t3 - t2,
+        "total_s": t3 - t0,
+        "before_pairs": len(before),
+        "before_shortlist_s": t4 - t3,
+        "before_verify_s": (t5 - t4) * len(chosen) / max(1, len(sample)),
+        "verify_extrapolated": False,
+    }
 
 
 def scaling(
     items: list[method.ClusterItem], sizes: list[int], k: int, most_verified: int = VERIFY_SAMPLE
 ) -> list[dict[str, Any]]:
-    """Cost once embedded. Beyond `most_verified` shortlisted pairs, an evenly spread sample of
-    that many is verified and the verification time scaled up (each pair costs the same work;
-    said in the row): the shortlist and the families are always computed whole."""
-    rows = []
+    """Cost once embedded, now and before, at each size (module docstring): distinct items up
+    to len(items); beyond, repeated items with the verification scaled per item from the
+    largest distinct size."""
+    rows: list[dict[str, Any]] = []
     for n in sizes:
-        sample = [items[i % len(items)] for i in range(n)]
-        t0 = time.perf_counter()
-        pairs = method.shortlist(sample, k)
-        t1 = time.perf_counter()
-        chosen = list(pairs.items())
-        step = max(1, len(chosen) // most_verified)
-        edges = method.verify_edges(sample, dict(chosen[::step]))
-        t2 = time.perf_counter()
-        verify_s = (t2 - t1) * len(chosen) / max(1, len(chosen[::step]))
-        method.families(n, edges)
-        t3 = time.perf_counter()
-        rows.append(
-            {
+        if n <= len(items) or not rows:
+            row = _cost(items[:n], k, most_verified)
+        else:
+            sample = [items[i % len(items)] for i in range(n)]
+            per_item = rows[-1]
+            t0 = time.perf_counter()
+            pairs = method.shortlist(sample, k)
+            t1 = time.perf_counter()
+            previous_shortlist(sample, k)
+            t2 = time.perf_counter()
+            grow = n / per_item["items"]
+            row = {
                 "items": n,
                 "pairs": len(pairs),
-                "verified_pairs": len(chosen[::step]),
+                "verified_pairs": round(per_item["verified_pairs"] * grow),
                 "shortlist_s": t1 - t0,
-                "verify_s": verify_s,
-                "families_s": t3 - t2,
-                "total_s": (t1 - t0) + verify_s + (t3 - t2),
+                "verify_s": per_item["verify_s"] * grow,
+                "families_s": per_item["families_s"] * grow,
+                "before_pairs": round(per_item["before_pairs"] * grow),
+                "before_shortlist_s": t2 - t1,
+                "before_verify_s": per_item["before_verify_s"] * grow,
+                "verify_extrapolated": True,
             }
-        )
-        print(f"[cluster bench] {rows[-1]}", flush=True)
+            row["total_s"] = row["shortlist_s"] + row["verify_s"] + row["families_s"]
+        row["before_total_s"] = row["before_shortlist_s"] + row["before_verify_s"]
+        rows.append(row)
+        print(f"[cluster bench] {row}", flush=True)
     return rows
 
 
@@ -174,7 +266,7 @@ def measure(
     embedder = load_embedder()
     quality: dict[str, dict[str, dict[str, float]]] = {}
     timings: dict[str, float] = {}
-    kept: list[method.ClusterItem] = []
+    pooled: list[method.ClusterItem] = []  # every seed's items: distinct ones for scaling
     for n, seed in enumerate(seeds):
         print(f"[cluster bench] seed {seed}: drawing and describing items", flush=True)
         corpus = build(seed, families, distractors=distractors)
@@ -185,14 +277,21 @@ def measure(
         scores = run_methods(items, corpus.labels, neighbours)
         quality[name] = {method_name: vars(s) for method_name, s in scores.items()}
         print(f"[cluster bench] {name}: {quality[name]}", flush=True)
-        kept = items
+        pooled += items
     return {
         "quality": quality,
         "per_item_ms": timings,
-        "scaling": scaling(kept, list(sizes), neighbours),
+        "load_average": _load(),
+        "scaling": scaling(pooled, list(sizes), neighbours),
         "threshold": method.DEFAULT_THRESHOLD,
         "neighbours": neighbours,
     }
+
+
+def _load() -> list[float]:
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -206,16 +305,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"{t['embed_ms']:.1f} ms (raw embedder loop on the same images "
         f"{t['raw_embed_ms']:.1f} ms).",
         "",
-        "| items | shortlisted pairs | verified (timed) | shortlist s | verify s | families s "
-        "| total s |",
-        "|---|---|---|---|---|---|---|",
+        "| items | now: pairs | verified | shortlist s | verify s | total s | before: pairs "
+        "| shortlist s | verify s | total s | before / now |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["scaling"]:
+        mark = " (x)" if row["verify_extrapolated"] else ""
         lines.append(
-            f"| {row['items']} | {row['pairs']} | {row['verified_pairs']} | "
-            f"{row['shortlist_s']:.2f} | {row['verify_s']:.2f} | {row['families_s']:.2f} | "
-            f"{row['total_s']:.2f} |"
+            f"| {row['items']} | {row['pairs']} | {row['verified_pairs']}{mark} | "
+            f"{row['shortlist_s']:.2f} | {row['verify_s']:.2f}{mark} | {row['total_s']:.2f} | "
+            f"{row['before_pairs']} | {row['before_shortlist_s']:.2f} | "
+            f"{row['before_verify_s']:.2f}{mark} | {row['before_total_s']:.2f} | "
+            f"{row['before_total_s'] / max(row['total_s'], 1e-9):.1f}x |"
         )
+    lines += [
+        "",
+        "(x): verification scaled per item from the largest distinct size (module docstring). "
+        f"Load average at the end (1, 5, 15 min): {result.get('load_average')}.",
+    ]
     return "\n".join(lines)
 
 
@@ -226,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--neighbours", type=int, default=method.DEFAULT_NEIGHBOURS)
     p.add_argument("--sizes", default="100,1000,10000")
     p.add_argument("--seeds", default=f"{DEV_SEED},{HELD_OUT_SEED}")
+    p.add_argument(
+        "--write", action="store_true", help="also write bench/results/latest-cluster.{json,md}"
+    )
     args = p.parse_args(argv)
     result = measure(
         args.families,
@@ -235,6 +345,13 @@ def main(argv: list[str] | None = None) -> None:
         tuple(int(s) for s in args.seeds.split(",") if s),
     )
     print(markdown(result))
+    if args.write:
+        import json
+        from pathlib import Path
+
+        out = Path(__file__).parent / "results"
+        (out / "latest-cluster.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "latest-cluster.md").write_text(markdown(result) + "\n")
 
 
 if __name__ == "__main__":

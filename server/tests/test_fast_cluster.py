@@ -75,7 +75,7 @@ def drawings() -> tuple[list[method.ClusterItem], list[int]]:
 def test_verified_shortlist_finds_the_families(drawings) -> None:
     items, labels = drawings
     pairs = method.shortlist(items, 3)
-    edges = method.verify_edges(items, pairs)
+    edges, _ = method.verify_edges(items, pairs)
     found = method.families(len(items), edges)
     truth = np.array(labels)
     for family in set(found.tolist()) - {-1}:
@@ -92,14 +92,15 @@ def test_a_mirrored_copy_is_verified_mirrored() -> None:
         method.set_embedding(item, np.ones(4, np.float32) / 2)
     pairs = method.shortlist(items, 1)
     assert pairs == {(0, 1): True}  # the layout saw it mirrored
-    (edge,) = method.verify_edges(items, pairs)
+    (edge,), _ = method.verify_edges(items, pairs)
     assert edge.mirrored and edge.score > 0.3
 
 
 def test_prototype_aligns_and_averages_the_members(drawings) -> None:
     items, labels = drawings
     members = [i for i, label in enumerate(labels) if label == 0]
-    edges = method.verify_edges(items, {(a, b): False for a in members for b in members if a < b})
+    pairs = {(a, b): False for a in members for b in members if a < b}
+    edges, _ = method.verify_edges(items, pairs, threshold=None)
     proto = prototype.build(items, members, edges)
     picture = Image.open(io.BytesIO(proto.png))
     reference = items[members[proto.medoid]].analysed

@@ -48,9 +48,12 @@ METHOD = {
     "features": "similarity's region features (RootSIFT, layout thumbnail) + the feature "
     "extractor's pooled vector, upright and mirrored",
     "shortlist": "each item's `neighbours` nearest items: mean of the embedding cosine and the "
-    f"best layout cosine over turns {list(method.TURNS)} and mirror",
+    f"best layout cosine over turns {list(method.TURNS)} and mirror (past "
+    f"{method.EXACT_ITEMS} items, candidates from {method.PROJECTED}-dimension projections "
+    "first)",
     "verification": "similarity's RANSAC similarity transform + photometric correlation, "
-    "direct or mirrored; the score (0-1) is the edge's weight",
+    "direct or mirrored, on the strongest keypoints after a prescreen; pairs already joined "
+    "at the threshold are skipped; the score (0-1) is the edge's weight",
     "families": "edges of at least `threshold` joined strongest first (Kruskal); groups under "
     "`min_cluster_size` unclustered; with `clusters`, merging stops at that many families",
     "prototype": "members aligned onto the medoid by their RANSAC transform and averaged; a "
@@ -352,11 +355,14 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
         ctx.set_summary(_summary("skipped", message=f"{len(items)} item(s) loaded; at least 2"))
         return
     t0 = time.perf_counter()
-    pairs = method.shortlist(items, params.neighbours, ctx.check_cancel)
-    edges = method.verify_edges(items, pairs, ctx.check_cancel)
     threshold = params.threshold
     if threshold is None:
         threshold = 1e-6 if params.clusters else method.DEFAULT_THRESHOLD
+    pairs = method.shortlist(items, params.neighbours, ctx.check_cancel)
+    # With a cluster count every edge's score orders the merges: verify every pair
+    edges, verified = method.verify_edges(
+        items, pairs, None if params.clusters else threshold, ctx.check_cancel
+    )
     labels = method.families(len(items), edges, threshold, params.min_cluster_size, params.clusters)
     timings["clustering_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -392,7 +398,7 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
             "clustering": {
                 "state": "done",
                 "items": len(items),
-                "pairs_verified": len(pairs),
+                "pairs_verified": verified,
                 "edges": len(edges),
                 "threshold": threshold,
             },

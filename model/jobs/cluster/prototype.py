@@ -3,8 +3,9 @@ learning: every member aligned onto one reference member and averaged.
 
 The reference is the family's medoid (the member with the most verified evidence to the others).
 Each member is aligned to it by the similarity transform RANSAC finds between their SIFT
-keypoints (model/similarity/local.py), mirrored when that fits better; what the members share
-stays sharp in the average, what differs (paper, stains, strokes of one copy) fades. A member
+keypoints (verify.alignments: similarity's check, all members matched in one product),
+mirrored when that fits better; what the members share stays sharp in the average, what
+differs (paper, stains, strokes of one copy) fades. A member
 that cannot be aligned is left out of the average and scores 0. A member's score is the
 normalised cross-correlation of it, aligned, with the prototype (0-1): its cohesion with the family.
 """
@@ -19,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.method import ClusterItem, Edge
-from model.similarity.compare import verify_pair
+from model.jobs.cluster.verify import alignments
 
 MIN_VALID = 0.3  # a pixel of the prototype needs this share of the aligned members to cover it
 
@@ -48,17 +49,6 @@ def medoid(members: list[int], edges: list[Edge]) -> int:
     return members.index(best)
 
 
-def _alignment(reference: ClusterItem, member: ClusterItem) -> tuple[np.ndarray, bool] | None:
-    """The 2x3 transform member -> reference (analysed pixels), and whether it is mirrored."""
-    best = None
-    for flipped, side in ((False, member.upright), (True, member.mirrored)):
-        match = verify_pair(reference.upright, side, 0.0)
-        if match.score > 0 and (best is None or match.score > best[0]):
-            matrix = np.array(match.verification.transform, np.float32).reshape(2, 3)
-            best = (match.score, matrix, flipped)
-    return None if best is None else (best[1], best[2])
-
-
 def _darkness(gray: np.ndarray) -> np.ndarray:
     """Ink as 0-1 (paper 0): the analysed image is contrast-normalised, so 255 is paper."""
     return 1.0 - gray.astype(np.float32) / 255.0
@@ -80,16 +70,20 @@ def build(items: list[ClusterItem], members: list[int], edges: list[Edge]) -> Pr
     total = np.zeros((height, width), np.float32)
     cover = np.zeros((height, width), np.float32)
     warped: list[tuple[np.ndarray, np.ndarray] | None] = []
+    others = [items[index] for index in members]
+    found_all = alignments(
+        reference.upright, [o.upright for o in others], [o.mirrored for o in others]
+    )
     for position, index in enumerate(members):
         item = items[index]
         if position == ref_pos:
             ink, valid = _darkness(item.analysed), np.ones((height, width), bool)
         else:
-            found = _alignment(reference, item)
+            found = found_all[position]
             if found is None:
                 warped.append(None)
                 continue
-            matrix, flipped = found
+            _, matrix, flipped = found
             source = item.analysed[:, ::-1] if flipped else item.analysed
             source = np.ascontiguousarray(source)
             ink = cv2.warpAffine(_darkness(source), matrix, (width, height), flags=cv2.INTER_LINEAR)
