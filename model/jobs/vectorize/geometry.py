@@ -318,7 +318,7 @@ def _without(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
     return mask
 
 
-ROUNDS = 3
+ROUNDS = 2
 MAX_GAP = 0.03  # of the diagonal: longest gap bridged along a ring
 MIN_FILL = 0.85
 MIN_FRESH = 0.6
