@@ -2,7 +2,7 @@
 
 - Quality: precision, recall and F1 per primitive kind (model/jobs/vectorize/score.py, the
   issue's tolerances) on synthetic diagrams (model/synthetic/diagrams.py) of a seed range the
-  method was never tuned on (tuning used seeds 0-99; the held-out set starts at 1000), analysed
+  method was never tuned on (tuning used seeds 0-89; the held-out set starts at 1000), analysed
   in-process with the job's default params.
 - Speed: diagrams per second through the service: one vectorize task over N diagrams of about
   1000 px served by a local HTTP server, from submit to its end (fetch, decode, analysis, store).
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import json
 import sys
 import tempfile
 import threading
@@ -193,6 +194,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--service-diagrams", type=int, default=50, help="diagrams through the API")
     p.add_argument("--no-service", action="store_true", help="in-process quality only")
     p.add_argument("--figure", type=Path, help="write the first service diagram's figure here")
+    p.add_argument("--save", type=Path, help="also write latest-vectorize.{json,md} in this folder")
     args = p.parse_args(argv)
     stack = None
     try:
@@ -203,7 +205,12 @@ def main(argv: list[str]) -> int:
             stack, _notes = bench_stack.start(Path(tempfile.mkdtemp(prefix="bench-vec-")))
             api = stack.client(bench_stack.bench_key(stack))
         results = run(api, args.diagrams, args.service_diagrams, args.figure)
-        print("\n".join(markdown(results)))
+        text = "\n".join(markdown(results))
+        print(text)
+        if args.save is not None:
+            args.save.mkdir(parents=True, exist_ok=True)
+            (args.save / "latest-vectorize.json").write_text(json.dumps(results, indent=1) + "\n")
+            (args.save / "latest-vectorize.md").write_text(text.lstrip("\n") + "\n")
     finally:
         if stack is not None:
             stack.stop()

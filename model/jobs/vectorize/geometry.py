@@ -144,7 +144,28 @@ def _fit_circle(pts: np.ndarray) -> tuple[float, float, float] | None:
     sol, *_ = np.linalg.lstsq(a, b, rcond=None)
     cx, cy = sol[0] / 2, sol[1] / 2
     r2 = sol[2] + cx * cx + cy * cy
-    return (cx, cy, math.sqrt(r2)) if r2 > 0 else None
+    if r2 <= 0:
+        return None
+    return _refined(x, y, cx, cy, math.sqrt(r2))
+
+
+def _refined(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, r: float
+) -> tuple[float, float, float]:
+    """Gauss-Newton steps on the points' distances to the circle: the algebraic (Kasa) fit
+    shrinks the radius of a short, noisy arc, which the geometric one does not."""
+    for _ in range(GEOMETRIC_STEPS):
+        dx, dy = x - cx, y - cy
+        d = np.maximum(np.hypot(dx, dy), 1e-9)
+        jac = np.stack([-dx / d, -dy / d, -np.ones_like(d)], 1)
+        step, *_ = np.linalg.lstsq(jac, -(d - r), rcond=None)
+        cx, cy, r = cx + step[0], cy + step[1], r + step[2]
+        if abs(step).max() < 0.05:
+            break
+    return float(cx), float(cy), float(abs(r))
+
+
+GEOMETRIC_STEPS = 5
 
 
 def _polar(points: np.ndarray, cx: float, cy: float) -> tuple[np.ndarray, np.ndarray]:
@@ -297,7 +318,7 @@ def _without(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
     return mask
 
 
-ROUNDS = 3
+ROUNDS = 2
 MAX_GAP = 0.03  # of the diagonal: longest gap bridged along a ring
 MIN_FILL = 0.85
 MIN_FRESH = 0.6
@@ -420,4 +441,84 @@ def vectorize(
     segs = lsd.detect(cv2.GaussianBlur(_without(ink, claimed), (0, 0), 1.0))[0]
     lines = _merge_lines(segs, ink, thresholds)
     chosen = _greedy(rounds + lines, len(ink.points))
+    claimed = np.zeros(len(ink.points), bool)
+    for c in chosen:
+        claimed[c.members] = True
+    leftover = _leftover_candidates(ink, claimed, thresholds)
+    if leftover:
+        chosen = _greedy(rounds + lines + leftover, len(ink.points))
     return [c.shape for c in chosen if c.shape["kind"] in kinds]
+
+
+def _leftover_candidates(ink: _Ink, claimed: np.ndarray, t: Thresholds) -> list[_Candidate]:
+    """Arcs the votes missed (small ones crossed by other strokes, whose centres drown in the
+    big circles' votes): circles through three nearby points of the ink nothing explains yet
+    (RANSAC), the best supported grown along their ring over all the ink, crossings included."""
+    free = ink.points[~claimed]
+    if len(free) < LEFTOVER_MIN_POINTS:
+        return []
+    band = max(2.5, ink.stroke / 2 + 2)
+    r_min, r_max = t.min_radius * ink.diag, 0.6 * ink.diag
+    circles = _local_circles(free, ink.diag, np.random.default_rng(0))
+    circles = circles[(circles[:, 2] >= r_min) & (circles[:, 2] <= r_max)]
+    if len(circles) == 0:
+        return []
+    d = np.hypot(free[None, :, 0] - circles[:, None, 0], free[None, :, 1] - circles[:, None, 1])
+    support = (np.abs(d - circles[:, 2:3]) <= band).sum(1)
+    found: list[_Candidate] = []
+    tried: list[np.ndarray] = []
+    for i in np.argsort(-support):
+        if support[i] < LEFTOVER_MIN_POINTS or len(tried) >= LEFTOVER_TRIES:
+            break
+        cx, cy, r = circles[i]
+        if any(np.abs(c - circles[i]).max() <= band for c in tried):
+            continue  # the same circle again
+        tried.append(circles[i])
+        dist, _angle = _polar(ink.points, cx, cy)
+        pool = np.nonzero(np.abs(dist - r) <= band + 0.1 * r)[0]
+        shape = _shape_at(ink, pool, float(cx), float(cy), float(r), band, t)
+        if shape is not None and shape.fill >= MIN_FILL and shape.shape["radius"] >= r_min:
+            found.append(shape)
+    return found
+
+
+def _local_circles(points: np.ndarray, diag: float, rng: np.random.Generator) -> np.ndarray:
+    """(k, 3) circles x, y, r through triples of points: a random point and two others on
+    either side of it, a random short distance away (so the three lie on one stroke)."""
+    n = len(points)
+    a = points[rng.integers(0, n, LEFTOVER_SAMPLES)]
+    reach = rng.uniform(0.03, 0.1, LEFTOVER_SAMPLES) * diag
+    out = []
+    for p, L in zip(a, reach, strict=True):
+        d = np.hypot(points[:, 0] - p[0], points[:, 1] - p[1])
+        ring = np.nonzero((d >= L / 2) & (d <= L))[0]
+        if len(ring) < 2:
+            continue
+        b = points[ring[rng.integers(0, len(ring))]]
+        far = points[ring][np.hypot(*(points[ring] - b).T) >= L]  # the other side of p
+        if len(far) == 0:
+            continue
+        c = far[rng.integers(0, len(far))]
+        circle = _circle_through(p, b, c)
+        if circle is not None:
+            out.append(circle)
+    return np.array(out, np.float64).reshape(-1, 3)
+
+
+def _circle_through(
+    a: np.ndarray, b: np.ndarray, c: np.ndarray
+) -> tuple[float, float, float] | None:
+    """The circle through three points, None when they are (nearly) collinear."""
+    ax, ay = float(a[0]), float(a[1])
+    bx, by, cx, cy = float(b[0]) - ax, float(b[1]) - ay, float(c[0]) - ax, float(c[1]) - ay
+    det = 2 * (bx * cy - by * cx)
+    if abs(det) < 1e-6:
+        return None
+    b2, c2 = bx * bx + by * by, cx * cx + cy * cy
+    ux, uy = (cy * b2 - by * c2) / det, (bx * c2 - cx * b2) / det
+    return ax + ux, ay + uy, math.hypot(ux, uy)
+
+
+LEFTOVER_SAMPLES = 300
+LEFTOVER_TRIES = 20
+LEFTOVER_MIN_POINTS = 30

@@ -10,6 +10,7 @@ its primitives are given in the page's coordinates.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,14 +97,35 @@ def _pages(ctx: JobContext, params: VectorizeParams, provenance: dict[str, Any])
         analyse_side=params.max_side,
         uploads=resources.uploads,
     )
-    with page_batches(pending, loader, settings, scope, ctx.check_cancel) as batches:
-        for batch in batches:
-            for prepared in batch:
-                _page_done(ctx, prepared, params, loader.cache)
+    # The pages of a batch are analysed side by side, on this process's share of the cores
+    # (as detect's inference threads: worker.concurrency tasks share the machine).
+    threads = max(1, min(settings.inference_threads(), settings.worker.batch_size))
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="vectorize")
+    try:
+        with page_batches(pending, loader, settings, scope, ctx.check_cancel) as batches:
+            for batch in batches:
+                ctx.check_cancel()
+                futures = [pool.submit(_analysed, prepared, params) for prepared in batch]
+                for prepared, future in zip(batch, futures, strict=True):
+                    ctx.check_cancel()
+                    _page_done(ctx, prepared, future.result(), loader.cache)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a cancel drops the batch's rest
+
+
+def _analysed(prepared: Prepared, params: VectorizeParams) -> list[dict[str, Any]] | None:
+    """The page's primitives in the decoded image's pixels (None: failed or cached)."""
+    if prepared.error is not None or prepared.cached is not None or prepared.image is None:
+        return None
+    started = time.perf_counter()
+    found = analyse(prepared.image, params)
+    prepared.timings["analyse_s"] = time.perf_counter() - started
+    prepared.image = None
+    return transformed(found, Affine.scale(1 / prepared.scale))
 
 
 def _page_done(
-    ctx: JobContext, prepared: Prepared, params: VectorizeParams, cache: DetectionCache
+    ctx: JobContext, prepared: Prepared, found: list[dict[str, Any]] | None, cache: DetectionCache
 ) -> None:
     if prepared.error is not None:
         code, message = prepared.error
@@ -116,15 +138,10 @@ def _page_done(
     if prepared.cached is not None:
         decoded = prepared.cached  # in the decoded image's pixels
     else:
-        ctx.check_cancel()
-        started = time.perf_counter()
-        assert prepared.image is not None
-        found = analyse(prepared.image, params)
-        prepared.timings["analyse_s"] = time.perf_counter() - started
-        decoded = transformed(found, Affine.scale(1 / prepared.scale))
+        assert found is not None
+        decoded = found
         if prepared.cache_key:
             cache.put(prepared.cache_key, {"width": width, "height": height, "detections": decoded})
-        prepared.image = None
     item = {
         **prepared.item,
         "status": "ok",
