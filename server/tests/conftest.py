@@ -22,9 +22,13 @@ from model.synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
 from testkit.checkpoints import make_in_subprocess
 from testkit.iiif_server import IiifServer, Published
+from testkit.live import starts_processes
 from testkit.redis_server import redis_server
 from testkit.signals import hear_interrupts
 from testkit.stack import Api, Stack, free_port, start_stack
+
+# The `live` mark: given to every test that uses a fixture decorated @starts_processes.
+pytest_plugins = ["testkit.live"]
 
 # Webhook deliveries on the session stack: short backoff, attempts and retry window, so that
 # test_webhooks.py sees retries, timeouts and giving up in seconds (no other test sends any).
@@ -44,6 +48,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = start_stack(tmp_path_factory.mktemp("stack"), **WEBHOOK_TEST_SETTINGS)
     stack.create_key("alice")
@@ -103,6 +108,7 @@ def pages() -> list[RenderedPage]:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """YOLO checkpoints made offline (testkit/checkpoints.py): detector, classifier, truncated."""
     return make_in_subprocess(tmp_path_factory.mktemp("checkpoints"))
@@ -121,6 +127,7 @@ def web_origins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[browser_ki
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def iiif_stack(
     tmp_path_factory: pytest.TempPathFactory, web_origins: browser_kit.WebOrigins
 ) -> Iterator[Stack]:
@@ -179,6 +186,7 @@ def iiif_pages(iiif_server: IiifServer) -> list[tuple[RenderedPage, Published]]:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def browser() -> Iterator[object]:
     """Debian's Chromium driven by playwright (never a browser download); skipped, saying why,
     where either is missing."""
@@ -250,6 +258,7 @@ def app_client(make_app):
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def level1_server(tmp_path_factory: pytest.TempPathFactory, iiif_pages) -> Iterator[str]:
     """The `iiif` reference implementation's image server (PIL, level 1, Image API 2.1 + 3.0)."""
     images = tmp_path_factory.mktemp("level1")
