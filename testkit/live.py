@@ -2,7 +2,7 @@
 Celery worker, gunicorn, nginx, spiped), an installation, a browser, an image server of its
 own. `make test-fast` (pytest -m "not live") leaves them out.
 
-A pytest plugin (server/tests/conftest.py loads it):
+Wired by server/tests/conftest.py's hooks:
 - a test is marked live by itself when any fixture it uses, directly or not, is decorated
   @starts_processes, so a test that asks for `stack` needs no mark of its own;
 - a test that starts such processes in its body carries @pytest.mark.live;
@@ -47,7 +47,7 @@ def require_live(what: str) -> None:
         )
 
 
-def uses_live_fixture(item: pytest.Item) -> bool:
+def _uses_live_fixture(item: pytest.Item) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     if info is None:
         return False
@@ -58,14 +58,14 @@ def uses_live_fixture(item: pytest.Item) -> bool:
     )
 
 
-@pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def mark_live(items: list[pytest.Item]) -> None:
+    """At collection, before -m deselects by marks: mark the tests that use a live fixture."""
     for item in items:
-        if uses_live_fixture(item):
+        if _uses_live_fixture(item):
             item.add_marker(MARK)
 
 
-@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
-def pytest_runtest_setup(item: pytest.Item) -> None:
+def entering(item: pytest.Item) -> None:
+    """Before any fixture of `item` is set up: whether it may start a stack."""
     global _running_live
     _running_live = item.get_closest_marker(MARK) is not None

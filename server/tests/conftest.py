@@ -20,15 +20,13 @@ import requests
 
 from model.synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
+from testkit import live
 from testkit.checkpoints import make_in_subprocess
 from testkit.iiif_server import IiifServer, Published
 from testkit.live import starts_processes
 from testkit.redis_server import redis_server
 from testkit.signals import hear_interrupts
 from testkit.stack import Api, Stack, free_port, start_stack
-
-# The `live` mark: given to every test that uses a fixture decorated @starts_processes.
-pytest_plugins = ["testkit.live"]
 
 # Webhook deliveries on the session stack: short backoff, attempts and retry window, so that
 # test_webhooks.py sees retries, timeouts and giving up in seconds (no other test sends any).
@@ -45,6 +43,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # Started with SIGINT ignored (a background job): handle it, so that every child this suite
     # starts gets the default again at exec (testkit/signals.py).
     hear_interrupts()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The `live` mark, for every test that uses a fixture decorated @starts_processes.
+    live.mark_live(items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A test not marked live that starts a stack fails (testkit/live.py).
+    live.entering(item)
 
 
 @pytest.fixture(scope="session")
@@ -227,6 +237,14 @@ def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis
 def clean_redis(bare_redis: redis.Redis) -> redis.Redis:
     bare_redis.flushall()
     return bare_redis
+
+
+@pytest.fixture
+def store(clean_redis: redis.Redis):
+    """The task store on the bare Redis: results kept an hour, tombstones two."""
+    from model.store import TaskStore
+
+    return TaskStore(clean_redis, 3600, 7200)
 
 
 @pytest.fixture
