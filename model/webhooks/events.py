@@ -54,7 +54,6 @@ BREAKER_PREFIX = "sc:webhook:breaker:"  # + receiver host: failures in a row, op
 PROGRESS_GATE_PREFIX = "sc:webhook:progress:"  # at most one progress event per interval
 DELIVERIES_KEPT = 50
 COMPLETED, PROGRESS = "completed", "progress"
-FINAL_STATES = ("delivered", "gave_up", "refused", "skipped", "failed")
 
 
 def message_key(msg_id: str) -> str:
