@@ -18,13 +18,15 @@ install: $(STAMP)
 run: install
 	$(PY) -m model stack --print-key
 
-## Lint, then the whole suite against a live stack the tests start themselves.
+## Lint, then the whole suite: the fast layer first (fails fast), then the tests marked live,
+## against the stacks they start themselves (testkit/live.py).
 test: install lint
-	$(PY) -m pytest -v
+	$(PY) -m pytest -v -m "not live"
+	$(PY) -m pytest -v -m live
 
-## The fast layer only: the store, the runner with a fake job, the app's validation, layers.
+## The fast layer only: every test that starts no stack (a bare redis-server at most).
 test-fast: install
-	$(PY) -m pytest -q server/tests/test_fast_*.py
+	$(PY) -m pytest -q -m "not live"
 
 lint: install
 	$(VENV)/bin/ruff check model server scripts bench testkit
