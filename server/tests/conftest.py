@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -22,7 +23,7 @@ from model.synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
 from testkit import live
 from testkit.checkpoints import make_in_subprocess
-from testkit.iiif_server import IiifServer, Published
+from testkit.iiif_server import IiifServer, Published, jpeg
 from testkit.live import starts_processes
 from testkit.redis_server import redis_server
 from testkit.signals import hear_interrupts
@@ -192,6 +193,33 @@ def iiif_pages(iiif_server: IiifServer) -> list[tuple[RenderedPage, Published]]:
     return [(p, iiif_server.publish(f"page{i}", p.image, 3)) for i, p in enumerate(pages)]
 
 
+# --- The cluster job's corpus and run (test_cluster.py, test_cluster_browser.py) ---------------
+
+# 3 families of 3 and 2 lone motifs, drawn once for each module that uses them.
+CLUSTER_SEED = 11
+
+
+@pytest.fixture(scope="module")
+def corpus_urls(iiif_server: IiifServer) -> tuple[list[str], list[int]]:
+    from testkit.cluster_corpus import build  # numpy: imported only where it is used
+
+    corpus = build(CLUSTER_SEED, families=3, members=(3, 3), distractors=2)
+    urls = [
+        iiif_server.add(f"cluster/item{n}.jpg", jpeg(image, 90))
+        for n, image in enumerate(corpus.images)
+    ]
+    return urls, corpus.labels
+
+
+@pytest.fixture(scope="module")
+def url_run(iiif_api: Api, corpus_urls: tuple[list[str], list[int]]) -> dict[str, Any]:
+    urls, _ = corpus_urls
+    task_id = iiif_api.submit_ok({"type": "cluster", "input": {"image_urls": urls}})
+    body = iiif_api.wait(task_id, timeout_s=240)
+    assert body["state"] == "SUCCEEDED", body
+    return body
+
+
 # --- A real browser: one Chromium for the whole session ------------------------------------------
 
 
@@ -214,6 +242,33 @@ def browser() -> Iterator[object]:
         )
         yield launched
         launched.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Any]:
+    """A fresh context and page; what the page logs, fails to load or refuses is kept in
+    `page.problems` (CORS failures show only there)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.problems = []
+    tab.on("console", lambda m: tab.problems.append(f"console {m.type}: {m.text}"))
+    tab.on("pageerror", lambda e: tab.problems.append(f"pageerror: {e}"))
+    tab.on("requestfailed", lambda r: tab.problems.append(f"failed: {r.url} {r.failure}"))
+    tab.on(
+        "response",
+        lambda r: r.status >= 400 and tab.problems.append(f"HTTP {r.status}: {r.url}"),
+    )
+    yield tab
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def mirador(web_origins) -> str:
+    bundle, reason = browser_kit.mirador_bundle()
+    if bundle is None:
+        pytest.skip(f"Mirador is not available: {reason}")
+    web_origins.add("mirador.min.js", bundle.read_bytes())
+    return web_origins.add("mirador.html", browser_kit.MIRADOR_PAGE)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -175,7 +175,9 @@ def test_worker_secrets_never_land_in_a_file_others_can_read(tmp_path: Path) -> 
 
 
 @pytest.fixture
-def bare_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+def password_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A redis-server of the test's own that asks for a password (conftest's bare_redis does
+    not); its port and password."""
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
     password = "pw-for-test"
@@ -184,9 +186,9 @@ def bare_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
 
 
 def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(
-    bare_redis, tmp_path: Path
+    password_redis, tmp_path: Path
 ) -> None:
-    port, password = bare_redis
+    port, password = password_redis
     client = redis.Redis(port=port, password=password)
     machine = socket.gethostname()
     here = "gpu-2"  # this host's worker.name (two hosts on one machine: not the host name)
@@ -234,8 +236,8 @@ def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(
         child.wait()
 
 
-def test_worker_host_smoke_checks_redis_through_the_tunnel(tmp_path: Path, bare_redis) -> None:
-    port, password = bare_redis
+def test_worker_host_smoke_checks_redis_through_the_tunnel(tmp_path: Path, password_redis) -> None:
+    port, password = password_redis
     settings = _settings(
         tmp_path,
         "worker",
