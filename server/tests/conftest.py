@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 import subprocess
 import sys
@@ -107,9 +106,7 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageServ
 
 
 def jpeg_bytes(page: RenderedPage, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    page.image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    return jpeg(page.image, quality)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 
 import pytest
 from PIL import Image
@@ -18,6 +17,7 @@ from model.jobs.evaluate.groundtruth import annotation_references, parse
 from model.jobs.evaluate.metrics import Box, ap_per_class, page_outcome, summarise, tp_matrix
 from model.jobs.evaluate.run import _Judge
 from model.outputs.annotations import ResultLinks, annotation_page
+from testkit.files import zipped
 
 C = "https://example.org/iiif/book/canvas/p1"
 
@@ -255,14 +255,6 @@ def test_misses_and_false_alarms_are_marked_in_their_own_colours() -> None:
     assert page["items"][0]["body"][0]["value"] == "miss: illustration"
 
 
-def _zip(files: dict[str, bytes | str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def _png(size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, "white").save(buffer, "PNG")
@@ -271,7 +263,7 @@ def _png(size: tuple[int, int]) -> bytes:
 
 def test_a_yolo_zip_gives_boxes_in_pixels_and_reasons_for_bad_lines() -> None:
     dataset = Dataset(
-        _zip(
+        zipped(
             {
                 "data.yaml": "names: [figure, map]\n",
                 "images/a.png": _png((200, 100)),
