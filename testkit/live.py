@@ -1,6 +1,7 @@
 """The `live` mark: tests that start real processes — a stack under supervisord (redis, the
 Celery worker, gunicorn, nginx, spiped), an installation, a browser, an image server of its
-own. `make test-fast` (pytest -m "not live") leaves them out.
+own, the deploy scripts, the CLI — or load torch. `make test-fast` (pytest -m "not live")
+leaves them out: it runs in seconds.
 
 Wired by server/tests/conftest.py's hooks:
 - a test is marked live by itself when any fixture it uses, directly or not, is decorated
