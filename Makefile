@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The fast layer: every test not marked live, without the plugins only the fuzz tests use
+# (seconds of imports).
+FAST := -m "not live" -p no:schemathesis -p no:hypothesispytest -p no:anyio
 
 .PHONY: install run test test-fast lint format clean-data bench
 
@@ -21,12 +24,12 @@ run: install
 ## Lint, then the whole suite: the fast layer first (fails fast), then the tests marked live,
 ## against the stacks they start themselves (testkit/live.py).
 test: install lint
-	$(PY) -m pytest -v -m "not live"
+	$(PY) -m pytest -v $(FAST)
 	$(PY) -m pytest -v -m live
 
 ## The fast layer only: every test that starts no stack (a bare redis-server at most).
 test-fast: install
-	$(PY) -m pytest -q -m "not live"
+	$(PY) -m pytest -q $(FAST)
 
 lint: install
 	$(VENV)/bin/ruff check model server scripts bench testkit

@@ -16,12 +16,14 @@ The fast layer's one bare redis-server (conftest `bare_redis`) is no stack: it s
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 
 MARK = "live"
 _ATTRIBUTE = "starts_processes"
+WHOLE_MODULE = f"pytestmark = pytest.mark.{MARK}\n"
 
 F = TypeVar("F", bound=Callable)
 
@@ -57,6 +59,14 @@ def _uses_live_fixture(item: pytest.Item) -> bool:
         for definitions in info.name2fixturedefs.values()
         for definition in definitions
     )
+
+
+def live_module(path: Path, config: pytest.Config) -> bool | None:
+    """With -m "not live": True for a test module marked live as a whole (`pytestmark =
+    pytest.mark.live`), which need not even be imported; None (no opinion) otherwise."""
+    if config.getoption("markexpr") != f"not {MARK}" or not path.name.startswith("test_"):
+        return None
+    return WHOLE_MODULE in path.read_text() or None
 
 
 def mark_live(items: list[pytest.Item]) -> None:

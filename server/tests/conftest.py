@@ -45,6 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
     hear_interrupts()
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # The fast layer does not import a module marked live as a whole (testkit/live.py).
+    return live.live_module(collection_path, config)
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The `live` mark, for every test that uses a fixture decorated @starts_processes.
