@@ -27,9 +27,11 @@ test: install lint
 	$(PY) -m pytest -v $(FAST)
 	$(PY) -m pytest -v -m live
 
-## The fast layer only: every test that starts no stack (a bare redis-server at most).
+## The fast layer only: every test that starts no stack (a bare redis-server at most), spread
+## over the cores (FAST_JOBS=0: in this process alone).
+FAST_JOBS ?= auto
 test-fast: install
-	$(PY) -m pytest -q $(FAST)
+	$(PY) -m pytest -q $(FAST) -n $(FAST_JOBS)
 
 lint: install
 	$(VENV)/bin/ruff check model server scripts bench testkit
