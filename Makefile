@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The fast layer: every test not marked live, without the plugins only the fuzz tests use
+# (seconds of imports).
+FAST := -m "not live" -p no:schemathesis -p no:hypothesispytest -p no:anyio
 
 .PHONY: install run test test-fast lint format clean-data bench
 
@@ -18,13 +21,17 @@ install: $(STAMP)
 run: install
 	$(PY) -m model stack --print-key
 
-## Lint, then the whole suite against a live stack the tests start themselves.
+## Lint, then the whole suite: the fast layer first (fails fast), then the tests marked live,
+## against the stacks they start themselves (testkit/live.py).
 test: install lint
-	$(PY) -m pytest -v
+	$(PY) -m pytest -v $(FAST)
+	$(PY) -m pytest -v -m live
 
-## The fast layer only: the store, the runner with a fake job, the app's validation, layers.
+## The fast layer only: every test that starts no stack (a bare redis-server at most), spread
+## over the cores (FAST_JOBS=0: in this process alone).
+FAST_JOBS ?= auto
 test-fast: install
-	$(PY) -m pytest -q server/tests/test_fast_*.py
+	$(PY) -m pytest -q $(FAST) -n $(FAST_JOBS)
 
 lint: install
 	$(VENV)/bin/ruff check model server scripts bench testkit

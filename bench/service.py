@@ -88,7 +88,3 @@ def request_methods(bodies: list[dict[str, Any]]) -> list[str]:
     return sorted(
         {item.get("request", {}).get("method", "?") for body in bodies for item in _items(body)}
     )
-
-
-def detections_by_canvas(body: dict[str, Any]) -> dict[str, int]:
-    return {item["canvas_id"]: len(item.get("detections", [])) for item in _items(body)}

@@ -28,6 +28,23 @@ CACHE_DIR = Path(os.environ.get("SCRIPTORIUM_TEST_CACHE", PROJECT_ROOT / "var" /
 ARTIFACTS_DIR = PROJECT_ROOT / "var" / "test-artifacts" / "browser"
 # Screenshots and the like written this session (listed at the end of the run).
 ARTIFACTS: list[Path] = []
+# A page of Mirador's own (served from web origins, with its bundle beside it) that opens
+# ?manifest=URL at ?canvas=N, the annotations panel open.
+MIRADOR_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Mirador</title>
+<script src="mirador.min.js"></script>
+<style>html, body, #viewer { margin: 0; height: 100%; }</style></head>
+<body><div id="viewer"></div>
+<script>
+  const params = new URLSearchParams(location.search);
+  Mirador.viewer({
+    id: "viewer",
+    windows: [{manifestId: params.get("manifest"), canvasIndex: Number(params.get("canvas") || 0)}],
+    window: {sideBarOpen: true, defaultSideBarPanel: "annotations", highlightAllAnnotations: true},
+    workspaceControlPanel: {enabled: false},
+  });
+</script></body></html>
+"""
 
 
 def chromium() -> str | None:

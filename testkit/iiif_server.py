@@ -279,9 +279,6 @@ class IiifServer:
     def requests_to(self, prefix: str) -> list[Logged]:
         return [entry for entry in self.log if entry.path.startswith(prefix)]
 
-    def bytes_sent(self, paths: set[str]) -> int:
-        return sum(entry.bytes for entry in self.log if entry.path in paths and entry.status == 200)
-
 
 def _add_v3_tile_sizes(base: Path) -> None:
     """The generator names tile sizes the 2.x way (`w,`); Image API 3.0 clients such as

@@ -20,6 +20,8 @@ from typing import Any
 import redis
 import requests
 
+from testkit.live import require_live
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}
 
@@ -200,6 +202,7 @@ def launch_worker_host(
 def _run_stack(data_dir: Path, env: dict[str, str], own_session: bool = False) -> subprocess.Popen:
     """`python -m model stack` (supervisord) with `env`, its output in <data_dir>/stack.out; in a
     session of its own for a host the tests kill whole."""
+    require_live("a stack (supervisord)")
     data_dir.mkdir(parents=True, exist_ok=True)
     log = (data_dir / "stack.out").open("w")
     return subprocess.Popen(

@@ -47,15 +47,7 @@ from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTime
 from urllib3.util.connection import allowed_gai_family
 
 # The address policy is in a light module of its own: the HTTP process checks with it too.
-from model.sources.addresses import (  # noqa: F401 - re-exported
-    NAT64,
-    REFUSED_V6,
-    AddressPolicy,
-    IPAddress,
-    IPNetwork,
-    _embedded_ipv4,
-    _public,
-)
+from model.sources.addresses import AddressPolicy
 from model.sources.host_slots import HostSlots
 from model.sources.throttle import HostLimiter, Permit
 

@@ -57,7 +57,6 @@ log = logging.getLogger("scriptorium.webhooks")
 
 DELIVERIES_KEPT = 50
 COMPLETED, PROGRESS = "completed", "progress"
-FINAL_STATES = ("delivered", "gave_up", "refused", "skipped", "failed")
 
 
 def message_key(msg_id: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -20,8 +20,10 @@ import requests
 
 from model.synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
+from testkit import live
 from testkit.checkpoints import make_in_subprocess
-from testkit.iiif_server import IiifServer, Published
+from testkit.iiif_server import IiifServer, Published, jpeg
+from testkit.live import starts_processes
 from testkit.redis_server import redis_server
 from testkit.signals import hear_interrupts
 from testkit.stack import Api, Stack, free_port, start_stack
@@ -43,7 +45,25 @@ def pytest_configure(config: pytest.Config) -> None:
     hear_interrupts()
 
 
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # The fast layer does not import a module marked live as a whole (testkit/live.py).
+    return live.live_module(collection_path, config)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The `live` mark, for every test that uses a fixture decorated @starts_processes.
+    live.mark_live(items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # A test not marked live that starts a stack fails (testkit/live.py).
+    live.entering(item)
+
+
 @pytest.fixture(scope="session")
+@starts_processes
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = start_stack(tmp_path_factory.mktemp("stack"), **WEBHOOK_TEST_SETTINGS)
     stack.create_key("alice")
@@ -91,9 +111,7 @@ def image_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageServ
 
 
 def jpeg_bytes(page: RenderedPage, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    page.image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    return jpeg(page.image, quality)
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +121,7 @@ def pages() -> list[RenderedPage]:
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """YOLO checkpoints made offline (testkit/checkpoints.py): detector, classifier, truncated."""
     return make_in_subprocess(tmp_path_factory.mktemp("checkpoints"))
@@ -121,6 +140,7 @@ def web_origins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[browser_ki
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def iiif_stack(
     tmp_path_factory: pytest.TempPathFactory, web_origins: browser_kit.WebOrigins
 ) -> Iterator[Stack]:
@@ -175,10 +195,38 @@ def iiif_pages(iiif_server: IiifServer) -> list[tuple[RenderedPage, Published]]:
     return [(p, iiif_server.publish(f"page{i}", p.image, 3)) for i, p in enumerate(pages)]
 
 
+# --- The cluster job's corpus and run (test_cluster.py, test_cluster_browser.py) ---------------
+
+# 3 families of 3 and 2 lone motifs, drawn once for each module that uses them.
+CLUSTER_SEED = 11
+
+
+@pytest.fixture(scope="module")
+def corpus_urls(iiif_server: IiifServer) -> tuple[list[str], list[int]]:
+    from testkit.cluster_corpus import build  # numpy: imported only where it is used
+
+    corpus = build(CLUSTER_SEED, families=3, members=(3, 3), distractors=2)
+    urls = [
+        iiif_server.add(f"cluster/item{n}.jpg", jpeg(image, 90))
+        for n, image in enumerate(corpus.images)
+    ]
+    return urls, corpus.labels
+
+
+@pytest.fixture(scope="module")
+def url_run(iiif_api: Api, corpus_urls: tuple[list[str], list[int]]) -> dict[str, Any]:
+    urls, _ = corpus_urls
+    task_id = iiif_api.submit_ok({"type": "cluster", "input": {"image_urls": urls}})
+    body = iiif_api.wait(task_id, timeout_s=240)
+    assert body["state"] == "SUCCEEDED", body
+    return body
+
+
 # --- A real browser: one Chromium for the whole session ------------------------------------------
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def browser() -> Iterator[object]:
     """Debian's Chromium driven by playwright (never a browser download); skipped, saying why,
     where either is missing."""
@@ -196,6 +244,33 @@ def browser() -> Iterator[object]:
         )
         yield launched
         launched.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator[Any]:
+    """A fresh context and page; what the page logs, fails to load or refuses is kept in
+    `page.problems` (CORS failures show only there)."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.problems = []
+    tab.on("console", lambda m: tab.problems.append(f"console {m.type}: {m.text}"))
+    tab.on("pageerror", lambda e: tab.problems.append(f"pageerror: {e}"))
+    tab.on("requestfailed", lambda r: tab.problems.append(f"failed: {r.url} {r.failure}"))
+    tab.on(
+        "response",
+        lambda r: r.status >= 400 and tab.problems.append(f"HTTP {r.status}: {r.url}"),
+    )
+    yield tab
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def mirador(web_origins) -> str:
+    bundle, reason = browser_kit.mirador_bundle()
+    if bundle is None:
+        pytest.skip(f"Mirador is not available: {reason}")
+    web_origins.add("mirador.min.js", bundle.read_bytes())
+    return web_origins.add("mirador.html", browser_kit.MIRADOR_PAGE)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -219,6 +294,14 @@ def bare_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis
 def clean_redis(bare_redis: redis.Redis) -> redis.Redis:
     bare_redis.flushall()
     return bare_redis
+
+
+@pytest.fixture
+def store(clean_redis: redis.Redis):
+    """The task store on the bare Redis: results kept an hour, tombstones two."""
+    from model.tasks.store import TaskStore
+
+    return TaskStore(clean_redis, 3600, 7200)
 
 
 @pytest.fixture
@@ -250,6 +333,7 @@ def app_client(make_app):
 
 
 @pytest.fixture(scope="session")
+@starts_processes
 def level1_server(tmp_path_factory: pytest.TempPathFactory, iiif_pages) -> Iterator[str]:
     """The `iiif` reference implementation's image server (PIL, level 1, Image API 2.1 + 3.0)."""
     images = tmp_path_factory.mktemp("level1")

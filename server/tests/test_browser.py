@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
-from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -31,24 +29,6 @@ from testkit.iiif_server import IiifServer, Published, Rule, jpeg, v3_canvas, v3
 from testkit.stack import Api, Stack
 
 LOW = {"confidence": 0.01}
-
-
-@pytest.fixture
-def page(browser) -> Iterator[Any]:
-    """A fresh context and page; what the page logs, fails to load or refuses is kept in
-    `page.problems` (CORS failures show only there)."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    tab = context.new_page()
-    tab.problems = []
-    tab.on("console", lambda m: tab.problems.append(f"console {m.type}: {m.text}"))
-    tab.on("pageerror", lambda e: tab.problems.append(f"pageerror: {e}"))
-    tab.on("requestfailed", lambda r: tab.problems.append(f"failed: {r.url} {r.failure}"))
-    tab.on(
-        "response",
-        lambda r: r.status >= 400 and tab.problems.append(f"HTTP {r.status}: {r.url}"),
-    )
-    yield tab
-    context.close()
 
 
 @pytest.fixture(scope="module")
@@ -103,31 +83,6 @@ def test_a_page_of_an_allowed_origin_submits_and_polls(
 
 
 # --- Mirador through a share link ---------------------------------------------------------------
-
-MIRADOR_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Mirador</title>
-<script src="mirador.min.js"></script>
-<style>html, body, #viewer { margin: 0; height: 100%; }</style></head>
-<body><div id="viewer"></div>
-<script>
-  const params = new URLSearchParams(location.search);
-  Mirador.viewer({
-    id: "viewer",
-    windows: [{manifestId: params.get("manifest"), canvasIndex: Number(params.get("canvas") || 0)}],
-    window: {sideBarOpen: true, defaultSideBarPanel: "annotations", highlightAllAnnotations: true},
-    workspaceControlPanel: {enabled: false},
-  });
-</script></body></html>
-"""
-
-
-@pytest.fixture(scope="module")
-def mirador(web_origins) -> str:
-    bundle, reason = browser_kit.mirador_bundle()
-    if bundle is None:
-        pytest.skip(f"Mirador is not available: {reason}")
-    web_origins.add("mirador.min.js", bundle.read_bytes())
-    return web_origins.add("mirador.html", MIRADOR_PAGE)
 
 
 def _book(iiif_server: IiifServer, name: str, pages: list[tuple[RenderedPage, Published]]) -> str:

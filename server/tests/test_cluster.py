@@ -12,34 +12,13 @@ import pytest
 import requests
 from PIL import Image
 
+from server.tests.conftest import CLUSTER_SEED
 from testkit.browser import artifact
 from testkit.cluster_corpus import DISTRACTOR, build
 from testkit.iiif_server import IiifServer, Rule, jpeg
 from testkit.similarity_corpus import Corpus, instance_of
 from testkit.similarity_corpus import build as build_pages
 from testkit.stack import Api, Stack
-
-# 3 families of 3 and 2 lone motifs, drawn once for the module.
-SEED = 11
-
-
-@pytest.fixture(scope="module")
-def corpus_urls(iiif_server: IiifServer) -> tuple[list[str], list[int]]:
-    corpus = build(SEED, families=3, members=(3, 3), distractors=2)
-    urls = [
-        iiif_server.add(f"cluster/item{n}.jpg", jpeg(image, 90))
-        for n, image in enumerate(corpus.images)
-    ]
-    return urls, corpus.labels
-
-
-@pytest.fixture(scope="module")
-def url_run(iiif_api: Api, corpus_urls: tuple[list[str], list[int]]) -> dict[str, Any]:
-    urls, _ = corpus_urls
-    task_id = iiif_api.submit_ok({"type": "cluster", "input": {"image_urls": urls}})
-    body = iiif_api.wait(task_id, timeout_s=240)
-    assert body["state"] == "SUCCEEDED", body
-    return body
 
 
 def _family_of(member: dict[str, Any], urls: list[str], labels: list[int]) -> int:
@@ -179,7 +158,7 @@ def test_bad_input_is_refused_with_4xx(iiif_stack: Stack, iiif_api: Api) -> None
 
 
 def _slow_urls(server: IiifServer, name: str, count: int, delay_s: float) -> list[str]:
-    image = build(SEED + 1, families=1, members=(2, 2), distractors=0).images[0]
+    image = build(CLUSTER_SEED + 1, families=1, members=(2, 2), distractors=0).images[0]
     urls = []
     for n in range(count):
         path = f"cluster/{name}/{n}.jpg"

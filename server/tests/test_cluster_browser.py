@@ -11,8 +11,6 @@ from urllib.parse import quote
 
 import requests
 
-from server.tests.test_browser import mirador, page  # noqa: F401 - fixtures
-from server.tests.test_cluster import corpus_urls, url_run  # noqa: F401 - fixtures
 from testkit import browser as browser_kit
 from testkit.stack import Api
 
@@ -22,10 +20,10 @@ def _share(api: Api, task_id: str) -> str:
 
 
 def test_contact_sheet_renders_in_chromium(
-    page,  # noqa: F811
+    page,
     iiif_stack,
     iiif_api: Api,
-    url_run: dict[str, Any],  # noqa: F811
+    url_run: dict[str, Any],
 ) -> None:
     task_id = url_run["task_id"]
     token = _share(iiif_api, task_id)
@@ -51,11 +49,11 @@ def test_contact_sheet_renders_in_chromium(
 
 
 def test_mirador_browses_the_families(
-    page,  # noqa: F811
-    mirador: str,  # noqa: F811
+    page,
+    mirador: str,
     iiif_api: Api,
     web_origins,
-    url_run: dict[str, Any],  # noqa: F811
+    url_run: dict[str, Any],
 ) -> None:
     task_id = url_run["task_id"]
     token = _share(iiif_api, task_id)

@@ -3,6 +3,7 @@ few huge but tiny-on-the-wire images cannot multiply its memory (hardening item 
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import threading
@@ -23,6 +24,7 @@ from model.settings import Settings
 from model.sources.images import ImageDecodeError, decode_within, decoded_bytes
 from model.uploads import UploadStore
 from server.tests.conftest import ImageServer
+from testkit.files import encoded
 from testkit.memory import peak_rss, tree_rss
 from testkit.stack import Api, Stack
 
@@ -161,22 +163,22 @@ class RecordingBudget(ByteBudget):
         super().acquire(n, timeout, stop)
 
 
-def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
 def _noise(width: int, height: int, mode: str = "RGB") -> Image.Image:
     return Image.effect_noise((width, height), 60).convert(mode)
 
 
+@functools.cache
+def _noise_png(mode: str = "RGB") -> bytes:
+    """A 2000x1000 PNG of noise, encoded once for the module (a second of compression each)."""
+    return encoded(_noise(2000, 1000, mode), "PNG")
+
+
 def test_estimate_comes_from_the_header() -> None:
-    data = _encoded(_noise(2000, 1000), "PNG")
+    data = _noise_png()
     with Image.open(io.BytesIO(data)) as img:
         # Pillow holds RGB in 4 bytes a pixel; the shrunk 416x208 copy comes on top.
         assert decoded_bytes(img, img.size, (416, 208)) == 2000 * 1000 * 4 + 416 * 208 * 4
-    grey = _encoded(_noise(2000, 1000, "L"), "PNG")
+    grey = _noise_png("L")
     with Image.open(io.BytesIO(grey)) as img:
         # 1 byte a pixel decoded, then a 4-byte RGB copy of it.
         assert decoded_bytes(img, img.size, img.size) == 2000 * 1000 * (1 + 4 + 4)
@@ -184,7 +186,7 @@ def test_estimate_comes_from_the_header() -> None:
 
 def test_decode_holds_the_budget_only_while_decoding() -> None:
     budget = RecordingBudget(100 * MB)
-    data = _encoded(_noise(2000, 1000), "PNG")
+    data = _noise_png()
     image, full, scale = decode_within(data, 10**8, 416, budget)
     assert (image.size, full, image.mode) == ((416, 208), (2000, 1000), "RGB")
     assert scale == 416 / 2000
@@ -195,7 +197,7 @@ def test_decode_holds_the_budget_only_while_decoding() -> None:
 def test_a_page_bigger_than_the_budget_fails_as_too_large_to_decode() -> None:
     budget = ByteBudget(4 * MB)  # the page needs 8 MB decoded
     with pytest.raises(ImageDecodeError) as refused:
-        decode_within(_encoded(_noise(2000, 1000), "PNG"), 10**8, 416, budget)
+        decode_within(_noise_png(), 10**8, 416, budget)
     assert refused.value.code == "too_large_to_decode"
     assert "pipeline.decode_budget_bytes" in refused.value.message
     assert budget.in_use == 0
@@ -203,7 +205,7 @@ def test_a_page_bigger_than_the_budget_fails_as_too_large_to_decode() -> None:
 
 def test_a_failing_decode_gives_the_budget_back() -> None:
     budget = ByteBudget(100 * MB)
-    data = _encoded(_noise(2000, 1000), "PNG")
+    data = _noise_png()
     with pytest.raises(ImageDecodeError) as truncated:
         decode_within(data[: len(data) // 2], 10**8, 416, budget)
     assert truncated.value.code == "corrupt_image"
@@ -214,7 +216,7 @@ def test_a_busy_budget_fails_the_page_in_time() -> None:
     budget = ByteBudget(10 * MB)
     budget.acquire(5 * MB)
     with pytest.raises(ImageDecodeError) as waited:
-        decode_within(_encoded(_noise(2000, 1000), "PNG"), 10**8, 416, budget, stop=lambda: True)
+        decode_within(_noise_png(), 10**8, 416, budget, stop=lambda: True)
     assert waited.value.code == "decode_budget_timeout"
     assert budget.in_use == 5 * MB
 
@@ -222,15 +224,15 @@ def test_a_busy_budget_fails_the_page_in_time() -> None:
 def test_reduced_jpegs_count_at_their_reduced_size() -> None:
     page = _noise(4000, 3000)
     baseline = RecordingBudget(1000 * MB)
-    decode_within(_encoded(page, "JPEG"), 10**8, 416, baseline)
+    decode_within(encoded(page, "JPEG"), 10**8, 416, baseline)
     # Decoded at 1/8 scale (500x375) by libjpeg, then shrunk to 416x312.
     assert baseline.asked == [500 * 375 * 4 + 416 * 312 * 4]
     full = RecordingBudget(1000 * MB)
-    decode_within(_encoded(page, "JPEG"), 10**8, 416, full, reduce=False)
+    decode_within(encoded(page, "JPEG"), 10**8, 416, full, reduce=False)
     assert full.asked == [4000 * 3000 * 4 + 416 * 312 * 4]
     # A progressive JPEG keeps every coefficient of the full image (4:2:0: 1.5 per pixel).
     progressive = RecordingBudget(1000 * MB)
-    decode_within(_encoded(page, "JPEG", progressive=True), 10**8, 416, progressive)
+    decode_within(encoded(page, "JPEG", progressive=True), 10**8, 416, progressive)
     assert progressive.asked[0] >= baseline.asked[0] + 4000 * 3000 * 3
 
 
@@ -239,7 +241,7 @@ def test_page_loader_decodes_through_the_process_budget(
     analyse_side: int | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     upload = tmp_path / "page.png"
-    upload.write_bytes(_encoded(_noise(2000, 1000), "PNG"))
+    upload.write_bytes(_noise_png())
     budget = RecordingBudget(4 * MB)
     monkeypatch.setattr(loading, "process_budget", lambda: budget)
     loader = loading.PageLoader(

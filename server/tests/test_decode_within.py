@@ -3,19 +3,12 @@ same size, scale and refusals as decoding it whole and shrinking it with fit_wit
 
 from __future__ import annotations
 
-import io
-
 import pytest
 from PIL import Image
 
 from model.sources.images import ImageDecodeError, decode_image, decode_within, fit_within
 from model.synthetic import render_page
-
-
-def _encoded(image: Image.Image, fmt: str) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
+from testkit.files import encoded
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +19,7 @@ def page() -> Image.Image:
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("side", [416, 832, 1500, 4000])
 def test_same_size_and_scale_as_fit_within(page: Image.Image, fmt: str, side: int) -> None:
-    data = _encoded(page, fmt)
+    data = encoded(page, fmt)
     image, full, scale = decode_within(data, 10**8, side)
     expected, expected_scale = fit_within(decode_image(data, 10**8), side)
     assert full == page.size
@@ -35,7 +28,7 @@ def test_same_size_and_scale_as_fit_within(page: Image.Image, fmt: str, side: in
 
 
 def test_pixels_close_to_decode_then_shrink(page: Image.Image) -> None:
-    data = _encoded(page, "JPEG")
+    data = encoded(page, "JPEG")
     fast, _, _ = decode_within(data, 10**8, 416)
     slow, _ = fit_within(decode_image(data, 10**8), 416)
     diff = [abs(a - b) for a, b in zip(fast.tobytes(), slow.tobytes(), strict=True)]
@@ -43,7 +36,7 @@ def test_pixels_close_to_decode_then_shrink(page: Image.Image) -> None:
 
 
 def test_truncated_and_oversized_jpegs_are_still_refused(page: Image.Image) -> None:
-    data = _encoded(page, "JPEG")
+    data = encoded(page, "JPEG")
     with pytest.raises(ImageDecodeError) as truncated:
         decode_within(data[: len(data) // 2], 10**8, 416)
     assert truncated.value.code == "corrupt_image"

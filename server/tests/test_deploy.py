@@ -35,6 +35,7 @@ import pytest
 import requests
 
 from server.tests.conftest import jpeg_bytes
+from testkit.live import starts_processes
 from testkit.stack import PROJECT_ROOT, TERMINAL, free_port
 
 pytestmark = pytest.mark.skipif(
@@ -171,6 +172,7 @@ class Installation:
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def installation(source_repo: Path) -> Iterator[Installation]:
     prefix = Path(tempfile.mkdtemp(prefix="scriptorium-deploy-", dir="/tmp"))
     prefix.chmod(0o755)  # the service user must reach its release

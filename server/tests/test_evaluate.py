@@ -164,6 +164,7 @@ def test_a_yolo_dataset_zip_is_ground_truth(iiif_api: Api, pages) -> None:
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_dataset"
 
 
+@pytest.mark.live  # imports ultralytics, so torch: seconds, not the fast layer
 def test_average_precision_agrees_with_ultralytics() -> None:
     """Random pages: truths, and predictions near some of them (jittered) or anywhere; our
     matching gives the TP matrix, and both AP computations must agree on it."""

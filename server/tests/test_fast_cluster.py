@@ -176,11 +176,9 @@ def test_requests_need_two_items() -> None:
     check(from_task, task_inputs(from_task), settings)  # its illustrations are counted later
 
 
-def test_kept_files_live_beside_the_manifests_without_hiding_them(clean_redis) -> None:
+def test_kept_files_live_beside_the_manifests_without_hiding_them(store, clean_redis) -> None:
     from model.keyspace import manifests_key
-    from model.tasks.store import TaskStore
 
-    store = TaskStore(clean_redis, 3600, 7200)
     store.keep_manifest("t" * 32, 0, "{}", 60)
     store.keep_file("t" * 32, "prototype-0.png", b"\x89PNG...", 60)
     assert store.kept_file("t" * 32, "prototype-0.png") == b"\x89PNG..."

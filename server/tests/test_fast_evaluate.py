@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import zipfile
 
 import pytest
 from PIL import Image
@@ -18,6 +17,7 @@ from model.jobs.evaluate.groundtruth import annotation_references, parse
 from model.jobs.evaluate.metrics import Box, ap_per_class, page_outcome, summarise, tp_matrix
 from model.jobs.evaluate.run import _Judge
 from model.outputs.annotations import ResultLinks, annotation_page
+from testkit.files import zipped
 
 C = "https://example.org/iiif/book/canvas/p1"
 
@@ -255,14 +255,6 @@ def test_misses_and_false_alarms_are_marked_in_their_own_colours() -> None:
     assert page["items"][0]["body"][0]["value"] == "miss: illustration"
 
 
-def _zip(files: dict[str, bytes | str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def _png(size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, "white").save(buffer, "PNG")
@@ -271,7 +263,7 @@ def _png(size: tuple[int, int]) -> bytes:
 
 def test_a_yolo_zip_gives_boxes_in_pixels_and_reasons_for_bad_lines() -> None:
     dataset = Dataset(
-        _zip(
+        zipped(
             {
                 "data.yaml": "names: [figure, map]\n",
                 "images/a.png": _png((200, 100)),
@@ -305,7 +297,7 @@ def test_a_zip_page_is_decoded_as_detect_decodes_an_upload() -> None:
     Image.effect_noise((800, 400), 60).convert("RGB").save(buffer, "JPEG", quality=90)
     jpeg = buffer.getvalue()
     files = {"images/a.jpg": jpeg, "labels/a.txt": "0 0.5 0.5 0.25 0.5\n"}
-    dataset = Dataset(_zip(files), ["illustration"], 10, 10**8, analyse_side=200)
+    dataset = Dataset(zipped(files), ["illustration"], 10, 10**8, analyse_side=200)
     (page,) = dataset.pages
     dataset.load(page)
     assert page.size == (800, 400) and page.scale == 0.25 and page.image.size == (200, 100)

@@ -52,8 +52,9 @@ def _taken_in_order(settings, count: int) -> list[str]:
     return taken
 
 
-def test_lanes_are_the_keys_waiting_tasks_taken_in_one_step(clean_redis: redis.Redis) -> None:
-    store = TaskStore(clean_redis, 3600, 7200)
+def test_lanes_are_the_keys_waiting_tasks_taken_in_one_step(
+    store: TaskStore, clean_redis: redis.Redis
+) -> None:
     # Parallel submits of one key (gunicorn runs several threads): each gets its own lane.
     with ThreadPoolExecutor(8) as pool:
         records = list(pool.map(lambda _: store.create("big", "noop", {}, 0, 60), range(8)))

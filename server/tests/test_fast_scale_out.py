@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE, queue_for, worker_queues
@@ -124,11 +123,6 @@ def test_readiness_needs_a_worker_with_the_default_model(app_client, clean_redis
 # --- queue positions and ETAs per queue ---------------------------------------------------------
 
 
-@pytest.fixture
-def store(clean_redis: redis.Redis) -> TaskStore:
-    return TaskStore(clean_redis, 3600, 7200)
-
-
 def test_queue_positions_count_only_the_tasks_of_the_same_queue(store: TaskStore) -> None:
     other = MODEL_QUEUE_PREFIX + OTHER
     first = store.create("alice", "detect", {}, 1, 60, queue=QUEUE)
@@ -155,7 +149,9 @@ def test_eta_divides_by_the_workers_taking_the_tasks_queue(app_client, clean_red
     assert (status["queue_position"], status["eta_s"]) == (1, 10.0)  # 1 x 10 s over 1 worker
 
 
-def test_eta_knows_a_running_task_is_stuck_on_a_trickling_host(app_client, clean_redis) -> None:
+def test_eta_knows_a_running_task_is_stuck_on_a_trickling_host(
+    app_client, clean_redis, store: TaskStore
+) -> None:
     """The issue's case: a task 1 page of 50 in after 100 s holds the only worker of the
     queue for ~80 min more; the ETA said the mean duration (10 s) before."""
     fleet.publish(
@@ -164,7 +160,6 @@ def test_eta_knows_a_running_task_is_stuck_on_a_trickling_host(app_client, clean
     clean_redis.lpush("sc:durations:detect", 10)
     body = {"type": "detect", "input": {"image_urls": ["https://example.org/p.jpg"]}}
     stuck = app_client.post("/task", json=body).json["task_id"]
-    store = TaskStore(clean_redis, 3600, 7200)
     assert store.mark_running(stuck, 1, "host-a:1:2")
     clean_redis.hset(
         f"sc:task:{stuck}",

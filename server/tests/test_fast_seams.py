@@ -175,11 +175,6 @@ def _uploads(store: TaskStore) -> UploadStore:
     return UploadStore(redis.Redis(port=port), Path("/nonexistent"))
 
 
-@pytest.fixture
-def store(clean_redis) -> TaskStore:
-    return TaskStore(clean_redis, 3600, 7200)
-
-
 def _submit(store: TaskStore) -> str:
     return store.create("alice", "fake", TaskSpec().model_dump(), 2, 60).id
 

@@ -39,13 +39,6 @@ from model.tasks.states import DEFERRED, State
 from model.tasks.store import AlreadyClaimed, TaskStore
 from model.uploads import UploadMissing, UploadStore, key_for
 
-TTL_S = 3600
-
-
-@pytest.fixture
-def store(clean_redis: redis.Redis) -> TaskStore:
-    return TaskStore(clean_redis, TTL_S, 7200)
-
 
 @pytest.fixture
 def uploads(clean_redis: redis.Redis, tmp_path: Path) -> UploadStore:
@@ -136,10 +129,10 @@ def test_finish_once_starts_expiry_and_tombstone_together(store: TaskStore) -> N
     store.add_item(task_id, {"index": 0}, failed=False)
     assert store.finish(task_id, State.SUCCEEDED)
     assert not store.finish(task_id, State.FAILED, ("x", "y"))  # only the first end counts
-    r = store.redis
-    assert 0 < r.ttl(task_key(task_id)) <= TTL_S + 1
-    assert 0 < r.ttl(items_key(task_id)) <= TTL_S + 1
-    assert r.get(tomb_key(task_id)) == "alice" and r.ttl(tomb_key(task_id)) > TTL_S
+    r, ttl_s = store.redis, store.result_ttl_s
+    assert 0 < r.ttl(task_key(task_id)) <= ttl_s + 1
+    assert 0 < r.ttl(items_key(task_id)) <= ttl_s + 1
+    assert r.get(tomb_key(task_id)) == "alice" and r.ttl(tomb_key(task_id)) > ttl_s
     assert not r.sismember(RUNNING_KEY, task_id)
     assert store.get(task_id).state == State.SUCCEEDED
     assert store.mean_duration_s("detect") is not None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from PIL import Image
 from model.training.benchmark import build
 from model.training.dataset import DatasetError, read_yolo_zip, write_split, yolo_zip
 from model.training.yolo_data import CLASS_NAMES, images_of, split_stems
+from testkit.files import zipped
 
 REPO = Path(__file__).resolve().parents[2]
 CAP = 50 * 1024 * 1024
@@ -22,14 +22,6 @@ CAP = 50 * 1024 * 1024
 def _png(size: tuple[int, int] = (64, 48)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (200, 180, 150)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def _zip(files: dict[str, bytes | str]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as out:
-        for name, data in files.items():
-            out.writestr(name, data)
     return buffer.getvalue()
 
 
@@ -90,7 +82,7 @@ def test_unusable_pages_get_a_reason_and_the_rest_train() -> None:
     files["labels/badclass.txt"] = "3 0.5 0.5 0.2 0.2\n"
     files["labels/empty.txt"] = ""
     files["labels/broken.txt"] = "0 0.5 0.5 0.2 0.2\n"
-    dataset = read_yolo_zip(_zip(files), max_pages=10, max_bytes=CAP)
+    dataset = read_yolo_zip(zipped(files), max_pages=10, max_bytes=CAP)
     assert [p.name for p in dataset.pages] == ["good1", "good2"]
     assert dataset.pages[0].boxes[0] == pytest.approx((25.6, 19.2, 12.8, 9.6))
     reasons = {s["page"]: s["reason"] for s in dataset.skipped}
@@ -107,9 +99,9 @@ def test_unusable_pages_get_a_reason_and_the_rest_train() -> None:
     ("data", "code"),
     [
         (b"PK nothing", "bad_dataset"),
-        (_zip({"readme.md": "hi"}), "no_pages"),
-        (_zip({"a.png": _png(), "a.txt": "0 0.5 0.5 0.1 0.1"}), "too_few_pages"),
-        (_zip({f"{i}.png": _png() for i in range(4)}), "too_many_pages"),
+        (zipped({"readme.md": "hi"}), "no_pages"),
+        (zipped({"a.png": _png(), "a.txt": "0 0.5 0.5 0.1 0.1"}), "too_few_pages"),
+        (zipped({f"{i}.png": _png() for i in range(4)}), "too_many_pages"),
     ],
 )
 def test_unusable_datasets_are_refused_with_a_code(data: bytes, code: str) -> None:
@@ -119,7 +111,7 @@ def test_unusable_datasets_are_refused_with_a_code(data: bytes, code: str) -> No
 
 
 def test_a_zip_that_unpacks_past_the_cap_is_refused_before_reading() -> None:
-    data = _zip({"big.txt": "0" * 100_000, "a.png": _png()})
+    data = zipped({"big.txt": "0" * 100_000, "a.png": _png()})
     with pytest.raises(DatasetError) as caught:
         read_yolo_zip(data, max_pages=3, max_bytes=50_000)
     assert caught.value.code == "dataset_too_large"
@@ -254,10 +246,10 @@ def test_unusable_train_ground_truth_is_refused_before_queueing(app_client) -> N
 
 
 def test_a_yolo_zip_upload_is_train_ground_truth_as_for_evaluate(app_client) -> None:
-    zipped = _zip({"images/a.png": _png(), "labels/a.txt": "0 0.5 0.5 0.2 0.2\n"})
+    archive = zipped({"images/a.png": _png(), "labels/a.txt": "0 0.5 0.5 0.2 0.2\n"})
     form = {"type": "train", "params": '{"name": "from-upload"}'}
-    resp = app_client.post("/task", data={**form, "dataset": (io.BytesIO(zipped), "set.zip")})
+    resp = app_client.post("/task", data={**form, "dataset": (io.BytesIO(archive), "set.zip")})
     assert resp.status_code == 202, resp.get_json()
     both = {**form, "input": '{"dataset_url": "https://example.org/set.zip"}'}
-    resp = app_client.post("/task", data={**both, "dataset": (io.BytesIO(zipped), "set.zip")})
+    resp = app_client.post("/task", data={**both, "dataset": (io.BytesIO(archive), "set.zip")})
     assert resp.status_code == 422 and resp.get_json()["error"]["code"] == "one_ground_truth"

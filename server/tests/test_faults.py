@@ -30,6 +30,7 @@ from model.sources.host_slots import KEY_PREFIX, LEASE_S
 from model.tasks.fairness import waiting_messages
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.iiif_server import IiifServer, Rule
+from testkit.live import starts_processes
 from testkit.stack import TERMINAL, Api, Stack, start_stack
 
 KILLS = 20
@@ -42,6 +43,7 @@ OUTAGE_PATIENCE_S = 2  # a restart (about a second) is ridden out; a longer outa
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # The visibility timeout follows the longest limit of any job type: bound every one.
     limits = {

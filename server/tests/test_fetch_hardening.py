@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 
 from model.pipeline.prefetch import Prefetcher
-from model.sources import fetch
-from model.sources.fetch import AddressPolicy, FetchError, FetchScope, SafeFetcher
+from model.sources import addresses
+from model.sources.addresses import AddressPolicy
+from model.sources.fetch import FetchError, FetchScope, SafeFetcher
 
 LOOPBACK = ["127.0.0.1"]
 
@@ -342,7 +343,7 @@ def test_public_ipv6_and_ipv4_addresses_pass(address: str) -> None:
 def test_embedded_teredo_addresses_are_checked() -> None:
     # Python's own is_global has changed between releases: the Teredo check must not rely on it.
     teredo = ipaddress.IPv6Address("2001:0:4136:e378:8000:63bf:3fff:fdd2")
-    assert [str(ip) for ip in fetch._embedded_ipv4(teredo)] == ["65.54.227.120", "192.0.2.45"]
+    assert [str(ip) for ip in addresses._embedded_ipv4(teredo)] == ["65.54.227.120", "192.0.2.45"]
 
 
 # --- (12) timeouts say what timed out ------------------------------------------------------------

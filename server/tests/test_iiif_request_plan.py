@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import redis
 from PIL import Image
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from model.iiif.image_api import parse_service
 from model.iiif.info_cache import InfoCache
@@ -236,7 +238,13 @@ def test_damaged_entry_is_a_miss(clean_redis: redis.Redis) -> None:
 
 def test_no_redis_or_redis_down_means_no_cache() -> None:
     img = image({"id": ID, "type": "ImageService3"})
-    down = redis.Redis(port=free_port(), socket_connect_timeout=0.2, decode_responses=True)
+    # No retries: redis-py's default backoff made each refused connection cost seconds.
+    down = redis.Redis(
+        port=free_port(),
+        socket_connect_timeout=0.2,
+        retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )
     for cache in (None, InfoCache(None), InfoCache(down)):
         infos = Infos(info_v3())
         assert plan(img, infos, cache=cache).url == f"{ID}/full/624,832/0/default.jpg"

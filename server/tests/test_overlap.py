@@ -25,6 +25,7 @@ from model import settings as settings_module
 from model.settings import Settings
 from server.tests.conftest import jpeg_bytes
 from server.tests.test_faults import check_complete, pool_child
+from testkit.live import starts_processes
 from testkit.stack import TERMINAL, Api, Stack, start_stack
 
 CHILDREN = 2
@@ -100,6 +101,7 @@ def test_pool_processes_share_the_cores_out(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def side_by_side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = start_stack(
         tmp_path_factory.mktemp("overlap"),

@@ -22,6 +22,10 @@ import pytest
 from testkit.signals import with_sigint_ignored
 from testkit.stack import PROJECT_ROOT
 
+# Each test runs the scripts with dozens of processes and one release a second (a release id
+# starts with the second it was built in): minutes in all, so not the fast layer.
+pytestmark = pytest.mark.live
+
 SCRIPTS = PROJECT_ROOT / "scripts"
 TOOLS = Path(__file__).with_name("fake_deploy_tools.py")
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]

@@ -131,6 +131,7 @@ def _cli(settings_env: dict[str, str], *args: str) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.live  # runs `python -m model` as processes, a second of imports each
 def test_worker_secrets_is_what_a_worker_host_needs(tmp_path: Path) -> None:
     var = tmp_path / "var"
     env = {"SCRIPTORIUM_DATA_DIR": str(var), "SCRIPTORIUM_ROLE": "api"}
@@ -147,6 +148,7 @@ def test_worker_secrets_is_what_a_worker_host_needs(tmp_path: Path) -> None:
     assert refused.returncode != 0 and "worker hosts need an API host" in refused.stderr
 
 
+@pytest.mark.live  # runs `python -m model` as processes, a second of imports each
 def test_worker_secrets_never_land_in_a_file_others_can_read(tmp_path: Path) -> None:
     """`worker-secrets > FILE` under umask 022 made FILE world-readable until a chmod: refused
     before anything is written; under umask 077 (docs/operations.md's way) the file is 0600 from
@@ -175,7 +177,9 @@ def test_worker_secrets_never_land_in_a_file_others_can_read(tmp_path: Path) -> 
 
 
 @pytest.fixture
-def bare_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+def password_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
+    """A redis-server of the test's own that asks for a password (conftest's bare_redis does
+    not); its port and password."""
     if not shutil.which("redis-server"):
         pytest.skip("redis-server is not installed")
     password = "pw-for-test"
@@ -183,10 +187,11 @@ def bare_redis(tmp_path: Path) -> Iterator[tuple[int, str]]:
         yield port, password
 
 
+@pytest.mark.live  # runs `python -m model` as processes, a second of imports each
 def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(
-    bare_redis, tmp_path: Path
+    password_redis, tmp_path: Path
 ) -> None:
-    port, password = bare_redis
+    port, password = password_redis
     client = redis.Redis(port=port, password=password)
     machine = socket.gethostname()
     here = "gpu-2"  # this host's worker.name (two hosts on one machine: not the host name)
@@ -234,8 +239,8 @@ def test_workers_lists_heartbeats_and_finds_this_hosts_new_worker(
         child.wait()
 
 
-def test_worker_host_smoke_checks_redis_through_the_tunnel(tmp_path: Path, bare_redis) -> None:
-    port, password = bare_redis
+def test_worker_host_smoke_checks_redis_through_the_tunnel(tmp_path: Path, password_redis) -> None:
+    port, password = password_redis
     settings = _settings(
         tmp_path,
         "worker",
@@ -274,6 +279,7 @@ def test_programs_read_the_settings_file_as_they_start(tmp_path: Path) -> None:
     assert "SCRIPTORIUM_FETCH__ALLOW" not in plain.stdout
 
 
+@pytest.mark.live  # runs `python -m model` as processes, a second of imports each
 def test_supervisord_env_names_what_only_its_restart_applies(tmp_path: Path) -> None:
     """release.sh's warning: values supervisord took at its start that the settings change."""
     env = {"SCRIPTORIUM_DATA_DIR": str(tmp_path / "var"), "SCRIPTORIUM_REDIS__PORT": "6391"}

@@ -24,6 +24,7 @@ import pytest
 
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE
 from server.tests.conftest import ImageServer, jpeg_bytes
+from testkit.live import starts_processes
 from testkit.stack import (
     PROJECT_ROOT,
     Api,
@@ -60,6 +61,7 @@ def _host_settings(models: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, WorkerHost]]:
     root = tmp_path_factory.mktemp("scale-out")
     _copy_demo_model(root / "models-a", ONLY_A)

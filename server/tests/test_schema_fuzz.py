@@ -23,6 +23,10 @@ from server.tests import fuzz_media  # noqa: F401 - registers real images and ma
 from server.tests.fuzz_cli_hooks import fit_positive
 from testkit.stack import PROJECT_ROOT, Stack
 
+# Every test here fuzzes the session stack; marked as a whole, so that the fast layer does not
+# even import the module (schemathesis and hypothesis: seconds of imports).
+pytestmark = pytest.mark.live
+
 MAX_EXAMPLES = 20
 OPERATIONS = [
     ("POST", "/task"),

@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from model.synthetic.copies import page_with_illustrations
 from server.tests.test_faults import pool_child
 from testkit.iiif_server import IiifServer, Rule, jpeg, v3_canvas, v3_image, v3_manifest
+from testkit.live import starts_processes
 from testkit.similarity_corpus import (
     Corpus,
     build,
@@ -66,6 +67,7 @@ def plug_model(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def sim_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     models = tmp_path_factory.mktemp("plug-models")
     plug_model(models)

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from server.tests.conftest import ImageServer, jpeg_bytes
+from testkit.live import starts_processes
 from testkit.stack import Stack, start_stack
 
 TTL_S = 3
@@ -19,6 +20,7 @@ ORIGIN = "https://viewer.example.org"
 
 
 @pytest.fixture(scope="module")
+@starts_processes
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = start_stack(
         tmp_path_factory.mktemp("small"),

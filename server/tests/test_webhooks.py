@@ -465,11 +465,10 @@ class _Sent:
 
 
 def test_outbox_claims_each_attempt_once_and_requeues_what_was_lost(
-    clean_redis: redis.Redis, tmp_path: Path
+    store: TaskStore, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:
     port = clean_redis.connection_pool.connection_kwargs["port"]
     settings = Settings(data_dir=tmp_path, redis={"port": port})
-    store = TaskStore(clean_redis, 3600, 7200)
     sent = _Sent()
     events.use_celery(sent)  # type: ignore[arg-type]
     try:
@@ -503,12 +502,11 @@ def test_outbox_claims_each_attempt_once_and_requeues_what_was_lost(
 
 
 def test_outbox_keeps_a_key_to_its_cap_and_a_failing_host_behind_its_breaker(
-    clean_redis: redis.Redis, tmp_path: Path
+    store: TaskStore, clean_redis: redis.Redis, tmp_path: Path
 ) -> None:
     port = clean_redis.connection_pool.connection_kwargs["port"]
     hooks = {"concurrency": 4, "key_in_flight": 2, "breaker_failures": 3, "breaker_open_s": 60}
     settings = Settings(data_dir=tmp_path, redis={"port": port}, webhooks=hooks)
-    store = TaskStore(clean_redis, 3600, 7200)
     events.use_celery(_Sent())  # type: ignore[arg-type]
 
     def event(owner: str, url: str) -> str:
