@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis import Redis
 
+from model.jobs import UploadMissing
 from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
 from model.store import PREFIX
 
@@ -77,17 +78,6 @@ class OverBudget(Exception):
     def __init__(self, scope: str) -> None:
         super().__init__(scope)
         self.scope = scope
-
-
-class UploadMissing(Exception):
-    """An upload is gone: its TTL ran out (the task waited longer than allowed) or it was never
-    stored. The item fails with this code; the task goes on."""
-
-    code = "upload_missing"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def key_for(task_id: str, index: int) -> str:

@@ -37,7 +37,7 @@ from redis import Redis
 
 from model import fleet
 from model.attempts import lease_ms, own_prefix, release_deferred, requeue_lost, resend_unsent
-from model.celery_app import PING, RUN_JOB, TRAIN_QUEUE, make_celery, worker_queues
+from model.celery_app import PING, RUN_JOB, make_celery, worker_queues
 from model.ending import end_after_failure, end_task, timeout_error
 from model.housekeeping import housekeeping
 from model.inference.catalog import BlobCache, Catalog
@@ -45,6 +45,7 @@ from model.inference.live import LiveDetectors
 from model.inference.provenance import model_provenance
 from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
+from model.jobs.train import TRAIN_QUEUE
 from model.metrics.fetching import MeteredFetcher
 from model.metrics.record import meter_of
 from model.redis_client import patient_options, patient_redis, unreachable

@@ -50,7 +50,7 @@ def _json_schemas(settings: Settings) -> list[dict[str, Any]]:
     for job_type, model in REQUEST_MODELS.items():
         job = JOBS[job_type]
         schema = _schema(model)
-        _bound_timeout(schema, settings.job_limits(job_type).timeout_max_s)
+        _bound_timeout(schema, job.limits_in(settings).timeout_max_s)
         if job.input_schema:  # stricter than the model: then `input` is needed too
             schema["required"] = [*dict.fromkeys([*schema.get("required", []), "input"])]
             schema["properties"]["input"] = _input_schema(job)
@@ -73,7 +73,7 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
     uploads (vectorize) take the same form with their `type` and params; they are not described
     as alternatives here because schemathesis cannot generate multipart bodies under a oneOf."""
     job = JOBS[UPLOAD_JOB]
-    limits = settings.job_limits(job.name)
+    limits = job.limits_in(settings)
     others = [name for name in UPLOAD_JOBS if name != UPLOAD_JOB]
     return {
         "type": "object",

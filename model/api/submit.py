@@ -266,7 +266,7 @@ def _check_sources(svc: Services, job: JobSpec, inputs: list[TaskInput]) -> None
 
 
 def _timeout(svc: Services, submission: Submission) -> float:
-    limits = svc.settings.job_limits(submission.job.name)
+    limits = submission.job.limits_in(svc.settings)
     timeout = submission.request.timeout or limits.timeout_default_s
     if timeout > limits.timeout_max_s:
         raise ApiError(

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from redis import Redis
 
 from model.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE
+from model.jobs.registry import longest_hard_limit_s
 from model.store import State, TaskRecord, TaskStore, task_key
 
 if TYPE_CHECKING:
@@ -397,7 +398,7 @@ class Outbox:
         return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def log_attempt(self, task_id: str, entry: dict[str, Any]) -> None:
-        fallback = int(self.settings.results.ttl_s + self.settings.longest_hard_limit_s())
+        fallback = int(self.settings.results.ttl_s + longest_hard_limit_s(self.settings))
         self._log(
             keys=[task_key(task_id), deliveries_key(task_id)],
             args=[json.dumps(entry), DELIVERIES_KEPT, fallback],

@@ -26,7 +26,7 @@ from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.cluster import ClusterParams, method, prototype
+from model.jobs.cluster import SPEC, ClusterParams, method, prototype
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_items
 from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
@@ -226,7 +226,7 @@ def _detected(run: _Run, planned: list[Planned], finished: set[int]) -> None:
     scope = FetchScope()
     fetcher = resources.fetcher.scoped(scope)
     pages = plan_units(TaskSpec(inputs=manifests), fetcher, settings)
-    most = settings.job_limits("cluster").max_images
+    most = SPEC.limits_in(settings).max_images
     loader = PageLoader(
         fetcher=fetcher,
         services=ServiceInfo(
@@ -313,7 +313,7 @@ def run_cluster(ctx: Any, params: ClusterParams) -> None:
     }
     ctx.set_provenance(provenance)
     planned = plan(ctx, params)
-    most = settings.job_limits("cluster").max_images
+    most = SPEC.limits_in(settings).max_images
     if len(planned) > most:
         raise JobFailed("too_many_items", f"{len(planned)} items; at most {most} per task")
     if len(planned) < 2 and not ctx.spec.of_kind(ManifestUrl):  # those are found later

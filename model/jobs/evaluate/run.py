@@ -17,7 +17,7 @@ from model.jobs import JobFailed
 from model.jobs.contract import Annotations, AnnotationUrl, DatasetUpload
 from model.jobs.detect import MAX_SIDE_FACTOR
 from model.jobs.detect_run import keep_manifests, page_loader
-from model.jobs.evaluate import EvaluateParams
+from model.jobs.evaluate import SPEC, EvaluateParams
 from model.jobs.evaluate.dataset import Dataset
 from model.jobs.evaluate.groundtruth import Parsed, TruthBox, annotation_references, parse
 from model.jobs.evaluate.metrics import Box, page_outcome, summarise
@@ -261,7 +261,7 @@ def _evaluate_dataset(
     dataset = Dataset(
         ctx.resources.uploads.read(entry),
         judge.classes,
-        settings.job_limits("evaluate").max_images,
+        SPEC.limits_in(settings).max_images,
         settings.fetch.max_pixels,
     )
     if not any(dataset.labels.values()):

@@ -11,13 +11,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.celery_app import TRAIN_QUEUE
 from model.inference.catalog import NAME_PATTERN, ModelStoreError, validate_name
 from model.jobs.contract import DatasetUrl, InputRejected, TaskInput
 from model.jobs.fields import bounded_integer
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits, Settings
+from model.store import DEFAULT_QUEUE
 from model.urls import HTTP_URL_PATTERN, check_http_url
+
+# Training tasks: a queue of their own, consumed by the `train-worker` program only (its own
+# concurrency, training.concurrency), so a training task never holds a detection worker.
+TRAIN_QUEUE = f"{DEFAULT_QUEUE}.train"
 
 
 class TrainParams(BaseModel):
