@@ -18,6 +18,9 @@ from redis import Redis
 from model.store import DEFAULT_QUEUE, PREFIX, WORKERS_PREFIX
 
 WORKERS_INDEX = f"{PREFIX}:workers"  # sorted set: heartbeat key -> when it lapses
+# How long a heartbeat key lives: a worker beats well within it (model/worker.py); the scrape
+# reads a heartbeat's age as this minus the time it has left (model/api/exposition.py).
+HEARTBEAT_TTL_S = 20
 
 
 def heartbeat_key(worker_name: str, pid: int) -> str:

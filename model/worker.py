@@ -63,7 +63,6 @@ celery.conf.worker_concurrency = settings.worker.concurrency
 use_celery(celery)  # ended tasks' webhooks are queued with it (model/ending.py)
 
 HEARTBEAT_S = 5
-HEARTBEAT_TTL_S = 20
 REAPER_PERIOD_S = 0.5
 
 _resources: WorkerResources | None = None  # this pool process's, once its models are loaded
@@ -245,7 +244,7 @@ def _heartbeat(redis: Redis, beat: dict[str, Any], embed: list[dict[str, Any]]) 
             if detectors.sync() or set(detectors) != set(beat["models"]):
                 _describe_models(beat, detectors, embed)
             beat["running"] = ATTEMPTS.running()
-            fleet.publish(redis, _heartbeat_key(), beat, HEARTBEAT_TTL_S)
+            fleet.publish(redis, _heartbeat_key(), beat, fleet.HEARTBEAT_TTL_S)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
         time.sleep(period)

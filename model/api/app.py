@@ -42,12 +42,12 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api.admission import cap_json_body
     from model.api.auth import SECURITY_SCHEMES
     from model.api.cors import init_cors
+    from model.api.exposition import init_http_metrics
     from model.api.limits import init_limits
     from model.api.request_doc import request_schema_components
     from model.api.services import Services
     from model.celery_app import make_celery
     from model.keys import KeyCache, KeyStore
-    from model.metrics.exposition import init_http_metrics
     from model.store import TaskStore
     from model.uploads import UploadStore
     from model.webhooks.events import use_celery

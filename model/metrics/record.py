@@ -1,6 +1,6 @@
 """Counters and histograms held in Redis (catalog.RECORDED), added to by whichever process sees
 the event: the API, the inference worker's processes, the webhooks worker. GET /metrics reads
-them back (exposition.py). Light: redis only, no prometheus-client.
+them back (model/api/exposition.py). Light: redis only, no prometheus-client.
 
 Layout: one hash per metric, `sc:metrics:<name>`; a field per label set (a JSON list of label
 values) holds a counter's value; a histogram has `<labels>|<i>` (observations in bucket i, not
