@@ -46,11 +46,11 @@ from model.inference.provenance import model_provenance
 from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
 from model.jobs.train import TRAIN_QUEUE
-from model.metrics.fetching import MeteredFetcher
 from model.metrics.record import meter_of
 from model.redis_client import patient_options, patient_redis, unreachable
 from model.runner import ATTEMPTS, run_task
 from model.settings import get_settings
+from model.sources.metered import MeteredFetcher
 from model.store import State, TaskStore
 from model.uploads import UploadStore
 from model.webhooks.events import use_celery
