@@ -62,8 +62,8 @@ def score(truth: list[int], predicted: np.ndarray, seconds: float) -> Scores:
 
 def load_embedder(name: str | None = None) -> Any:
     from model.inference.registry import discover
+    from model.jobs.similarity.embedders import load_embedder as load
     from model.settings import get_settings
-    from model.similarity.embedders import load_embedder as load
 
     settings = get_settings()
     models = discover(settings.model_dirs)

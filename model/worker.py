@@ -128,7 +128,7 @@ def load_models(**_: Any) -> None:
     from model.inference.offline import configure_offline
 
     configure_offline(settings.data_path / "ultralytics")
-    from model.similarity import embedders as embedder_module
+    from model.jobs.similarity import embedders as embedder_module
 
     registry = discover(settings.model_dirs)
     # This process's share of the cores: `worker.concurrency` processes infer side by side.

@@ -175,7 +175,7 @@ class WorkerResources:
     fetcher: Any  # model.sources.fetch.SafeFetcher
     uploads: Any = None  # model.uploads.UploadStore: the task's uploaded files
     detectors: dict[str, Any] = field(default_factory=dict)  # name -> YoloDetector
-    embedders: Any = None  # model.similarity.embedders.Embedders
+    embedders: Any = None  # model.jobs.similarity.embedders.Embedders
     default_model: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     # Provenance of a result made with a model: name, sha256, backend, device, versions...

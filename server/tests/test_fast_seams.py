@@ -329,7 +329,7 @@ def test_the_http_process_imports_no_torch_pil_requests_or_job_work() -> None:
         "model.jobs.loading",
         "model.pipeline.prefetch",
         "model.sources.fetch",
-        "model.similarity.job",
+        "model.jobs.similarity.job",
         "model.inference.detector",
     }
     packages = {name.split(".")[0] for name in loaded}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from model.training.benchmark import build
-from model.training.dataset import read_yolo_zip, yolo_zip
-from model.training.yolo_data import CLASS_NAMES
+from model.jobs.train.benchmark import build
+from model.jobs.train.dataset import read_yolo_zip, yolo_zip
+from model.jobs.train.yolo_data import CLASS_NAMES
 from server.tests.conftest import ImageServer
 from testkit.stack import Api, Stack
 

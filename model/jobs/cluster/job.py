@@ -30,10 +30,10 @@ from model.jobs.cluster import SPEC, ClusterParams, method, prototype
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_items
 from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
+from model.jobs.similarity.job import embedder_named
 from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache
 from model.pipeline.memory import process_budget
-from model.similarity.job import embedder_named
 from model.sources.fetch import FetchError, FetchScope
 from model.sources.images import ImageDecodeError, decode_within
 

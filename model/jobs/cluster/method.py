@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from model.similarity.compare import verify_pair
-from model.similarity.features import (
+from model.jobs.similarity.compare import verify_pair
+from model.jobs.similarity.features import (
     REGION_FEATURES,
     REGION_SIDE,
     ItemFeatures,

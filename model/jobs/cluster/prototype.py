@@ -3,7 +3,7 @@ learning: every member aligned onto one reference member and averaged.
 
 The reference is the family's medoid (the member with the most verified evidence to the others).
 Each member is aligned to it by the similarity transform RANSAC finds between their SIFT
-keypoints (model/similarity/local.py), mirrored when that fits better; what the members share
+keypoints (model/jobs/similarity/local.py), mirrored when that fits better; what the members share
 stays sharp in the average, what differs (paper, stains, strokes of one copy) fades. A member
 that cannot be aligned is left out of the average and scores 0. A member's score is the
 normalised cross-correlation of it, aligned, with the prototype (0-1): its cohesion with the family.
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.method import ClusterItem, Edge
-from model.similarity.compare import verify_pair
+from model.jobs.similarity.compare import verify_pair
 
 MIN_VALID = 0.3  # a pixel of the prototype needs this share of the aligned members to cover it
 

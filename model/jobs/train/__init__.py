@@ -1,8 +1,10 @@
 """The train job: fine-tune a detector on annotated pages and publish it (docs/training.md).
 
 This module declares it (params, input, limits, its own queue); the work is in run.py, imported
-by the worker only. Training tasks go to their own queue, taken by the `train-worker` program
-alone (training.concurrency at once), so one never holds a detection worker's place.
+by the worker only, with dataset.py, finetune.py and publish.py (benchmark.py and yolo_data.py
+build the domain-shift benchmark it is measured on). Training tasks go to their own queue,
+taken by the `train-worker` program alone (training.concurrency at once), so one never holds a
+detection worker's place.
 """
 
 from __future__ import annotations
