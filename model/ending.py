@@ -14,8 +14,10 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model.redis_client import unreachable
+from model.services import meter_of
 from model.store import State, TaskStore
 from model.uploads import UploadStore
+from model.webhooks.events import task_ended
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,6 @@ def announce_end(store: TaskStore, task_id: str) -> None:
     """What follows a task's end, once: it is counted, its `completed` webhook is queued. Never
     raises: the task has ended whatever happens here (a lost message is queued again by the
     outbox)."""
-    from model.metrics.record import meter_of
-    from model.webhooks.events import task_ended
-
     try:
         record = store.get(task_id)
         if record is not None:

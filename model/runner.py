@@ -19,8 +19,9 @@ from model.ending import end_task, internal_error, timeout_error
 from model.jobs import JobCancelled, JobFailed
 from model.jobs.contract import TaskSpec, WorkerResources
 from model.jobs.spec import JobSpec
-from model.metrics.record import Meter, meter_of
+from model.metrics.record import Meter
 from model.redis_client import unreachable
+from model.services import meter_of
 from model.store import DEFERRED, State, TaskRecord, TaskStore
 from model.webhooks.events import ProgressEvents
 

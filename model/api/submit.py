@@ -35,7 +35,7 @@ from model.api.admission import (
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, describe_validation_error
 from model.api.meta import catalog, known_models
-from model.api.request_doc import UPLOAD_JOB, task_request_body
+from model.api.request_doc import UPLOAD_JOB
 from model.api.schemas import REQUEST_MODELS, TaskCreated, Webhook
 from model.api.services import Services, services
 from model.api.tasks import ERRORS
@@ -53,8 +53,6 @@ from model.jobs.contract import (
 )
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
-from model.metrics.record import meter_of
-from model.settings import get_settings
 from model.sources.addresses import AddressPolicy, literal_address
 from model.sources.sniff import sniff_image
 from model.store import AlreadyClaimed, State
@@ -386,7 +384,7 @@ def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
 @api.post(
     "/task",
     responses={202: TaskCreated, **ERRORS, 409: ErrorResponse},  # 409: a source task unusable
-    openapi_extensions=task_request_body(get_settings()),
+    # The body is documented by the app, from its settings (request_doc.document_task_body).
 )
 def submit_task() -> Response:
     """Submit a job; answers 202 with the task id and where to poll it."""
@@ -463,7 +461,7 @@ def _enqueue(
             "the task queue is unavailable; retry later",
             {"Retry-After": "5"},
         ) from exc
-    meter_of(svc.redis).task_submitted(job.name)
+    svc.meter.task_submitted(job.name)
     return created_response(task_id, record.state)
 
 

@@ -165,10 +165,3 @@ class Meter:
             while len(self._hosts) > self._hosts_max:
                 self._hosts.popitem(last=False)
         return label
-
-
-def meter_of(redis: Redis) -> Meter:
-    """A Meter with the process's settings (max_hosts)."""
-    from model.settings import get_settings
-
-    return Meter(redis, get_settings().metrics.max_hosts)

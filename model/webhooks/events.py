@@ -39,6 +39,7 @@ from redis import Redis
 
 from model.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE
 from model.jobs.registry import longest_hard_limit_s
+from model.services import current
 from model.store import State, TaskRecord, TaskStore, task_key
 
 if TYPE_CHECKING:
@@ -91,23 +92,17 @@ def receiver_host(url: str) -> str:
 
 # --- the Celery side: which app sends ------------------------------------------------------------
 
-_celery: Celery | None = None
+_celery: Celery | None = None  # a test's stand-in; else the process's (model/services.py)
 
 
-def use_celery(app: Celery) -> None:
-    """The Celery app this process queues deliveries with (each process sets its own)."""
+def use_celery(app: Celery | None) -> None:
+    """Queue deliveries with this app instead of the process's services' (tests)."""
     global _celery
     _celery = app
 
 
 def _app() -> Celery:
-    global _celery
-    if _celery is None:
-        from model.celery_app import make_celery
-        from model.settings import get_settings
-
-        _celery = make_celery(get_settings())
-    return _celery
+    return _celery if _celery is not None else current().celery
 
 
 def send(msg_id: str, attempt: int) -> None:
@@ -426,9 +421,7 @@ def task_ended(store: TaskStore, record: TaskRecord) -> bool:
     webhook = record.webhook
     if not webhook or COMPLETED not in webhook.get("events", [COMPLETED]):
         return False
-    from model.settings import get_settings
-
-    settings = get_settings()
+    settings = current().settings
     outbox = Outbox(store.redis, settings)
     return outbox.enqueue(
         record, COMPLETED, f"msg_{record.id}_{COMPLETED}", settings.webhooks.retry_for_s
@@ -465,9 +458,7 @@ class ProgressEvents:
             record = self.store.get(self.task_id)
             if record is None or record.state != State.RUNNING:
                 return
-            from model.settings import get_settings
-
             msg_id = f"msg_{self.task_id}_{PROGRESS}_{uuid.uuid4().hex[:12]}"
-            Outbox(self.store.redis, get_settings()).enqueue(record, PROGRESS, msg_id, 0)
+            Outbox(self.store.redis, current().settings).enqueue(record, PROGRESS, msg_id, 0)
         except Exception:  # a progress event never fails the job
             log.warning("progress event of task %s not queued", self.task_id, exc_info=True)
