@@ -97,11 +97,6 @@ class UploadStore:
         self._reserve = redis.register_script(_RESERVE) if redis is not None else None
         self._release = redis.register_script(_RELEASE) if redis is not None else None
 
-    @classmethod
-    def from_settings(cls, settings: Any, **redis_options: Any) -> UploadStore:
-        client = Redis.from_url(settings.redis_url(), decode_responses=False, **redis_options)
-        return cls(client, settings.uploads_dir)
-
     # --- the API side ------------------------------------------------------------------------
     def reserve(self, task_id: str, owner: str, size: int, budgets: tuple[int, int]) -> None:
         """Hold `size` bytes for a task's uploads (budgets: in total, per key) before they are
