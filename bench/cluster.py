@@ -68,8 +68,8 @@ def score(truth: list[int], predicted: np.ndarray, seconds: float) -> Scores:
 
 def load_embedder(name: str | None = None) -> Any:
     from model.inference.registry import discover
+    from model.jobs.similarity.embedders import load_embedder as load
     from model.settings import get_settings
-    from model.similarity.embedders import load_embedder as load
 
     settings = get_settings()
     models = discover(settings.model_dirs)
@@ -128,7 +128,7 @@ def previous_verify(
 ) -> list[method.Edge]:
     """The verification shipped before (the baseline): similarity's check pair by pair, in the
     shortlist's orientation, then the other one if that fails."""
-    from model.similarity.compare import verify_pair
+    from model.jobs.similarity.compare import verify_pair
 
     edges = []
     for (i, j), flipped in pairs.items():

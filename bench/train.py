@@ -1,6 +1,6 @@
 """`python -m bench.train`: the domain-shift benchmark's before/after table.
 
-Renders the woodcut benchmark (model/training/benchmark.py: 40 training + 40 held-out pages),
+Renders the woodcut benchmark (model/jobs/train/benchmark.py: 40 training + 40 held-out pages),
 splits the training pages as the `train` job does (val_fraction 0.2, seeded), fine-tunes the
 shipped detector on this machine's device and prints the shipped and the fine-tuned model's
 mAP50 / mAP50-95 on the 40 held-out pages, with the training time and the machine's load.
@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from bench import train_service
-from model.training.benchmark import HELDOUT_PAGES, TRAIN_PAGES, build
-from model.training.finetune import FinetuneConfig, finetune
-from model.training.yolo_data import CLASS_NAMES, images_of, link_split, split_stems, write_yaml
+from model.jobs.train.benchmark import HELDOUT_PAGES, TRAIN_PAGES, build
+from model.jobs.train.finetune import FinetuneConfig, finetune
+from model.jobs.train.yolo_data import CLASS_NAMES, images_of, link_split, split_stems, write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "model" / "weights" / "illustrations-demo.pt"

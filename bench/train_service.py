@@ -19,8 +19,8 @@ from typing import Any
 
 from bench.stack import bench_key, start, wait_terminal
 from model.jobs.evaluate.metrics import Box, summarise
-from model.training.dataset import yolo_zip
-from model.training.yolo_data import CLASS_NAMES, images_of
+from model.jobs.train.dataset import yolo_zip
+from model.jobs.train.yolo_data import CLASS_NAMES, images_of
 from testkit.stack import Api
 
 SHIPPED_NAME = "illustrations-demo"

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from celery import Celery
 
+from model.jobs.registry import longest_hard_limit_s
 from model.keyspace import DEFAULT_QUEUE
 from model.settings import Settings
 from model.tasks.fairness import LANES
@@ -27,9 +28,6 @@ MODEL_QUEUE_PREFIX = f"{QUEUE}.model."
 # slow receiver never holds up inference (model/webhooks/).
 DELIVER_WEBHOOK = "scriptorium.deliver_webhook"
 WEBHOOK_QUEUE = "scriptorium.webhooks"
-# Training tasks: a queue of their own, consumed by the `train-worker` program only (its own
-# concurrency, training.concurrency), so a training task never holds a detection worker.
-TRAIN_QUEUE = f"{QUEUE}.train"
 
 
 def _default_models(settings: Settings) -> set[str]:
@@ -78,7 +76,7 @@ def send_run(
 def make_celery(settings: Settings) -> Celery:
     url = settings.redis_url()
     app = Celery("scriptorium", broker=url, backend=url)
-    visibility = int(settings.longest_hard_limit_s()) + settings.worker.visibility_margin_s
+    visibility = int(longest_hard_limit_s(settings)) + settings.worker.visibility_margin_s
     redelivery = {
         "visibility_timeout": visibility,
         # Look for overdue unacknowledged tasks every 10 s (kombu's default sweeps only every

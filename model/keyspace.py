@@ -18,8 +18,9 @@ PREFIX = "sc"
 QUEUE_KEY = f"{PREFIX}:queued"  # sorted set: id -> submit time, every queued task (backpressure)
 RUNNING_KEY = f"{PREFIX}:running"  # set of ids a worker is running
 # Sorted set: id -> time, tasks whose run message is not known to be sent yet (created or
-# requeued, the send not confirmed). A reaper sends again what stays here (model/tasks/attempts.py):
-# an API process killed between the record and the message loses no task.
+# requeued, the send not confirmed). A reaper sends again what stays here
+# (model/lifecycle/attempts.py): an API process killed between the record and the message loses
+# no task.
 UNSENT_KEY = f"{PREFIX}:unsent"
 # Sorted set: id -> time, QUEUED tasks a worker took while their key had `running_max` tasks
 # running; their message was dropped. Sent again when a task ends (a slot is free), or by the
@@ -116,7 +117,7 @@ MODEL_CARDS_KEY = f"{MODELS_PREFIX}cards"
 MODELS_VERSION_KEY = f"{MODELS_PREFIX}version"
 MODEL_BLOB_PREFIX = f"{MODELS_PREFIX}blob:"
 
-# Caches: detections (model/pipeline/cache.py), features (model/similarity/cache.py), IIIF
+# Caches: detections (model/pipeline/cache.py), features (model/jobs/similarity/cache.py), IIIF
 # image-service descriptions (model/iiif/info_cache.py: bump its version when ImageService's
 # fields change meaning).
 DETECTION_CACHE_PREFIX = f"{PREFIX}:cache:"

@@ -4,8 +4,8 @@ supervisord, a tunnel that reconnects) instead of failing the task in hand at it
 redis-py's clients made by `from_url` do not retry at all: a command sent while Redis restarts
 fails at once. A worker's calls retry with a capped exponential backoff until
 `redis.outage_patience_s` has passed since the call began; an outage longer than that reaches
-the runner, which leaves the task to be requeued once Redis is back (model/tasks/runner.py), never
-ends it as failed.
+the runner, which leaves the task to be requeued once Redis is back (model/lifecycle/runner.py),
+never ends it as failed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 FIRST_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 1.0
 CONNECT_TIMEOUT_S = 2.0  # one try to connect; the patience bounds the tries
+# One reply: a command or script answers well within this; a half-open connection fails here.
+COMMAND_TIMEOUT_S = 5.0
+# One read of the binary client's: uploads and model blobs, megabytes a reply (a timeout bounds
+# each read, not the whole transfer).
+BULK_TIMEOUT_S = 30.0
+# Processes that work through a Redis outage (a restart, a tunnel reconnecting) instead of
+# failing what they hold: the workers. The HTTP side answers at once (a 503), never waits.
+PATIENT_ROLES = frozenset({"worker", "webhooks"})
 
 T = TypeVar("T")
 
@@ -102,3 +110,15 @@ def patient_options(patience_s: float) -> dict[str, Any]:
 
 def patient_redis(url: str, patience_s: float, **options: Any) -> Redis:
     return Redis.from_url(url, **patient_options(patience_s), **options)
+
+
+def client_options(patience_s: float, role: str, binary: bool = False) -> dict[str, Any]:
+    """The one timeout policy of the service's clients (model/services.py builds them): every
+    client bounds its connect and each reply; a worker's also retries through an outage."""
+    options: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": BULK_TIMEOUT_S if binary else COMMAND_TIMEOUT_S,
+    }
+    if role in PATIENT_ROLES:
+        options.update(patient_options(patience_s))
+    return options

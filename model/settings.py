@@ -62,7 +62,7 @@ class WorkerSettings(BaseModel):
     # Redis re-delivers an unacknowledged task this long after the longest hard time limit.
     visibility_margin_s: int = 60
     # A running task whose worker has not renewed its lease for this long (a host died, a
-    # worker was killed whole) is requeued by another worker's reaper (model/tasks/attempts.py).
+    # worker was killed whole) is requeued by another worker's reaper (model/lifecycle/attempts.py).
     lost_grace_s: float = 45
 
 
@@ -444,12 +444,6 @@ class Settings(BaseSettings):
         auth = f":{password}@" if password else ""
         return f"redis://{auth}{self.redis.host}:{self.redis.port}/{self.redis.db}"
 
-    def job_limits(self, job_type: str) -> JobLimits:
-        """The configured limits of a job type, else its own defaults (model/jobs/registry)."""
-        from model.jobs.registry import job_limits  # the registry imports these settings
-
-        return job_limits(self, job_type)
-
     def hard_limit_s(self, timeout_s: float) -> float:
         """The soft limit (timeout_s) lets a job stop cleanly; this hard limit is the fallback."""
         return timeout_s + self.cancel.grace_s
@@ -461,12 +455,6 @@ class Settings(BaseSettings):
     def upload_ttl_s(self, timeout_s: float) -> int:
         """Lifetime of a task's uploads in Redis: its run plus the wait allowed before it."""
         return int(self.hard_limit_s(timeout_s)) + self.uploads.queue_wait_s
-
-    def longest_hard_limit_s(self) -> float:
-        """Of every job type, configured or not (the broker's visibility timeout outlasts it)."""
-        from model.jobs.registry import JOBS
-
-        return self.hard_limit_s(max(self.job_limits(name).timeout_max_s for name in JOBS))
 
 
 def available_cores() -> int:

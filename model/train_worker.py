@@ -7,7 +7,7 @@ places; run this program on a GPU host to train there (docs/training.md).
 
 from __future__ import annotations
 
-from model.celery_app import TRAIN_QUEUE
+from model.jobs.train import TRAIN_QUEUE
 from model.worker import celery, settings
 
 celery.conf.worker_concurrency = settings.training.concurrency  # -c on the command line wins

@@ -7,7 +7,7 @@ thing every host reaches, but memory is dear there, so:
 - each key has a TTL bounded by the task's lifetime (`Settings.upload_ttl_s`: the hard time
   limit plus `uploads.queue_wait_s` of waiting), set at submit and set again when a worker
   starts the task, so a file outlives its task by a bounded time whatever happens to it;
-- model/tasks/ending.py deletes them as soon as the task ends, and housekeeping purges orphans;
+- model/lifecycle/ending.py deletes them as soon as the task ends, and housekeeping purges orphans;
 - their bytes are reserved at admission against two budgets, one per key and one for the whole
   service (`uploads.max_held_bytes_per_key`, `uploads.max_held_bytes_total`), and given back as
   the task ends (`discard`): a key cannot fill Redis with queued uploads, nor all keys together.
@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import ValidationError
 from redis import Redis
 
+from model.jobs import UploadMissing
 from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
 from model.keyspace import UPLOAD_PREFIX
 from model.keyspace import UPLOADS_HELD_BYTES_KEY as HELD_BYTES_KEY
@@ -75,17 +76,6 @@ class OverBudget(Exception):
         self.scope = scope
 
 
-class UploadMissing(Exception):
-    """An upload is gone: its TTL ran out (the task waited longer than allowed) or it was never
-    stored. The item fails with this code; the task goes on."""
-
-    code = "upload_missing"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
 def key_for(task_id: str, index: int) -> str:
     return f"{UPLOAD_PREFIX}{task_id}:{index:05d}"
 
@@ -102,11 +92,6 @@ class UploadStore:
         # None where only path-kept (legacy) uploads are read, as a worker's unit tests do.
         self._reserve = redis.register_script(_RESERVE) if redis is not None else None
         self._release = redis.register_script(_RELEASE) if redis is not None else None
-
-    @classmethod
-    def from_settings(cls, settings: Any, **redis_options: Any) -> UploadStore:
-        client = Redis.from_url(settings.redis_url(), decode_responses=False, **redis_options)
-        return cls(client, settings.uploads_dir)
 
     # --- the API side ------------------------------------------------------------------------
     def reserve(self, task_id: str, owner: str, size: int, budgets: tuple[int, int]) -> None:

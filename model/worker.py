@@ -7,12 +7,12 @@
 - The worker takes the default queue and the queue of every model it has (model/celery_app.py),
   so a task naming a model runs on a host that has it.
 - The same heartbeat thread renews the leases of the tasks the process runs
-  (model/tasks/attempts.py) and keeps the imported models in step with Redis
+  (model/lifecycle/attempts.py) and keeps the imported models in step with Redis
   (model/inference/live.py): added ones are loaded, removed ones dropped, without a restart.
   They go to the default queue.
 - The main process runs a small reaper thread that enforces a cancel the job did not honour
   within the grace period (kill the child; the model reloads in its replacement), requeues the
-  tasks of dead workers, on any host (model/tasks/attempts.py), and records a task that the hard
+  tasks of dead workers, on any host (model/lifecycle/attempts.py), and records a task that the hard
   time limit killed as TIMED_OUT (Celery reports that in the main process).
 """
 
@@ -36,52 +36,43 @@ from celery.signals import (
 )
 from redis import Redis
 
-from model.celery_app import PING, RUN_JOB, TRAIN_QUEUE, make_celery, worker_queues
+from model.celery_app import PING, RUN_JOB, worker_queues
 from model.inference.catalog import BlobCache, Catalog
 from model.inference.live import LiveDetectors
 from model.inference.provenance import model_provenance
 from model.inference.registry import discover
 from model.jobs.contract import WorkerResources
-from model.metrics.fetching import MeteredFetcher
-from model.metrics.record import meter_of
-from model.redis_client import patient_options, patient_redis, unreachable
+from model.jobs.train import TRAIN_QUEUE
+from model.lifecycle.attempts import (
+    lease_ms,
+    own_prefix,
+    release_deferred,
+    requeue_lost,
+    resend_unsent,
+)
+from model.lifecycle.ending import end_after_failure, end_task, timeout_error
+from model.lifecycle.housekeeping import housekeeping
+from model.lifecycle.runner import ATTEMPTS, run_task
+from model.pipeline.memory import size_process_budget
+from model.redis_client import unreachable
+from model.services import build_services
 from model.settings import get_settings
+from model.sources.metered import MeteredFetcher
 from model.tasks import fleet
-from model.tasks.attempts import lease_ms, own_prefix, release_deferred, requeue_lost, resend_unsent
-from model.tasks.ending import end_after_failure, end_task, timeout_error
-from model.tasks.housekeeping import housekeeping
-from model.tasks.runner import ATTEMPTS, run_task
 from model.tasks.states import State
 from model.tasks.store import TaskStore
 from model.uploads import UploadStore
-from model.webhooks.events import use_celery
 
 log = logging.getLogger("scriptorium.worker")
-settings = get_settings()
-celery = make_celery(settings)
-# Not -c on supervisord's command line: read at each start, so a settings edit applies.
-celery.conf.worker_concurrency = settings.worker.concurrency
-use_celery(celery)  # ended tasks' webhooks are queued with it (model/tasks/ending.py)
+# Built before the pool forks; each child's clients connect anew (redis-py resets its pools in
+# a forked process). Ended tasks' webhooks are queued with this Celery (model/lifecycle/ending.py).
+services = build_services(get_settings(), "worker")
+settings, celery = services.settings, services.celery
 
 HEARTBEAT_S = 5
-HEARTBEAT_TTL_S = 20
 REAPER_PERIOD_S = 0.5
 
 _resources: WorkerResources | None = None  # this pool process's, once its models are loaded
-
-
-def _redis() -> Redis:
-    return patient_redis(
-        settings.redis_url(), settings.redis.outage_patience_s, decode_responses=True
-    )
-
-
-def _store(redis: Redis) -> TaskStore:
-    return TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s)
-
-
-def _uploads() -> UploadStore:
-    return UploadStore.from_settings(settings, **patient_options(settings.redis.outage_patience_s))
 
 
 def _heartbeat_key() -> str:
@@ -130,8 +121,9 @@ def load_models(**_: Any) -> None:
     from model.inference.offline import configure_offline
 
     configure_offline(settings.data_path / "ultralytics")
-    from model.similarity import embedders as embedder_module
+    from model.jobs.similarity import embedders as embedder_module
 
+    size_process_budget(settings.pipeline.decode_budget_bytes)  # every job's decodes share it
     registry = discover(settings.model_dirs)
     # This process's share of the cores: `worker.concurrency` processes infer side by side.
     threads = settings.inference_threads()
@@ -142,7 +134,7 @@ def load_models(**_: Any) -> None:
         for name, info in registry.items()
         if info.task == "detect" and not training_only
     }
-    redis, uploads = _redis(), _uploads()
+    redis, uploads = services.redis, services.uploads
     # Imported models: loaded now, then kept in step by the heartbeat thread (no restart).
     detectors = (_TrainingOnly if training_only else LiveDetectors)(
         shipped,
@@ -162,7 +154,7 @@ def load_models(**_: Any) -> None:
     except Exception:  # a broken plug-in must not stop detection: its tasks fail instead
         log.exception("feature extractor %s did not load", settings.similarity.embed_model)
     versions = _versions()
-    meter = meter_of(redis)
+    meter = services.meter
     for name, det in detectors.items():
         meter.model_loaded(name, det.backend)
 
@@ -184,7 +176,7 @@ def load_models(**_: Any) -> None:
     _resources = WorkerResources(
         settings=settings,
         redis=redis,
-        store=_store(redis),
+        store=services.store,
         fetcher=fetcher,
         uploads=uploads,
         detectors=detectors,
@@ -246,7 +238,7 @@ def _heartbeat(redis: Redis, beat: dict[str, Any], embed: list[dict[str, Any]]) 
             if detectors.sync() or set(detectors) != set(beat["models"]):
                 _describe_models(beat, detectors, embed)
             beat["running"] = ATTEMPTS.running()
-            fleet.publish(redis, _heartbeat_key(), beat, HEARTBEAT_TTL_S)
+            fleet.publish(redis, _heartbeat_key(), beat, fleet.HEARTBEAT_TTL_S)
         except Exception:
             log.warning("heartbeat failed", exc_info=True)
         time.sleep(period)
@@ -287,7 +279,7 @@ def start_reaper(**_: Any) -> None:
 
 
 def _reap_forever() -> None:
-    store, uploads = _store(_redis()), _uploads()
+    store, uploads = services.store, services.uploads
     next_housekeeping = 0.0
     while True:
         try:
@@ -331,12 +323,7 @@ def end_failed_task(task_id: str | None = None, exception: Any = None, **_: Any)
     process), a soft limit that fired before the runner's own handlers, any other error."""
     if not task_id:
         return
-    redis, uploads = _redis(), _uploads()
-    try:
-        # Only a task one of our own attempts holds: not one requeued away from us meanwhile.
-        # Hard time limits are reported in the main process, other failures in the pool's.
-        worker = own_prefix(settings.worker_name, pool_process=_resources is not None)
-        end_after_failure(_store(redis), uploads, task_id, exception, worker)
-    finally:
-        redis.close()
-        uploads.redis.close()
+    # Only a task one of our own attempts holds: not one requeued away from us meanwhile.
+    # Hard time limits are reported in the main process, other failures in the pool's.
+    worker = own_prefix(settings.worker_name, pool_process=_resources is not None)
+    end_after_failure(services.store, services.uploads, task_id, exception, worker)

@@ -9,7 +9,6 @@ import uuid
 
 from flask import Response, g, request
 from flask_openapi3 import Info, OpenAPI
-from redis import Redis
 
 from model import __version__
 from model.settings import Settings, get_settings
@@ -42,15 +41,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     from model.api.admission import cap_json_body
     from model.api.auth import SECURITY_SCHEMES
     from model.api.cors import init_cors
+    from model.api.exposition import init_http_metrics
     from model.api.limits import init_limits
-    from model.api.request_doc import request_schema_components
-    from model.api.services import Services
-    from model.celery_app import make_celery
-    from model.keys import KeyCache, KeyStore
-    from model.metrics.exposition import init_http_metrics
-    from model.tasks.store import TaskStore
-    from model.uploads import UploadStore
-    from model.webhooks.events import use_celery
+    from model.api.request_doc import document_task_body, request_schema_components
+    from model.services import build_services
 
     settings = settings or get_settings()
     app = OpenAPI(
@@ -68,22 +62,10 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     init_http_metrics(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.http.max_body_bytes
     app.json.sort_keys = False
-    redis = Redis.from_url(
-        settings.redis_url(), decode_responses=True, socket_timeout=5, socket_connect_timeout=2
-    )
-    keys = KeyStore(settings.keys_db)
-    app.extensions["scriptorium"] = Services(
-        settings=settings,
-        redis=redis,
-        store=TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s),
-        uploads=UploadStore.from_settings(settings, socket_timeout=30, socket_connect_timeout=2),
-        keys=keys,
-        celery=make_celery(settings),
-        key_cache=KeyCache(keys),
-    )
+    # A task ended here (cancelled while queued, or not queued) has its webhook queued with
+    # these services' Celery (model/lifecycle/ending.py reads them).
+    app.extensions["scriptorium"] = build_services(settings, "api")
     errors.register(app)
-    # A task ended here (cancelled while queued, or not queued) has its webhook queued with it.
-    use_celery(app.extensions["scriptorium"].celery)
 
     @app.before_request
     def _assign_request_id() -> None:
@@ -117,6 +99,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     # The POST /task body is documented by hand (JSON or multipart): add the schemas it uses.
     for name, schema in request_schema_components(settings).items():
         app.components_schemas.setdefault(name, schema)
+    document_task_body(app, settings)
 
     _configure_logging()
     return app

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask_openapi3 import OpenAPI
+from flask_openapi3.models import RequestBody
 from pydantic import BaseModel
 
 from model.api.schemas import MIN_TIMEOUT_S, REQUEST_MODELS, Webhook
@@ -50,7 +52,7 @@ def _json_schemas(settings: Settings) -> list[dict[str, Any]]:
     for job_type, model in REQUEST_MODELS.items():
         job = JOBS[job_type]
         schema = _schema(model)
-        _bound_timeout(schema, settings.job_limits(job_type).timeout_max_s)
+        _bound_timeout(schema, job.limits_in(settings).timeout_max_s)
         if job.input_schema:  # stricter than the model: then `input` is needed too
             schema["required"] = [*dict.fromkeys([*schema.get("required", []), "input"])]
             schema["properties"]["input"] = _input_schema(job)
@@ -73,7 +75,7 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
     uploads (vectorize) take the same form with their `type` and params; they are not described
     as alternatives here because schemathesis cannot generate multipart bodies under a oneOf."""
     job = JOBS[UPLOAD_JOB]
-    limits = settings.job_limits(job.name)
+    limits = job.limits_in(settings)
     others = [name for name in UPLOAD_JOBS if name != UPLOAD_JOB]
     return {
         "type": "object",
@@ -108,26 +110,33 @@ def _multipart_schema(settings: Settings) -> dict[str, Any]:
     }
 
 
+def document_task_body(app: OpenAPI, settings: Settings) -> None:
+    """POST /task's body in this app's document, from the app's settings (limits are settings;
+    the blueprint is made at import, before any settings are known, and shared by every app)."""
+    path = app.paths["/task"].model_copy(deep=True)
+    assert path.post is not None
+    path.post.requestBody = RequestBody.model_validate(task_request_body(settings))
+    app.paths["/task"] = path
+
+
 def task_request_body(settings: Settings) -> dict[str, Any]:
-    """The `requestBody` of POST /task (an openapi_extensions entry)."""
+    """The `requestBody` of POST /task."""
     return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"oneOf": _json_schemas(settings)}},
-                "multipart/form-data": {
-                    "schema": _multipart_schema(settings),
-                    # Object parts are JSON (OpenAPI's default for them, said explicitly).
-                    "encoding": {
-                        "params": {"contentType": "application/json"},
-                        "input": {"contentType": "application/json"},
-                        "webhook": {"contentType": "application/json"},
-                        "images": {"contentType": IMAGE_TYPES},
-                        "manifest": {"contentType": MANIFEST_TYPE},
-                    },
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"oneOf": _json_schemas(settings)}},
+            "multipart/form-data": {
+                "schema": _multipart_schema(settings),
+                # Object parts are JSON (OpenAPI's default for them, said explicitly).
+                "encoding": {
+                    "params": {"contentType": "application/json"},
+                    "input": {"contentType": "application/json"},
+                    "webhook": {"contentType": "application/json"},
+                    "images": {"contentType": IMAGE_TYPES},
+                    "manifest": {"contentType": MANIFEST_TYPE},
                 },
             },
-        }
+        },
     }
 
 

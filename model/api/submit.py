@@ -35,7 +35,7 @@ from model.api.admission import (
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, describe_validation_error
 from model.api.meta import catalog, known_models
-from model.api.request_doc import UPLOAD_JOB, task_request_body
+from model.api.request_doc import UPLOAD_JOB
 from model.api.schemas import REQUEST_MODELS, TaskCreated, Webhook
 from model.api.services import Services, services
 from model.api.tasks import ERRORS
@@ -52,11 +52,9 @@ from model.jobs.contract import (
 )
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
-from model.metrics.record import meter_of
-from model.settings import get_settings
+from model.lifecycle.ending import end_task
 from model.sources.addresses import AddressPolicy, literal_address
 from model.sources.sniff import sniff_image
-from model.tasks.ending import end_task
 from model.tasks.states import State
 from model.tasks.store import AlreadyClaimed
 from model.uploads import OverBudget
@@ -267,7 +265,7 @@ def _check_sources(svc: Services, job: JobSpec, inputs: list[TaskInput]) -> None
 
 
 def _timeout(svc: Services, submission: Submission) -> float:
-    limits = svc.settings.job_limits(submission.job.name)
+    limits = submission.job.limits_in(svc.settings)
     timeout = submission.request.timeout or limits.timeout_default_s
     if timeout > limits.timeout_max_s:
         raise ApiError(
@@ -387,7 +385,7 @@ def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
 @api.post(
     "/task",
     responses={202: TaskCreated, **ERRORS, 409: ErrorResponse},  # 409: a source task unusable
-    openapi_extensions=task_request_body(get_settings()),
+    # The body is documented by the app, from its settings (request_doc.document_task_body).
 )
 def submit_task() -> Response:
     """Submit a job; answers 202 with the task id and where to poll it."""
@@ -464,7 +462,7 @@ def _enqueue(
             "the task queue is unavailable; retry later",
             {"Retry-After": "5"},
         ) from exc
-    meter_of(svc.redis).task_submitted(job.name)
+    svc.meter.task_submitted(job.name)
     return created_response(task_id, record.state)
 
 

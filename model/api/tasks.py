@@ -22,10 +22,10 @@ from model.api.schemas import (
     timestamp,
 )
 from model.api.services import Services, services
+from model.lifecycle.ending import cancel_task
 from model.outputs.annotations import ResultLinks
 from model.outputs.cluster import with_links
 from model.tasks import fleet
-from model.tasks.ending import cancel_task
 from model.tasks.eta import start_in_s, time_left_s
 from model.tasks.record import TaskRecord
 from model.tasks.states import State

@@ -2,7 +2,7 @@
 
 A card's `task` says what the model does: `detect` (a YOLO detector, the default) or `embed` (a
 feature extractor for the similarity job: no classes; `format` says how to run it, see
-model/similarity/embedders.py).
+model/jobs/similarity/embedders.py).
 
 Torch-free on purpose: the HTTP process lists models and validates the `model` param from here,
 by name only — a client never supplies a path, so no request can make us unpickle a file.

@@ -16,3 +16,14 @@ class JobFailed(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class UploadMissing(Exception):
+    """An upload is gone: its TTL ran out (the task waited longer than allowed) or it was never
+    stored (model/uploads.py keeps them). The item fails with this code; the task goes on."""
+
+    code = "upload_missing"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

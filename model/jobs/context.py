@@ -1,8 +1,8 @@
 """What a running job may do, and nothing more (like Cog's narrow predictor interface): emit
 its items, report progress and provenance, read a finished task of the same key it works on,
-and keep documents with its result. The worker's runner (model/tasks/runner.py) implements it; every
-write goes through the attempt that holds the task, so a job cannot reach the task store around
-that check.
+and keep documents with its result. The worker's runner (model/lifecycle/runner.py)
+implements it; every write goes through the attempt that holds the task, so a job cannot reach
+the task store around that check.
 
 Torch-free and light: job modules name these types at import.
 """
@@ -17,14 +17,23 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from model.inference.detector import YoloDetector
-    from model.jobs.contract import TaskSpec
+    from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
     from model.jobs.items import ResultItem
+    from model.jobs.similarity.embedders import Embedders
     from model.metrics.record import Meter
     from model.settings import Settings
-    from model.similarity.embedders import Embedders
     from model.sources.fetch import SafeFetcher
     from model.tasks.record import TaskRecord
-    from model.uploads import UploadStore
+
+
+class UploadReader(Protocol):
+    """The task's uploaded files (model/uploads.py's UploadStore implements it; named here as a
+    Protocol, so jobs do not import the upload store, which imports the job contract)."""
+
+    @property
+    def redis(self) -> Redis: ...  # binary-safe: model blobs are read through it too
+
+    def read(self, entry: ImageUpload | ManifestUpload | DatasetUpload) -> bytes: ...
 
 
 class JobResources(Protocol):
@@ -38,7 +47,7 @@ class JobResources(Protocol):
     @property
     def fetcher(self) -> SafeFetcher: ...
     @property
-    def uploads(self) -> UploadStore: ...
+    def uploads(self) -> UploadReader: ...
     @property
     def detectors(self) -> dict[str, YoloDetector]: ...
     @property

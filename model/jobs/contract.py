@@ -18,11 +18,11 @@ if TYPE_CHECKING:  # the worker's side: none of it is imported here (the HTTP pr
     from redis import Redis
 
     from model.inference.detector import YoloDetector
+    from model.jobs.context import UploadReader
+    from model.jobs.similarity.embedders import Embedders
     from model.settings import Settings
-    from model.similarity.embedders import Embedders
     from model.sources.fetch import SafeFetcher
     from model.tasks.store import TaskStore
-    from model.uploads import UploadStore
 
 
 class _Input(BaseModel):
@@ -185,7 +185,7 @@ class WorkerResources:
     redis: Redis
     store: TaskStore
     fetcher: SafeFetcher
-    uploads: UploadStore  # the task's uploaded files
+    uploads: UploadReader  # the task's uploaded files (model/uploads.py: UploadStore)
     detectors: dict[str, YoloDetector] = field(default_factory=dict)  # name -> loaded detector
     embedders: Embedders | None = None
     default_model: str = ""

@@ -101,7 +101,7 @@ def check(_input: DetectInput, inputs: list[TaskInput], settings: Settings) -> N
         raise InputRejected(
             "too_many_manifests", f"at most {settings.iiif.max_manifests} manifests per task"
         )
-    most = settings.job_limits("detect").max_images
+    most = SPEC.limits_in(settings).max_images
     if images > most:
         raise InputRejected("too_many_images", f"at most {most} images per detect task")
 

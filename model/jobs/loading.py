@@ -18,6 +18,7 @@ from PIL import Image
 from model.iiif.image_api import ImageRequest
 from model.iiif.negotiate import ServiceInfo, plan_request
 from model.iiif.presentation import Canvas
+from model.jobs import UploadMissing
 from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
 from model.pipeline.memory import process_budget
@@ -25,7 +26,6 @@ from model.pipeline.prefetch import Prefetcher
 from model.redis_client import unreachable
 from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
-from model.uploads import UploadMissing
 
 # Answers to a computed request that mean "not like that" (bad request, forbidden, not
 # implemented): the service's info.json says what it can do. A 404 means the image is missing.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from model.jobs import cluster, crops, detect, evaluate, noop, similarity, train, vectorize
 from model.jobs.spec import JobSpec
-from model.settings import JobLimits, Settings
+from model.settings import Settings
 
 JOBS: dict[str, JobSpec] = {
     m.SPEC.name: m.SPEC
@@ -19,7 +19,8 @@ JOBS: dict[str, JobSpec] = {
 }
 
 
-def job_limits(settings: Settings, job_type: str) -> JobLimits:
-    """The configured limits of a job type, else its own defaults."""
-    configured = settings.jobs.get(job_type)
-    return configured if configured is not None else JOBS[job_type].limits
+def longest_hard_limit_s(settings: Settings) -> float:
+    """Of every job type, configured or not (the broker's visibility timeout outlasts it)."""
+    return settings.hard_limit_s(
+        max(spec.limits_in(settings).timeout_max_s for spec in JOBS.values())
+    )

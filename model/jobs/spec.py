@@ -62,3 +62,8 @@ class JobSpec:
     queue: str | None = None
     # How many tasks of this type one key may have queued or running at once (None: no limit).
     active_per_key: Callable[[Settings], int] | None = None
+
+    def limits_in(self, settings: Settings) -> JobLimits:
+        """The limits configured for this type (flask_config.yaml jobs.<name>), else its own."""
+        configured = settings.jobs.get(self.name)
+        return configured if configured is not None else self.limits

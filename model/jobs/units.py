@@ -20,9 +20,8 @@ from model.iiif.loader import (
     load,
     parse_json,
 )
-from model.jobs import JobFailed
+from model.jobs import JobFailed, UploadMissing
 from model.jobs.contract import ImageUpload, ImageUrl, ManifestUpload, ManifestUrl, TaskSpec
-from model.uploads import UploadMissing
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Counters and histograms held in Redis (catalog.RECORDED), added to by whichever process sees
 the event: the API, the inference worker's processes, the webhooks worker. GET /metrics reads
-them back (exposition.py). Light: redis only, no prometheus-client.
+them back (model/api/exposition.py). Light: redis only, no prometheus-client.
 
 Layout: one hash per metric, `sc:metrics:<name>`; a field per label set (a JSON list of label
 values) holds a counter's value; a histogram has `<labels>|<i>` (observations in bucket i, not
@@ -165,10 +165,3 @@ class Meter:
             while len(self._hosts) > self._hosts_max:
                 self._hosts.popitem(last=False)
         return label
-
-
-def meter_of(redis: Redis) -> Meter:
-    """A Meter with the process's settings (max_hosts)."""
-    from model.settings import get_settings
-
-    return Meter(redis, get_settings().metrics.max_hosts)

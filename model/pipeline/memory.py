@@ -13,7 +13,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+
+from model.settings import PipelineSettings
 
 # How long a decode waits for others to release the budget. Others only hold it while they
 # decode (seconds), so this is a bound for a stuck process, not a normal wait.
@@ -105,10 +106,22 @@ class ByteBudget:
             self.release(n)
 
 
-@lru_cache(maxsize=1)
-def process_budget() -> ByteBudget:
-    """The one budget of this process (all jobs' decode threads), sized by
-    `pipeline.decode_budget_bytes`."""
-    from model.settings import get_settings
+_process_budget: ByteBudget | None = None
+_sizing = threading.Lock()
 
-    return ByteBudget(get_settings().pipeline.decode_budget_bytes)
+
+def size_process_budget(capacity: int) -> ByteBudget:
+    """Size the process's budget: the worker calls it at start with `pipeline.decode_budget_bytes`
+    of its settings."""
+    global _process_budget
+    _process_budget = ByteBudget(capacity)
+    return _process_budget
+
+
+def process_budget() -> ByteBudget:
+    """The one budget of this process (all jobs' decode threads); the code's default size where
+    the process set none (a test, a benchmark)."""
+    with _sizing:
+        if _process_budget is None:
+            return size_process_budget(PipelineSettings().decode_budget_bytes)
+        return _process_budget

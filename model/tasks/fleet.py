@@ -17,6 +17,10 @@ from redis import Redis
 
 from model.keyspace import DEFAULT_QUEUE, WORKERS_INDEX, WORKERS_PREFIX
 
+# How long a heartbeat key lives: a worker beats well within it (model/worker.py); the scrape
+# reads a heartbeat's age as this minus the time it has left (model/api/exposition.py).
+HEARTBEAT_TTL_S = 20
+
 
 def heartbeat_key(worker_name: str, pid: int) -> str:
     return f"{WORKERS_PREFIX}{worker_name}:{pid}"

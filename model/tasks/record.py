@@ -40,7 +40,7 @@ class TaskRecord:
     expires_at: float | None = None
     cancel_requested_at: float | None = None
     worker_pid: int | None = None
-    attempt: int = 0  # attempts started (model/tasks/attempts.py)
+    attempt: int = 0  # attempts started (model/lifecycle/attempts.py)
     holder: str | None = None  # the token of the attempt holding it while it runs
     error_code: str | None = None
     error_message: str | None = None

@@ -24,7 +24,7 @@ class State(StrEnum):
 # against it atomically in Redis (a task is finished once even when the job, the reaper, Celery's
 # failure signal and a DELETE race). RUNNING -> RUNNING: a task redelivered after a crash, once
 # its attempt's lease is gone; RUNNING -> QUEUED: requeued because its worker died
-# (model/tasks/attempts.py).
+# (model/lifecycle/attempts.py).
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.RUNNING, State.CANCELLED, State.FAILED, State.TIMED_OUT}),
     State.RUNNING: frozenset(

@@ -438,7 +438,7 @@ class TaskStore(TaskListing):
         """Move an active task to a terminal state, once (from the states TRANSITIONS allows,
         or only from `only_from`); start its expiry clock. Only while attempt `holder` holds
         it, or (`worker`: a holder prefix) an attempt of that worker or none ever did. Call it
-        through model.tasks.ending."""
+        through model.lifecycle.ending."""
         now = time.time()
         expires_at = int(now + self.result_ttl_s) + 1
         fields: dict[str, Any] = {

@@ -38,12 +38,14 @@ from urllib.parse import urlsplit
 from redis import Redis
 
 from model.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE
+from model.jobs.registry import longest_hard_limit_s
 from model.keyspace import WEBHOOK_BREAKER_PREFIX as BREAKER_PREFIX
 from model.keyspace import WEBHOOK_DUE_KEY as DUE_KEY
 from model.keyspace import WEBHOOK_FLIGHT_PREFIX as FLIGHT_PREFIX
 from model.keyspace import WEBHOOK_MSG_PREFIX as MSG_PREFIX
 from model.keyspace import WEBHOOK_PROGRESS_PREFIX as PROGRESS_GATE_PREFIX
 from model.keyspace import task_key, webhook_log_key
+from model.services import current
 from model.tasks.record import TaskRecord
 from model.tasks.states import State
 from model.tasks.store import TaskStore
@@ -92,23 +94,17 @@ def receiver_host(url: str) -> str:
 
 # --- the Celery side: which app sends ------------------------------------------------------------
 
-_celery: Celery | None = None
+_celery: Celery | None = None  # a test's stand-in; else the process's (model/services.py)
 
 
-def use_celery(app: Celery) -> None:
-    """The Celery app this process queues deliveries with (each process sets its own)."""
+def use_celery(app: Celery | None) -> None:
+    """Queue deliveries with this app instead of the process's services' (tests)."""
     global _celery
     _celery = app
 
 
 def _app() -> Celery:
-    global _celery
-    if _celery is None:
-        from model.celery_app import make_celery
-        from model.settings import get_settings
-
-        _celery = make_celery(get_settings())
-    return _celery
+    return _celery if _celery is not None else current().celery
 
 
 def send(msg_id: str, attempt: int) -> None:
@@ -399,7 +395,7 @@ class Outbox:
         return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def log_attempt(self, task_id: str, entry: dict[str, Any]) -> None:
-        fallback = int(self.settings.results.ttl_s + self.settings.longest_hard_limit_s())
+        fallback = int(self.settings.results.ttl_s + longest_hard_limit_s(self.settings))
         self._log(
             keys=[task_key(task_id), deliveries_key(task_id)],
             args=[json.dumps(entry), DELIVERIES_KEPT, fallback],
@@ -423,13 +419,11 @@ def deliveries(redis: Redis, task_id: str) -> list[dict[str, Any]]:
 
 
 def task_ended(store: TaskStore, record: TaskRecord) -> bool:
-    """The `completed` event of a task that has just ended (model/tasks/ending.py calls it once)."""
+    """The `completed` event of a task that has just ended (lifecycle/ending.py calls it once)."""
     webhook = record.webhook
     if not webhook or COMPLETED not in webhook.get("events", [COMPLETED]):
         return False
-    from model.settings import get_settings
-
-    settings = get_settings()
+    settings = current().settings
     outbox = Outbox(store.redis, settings)
     return outbox.enqueue(
         record, COMPLETED, f"msg_{record.id}_{COMPLETED}", settings.webhooks.retry_for_s
@@ -466,9 +460,7 @@ class ProgressEvents:
             record = self.store.get(self.task_id)
             if record is None or record.state != State.RUNNING:
                 return
-            from model.settings import get_settings
-
             msg_id = f"msg_{self.task_id}_{PROGRESS}_{uuid.uuid4().hex[:12]}"
-            Outbox(self.store.redis, get_settings()).enqueue(record, PROGRESS, msg_id, 0)
+            Outbox(self.store.redis, current().settings).enqueue(record, PROGRESS, msg_id, 0)
         except Exception:  # a progress event never fails the job
             log.warning("progress event of task %s not queued", self.task_id, exc_info=True)

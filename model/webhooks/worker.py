@@ -17,46 +17,35 @@ import time
 from typing import Any
 
 from celery.signals import worker_process_init, worker_ready
-from redis import Redis
 
-from model.celery_app import DELIVER_WEBHOOK, make_celery
-from model.keys import KeyStore
-from model.metrics.record import Meter
+from model.celery_app import DELIVER_WEBHOOK
+from model.services import build_services
 from model.settings import get_settings
-from model.tasks.store import TaskStore
 from model.webhooks.delivery import Deliverer, webhook_fetcher
-from model.webhooks.events import Outbox, send, use_celery
+from model.webhooks.events import Outbox, send
 
 log = logging.getLogger("scriptorium.webhooks")
-settings = get_settings()
-celery = make_celery(settings)
-celery.conf.worker_concurrency = settings.webhooks.concurrency  # -c on the command line wins
-use_celery(celery)
+# webhooks.concurrency processes (-c on the command line wins); deliveries are queued again with
+# this Celery (model/webhooks/events.py reads the process's services).
+services = build_services(get_settings(), "webhooks")
+settings, celery = services.settings, services.celery
 
 SCHEDULER_PERIOD_S = 0.25
 
 _deliverer: Deliverer | None = None
 
 
-def _redis() -> Redis:
-    return Redis.from_url(settings.redis_url(), decode_responses=True)
-
-
-def _meter(redis: Redis) -> Meter:
-    return Meter(redis, settings.metrics.max_hosts)
-
-
 @worker_process_init.connect
 def _init_process(**_: Any) -> None:
     global _deliverer
-    redis = _redis()
+    assert services.keys is not None  # built for the webhooks role: the signing secrets
     _deliverer = Deliverer(
-        outbox=Outbox(redis, settings),
-        store=TaskStore(redis, settings.results.ttl_s, settings.results.tombstone_ttl_s),
-        keys=KeyStore(settings.keys_db),
+        outbox=Outbox(services.redis, settings),
+        store=services.store,
+        keys=services.keys,
         fetcher=webhook_fetcher(settings),
         settings=settings,
-        meter=_meter(redis),
+        meter=services.meter,
     )
 
 
@@ -80,7 +69,7 @@ def start_scheduler(**_: Any) -> None:
 
 
 def _schedule_forever() -> None:
-    outbox = Outbox(_redis(), settings)
+    outbox = Outbox(services.redis, settings)
     while True:
         try:
             for msg_id, attempts in outbox.due(time.time()):

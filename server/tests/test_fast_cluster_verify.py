@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from model.jobs.cluster import method, verify
-from model.similarity.compare import evidence, verify_pair
-from model.similarity.local import LocalFeatures, _matches
+from model.jobs.similarity.compare import evidence, verify_pair
+from model.jobs.similarity.local import LocalFeatures, _matches
 from testkit.cluster_corpus import appearance, motif
 
 

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ValidationError
 from model.jobs.contract import SourceTask, TaskSpec, WorkerResources
 from model.jobs.items import DetectPage
 from model.jobs.spec import JobSpec
+from model.lifecycle.runner import run_task
 from model.settings import Settings
-from model.tasks.runner import run_task
 from model.tasks.states import State
 from model.tasks.store import TaskStore
 from model.uploads import UploadStore

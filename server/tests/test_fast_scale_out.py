@@ -205,7 +205,7 @@ def _running(store: TaskStore, holder: str = "host-b:10:11", queue: str = QUEUE)
 
 
 def _sweep(store: TaskStore, celery: _Celery, ended: list | None = None, now: float = 0) -> list:
-    from model.tasks.attempts import requeue_lost
+    from model.lifecycle.attempts import requeue_lost
 
     ended = ended if ended is not None else []
     return requeue_lost(store, celery, _settings(), ended.append, now or time.time())
@@ -243,7 +243,7 @@ def test_a_task_whose_run_message_was_never_confirmed_sent_is_sent_again(
 ) -> None:
     """An API process killed between a task's record and its message (or a reaper between a
     requeue and its send) leaves a QUEUED task with no message: a reaper sends it again."""
-    from model.tasks.attempts import UNSENT_GRACE_S, resend_unsent
+    from model.lifecycle.attempts import UNSENT_GRACE_S, resend_unsent
 
     sent = store.create("alice", "detect", {}, 3, 60).id
     store.mark_sent(sent)
@@ -331,7 +331,7 @@ def test_a_superseded_attempt_cannot_emit_or_finish(store: TaskStore) -> None:
 
 
 def test_the_renewing_process_learns_its_attempt_was_lost(store: TaskStore) -> None:
-    from model.tasks.attempts import Attempts
+    from model.lifecycle.attempts import Attempts
 
     task_id = _running(store)
     attempts = Attempts()
@@ -350,7 +350,7 @@ def test_the_renewing_process_learns_its_attempt_was_lost(store: TaskStore) -> N
 def test_a_worker_ends_after_a_time_limit_only_a_task_its_own_attempt_holds(store) -> None:
     from celery.exceptions import TimeLimitExceeded
 
-    from model.tasks.ending import end_after_failure
+    from model.lifecycle.ending import end_after_failure
 
     uploads = UploadStore(
         redis.Redis(port=store.redis.connection_pool.connection_kwargs["port"]), Path("/x")
@@ -365,7 +365,7 @@ def test_a_worker_ends_after_a_time_limit_only_a_task_its_own_attempt_holds(stor
     state = end_after_failure(store, uploads, task_id, TimeLimitExceeded(1), "host-a:20:")
     assert state == State.TIMED_OUT
     # A failure reported in the pool process itself: its own attempts' prefix.
-    from model.tasks.attempts import own_prefix, process_holder
+    from model.lifecycle.attempts import own_prefix, process_holder
 
     ours = store.create("alice", "detect", {}, 1, 60).id
     store.mark_running(ours, os.getpid(), process_holder("host-a"), 45_000)
@@ -381,7 +381,7 @@ def test_the_runner_stops_an_attempt_that_lost_its_task_without_ending_it(store)
     from model.jobs.contract import WorkerResources
     from model.jobs.items import ResultItem
     from model.jobs.spec import JobSpec
-    from model.tasks.runner import run_task
+    from model.lifecycle.runner import run_task
 
     def run(ctx) -> None:
         ctx.emit(ResultItem(index=0, source="a", status="ok"))

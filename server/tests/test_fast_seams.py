@@ -31,9 +31,9 @@ from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.jobs.units import WorkUnit
+from model.lifecycle.ending import end_after_failure
+from model.lifecycle.runner import run_task
 from model.settings import CONFIG_FILE, Settings
-from model.tasks.ending import end_after_failure
-from model.tasks.runner import run_task
 from model.tasks.states import TRANSITIONS, State, sources_of
 from model.tasks.store import TaskStore
 from model.uploads import UploadStore
@@ -321,7 +321,7 @@ def test_a_page_that_cannot_reach_redis_stops_the_attempt_instead_of_failing(sto
 
 
 def test_a_queued_task_with_a_cancel_never_runs(store) -> None:
-    from model.tasks.ending import cancel_task
+    from model.lifecycle.ending import cancel_task
 
     task_id = _submit(store)
     assert cancel_task(store, _uploads(store), task_id) == State.QUEUED
@@ -445,7 +445,7 @@ def test_the_http_process_imports_no_torch_pil_requests_or_job_work() -> None:
         "model.jobs.loading",
         "model.pipeline.prefetch",
         "model.sources.fetch",
-        "model.similarity.job",
+        "model.jobs.similarity.job",
         "model.inference.detector",
     }
     packages = {name.split(".")[0] for name in loaded}

@@ -27,8 +27,8 @@ from model.keyspace import (
     task_key,
     tomb_key,
 )
-from model.tasks.ending import end_after_failure, end_task
-from model.tasks.housekeeping import purge_orphan_uploads
+from model.lifecycle.ending import end_after_failure, end_task
+from model.lifecycle.housekeeping import purge_orphan_uploads
 from model.tasks.record import (
     DETAIL_LIST_CAP,
     DETAIL_PROVENANCE_BYTES,

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from model.training.benchmark import build
-from model.training.dataset import DatasetError, read_yolo_zip, write_split, yolo_zip
-from model.training.yolo_data import CLASS_NAMES, images_of, split_stems
+from model.jobs.train.benchmark import build
+from model.jobs.train.dataset import DatasetError, read_yolo_zip, write_split, yolo_zip
+from model.jobs.train.yolo_data import CLASS_NAMES, images_of, split_stems
 from testkit.files import zipped
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,7 +127,7 @@ def test_an_epoch_item_is_a_result_item_the_status_can_show() -> None:
 
 def test_training_modules_import_without_torch() -> None:
     code = (
-        "import sys; import model.training.finetune, model.training.dataset, model.jobs.train; "
+        "import sys; import model.jobs.train.finetune, model.jobs.train.dataset, model.jobs.train; "
         "assert 'torch' not in sys.modules and 'ultralytics' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

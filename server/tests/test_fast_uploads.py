@@ -79,7 +79,7 @@ def test_uploads_larger_than_a_budget_are_refused_as_too_large(app) -> None:
 
 
 def test_a_reservation_is_given_back_once_and_orphans_are_reclaimed(clean_redis) -> None:
-    from model.tasks.housekeeping import purge_orphan_uploads
+    from model.lifecycle.housekeeping import purge_orphan_uploads
     from model.tasks.store import TaskStore
     from model.uploads import OverBudget, UploadStore
 

@@ -17,8 +17,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.metrics.catalog import ALL, OTHER_HOST, exported_names
-from model.metrics.exposition import HEARTBEAT_TTL_S
 from model.metrics.record import Meter
+from model.tasks.fleet import HEARTBEAT_TTL_S
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.iiif_server import IiifServer
 from testkit.stack import PROJECT_ROOT, Api, Stack
@@ -238,12 +238,6 @@ def test_host_labels_are_bounded(clean_redis: redis.Redis) -> None:
         "b.example": 1,
         OTHER_HOST: 1,
     }
-
-
-def test_heartbeat_lifetime_matches_the_worker() -> None:
-    worker = (PROJECT_ROOT / "model" / "worker.py").read_text()
-    found = re.search(r"^HEARTBEAT_TTL_S = (\d+)", worker, re.MULTILINE)
-    assert found and int(found.group(1)) == HEARTBEAT_TTL_S
 
 
 def test_grafana_dashboard_uses_only_exported_metrics(admin: Api) -> None:

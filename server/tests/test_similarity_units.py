@@ -14,10 +14,10 @@ from model.inference.registry import discover
 from model.jobs import JobCancelled
 from model.jobs.similarity import SimilarityInput as Input
 from model.jobs.similarity import SimilarityParams as Params
+from model.jobs.similarity import compare
+from model.jobs.similarity.embedders import gem, pool, preprocess
+from model.jobs.similarity.features import pack, page_items, unpack
 from model.settings import Settings
-from model.similarity import compare
-from model.similarity.embedders import gem, pool, preprocess
-from model.similarity.features import pack, page_items, unpack
 from model.synthetic.copies import Placement, copy_of, page_with_illustrations, render_illustration
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from model.training.benchmark import build
-from model.training.dataset import read_yolo_zip, yolo_zip
-from model.training.yolo_data import CLASS_NAMES, images_of
+from model.jobs.train.benchmark import build
+from model.jobs.train.dataset import read_yolo_zip, yolo_zip
+from model.jobs.train.yolo_data import CLASS_NAMES, images_of
 from server.tests.conftest import ImageServer
 from testkit.iiif_server import IiifServer, v3_canvas, v3_image, v3_manifest
 from testkit.stack import Api, Stack

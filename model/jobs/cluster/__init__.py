@@ -192,7 +192,7 @@ def check(_input: ClusterInput, inputs: list[TaskInput], settings: Settings) -> 
         raise InputRejected(
             "too_many_manifests", f"at most {settings.iiif.max_manifests} manifests per task"
         )
-    most = settings.job_limits("cluster").max_images
+    most = SPEC.limits_in(settings).max_images
     if images > most:
         raise InputRejected("too_many_items", f"at most {most} items per cluster task")
 

@@ -26,16 +26,16 @@ from model.iiif.loader import json_getter
 from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.cluster import ClusterItem, ClusterParams, method, prototype
+from model.jobs.cluster import SPEC, ClusterItem, ClusterParams, method, prototype
 from model.jobs.context import JobContext
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_pages
 from model.jobs.items import DetectPage
 from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
+from model.jobs.similarity.job import embedder_named
 from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache
 from model.pipeline.memory import process_budget
-from model.similarity.job import embedder_named
 from model.sources.fetch import FetchError, FetchScope
 from model.sources.images import ImageDecodeError, decode_within
 
@@ -220,7 +220,7 @@ def _detected(run: _Run, planned: list[Planned], finished: set[int]) -> None:
     scope = FetchScope()
     fetcher = resources.fetcher.scoped(scope)
     pages = plan_units(TaskSpec(inputs=manifests), fetcher, settings)
-    most = settings.job_limits("cluster").max_images
+    most = SPEC.limits_in(settings).max_images
     loader = PageLoader(
         fetcher=fetcher,
         services=ServiceInfo(
@@ -306,7 +306,7 @@ def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
     }
     ctx.set_provenance(provenance)
     planned = plan(ctx, params)
-    most = settings.job_limits("cluster").max_images
+    most = SPEC.limits_in(settings).max_images
     if len(planned) > most:
         raise JobFailed("too_many_items", f"{len(planned)} items; at most {most} per task")
     if len(planned) < 2 and not ctx.spec.of_kind(ManifestUrl):  # those are found later

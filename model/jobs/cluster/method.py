@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.verify import BLAS, verify_pairs
-from model.similarity.features import (
+from model.jobs.similarity.features import (
     REGION_FEATURES,
     REGION_SIDE,
     ItemFeatures,

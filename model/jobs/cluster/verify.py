@@ -1,6 +1,6 @@
 """The cluster job's pair verification: similarity's check (RANSAC similarity transform on mutual
 ratio-test matches, then the photometric correlation of the aligned thumbnails, see
-model/similarity/compare.py), made cheap enough for 10,000 items.
+model/jobs/similarity/compare.py), made cheap enough for 10,000 items.
 
 What makes it cheap, each measured on bench/cluster.py's corpus (docs/cluster.md):
 - one matrix product per item against all its candidates, both orientations at once (numpy on
@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from model.similarity.compare import (
+from model.jobs.similarity.compare import (
     CHANCE_INLIERS,
     INLIER_SCALE,
     MIN_EXTENT,
@@ -36,8 +36,8 @@ from model.similarity.compare import (
     degenerate,
     evidence,
 )
-from model.similarity.features import ItemFeatures
-from model.similarity.local import RANSAC_SEED, RATIO, SCALE_RANGE
+from model.jobs.similarity.features import ItemFeatures
+from model.jobs.similarity.local import RANSAC_SEED, RATIO, SCALE_RANGE
 
 # Found once: each threadpool_limits() call would look for the BLAS libraries again (slow)
 BLAS = ThreadpoolController()
@@ -67,7 +67,7 @@ def min_matches(threshold: float) -> int:
 def mutual_ratio_matches(
     sims: np.ndarray, counts: np.ndarray
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Similarity's matcher (model/similarity/local.py) on many blocks at once. `sims` is
+    """Similarity's matcher (model/jobs/similarity/local.py) on many blocks at once. `sims` is
     rows (a's descriptors) x blocks x columns: each block one other image's descriptors (unit
     RootSIFT vectors, all >= 0) padded with zero vectors to one width, `counts` its real ones.
     Padding scores 0, never above a real column, so it changes no best or second best. For each

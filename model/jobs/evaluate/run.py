@@ -19,7 +19,7 @@ from model.jobs.context import JobContext
 from model.jobs.contract import DatasetUpload
 from model.jobs.detect import MAX_SIDE_FACTOR
 from model.jobs.detect_run import keep_manifests, page_loader
-from model.jobs.evaluate import EvaluateParams
+from model.jobs.evaluate import SPEC, EvaluateParams
 from model.jobs.evaluate.dataset import Dataset
 from model.jobs.evaluate.groundtruth import TruthBox, labels_of, outside_canvas
 from model.jobs.evaluate.iiif_truth import gather, on_canvases
@@ -206,7 +206,7 @@ def _evaluate_dataset(
     dataset = Dataset(
         ctx.resources.uploads.read(entry),
         judge.classes,
-        settings.job_limits("evaluate").max_images,
+        SPEC.limits_in(settings).max_images,
         settings.fetch.max_pixels,
         analyse_side=detector.imgsz,  # as detect decodes an uploaded image
     )

@@ -1,8 +1,10 @@
 """The train job: fine-tune a detector on annotated pages and publish it (docs/training.md).
 
 This module declares it (params, input, limits, its own queue); the work is in run.py, imported
-by the worker only. Training tasks go to their own queue, taken by the `train-worker` program
-alone (training.concurrency at once), so one never holds a detection worker's place.
+by the worker only, with dataset.py, finetune.py and publish.py (benchmark.py and yolo_data.py
+build the domain-shift benchmark it is measured on). Training tasks go to their own queue,
+taken by the `train-worker` program alone (training.concurrency at once), so one never holds a
+detection worker's place.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.celery_app import TRAIN_QUEUE
 from model.inference.catalog import NAME_PATTERN, ModelStoreError, validate_name
 from model.jobs.contract import DatasetUpload, DatasetUrl, InputRejected, TaskInput
 from model.jobs.evaluate import GROUND_TRUTH_WAYS, EvaluateInput, check_ground_truth
@@ -19,9 +20,13 @@ from model.jobs.evaluate import task_inputs as evaluate_task_inputs
 from model.jobs.fields import bounded_integer
 from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
+from model.keyspace import DEFAULT_QUEUE
 from model.settings import JobLimits, Settings
 from model.urls import HTTP_URL_PATTERN, check_http_url
 
+# Training tasks: a queue of their own, consumed by the `train-worker` program only (its own
+# concurrency, training.concurrency), so a training task never holds a detection worker.
+TRAIN_QUEUE = f"{DEFAULT_QUEUE}.train"
 MIN_PAGES = 2  # annotated pages a training task needs: one to learn from, one to score on
 
 if TYPE_CHECKING:

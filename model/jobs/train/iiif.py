@@ -24,10 +24,10 @@ from model.jobs.evaluate.groundtruth import TruthBox, labels_of, outside_canvas
 from model.jobs.evaluate.iiif_truth import gather, on_canvases
 from model.jobs.loading import PageLoader, Prepared, page_batches
 from model.jobs.train import MIN_PAGES
+from model.jobs.train.dataset import Dataset, DatasetError, Page
 from model.jobs.units import WorkUnit, plan_units
 from model.pipeline.cache import BoundedCache
 from model.sources.fetch import FetchScope
-from model.training.dataset import Dataset, DatasetError, Page
 
 MIN_BOX_PX = 1.0  # a box clipped to the image down to less than this is no box
 

@@ -3,9 +3,9 @@ base and new model on the same held-out pages, publish whole or not at all.
 
 Progress: one result item per epoch (`done` of `total` counts epochs) with that epoch's
 held-out mAP50, and the task's summary says the stage and the latest mAP50. Cancel is checked
-after every batch (model/training/finetune.py), so it stops within one batch; a timeout
+after every batch (model/jobs/train/finetune.py), so it stops within one batch; a timeout
 (Celery's soft limit) stops it the same way. Nothing is published until the last check has
-passed, and publishing itself is all-or-nothing (model/training/publish.py).
+passed, and publishing itself is all-or-nothing (model/jobs/train/publish.py).
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from typing import Any
 
 from model.inference.catalog import ModelStoreError, sha256_file
 from model.inference.registry import ModelInfo
-from model.jobs import JobFailed
+from model.jobs import JobFailed, UploadMissing
 from model.jobs.context import JobContext
 from model.jobs.contract import DatasetUpload, DatasetUrl
 from model.jobs.train import TrainParams, epoch_item
+from model.jobs.train.dataset import Dataset, read_yolo_zip, write_split
+from model.jobs.train.finetune import FinetuneConfig, FinetuneResult, finetune
 from model.jobs.train.iiif import read_iiif
+from model.jobs.train.publish import ModelStore
 from model.sources.fetch import FetchError
-from model.training.dataset import Dataset, read_yolo_zip, write_split
-from model.training.finetune import FinetuneConfig, FinetuneResult, finetune
-from model.training.publish import ModelStore
-from model.uploads import UploadMissing
 
 
 def _base_model(store: ModelStore, settings: Any, name: str | None) -> ModelInfo:

@@ -109,7 +109,7 @@ def check(request_input: VectorizeInput, inputs: list[TaskInput], settings: Sett
             "invalid_input", "input.task_id stands alone: no images or manifests beside it"
         )
     images = sum(isinstance(e, ImageUrl | ImageUpload) for e in inputs)
-    most = settings.job_limits("vectorize").max_images
+    most = SPEC.limits_in(settings).max_images
     if images > most:
         raise InputRejected("too_many_images", f"at most {most} images per vectorize task")
 

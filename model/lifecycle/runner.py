@@ -2,8 +2,8 @@
 
 Jobs know nothing of Redis or Celery: they get a JobContext (model/jobs/context.py) to emit
 per-item results, publish provenance, read a source task and check for cancellation. Every
-write goes through the attempt that started the task (model/tasks/attempts.py): once another attempt
-holds it, this one can neither emit nor finish.
+write goes through the attempt that started the task (model/lifecycle/attempts.py): once
+another attempt holds it, this one can neither emit nor finish.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from model.jobs.context import SourceResult
 from model.jobs.contract import TaskSpec, WorkerResources
 from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
-from model.metrics.record import Meter, meter_of
+from model.lifecycle.attempts import Attempt, AttemptLost, Attempts, lease_ms, process_holder
+from model.lifecycle.ending import end_task, internal_error, timeout_error
+from model.metrics.record import Meter
 from model.redis_client import unreachable
-from model.tasks.attempts import Attempt, AttemptLost, Attempts, lease_ms, process_holder
-from model.tasks.ending import end_task, internal_error, timeout_error
+from model.services import meter_of
 from model.tasks.record import TaskRecord
 from model.tasks.states import DEFERRED, State
 from model.tasks.store import TaskStore

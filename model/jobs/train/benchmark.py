@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model.jobs.train.yolo_data import CLASS_NAMES, write_page, write_yaml
 from model.synthetic.woodcut import render_woodcut_page
-from model.training.yolo_data import CLASS_NAMES, write_page, write_yaml
 
 TRAIN_PAGES = 40
 HELDOUT_PAGES = 40

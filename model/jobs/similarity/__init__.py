@@ -3,8 +3,16 @@
 Every pair of documents is compared — each with itself too, skipping an item against itself —
 and each pair gets its top-k most similar items, with scores, canvas ids and boxes in canvas
 coordinates. `level: "region"` runs the detector and compares the detected illustrations;
-`"page"` compares whole pages. How: model/similarity/ (global descriptor shortlist, SIFT +
-RANSAC verification, photometric check).
+`"page"` compares whole pages: a global descriptor shortlist, SIFT + RANSAC verification, a
+photometric check. The worker side, in this package:
+
+- `embedders`: pluggable global feature extractors (model cards with task "embed").
+- `features`: what is kept of a page or region: global descriptor, SIFT keypoints, a small
+  grey thumbnail for the photometric check.
+- `local`: SIFT matching and RANSAC verification.
+- `compare`: shortlist by global descriptor, verify, score, top-k per document pair.
+- `cache`: page features cached in Redis by content hash + model sha256.
+- `plan`, `job`: the task's items and its run.
 
 This module is imported by the HTTP process (request validation): it must stay torch-free, so
 the worker side is imported inside run().
@@ -159,7 +167,7 @@ class Comparison(BaseModel):
 
 
 def run(ctx: JobContext) -> None:
-    from model.similarity.job import run_similarity
+    from model.jobs.similarity.job import run_similarity
 
     run_similarity(ctx, SimilarityParams(**ctx.spec.params))
 

@@ -14,9 +14,11 @@ from billiard.exceptions import WorkerLostError
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 from model.redis_client import unreachable
+from model.services import meter_of
 from model.tasks.states import State
 from model.tasks.store import TaskStore
 from model.uploads import UploadStore
+from model.webhooks.events import task_ended
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,6 @@ def announce_end(store: TaskStore, task_id: str) -> None:
     """What follows a task's end, once: it is counted, its `completed` webhook is queued. Never
     raises: the task has ended whatever happens here (a lost message is queued again by the
     outbox)."""
-    from model.metrics.record import meter_of
-    from model.webhooks.events import task_ended
-
     try:
         record = store.get(task_id)
         if record is not None:

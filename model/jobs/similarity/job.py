@@ -28,17 +28,17 @@ from model.jobs.context import JobContext
 from model.jobs.contract import Document
 from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
 from model.jobs.similarity import DocumentPair, PairMatch, PairSide, SimilarityPage
-from model.pipeline.cache import params_digest
-from model.similarity import compare as comparing
-from model.similarity.cache import FeatureCache
-from model.similarity.compare import (
+from model.jobs.similarity import compare as comparing
+from model.jobs.similarity.cache import FeatureCache
+from model.jobs.similarity.compare import (
     CHANCE_INLIERS,
     INLIER_SCALE,
     MIN_INLIERS,
     RANSAC_THRESHOLD,
 )
-from model.similarity.features import PAGE_MIN_KEYPOINT, ItemFeatures, pack, page_items, unpack
-from model.similarity.local import RATIO
+from model.jobs.similarity.features import PAGE_MIN_KEYPOINT, ItemFeatures, pack, page_items, unpack
+from model.jobs.similarity.local import RATIO
+from model.pipeline.cache import params_digest
 from model.sources.fetch import FetchScope
 
 # Bump when feature extraction changes: cached features of older code are then not reused.
@@ -132,7 +132,7 @@ def _models(ctx: JobContext, params: Any) -> tuple[Any, Any]:
 
 
 def run_similarity(ctx: JobContext, params: Any) -> None:
-    from model.similarity.plan import plan_documents
+    from model.jobs.similarity.plan import plan_documents
 
     resources = ctx.resources
     settings = resources.settings

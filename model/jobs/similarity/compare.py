@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from model.similarity.features import THUMB_FACTOR, ItemFeatures
-from model.similarity.local import Verification, verify
+from model.jobs.similarity.features import THUMB_FACTOR, ItemFeatures
+from model.jobs.similarity.local import Verification, verify
 
 CHANCE_INLIERS = 5
 INLIER_SCALE = 6.0

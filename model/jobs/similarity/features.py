@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from model.similarity.local import LocalFeatures, extract
+from model.jobs.similarity.local import LocalFeatures, extract
 
 LAYOUT_SIDE = 16
 REGION_SIDE = 256  # a region is analysed with its long side at this many pixels

@@ -7,7 +7,8 @@ included, looks like loopback — must present an admin key.
 
 The HTTP metrics are prometheus-client's, in multiprocess mode under gunicorn (each worker
 writes its own files in PROMETHEUS_MULTIPROC_DIR, config/gunicorn.conf.py; a scrape adds them up,
-whichever worker answers it). Everything else is read from Redis (record.py) at each scrape.
+whichever worker answers it). Everything else is read from Redis (model/metrics/record.py)
+at each scrape.
 """
 
 from __future__ import annotations
@@ -45,11 +46,9 @@ from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
 from model.metrics.catalog import HTTP, LIVE, RECORDED, Spec
 from model.metrics.record import metric_key
 from model.tasks.fairness import waiting_messages
+from model.tasks.fleet import HEARTBEAT_TTL_S
 from model.webhooks.events import DUE_KEY
 
-# How long a worker's heartbeat key lives (model/worker.py HEARTBEAT_TTL_S; a test keeps them
-# equal): its age is this minus the time it has left.
-HEARTBEAT_TTL_S = 20
 PROXY_HEADERS = (
     "X-Forwarded-For",
     "X-Forwarded-Host",

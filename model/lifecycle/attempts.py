@@ -130,7 +130,7 @@ def requeue_lost(
     store: TaskStore, celery: Any, settings: Any, end_timed_out: Any, now: float
 ) -> list[str]:
     """Requeue the running tasks whose attempt is gone; returns their ids. `end_timed_out(record)`
-    ends one that had outlived its hard limit instead (model.tasks.ending)."""
+    ends one that had outlived its hard limit instead (model.lifecycle.ending)."""
     task_ids = store.running_ids()
     requeued = []
     for task_id, (holder, lease) in zip(task_ids, store.holders(task_ids), strict=True):

@@ -18,7 +18,13 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from model.jobs import JobFailed
-from model.training.yolo_data import IMAGE_SUFFIXES, link_split, split_stems, write_page, write_yaml
+from model.jobs.train.yolo_data import (
+    IMAGE_SUFFIXES,
+    link_split,
+    split_stems,
+    write_page,
+    write_yaml,
+)
 
 MAX_ENTRIES = 20_000  # files in a zip (images + labels + the rest)
 
