@@ -35,8 +35,9 @@ class ResultItem(BaseModel):
     error: ItemError | None = Field(None, description="Why a failed item failed")
 
     def stored(self) -> dict[str, Any]:
-        """The item as stored and served: the fields its job set, as JSON."""
-        return self.model_dump(mode="json", exclude_unset=True)
+        """The item as stored and served: the fields its job set, as JSON, and `error` always
+        (null on an ok item: clients read `item["error"]` on every item, as they always could)."""
+        return {"error": None, **self.model_dump(mode="json", exclude_unset=True)}
 
 
 class Detection(BaseModel):

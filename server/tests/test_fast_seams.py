@@ -195,7 +195,8 @@ def test_an_item_its_model_refuses_is_never_stored() -> None:
     with pytest.raises(ValidationError):  # a key no client was told about
         DetectPage.model_validate({"index": 0, "source": "a", "status": "ok", "boxes": []})
     page = DetectPage.model_validate({"index": 0, "source": "a", "status": "ok"})
-    assert page.stored() == {"index": 0, "source": "a", "status": "ok"}  # only what was set
+    # What was set, and `error` always (clients read it on every item: null when ok).
+    assert page.stored() == {"index": 0, "source": "a", "status": "ok", "error": None}
 
 
 def _finished_detect(store: TaskStore, owner: str = "alice") -> str:
@@ -406,7 +407,7 @@ def test_crops_ask_the_service_the_page_names_not_its_url_taken_apart() -> None:
 def test_a_crops_item_keeps_the_fields_clients_read() -> None:
     item = crops_of(_detected_item(), CropsParams()).stored()
     assert set(item) == {
-        "index", "source", "canvas_id", "image_url", "status", "detections", "crops"
+        "index", "source", "canvas_id", "image_url", "status", "detections", "crops", "error"
     }  # fmt: skip
     failed = DetectPage(index=1, source="s", status="failed", error={"code": "x", "message": ""})
     assert crops_of(failed, CropsParams()).stored() == {
