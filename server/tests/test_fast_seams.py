@@ -122,6 +122,34 @@ def test_the_openapi_document_describes_every_job_types_items(app_client) -> Non
     assert pairs["items"]["$ref"].endswith("/DocumentPair")
 
 
+def test_get_jobs_lists_every_registered_type_with_its_docs_and_limits(make_app) -> None:
+    client = make_app(jobs={"crops": {"timeout_max_s": 300}})
+    assert client.get("/jobs").status_code == 401
+    key = client.keys.create("fast")
+    listed = {
+        job["name"]: job for job in client.get("/jobs", headers={"X-API-Key": key}).json["jobs"]
+    }
+    assert list(listed) == list(JOBS)
+    assert listed["crops"]["limits"] == {
+        "timeout_default_s": 120,
+        "timeout_max_s": 300,
+        "max_images": 0,
+    }
+    assert listed["vectorize"]["source_task_types"] == ["detect"] and listed["detect"]["uploads"]
+    schemas = client.get("/openapi/openapi.json").json["components"]["schemas"]
+    for name, job in listed.items():
+        spec = JOBS[name]
+        assert (job["summary"], job["docs"]) == (spec.summary, spec.docs)
+        assert job["limits"] == spec.limits_in(client.app_settings).model_dump()
+        for ref, model in zip(
+            (job["params_schema"], job["input_schema"], job["item_schema"]),
+            (spec.params, spec.input, spec.item),
+            strict=True,
+        ):
+            assert ref == f"/openapi/openapi.json#/components/schemas/{model.__name__}"
+            assert model.__name__ in schemas, ref
+
+
 def test_a_result_shows_another_job_types_fields_only_when_set() -> None:
     from model.api.schemas import TaskResult
 
