@@ -1,10 +1,10 @@
 """Fast layer: the docs a newcomer reads stay short, whole and true to the build.
 
 The README fits on a few screens and shows the two commands the Makefile and CI really run;
-every relative link in README.md, docs/*.md and bench/README.md reaches a file (and a heading,
-when it names one); the module map in docs/design.md names every module of the `model`
-package; the worked example of docs/adding-a-job.md is a job the runner runs. File reading,
-and a bare redis-server for the example."""
+every relative link in README.md, docs/*.md, bench/README.md and the job types' own pages
+reaches a file (and a heading, when it names one); the module map in docs/design.md names every
+module of the `model` package; the worked example of docs/adding-a-job.md is a job the runner
+runs. File reading, and a bare redis-server for the example."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from model.jobs.contract import SourceTask, TaskSpec, WorkerResources
 from model.jobs.items import DetectPage
+from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.lifecycle.runner import run_task
 from model.settings import Settings
@@ -29,7 +30,9 @@ from model.uploads import UploadStore
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
+# ...and each job type's own page, where its package keeps one (JobSpec.docs).
+JOB_PAGES = {ROOT / spec.docs.partition("#")[0] for spec in JOBS.values()}
+DOCS = sorted({*(ROOT / "docs").glob("*.md"), ROOT / "bench" / "README.md", *JOB_PAGES})
 README_MAX_LINES = 250
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -135,7 +138,9 @@ def _module_map() -> str:
 
 def test_the_module_map_names_every_module() -> None:
     """Each module and package directly under model/ starts a line of the map; every package
-    deeper down (jobs/cluster/, api/templates/ aside: no code) is named in it."""
+    deeper down (api/templates/ aside: no code) is named in it, but a job type's package:
+    the registry lists those (and GET /jobs, with each one's page), so a new one needs no line
+    here."""
     package = ROOT / "model"
     shown = _module_map()
     starts = set(re.findall(r"^  (\S+)", shown, re.M))  # an entry, not a continued line
@@ -149,6 +154,7 @@ def test_the_module_map_names_every_module() -> None:
         p.relative_to(package).as_posix()
         for p in package.glob("*/*/__init__.py")
         if f"{p.parent.name}/" not in shown
+        and p.parent.relative_to(package).as_posix() not in {f"jobs/{name}" for name in JOBS}
     ]
     assert not missing + deeper, missing + deeper
     # ...and names nothing that is gone (the lines under `model/`, up to the next top folder).
