@@ -9,13 +9,13 @@ Torch-free and light: the HTTP process imports it.
 
 from __future__ import annotations
 
-from model.jobs import cluster, crops, detect, evaluate, noop, similarity, train, vectorize
+from model.jobs import cluster, crops, detect, evaluate, labels, noop, similarity, train, vectorize
 from model.jobs.spec import JobSpec
 from model.settings import Settings
 
 JOBS: dict[str, JobSpec] = {
     m.SPEC.name: m.SPEC
-    for m in (detect, noop, similarity, crops, evaluate, vectorize, cluster, train)
+    for m in (detect, noop, similarity, crops, evaluate, vectorize, cluster, train, labels)
 }
 
 
