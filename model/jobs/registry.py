@@ -1,8 +1,9 @@
 """Every job type, declared once (model/jobs/spec.py). The API derives the request union, the
 OpenAPI document and the validation from this registry; the worker runs `JOBS[type].run`.
 
-Adding a job type: write its module (params and input models, `SPEC = JobSpec(...)`, a `run(ctx)`
-that imports its heavy code itself) and add the module to the line below. Nothing else changes.
+Adding a job type: write its package (params and input models, `SPEC = JobSpec(...)`, a `run(ctx)`
+that imports its heavy code itself, its README.md) and add it to the line below. Nothing else
+changes (docs/adding-a-job.md).
 
 Torch-free and light: the HTTP process imports it.
 """
