@@ -17,6 +17,7 @@ from model.inference.registry import discover
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
 from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
+from model.settings import Settings
 from model.tasks import fleet
 
 models_api = APIBlueprint(
@@ -80,12 +81,12 @@ def list_models() -> Response:
 SCHEMAS = "/openapi/openapi.json#/components/schemas/"
 
 
-def job_type(spec: JobSpec, svc: Services) -> JobType:
+def job_type(spec: JobSpec, settings: Settings) -> JobType:
     return JobType(
         name=spec.name,
         summary=spec.summary,
         docs=spec.docs,
-        limits=spec.limits_in(svc.settings),
+        limits=spec.limits_in(settings),
         uploads=spec.uploads,
         source_task_types=list(spec.source_task_types),
         params_schema=SCHEMAS + spec.params.__name__,
@@ -97,8 +98,8 @@ def job_type(spec: JobSpec, svc: Services) -> JobType:
 @jobs_api.get("/jobs", responses={200: JobTypeList, 401: ErrorResponse})
 def list_jobs() -> Response:
     """Every job type a task may name in `type`, with its limits here and its documentation."""
-    svc = services()
-    listed = JobTypeList(jobs=[job_type(spec, svc) for spec in JOBS.values()])
+    settings = services().settings
+    listed = JobTypeList(jobs=[job_type(spec, settings) for spec in JOBS.values()])
     return jsonify(listed.model_dump(mode="json"))
 
 
