@@ -87,6 +87,7 @@ def create_app(settings: Settings | None = None) -> OpenAPI:
     app.register_api(submit.api)
     app.register_api(tasks.api)
     app.register_api(meta.models_api)
+    app.register_api(meta.jobs_api)
     app.register_api(meta.probes_api)
     app.register_api(listing.api)
     app.register_api(results.api)

@@ -1,4 +1,5 @@
-"""GET /models, /healthz, /readyz: what every live worker, on any host, has (tasks/fleet.py)."""
+"""GET /models, /healthz, /readyz: what every live worker, on any host, has (tasks/fleet.py);
+GET /jobs: the registered job types (model/jobs/registry.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from flask_openapi3 import APIBlueprint, Tag
 
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
-from model.api.schemas import Health, ModelList, Readiness
+from model.api.schemas import Health, JobType, JobTypeList, ModelList, Readiness
 from model.api.services import Services, services
 from model.inference.catalog import Catalog, describe
 from model.inference.registry import discover
+from model.jobs.registry import JOBS
+from model.jobs.spec import JobSpec
 from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
+from model.settings import Settings
 from model.tasks import fleet
 
 models_api = APIBlueprint(
@@ -24,6 +28,14 @@ models_api = APIBlueprint(
     abp_responses=COMMON_RESPONSES,
 )
 models_api.before_request(require_key)
+jobs_api = APIBlueprint(
+    "jobs",
+    __name__,
+    abp_tags=[Tag(name="jobs")],
+    abp_security=SECURITY,
+    abp_responses=COMMON_RESPONSES,
+)
+jobs_api.before_request(require_key)
 probes_api = APIBlueprint("probes", __name__, abp_tags=[Tag(name="probes")])
 INSTALLATION_HEADER = "X-Scriptorium-Installation"
 
@@ -64,6 +76,31 @@ def known_models(svc: Services) -> dict[str, dict[str, Any]]:
 def list_models() -> Response:
     """Models a task may name in `params.model`, with the live workers that have each loaded."""
     return jsonify({"models": list(known_models(services()).values())})
+
+
+SCHEMAS = "/openapi/openapi.json#/components/schemas/"
+
+
+def job_type(spec: JobSpec, settings: Settings) -> JobType:
+    return JobType(
+        name=spec.name,
+        summary=spec.summary,
+        docs=spec.docs,
+        limits=spec.limits_in(settings),
+        uploads=spec.uploads,
+        source_task_types=list(spec.source_task_types),
+        params_schema=SCHEMAS + spec.params.__name__,
+        input_schema=SCHEMAS + spec.input.__name__,
+        item_schema=SCHEMAS + spec.item.__name__,
+    )
+
+
+@jobs_api.get("/jobs", responses={200: JobTypeList, 401: ErrorResponse})
+def list_jobs() -> Response:
+    """Every job type a task may name in `type`, with its limits here and its documentation."""
+    settings = services().settings
+    listed = JobTypeList(jobs=[job_type(spec, settings) for spec in JOBS.values()])
+    return jsonify(listed.model_dump(mode="json"))
 
 
 @probes_api.get("/healthz", responses={200: Health})

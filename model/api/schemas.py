@@ -22,6 +22,7 @@ from model.jobs.cluster import RESULT_SCHEMA as CLUSTER
 from model.jobs.registry import JOBS
 from model.jobs.similarity import Comparison, DocumentPair
 from model.jobs.spec import JobSpec
+from model.settings import JobLimits
 from model.tasks.states import State
 from model.urls import HTTP_URL_PATTERN, check_http_url
 
@@ -264,6 +265,27 @@ class ModelDescription(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelDescription]
+
+
+class JobType(BaseModel):
+    """A registered job type (model/jobs/registry.py): what it does, where it is documented,
+    its limits on this installation, and its schemas in the OpenAPI document."""
+
+    name: str = Field(description="The request's `type`")
+    summary: str
+    docs: str = Field(description="Its documentation: a page (and section) of the source tree")
+    limits: JobLimits = Field(description="Time limits (s) and images per task, as configured")
+    uploads: bool = Field(description="Takes images or manifests uploaded (multipart)")
+    source_task_types: list[str] = Field(
+        description="Types of another task (finished, of the same key) its input may name"
+    )
+    params_schema: str = Field(description="Its `params` in the OpenAPI document")
+    input_schema: str = Field(description="Its `input` in the OpenAPI document")
+    item_schema: str = Field(description="Its result items in the OpenAPI document")
+
+
+class JobTypeList(BaseModel):
+    jobs: list[JobType]
 
 
 class Health(BaseModel):

@@ -135,6 +135,7 @@ SPEC = JobSpec(
     input=CropsInput,
     run=run,
     item=CropsPage,
+    docs="docs/api.md#crops-the-illustrations-themselves",
     task_inputs=task_inputs,
     input_required=True,
     limits=JobLimits(timeout_default_s=120, timeout_max_s=600, max_images=0),

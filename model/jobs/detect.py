@@ -131,6 +131,7 @@ SPEC = JobSpec(
     input=DetectInput,
     run=run,
     item=DetectPage,
+    docs="docs/api.md#keys-and-calls",
     task_inputs=task_inputs,
     check=check,
     uploads=True,

@@ -36,5 +36,6 @@ SPEC = JobSpec(
     input=NoopInput,
     run=run,
     item=ResultItem,  # it emits none
+    docs="docs/api.md#keys-and-calls",
     limits=JobLimits(),
 )

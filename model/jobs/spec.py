@@ -39,6 +39,9 @@ class JobSpec:
     # What it emits, one per result item: the result schema of the OpenAPI document is the
     # union of the registry's item models.
     item: type[ResultItem]
+    # Where its documentation is, from the repository root (`docs/api.md#crops-...`, or a page in
+    # its own package: `model/jobs/labels/README.md`). GET /jobs lists it beside the summary.
+    docs: str = ""
     # The request's `input` -> the task's typed inputs (uploads are added by the API).
     task_inputs: Callable[[Any], list[TaskInput]] = _no_inputs
     # Raises InputRejected for what the job cannot take (given every input, uploads too).
@@ -51,7 +54,9 @@ class JobSpec:
     source_task_types: tuple[str, ...] = ()
     # Params naming a model -> the task of the models they may name (checked at submit).
     model_fields: dict[str, str] = field(default_factory=dict)
-    limits: JobLimits = field(default_factory=JobLimits)  # flask_config.yaml jobs.<name> wins
+    # Its default limits; flask_config.yaml `jobs.<name>` (or SCRIPTORIUM_JOBS__<NAME>__...)
+    # overrides any of them, and need not list the type at all.
+    limits: JobLimits = field(default_factory=JobLimits)
     # How many result items the task has before the worker expands its inputs.
     initial_total: Callable[[list[TaskInput]], int] = lambda _inputs: 0
     # The request's `input` in the OpenAPI document when the API asks more than the model shows
@@ -64,6 +69,9 @@ class JobSpec:
     active_per_key: Callable[[Settings], int] | None = None
 
     def limits_in(self, settings: Settings) -> JobLimits:
-        """The limits configured for this type (flask_config.yaml jobs.<name>), else its own."""
+        """Its own limits, with those configured for this type (flask_config.yaml jobs.<name>)
+        instead: a file or variable that names one limit leaves the others as the job's."""
         configured = settings.jobs.get(self.name)
-        return configured if configured is not None else self.limits
+        if configured is None:
+            return self.limits
+        return self.limits.model_copy(update=configured.model_dump(exclude_unset=True))

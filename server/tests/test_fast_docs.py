@@ -1,35 +1,26 @@
 """Fast layer: the docs a newcomer reads stay short, whole and true to the build.
 
 The README fits on a few screens and shows the two commands the Makefile and CI really run;
-every relative link in README.md, docs/*.md and bench/README.md reaches a file (and a heading,
-when it names one); the module map in docs/design.md names every module of the `model`
-package; the worked example of docs/adding-a-job.md is a job the runner runs. File reading,
-and a bare redis-server for the example."""
+every relative link in README.md, docs/*.md, bench/README.md and the job types' own pages
+reaches a file (and a heading, when it names one); the module map in docs/design.md names every
+module of the `model` package; the recipe of docs/adding-a-job.md names the job that proves it.
+File reading only."""
 
 from __future__ import annotations
 
 import importlib
 import re
-import sys
-import types
 from pathlib import Path
 
 import pytest
-import redis
-from pydantic import BaseModel, ValidationError
 
-from model.jobs.contract import SourceTask, TaskSpec, WorkerResources
-from model.jobs.items import DetectPage
-from model.jobs.spec import JobSpec
-from model.lifecycle.runner import run_task
-from model.settings import Settings
-from model.tasks.states import State
-from model.tasks.store import TaskStore
-from model.uploads import UploadStore
+from model.jobs.registry import JOBS
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
+# ...and each job type's own page, where its package keeps one (JobSpec.docs).
+JOB_PAGES = {ROOT / spec.docs.partition("#")[0] for spec in JOBS.values()}
+DOCS = sorted({*(ROOT / "docs").glob("*.md"), ROOT / "bench" / "README.md", *JOB_PAGES})
 README_MAX_LINES = 250
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
@@ -135,7 +126,9 @@ def _module_map() -> str:
 
 def test_the_module_map_names_every_module() -> None:
     """Each module and package directly under model/ starts a line of the map; every package
-    deeper down (jobs/cluster/, api/templates/ aside: no code) is named in it."""
+    deeper down (api/templates/ aside: no code) is named in it, but a job type's package:
+    the registry lists those (and GET /jobs, with each one's page), so a new one needs no line
+    here."""
     package = ROOT / "model"
     shown = _module_map()
     starts = set(re.findall(r"^  (\S+)", shown, re.M))  # an entry, not a continued line
@@ -149,6 +142,7 @@ def test_the_module_map_names_every_module() -> None:
         p.relative_to(package).as_posix()
         for p in package.glob("*/*/__init__.py")
         if f"{p.parent.name}/" not in shown
+        and p.parent.relative_to(package).as_posix() not in {f"jobs/{name}" for name in JOBS}
     ]
     assert not missing + deeper, missing + deeper
     # ...and names nothing that is gone (the lines under `model/`, up to the next top folder).
@@ -165,96 +159,23 @@ def test_the_readme_walk_through_imports_what_exists() -> None:
         assert hasattr(importlib.import_module(module), name), (module, name)
 
 
-# --- docs/adding-a-job.md: its worked example is a job that runs -------------------------------
+# --- docs/adding-a-job.md: its proof is the commit it names -----------------------------------
 
 
-def _example_job():
-    """The module docs/adding-a-job.md shows, loaded as `model.jobs.labels` would be."""
+def test_the_recipe_names_the_labels_job_and_its_files() -> None:
+    """The worked example is a registered job of its own package (test_fast_labels.py runs it);
+    the recipe shows the stat of the commit that added it, naming only these files."""
     text = (ROOT / "docs" / "adding-a-job.md").read_text()
-    (source,) = re.findall(r"```python\n(.*?)```", text, re.S)
-    module = types.ModuleType("docs_example_labels")
-    sys.modules[module.__name__] = module  # pydantic resolves the models' annotations here
-    exec(compile(source, "docs/adding-a-job.md", "exec"), module.__dict__)
-    return module
-
-
-def test_the_worked_example_is_declared_like_every_job() -> None:
-    from model.api.schemas import request_model
-
-    job = _example_job()
-    request = request_model(job.SPEC)
-    body = {"type": "labels", "input": {"task_id": "0" * 32}, "params": {"min_confidence": 0.5}}
-    parsed = request.model_validate(body)
-    assert job.SPEC.task_inputs(parsed.input) == [SourceTask(task_id="0" * 32)]
-    for wrong in ({"min_confidence": 2}, {"confidence": 0.5}, {"min_confidence": "0.5"}):
-        with pytest.raises(ValidationError):
-            request.model_validate({**body, "params": wrong})
-    with pytest.raises(ValidationError):
-        request.model_validate({"type": "labels", "input": {"task_id": "../x"}})
-
-
-def _resources(store: TaskStore) -> WorkerResources:
-    port = store.redis.connection_pool.connection_kwargs["port"]
-    uploads = UploadStore(redis.Redis(port=port), Path("/nonexistent"))
-    return WorkerResources(
-        settings=Settings(), redis=store.redis, store=store, fetcher=None, uploads=uploads
-    )
-
-
-def test_the_worked_example_runs_through_the_runner(clean_redis) -> None:
-    job = _example_job()
-    store = TaskStore(clean_redis, 3600, 7200)
-    resources = _resources(store)
-    boxes = [["initial", 0.9], ["initial", 0.3], ["woodcut", 0.8]]
-
-    def detect(ctx) -> None:  # a finished detect task: two pages
-        for index, found in enumerate([boxes, boxes[2:]]):
-            detections = [
-                {"label": label, "confidence": c, "xywh": [0, 0, 1, 1]} for label, c in found
-            ]
-            ctx.emit(
-                DetectPage.model_validate(
-                    {
-                        "index": index,
-                        "source": f"p{index}",
-                        "status": "ok",
-                        "detections": detections,
-                    }
-                )
-            )
-
-    jobs = {
-        "detect": JobSpec(
-            name="detect",
-            summary="",
-            params=BaseModel,
-            input=BaseModel,
-            run=detect,
-            item=DetectPage,
-        ),
-        "labels": job.SPEC,
-    }
-    detect_id = store.create("alice", "detect", TaskSpec().model_dump(), 2, 60).id
-    assert run_task(detect_id, store, resources, jobs) == State.SUCCEEDED
-
-    def labels_task(owner: str) -> str:
-        spec = TaskSpec(
-            params={"min_confidence": 0.5},
-            inputs=job.SPEC.task_inputs(job.LabelsInput(task_id=detect_id)),
-        )
-        return store.create(owner, "labels", spec.model_dump(), 0, 60).id
-
-    mine = labels_task("alice")
-    assert run_task(mine, store, resources, jobs) == State.SUCCEEDED
-    record = store.get(mine)
-    assert (record.done, record.total) == (2, 2)
-    items = sorted(store.items(mine), key=lambda item: item["index"])
-    assert [item["labels"] for item in items] == [{"initial": 1, "woodcut": 1}, {"woodcut": 1}]
-    assert record.summary == {"labels": {"initial": 1, "woodcut": 2}}
-    # Another key's detect task is no more visible to the job than through the API.
-    theirs = labels_task("mallory")
-    assert run_task(theirs, store, resources, jobs) == State.FAILED
-    assert store.get(theirs).error_code == "source_not_found"
+    assert "labels" in JOBS and JOBS["labels"].docs == "model/jobs/labels/README.md"
+    stat = re.search(r"```\n(.*?)```", text, re.S).group(1)
+    files = re.findall(r"^ (\S+)\s+\|", stat, re.M)
+    assert files == [
+        "model/jobs/labels/README.md",
+        "model/jobs/labels/__init__.py",
+        "model/jobs/registry.py",
+        "server/tests/test_fast_labels.py",
+    ]
+    assert all((ROOT / f).is_file() for f in files)
 
 
 def test_the_worker_host_walk_through_is_where_test_deploy_says() -> None:

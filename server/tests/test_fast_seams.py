@@ -4,7 +4,10 @@ bare redis-server at most."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +36,7 @@ from model.jobs.spec import JobSpec
 from model.jobs.units import WorkUnit
 from model.lifecycle.ending import end_after_failure
 from model.lifecycle.runner import run_task
-from model.settings import CONFIG_FILE, Settings
+from model.settings import CONFIG_FILE, JobLimits, Settings
 from model.tasks.states import TRANSITIONS, State, sources_of
 from model.tasks.store import TaskStore
 from model.uploads import UploadStore
@@ -44,26 +47,60 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # --- the registry -------------------------------------------------------------------------------
 
 
+def _declared_job_modules() -> dict[str, object]:
+    """Every module under model/jobs/ that declares a job type (`SPEC = JobSpec(`), by name."""
+    jobs = PROJECT_ROOT / "model" / "jobs"
+    declared = {}
+    for path in sorted([*jobs.glob("*.py"), *jobs.glob("*/__init__.py")]):
+        if re.search(r"^SPEC = JobSpec\(", path.read_text(), re.M):
+            parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            declared[name] = importlib.import_module(name)
+    return declared
+
+
 def test_every_job_type_is_declared_once_and_derived_everywhere() -> None:
+    """The registry line is the declaration: no set of names to keep by hand here. What cannot
+    go unnoticed: a job module left out of the registry (or dropped from it), and a type the
+    README still names that is gone (test_the_readme_names_only_registered_job_types)."""
     from model.api.schemas import REQUEST_MODELS
 
-    assert set(JOBS) == {
-        "detect",
-        "noop",
-        "similarity",
-        "crops",
-        "evaluate",
-        "vectorize",
-        "cluster",
-        "train",
-    }
+    declared = _declared_job_modules()
+    assert {m.SPEC.name: m.SPEC for m in declared.values()} == JOBS
+    assert {f"model.jobs.{name}" for name in JOBS} == set(declared)  # its package, its name
     assert set(REQUEST_MODELS) == set(JOBS)
     for name, spec in JOBS.items():
         model = REQUEST_MODELS[name]
         assert model.model_fields["type"].annotation.__args__ == (name,)
         assert model.model_fields["params"].annotation is spec.params
         assert model.model_fields["input"].annotation is spec.input
-        assert spec.params.__name__ != "Params" and spec.input.__name__ != "Input"
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_each_job_type_is_complete_in_its_package(name: str) -> None:
+    """What a package and its registry line must hold for the API, the worker and the docs to
+    derive everything else (docs/adding-a-job.md). The HTTP process importing it without torch
+    is test_the_http_process_imports_no_torch_pil_requests_or_job_work."""
+    from server.tests.test_fast_docs import _anchors
+
+    spec = JOBS[name]
+    title = name.title()
+    # The OpenAPI document names schemas by class: `Params` of two jobs would collide.
+    assert (spec.params.__name__, spec.input.__name__) == (f"{title}Params", f"{title}Input")
+    assert issubclass(spec.item, ResultItem)
+    assert spec.summary.startswith(f"{name}: ")
+    assert callable(spec.run) and spec.run.__module__.startswith(f"model.jobs.{name}")
+    assert spec.limits.timeout_default_s <= spec.limits.timeout_max_s
+    page, _, anchor = spec.docs.partition("#")
+    assert page.endswith(".md") and (PROJECT_ROOT / page).is_file(), spec.docs
+    assert not anchor or anchor in _anchors(PROJECT_ROOT / page), spec.docs
+
+
+def test_the_readme_names_only_registered_job_types() -> None:
+    """Its table of job types need not list a new one (GET /jobs does), but names no gone one."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    named = re.findall(r"^\| `(\w+)` \|", readme, re.M)
+    assert named and set(named) <= set(JOBS), set(named) - set(JOBS)
 
 
 def test_the_openapi_document_lists_every_job_type(app_client) -> None:
@@ -83,6 +120,34 @@ def test_the_openapi_document_describes_every_job_types_items(app_client) -> Non
     assert schemas["Crop"]["properties"]["region_url"]
     pairs = schemas["TaskResult"]["properties"]["pairs"]
     assert pairs["items"]["$ref"].endswith("/DocumentPair")
+
+
+def test_get_jobs_lists_every_registered_type_with_its_docs_and_limits(make_app) -> None:
+    client = make_app(jobs={"crops": {"timeout_max_s": 300}})
+    assert client.get("/jobs").status_code == 401
+    key = client.keys.create("fast")
+    listed = {
+        job["name"]: job for job in client.get("/jobs", headers={"X-API-Key": key}).json["jobs"]
+    }
+    assert list(listed) == list(JOBS)
+    assert listed["crops"]["limits"] == {
+        "timeout_default_s": 120,
+        "timeout_max_s": 300,
+        "max_images": 0,
+    }
+    assert listed["vectorize"]["source_task_types"] == ["detect"] and listed["detect"]["uploads"]
+    schemas = client.get("/openapi/openapi.json").json["components"]["schemas"]
+    for name, job in listed.items():
+        spec = JOBS[name]
+        assert (job["summary"], job["docs"]) == (spec.summary, spec.docs)
+        assert job["limits"] == spec.limits_in(client.app_settings).model_dump()
+        for ref, model in zip(
+            (job["params_schema"], job["input_schema"], job["item_schema"]),
+            (spec.params, spec.input, spec.item),
+            strict=True,
+        ):
+            assert ref == f"/openapi/openapi.json#/components/schemas/{model.__name__}"
+            assert model.__name__ in schemas, ref
 
 
 def test_a_result_shows_another_job_types_fields_only_when_set() -> None:
@@ -481,3 +546,16 @@ def test_flask_config_yaml_shows_the_code_defaults() -> None:
     drift = {k: (v, code.get(k)) for k, v in shown.items() if k in code and code[k] != v}
     assert not drift, drift
     assert not set(shown) - set(code), set(shown) - set(code)
+
+
+def test_a_configured_limit_leaves_the_job_types_other_limits_as_its_own() -> None:
+    """flask_config.yaml need not list a type; one that names a single limit of it (or a
+    SCRIPTORIUM_JOBS__<NAME>__... variable) changes that one, not the rest to generic ones."""
+    own = JobLimits(timeout_default_s=60, timeout_max_s=600, max_images=0)
+    spec = JobSpec(
+        name="fake", summary="", params=BaseModel, input=BaseModel, run=print, item=ResultItem
+    )
+    spec = dataclasses.replace(spec, limits=own)
+    assert spec.limits_in(Settings()) == own
+    configured = Settings(jobs={"fake": {"timeout_max_s": 300}})
+    assert spec.limits_in(configured) == own.model_copy(update={"timeout_max_s": 300})

@@ -34,6 +34,7 @@ OPERATIONS = [
     ("DELETE", "/terminate/{task_id}"),
     ("GET", "/tasks"),
     ("GET", "/models"),
+    ("GET", "/jobs"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 ]

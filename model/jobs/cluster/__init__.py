@@ -244,6 +244,7 @@ SPEC = JobSpec(
     input=ClusterInput,
     run=run,
     item=ClusterItem,
+    docs="docs/cluster.md",
     task_inputs=task_inputs,
     check=check,
     input_required=True,

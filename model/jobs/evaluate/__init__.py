@@ -185,6 +185,7 @@ SPEC = JobSpec(
     input=EvaluateInput,
     run=run,
     item=EvaluatePage,
+    docs="docs/models.md",
     task_inputs=task_inputs,
     check=check,
     input_required=False,

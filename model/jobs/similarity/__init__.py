@@ -179,6 +179,7 @@ SPEC = JobSpec(
     input=SimilarityInput,
     run=run,
     item=SimilarityPage,
+    docs="docs/api.md#similarity-the-same-illustrations-across-documents",
     task_inputs=task_inputs,
     check=check,
     input_required=True,

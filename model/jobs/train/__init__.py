@@ -174,6 +174,7 @@ SPEC = JobSpec(
     input=TrainInput,
     run=run,
     item=TrainEpoch,
+    docs="docs/training.md",
     task_inputs=_task_inputs,
     check=_check,
     input_required=False,

@@ -147,6 +147,7 @@ SPEC = JobSpec(
     input=VectorizeInput,
     run=run,
     item=VectorizeItem,
+    docs="docs/vectorize.md",
     task_inputs=task_inputs,
     check=check,
     uploads=True,
