@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from model.sources.images import ImageDecodeError, decode_image, decode_within, fit_within
-from model.synthetic import render_page
+from synthetic import render_page
 from testkit.files import encoded
 
 

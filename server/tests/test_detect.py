@@ -38,7 +38,7 @@ def test_upload_detects_known_illustrations(api: Api, pages) -> None:
 
 
 def test_text_only_page_has_no_detection(api: Api) -> None:
-    from model.synthetic import render_page
+    from synthetic import render_page
 
     blank = render_page(777_001, n_illustrations=0)
     body = api.wait(api.upload([("text.jpg", jpeg_bytes(blank))]).json()["task_id"])

@@ -204,7 +204,7 @@ def _zip_contents(data: bytes) -> dict[str, bytes]:
 
 
 def test_the_cli_prints_the_warning_and_the_item_count(big_task) -> None:
-    from model.client.commands import status_text, summary
+    from client.commands import status_text, summary
 
     status = big_task.get(f"/status/{big_task.task_id}").get_json()
     line = summary(status)

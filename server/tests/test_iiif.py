@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from model.synthetic import RenderedPage
 from server.tests.test_detect import iou
+from synthetic import RenderedPage
 from testkit.iiif_server import (
     IiifServer,
     Published,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from model.synthetic import render_page
+from synthetic import render_page
 from testkit.iiif_server import (
     IiifServer,
     Published,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from model.synthetic import RenderedPage
+from synthetic import RenderedPage
 from testkit.iiif_server import (
     IiifServer,
     Published,

@@ -20,8 +20,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from model.synthetic.copies import page_with_illustrations
 from server.tests.test_faults import pool_child
+from synthetic.copies import page_with_illustrations
 from testkit.iiif_server import IiifServer, Rule, jpeg, v3_canvas, v3_image, v3_manifest
 from testkit.live import starts_processes
 from testkit.similarity_corpus import (
