@@ -28,6 +28,8 @@ from testkit import browser as browser_kit
 from testkit.iiif_server import IiifServer, Published, Rule, jpeg, v3_canvas, v3_image, v3_manifest
 from testkit.stack import Api, Stack
 
+pytestmark = pytest.mark.live
+
 LOW = {"confidence": 0.01}
 
 

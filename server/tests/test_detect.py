@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 
 def iou(a: list[float], b: tuple[int, int, int, int]) -> float:

@@ -34,6 +34,8 @@ from testkit.iiif_server import IiifServer, Rule
 from testkit.live import starts_processes
 from testkit.stack import TERMINAL, Api, Stack, start_stack
 
+pytestmark = pytest.mark.live
+
 KILLS = 20
 TIMEOUT_MAX_S = 90
 GRACE_S = 2

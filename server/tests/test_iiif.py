@@ -27,6 +27,8 @@ from testkit.iiif_server import (
 )
 from testkit.stack import Api, Stack
 
+pytestmark = pytest.mark.live
+
 XYWH = re.compile(r"^(?P<canvas>[^#]+)#xywh=(\d+),(\d+),(\d+),(\d+)$")
 # The demo model is small: a low threshold gives boxes to compare on any page.
 LOW = {"confidence": 0.01}

@@ -20,6 +20,8 @@ from testkit.iiif_server import (
 )
 from testkit.stack import Api
 
+pytestmark = pytest.mark.live
+
 PAGES = 50
 PER_HOST = 2  # fetch.per_host_concurrency of the IIIF test stack (4 download threads)
 

@@ -22,6 +22,8 @@ from testkit.iiif_server import (
 )
 from testkit.stack import Api
 
+pytestmark = pytest.mark.live
+
 SIZED = "full/624,/0/default.jpg"  # 832 px long side (the demo model's 416 x 2) of 1200x1600
 
 

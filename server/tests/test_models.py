@@ -10,9 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from model.keyspace import MODEL_BLOB_PREFIX
 from server.tests.conftest import jpeg_bytes
 from testkit.stack import Api, Stack, live_workers
+
+pytestmark = pytest.mark.live
 
 NAME = "woodcuts-imported"
 IMPORT_TIMEOUT_S = 300  # loads torch, a dry run and an ONNX export: slow on a busy 2-core machine

@@ -32,6 +32,8 @@ from testkit.similarity_corpus import (
 )
 from testkit.stack import PROJECT_ROOT, Api, Stack, start_stack
 
+pytestmark = pytest.mark.live
+
 PLUG = "plug-embed"
 # alpha/beta/gamma: art numbers per page, True for a copy (kinds cycle line, diagram, ornament,
 # engraving, plate). Copies: 0 and 2 (alpha-beta), 1 and 3 (alpha-gamma), 9 twice in gamma

@@ -15,6 +15,8 @@ from server.tests.conftest import ImageServer, jpeg_bytes
 from synthetic.diagrams import render_diagram
 from testkit.stack import Api
 
+pytestmark = pytest.mark.live
+
 SVG = "{http://www.w3.org/2000/svg}"
 CANCEL_IMAGES = 60
 
