@@ -28,7 +28,8 @@ test: install lint
 	$(PY) -m pytest -v -m live
 
 ## The fast layer only: every test that starts no stack (a bare redis-server at most), spread
-## over the cores (FAST_JOBS=0: in this process alone).
+## over the cores (FAST_JOBS=0: in this process alone). Its cost: docs/design.md, "The fast
+## layer's cost" (68 CPU-s on the 2-core VM, was 85).
 FAST_JOBS ?= auto
 test-fast: install
 	$(PY) -m pytest -q $(FAST) -n $(FAST_JOBS)
