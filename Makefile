@@ -28,18 +28,22 @@ test: install lint
 	$(PY) -m pytest -v -m live
 
 ## The fast layer only: every test that starts no stack (a bare redis-server at most), spread
-## over the cores (FAST_JOBS=0: in this process alone).
+## over the cores (FAST_JOBS=0: in this process alone). Its cost: docs/design.md, "The fast
+## layer's cost" (68 CPU-s on the 2-core VM, was 85).
 FAST_JOBS ?= auto
 test-fast: install
 	$(PY) -m pytest -q $(FAST) -n $(FAST_JOBS)
 
+# Every Python tree of the project.
+LINT_PATHS := model client synthetic server scripts bench testkit
+
 lint: install
-	$(VENV)/bin/ruff check model server scripts bench testkit
-	$(VENV)/bin/ruff format --check model server scripts bench testkit
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 format: install
-	$(VENV)/bin/ruff format model server scripts bench testkit
-	$(VENV)/bin/ruff check --fix model server scripts bench testkit
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
 ## Benchmarks (bench/README.md): service vs raw (inference only, end to end) vs seed-style,
 ## API overhead and its profile, cancel, memory. BENCH_N=20 for fewer pages;

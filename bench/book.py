@@ -27,7 +27,7 @@ import psutil
 
 from bench import stack as bench_stack
 from bench.iiif_host import IiifHost
-from model.synthetic import render_page
+from synthetic import render_page
 from testkit.iiif_server import v3_canvas, v3_image, v3_manifest
 from testkit.memory import peak_rss, tree_rss
 from testkit.stack import Api, Stack

@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "tmp"
 
 def _sample_jpeg() -> bytes:
     """A page as size negotiation fetches it (~1600 px): what a download thread decodes."""
-    from model.synthetic import render_page
+    from synthetic import render_page
 
     buffer = io.BytesIO()
     render_page(900_123, 1600, 1900, n_illustrations=2).image.save(buffer, "JPEG", quality=85)

@@ -46,7 +46,7 @@ def main() -> dict[str, Any]:
 
     from model.inference.detector import YoloDetector
     from model.inference.registry import discover
-    from model.synthetic import render_page
+    from synthetic import render_page
 
     info = discover([Path("model/weights")])["illustrations-demo"]
     pages = [render_page(910_000 + i, 1000, 1400) for i in range(PAGES)]

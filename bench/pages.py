@@ -1,6 +1,6 @@
 """Synthetic book pages at 3000–4000 px laid out as a static IIIF Image API 3.0 tree.
 
-Each page is rendered once by `model.synthetic.render_page` and kept on disk (a cache under
+Each page is rendered once by `synthetic.render_page` and kept on disk (a cache under
 bench/results/tmp/, git-ignored), so later runs start at once. The layout is what a static
 level-0 server offers: the full image (`full/max`) and a few pre-rendered sizes (`full/w,h`,
 halvings like the `iiif` package's static generator lists), no tiles — serving them costs the
@@ -24,7 +24,7 @@ from PIL import Image
 
 from model.iiif.image_api import ImageService, choose_request
 from model.jobs.detect import MAX_SIDE_FACTOR
-from model.synthetic import render_page
+from synthetic import render_page
 
 # Bump when the rendering or layout below changes: old cache entries are then ignored.
 LAYOUT_VERSION = 1

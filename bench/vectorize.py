@@ -1,7 +1,7 @@
 """The vectorize phase of `make bench` (part `vectorize`), also alone: `python -m bench.vectorize`.
 
 - Quality: precision, recall and F1 per primitive kind (model/jobs/vectorize/score.py, the
-  issue's tolerances) on synthetic diagrams (model/synthetic/diagrams.py) of a seed range the
+  issue's tolerances) on synthetic diagrams (synthetic/diagrams.py) of a seed range the
   method was never tuned on (tuning used seeds 0-89; the held-out set starts at 1000), analysed
   in-process with the job's default params.
 - Speed: diagrams per second through the service: one vectorize task over N diagrams of about
@@ -54,7 +54,7 @@ def quality(n: int, seed: int = HELD_OUT_SEED) -> dict[str, Any]:
     from model.jobs.vectorize.run import analyse
     from model.jobs.vectorize.score import score_image, total
     from model.jobs.vectorize.transform import Affine, transformed
-    from model.synthetic.diagrams import render_diagram
+    from synthetic.diagrams import render_diagram
 
     params = VectorizeParams()
     per_image, seconds, cpu = [], 0.0, 0.0
@@ -84,7 +84,7 @@ def through_service(
     """One task over n diagrams of `long_side` px: diagrams per second, submit to end. With
     `figure`, the first diagram beside what the service found on it, as a PNG."""
     from model.jobs.vectorize.score import score_image, total
-    from model.synthetic.diagrams import render_diagram
+    from synthetic.diagrams import render_diagram
 
     root = Path(tempfile.mkdtemp(prefix="bench-vectorize-"))
     diagrams = [render_diagram(SERVICE_SEED + i, long_side=long_side) for i in range(n)]

@@ -4,7 +4,7 @@ only requests and rich installed, so nothing of the service may be imported befo
 import sys
 
 if sys.argv[1:2] == ["client"]:
-    from model.client import main as client_main
+    from client import main as client_main
 
     sys.exit(client_main(sys.argv[2:]))
 

@@ -1,5 +1,5 @@
 """`python -m model ...`: set up the data dir, manage API keys, run and operate the stack;
-`python -m model client ...` is the API's command-line client (model/client/), handed over by
+`python -m model client ...` is the API's command-line client (client/), handed over by
 model/__main__.py before anything of the service is imported (only requests and rich needed)."""
 
 from __future__ import annotations
@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["client"]:
-        from model.client import main as client_main
+        from client import main as client_main
 
         sys.exit(client_main(argv[1:]))
     args = build_parser().parse_args(argv)

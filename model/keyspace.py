@@ -30,7 +30,9 @@ QUEUES_KEY = f"{PREFIX}:queues"  # set of the Celery queues tasks were ever sent
 DURATIONS_PREFIX = f"{PREFIX}:durations:"  # recent run durations (s) per job type, for ETAs
 WORKERS_PREFIX = f"{PREFIX}:worker:"  # heartbeats of worker processes with models loaded
 ALL_TASKS_KEY = f"{PREFIX}:tasks"  # sorted set of every live task id (admin listing)
-# The Celery queue of tasks that name no particular model (model/celery_app.py routes the others).
+# The Celery queue of tasks that name no particular model (model/celery_app.py routes the others;
+# with the Redis broker it is a Redis list too). Here rather than in celery_app.py: the task
+# core and jobs/train need it, and celery_app imports both (that would be a cycle).
 DEFAULT_QUEUE = "scriptorium"
 
 

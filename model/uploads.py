@@ -33,9 +33,7 @@ from redis import Redis
 
 from model.jobs import UploadMissing
 from model.jobs.contract import DatasetUpload, ImageUpload, ManifestUpload, TaskSpec
-from model.keyspace import UPLOAD_PREFIX
-from model.keyspace import UPLOADS_HELD_BYTES_KEY as HELD_BYTES_KEY
-from model.keyspace import UPLOADS_HELD_KEY as HELD_KEY
+from model.keyspace import UPLOAD_PREFIX, UPLOADS_HELD_BYTES_KEY, UPLOADS_HELD_KEY
 
 # Reserve a task's upload bytes if both budgets allow them, in one step (parallel submits
 # cannot pass a budget together). KEYS: held, sums; ARGV: task id, owner, bytes, now, budget
@@ -100,7 +98,8 @@ class UploadStore:
         if size <= 0:
             return
         outcome = self._reserve(
-            keys=[HELD_KEY, HELD_BYTES_KEY], args=[task_id, owner, size, time.time(), *budgets]
+            keys=[UPLOADS_HELD_KEY, UPLOADS_HELD_BYTES_KEY],
+            args=[task_id, owner, size, time.time(), *budgets],
         )
         outcome = outcome.decode() if isinstance(outcome, bytes) else outcome
         if outcome != "ok":
@@ -108,17 +107,17 @@ class UploadStore:
 
     def release(self, task_id: str) -> bool:
         """Give a task's reserved bytes back (False: it held none, or gave them back already)."""
-        return bool(self._release(keys=[HELD_KEY, HELD_BYTES_KEY], args=[task_id]))
+        return bool(self._release(keys=[UPLOADS_HELD_KEY, UPLOADS_HELD_BYTES_KEY], args=[task_id]))
 
     def held_bytes(self, owner: str | None = None) -> int:
         """Bytes of uploads reserved, by one key's tasks or (None) by all."""
-        value = self.redis.hget(HELD_BYTES_KEY, f"key:{owner}" if owner else "total")
+        value = self.redis.hget(UPLOADS_HELD_BYTES_KEY, f"key:{owner}" if owner else "total")
         return int(value or 0)
 
     def reservations(self) -> dict[str, float]:
         """Task id -> when its reservation was made, for every task holding one."""
         found = {}
-        for task_id, value in self.redis.hgetall(HELD_KEY).items():
+        for task_id, value in self.redis.hgetall(UPLOADS_HELD_KEY).items():
             task = task_id.decode() if isinstance(task_id, bytes) else task_id
             text = value.decode() if isinstance(value, bytes) else value
             found[task] = float(text.split(" ", 2)[1])

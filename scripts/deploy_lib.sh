@@ -158,7 +158,7 @@ build_release() {
 	venv=$(venv_for "$tmp")
 	ln -s "../../shared/venvs/$(basename "$venv")" "$tmp/.venv"
 	# The service user may not write here: compile now rather than on every start.
-	"$venv/bin/python" -m compileall -q "$tmp/model" "$tmp/config" >/dev/null
+	"$venv/bin/python" -m compileall -q "$tmp/model" "$tmp/client" "$tmp/config" >/dev/null
 	built=$(date -u +%FT%TZ)
 	printf 'ref=%s\ncommit=%s\nbuilt=%s\n' "$ref" "$commit" "$built" >"$tmp/RELEASE"
 	chmod -R go-w "$tmp"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the demo illustration detector on synthetic pages, fully offline on CPU.
 
-Renders a YOLO dataset with ``model.synthetic.render_page``, trains ``yolov8n.yaml`` from scratch,
+Renders a YOLO dataset with ``synthetic.render_page``, trains ``yolov8n.yaml`` from scratch,
 measures mAP on a held-out test set rendered from other seeds at larger page sizes, exports ONNX
 and writes the weights, a JSON model card and MODEL_CARD.md into ``--out-dir``.
 
@@ -32,7 +32,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 
-from model.synthetic import render_page  # noqa: E402  (needs the sys.path line above)
+from synthetic import render_page  # noqa: E402  (needs the sys.path line above)
 
 NAME = "illustrations-demo"
 CLASSES = ["illustration"]
@@ -231,7 +231,7 @@ downloading one.
 | `{NAME}.json` | machine-readable card: classes, imgsz, metrics, training facts |
 
 ## Training data
-Synthetic pages only, rendered by `model/synthetic/pages.py` (PIL + numpy): tinted noisy paper
+Synthetic pages only, rendered by `synthetic/pages.py` (PIL + numpy): tinted noisy paper
 with stains, spine shadows and dark scan borders, one to three columns of text-like lines, and
 0-3 non-overlapping illustrations per page (line drawings, diagrams, decorated initials and
 head-pieces, hatched engravings, colour or sepia plates) of 8-70% of the page side.
@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         "trained_on": (
             f"{args.train} synthetic digitized book pages (seed {args.seed}; text columns, "
             "paper noise, stains, scan borders; line drawings, diagrams, initials, engravings, "
-            "plates) rendered by model/synthetic/pages.py; no real scans."
+            "plates) rendered by synthetic/pages.py; no real scans."
         ),
         "metrics": {
             "mAP50": round(map50, 4),

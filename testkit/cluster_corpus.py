@@ -1,6 +1,6 @@
 """Illustrations with known families, for the cluster job's tests and benchmark (bench/cluster.py).
 
-A family is one motif (model/synthetic's renderers) appearing several times, each appearance
+A family is one motif (drawn by synthetic/) appearing several times, each appearance
 re-drawn (a smooth elastic warp, thicker or thinner strokes), rotated up to +-20 degrees,
 scaled 0.6-1.5x, sometimes mirrored, sometimes partly cropped, in another ink on other paper.
 Distractors are motifs of the same kinds drawn once: they belong to no family (label -1).
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from model.synthetic.copies import render_illustration, transform
-from model.synthetic.pages import _KINDS, _paper, _smooth_field
+from synthetic.copies import render_illustration, transform
+from synthetic.pages import _KINDS, _paper, _smooth_field
 
 HELD_OUT_SEEDS = 1000
 DISTRACTOR = -1

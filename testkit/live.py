@@ -15,6 +15,7 @@ The fast layer's one bare redis-server (conftest `bare_redis`) is no stack: it s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -23,7 +24,7 @@ import pytest
 
 MARK = "live"
 _ATTRIBUTE = "starts_processes"
-WHOLE_MODULE = f"pytestmark = pytest.mark.{MARK}\n"
+WHOLE_MODULE = re.compile(rf"^pytestmark = \[?\s*pytest\.mark\.{MARK}\b", re.MULTILINE)
 
 F = TypeVar("F", bound=Callable)
 
@@ -63,10 +64,11 @@ def _uses_live_fixture(item: pytest.Item) -> bool:
 
 def live_module(path: Path, config: pytest.Config) -> bool | None:
     """With -m "not live": True for a test module marked live as a whole (`pytestmark =
-    pytest.mark.live`), which need not even be imported; None (no opinion) otherwise."""
+    pytest.mark.live`, or a list that starts with it), which need not even be imported (each
+    xdist worker would import it again, heavy imports and all); None (no opinion) otherwise."""
     if config.getoption("markexpr") != f"not {MARK}" or not path.name.startswith("test_"):
         return None
-    return WHOLE_MODULE in path.read_text() or None
+    return WHOLE_MODULE.search(path.read_text()) is not None or None
 
 
 def mark_live(items: list[pytest.Item]) -> None:

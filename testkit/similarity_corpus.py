@@ -1,7 +1,7 @@
 """Synthetic documents with known copies for the similarity tests and the evaluation script:
 illustrations drawn once and laid out on pages of several IIIF manifests — an original at its
 drawn size, copies re-rendered at another scale and slight rotation on other paper with other
-noise (model/synthetic/copies.py) — plus the ground truth and the metrics read off a result."""
+noise (synthetic/copies.py) — plus the ground truth and the metrics read off a result."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from model.synthetic.copies import Placement, page_with_illustrations, render_illustration
+from synthetic.copies import Placement, page_with_illustrations, render_illustration
 from testkit.iiif_server import IiifServer, v3_canvas, v3_image, v3_manifest
 
 KINDS = ("line", "diagram", "ornament", "engraving", "plate")

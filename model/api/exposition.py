@@ -42,12 +42,11 @@ from model.api.auth import is_admin, require_key
 from model.api.errors import ApiError
 from model.api.services import services
 from model.celery_app import QUEUE, WEBHOOK_QUEUE
-from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WORKERS_PREFIX
+from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, WEBHOOK_DUE_KEY, WORKERS_PREFIX
 from model.metrics.catalog import HTTP, LIVE, RECORDED, Spec
 from model.metrics.record import metric_key
 from model.tasks.fairness import waiting_messages
 from model.tasks.fleet import HEARTBEAT_TTL_S
-from model.webhooks.events import DUE_KEY
 
 PROXY_HEADERS = (
     "X-Forwarded-For",
@@ -187,7 +186,7 @@ class RedisCollector:
             pipe.zcard(QUEUE_KEY)
             pipe.scard(RUNNING_KEY)
             pipe.llen(WEBHOOK_QUEUE)
-            pipe.zcard(DUE_KEY)
+            pipe.zcard(WEBHOOK_DUE_KEY)
             for key in workers:
                 pipe.pttl(key)
             rows = pipe.execute()

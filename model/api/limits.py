@@ -26,7 +26,7 @@ from model.api.auth_failures import init_auth_failures
 from model.api.errors import ApiError, error_response
 from model.api.services import services
 from model.keys import hash_key
-from model.keyspace import RATE_LIMITS_NAMESPACE as KEY_PREFIX
+from model.keyspace import RATE_LIMITS_NAMESPACE
 from model.settings import Settings, ShareSettings
 
 log = logging.getLogger("scriptorium.api")
@@ -99,14 +99,16 @@ class KeyRateLimit:
                 g.setdefault(DEFERRED, (items[0], who))
                 return None
             for item in items:
-                if not self.strategy.hit(item, KEY_PREFIX, who, SCOPE):
+                if not self.strategy.hit(item, RATE_LIMITS_NAMESPACE, who, SCOPE):
                     return self._refuse(item, who)
         except Exception:  # fail open while Redis is briefly away: requests go on
             log.exception("Failed to rate limit. Swallowing error")
         return None
 
     def _refuse(self, item: RateLimitItem, who: str) -> Response:
-        reset_at, remaining = self.strategy.get_window_stats(item, KEY_PREFIX, who, SCOPE)
+        reset_at, remaining = self.strategy.get_window_stats(
+            item, RATE_LIMITS_NAMESPACE, who, SCOPE
+        )
         log.info("ratelimit %s (%s) exceeded at endpoint: %s", item, who, request.endpoint)
         return _too_many_requests(item, reset_at, remaining)
 
@@ -122,7 +124,7 @@ class KeyRateLimit:
         item, who = deferred
         storage = self.strategy.storage
         assert isinstance(storage, RedisStorage)
-        name = item.key_for(KEY_PREFIX, who, SCOPE)
+        name = item.key_for(RATE_LIMITS_NAMESPACE, who, SCOPE)
         expiry = item.get_expiry()
         pipe.evalsha(storage.lua_incr_expire.sha, 1, storage.prefixed_key(name), expiry, 1)
 
@@ -144,7 +146,7 @@ class KeyRateLimit:
             return response
         item, who = deferred
         try:
-            if not self.strategy.hit(item, KEY_PREFIX, who, SCOPE):
+            if not self.strategy.hit(item, RATE_LIMITS_NAMESPACE, who, SCOPE):
                 return self._refuse(item, who)
         except Exception:
             log.exception("Failed to rate limit. Swallowing error")

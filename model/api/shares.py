@@ -46,8 +46,7 @@ from model.api.schemas import TaskPath, timestamp
 from model.api.services import services
 from model.api.tasks import ERRORS, _owned_record
 from model.jobs.fields import bounded_integer
-from model.keyspace import owner_shares_key as key_shares_key
-from model.keyspace import share_key, task_shares_key
+from model.keyspace import owner_shares_key, share_key, task_shares_key
 from model.outputs.annotations import ResultLinks
 from model.tasks.record import TaskRecord
 
@@ -139,7 +138,11 @@ class ShareStore:
             "expires_at": expires_at,
         }
         outcome = self._create(
-            keys=[share_key(share.id), task_shares_key(task_id), key_shares_key(share.created_by)],
+            keys=[
+                share_key(share.id),
+                task_shares_key(task_id),
+                owner_shares_key(share.created_by),
+            ],
             args=[
                 share.id,
                 expires_at,
@@ -181,7 +184,7 @@ class ShareStore:
         with self.redis.pipeline() as pipe:
             pipe.delete(share_key(share_id))
             pipe.zrem(task_shares_key(task_id), share_id)
-            pipe.zrem(key_shares_key(share.created_by), share_id)
+            pipe.zrem(owner_shares_key(share.created_by), share_id)
             pipe.execute()
         return True
 

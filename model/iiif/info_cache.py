@@ -18,7 +18,7 @@ from typing import Any
 from redis import Redis, RedisError
 
 from model.iiif.image_api import ImageService
-from model.keyspace import IIIF_INFO_PREFIX as PREFIX
+from model.keyspace import IIIF_INFO_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class InfoCache:
     def key(service: ImageService) -> str:
         # Ids are URLs of any length; the version is part of what was asked for.
         digest = hashlib.sha256(f"{service.version} {service.id}".encode()).hexdigest()
-        return f"{PREFIX}{digest[:40]}"
+        return f"{IIIF_INFO_PREFIX}{digest[:40]}"
 
     def get(self, service: ImageService) -> ImageService | None:
         """The description kept for `service`, or None (not kept, unreadable, Redis down)."""

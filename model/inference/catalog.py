@@ -41,9 +41,7 @@ from typing import Any
 from redis import Redis
 
 from model.inference.registry import ModelInfo
-from model.keyspace import MODEL_BLOB_PREFIX as BLOB_PREFIX
-from model.keyspace import MODEL_CARDS_KEY as CARDS_KEY
-from model.keyspace import MODELS_VERSION_KEY as VERSION_KEY
+from model.keyspace import MODEL_BLOB_PREFIX, MODEL_CARDS_KEY, MODELS_VERSION_KEY
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -110,14 +108,14 @@ class Catalog:
         self.max_bytes = max_bytes
 
     def version(self) -> int:
-        return int(self.redis.get(VERSION_KEY) or 0)
+        return int(self.redis.get(MODELS_VERSION_KEY) or 0)
 
     def cards(self) -> dict[str, dict[str, Any]]:
-        raw = self.redis.hgetall(CARDS_KEY)
+        raw = self.redis.hgetall(MODEL_CARDS_KEY)
         return {_text(k): json.loads(v) for k, v in sorted(raw.items())}
 
     def card(self, name: str) -> dict[str, Any] | None:
-        raw = self.redis.hget(CARDS_KEY, name)
+        raw = self.redis.hget(MODEL_CARDS_KEY, name)
         return json.loads(raw) if raw else None
 
     def publish(self, card: dict[str, Any], blobs: dict[str, bytes]) -> None:
@@ -133,25 +131,25 @@ class Catalog:
             if sha256_of(data) != sha:
                 raise ModelStoreError("blob_mismatch", f"blob does not hash to {sha}")
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.watch(CARDS_KEY)
-            if pipe.hexists(CARDS_KEY, name):
+            pipe.watch(MODEL_CARDS_KEY)
+            if pipe.hexists(MODEL_CARDS_KEY, name):
                 raise ModelStoreError("model_exists", f"a model named {name!r} exists already")
             pipe.multi()
             for sha, data in blobs.items():
-                pipe.set(BLOB_PREFIX + sha, data)
-            pipe.hset(CARDS_KEY, name, json.dumps(card, sort_keys=True))
-            pipe.incr(VERSION_KEY)
+                pipe.set(MODEL_BLOB_PREFIX + sha, data)
+            pipe.hset(MODEL_CARDS_KEY, name, json.dumps(card, sort_keys=True))
+            pipe.incr(MODELS_VERSION_KEY)
             pipe.execute()
 
     def remove(self, name: str) -> bool:
         validate_name(name)
-        keys = [CARDS_KEY, VERSION_KEY, BLOB_PREFIX]
+        keys = [MODEL_CARDS_KEY, MODELS_VERSION_KEY, MODEL_BLOB_PREFIX]
         return bool(self.redis.eval(_REMOVE, len(keys), *keys, name))
 
     def blob(self, sha: str) -> bytes | None:
         if not _SHA256.match(sha):
             raise ModelStoreError("invalid_sha256", f"not a sha256: {sha!r}")
-        return self.redis.get(BLOB_PREFIX + sha)
+        return self.redis.get(MODEL_BLOB_PREFIX + sha)
 
 
 class BlobCache:

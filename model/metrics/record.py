@@ -27,8 +27,7 @@ from urllib.parse import urlsplit
 
 from redis import Redis
 
-from model.keyspace import METRICS_HOSTS_KEY as HOSTS_KEY
-from model.keyspace import METRICS_PREFIX as KEY_PREFIX
+from model.keyspace import METRICS_HOSTS_KEY, METRICS_PREFIX
 from model.metrics.catalog import OTHER_HOST, RECORDED
 
 log = logging.getLogger("scriptorium.metrics")
@@ -49,7 +48,7 @@ return ARGV[3]
 
 
 def metric_key(name: str) -> str:
-    return KEY_PREFIX + name
+    return METRICS_PREFIX + name
 
 
 def label_field(values: tuple[str, ...]) -> str:
@@ -155,7 +154,7 @@ class Meter:
                 self._hosts.move_to_end(host)
                 return label
         try:
-            label = self.redis.eval(_ADMIT, 1, HOSTS_KEY, host, self.max_hosts, OTHER_HOST)
+            label = self.redis.eval(_ADMIT, 1, METRICS_HOSTS_KEY, host, self.max_hosts, OTHER_HOST)
         except Exception:
             log.warning("metrics: host label not admitted", exc_info=True)
             return OTHER_HOST

@@ -30,8 +30,7 @@ from collections.abc import Callable
 from redis import Redis
 from redis.exceptions import RedisError
 
-from model.keyspace import FETCH_LIMIT_PREFIX as LEARNED_PREFIX
-from model.keyspace import FETCH_SLOTS_PREFIX as KEY_PREFIX
+from model.keyspace import FETCH_LIMIT_PREFIX, FETCH_SLOTS_PREFIX
 from model.sources.throttle import IDLE_RESET_S
 
 POLL_S = 0.02  # how often a request waiting for a place asks again (and looks at its cancel flag)
@@ -103,7 +102,7 @@ return 1
 
 
 def _keys(host: str) -> list[str]:
-    base = KEY_PREFIX + host
+    base = FETCH_SLOTS_PREFIX + host
     return [base, base + ":waiting", base + ":seen"]
 
 
@@ -209,11 +208,11 @@ class HostSlots:
     def learned(self, host: str) -> int | None:
         """The limit a process's limiter last reached with `host` (within IDLE_RESET_S)."""
         try:
-            value = self.redis.get(LEARNED_PREFIX + host)
+            value = self.redis.get(FETCH_LIMIT_PREFIX + host)
         except RedisError:
             return None
         return int(value) if value else None
 
     def learn(self, host: str, limit: int) -> None:
         with contextlib.suppress(RedisError):
-            self.redis.set(LEARNED_PREFIX + host, limit, ex=int(IDLE_RESET_S))
+            self.redis.set(FETCH_LIMIT_PREFIX + host, limit, ex=int(IDLE_RESET_S))

@@ -104,9 +104,6 @@ class TaskListing:
         values = [float(v) for v in self.redis.lrange(DURATIONS_PREFIX + job_type, 0, -1)]
         return sum(values) / len(values) if values else None
 
-    def running_count(self) -> int:
-        return int(self.redis.scard(RUNNING_KEY))
-
     def running_ids(self) -> list[str]:
         return list(self.redis.smembers(RUNNING_KEY))
 

@@ -39,12 +39,15 @@ from redis import Redis
 
 from model.celery_app import DELIVER_WEBHOOK, WEBHOOK_QUEUE
 from model.jobs.registry import longest_hard_limit_s
-from model.keyspace import WEBHOOK_BREAKER_PREFIX as BREAKER_PREFIX
-from model.keyspace import WEBHOOK_DUE_KEY as DUE_KEY
-from model.keyspace import WEBHOOK_FLIGHT_PREFIX as FLIGHT_PREFIX
-from model.keyspace import WEBHOOK_MSG_PREFIX as MSG_PREFIX
-from model.keyspace import WEBHOOK_PROGRESS_PREFIX as PROGRESS_GATE_PREFIX
-from model.keyspace import task_key, webhook_log_key
+from model.keyspace import (
+    WEBHOOK_BREAKER_PREFIX,
+    WEBHOOK_DUE_KEY,
+    WEBHOOK_FLIGHT_PREFIX,
+    WEBHOOK_MSG_PREFIX,
+    WEBHOOK_PROGRESS_PREFIX,
+    task_key,
+    webhook_log_key,
+)
 from model.services import current
 from model.tasks.record import TaskRecord
 from model.tasks.states import State
@@ -62,7 +65,7 @@ COMPLETED, PROGRESS = "completed", "progress"
 
 
 def message_key(msg_id: str) -> str:
-    return MSG_PREFIX + msg_id
+    return WEBHOOK_MSG_PREFIX + msg_id
 
 
 def deliveries_key(task_id: str) -> str:
@@ -330,7 +333,7 @@ class Outbox:
         }
         ttl = int(self.settings.webhooks.retry_for_s + self.settings.results.ttl_s)
         created = self._create(
-            keys=[message_key(msg_id), DUE_KEY],
+            keys=[message_key(msg_id), WEBHOOK_DUE_KEY],
             args=[json.dumps(fields), ttl, now + lease_s(self.settings), msg_id],
         )
         if not created:
@@ -344,7 +347,7 @@ class Outbox:
     # --- the webhooks worker -------------------------------------------------------------
     def claim(self, msg_id: str, attempt: int, now: float) -> Message | None:
         fields = self._claim(
-            keys=[message_key(msg_id), DUE_KEY],
+            keys=[message_key(msg_id), WEBHOOK_DUE_KEY],
             args=[
                 attempt,
                 now,
@@ -352,8 +355,8 @@ class Outbox:
                 msg_id,
                 key_in_flight(self.settings),
                 now + defer_s(self.settings),
-                FLIGHT_PREFIX,
-                BREAKER_PREFIX,
+                WEBHOOK_FLIGHT_PREFIX,
+                WEBHOOK_BREAKER_PREFIX,
             ],
         )
         if not fields:
@@ -365,11 +368,11 @@ class Outbox:
         """After an attempt: pending again (due at `next_at`) or final."""
         with self.redis.pipeline() as pipe:
             pipe.hset(message_key(message.id), mapping={"state": state, "lease_until": 0})
-            pipe.zrem(FLIGHT_PREFIX + message.owner, message.id)
+            pipe.zrem(WEBHOOK_FLIGHT_PREFIX + message.owner, message.id)
             if next_at is None:
-                pipe.zrem(DUE_KEY, message.id)
+                pipe.zrem(WEBHOOK_DUE_KEY, message.id)
             else:
-                pipe.zadd(DUE_KEY, {message.id: next_at})
+                pipe.zadd(WEBHOOK_DUE_KEY, {message.id: next_at})
             pipe.execute()
 
     def host_answered(self, host: str, outcome: str, now: float) -> None:
@@ -379,7 +382,7 @@ class Outbox:
             return
         hooks = self.settings.webhooks
         self._host_answered(
-            keys=[BREAKER_PREFIX + host],
+            keys=[WEBHOOK_BREAKER_PREFIX + host],
             args=[
                 outcome,
                 now,
@@ -391,7 +394,10 @@ class Outbox:
 
     def due(self, now: float, most: int = 100) -> list[tuple[str, int]]:
         """Messages due now, leased to the caller (which queues their next attempt)."""
-        flat = self._due(keys=[DUE_KEY], args=[now, now + lease_s(self.settings), most, MSG_PREFIX])
+        flat = self._due(
+            keys=[WEBHOOK_DUE_KEY],
+            args=[now, now + lease_s(self.settings), most, WEBHOOK_MSG_PREFIX],
+        )
         return [(flat[i], int(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def log_attempt(self, task_id: str, entry: dict[str, Any]) -> None:
@@ -454,7 +460,7 @@ class ProgressEvents:
             return
         self._next = now + self.interval_s
         try:
-            gate = PROGRESS_GATE_PREFIX + self.task_id
+            gate = WEBHOOK_PROGRESS_PREFIX + self.task_id
             if not self.store.redis.set(gate, 1, nx=True, px=int(self.interval_s * 1000)):
                 return
             record = self.store.get(self.task_id)

@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from model.synthetic import RenderedPage, render_page
+from synthetic import RenderedPage, render_page
 from testkit import browser as browser_kit
 from testkit import live
 from testkit.checkpoints import make_in_subprocess

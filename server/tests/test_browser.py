@@ -23,10 +23,12 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from model.synthetic import RenderedPage
+from synthetic import RenderedPage
 from testkit import browser as browser_kit
 from testkit.iiif_server import IiifServer, Published, Rule, jpeg, v3_canvas, v3_image, v3_manifest
 from testkit.stack import Api, Stack
+
+pytestmark = pytest.mark.live
 
 LOW = {"confidence": 0.01}
 
@@ -139,7 +141,7 @@ def test_mirador_and_the_console_draw_a_vectorized_diagram(
 ) -> None:
     """One annotation per primitive, each an SvgSelector path that Mirador draws (in its
     annotation colour, which nothing on the brown-on-paper diagram has)."""
-    from model.synthetic.diagrams import render_diagram
+    from synthetic.diagrams import render_diagram
 
     diagram = render_diagram(424_243, long_side=1200)
     published = iiif_server.publish("vec-diagram", diagram.image, 3)

@@ -36,7 +36,7 @@ LONG_TASK_IMAGES = 500  # the most a detect task may have
 SLOW_PAGE_S = 0.25  # each served this late: at most 4 at once per host, so 500 take 30 s or more
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 
-# Exit codes (model/client/errors.py), spelled out: scripts rely on the numbers.
+# Exit codes (client/errors.py), spelled out: scripts rely on the numbers.
 OK, FAILED, USAGE, TIMED_OUT, CANCELLED, AUTH, NOT_FOUND, UNAVAILABLE, ACTIVE = range(9)
 
 
@@ -671,8 +671,8 @@ try:
     runpy.run_module("model", run_name="__main__", alter_sys=True)  # `python -m model ...`
 except SystemExit as exit:
     code = exit.code
-import model.client.commands, model.client.http, model.client.progress
-model.client.progress.RichView("0" * 32)
+import client.commands, client.http, client.progress
+client.progress.RichView("0" * 32)
 loaded = sorted(name for name in sys.modules if heavy(name))
 with open(REPORT, "w") as fh:
     json.dump({"code": code, "loaded": loaded}, fh)

@@ -20,6 +20,8 @@ from testkit.similarity_corpus import Corpus, instance_of
 from testkit.similarity_corpus import build as build_pages
 from testkit.stack import Api, Stack
 
+pytestmark = pytest.mark.live
+
 
 def _family_of(member: dict[str, Any], urls: list[str], labels: list[int]) -> int:
     return labels[urls.index(member["image_url"])]

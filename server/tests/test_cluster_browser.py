@@ -9,10 +9,13 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 import requests
 
 from testkit import browser as browser_kit
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 
 def _share(api: Api, task_id: str) -> str:

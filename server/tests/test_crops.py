@@ -6,11 +6,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 import requests
 from PIL import Image
 
 from testkit.iiif_server import IiifServer, v3_canvas, v3_manifest
 from testkit.stack import Api, Stack
+
+pytestmark = pytest.mark.live
 
 
 def _iou(a: list[int], b: tuple[int, int, int, int]) -> float:

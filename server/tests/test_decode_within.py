@@ -3,11 +3,14 @@ same size, scale and refusals as decoding it whole and shrinking it with fit_wit
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import pytest
 from PIL import Image
 
 from model.sources.images import ImageDecodeError, decode_image, decode_within, fit_within
-from model.synthetic import render_page
+from synthetic import render_page
 from testkit.files import encoded
 
 
@@ -16,10 +19,18 @@ def page() -> Image.Image:
     return render_page(930_001, 1700, 2100).image
 
 
+@pytest.fixture(scope="module")
+def page_as(page: Image.Image) -> Callable[[str], bytes]:
+    """The page encoded in a format, once for the module (a PNG this size takes seconds)."""
+    return functools.cache(lambda fmt: encoded(page, fmt))
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 @pytest.mark.parametrize("side", [416, 832, 1500, 4000])
-def test_same_size_and_scale_as_fit_within(page: Image.Image, fmt: str, side: int) -> None:
-    data = encoded(page, fmt)
+def test_same_size_and_scale_as_fit_within(
+    page: Image.Image, page_as: Callable[[str], bytes], fmt: str, side: int
+) -> None:
+    data = page_as(fmt)
     image, full, scale = decode_within(data, 10**8, side)
     expected, expected_scale = fit_within(decode_image(data, 10**8), side)
     assert full == page.size
@@ -27,16 +38,16 @@ def test_same_size_and_scale_as_fit_within(page: Image.Image, fmt: str, side: in
     assert scale == expected_scale
 
 
-def test_pixels_close_to_decode_then_shrink(page: Image.Image) -> None:
-    data = encoded(page, "JPEG")
+def test_pixels_close_to_decode_then_shrink(page_as: Callable[[str], bytes]) -> None:
+    data = page_as("JPEG")
     fast, _, _ = decode_within(data, 10**8, 416)
     slow, _ = fit_within(decode_image(data, 10**8), 416)
     diff = [abs(a - b) for a, b in zip(fast.tobytes(), slow.tobytes(), strict=True)]
     assert sum(diff) / len(diff) < 8  # mean difference of 8-bit channel values
 
 
-def test_truncated_and_oversized_jpegs_are_still_refused(page: Image.Image) -> None:
-    data = encoded(page, "JPEG")
+def test_truncated_and_oversized_jpegs_are_still_refused(page_as: Callable[[str], bytes]) -> None:
+    data = page_as("JPEG")
     with pytest.raises(ImageDecodeError) as truncated:
         decode_within(data[: len(data) // 2], 10**8, 416)
     assert truncated.value.code == "corrupt_image"

@@ -38,10 +38,13 @@ from server.tests.conftest import jpeg_bytes
 from testkit.live import starts_processes
 from testkit.stack import PROJECT_ROOT, TERMINAL, free_port
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("apt-get"),
-    reason="cloudvps_setup.sh needs root on Debian (as in CI)",
-)
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("apt-get"),
+        reason="cloudvps_setup.sh needs root on Debian (as in CI)",
+    ),
+]
 
 # Per run: two runs on one machine must not share (or delete) each other's user.
 SERVICE_USER = f"sc-test-{os.getpid()}"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 
 def iou(a: list[float], b: tuple[int, int, int, int]) -> float:
@@ -38,7 +42,7 @@ def test_upload_detects_known_illustrations(api: Api, pages) -> None:
 
 
 def test_text_only_page_has_no_detection(api: Api) -> None:
-    from model.synthetic import render_page
+    from synthetic import render_page
 
     blank = render_page(777_001, n_illustrations=0)
     body = api.wait(api.upload([("text.jpg", jpeg_bytes(blank))]).json()["task_id"])

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import requests
 
 from model.keys import KEY_CACHE_TTL_S
 from server.tests.conftest import jpeg_bytes
 from testkit.stack import Api, Stack
+
+pytestmark = pytest.mark.live
 
 
 def error_of(resp: requests.Response, status: int) -> dict:

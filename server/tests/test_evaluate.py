@@ -18,6 +18,8 @@ from server.tests.conftest import jpeg_bytes
 from testkit.iiif_server import IiifServer, v3_canvas, v3_image, v3_manifest
 from testkit.stack import Api
 
+pytestmark = pytest.mark.live
+
 
 @pytest.fixture(scope="module")
 def book(iiif_server: IiifServer, iiif_pages) -> str:

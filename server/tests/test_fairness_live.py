@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pytest
+
 from testkit.stack import Api, Stack, wait_ready
+
+pytestmark = pytest.mark.live
 
 
 def test_a_second_keys_task_starts_before_the_first_keys_backlog(

@@ -120,9 +120,8 @@ def _item(index: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def big_task(make_app):
-    """The app, and a finished task of 10,000 pages (stored out of order, as pages finish)."""
+def _finished_task(make_app, pages: int):
+    """The app, and a finished task of `pages` pages (stored out of order, as pages finish)."""
     from model.tasks.states import State
     from model.tasks.store import TaskStore
 
@@ -130,7 +129,7 @@ def big_task(make_app):
     client.environ_base["HTTP_X_API_KEY"] = client.keys.create("alice")
     clean_redis = client.redis
     store = TaskStore(clean_redis, 3600, 3600)
-    record = store.create("alice", "detect", {"params": {}, "inputs": []}, 10_000, 600)
+    record = store.create("alice", "detect", {"params": {}, "inputs": []}, pages, 600)
     store.mark_running(record.id, 1)
     warning = {
         "code": "canvas_limit",
@@ -140,17 +139,23 @@ def big_task(make_app):
         "members_not_read": 0,
     }
     store.set_provenance(record.id, {"manifests": [{"index": 0}], "warnings": [warning]})
-    order = [i ^ 1 for i in range(10_000)]  # 1, 0, 3, 2...: not index order
+    order = [i ^ 1 for i in range(pages)]  # 1, 0, 3, 2...: not index order
     with clean_redis.pipeline(transaction=False) as pipe:
         for index in order:
             pipe.rpush(f"sc:task:{record.id}:items", json.dumps(_item(index)))
-        pipe.hset(f"sc:task:{record.id}", "done", 10_000)
+        pipe.hset(f"sc:task:{record.id}", "done", pages)
         pipe.execute()
     running = client.get(f"/status/{record.id}")
     assert store.finish(record.id, State.SUCCEEDED)
     client.running_status = running
     client.task_id = record.id
     return client
+
+
+@pytest.fixture
+def big_task(make_app):
+    """A finished task of 10,000 pages."""
+    return _finished_task(make_app, 10_000)
 
 
 def test_a_10000_page_task_is_cheap_to_poll_and_warns_of_its_cut(big_task) -> None:
@@ -190,12 +195,19 @@ def test_a_10000_page_result_reads_page_by_page_each_item_once(big_task) -> None
     whole = big_task.get(f"/result/{big_task.task_id}").get_json()
     assert [item["index"] for item in whole["items"]] == list(range(10_000))
     assert big_task.get(f"/result/{big_task.task_id}?limit=0").status_code == 422
+
+
+def test_another_format_than_json_is_the_whole_document_paging_ignored(make_app) -> None:
     # Paging is for format=json: another format is the whole document, paging ignored (a
-    # schema-valid request, so no 422: schemathesis holds the API to that).
-    paged_zip = big_task.get(f"/result/{big_task.task_id}?offset=0&limit=5&format=yolo")
-    whole_zip = big_task.get(f"/result/{big_task.task_id}?format=yolo")
+    # schema-valid request, so no 422: schemathesis holds the API to that). Whatever the
+    # task's size: 12 pages, more than one page of 5 (a YOLO zip of 10,000 takes seconds).
+    task = _finished_task(make_app, 12)
+    paged_zip = task.get(f"/result/{task.task_id}?offset=0&limit=5&format=yolo")
+    whole_zip = task.get(f"/result/{task.task_id}?format=yolo")
     assert paged_zip.status_code == 200 and paged_zip.mimetype == "application/zip"
-    assert _zip_contents(paged_zip.get_data()) == _zip_contents(whole_zip.get_data())
+    contents = _zip_contents(whole_zip.get_data())
+    assert _zip_contents(paged_zip.get_data()) == contents
+    assert sum(name.startswith("labels/") for name in contents) == 12, sorted(contents)
 
 
 def _zip_contents(data: bytes) -> dict[str, bytes]:
@@ -204,7 +216,7 @@ def _zip_contents(data: bytes) -> dict[str, bytes]:
 
 
 def test_the_cli_prints_the_warning_and_the_item_count(big_task) -> None:
-    from model.client.commands import status_text, summary
+    from client.commands import status_text, summary
 
     status = big_task.get(f"/status/{big_task.task_id}").get_json()
     line = summary(status)

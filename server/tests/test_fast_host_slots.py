@@ -15,8 +15,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from model.keyspace import FETCH_SLOTS_PREFIX
 from model.sources.fetch import SafeFetcher
-from model.sources.host_slots import KEY_PREFIX, HostSlots
+from model.sources.host_slots import HostSlots
 from server.tests.test_adaptive_fetch import LOOPBACK, fetch_all, flat, serving, wait_for
 from testkit.stack import free_port
 
@@ -51,7 +52,7 @@ def test_processes_together_keep_to_the_per_host_limit(clean_redis: redis.Redis)
     assert all(not isinstance(r, str) for batch in results for r in batch), results
     assert len(server.hits) == 48
     assert server.max_in_flight == 4, server.max_in_flight
-    assert clean_redis.zcard(KEY_PREFIX + f"127.0.0.1:{server.url.rsplit(':', 1)[1]}") == 0
+    assert clean_redis.zcard(FETCH_SLOTS_PREFIX + f"127.0.0.1:{server.url.rsplit(':', 1)[1]}") == 0
 
 
 HOLDER = """
@@ -88,7 +89,7 @@ def test_places_live_as_long_as_their_process_and_a_cancel_ends_the_wait(
     token = slots.take("h:1", lambda: time.monotonic() - killed_at > 10)
     assert token, "the dead holder's lease did not lapse"
     slots.give_back("h:1", token)
-    assert clean_redis.zcard(KEY_PREFIX + "h:1") == 0
+    assert clean_redis.zcard(FETCH_SLOTS_PREFIX + "h:1") == 0
 
 
 def test_an_unreachable_redis_does_not_hold_fetches() -> None:
@@ -115,7 +116,7 @@ def test_a_place_given_back_while_redis_was_away_is_given_back_once_it_is_here(
     assert other.take("h:1", lambda: time.monotonic() - started > 0.3) is None
     again = slots.take("h:1", lambda: time.monotonic() - started > 3)  # settles its debt first
     assert again and again != token
-    assert clean_redis.zrange(KEY_PREFIX + "h:1", 0, -1) == [again]
+    assert clean_redis.zrange(FETCH_SLOTS_PREFIX + "h:1", 0, -1) == [again]
 
 
 def test_waiting_for_a_shared_place_is_not_taken_for_latency(clean_redis: redis.Redis) -> None:
@@ -174,8 +175,8 @@ def test_a_waiter_that_stopped_asking_leaves_the_line(clean_redis: redis.Redis) 
     held = slots.take("h:1", lambda: False)
     assert held
     # A request of a process that died while it waited: in line, last seen asking now.
-    clean_redis.zadd(KEY_PREFIX + "h:1:waiting", {"dead-waiter": 0})
-    clean_redis.hset(KEY_PREFIX + "h:1:seen", "dead-waiter", int(time.time() * 1000))
+    clean_redis.zadd(FETCH_SLOTS_PREFIX + "h:1:waiting", {"dead-waiter": 0})
+    clean_redis.hset(FETCH_SLOTS_PREFIX + "h:1:seen", "dead-waiter", int(time.time() * 1000))
     slots.give_back("h:1", held)
     started = time.monotonic()
     token = slots.take("h:1", lambda: time.monotonic() - started > 5)

@@ -66,3 +66,34 @@ def test_a_stack_started_by_a_test_not_marked_live_fails_before_it_starts(
     with pytest.raises(live.NotLive, match="not marked live"):
         start_stack(tmp_path / "stack")
     assert not (tmp_path / "stack").exists()
+
+
+# A module whose every test is live says so at its top: the fast layer does not even import it
+# (its imports would cost every xdist worker their seconds). Both spellings of the mark count.
+NEVER_IMPORTED = """
+import pytest
+{mark}
+raise RuntimeError("the fast layer imported a module marked live")
+
+def test_live(): pass
+"""
+
+
+def test_the_fast_layer_does_not_import_a_module_marked_live_as_a_whole(
+    pytester: pytest.Pytester, request: pytest.FixtureRequest
+) -> None:
+    pytester.makeconftest("from server.tests.conftest import pytest_ignore_collect\n")
+    pytester.makeini("[pytest]\nmarkers = live: starts processes\n")
+    pytester.makepyfile(
+        test_one=NEVER_IMPORTED.format(mark="pytestmark = pytest.mark.live"),
+        test_list=NEVER_IMPORTED.format(
+            mark="pytestmark = [\n"
+            "    pytest.mark.live,\n    pytest.mark.skipif(False, reason='-'),\n]"
+        ),
+        test_fast="def test_fast(): pass\n",
+    )
+    result = pytester.runpytest_inprocess("-m", "not live", *QUIET)
+    result.assert_outcomes(passed=1)
+    # The whole suite imports them, and their tests are live.
+    result = pytester.runpytest_inprocess("-m", "live", *QUIET)
+    result.assert_outcomes(errors=2, deselected=1)

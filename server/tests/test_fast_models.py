@@ -14,7 +14,6 @@ import redis
 
 from model.celery_app import QUEUE, queue_for
 from model.inference.catalog import (
-    BLOB_PREFIX,
     BlobCache,
     Catalog,
     ModelStoreError,
@@ -24,6 +23,7 @@ from model.inference.catalog import (
 )
 from model.inference.importer import DownloadRefused, no_network
 from model.inference.live import LiveDetectors
+from model.keyspace import MODEL_BLOB_PREFIX
 from model.settings import Settings
 
 WEIGHTS, ONNX = b"weights" * 100, b"onnx" * 100
@@ -94,7 +94,7 @@ def test_remove_deletes_blobs_no_other_model_uses(catalog: Catalog) -> None:
     assert catalog.blob(sha256_of(WEIGHTS)) == WEIGHTS  # "second" still uses them
     assert catalog.blob(sha256_of(ONNX)) is None
     assert catalog.remove("second")
-    assert catalog.redis.keys(BLOB_PREFIX + "*") == []
+    assert catalog.redis.keys(MODEL_BLOB_PREFIX + "*") == []
     assert not catalog.remove("second")
     assert catalog.cards() == {}
 
@@ -108,7 +108,7 @@ def test_the_cache_verifies_blobs_and_fetches_a_tampered_file_again(
     path.write_bytes(b"tampered")
     assert BlobCache(tmp_path).ensure(catalog, card["sha256"], ".pt").read_bytes() == WEIGHTS
     # A blob whose bytes in Redis are not what its name says is refused, nothing cached.
-    catalog.redis.set(BLOB_PREFIX + "f" * 64, b"whatever")
+    catalog.redis.set(MODEL_BLOB_PREFIX + "f" * 64, b"whatever")
     with pytest.raises(ModelStoreError) as caught:
         BlobCache(tmp_path).ensure(catalog, "f" * 64, ".pt")
     assert caught.value.code == "blob_mismatch"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -487,10 +488,11 @@ def test_a_crops_item_keeps_the_fields_clients_read() -> None:
 # --- layers: what each process imports ----------------------------------------------------------
 
 
-def _modules_after(code: str) -> set[str]:
+def _modules_after(code: str, env: dict[str, str] | None = None) -> set[str]:
     out = subprocess.run(
         [sys.executable, "-c", f"{code}\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
         cwd=PROJECT_ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -499,11 +501,11 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def test_the_http_process_imports_no_torch_pil_requests_or_job_work() -> None:
+def test_the_http_process_imports_no_torch_pil_requests_or_job_work(tmp_path: Path) -> None:
+    # What gunicorn imports (model.wsgi: the app, made from the settings), and the views.
     loaded = _modules_after(
-        "from model.api.app import create_app\n"
-        "from model.settings import Settings\n"
-        "create_app(Settings(data_dir='/tmp/scriptorium-layers'))"
+        "import model.wsgi, model.api.tasks",
+        env={**os.environ, "SCRIPTORIUM_DATA_DIR": str(tmp_path)},
     )
     heavy = {"torch", "PIL", "requests", "cv2", "numpy", "ultralytics", "onnxruntime"}
     worker_code = {

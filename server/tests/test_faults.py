@@ -26,12 +26,15 @@ import redis
 import requests
 
 from model.jobs.registry import JOBS
-from model.sources.host_slots import KEY_PREFIX, LEASE_S
+from model.keyspace import FETCH_SLOTS_PREFIX
+from model.sources.host_slots import LEASE_S
 from model.tasks.fairness import waiting_messages
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.iiif_server import IiifServer, Rule
 from testkit.live import starts_processes
 from testkit.stack import TERMINAL, Api, Stack, start_stack
+
+pytestmark = pytest.mark.live
 
 KILLS = 20
 TIMEOUT_MAX_S = 90
@@ -190,7 +193,7 @@ def test_task_of_a_dead_worker_comes_back_once_its_lease_lapses(
     client.wait(task_id, {"RUNNING"}, predicate=lambda b: b["progress"]["done"] >= 3)
     main = faulty.program_pid("worker")
     children = faulty.pool_children()
-    places = KEY_PREFIX + urlsplit(slow_host[0]).netloc
+    places = FETCH_SLOTS_PREFIX + urlsplit(slow_host[0]).netloc
     deadline = time.monotonic() + 30  # killed while requests hold places (inference is slower)
     while not redis_client(faulty).zcard(places):
         assert time.monotonic() < deadline, "the task never held a place at the host"

@@ -8,10 +8,13 @@ from __future__ import annotations
 import io
 import time
 
+import pytest
 from PIL import Image
 
 from server.tests.test_fetch_hardening import TrickleServer
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 
 def blank_jpeg() -> bytes:

@@ -17,6 +17,8 @@ from testkit.iiif_server import v3_canvas, v3_image, v3_manifest
 from testkit.memory import peak_rss, tree_rss
 from testkit.stack import TERMINAL, Api, Stack
 
+pytestmark = pytest.mark.live
+
 # --- 1. tiny timeouts ---------------------------------------------------------------------------
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from model.synthetic import RenderedPage
 from server.tests.test_detect import iou
+from synthetic import RenderedPage
 from testkit.iiif_server import (
     IiifServer,
     Published,
@@ -26,6 +26,8 @@ from testkit.iiif_server import (
     v3_manifest,
 )
 from testkit.stack import Api, Stack
+
+pytestmark = pytest.mark.live
 
 XYWH = re.compile(r"^(?P<canvas>[^#]+)#xywh=(\d+),(\d+),(\d+),(\d+)$")
 # The demo model is small: a low threshold gives boxes to compare on any page.

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from model.synthetic import render_page
+from synthetic import render_page
 from testkit.iiif_server import (
     IiifServer,
     Published,
@@ -19,6 +19,8 @@ from testkit.iiif_server import (
     v3_manifest,
 )
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 PAGES = 50
 PER_HOST = 2  # fetch.per_host_concurrency of the IIIF test stack (4 download threads)

@@ -21,6 +21,8 @@ from testkit.iiif_server import (
 )
 from testkit.stack import Api
 
+pytestmark = pytest.mark.live
+
 
 def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from model.synthetic import RenderedPage
+from synthetic import RenderedPage
 from testkit.iiif_server import (
     IiifServer,
     Published,
@@ -21,6 +21,8 @@ from testkit.iiif_server import (
     v3_manifest,
 )
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 SIZED = "full/624,/0/default.jpg"  # 832 px long side (the demo model's 416 x 2) of 1200x1600
 

@@ -9,6 +9,8 @@ import pytest
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import Api, Stack
 
+pytestmark = pytest.mark.live
+
 LONG_TASK_IMAGES = 150
 MAX_IMAGES = 500  # jobs.detect.max_images
 

@@ -10,9 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.inference.catalog import BLOB_PREFIX
+import pytest
+
+from model.keyspace import MODEL_BLOB_PREFIX
 from server.tests.conftest import jpeg_bytes
 from testkit.stack import Api, Stack, live_workers
+
+pytestmark = pytest.mark.live
 
 NAME = "woodcuts-imported"
 IMPORT_TIMEOUT_S = 300  # loads torch, a dry run and an ONNX export: slow on a busy 2-core machine
@@ -49,7 +53,7 @@ def test_refused_checkpoints_leave_nothing_behind(stack: Stack, checkpoints: dic
     done = import_model(stack, checkpoints["detector"], "--name", "../escape")
     assert done.returncode == 1 and "invalid_model_name" in done.stderr
     assert json.loads(stack.cli("models", "list", "--json").stdout) == []
-    assert redis.keys(BLOB_PREFIX + "*") == []
+    assert redis.keys(MODEL_BLOB_PREFIX + "*") == []
 
 
 def test_an_imported_model_is_listed_used_by_detect_and_removed(
@@ -89,5 +93,5 @@ def test_an_imported_model_is_listed_used_by_detect_and_removed(
     )
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "unknown_model"
     eventually(lambda: all(NAME not in b.get("models", []) for b in live_workers(stack)))
-    assert stack.redis().keys(BLOB_PREFIX + "*") == []
+    assert stack.redis().keys(MODEL_BLOB_PREFIX + "*") == []
     assert stack.cli("models", "remove", NAME).returncode == 1

@@ -18,6 +18,8 @@ import requests
 
 from testkit.stack import Api, Stack
 
+pytestmark = pytest.mark.live
+
 
 def _unix_get(path: Path, url: str) -> tuple[int, bytes]:
     """A plain HTTP/1.0 GET over a unix socket (requests cannot)."""

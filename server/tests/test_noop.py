@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 
 def test_noop_task_succeeds_without_input(api: Api) -> None:

@@ -35,6 +35,8 @@ from testkit.stack import (
     start_stack,
 )
 
+pytestmark = pytest.mark.live
+
 GRACE_S = 8  # worker.lost_grace_s on both hosts (45 s by default)
 ONLY_A, ONLY_B = "illustrations-only-a", "illustrations-only-b"
 DEMO = "illustrations-demo"

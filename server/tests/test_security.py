@@ -14,6 +14,8 @@ from model.keys import KEY_CACHE_TTL_S
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import Api, Stack
 
+pytestmark = pytest.mark.live
+
 
 @pytest.fixture(scope="module")
 def slow_input(image_server: ImageServer, pages) -> dict:

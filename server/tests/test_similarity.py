@@ -20,8 +20,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from model.synthetic.copies import page_with_illustrations
 from server.tests.test_faults import pool_child
+from synthetic.copies import page_with_illustrations
 from testkit.iiif_server import IiifServer, Rule, jpeg, v3_canvas, v3_image, v3_manifest
 from testkit.live import starts_processes
 from testkit.similarity_corpus import (
@@ -31,6 +31,8 @@ from testkit.similarity_corpus import (
     evaluate_regions,
 )
 from testkit.stack import PROJECT_ROOT, Api, Stack, start_stack
+
+pytestmark = pytest.mark.live
 
 PLUG = "plug-embed"
 # alpha/beta/gamma: art numbers per page, True for a copy (kinds cycle line, diagram, ornament,

@@ -18,7 +18,7 @@ from model.jobs.similarity import compare
 from model.jobs.similarity.embedders import gem, pool, preprocess
 from model.jobs.similarity.features import pack, page_items, unpack
 from model.settings import Settings
-from model.synthetic.copies import Placement, copy_of, page_with_illustrations, render_illustration
+from synthetic.copies import Placement, copy_of, page_with_illustrations, render_illustration
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 

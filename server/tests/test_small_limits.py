@@ -14,6 +14,8 @@ from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.live import starts_processes
 from testkit.stack import Stack, start_stack
 
+pytestmark = pytest.mark.live
+
 TTL_S = 3
 MAX_QUEUED_TOTAL = 2
 ORIGIN = "https://viewer.example.org"

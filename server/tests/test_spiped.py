@@ -18,7 +18,10 @@ import requests
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.stack import Api, Stack, free_port
 
-pytestmark = pytest.mark.skipif(not shutil.which("spiped"), reason="spiped is not installed")
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(not shutil.which("spiped"), reason="spiped is not installed"),
+]
 
 
 def _front_end_spiped(stack: Stack, key: Path) -> Iterator[str]:

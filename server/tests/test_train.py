@@ -18,6 +18,8 @@ from server.tests.conftest import ImageServer
 from testkit.iiif_server import IiifServer, v3_canvas, v3_image, v3_manifest
 from testkit.stack import Api, Stack
 
+pytestmark = pytest.mark.live
+
 # Training on a CPU shared with the other live tests: generous, never asserted on.
 TRAIN_WAIT_S = 900
 

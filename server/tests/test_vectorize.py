@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 
 from model.jobs.vectorize.score import score_image
-from model.synthetic.diagrams import render_diagram
 from server.tests.conftest import ImageServer, jpeg_bytes
+from synthetic.diagrams import render_diagram
 from testkit.stack import Api
+
+pytestmark = pytest.mark.live
 
 SVG = "{http://www.w3.org/2000/svg}"
 CANCEL_IMAGES = 60

@@ -25,6 +25,7 @@ import pytest
 import redis
 from standardwebhooks import Webhook as Verifier
 
+from model.keyspace import WEBHOOK_MSG_PREFIX
 from model.settings import Settings
 from model.tasks.states import State
 from model.tasks.store import TaskStore
@@ -354,7 +355,7 @@ def test_a_private_address_is_refused_at_delivery(stack: Stack, api: Api, secret
         assert "stopped" in stack.ctl("stop", "webhooks")
         try:
             task_id = noop_with(api, {"url": "https://example.org/hook"})
-            message = f"{events.MSG_PREFIX}msg_{task_id}_completed"
+            message = f"{WEBHOOK_MSG_PREFIX}msg_{task_id}_completed"
             wait_for(lambda: stack.redis().exists(message), what="the completed event")
             stack.redis().hset(message, "url", f"http://127.2:{private.port}/hook")
         finally:

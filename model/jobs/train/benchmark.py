@@ -1,6 +1,6 @@
 """The domain-shift benchmark: 40 training and 40 held-out woodcut pages as YOLO datasets.
 
-Pages come from model/synthetic/woodcut.py (a style the shipped detector never saw); the two
+Pages come from synthetic/woodcut.py (a style the shipped detector never saw); the two
 splits use disjoint seeds and every size is drawn from a seeded stream, so a given `seed`
 always writes the same files. Torch-free.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from model.jobs.train.yolo_data import CLASS_NAMES, write_page, write_yaml
-from model.synthetic.woodcut import render_woodcut_page
+from synthetic.woodcut import render_woodcut_page
 
 TRAIN_PAGES = 40
 HELDOUT_PAGES = 40

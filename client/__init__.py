@@ -2,7 +2,7 @@
 
 Light on purpose, for front-end hosts: it needs only `requests` and `rich` (see
 requirements-client.txt) and imports nothing of the service itself (no Flask, pydantic, torch,
-PIL). `model.cli` hands `client` to `model.client.commands.main` before importing anything else.
+PIL). `model.cli` hands `client` to `client.commands.main` before importing anything else.
 """
 
 from __future__ import annotations
@@ -11,6 +11,6 @@ from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from model.client.commands import main as run
+    from client.commands import main as run
 
     return run(argv)

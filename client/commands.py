@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from model.client.errors import EXIT_HELP, STATE_EXIT, TERMINAL, ClientError, Exit
-from model.client.http import DEFAULT_URL, Client, new_idempotency_key
-from model.client.progress import counts, fmt_duration, make_view
+from client.errors import EXIT_HELP, STATE_EXIT, TERMINAL, ClientError, Exit
+from client.http import DEFAULT_URL, Client, new_idempotency_key
+from client.progress import counts, fmt_duration, make_view
 
 PROG = "python -m model client"
 URL_ENV, KEY_ENV = "SCRIPTORIUM_URL", "SCRIPTORIUM_KEY"

@@ -17,7 +17,7 @@ from typing import Any
 
 import requests
 
-from model.client.errors import ClientError, Exit
+from client.errors import ClientError, Exit
 
 DEFAULT_URL = "http://127.0.0.1:5005"
 USER_AGENT = "scriptorium-client/1"

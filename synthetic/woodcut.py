@@ -1,6 +1,6 @@
 """Domain-shift pages: a printing style the shipped detector never saw in training.
 
-The shipped model (model/weights/MODEL_CARD.md) was trained on model/synthetic/pages.py: cream
+The shipped model (model/weights/MODEL_CARD.md) was trained on synthetic/pages.py: cream
 or grey paper, framed drawings, engravings drawn as dark hatching on white, plates. These pages
 differ on purpose, in the ways the issue names:
 - coloured paper: mostly dark (indigo, green, oxblood, brown) printed and drawn in light ink
@@ -19,7 +19,7 @@ import math
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from model.synthetic.pages import (
+from synthetic.pages import (
     Box,
     RenderedPage,
     _bezier,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from model.synthetic.pages import (
+from synthetic.pages import (
     _KIND_P,
     _KINDS,
     _RENDERERS,
