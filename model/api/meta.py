@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, g, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 
 from model.api.auth import SECURITY, require_key
 from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import Services, services
-from model.inference.catalog import Catalog, describe
+from model.inference.catalog import Catalog, describe, visible
 from model.inference.registry import discover
 from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
 from model.tasks import fleet
@@ -40,14 +40,17 @@ def catalog(svc: Services) -> Catalog:
     return Catalog(svc.uploads.redis, svc.settings.models.max_bytes)
 
 
-def known_models(svc: Services) -> dict[str, dict[str, Any]]:
-    """Models a task may name: those some live worker has loaded, on any host, those in this
-    host's model folders (a task for one waits in its queue until a worker that has it runs) and
-    the imported ones (every worker loads them; `hosts` says which have so far)."""
+def known_models(svc: Services, owner: str) -> dict[str, dict[str, Any]]:
+    """Models a task of the key `owner` may name: those some live worker has loaded, on any
+    host, those in this host's model folders (a task for one waits in its queue until a worker
+    that has it runs) and the imported ones this key may use — everyone's and its own
+    (catalog.visible; every worker loads them; `hosts` says which have so far). Another key's
+    model is not listed, as if it did not exist."""
     default = svc.settings.models.default
     found = {
         name: {**describe(card, default), "workers": 0, "hosts": [], "devices": []}
         for name, card in catalog(svc).cards().items()
+        if visible(card, owner)
     }
     found.update(
         (name, {**info.describe(default), "workers": 0, "hosts": [], "devices": []})
@@ -55,15 +58,16 @@ def known_models(svc: Services) -> dict[str, dict[str, Any]]:
     )
     for name, live in fleet.models(fleet.live(svc.redis)).items():
         if live.get("imported") and name not in found:
-            continue  # removed: its workers drop it at their next sync (seconds)
+            continue  # removed (workers drop it at their next sync), or another key's
         found[name] = {**found.get(name, {}), **live, "default": name == default}
     return found
 
 
 @models_api.get("/models", responses={200: ModelList, 401: ErrorResponse})
 def list_models() -> Response:
-    """Models a task may name in `params.model`, with the live workers that have each loaded."""
-    return jsonify({"models": list(known_models(services()).values())})
+    """Models a task of this key may name in `params.model`, with the live workers that have
+    each loaded."""
+    return jsonify({"models": list(known_models(services(), g.owner).values())})
 
 
 @probes_api.get("/healthz", responses={200: Health})
