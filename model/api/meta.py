@@ -1,4 +1,5 @@
-"""GET /models, /healthz, /readyz: what every live worker, on any host, has (tasks/fleet.py)."""
+"""GET /models (what every live worker, on any host, has: tasks/fleet.py) and DELETE
+/models/<name> (a key's own model), /healthz, /readyz."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ from typing import Any
 
 from flask import Response, g, jsonify
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
 
-from model.api.auth import SECURITY, require_key
-from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
+from model.api.auth import SECURITY, is_admin, require_key
+from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, error_response
 from model.api.schemas import Health, ModelList, Readiness
 from model.api.services import Services, services
-from model.inference.catalog import Catalog, describe, visible
+from model.inference.catalog import Catalog, ModelStoreError, describe, validate_name, visible
 from model.inference.registry import discover
 from model.keyspace import QUEUE_KEY, QUEUES_KEY, RUNNING_KEY, queue_index_key
 from model.tasks import fleet
@@ -68,6 +70,28 @@ def list_models() -> Response:
     """Models a task of this key may name in `params.model`, with the live workers that have
     each loaded."""
     return jsonify({"models": list(known_models(services(), g.owner).values())})
+
+
+class ModelPath(BaseModel):
+    name: str = Field(max_length=64)
+
+
+@models_api.delete("/models/<name>", responses={204: None, 403: ErrorResponse, 404: ErrorResponse})
+def remove_model(path: ModelPath) -> Response:
+    """Withdraw an imported model this key owns from every worker host (frees its place in the
+    key's quota); a model for every key needs an admin key. Shipped models stay."""
+    svc = services()
+    models = catalog(svc)
+    try:
+        card = models.card(validate_name(path.name))
+    except ModelStoreError:
+        card = None  # not a name: no model
+    if card is None or not visible(card, g.owner):
+        raise ApiError(404, "model_not_found", f"no imported model {path.name!r} of this key")
+    if card.get("owner") is None and not is_admin():
+        raise ApiError(403, "forbidden", "a model for every key is removed with an admin key")
+    models.remove(path.name)
+    return Response(status=204)
 
 
 @probes_api.get("/healthz", responses={200: Health})

@@ -277,3 +277,26 @@ def test_train_publishes_for_the_key_or_everyone_within_its_quota(make_app) -> N
     with pytest.raises(ModelStoreError, match="max_models_per_key"):
         store.check_quota("alice")
     store.check_quota(None)
+
+
+def test_a_key_removes_its_own_models_an_admin_key_everyones(make_app) -> None:
+    client = make_app()
+    keys = {name: client.keys.create(name) for name in ("alice", "bob")}
+    keys["boss"] = client.keys.create("boss", admin=True)
+    catalog = Catalog(
+        redis.Redis(port=client.redis.connection_pool.connection_kwargs["port"]), 10_000
+    )
+    _owned(catalog, "bobs", "bob")
+    _owned(catalog, "shared", None)
+
+    def remove(key: str, name: str) -> tuple[int, str | None]:
+        resp = client.delete(f"/models/{name}", headers={"X-API-Key": keys[key]})
+        return resp.status_code, (resp.json or {}).get("error", {}).get("code")
+
+    assert remove("alice", "bobs") == (404, "model_not_found")  # as if it did not exist
+    assert remove("alice", "shared") == (403, "forbidden")
+    assert remove("bob", "illustrations-demo") == (404, "model_not_found")  # shipped: stays
+    assert remove("bob", "..") == (404, "model_not_found")
+    assert remove("bob", "bobs") == (204, None)
+    assert remove("boss", "shared") == (204, None)
+    assert catalog.cards() == {}
