@@ -63,7 +63,11 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
             for card in [] if args.json else cards.values():
                 onnx = "onnx" if card.get("onnx_sha256") else "no onnx"
                 classes = ",".join(card["classes"])
-                print(f"{card['name']}\t{card['sha256'][:12]}\t{card['size']} B\t{onnx}\t{classes}")
+                owner = card.get("owner") or "everyone"
+                print(
+                    f"{card['name']}\t{card['sha256'][:12]}\t{card['size']} B\t{onnx}\t"
+                    f"{classes}\t{owner}"
+                )
         elif not catalog.remove(args.name):
             raise ModelStoreError("unknown_model", f"no imported model named {args.name!r}")
         else:

@@ -265,6 +265,10 @@ class TrainingSettings(BaseModel):
     cpu_threads: int = Field(default=0, ge=0)
     # Training tasks a key may have queued or running at once.
     max_active_per_key: int = Field(default=1, ge=1)
+    # Models a (non-admin) key's training may publish for it alone, and the bytes they may hold
+    # in Redis together (weights + ONNX; docs/models.md). Everyone's models count against none.
+    max_models_per_key: int = Field(default=10, ge=1)
+    max_model_bytes_per_key: int = Field(default=200 * 1024 * 1024, ge=1)
     max_pages: int = Field(default=500, ge=2)
     max_epochs: int = Field(default=300, ge=1)
     # Size of a dataset zip fetched by URL, and of everything inside it once unpacked.

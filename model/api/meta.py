@@ -1,18 +1,20 @@
-"""GET /models, /healthz, /readyz: what every live worker, on any host, has (tasks/fleet.py);
-GET /jobs: the registered job types (model/jobs/registry.py)."""
+"""GET /models (what every live worker, on any host, has: tasks/fleet.py) and DELETE
+/models/<name> (a key's own model); GET /jobs (the registered job types:
+model/jobs/registry.py); /healthz, /readyz."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, g, jsonify
 from flask_openapi3 import APIBlueprint, Tag
+from pydantic import BaseModel, Field
 
-from model.api.auth import SECURITY, require_key
-from model.api.errors import COMMON_RESPONSES, ErrorResponse, error_response
+from model.api.auth import SECURITY, is_admin, require_key
+from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, error_response
 from model.api.schemas import Health, JobType, JobTypeList, ModelList, Readiness
 from model.api.services import Services, services
-from model.inference.catalog import Catalog, describe
+from model.inference.catalog import Catalog, ModelStoreError, describe, validate_name, visible
 from model.inference.registry import discover
 from model.jobs.registry import JOBS
 from model.jobs.spec import JobSpec
@@ -52,14 +54,17 @@ def catalog(svc: Services) -> Catalog:
     return Catalog(svc.uploads.redis, svc.settings.models.max_bytes)
 
 
-def known_models(svc: Services) -> dict[str, dict[str, Any]]:
-    """Models a task may name: those some live worker has loaded, on any host, those in this
-    host's model folders (a task for one waits in its queue until a worker that has it runs) and
-    the imported ones (every worker loads them; `hosts` says which have so far)."""
+def known_models(svc: Services, owner: str) -> dict[str, dict[str, Any]]:
+    """Models a task of the key `owner` may name: those some live worker has loaded, on any
+    host, those in this host's model folders (a task for one waits in its queue until a worker
+    that has it runs) and the imported ones this key may use — everyone's and its own
+    (catalog.visible; every worker loads them; `hosts` says which have so far). Another key's
+    model is not listed, as if it did not exist."""
     default = svc.settings.models.default
     found = {
         name: {**describe(card, default), "workers": 0, "hosts": [], "devices": []}
         for name, card in catalog(svc).cards().items()
+        if visible(card, owner)
     }
     found.update(
         (name, {**info.describe(default), "workers": 0, "hosts": [], "devices": []})
@@ -67,15 +72,38 @@ def known_models(svc: Services) -> dict[str, dict[str, Any]]:
     )
     for name, live in fleet.models(fleet.live(svc.redis)).items():
         if live.get("imported") and name not in found:
-            continue  # removed: its workers drop it at their next sync (seconds)
+            continue  # removed (workers drop it at their next sync), or another key's
         found[name] = {**found.get(name, {}), **live, "default": name == default}
     return found
 
 
 @models_api.get("/models", responses={200: ModelList, 401: ErrorResponse})
 def list_models() -> Response:
-    """Models a task may name in `params.model`, with the live workers that have each loaded."""
-    return jsonify({"models": list(known_models(services()).values())})
+    """Models a task of this key may name in `params.model`, with the live workers that have
+    each loaded."""
+    return jsonify({"models": list(known_models(services(), g.owner).values())})
+
+
+class ModelPath(BaseModel):
+    name: str = Field(max_length=64)
+
+
+@models_api.delete("/models/<name>", responses={204: None, 403: ErrorResponse, 404: ErrorResponse})
+def remove_model(path: ModelPath) -> Response:
+    """Withdraw an imported model this key owns from every worker host (frees its place in the
+    key's quota); a model for every key needs an admin key. Shipped models stay."""
+    svc = services()
+    models = catalog(svc)
+    try:
+        card = models.card(validate_name(path.name))
+    except ModelStoreError:
+        card = None  # not a name: no model
+    if card is None or not visible(card, g.owner):
+        raise ApiError(404, "model_not_found", f"no imported model {path.name!r} of this key")
+    if card.get("owner") is None and not is_admin():
+        raise ApiError(403, "forbidden", "a model for every key is removed with an admin key")
+    models.remove(path.name)
+    return Response(status=204)
 
 
 SCHEMAS = "/openapi/openapi.json#/components/schemas/"

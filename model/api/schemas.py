@@ -261,6 +261,10 @@ class ModelDescription(BaseModel):
         False,
         description="Imported with `models add`: every worker host loads it (docs/models.md)",
     )
+    owner: str | None = Field(
+        None,
+        description="The key whose model it is (only that key sees and uses it); null: every key's",
+    )
 
 
 class ModelList(BaseModel):

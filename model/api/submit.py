@@ -20,6 +20,7 @@ from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel, ValidationError
 
 from model import uploads
+from model.api import publishing
 from model.api.admission import (
     RETRY_AFTER_FULL_S,
     check_active_per_key,
@@ -32,7 +33,7 @@ from model.api.admission import (
     read_json_body,
     request_fingerprint,
 )
-from model.api.auth import SECURITY, require_key
+from model.api.auth import SECURITY, is_admin, require_key
 from model.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, describe_validation_error
 from model.api.meta import catalog, known_models
 from model.api.request_doc import UPLOAD_JOB
@@ -227,7 +228,7 @@ def _check_model(svc: Services, name: str | None, task: str) -> None:
         raise ApiError(
             400, "invalid_model_name", "model must be a name from GET /models, not a path"
         )
-    found = known_models(svc).get(name)
+    found = known_models(svc, g.owner).get(name)
     if found is None:
         raise ApiError(422, "unknown_model", f"no model named {name!r}; see GET /models")
     if found["task"] != task:
@@ -400,6 +401,9 @@ def submit_task() -> Response:
         return created_response(earlier, existing.state)  # a retried submit
     for field_name, task in job.model_fields.items():
         _check_model(svc, getattr(task_request.params, field_name), task)
+    if job.publishes_model:
+        params = publishing.for_key(svc, task_request.params, g.owner, is_admin())
+        task_request = task_request.model_copy(update={"params": params})
     timeout = _timeout(svc, submission)
     _check_upload_size(svc, submission)
     webhook = _webhook(svc, task_request.webhook)

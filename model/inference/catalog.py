@@ -22,7 +22,10 @@ a temporary file, checked against the sha256 in its name, then renamed, and chec
 first time a process loads it, so a corrupted or tampered cache file is fetched anew.
 
 Names: `validate_name` (lower-case letters, digits, `.`, `_`, `-`; never a path, never a file
-suffix). Imported models are published by an operator (the CLI on the API host) for every key.
+suffix), one namespace for every key. Who may use a model: a card's `owner` (a key's name) makes it
+that key's alone; a card without one (the CLI's imports, an admin key's training) is every key's
+(`visible`). A key's own models are capped in number and bytes (`Quota`, checked in the same
+transaction that publishes).
 
 Torch-free: the HTTP process imports it.
 """
@@ -35,6 +38,8 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +105,48 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def visible(card: dict[str, Any], owner: str) -> bool:
+    """Whether the key named `owner` may use (and see) this model: its own, or everyone's."""
+    return card.get("owner") in (None, owner)
+
+
+def stored_bytes(card: dict[str, Any]) -> int:
+    """The bytes a model holds in Redis: its weights and its ONNX export."""
+    return int(card.get("size") or 0) + int(card.get("onnx_size") or 0)
+
+
+@dataclass(frozen=True)
+class Quota:
+    """How many models, and how many bytes of them, one key may own (training.max_models_per_key,
+    training.max_model_bytes_per_key); everyone's models count against no key."""
+
+    models: int
+    bytes: int
+
+    @classmethod
+    def of(cls, settings: Any) -> Quota:
+        return cls(settings.training.max_models_per_key, settings.training.max_model_bytes_per_key)
+
+    def check(self, cards: Iterable[dict[str, Any]], owner: str, adding: int = 0) -> None:
+        """Raises ModelStoreError when `owner`'s models plus one of `adding` bytes pass it;
+        `adding=0` asks whether one more model could fit at all (the API, before training)."""
+        own = [card for card in cards if card.get("owner") == owner]
+        if len(own) + 1 > self.models:
+            raise ModelStoreError(
+                "too_many_models",
+                f"the key {owner!r} owns {len(own)} models, the most it may "
+                f"(training.max_models_per_key); remove one first",
+            )
+        used = sum(stored_bytes(card) for card in own)
+        if used + adding > self.bytes or used >= self.bytes:
+            more = f" and this one {adding}" if adding else ""
+            raise ModelStoreError(
+                "model_storage_exceeded",
+                f"the key {owner!r}'s models hold {used} bytes{more}; "
+                f"training.max_model_bytes_per_key allows {self.bytes}; remove one first",
+            )
+
+
 class Catalog:
     """The imported models in Redis. `redis` must be binary-safe (decode_responses=False)."""
 
@@ -118,9 +165,12 @@ class Catalog:
         raw = self.redis.hget(MODEL_CARDS_KEY, name)
         return json.loads(raw) if raw else None
 
-    def publish(self, card: dict[str, Any], blobs: dict[str, bytes]) -> None:
+    def publish(
+        self, card: dict[str, Any], blobs: dict[str, bytes], quota: Quota | None = None
+    ) -> None:
         """Add a model: its blobs (sha256 -> bytes, checked here) and its card, all at once.
-        A name already taken is refused (remove it first)."""
+        A name already taken is refused (remove it first); a card with an `owner` must fit
+        that key's `quota`, checked against the cards as the transaction sees them."""
         name = validate_name(card["name"])
         for sha, data in blobs.items():
             if len(data) > self.max_bytes:
@@ -134,6 +184,9 @@ class Catalog:
             pipe.watch(MODEL_CARDS_KEY)
             if pipe.hexists(MODEL_CARDS_KEY, name):
                 raise ModelStoreError("model_exists", f"a model named {name!r} exists already")
+            if quota is not None and card.get("owner") is not None:
+                cards = [json.loads(raw) for raw in pipe.hvals(MODEL_CARDS_KEY)]
+                quota.check(cards, card["owner"], stored_bytes(card))
             pipe.multi()
             for sha, data in blobs.items():
                 pipe.set(MODEL_BLOB_PREFIX + sha, data)
@@ -219,6 +272,7 @@ def describe(card: dict[str, Any], default: str) -> dict[str, Any]:
         "default": card["name"] == default,
         "backends": ["torch", "onnx"] if card.get("onnx_sha256") else ["torch"],
         "imported": True,
+        "owner": card.get("owner"),
     }
 
 

@@ -67,6 +67,9 @@ class JobSpec:
     queue: str | None = None
     # How many tasks of this type one key may have queued or running at once (None: no limit).
     active_per_key: Callable[[Settings], int] | None = None
+    # Its tasks publish a model (train): params.visibility says for whom; the API resolves it
+    # for the key and refuses, at submit, what the key may not publish (model/api/publishing.py).
+    publishes_model: bool = False
 
     def limits_in(self, settings: Settings) -> JobLimits:
         """Its own limits, with those configured for this type (flask_config.yaml jobs.<name>)

@@ -5,6 +5,7 @@ loading real weights is the live tests' part)."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,15 @@ from model.inference.catalog import (
     BlobCache,
     Catalog,
     ModelStoreError,
+    Quota,
     new_card,
     sha256_of,
     validate_name,
+    visible,
 )
 from model.inference.importer import DownloadRefused, no_network
 from model.inference.live import LiveDetectors
+from model.jobs.train.publish import ModelStore
 from model.keyspace import MODEL_BLOB_PREFIX
 from model.settings import Settings
 
@@ -168,3 +172,131 @@ def test_an_import_reaches_no_network() -> None:
     with socket.create_connection(listener.getsockname(), timeout=1):
         pass  # connections work again after
     listener.close()
+
+
+# --- whose models: visibility and per-key quotas (model/api/publishing.py) ----------------------
+
+
+def _owned(catalog: Catalog, name: str, owner: str | None, size: int = 100) -> dict:
+    weights = f"{name} weights".encode()
+    card = new_card(name, classes=["figure"], imgsz=320, sha256=sha256_of(weights))
+    catalog.publish({**card, "owner": owner, "size": size}, {sha256_of(weights): weights})
+    return card
+
+
+def test_a_keys_quota_counts_its_own_models_in_the_publishing_transaction(
+    catalog: Catalog,
+) -> None:
+    quota = Quota(models=2, bytes=1000)
+    _owned(catalog, "everyones", None, size=5000)  # every key's: counted against none
+    _owned(catalog, "bobs", "bob", size=900)
+    _owned(catalog, "first", "alice", size=600)
+    with pytest.raises(ModelStoreError) as caught:
+        _owned_with(catalog, quota, "too-big", "alice", size=401)
+    assert caught.value.code == "model_storage_exceeded"
+    _owned_with(catalog, quota, "second", "alice", size=400)
+    with pytest.raises(ModelStoreError) as caught:
+        _owned_with(catalog, quota, "third", "alice", size=1)
+    assert caught.value.code == "too_many_models"
+    _owned_with(catalog, quota, "for-all", None, size=5000)  # no owner, no quota
+    assert set(catalog.cards()) == {"everyones", "bobs", "first", "second", "for-all"}
+    assert [visible(c, "alice") for c in catalog.cards().values()] == [0, 1, 1, 1, 1]
+
+
+def _owned_with(catalog: Catalog, quota: Quota, name: str, owner: str | None, size: int) -> None:
+    weights = f"{name} weights".encode()
+    card = new_card(name, classes=["figure"], imgsz=320, sha256=sha256_of(weights), size=size)
+    catalog.publish({**card, "owner": owner}, {sha256_of(weights): weights}, quota)
+
+
+def test_a_keys_model_is_listed_and_usable_by_that_key_alone(make_app, tmp_path: Path) -> None:
+    client = make_app()
+    alice, bob = client.keys.create("alice"), client.keys.create("bob")
+    catalog = Catalog(
+        redis.Redis(port=client.redis.connection_pool.connection_kwargs["port"]), 10_000
+    )
+    _owned(catalog, "bobs-woodcuts", "bob")
+    _owned(catalog, "shared", None)
+
+    def listed(key: str) -> dict[str, dict]:
+        models = client.get("/models", headers={"X-API-Key": key}).json["models"]
+        return {m["name"]: m for m in models}
+
+    assert "bobs-woodcuts" not in listed(alice) and listed(alice)["shared"]["owner"] is None
+    assert listed(bob)["bobs-woodcuts"]["owner"] == "bob"
+    detect = {"type": "detect", "input": {"image_urls": ["https://example.org/p.jpg"]}}
+    train = {"type": "train", "input": {"dataset_url": "https://example.org/set.zip"}}
+    for key, status in [(alice, 422), (bob, 202)]:
+        for body, field in [(detect, "model"), (train, "base_model")]:
+            params = {"name": "new", field: "bobs-woodcuts"} if field == "base_model" else {}
+            resp = client.post(
+                "/task",
+                json={**body, "params": {field: "bobs-woodcuts", **params}},
+                headers={"X-API-Key": key},
+            )
+            assert resp.status_code == status, resp.json
+            if status == 422:
+                assert resp.json["error"]["code"] == "unknown_model"
+    # The worker's side of train resolves its base model for the task's key the same way.
+    store = ModelStore(client.app_settings, catalog.redis)
+    assert store.base("bobs-woodcuts", "alice") is None
+    assert store.base("bobs-woodcuts", "bob").name == "bobs-woodcuts"  # type: ignore[union-attr]
+
+
+def test_train_publishes_for_the_key_or_everyone_within_its_quota(make_app) -> None:
+    client = make_app(training={"max_models_per_key": 2, "max_model_bytes_per_key": 1000})
+    keys = {name: client.keys.create(name) for name in ("alice", "bob")}
+    keys["boss"] = client.keys.create("boss", admin=True)
+    catalog = Catalog(
+        redis.Redis(port=client.redis.connection_pool.connection_kwargs["port"]), 10_000
+    )
+
+    def train(key: str, **params: str) -> Any:
+        body = {"type": "train", "input": {"dataset_url": "https://example.org/set.zip"}}
+        body["params"] = {"name": f"new-{key}", **params}
+        return client.post("/task", json=body, headers={"X-API-Key": keys[key]})
+
+    def visibility(resp: Any) -> str:
+        assert resp.status_code == 202, resp.json
+        spec = client.redis.hget(f"sc:task:{resp.json['task_id']}", "spec")
+        return json.loads(spec)["params"]["visibility"]
+
+    _owned(catalog, "alices-first", "alice", size=1000)
+    refused = train("alice")
+    assert (refused.status_code, refused.json["error"]["code"]) == (413, "model_storage_exceeded")
+    _owned(catalog, "alices-second", "alice", size=0)
+    refused = train("alice")
+    assert (refused.status_code, refused.json["error"]["code"]) == (429, "too_many_models")
+    refused = train("bob", visibility="everyone")
+    assert (refused.status_code, refused.json["error"]["code"]) == (403, "forbidden")
+    assert visibility(train("bob")) == "key"
+    _owned(catalog, "bosss", "boss", size=5000)  # admin keys publish for everyone, no quota
+    assert visibility(train("boss")) == "everyone"
+    # The worker checks the quota again before training (another task may have published).
+    store = ModelStore(client.app_settings, catalog.redis)
+    with pytest.raises(ModelStoreError, match="max_models_per_key"):
+        store.check_quota("alice")
+    store.check_quota(None)
+
+
+def test_a_key_removes_its_own_models_an_admin_key_everyones(make_app) -> None:
+    client = make_app()
+    keys = {name: client.keys.create(name) for name in ("alice", "bob")}
+    keys["boss"] = client.keys.create("boss", admin=True)
+    catalog = Catalog(
+        redis.Redis(port=client.redis.connection_pool.connection_kwargs["port"]), 10_000
+    )
+    _owned(catalog, "bobs", "bob")
+    _owned(catalog, "shared", None)
+
+    def remove(key: str, name: str) -> tuple[int, str | None]:
+        resp = client.delete(f"/models/{name}", headers={"X-API-Key": keys[key]})
+        return resp.status_code, (resp.json or {}).get("error", {}).get("code")
+
+    assert remove("alice", "bobs") == (404, "model_not_found")  # as if it did not exist
+    assert remove("alice", "shared") == (403, "forbidden")
+    assert remove("bob", "illustrations-demo") == (404, "model_not_found")  # shipped: stays
+    assert remove("bob", "..") == (404, "model_not_found")
+    assert remove("bob", "bobs") == (204, None)
+    assert remove("boss", "shared") == (204, None)
+    assert catalog.cards() == {}

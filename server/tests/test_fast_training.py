@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from model.jobs import JobFailed
 from model.jobs.train.benchmark import build
 from model.jobs.train.dataset import DatasetError, read_yolo_zip, write_split, yolo_zip
 from model.jobs.train.yolo_data import CLASS_NAMES, images_of, split_stems
@@ -87,32 +88,32 @@ def test_unusable_pages_get_a_reason_and_the_rest_train() -> None:
     assert dataset.pages[0].boxes[0] == pytest.approx((25.6, 19.2, 12.8, 9.6))
     reasons = {s["page"]: s["reason"] for s in dataset.skipped}
     assert reasons == {
-        "badclass": "line 1: class 3 is not one of the 1 names",
-        "broken": "not a readable image",
-        "empty": "no boxes",
-        "nolabel": "no label file",
-        "outside": "line 1: box outside the image",
+        "badclass": "unknown_class: line 1: class 3 is not one of the 1 names",
+        "broken": "undecodable: not a readable image (UnidentifiedImageError)",
+        "empty": "no_boxes: its label file holds no box",
+        "nolabel": "no_label_file: images/nolabel.png: no label file of its stem",
+        "outside": "boxes_outside_canvas: line 1: box outside the image",
     }
 
 
 @pytest.mark.parametrize(
     ("data", "code"),
     [
-        (b"PK nothing", "bad_dataset"),
-        (zipped({"readme.md": "hi"}), "no_pages"),
+        (b"PK nothing", "invalid_dataset"),
+        (zipped({"readme.md": "hi"}), "invalid_dataset"),
         (zipped({"a.png": _png(), "a.txt": "0 0.5 0.5 0.1 0.1"}), "too_few_pages"),
-        (zipped({f"{i}.png": _png() for i in range(4)}), "too_many_pages"),
+        (zipped({f"{i}.png": _png() for i in range(4)}), "too_many_images"),
     ],
 )
 def test_unusable_datasets_are_refused_with_a_code(data: bytes, code: str) -> None:
-    with pytest.raises(DatasetError) as caught:
+    with pytest.raises(JobFailed) as caught:
         read_yolo_zip(data, max_pages=3, max_bytes=CAP)
     assert caught.value.code == code
 
 
 def test_a_zip_that_unpacks_past_the_cap_is_refused_before_reading() -> None:
     data = zipped({"big.txt": "0" * 100_000, "a.png": _png()})
-    with pytest.raises(DatasetError) as caught:
+    with pytest.raises(JobFailed) as caught:
         read_yolo_zip(data, max_pages=3, max_bytes=50_000)
     assert caught.value.code == "dataset_too_large"
 

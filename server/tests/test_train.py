@@ -52,7 +52,7 @@ def _remove(stack: Stack, name: str) -> None:
 
 
 def test_train_publishes_a_model_that_detect_then_uses(
-    stack: Stack, api: Api, tiny_set: dict
+    stack: Stack, api: Api, other_api: Api, tiny_set: dict
 ) -> None:
     name = f"tuned-{uuid.uuid4().hex[:8]}"
     task = _train(
@@ -77,6 +77,8 @@ def test_train_publishes_a_model_that_detect_then_uses(
 
         listed = _models(api)[name]
         assert listed["sha256"] == result["new"]["sha256"] and listed["input_size"] == 160
+        # Trained by a key that is not an admin: its model alone (docs/models.md).
+        assert listed["owner"] == "alice" and name not in _models(other_api)
         detect = api.submit_ok(
             {
                 "type": "detect",

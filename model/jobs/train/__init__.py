@@ -63,6 +63,13 @@ class TrainParams(BaseModel):
         "base model's; always: publish whatever it scores",
     )
 
+    visibility: Literal["key", "everyone"] | None = Field(
+        None,
+        description="Who may use the published model: `key`, this key alone (counted against "
+        "its training.max_models_per_key and max_model_bytes_per_key), or `everyone` (admin keys "
+        "only). Default: `everyone` for an admin key, else `key`",
+    )
+
     @field_validator("name")
     @classmethod
     def _model_name(cls, value: str) -> str:
@@ -182,6 +189,7 @@ SPEC = JobSpec(
     uploads=True,
     input_schema=input_schema,
     model_fields={"base_model": "detect"},
+    publishes_model=True,
     limits=JobLimits(timeout_default_s=3600, timeout_max_s=21600, max_images=500),
     queue=TRAIN_QUEUE,
     active_per_key=_active_per_key,

@@ -1,5 +1,6 @@
-"""Annotated pages for training: read a YOLO dataset zip, check it, split it, write it out (IIIF
-ground truth becomes the same Dataset in model/jobs/train/iiif.py).
+"""Annotated pages for training: read a YOLO dataset zip (with evaluate's reader,
+model/jobs/yolo_zip.py), check it, split it, write it out (IIIF ground truth becomes the same
+Dataset in model/jobs/train/iiif.py).
 
 Torch-free (PIL, zipfile). A page that cannot be used gets a reason and is left out; a dataset
 with nothing left to train on is refused as a whole (`DatasetError`, a 4xx-style code).
@@ -18,15 +19,8 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from model.jobs import JobFailed
-from model.jobs.train.yolo_data import (
-    IMAGE_SUFFIXES,
-    link_split,
-    split_stems,
-    write_page,
-    write_yaml,
-)
-
-MAX_ENTRIES = 20_000  # files in a zip (images + labels + the rest)
+from model.jobs.train.yolo_data import link_split, split_stems, write_page, write_yaml
+from model.jobs.yolo_zip import PageProblem, YoloZip
 
 
 class DatasetError(JobFailed):
@@ -65,114 +59,43 @@ class Dataset:
         return h.hexdigest()
 
 
-def _names_from_yaml(text: str) -> list[str] | None:
-    """Class names of a YOLO data.yaml: `names: [a, b]` or `names:` followed by `  0: a` lines.
-
-    A small reader on purpose: a yaml from a stranger is never handed to a full YAML loader."""
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        if not line.startswith("names:"):
-            continue
-        rest = line[len("names:") :].strip()
-        if rest.startswith("["):
-            return [n.strip().strip("'\"") for n in rest.strip("[]").split(",") if n.strip()]
-        names: dict[int, str] = {}
-        for item in lines[i + 1 :]:
-            if not item.startswith((" ", "\t")) or ":" not in item:
-                break
-            key, value = item.split(":", 1)
-            if key.strip().isdigit():
-                names[int(key.strip())] = value.strip().strip("'\"")
-        return [names[k] for k in sorted(names)] if names else None
-    return None
-
-
 def _image_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as img:
-        img.verify()
-    with Image.open(io.BytesIO(data)) as img:
-        return img.size
-
-
-def _parse_labels(text: str, size: tuple[int, int], classes: list[str]) -> Page | str:
-    """Boxes of one YOLO label file, or the reason the page cannot be used."""
-    w, h = size
-    boxes, labels = [], []
-    for n, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 5:
-            return f"line {n}: expected 'class cx cy w h'"
-        try:
-            cls = int(parts[0])
-            cx, cy, bw, bh = (float(v) for v in parts[1:])
-        except ValueError:
-            return f"line {n}: not numbers"
-        if not 0 <= cls < len(classes):
-            return f"line {n}: class {cls} is not one of the {len(classes)} names"
-        if bw <= 0 or bh <= 0 or cx - bw / 2 < -0.01 or cy - bh / 2 < -0.01:
-            return f"line {n}: box outside the image"
-        if cx + bw / 2 > 1.01 or cy + bh / 2 > 1.01:
-            return f"line {n}: box outside the image"
-        boxes.append(((cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h))
-        labels.append(classes[cls])
-    if not boxes:
-        return "no boxes"
-    return Page("", b"", size, boxes, labels)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception as exc:
+        raise PageProblem("undecodable", f"not a readable image ({type(exc).__name__})") from exc
 
 
 def read_yolo_zip(data: bytes, max_pages: int, max_bytes: int) -> Dataset:
-    """Images anywhere in the zip, each with the label file of the same stem (in a `labels`
-    folder or beside it); class names from data.yaml or classes.txt, else `class<N>`."""
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise DatasetError("bad_dataset", "the dataset is not a zip file") from exc
-    infos = [i for i in archive.infolist() if not i.is_dir()]
-    if len(infos) > MAX_ENTRIES:
-        raise DatasetError("dataset_too_large", f"at most {MAX_ENTRIES} files in a dataset zip")
-    if sum(i.file_size for i in infos) > max_bytes:
-        raise DatasetError("dataset_too_large", f"a dataset may unpack to {max_bytes} bytes")
-    images: dict[str, zipfile.ZipInfo] = {}
-    labels: dict[str, zipfile.ZipInfo] = {}
-    classes: list[str] | None = None
-    for info in infos:
-        path = PurePosixPath(info.filename)
-        if path.name.startswith("."):
-            continue
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            images[path.stem] = info
-        elif path.suffix == ".txt" and path.name != "classes.txt":
-            labels[path.stem] = info
-        elif path.name in ("data.yaml", "dataset.yaml") and classes is None:
-            classes = _names_from_yaml(archive.read(info).decode("utf-8", "replace"))
-        elif path.name == "classes.txt" and classes is None:
-            text = archive.read(info).decode("utf-8", "replace")
-            classes = [c.strip() for c in text.splitlines() if c.strip()]
-    if not images:
-        raise DatasetError("no_pages", "the dataset zip holds no images")
-    if len(images) > max_pages:
-        raise DatasetError("too_many_pages", f"at most {max_pages} pages per training task")
-    if classes is None:
-        most = max((_max_class(archive, i) for i in labels.values()), default=0)
-        classes = [f"class{n}" for n in range(most + 1)]
-    pages, skipped = [], []
-    for stem in sorted(images):
-        blob = archive.read(images[stem])
+    """The zip as evaluate reads it (model/jobs/yolo_zip.py: layout, class names, the same
+    codes for a page's defects); class names default to `class<N>`. A page is named by its
+    file's stem; one without a label file or without a box is skipped too."""
+    archive = YoloZip(data, max_pages, max_bytes)
+    classes = archive.class_names() or [f"class{n}" for n in range(archive.most_class() + 1)]
+    pages: list[Page] = []
+    skipped: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for member in archive.images:
+        stem = PurePosixPath(member).stem
         try:
+            if stem in seen:
+                raise PageProblem("duplicate_name", f"{member}: another image has this name")
+            seen.add(stem)
+            blob = archive.read(member)
             size = _image_size(blob)
-        except Exception:  # noqa: BLE001 - PIL raises many types for a bad file
-            skipped.append({"page": stem, "reason": "not a readable image"})
+            boxes = archive.boxes(member, classes, size)
+            if boxes is None:
+                raise PageProblem("no_label_file", f"{member}: no label file of its stem")
+            if not boxes:
+                raise PageProblem("no_boxes", "its label file holds no box")
+        except PageProblem as problem:  # the same "code: message" as IIIF pages' (iiif.py)
+            skipped.append({"page": stem, "reason": f"{problem.code}: {problem.message}"})
             continue
-        if stem not in labels:
-            skipped.append({"page": stem, "reason": "no label file"})
-            continue
-        parsed = _parse_labels(archive.read(labels[stem]).decode("utf-8", "replace"), size, classes)
-        if isinstance(parsed, str):
-            skipped.append({"page": stem, "reason": parsed})
-            continue
-        pages.append(Page(stem, blob, size, parsed.boxes, parsed.labels))
+        labels, xywh = [label for label, _ in boxes], [box for _, box in boxes]
+        pages.append(Page(stem, blob, size, xywh, labels))
     if len(pages) < 2:
         raise DatasetError(
             "too_few_pages",
@@ -180,15 +103,6 @@ def read_yolo_zip(data: bytes, max_pages: int, max_bytes: int) -> Dataset:
             f"(skipped: {skipped[:5]})",
         )
     return Dataset(pages, classes, skipped)
-
-
-def _max_class(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
-    found = 0
-    for line in archive.read(info).decode("utf-8", "replace").splitlines():
-        head = line.split(maxsplit=1)[:1]
-        if head and head[0].isdigit():
-            found = max(found, min(int(head[0]), 999))
-    return found
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ one MULTI: every worker host picks the model up without a restart, and nothing i
 published. A name taken meanwhile is refused there too (`model_exists`).
 
 Base models: a shipped model's weights are on disk; an imported one's come from the host's
-blob cache (fetched from Redis and checked by sha256).
+blob cache (fetched from Redis and checked by sha256), if the task's key may use it.
+
+Whose: `owner` None publishes for every key; a key's name, for that key alone, within its quota
+(catalog.Quota), checked once before training (`check_quota`) and again in the publishing
+transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from model.inference.catalog import BlobCache, Catalog, model_info
+from model.inference.catalog import BlobCache, Catalog, Quota, model_info, visible
 from model.inference.registry import ModelInfo, discover
 
 
@@ -25,24 +29,34 @@ class ModelStore:
         self.settings = settings
         self.catalog = Catalog(binary_redis, settings.models.max_bytes)
         self.cache = BlobCache(settings.model_cache_dir)
+        self.quota = Quota.of(settings)
 
-    def base(self, name: str) -> ModelInfo | None:
+    def base(self, name: str, key: str) -> ModelInfo | None:
+        """The model `name` as the key named `key` may use it (None: no such model for it)."""
         found = discover(self.settings.model_dirs).get(name)
         if found is not None:
             return found
         card = self.catalog.card(name)
-        if card is None:
+        if card is None or not visible(card, key):
             return None
         return model_info(card, self.cache.ensure(self.catalog, card["sha256"], ".pt"), None)
 
     def exists(self, name: str) -> bool:
         return name in discover(self.settings.model_dirs) or self.catalog.card(name) is not None
 
-    def publish(self, name: str, weights: Path, work: Path, extra: dict[str, Any]) -> str:
-        """Check and publish; returns the weights' sha256."""
+    def check_quota(self, owner: str | None) -> None:
+        """Raises ModelStoreError when `owner` could not own one more model."""
+        if owner is not None:
+            self.quota.check(self.catalog.cards().values(), owner)
+
+    def publish(
+        self, name: str, weights: Path, work: Path, owner: str | None, extra: dict[str, Any]
+    ) -> str:
+        """Check and publish for `owner` (None: every key); returns the weights' sha256."""
         from model.inference.importer import inspect
 
         work.mkdir(parents=True, exist_ok=True)
         card, blobs = inspect(weights, work, self.settings.models.max_bytes, name)
-        self.catalog.publish({**card, **extra, "source": "train job"}, blobs)
+        card = {**card, **extra, "source": "train job", "owner": owner}
+        self.catalog.publish(card, blobs, self.quota)
         return str(card["sha256"])

@@ -29,10 +29,10 @@ from model.jobs.train.publish import ModelStore
 from model.sources.fetch import FetchError
 
 
-def _base_model(store: ModelStore, settings: Any, name: str | None) -> ModelInfo:
+def _base_model(store: ModelStore, settings: Any, name: str | None, key: str) -> ModelInfo:
     wanted = name or settings.models.default
     try:
-        info = store.base(wanted)
+        info = store.base(wanted, key)
     except ModelStoreError as exc:
         raise JobFailed(exc.code, exc.message) from exc
     if info is None or info.task != "detect":
@@ -71,9 +71,17 @@ def run_train(ctx: JobContext) -> None:
     if params.epochs > settings.training.max_epochs:
         raise JobFailed("too_many_epochs", f"at most {settings.training.max_epochs} epochs")
     store = ModelStore(settings, ctx.resources.uploads.redis)
-    base = _base_model(store, settings, params.base_model)
+    key = ctx.record.owner
+    base = _base_model(store, settings, params.base_model, key)
     if store.exists(params.name):
         raise JobFailed("model_exists", f"a model named {params.name!r} exists already")
+    # The API resolved it for the key (model/api/publishing.py); a task queued without it: the
+    # key's own.
+    owner = None if params.visibility == "everyone" else key
+    try:
+        store.check_quota(owner)  # before minutes of training; publishing checks again
+    except ModelStoreError as exc:
+        raise JobFailed(exc.code, exc.message) from exc
     ctx.set_total(params.epochs)
     ctx.set_summary({"stage": "loading dataset"})
     dataset = _dataset(ctx, params, base)
@@ -99,9 +107,9 @@ def run_train(ctx: JobContext) -> None:
         ctx.check_cancel()  # the last point to stop: past it the model is published whole
         summary = _summary(params, base, dataset, split, result)
         if summary["published"]:
-            extra = _card(params, base, dataset, result, summary["provenance"], ctx.record.owner)
+            extra = _card(params, base, dataset, result, summary["provenance"], key)
             try:
-                store.publish(params.name, result.weights, work / "publish", extra)
+                store.publish(params.name, result.weights, work / "publish", owner, extra)
             except ModelStoreError as exc:
                 raise JobFailed(exc.code, exc.message) from exc
         # The status shows it as result.provenance (a summary key of that name would clash).
@@ -131,6 +139,7 @@ def _summary(
         "better": better,
         "published": params.publish == "always" or better,
         "publish": params.publish,
+        "visibility": "everyone" if params.visibility == "everyone" else "key",
         "held_out_pages": [dataset.source_of(name) for name in split.val_pages],
         "train_pages": len(split.train_pages),
         "skipped_pages": dataset.skipped,
