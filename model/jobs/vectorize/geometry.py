@@ -101,12 +101,16 @@ def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
         return [(0, n)]
     if not occupied.any():
         return []
-    filled = occupied.copy()
     idx = np.nonzero(occupied)[0]
     gaps = np.diff(np.concatenate([idx, [idx[0] + n]]))
-    for i, g in zip(idx, gaps, strict=True):
-        if 1 < g <= max_gap + 1:
-            filled[(np.arange(i + 1, i + g)) % n] = True
+    bridged = (gaps > 1) & (gaps <= max_gap + 1)
+    # +1 where a bridged gap opens, -1 where it closes, on two turns of the ring (a gap may
+    # wrap past bin 0); the running sum marks the bridged bins.
+    cover = np.zeros(2 * n + 1, np.int32)
+    np.add.at(cover, idx[bridged] + 1, 1)
+    np.add.at(cover, idx[bridged] + gaps[bridged], -1)
+    inside = np.cumsum(cover)[: 2 * n] > 0
+    filled = occupied | inside[:n] | inside[n:]
     if filled.all():
         return [(0, n)]
     start = int(np.argmin(filled))  # an empty bin: runs do not wrap past it
@@ -158,7 +162,10 @@ def _refined(
         dx, dy = x - cx, y - cy
         d = np.maximum(np.hypot(dx, dy), 1e-9)
         jac = np.stack([-dx / d, -dy / d, -np.ones_like(d)], 1)
-        step, *_ = np.linalg.lstsq(jac, -(d - r), rcond=None)
+        try:  # the normal equations: a 3x3 solve, much cheaper than lstsq's SVD
+            step = np.linalg.solve(jac.T @ jac, jac.T @ (r - d))
+        except np.linalg.LinAlgError:
+            break
         cx, cy, r = cx + step[0], cy + step[1], r + step[2]
         if abs(step).max() < 0.05:
             break
@@ -262,12 +269,24 @@ def _radii(dist: np.ndarray, angle: np.ndarray, ink: _Ink, t: Thresholds) -> lis
     low = t.min_arc_deg / 360
     found = []
     lo = int(t.min_radius * ink.diag)
+    window = max(1, int(t.min_arc_deg * ANGLE_BINS / 360))
     for r in range(lo, r_max):
         c = coverage[r]
         peak = c >= low and c >= coverage[max(0, r - 2 * band) : r + 2 * band + 1].max()
-        if peak and (not found or r - found[-1] > band):
+        if peak and (not found or r - found[-1] > band) and _dense_run(spread[r], window):
             found.append(float(r))
     return found
+
+
+def _dense_run(row: np.ndarray, window: int) -> bool:
+    """Whether some `window` consecutive angle bins (circularly) are mostly inked: ink
+    scattered over the ring (strokes crossing it) makes no arc, and is not worth analysing."""
+    wrapped = np.concatenate([row, row[: window - 1]]).astype(np.int32)
+    sums = np.convolve(wrapped, np.ones(window, np.int32), mode="valid")
+    return bool(sums.max() >= RUN_DENSITY * window)
+
+
+RUN_DENSITY = 0.7
 
 
 def _greedy(candidates: list[_Candidate], n_points: int) -> list[_Candidate]:
@@ -291,12 +310,18 @@ def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
     mask = ink.mask
     for _round in range(ROUNDS):
         candidates: list[_Candidate] = []
+        seen = _Rings(band)
         for cx, cy in _centres(ink, mask, t):
             dist, angle = _polar(ink.points, cx, cy)
             free = ~claimed
             for r in _radii(dist[free], angle[free], ink, t):
+                if seen.has(cx, cy, r):
+                    continue  # a neighbouring centre's vote for a ring already analysed
+                seen.add(cx, cy, r)
                 pool = np.nonzero(free & (np.abs(dist - r) <= band + 0.1 * r))[0]
                 found = _shape_at(ink, pool, cx, cy, r, band, t)
+                if found is not None:
+                    seen.add(*found.shape["center"], found.shape["radius"])
                 if found is None or found.shape["radius"] < t.min_radius * ink.diag:
                     continue
                 if found.fill >= MIN_FILL:
@@ -309,6 +334,23 @@ def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
             claimed[c.members] = True
         mask = _without(ink, claimed)
     return everything
+
+
+class _Rings:
+    """Rings (centre, radius) already analysed: the votes put several centres within a few
+    pixels of one true centre, each of which would find the same rings again."""
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = tolerance
+        self.rings = np.zeros((0, 3))
+
+    def has(self, cx: float, cy: float, r: float) -> bool:
+        if len(self.rings) == 0:
+            return False
+        return bool((np.abs(self.rings - (cx, cy, r)).max(axis=1) <= self.tolerance).any())
+
+    def add(self, cx: float, cy: float, r: float) -> None:
+        self.rings = np.vstack([self.rings, (cx, cy, r)])
 
 
 def _without(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
