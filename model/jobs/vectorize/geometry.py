@@ -386,7 +386,7 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
     order = np.argsort(-lengths)
     used = np.zeros(len(segs), bool)
     offset_tol = max(3.0, ink.stroke) + 1.5
-    gap_tol = 0.03 * ink.diag
+    gap_tol = MERGE_GAP * ink.diag
     lines = []
     p0s, p1s = segs[:, :2], segs[:, 2:]
     for i in order:
@@ -420,7 +420,7 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
             direction = np.linalg.eigh(cov)[1][:, -1]
             proj = (pts - mean) @ direction
             a, b = mean + proj.min() * direction, mean + proj.max() * direction
-        a, b = _extend(ink.mask, b, a, ink.stroke), _extend(ink.mask, a, b, ink.stroke)
+        a, b = _extend(ink.mask, b, a), _extend(ink.mask, a, b)
         length = float(np.linalg.norm(b - a))
         if length < t.min_line * ink.diag:
             continue
@@ -431,23 +431,26 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
     return lines
 
 
-def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np.ndarray:
-    """b moved outwards along a->b while ink goes on (LSD stops short of junctions and of the
-    ink it shares with a circle); gaps up to a couple of stroke widths are crossed."""
+MERGE_GAP = 0.03  # of the diagonal: longest gap between collinear fragments merged
+EXTEND_REACH = 1  # px around the line's axis where ink counts as its going on
+
+
+def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b moved outwards along a->b while ink goes on without a break (LSD stops short of
+    junctions and of the ink it shares with a circle). Crossing a gap, even a pen gap of a
+    couple of strokes, ran lines on past their true end more often than it joined them."""
     u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
     h, w = mask.shape
-    gap = int(2 * stroke + 2)
-    last, misses = 0, 0
+    k = EXTEND_REACH
+    last = 0
     for step in range(1, int(0.2 * math.hypot(w, h))):
         x, y = (b + u * step).round().astype(int)
-        if not (1 <= x < w - 1 and 1 <= y < h - 1):
+        if (
+            not (k <= x < w - k and k <= y < h - k)
+            or not mask[y - k : y + k + 1, x - k : x + k + 1].any()
+        ):
             break
-        if mask[y - 1 : y + 2, x - 1 : x + 2].any():
-            last, misses = step, 0
-        else:
-            misses += 1
-            if misses > gap:
-                break
+        last = step
     return b + u * last
 
 
