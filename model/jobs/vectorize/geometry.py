@@ -135,7 +135,7 @@ def _trimmed(occupied: np.ndarray, start: int, length: int) -> tuple[int, int]:
     return (start + first) % n, last - first
 
 
-SOLID = 4
+SOLID = 8
 
 
 def _fit_circle(pts: np.ndarray) -> tuple[float, float, float] | None:
