@@ -91,7 +91,7 @@ def _centres(ink: _Ink, mask: np.ndarray, t: Thresholds) -> list[tuple[float, fl
     return [(float(x) / k, float(y) / k) for x, y, _r in found[0][:MAX_CENTRES]]
 
 
-MAX_CENTRES = 20
+MAX_CENTRES = 12
 
 
 def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
@@ -101,12 +101,16 @@ def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
         return [(0, n)]
     if not occupied.any():
         return []
-    filled = occupied.copy()
     idx = np.nonzero(occupied)[0]
     gaps = np.diff(np.concatenate([idx, [idx[0] + n]]))
-    for i, g in zip(idx, gaps, strict=True):
-        if 1 < g <= max_gap + 1:
-            filled[(np.arange(i + 1, i + g)) % n] = True
+    bridged = (gaps > 1) & (gaps <= max_gap + 1)
+    # +1 where a bridged gap opens, -1 where it closes, on two turns of the ring (a gap may
+    # wrap past bin 0); the running sum marks the bridged bins.
+    cover = np.zeros(2 * n + 1, np.int32)
+    np.add.at(cover, idx[bridged] + 1, 1)
+    np.add.at(cover, idx[bridged] + gaps[bridged], -1)
+    inside = np.cumsum(cover)[: 2 * n] > 0
+    filled = occupied | inside[:n] | inside[n:]
     if filled.all():
         return [(0, n)]
     start = int(np.argmin(filled))  # an empty bin: runs do not wrap past it
@@ -131,7 +135,7 @@ def _trimmed(occupied: np.ndarray, start: int, length: int) -> tuple[int, int]:
     return (start + first) % n, last - first
 
 
-SOLID = 4
+SOLID = 8
 
 
 def _fit_circle(pts: np.ndarray) -> tuple[float, float, float] | None:
@@ -158,7 +162,10 @@ def _refined(
         dx, dy = x - cx, y - cy
         d = np.maximum(np.hypot(dx, dy), 1e-9)
         jac = np.stack([-dx / d, -dy / d, -np.ones_like(d)], 1)
-        step, *_ = np.linalg.lstsq(jac, -(d - r), rcond=None)
+        try:  # the normal equations: a 3x3 solve, much cheaper than lstsq's SVD
+            step = np.linalg.solve(jac.T @ jac, jac.T @ (r - d))
+        except np.linalg.LinAlgError:
+            break
         cx, cy, r = cx + step[0], cy + step[1], r + step[2]
         if abs(step).max() < 0.05:
             break
@@ -262,24 +269,45 @@ def _radii(dist: np.ndarray, angle: np.ndarray, ink: _Ink, t: Thresholds) -> lis
     low = t.min_arc_deg / 360
     found = []
     lo = int(t.min_radius * ink.diag)
+    window = max(1, int(t.min_arc_deg * ANGLE_BINS / 360))
     for r in range(lo, r_max):
         c = coverage[r]
         peak = c >= low and c >= coverage[max(0, r - 2 * band) : r + 2 * band + 1].max()
-        if peak and (not found or r - found[-1] > band):
+        if peak and (not found or r - found[-1] > band) and _dense_run(spread[r], window):
             found.append(float(r))
     return found
+
+
+def _dense_run(row: np.ndarray, window: int) -> bool:
+    """Whether some `window` consecutive angle bins (circularly) are mostly inked: ink
+    scattered over the ring (strokes crossing it) makes no arc, and is not worth analysing."""
+    wrapped = np.concatenate([row, row[: window - 1]]).astype(np.int32)
+    sums = np.convolve(wrapped, np.ones(window, np.int32), mode="valid")
+    return bool(sums.max() >= RUN_DENSITY * window)
+
+
+RUN_DENSITY = 0.7
 
 
 def _greedy(candidates: list[_Candidate], n_points: int) -> list[_Candidate]:
     """Largest first, each only if most of its ink is not explained by one accepted before."""
     claimed = np.zeros(n_points, bool)
     kept = []
-    for c in sorted(candidates, key=lambda c: -len(c.members)):
+    for c in sorted(candidates, key=_weight, reverse=True):
         if len(c.members) == 0 or float((~claimed[c.members]).mean()) < MIN_FRESH:
             continue
         claimed[c.members] = True
         kept.append(c)
     return kept
+
+
+def _weight(c: _Candidate) -> float:
+    """The ink a candidate explains, lines weighted up: a false arc strung through several
+    straight strokes explains more ink than any one of them."""
+    return len(c.members) * (LINE_WEIGHT if c.shape["kind"] == "line" else 1.0)
+
+
+LINE_WEIGHT = 1.5
 
 
 def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
@@ -291,12 +319,18 @@ def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
     mask = ink.mask
     for _round in range(ROUNDS):
         candidates: list[_Candidate] = []
+        seen = _Rings(band)
         for cx, cy in _centres(ink, mask, t):
             dist, angle = _polar(ink.points, cx, cy)
             free = ~claimed
             for r in _radii(dist[free], angle[free], ink, t):
+                if seen.has(cx, cy, r):
+                    continue  # a neighbouring centre's vote for a ring already analysed
+                seen.add(cx, cy, r)
                 pool = np.nonzero(free & (np.abs(dist - r) <= band + 0.1 * r))[0]
                 found = _shape_at(ink, pool, cx, cy, r, band, t)
+                if found is not None:
+                    seen.add(*found.shape["center"], found.shape["radius"])
                 if found is None or found.shape["radius"] < t.min_radius * ink.diag:
                     continue
                 if found.fill >= MIN_FILL:
@@ -309,6 +343,23 @@ def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
             claimed[c.members] = True
         mask = _without(ink, claimed)
     return everything
+
+
+class _Rings:
+    """Rings (centre, radius) already analysed: the votes put several centres within a few
+    pixels of one true centre, each of which would find the same rings again."""
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = tolerance
+        self.rings = np.zeros((0, 3))
+
+    def has(self, cx: float, cy: float, r: float) -> bool:
+        if len(self.rings) == 0:
+            return False
+        return bool((np.abs(self.rings - (cx, cy, r)).max(axis=1) <= self.tolerance).any())
+
+    def add(self, cx: float, cy: float, r: float) -> None:
+        self.rings = np.vstack([self.rings, (cx, cy, r)])
 
 
 def _without(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
@@ -335,7 +386,7 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
     order = np.argsort(-lengths)
     used = np.zeros(len(segs), bool)
     offset_tol = max(3.0, ink.stroke) + 1.5
-    gap_tol = 0.03 * ink.diag
+    gap_tol = MERGE_GAP * ink.diag
     lines = []
     p0s, p1s = segs[:, :2], segs[:, 2:]
     for i in order:
@@ -369,7 +420,7 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
             direction = np.linalg.eigh(cov)[1][:, -1]
             proj = (pts - mean) @ direction
             a, b = mean + proj.min() * direction, mean + proj.max() * direction
-        a, b = _extend(ink.mask, b, a, ink.stroke), _extend(ink.mask, a, b, ink.stroke)
+        a, b = _extend(ink.mask, b, a), _extend(ink.mask, a, b)
         length = float(np.linalg.norm(b - a))
         if length < t.min_line * ink.diag:
             continue
@@ -380,23 +431,26 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
     return lines
 
 
-def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np.ndarray:
-    """b moved outwards along a->b while ink goes on (LSD stops short of junctions and of the
-    ink it shares with a circle); gaps up to a couple of stroke widths are crossed."""
+MERGE_GAP = 0.03  # of the diagonal: longest gap between collinear fragments merged
+EXTEND_REACH = 1  # px around the line's axis where ink counts as its going on
+
+
+def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """b moved outwards along a->b while ink goes on without a break (LSD stops short of
+    junctions and of the ink it shares with a circle). Crossing a gap, even a pen gap of a
+    couple of strokes, ran lines on past their true end more often than it joined them."""
     u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
     h, w = mask.shape
-    gap = int(2 * stroke + 2)
-    last, misses = 0, 0
+    k = EXTEND_REACH
+    last = 0
     for step in range(1, int(0.2 * math.hypot(w, h))):
         x, y = (b + u * step).round().astype(int)
-        if not (1 <= x < w - 1 and 1 <= y < h - 1):
+        if (
+            not (k <= x < w - k and k <= y < h - k)
+            or not mask[y - k : y + k + 1, x - k : x + k + 1].any()
+        ):
             break
-        if mask[y - 1 : y + 2, x - 1 : x + 2].any():
-            last, misses = step, 0
-        else:
-            misses += 1
-            if misses > gap:
-                break
+        last = step
     return b + u * last
 
 
