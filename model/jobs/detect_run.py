@@ -49,7 +49,7 @@ def run_detect(ctx: JobContext) -> None:
     }
     ctx.set_provenance(provenance)
     with open_pages(ctx, provenance) as pages:
-        plan = pages.plan_units(keep_manifests=True)
+        plan = pages.plan_task(keep_manifests=True)
         ctx.set_total(len(plan.units))
         pending = pages.pending(plan.units)
         pages.timings["inference_s"] = 0.0

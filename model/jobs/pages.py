@@ -94,7 +94,7 @@ class Pages:
 
     # --- plan ---------------------------------------------------------------------------------
 
-    def plan_units(
+    def plan_task(
         self, spec: TaskSpec | None = None, keep_manifests: bool = False, record: bool = True
     ) -> Plan:
         """The task's inputs (or `spec`'s) as units. `keep_manifests`: keep the manifests read

@@ -216,7 +216,7 @@ def _detected(run: _Run, planned: list[Planned], finished: set[int]) -> None:
     if detector is None:
         raise JobFailed("model_unavailable", f"detector {name!r} is not loaded")
     # Items number the manifests' pages after the other inputs: no manifest list in provenance.
-    pages = run.pages.plan_units(TaskSpec(inputs=manifests), record=False)
+    pages = run.pages.plan_task(TaskSpec(inputs=manifests), record=False)
     most = SPEC.limits_in(settings).max_images
     loader = run.pages.loader(
         cache=DetectionCache(None, 0, 0),  # items are cut from the pixels: nothing to reuse

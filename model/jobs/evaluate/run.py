@@ -112,7 +112,7 @@ def _evaluate_manifest(
     scored: list[tuple[list[Box], list[Box]]],
     pages: Pages,
 ) -> list[dict[str, str]]:
-    plan = pages.plan_units(keep_manifests=True)
+    plan = pages.plan_task(keep_manifests=True)
     truths, problems = on_canvases(gather(ctx, plan, pages.fetcher), plan)
     units = [
         u

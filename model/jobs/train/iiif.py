@@ -150,7 +150,7 @@ def read_iiif(ctx: Any, imgsz: int, default_class: str | None, base_classes: lis
     # Training's own provenance replaces this block once the model is trained; until then (and
     # on a cancel while reading) the status shows what reading the pages cost.
     with open_pages(ctx, {}) as pages:
-        plan = pages.plan_units(record=False)  # the trained model's card names the manifest
+        plan = pages.plan_task(record=False)  # the trained model's card names the manifest
         truths, problems = on_canvases(gather(ctx, plan, pages.fetcher), plan)
         units = [u for u in plan.units if u.canvas is not None and u.canvas.canvas.id in truths]
         if len(units) > settings.training.max_pages:

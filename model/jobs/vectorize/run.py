@@ -61,7 +61,7 @@ def run_vectorize(ctx: JobContext) -> None:
 
 def _pages(ctx: JobContext, params: VectorizeParams, pages: Pages) -> None:
     settings = ctx.resources.settings
-    plan = pages.plan_units(keep_manifests=True)
+    plan = pages.plan_task(keep_manifests=True)
     ctx.set_total(len(plan.units))
     pending = pages.pending(plan.units)
     loader = pages.loader(
