@@ -33,8 +33,11 @@ from model.pipeline.cache import BoundedCache, DetectionCache
 from model.sources.fetch import FetchScope
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from model.jobs.context import JobContext
     from model.jobs.contract import TaskSpec
+    from model.settings import Settings
 
 
 class PagePlan(Protocol):
@@ -152,23 +155,17 @@ class Pages:
         min_side: int,
         analyse_side: int | None = None,
     ) -> PageLoader:
-        """Pages fetched through the task's fetcher (IIIF image services asked for the size
-        needed, info.json read once and cached), decoded, shrunk once; results cached in
-        `cache` by content and `params_key`."""
-        settings = self.settings
-        return PageLoader(
-            fetcher=self.fetcher,
-            services=ServiceInfo(
-                json_getter(self.fetcher, settings.iiif.max_json_bytes),
-                InfoCache(self.resources.redis, settings.iiif.info_cache_ttl_s),
-            ),
+        """Pages fetched through the task's fetcher; see `build_loader`."""
+        return build_loader(
+            self.fetcher,
+            self.settings,
+            redis=self.resources.redis,
+            uploads=self.resources.uploads,
             cache=cache,
             params_key=params_key,
             max_side=max_side,
             min_side=min_side,
-            max_pixels=settings.fetch.max_pixels,
             analyse_side=analyse_side,
-            uploads=self.resources.uploads,
         )
 
     # --- batch --------------------------------------------------------------------------------
@@ -244,6 +241,38 @@ class Pages:
             write()
         self.provenance.update(self.block())
         self.ctx.set_provenance(self.provenance)
+
+
+def build_loader(
+    fetcher: Any,
+    settings: Settings,
+    *,
+    redis: Redis | None = None,
+    uploads: Any = None,
+    cache: BoundedCache,
+    params_key: str,
+    max_side: int,
+    min_side: int,
+    analyse_side: int | None = None,
+) -> PageLoader:
+    """Pages fetched through `fetcher` (IIIF image services asked for the size needed, their
+    info.json read once and kept in Redis), decoded, shrunk once; results cached in `cache` by
+    content and `params_key`. A task gets it from `Pages.loader`; the benchmark's raw baseline
+    (bench/raw_e2e.py) builds the same loader outside any task."""
+    return PageLoader(
+        fetcher=fetcher,
+        services=ServiceInfo(
+            json_getter(fetcher, settings.iiif.max_json_bytes),
+            InfoCache(redis, settings.iiif.info_cache_ttl_s),
+        ),
+        cache=cache,
+        params_key=params_key,
+        max_side=max_side,
+        min_side=min_side,
+        max_pixels=settings.fetch.max_pixels,
+        analyse_side=analyse_side,
+        uploads=uploads,
+    )
 
 
 @contextmanager
