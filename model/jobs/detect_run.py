@@ -18,7 +18,7 @@ from model.jobs import JobFailed
 from model.jobs.context import JobContext
 from model.jobs.detect import MAX_SIDE_FACTOR, DetectParams
 from model.jobs.items import DetectPage
-from model.jobs.loading import PageLoader, Prepared, to_output_box
+from model.jobs.loading import PageLoader, Prepared, decoded_boxes, page_item, to_output_box
 from model.jobs.pages import Pages, open_pages
 from model.pipeline.cache import DetectionCache, params_digest
 
@@ -104,15 +104,7 @@ def _analyse(
     per_image_s = (time.perf_counter() - started) / len(ready)
     timings["inference_s"] += per_image_s * len(ready)
     for prepared, detections in zip(ready, predictions, strict=True):
-        # Boxes come in the analysed image's pixels: keep them in the decoded image's.
-        decoded = [
-            {
-                "xyxy": [round(v / prepared.scale, 2) for v in d["xyxy"]],
-                "confidence": round(float(d["confidence"]), 4),
-                "label": d["label"],
-            }
-            for d in detections
-        ]
+        decoded = decoded_boxes(prepared, detections)
         width, height = prepared.decoded_size
         if prepared.cache_key:
             cache.put(prepared.cache_key, {"width": width, "height": height, "detections": decoded})
@@ -124,25 +116,13 @@ def _analyse(
 def _emit_ok(
     ctx: JobContext, prepared: Prepared, decoded: list[dict[str, Any]], cached: bool
 ) -> None:
-    width, height = prepared.decoded_size
-    item = {
-        **prepared.item,
-        "status": "ok",
-        "width": width,
-        "height": height,
-        "cached": cached,
-        "detections": [
-            {
-                "xywh": to_output_box(prepared, d["xyxy"]),
-                "confidence": d["confidence"],
-                "label": d["label"],
-            }
-            for d in decoded
-        ],
-        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
-    }
-    if prepared.unit.canvas is not None:
-        item["coordinates"] = "canvas"
-        item["canvas_width"] = item.get("canvas_width") or width
-        item["canvas_height"] = item.get("canvas_height") or height
+    detections = [
+        {
+            "xywh": to_output_box(prepared, d["xyxy"]),
+            "confidence": d["confidence"],
+            "label": d["label"],
+        }
+        for d in decoded
+    ]
+    item = page_item(prepared, cached, detections=detections)
     ctx.emit(DetectPage.model_validate(item))

@@ -23,7 +23,7 @@ from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
 from model.jobs.context import JobContext
 from model.jobs.contract import Document
-from model.jobs.loading import Prepared, to_output_box
+from model.jobs.loading import Prepared, decoded_boxes, page_item, to_output_box
 from model.jobs.pages import Pages, open_pages
 from model.jobs.similarity import DocumentPair, PairMatch, PairSide, SimilarityPage
 from model.jobs.similarity import compare as comparing
@@ -213,17 +213,7 @@ def _features(run: _Run, batch: list[Prepared]) -> None:
             [p.image for p in fresh], run.params.confidence, run.params.iou
         )
         run.timings["detect_s"] += time.perf_counter() - t0
-        detections = [
-            [
-                {
-                    "xyxy": [round(v / p.scale, 2) for v in d["xyxy"]],
-                    "confidence": round(float(d["confidence"]), 4),
-                    "label": d["label"],
-                }
-                for d in dets
-            ]
-            for p, dets in zip(fresh, found, strict=True)
-        ]
+        detections = [decoded_boxes(p, dets) for p, dets in zip(fresh, found, strict=True)]
     t0 = time.perf_counter()
     per_page, crops = [], []
     for prepared, dets in zip(fresh, detections, strict=True):
@@ -294,21 +284,9 @@ def _accept(
     run.items[document].extend(items)
     if index in run.finished:
         return  # stored by an earlier attempt of this task
-    item = {
-        **prepared.item,
-        "document": document,
-        "status": "ok",
-        "width": width,
-        "height": height,
-        "cached": cached,
-        "detections": info.detections,
-        "compared": len(items),
-        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
-    }
-    if prepared.unit.canvas is not None:
-        item["coordinates"] = "canvas"
-        item["canvas_width"] = item.get("canvas_width") or width
-        item["canvas_height"] = item.get("canvas_height") or height
+    item = page_item(
+        prepared, cached, document=document, detections=info.detections, compared=len(items)
+    )
     run.ctx.emit(SimilarityPage.model_validate(item))
 
 

@@ -22,7 +22,7 @@ from model.jobs.context import JobContext
 from model.jobs.contract import SourceTask
 from model.jobs.crops import detect_pages
 from model.jobs.items import DetectPage
-from model.jobs.loading import Prepared
+from model.jobs.loading import Prepared, page_item
 from model.jobs.pages import Pages, open_pages
 from model.jobs.vectorize import METHOD, VERSION, VectorizeParams
 from model.jobs.vectorize.geometry import Thresholds, vectorize
@@ -116,19 +116,7 @@ def _page_done(
         decoded = found
         if prepared.cache_key:
             cache.put(prepared.cache_key, {"width": width, "height": height, "detections": decoded})
-    item = {
-        **prepared.item,
-        "status": "ok",
-        "width": width,
-        "height": height,
-        "cached": cached,
-        "primitives": transformed(decoded, page_transform(prepared)),
-        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
-    }
-    if prepared.unit.canvas is not None:
-        item["coordinates"] = "canvas"
-        item["canvas_width"] = item.get("canvas_width") or width
-        item["canvas_height"] = item.get("canvas_height") or height
+    item = page_item(prepared, cached, primitives=transformed(decoded, page_transform(prepared)))
     ctx.emit(VectorizeItem.model_validate(item))
 
 
