@@ -89,22 +89,19 @@ def _serve(job: Job, conn: Any) -> None:
 
 
 def worker_loader(fetcher: Any, settings: Any, imgsz: int, params_key: str = "raw") -> Any:
-    """The worker's PageLoader, as model/jobs/detect_run.py builds it (no detection cache)."""
-    from model.iiif.loader import json_getter
-    from model.iiif.negotiate import ServiceInfo
+    """The worker's PageLoader, as detect builds it (model/jobs/pages.py; no caches)."""
     from model.jobs.detect import MAX_SIDE_FACTOR
-    from model.jobs.loading import PageLoader
+    from model.jobs.pages import build_loader
     from model.pipeline.cache import DetectionCache
 
     max_side = imgsz * MAX_SIDE_FACTOR
-    return PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(json_getter(fetcher, settings.iiif.max_json_bytes)),
+    return build_loader(
+        fetcher,
+        settings,
         cache=DetectionCache(None, 0, 0),
         params_key=params_key,
         max_side=max_side,
         min_side=min(max_side, imgsz),
-        max_pixels=settings.fetch.max_pixels,
         analyse_side=min(max_side, imgsz),
     )
 

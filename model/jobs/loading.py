@@ -173,6 +173,39 @@ def base_item(unit: WorkUnit) -> dict[str, Any]:
     return item
 
 
+def decoded_boxes(prepared: Prepared, detections: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A model's boxes, found in the analysed image's pixels, in the decoded image's."""
+    return [
+        {
+            "xyxy": [round(v / prepared.scale, 2) for v in d["xyxy"]],
+            "confidence": round(float(d["confidence"]), 4),
+            "label": d["label"],
+        }
+        for d in detections
+    ]
+
+
+def page_item(prepared: Prepared, cached: bool, **fields: Any) -> dict[str, Any]:
+    """A loaded page's result item: what loading recorded (source, IIIF request, canvas), the
+    decoded size, the job's `fields` and the page's stage timings. A canvas's item says its
+    boxes are in canvas coordinates, and gives the canvas size (the image's if none declared)."""
+    width, height = prepared.decoded_size
+    item = {
+        **prepared.item,
+        "status": "ok",
+        "width": width,
+        "height": height,
+        "cached": cached,
+        **fields,
+        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
+    }
+    if prepared.unit.canvas is not None:
+        item["coordinates"] = "canvas"
+        item["canvas_width"] = item.get("canvas_width") or width
+        item["canvas_height"] = item.get("canvas_height") or height
+    return item
+
+
 def to_output_box(prepared: Prepared, xyxy: list[float]) -> list[int]:
     """A box in decoded-image pixels, as x, y, w, h in the item's coordinate space: the canvas
     for IIIF canvases (the image may be smaller, larger, or painted on part of it), else the

@@ -511,6 +511,7 @@ def test_the_http_process_imports_no_torch_pil_requests_or_job_work(tmp_path: Pa
     worker_code = {
         "model.jobs.detect_run",
         "model.jobs.loading",
+        "model.jobs.pages",
         "model.pipeline.prefetch",
         "model.sources.fetch",
         "model.jobs.similarity.job",

@@ -21,9 +21,6 @@ from typing import Any
 import cv2
 from PIL import Image
 
-from model.iiif.info_cache import InfoCache
-from model.iiif.loader import json_getter
-from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
 from model.jobs.cluster import SPEC, ClusterItem, ClusterParams, method, prototype
@@ -31,12 +28,12 @@ from model.jobs.context import JobContext
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_pages
 from model.jobs.items import DetectPage
-from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
+from model.jobs.loading import Prepared, to_output_box
+from model.jobs.pages import Pages, open_pages
 from model.jobs.similarity.job import embedder_named
-from model.jobs.units import plan_units
 from model.pipeline.cache import DetectionCache
 from model.pipeline.memory import process_budget
-from model.sources.fetch import FetchError, FetchScope
+from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 
 EMBED_BATCH = 8  # small: items show as done soon after they load
@@ -80,6 +77,7 @@ class _Run:
     ctx: JobContext
     params: ClusterParams
     embedder: Any
+    pages: Pages
     items: dict[int, method.ClusterItem] = field(default_factory=dict)
     pending: list[tuple[Planned, Image.Image]] = field(default_factory=list)
     pending_since: float = 0.0
@@ -217,23 +215,16 @@ def _detected(run: _Run, planned: list[Planned], finished: set[int]) -> None:
     detector = resources.detectors.get(name)
     if detector is None:
         raise JobFailed("model_unavailable", f"detector {name!r} is not loaded")
-    scope = FetchScope()
-    fetcher = resources.fetcher.scoped(scope)
-    pages = plan_units(TaskSpec(inputs=manifests), fetcher, settings)
+    # Items number the manifests' pages after the other inputs: no manifest list in provenance.
+    pages = run.pages.plan_task(TaskSpec(inputs=manifests), record=False)
     most = SPEC.limits_in(settings).max_images
-    loader = PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(
-            json_getter(fetcher, settings.iiif.max_json_bytes),
-            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
-        ),
+    loader = run.pages.loader(
         cache=DetectionCache(None, 0, 0),  # items are cut from the pixels: nothing to reuse
         params_key="-",
         max_side=MAX_SIDE,
         min_side=min(MAX_SIDE, detector.imgsz),
-        max_pixels=settings.fetch.max_pixels,
     )
-    with page_batches(pages.units, loader, settings, scope, ctx.check_cancel) as batches:
+    with run.pages.batches(pages.units, loader) as batches:
         for batch in batches:
             loaded = [p for p in batch if p.error is None and p.image is not None]
             for page in batch:
@@ -321,10 +312,10 @@ def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
     )
     provenance["stage"] = "items"
     ctx.set_provenance(provenance)
-    run = _Run(ctx, params, embedder)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    try:
+    with open_pages(ctx, provenance) as pages:
+        run = _Run(ctx, params, embedder, pages)
+        timings = pages.timings
+        started = time.perf_counter()
         _features(run, planned)
         timings["items_s"] = time.perf_counter() - started
         provenance["stage"] = "clustering"
@@ -339,12 +330,6 @@ def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
         )
         _cluster(run, planned, timings)
         provenance["stage"] = "done"
-    finally:
-        provenance["timings"] = {
-            **{k: round(v, 3) for k, v in timings.items()},
-            "wall_s": round(time.perf_counter() - started, 3),
-        }
-        ctx.set_provenance(provenance)
 
 
 def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> None:

@@ -11,23 +11,21 @@ the overall and per-class figures (model/jobs/evaluate/metrics.py).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from model.jobs import JobFailed
 from model.jobs.context import JobContext
 from model.jobs.contract import DatasetUpload
 from model.jobs.detect import MAX_SIDE_FACTOR
-from model.jobs.detect_run import keep_manifests, page_loader
+from model.jobs.detect_run import page_loader
 from model.jobs.evaluate import SPEC, EvaluateParams
 from model.jobs.evaluate.dataset import Dataset
 from model.jobs.evaluate.groundtruth import TruthBox, labels_of, outside_canvas
 from model.jobs.evaluate.iiif_truth import gather, on_canvases
 from model.jobs.evaluate.items import EvaluatePage
 from model.jobs.evaluate.metrics import Box, page_outcome, summarise
-from model.jobs.loading import Prepared, page_batches, to_output_box
-from model.jobs.units import plan_units
-from model.sources.fetch import FetchScope
+from model.jobs.loading import Prepared, to_output_box
+from model.jobs.pages import Pages, open_pages
 
 # Every prediction down to this confidence counts for mAP (ultralytics' val() uses 0.001).
 MAP_CONFIDENCE = 0.001
@@ -83,26 +81,24 @@ def run_evaluate(ctx: JobContext) -> None:
         "nms_iou": NMS_IOU,
     }
     ctx.set_provenance(provenance)
-    started = time.perf_counter()
     scored: list[tuple[list[Box], list[Box]]] = []
     datasets = ctx.spec.of_kind(DatasetUpload)
-    if datasets:
-        problems = _evaluate_dataset(ctx, datasets[0], detector, judge, scored)
-    else:
-        problems = _evaluate_manifest(ctx, params, detector, judge, scored, provenance)
-    summary = summarise(scored, params.iou, params.confidence)
-    summary.update(
-        pages={
-            "evaluated": len(scored),
-            "failed": ctx.failed_count(),
-        },
-        annotation_problems=problems,
-        iou=params.iou,
-        confidence=params.confidence,
-    )
-    ctx.set_summary({"evaluation": summary})
-    provenance["timings"] = {"wall_s": round(time.perf_counter() - started, 3)}
-    ctx.set_provenance(provenance)
+    with open_pages(ctx, provenance) as pages:
+        if datasets:
+            problems = _evaluate_dataset(ctx, datasets[0], detector, judge, scored)
+        else:
+            problems = _evaluate_manifest(ctx, params, detector, judge, scored, pages)
+        summary = summarise(scored, params.iou, params.confidence)
+        summary.update(
+            pages={
+                "evaluated": len(scored),
+                "failed": ctx.failed_count(),
+            },
+            annotation_problems=problems,
+            iou=params.iou,
+            confidence=params.confidence,
+        )
+        ctx.set_summary({"evaluation": summary})
 
 
 # --- a IIIF manifest and its annotations ------------------------------------------------------
@@ -114,16 +110,10 @@ def _evaluate_manifest(
     detector: Any,
     judge: _Judge,
     scored: list[tuple[list[Box], list[Box]]],
-    provenance: dict[str, Any],
+    pages: Pages,
 ) -> list[dict[str, str]]:
-    resources = ctx.resources
-    settings = resources.settings
-    scope = FetchScope()
-    fetcher = resources.fetcher.scoped(scope)
-    plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
-    keep_manifests(ctx, plan.manifests, settings)
-    provenance.update(manifests=[m.as_dict() for m in plan.manifests])
-    truths, problems = on_canvases(gather(ctx, plan, fetcher), plan)
+    plan = pages.plan_task(keep_manifests=True)
+    truths, problems = on_canvases(gather(ctx, plan, pages.fetcher), plan)
     units = [
         u
         for u in plan.units
@@ -144,8 +134,8 @@ def _evaluate_manifest(
     boxes_of = {unit.index: boxes for unit, boxes in ready}
     max_side = params.max_side or detector.imgsz * MAX_SIDE_FACTOR
     analysis = {"confidence": MAP_CONFIDENCE, "iou": NMS_IOU, "max_side": max_side}
-    loader = page_loader(resources, fetcher, detector, max_side, analysis)
-    with page_batches([u for u, _ in ready], loader, settings, scope, ctx.check_cancel) as batches:
+    loader = page_loader(pages, detector, max_side, analysis)
+    with pages.batches([u for u, _ in ready], loader) as batches:
         for batch in batches:
             for prepared, preds in _predict(batch, detector, loader.cache):
                 if preds is None:

@@ -19,14 +19,12 @@ from typing import Any
 
 import cv2
 
-from model.iiif.info_cache import InfoCache
-from model.iiif.loader import json_getter
-from model.iiif.negotiate import ServiceInfo
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
 from model.jobs.context import JobContext
 from model.jobs.contract import Document
-from model.jobs.loading import PageLoader, Prepared, page_batches, to_output_box
+from model.jobs.loading import Prepared, decoded_boxes, page_item, to_output_box
+from model.jobs.pages import Pages, open_pages
 from model.jobs.similarity import DocumentPair, PairMatch, PairSide, SimilarityPage
 from model.jobs.similarity import compare as comparing
 from model.jobs.similarity.cache import FeatureCache
@@ -39,7 +37,6 @@ from model.jobs.similarity.compare import (
 from model.jobs.similarity.features import PAGE_MIN_KEYPOINT, ItemFeatures, pack, page_items, unpack
 from model.jobs.similarity.local import RATIO
 from model.pipeline.cache import params_digest
-from model.sources.fetch import FetchScope
 
 # Bump when feature extraction changes: cached features of older code are then not reused.
 FEATURES_VERSION = 1
@@ -91,17 +88,7 @@ class _Run:
     finished: set[int]
     pages: dict[int, PageInfo] = field(default_factory=dict)
     items: dict[str, list[ItemFeatures]] = field(default_factory=dict)
-    hits: int = 0
-    misses: int = 0
-    timings: dict[str, float] = field(
-        default_factory=lambda: {
-            "fetch_s": 0.0,
-            "decode_s": 0.0,
-            "detect_s": 0.0,
-            "features_s": 0.0,
-            "embed_s": 0.0,
-        }
-    )
+    timings: dict[str, float] = field(default_factory=dict)  # the page pipeline's, shared
 
 
 def embedder_named(resources: Any, name: str | None) -> Any:
@@ -132,10 +119,7 @@ def _models(ctx: JobContext, params: Any) -> tuple[Any, Any]:
 
 
 def run_similarity(ctx: JobContext, params: Any) -> None:
-    from model.jobs.similarity.plan import plan_documents
-
     resources = ctx.resources
-    settings = resources.settings
     embedder, detector = _models(ctx, params)
     documents = [(entry.name, entry.url) for entry in ctx.spec.of_kind(Document)]
     provenance: dict[str, Any] = {
@@ -150,70 +134,60 @@ def run_similarity(ctx: JobContext, params: Any) -> None:
         "stage": "reading manifests",
     }
     ctx.set_provenance(provenance)
-    # Cancel, timeout or error: Prefetcher.close() cancels the scope, which ends the download
-    # threads' fetches (connections closed, per-host slots freed) instead of letting them run on.
-    scope = FetchScope()
-    fetcher = resources.fetcher.scoped(scope)
-    plan = plan_documents(documents, fetcher, settings)
+    with open_pages(ctx, provenance) as pages:
+        _run(ctx, params, pages, embedder, detector, documents)
+
+
+def _run(
+    ctx: JobContext,
+    params: Any,
+    pages: Pages,
+    embedder: Any,
+    detector: Any,
+    documents: list[tuple[str, str]],
+) -> None:
+    from model.jobs.similarity.plan import plan_documents
+
+    settings = ctx.resources.settings
+    provenance = pages.provenance
+    plan = plan_documents(documents, pages.fetcher, settings)
     ctx.set_total(len(plan.units))
-    provenance.update(
-        documents=plan.documents,
-        manifests=[m.as_dict() for m in plan.manifests],
-        manifest_problems=plan.problems,
-        stage="features",
-    )
-    if plan.warnings:
-        provenance["warnings"] = plan.warnings
-    ctx.set_provenance(provenance)
+    provenance.update(documents=plan.documents, stage="features")
+    pages.adopt(plan)
 
     model_key = f"{embedder.info.sha256}:{detector.info.sha256 if detector else '-'}"
     shaping = {"level": params.level, "max_side": params.max_side, "v": FEATURES_VERSION}
     if detector:
         shaping.update(confidence=params.confidence, iou=params.iou)
     cache = FeatureCache(
-        resources.redis,
+        ctx.resources.redis,
         settings.similarity.cache_ttl_s,
         settings.similarity.cache_max_entries,
     )
-    loader = PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(
-            json_getter(fetcher, settings.iiif.max_json_bytes),
-            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
-        ),
+    loader = pages.loader(
         cache=cache,
         params_key=params_digest(model_key, shaping),
         max_side=params.max_side,
         min_side=min(params.max_side, 512),
-        max_pixels=settings.fetch.max_pixels,
     )
-    run = _Run(ctx, params, embedder, detector, cache, plan.document_of, ctx.finished_indices())
+    run = _Run(ctx, params, embedder, detector, cache, plan.document_of, pages.finished())
     run.items = {key: [] for key, _ in documents}
+    run.timings = pages.timings
+    run.timings.update(detect_s=0.0, features_s=0.0, embed_s=0.0)
+    pages.closing(lambda: provenance.update(items={k: len(v) for k, v in run.items.items()}))
     started = time.perf_counter()
-    try:
-        with page_batches(plan.units, loader, settings, scope, ctx.check_cancel) as batches:
-            for batch in batches:
-                _features(run, batch)
-        features_wall = time.perf_counter() - started
-        provenance["stage"] = "comparing"
-        ctx.set_provenance(provenance)
-        compare_started = time.perf_counter()
-        _compare_all(run, [key for key, _ in documents])
-        run.timings["compare_s"] = time.perf_counter() - compare_started
-        provenance["stage"] = "done"
-        pages_done = max(1, len(run.pages))
-        run.timings["per_page_s"] = features_wall / pages_done
-    finally:
-        provenance.update(
-            cache={"hits": run.hits, "misses": run.misses},
-            items={key: len(v) for key, v in run.items.items()},
-            resumed_after=len(run.finished),
-            timings={
-                **{k: round(v, 4) for k, v in run.timings.items()},
-                "wall_s": round(time.perf_counter() - started, 3),
-            },
-        )
-        ctx.set_provenance(provenance)
+    with pages.batches(plan.units, loader) as batches:
+        for batch in batches:
+            _features(run, batch)
+    features_wall = time.perf_counter() - started
+    provenance["stage"] = "comparing"
+    ctx.set_provenance(provenance)
+    compare_started = time.perf_counter()
+    _compare_all(run, [key for key, _ in documents])
+    run.timings["compare_s"] = time.perf_counter() - compare_started
+    provenance["stage"] = "done"
+    pages_done = max(1, len(run.pages))
+    run.timings["per_page_s"] = features_wall / pages_done
 
 
 # --- stage 1: features --------------------------------------------------------------------------
@@ -222,12 +196,9 @@ def run_similarity(ctx: JobContext, params: Any) -> None:
 def _features(run: _Run, batch: list[Prepared]) -> None:
     fresh: list[Prepared] = []
     for prepared in batch:
-        for stage, seconds in prepared.timings.items():
-            run.timings[stage] = run.timings.get(stage, 0.0) + seconds
         if prepared.error is not None:
             _emit_failed(run, prepared)
         elif prepared.cached is not None:
-            run.hits += 1
             payload = prepared.cached
             items = unpack(payload["items"], prepared.unit.index)  # type: ignore[index]
             _accept(run, prepared, payload["detections"], items, cached=True)  # type: ignore[index]
@@ -235,7 +206,6 @@ def _features(run: _Run, batch: list[Prepared]) -> None:
             fresh.append(prepared)
     if not fresh:
         return
-    run.misses += len(fresh)
     detections: list[list[dict[str, Any]]] = [[] for _ in fresh]
     if run.detector is not None:
         t0 = time.perf_counter()
@@ -243,17 +213,7 @@ def _features(run: _Run, batch: list[Prepared]) -> None:
             [p.image for p in fresh], run.params.confidence, run.params.iou
         )
         run.timings["detect_s"] += time.perf_counter() - t0
-        detections = [
-            [
-                {
-                    "xyxy": [round(v / p.scale, 2) for v in d["xyxy"]],
-                    "confidence": round(float(d["confidence"]), 4),
-                    "label": d["label"],
-                }
-                for d in dets
-            ]
-            for p, dets in zip(fresh, found, strict=True)
-        ]
+        detections = [decoded_boxes(p, dets) for p, dets in zip(fresh, found, strict=True)]
     t0 = time.perf_counter()
     per_page, crops = [], []
     for prepared, dets in zip(fresh, detections, strict=True):
@@ -324,21 +284,9 @@ def _accept(
     run.items[document].extend(items)
     if index in run.finished:
         return  # stored by an earlier attempt of this task
-    item = {
-        **prepared.item,
-        "document": document,
-        "status": "ok",
-        "width": width,
-        "height": height,
-        "cached": cached,
-        "detections": info.detections,
-        "compared": len(items),
-        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
-    }
-    if prepared.unit.canvas is not None:
-        item["coordinates"] = "canvas"
-        item["canvas_width"] = item.get("canvas_width") or width
-        item["canvas_height"] = item.get("canvas_height") or height
+    item = page_item(
+        prepared, cached, document=document, detections=info.detections, compared=len(items)
+    )
     run.ctx.emit(SimilarityPage.model_validate(item))
 
 

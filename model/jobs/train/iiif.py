@@ -16,18 +16,15 @@ from typing import Any
 
 from PIL import Image
 
-from model.iiif.info_cache import InfoCache
-from model.iiif.loader import json_getter
-from model.iiif.negotiate import ServiceInfo
 from model.jobs import JobFailed
 from model.jobs.evaluate.groundtruth import TruthBox, labels_of, outside_canvas
 from model.jobs.evaluate.iiif_truth import gather, on_canvases
-from model.jobs.loading import PageLoader, Prepared, page_batches
+from model.jobs.loading import PageLoader, Prepared
+from model.jobs.pages import Pages, open_pages
 from model.jobs.train import MIN_PAGES
 from model.jobs.train.dataset import Dataset, DatasetError, Page
-from model.jobs.units import WorkUnit, plan_units
+from model.jobs.units import WorkUnit
 from model.pipeline.cache import BoundedCache
-from model.sources.fetch import FetchScope
 
 MIN_BOX_PX = 1.0  # a box clipped to the image down to less than this is no box
 
@@ -122,23 +119,15 @@ def training_set(
     return Dataset(usable, classes.names, skipped)
 
 
-def _loader(resources: Any, fetcher: Any, imgsz: int) -> PageLoader:
+def _loader(pages: Pages, imgsz: int) -> PageLoader:
     """Pages fetched as detect fetches them, decoded to the training size; no detection cache
     (a cache of nothing: the image is what is wanted)."""
-    settings = resources.settings
-    return PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(
-            json_getter(fetcher, settings.iiif.max_json_bytes),
-            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
-        ),
+    return pages.loader(
         cache=BoundedCache(None, 0, 0),
         params_key="train",
         max_side=2 * imgsz,
         min_side=imgsz,
-        max_pixels=settings.fetch.max_pixels,
         analyse_side=imgsz,
-        uploads=resources.uploads,
     )
 
 
@@ -157,24 +146,25 @@ def _canvas_page(unit: WorkUnit, prepared: Prepared, truths: list[TruthBox]) -> 
 def read_iiif(ctx: Any, imgsz: int, default_class: str | None, base_classes: list[str]) -> Dataset:
     """The task's manifest and annotations as a training set (raises JobFailed when there is
     nothing to learn from)."""
-    resources = ctx.resources
-    settings = resources.settings
-    scope = FetchScope()
-    fetcher = resources.fetcher.scoped(scope)
-    plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
-    truths, problems = on_canvases(gather(ctx, plan, fetcher), plan)
-    units = [u for u in plan.units if u.canvas is not None and u.canvas.canvas.id in truths]
-    if len(units) > settings.training.max_pages:
-        raise JobFailed(
-            "too_many_pages", f"at most {settings.training.max_pages} pages per training task"
-        )
-    pages: list[CanvasPage] = []
-    loader = _loader(resources, fetcher, imgsz)
-    with page_batches(units, loader, settings, scope, ctx.check_cancel) as batches:
-        for batch in batches:
-            for prepared in batch:
-                unit = prepared.unit
-                pages.append(_canvas_page(unit, prepared, truths[unit.canvas.canvas.id]))  # type: ignore[union-attr]
-    dataset = training_set(pages, default_class, base_classes)
+    settings = ctx.resources.settings
+    # Training's own provenance replaces this block once the model is trained; until then (and
+    # on a cancel while reading) the status shows what reading the pages cost.
+    with open_pages(ctx, {}) as pages:
+        plan = pages.plan_task(record=False)  # the trained model's card names the manifest
+        truths, problems = on_canvases(gather(ctx, plan, pages.fetcher), plan)
+        units = [u for u in plan.units if u.canvas is not None and u.canvas.canvas.id in truths]
+        if len(units) > settings.training.max_pages:
+            raise JobFailed(
+                "too_many_pages", f"at most {settings.training.max_pages} pages per training task"
+            )
+        canvases: list[CanvasPage] = []
+        loader = _loader(pages, imgsz)
+        with pages.batches(units, loader) as batches:
+            for batch in batches:
+                for prepared in batch:
+                    unit = prepared.unit
+                    truth = truths[unit.canvas.canvas.id]  # type: ignore[union-attr]
+                    canvases.append(_canvas_page(unit, prepared, truth))
+    dataset = training_set(canvases, default_class, base_classes)
     dataset.problems = problems
     return dataset

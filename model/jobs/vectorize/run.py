@@ -18,22 +18,18 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from model.iiif.info_cache import InfoCache
-from model.iiif.loader import json_getter
-from model.iiif.negotiate import ServiceInfo
 from model.jobs.context import JobContext
 from model.jobs.contract import SourceTask
 from model.jobs.crops import detect_pages
-from model.jobs.detect_run import keep_manifests
 from model.jobs.items import DetectPage
-from model.jobs.loading import PageLoader, Prepared, page_batches
-from model.jobs.units import plan_units
+from model.jobs.loading import Prepared, page_item
+from model.jobs.pages import Pages, open_pages
 from model.jobs.vectorize import METHOD, VERSION, VectorizeParams
 from model.jobs.vectorize.geometry import Thresholds, vectorize
 from model.jobs.vectorize.items import VectorizeItem
 from model.jobs.vectorize.transform import Affine, page_transform, transformed
 from model.pipeline.cache import DetectionCache, params_digest
-from model.sources.fetch import FetchError, FetchScope
+from model.sources.fetch import FetchError
 from model.sources.images import ImageDecodeError, decode_within
 
 
@@ -52,57 +48,35 @@ def run_vectorize(ctx: JobContext) -> None:
         "versions": {"opencv": cv2.__version__, "numpy": np.__version__},
     }
     ctx.set_provenance(provenance)
-    started = time.perf_counter()
     sources = ctx.spec.of_kind(SourceTask)
-    try:
+    with open_pages(ctx, provenance) as pages:
         if sources:
-            _regions(ctx, sources[0].task_id, params, provenance)
+            _regions(ctx, sources[0].task_id, params, pages)
         else:
-            _pages(ctx, params, provenance)
-    finally:
-        provenance["timings"] = {"wall_s": round(time.perf_counter() - started, 3)}
-        ctx.set_provenance(provenance)
+            _pages(ctx, params, pages)
 
 
 # --- pages --------------------------------------------------------------------------------------
 
 
-def _pages(ctx: JobContext, params: VectorizeParams, provenance: dict[str, Any]) -> None:
-    resources = ctx.resources
-    settings = resources.settings
-    scope = FetchScope()
-    fetcher = resources.fetcher.scoped(scope)
-    plan = plan_units(ctx.spec, fetcher, settings, resources.uploads)
-    keep_manifests(ctx, plan.manifests, settings)
-    if plan.warnings:  # a canvas limit that cut the book, as detect reports it
-        provenance["warnings"] = plan.warnings
-    provenance.update(
-        manifests=[m.as_dict() for m in plan.manifests], manifest_problems=plan.problems
-    )
-    ctx.set_provenance(provenance)
+def _pages(ctx: JobContext, params: VectorizeParams, pages: Pages) -> None:
+    settings = ctx.resources.settings
+    plan = pages.plan_task(keep_manifests=True)
     ctx.set_total(len(plan.units))
-    finished = ctx.finished_indices()
-    pending = [unit for unit in plan.units if unit.index not in finished]
-    loader = PageLoader(
-        fetcher=fetcher,
-        services=ServiceInfo(
-            json_getter(fetcher, settings.iiif.max_json_bytes),
-            InfoCache(resources.redis, settings.iiif.info_cache_ttl_s),
-        ),
-        cache=DetectionCache(resources.redis, settings.cache.ttl_s, settings.cache.max_entries),
+    pending = pages.pending(plan.units)
+    loader = pages.loader(
+        cache=pages.detection_cache(),
         params_key=params_digest(f"{METHOD}-{VERSION}", params.model_dump()),
         max_side=params.max_side,
         min_side=params.max_side,
-        max_pixels=settings.fetch.max_pixels,
         analyse_side=params.max_side,
-        uploads=resources.uploads,
     )
     # The pages of a batch are analysed side by side, on this process's share of the cores
     # (as detect's inference threads: worker.concurrency tasks share the machine).
     threads = max(1, min(settings.inference_threads(), settings.worker.batch_size))
     pool = ThreadPoolExecutor(threads, thread_name_prefix="vectorize")
     try:
-        with page_batches(pending, loader, settings, scope, ctx.check_cancel) as batches:
+        with pages.batches(pending, loader) as batches:
             for batch in batches:
                 ctx.check_cancel()
                 futures = [pool.submit(_analysed, prepared, params) for prepared in batch]
@@ -142,19 +116,7 @@ def _page_done(
         decoded = found
         if prepared.cache_key:
             cache.put(prepared.cache_key, {"width": width, "height": height, "detections": decoded})
-    item = {
-        **prepared.item,
-        "status": "ok",
-        "width": width,
-        "height": height,
-        "cached": cached,
-        "primitives": transformed(decoded, page_transform(prepared)),
-        "timings": {k: round(v, 4) for k, v in prepared.timings.items()},
-    }
-    if prepared.unit.canvas is not None:
-        item["coordinates"] = "canvas"
-        item["canvas_width"] = item.get("canvas_width") or width
-        item["canvas_height"] = item.get("canvas_height") or height
+    item = page_item(prepared, cached, primitives=transformed(decoded, page_transform(prepared)))
     ctx.emit(VectorizeItem.model_validate(item))
 
 
@@ -182,46 +144,41 @@ def _copy_manifests(
             ctx.keep_manifest(manifest["index"], text)
 
 
-def _regions(ctx: JobContext, task_id: str, params: VectorizeParams, provenance: dict) -> None:
-    pages, source = detect_pages(ctx, task_id)
-    _copy_manifests(ctx, task_id, source, provenance)
+def _regions(ctx: JobContext, task_id: str, params: VectorizeParams, pages: Pages) -> None:
+    detected, source = detect_pages(ctx, task_id)
+    _copy_manifests(ctx, task_id, source, pages.provenance)
     regions = [
         _Region(0, page, d.xywh, d.label, d.confidence)
-        for page in pages
+        for page in detected
         if page.status == "ok"
         for d in page.detections
     ]
     regions = [_Region(i, r.page, r.box, r.label, r.confidence) for i, r in enumerate(regions)]
     ctx.set_total(len(regions))
     done = ctx.finished_indices()
-    scope = FetchScope()
-    fetcher = ctx.resources.fetcher.scoped(scope)
-    settings = ctx.resources.settings
+    fetcher, settings = pages.fetcher, pages.settings
     page_cache: dict[str, Image.Image] = {}  # one page fetched once for all its regions
-    try:
-        for region in regions:
-            if region.index in done:
-                continue
-            ctx.check_cancel()
-            item = _region_item(region)
-            try:
-                started = time.perf_counter()
-                image, to_page, asked = _region_image(region, fetcher, settings, params, page_cache)
-                item["region"]["image_url"] = asked
-                item["timings"] = {"fetch_s": round(time.perf_counter() - started, 4)}
-            except (FetchError, ImageDecodeError) as exc:
-                error = {"code": exc.code, "message": exc.message}
-                failed = {**item, "status": "failed", "primitives": [], "error": error}
-                ctx.emit(VectorizeItem.model_validate(failed), True)
-                continue
-            ctx.check_cancel()
+    for region in regions:
+        if region.index in done:
+            continue
+        ctx.check_cancel()
+        item = _region_item(region)
+        try:
             started = time.perf_counter()
-            found = analyse(image, params)
-            item["timings"]["analyse_s"] = round(time.perf_counter() - started, 4)
-            done_item = {**item, "status": "ok", "primitives": transformed(found, to_page)}
-            ctx.emit(VectorizeItem.model_validate(done_item))
-    finally:
-        scope.cancel()
+            image, to_page, asked = _region_image(region, fetcher, settings, params, page_cache)
+            item["region"]["image_url"] = asked
+            item["timings"] = {"fetch_s": round(time.perf_counter() - started, 4)}
+        except (FetchError, ImageDecodeError) as exc:
+            error = {"code": exc.code, "message": exc.message}
+            failed = {**item, "status": "failed", "primitives": [], "error": error}
+            ctx.emit(VectorizeItem.model_validate(failed), True)
+            continue
+        ctx.check_cancel()
+        started = time.perf_counter()
+        found = analyse(image, params)
+        item["timings"]["analyse_s"] = round(time.perf_counter() - started, 4)
+        done_item = {**item, "status": "ok", "primitives": transformed(found, to_page)}
+        ctx.emit(VectorizeItem.model_validate(done_item))
 
 
 def _region_item(region: _Region) -> dict[str, Any]:
