@@ -13,7 +13,9 @@ seed and a held-out one:
   (its cost does not depend on what the items show), but copies of one item would verify
   trivially, so the verification is the 1,000 distinct items' per-item cost times 10,000
   (said in the row). The baseline verifies at most VERIFY_SAMPLE pairs, evenly spread, and
-  scales its time up (each pair is the same work).
+  scales its time up (each pair is the same work). The method runs on the worker's inference
+  threads (Settings.inference_threads(), as the job does); the same code on one thread is
+  timed in the same run too ("1 thread").
 """
 
 from __future__ import annotations
@@ -142,6 +144,13 @@ def previous_verify(
     return edges
 
 
+def threads() -> int:
+    """The job's threads for the shortlist and verification (its worker's inference share)."""
+    from model.settings import get_settings
+
+    return get_settings().inference_threads()
+
+
 def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> dict[str, Scores]:
     out: dict[str, Scores] = {}
     emb = np.stack([i.upright.embedding for i in items])
@@ -161,8 +170,8 @@ def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> di
     # The previous verification's edges at today's threshold (no time: the same edges)
     out["before, threshold now"] = score(truth, method.families(len(items), edges), 0.0)
     t0 = time.perf_counter()
-    pairs = method.shortlist(items, k)
-    edges, _ = method.verify_edges(items, pairs)
+    pairs = method.shortlist(items, k, threads=threads())
+    edges, _ = method.verify_edges(items, pairs, threads=threads())
     labels = method.families(len(items), edges)
     out[f"shortlist {k} + verified graph (shipped)"] = score(
         truth, labels, time.perf_counter() - t0
@@ -175,9 +184,9 @@ def _cost(items: list[method.ClusterItem], k: int, most_verified: int) -> dict[s
     evenly spread sample of at most `most_verified` pairs, scaled up)."""
     n = len(items)
     t0 = time.perf_counter()
-    pairs = method.shortlist(items, k)
+    pairs = method.shortlist(items, k, threads=threads())
     t1 = time.perf_counter()
-    edges, verified = method.verify_edges(items, pairs)
+    edges, verified = method.verify_edges(items, pairs, threads=threads())
     t2 = time.perf_counter()
     method.families(n, edges)
     t3 = time.perf_counter()
@@ -187,14 +196,21 @@ def _cost(items: list[method.ClusterItem], k: int, most_verified: int) -> dict[s
     sample = chosen[:: max(1, len(chosen) // most_verified)]
     previous_verify(items, dict(sample))
     t5 = time.perf_counter()
+    method.shortlist(items, k, threads=1)
+    t6 = time.perf_counter()
+    method.verify_edges(items, pairs, threads=1)
+    t7 = time.perf_counter()
     return {
         "items": n,
+        "threads": threads(),
         "pairs": len(pairs),
         "verified_pairs": verified,
         "shortlist_s": t1 - t0,
         "verify_s": t2 - t1,
         "families_s": t3 - t2,
         "total_s": t3 - t0,
+        "one_thread_shortlist_s": t6 - t5,
+        "one_thread_verify_s": t7 - t6,
         "before_pairs": len(before),
         "before_shortlist_s": t4 - t3,
         "before_verify_s": (t5 - t4) * len(chosen) / max(1, len(sample)),
@@ -216,18 +232,23 @@ def scaling(
             sample = [items[i % len(items)] for i in range(n)]
             per_item = rows[-1]
             t0 = time.perf_counter()
-            pairs = method.shortlist(sample, k)
+            pairs = method.shortlist(sample, k, threads=threads())
             t1 = time.perf_counter()
             previous_shortlist(sample, k)
             t2 = time.perf_counter()
+            method.shortlist(sample, k, threads=1)
+            t3 = time.perf_counter()
             grow = n / per_item["items"]
             row = {
                 "items": n,
+                "threads": threads(),
                 "pairs": len(pairs),
                 "verified_pairs": round(per_item["verified_pairs"] * grow),
                 "shortlist_s": t1 - t0,
                 "verify_s": per_item["verify_s"] * grow,
                 "families_s": per_item["families_s"] * grow,
+                "one_thread_shortlist_s": t3 - t2,
+                "one_thread_verify_s": per_item["one_thread_verify_s"] * grow,
                 "before_pairs": round(per_item["before_pairs"] * grow),
                 "before_shortlist_s": t2 - t1,
                 "before_verify_s": per_item["before_verify_s"] * grow,
@@ -235,6 +256,9 @@ def scaling(
             }
             row["total_s"] = row["shortlist_s"] + row["verify_s"] + row["families_s"]
         row["before_total_s"] = row["before_shortlist_s"] + row["before_verify_s"]
+        row["one_thread_total_s"] = (
+            row["one_thread_shortlist_s"] + row["one_thread_verify_s"] + row["families_s"]
+        )
         rows.append(row)
         print(f"[cluster bench] {row}", flush=True)
     return rows
@@ -305,15 +329,20 @@ def markdown(result: dict[str, Any]) -> str:
         f"{t['embed_ms']:.1f} ms (raw embedder loop on the same images "
         f"{t['raw_embed_ms']:.1f} ms).",
         "",
-        "| items | now: pairs | verified | shortlist s | verify s | total s | before: pairs "
-        "| shortlist s | verify s | total s | before / now |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| items | threads | now: pairs | verified | shortlist s | verify s | total s "
+        "| 1 thread: shortlist s | verify s | total s | 1 thread / now "
+        "| before: pairs | shortlist s | verify s | total s | before / now |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["scaling"]:
         mark = " (x)" if row["verify_extrapolated"] else ""
         lines.append(
-            f"| {row['items']} | {row['pairs']} | {row['verified_pairs']}{mark} | "
+            f"| {row['items']} | {row['threads']} | {row['pairs']} | "
+            f"{row['verified_pairs']}{mark} | "
             f"{row['shortlist_s']:.2f} | {row['verify_s']:.2f}{mark} | {row['total_s']:.2f} | "
+            f"{row['one_thread_shortlist_s']:.2f} | {row['one_thread_verify_s']:.2f}{mark} | "
+            f"{row['one_thread_total_s']:.2f} | "
+            f"{row['one_thread_total_s'] / max(row['total_s'], 1e-9):.2f}x | "
             f"{row['before_pairs']} | {row['before_shortlist_s']:.2f} | "
             f"{row['before_verify_s']:.2f}{mark} | {row['before_total_s']:.2f} | "
             f"{row['before_total_s'] / max(row['total_s'], 1e-9):.1f}x |"

@@ -74,14 +74,63 @@ def test_a_pair_scores_what_similaritys_check_gives_it(copies) -> None:
         assert s.score == pytest.approx(verify_pair(upright[i], side, 0.0).score, abs=2e-3)
 
 
-def test_a_pair_already_joined_is_not_verified_and_families_stay(copies) -> None:
+def test_a_pair_already_joined_is_not_verified_and_families_stay(copies, monkeypatch) -> None:
     pairs = {(i, j): False for i in range(4) for j in range(i + 1, 4)}
     every, all_verified = method.verify_edges(copies, pairs, threshold=None)
+    # One round (all 4 items): no pair is known joined before it, none is skipped
+    same_round, in_one = method.verify_edges(copies, pairs, threshold=0.1)
+    assert all_verified == 6 and in_one == 6
+    monkeypatch.setattr(verify, "ROUND", 1)
     fewer, verified = method.verify_edges(copies, pairs, threshold=0.1)
-    # Item 0's batch joins 0, 1 and 2: item 1's pair with 2 is skipped
-    assert all_verified == 6 and verified == 5
-    assert method.families(4, every, 0.1).tolist() == method.families(4, fewer, 0.1).tolist()
+    # Item 0's round joins 0, 1 and 2: item 1's pair with 2 is skipped
+    assert verified == 5
+    for edges in (every, same_round):
+        assert method.families(4, edges, 0.1).tolist() == method.families(4, fewer, 0.1).tolist()
     assert method.families(4, fewer, 0.1).tolist() == [0, 0, 0, -1]
+
+
+@pytest.mark.parametrize("threshold", [None, 0.1])
+def test_threads_verify_what_one_thread_does(copies, monkeypatch, threshold) -> None:
+    """Several rounds (ROUND 2), items spread over threads: the same scores, the same pairs
+    skipped as one thread gives; and a cancel (check raising) ends the pool."""
+    monkeypatch.setattr(verify, "ROUND", 2)
+    upright = [c.upright for c in copies] * 3  # 12 items: 3 copies of each, 6 rounds
+    mirrored = [c.mirrored for c in copies] * 3
+    pairs = [(i, j) for i in range(12) for j in range(i + 1, 12)]
+    one = verify.verify_pairs(upright, mirrored, pairs, threshold, threads=1)
+    assert verify.verify_pairs(upright, mirrored, pairs, threshold, threads=2) == one
+    edges = [method.Edge(i, j, s.score, s.mirrored) for (i, j), s in one[0].items()]
+    # Copies of items 0-2 (one motif) make a family, those of item 3 (another) a second
+    assert method.families(12, edges, 0.1).tolist() == [0, 0, 0, 1] * 3
+    if threshold is not None:
+        assert one[1] < len(pairs)  # some pairs were skipped as joined
+
+    calls = []
+
+    def cancel() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        verify.verify_pairs(upright, mirrored, pairs, threshold, check=cancel, threads=2)
+    assert len(calls) == 3
+
+
+def test_threaded_shortlist_is_the_one_thread_one(monkeypatch) -> None:
+    """Blocks of 7 rows over 60 items on two threads: the same pairs and orientations."""
+    rng = np.random.default_rng(3)
+    items = []
+    for _ in range(60):
+        turned = rng.normal(size=(10, 32)).astype(np.float32)
+        turned /= np.linalg.norm(turned, axis=1, keepdims=True)
+        e = rng.normal(size=16).astype(np.float32)
+        upright = SimpleNamespace(layout=turned[2], embedding=e / np.linalg.norm(e))
+        items.append(SimpleNamespace(upright=upright, turned=turned))
+    monkeypatch.setattr(method, "BLOCK", 7)
+    one = method.shortlist(items, 4, threads=1)
+    assert len(one) >= 60 * 4 / 2
+    assert method.shortlist(items, 4, threads=2) == one
 
 
 def test_projection_keeps_dot_products_within_its_span() -> None:

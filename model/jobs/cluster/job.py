@@ -23,7 +23,7 @@ from PIL import Image
 
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.cluster import SPEC, ClusterItem, ClusterParams, method, prototype
+from model.jobs.cluster import SPEC, ClusterItem, ClusterParams, method, prototype, verify
 from model.jobs.context import JobContext
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_pages
@@ -50,7 +50,8 @@ METHOD = {
     "first)",
     "verification": "similarity's RANSAC similarity transform + photometric correlation, "
     "direct or mirrored, on the strongest keypoints after a prescreen; pairs already joined "
-    "at the threshold are skipped; the score (0-1) is the edge's weight",
+    f"at the threshold (by the rounds of {verify.ROUND} items before) are skipped; the score "
+    "(0-1) is the edge's weight; on the worker's inference threads",
     "families": "edges of at least `threshold` joined strongest first (Kruskal); groups under "
     "`min_cluster_size` unclustered; with `clusters`, merging stops at that many families",
     "prototype": "members aligned onto the medoid by their RANSAC transform and averaged; a "
@@ -288,6 +289,7 @@ def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
     embedder = embedder_named(resources, params.model)
     provenance: dict[str, Any] = {
         "method": METHOD,
+        "method_version": method.VERSION,
         "embedder": {**model_provenance(embedder), "dim": embedder.dim},
         "params": params.model_dump(),
         "worker": settings.worker_name,
@@ -343,10 +345,16 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
     threshold = params.threshold
     if threshold is None:
         threshold = 1e-6 if params.clusters else method.DEFAULT_THRESHOLD
-    pairs = method.shortlist(items, params.neighbours, ctx.check_cancel)
+    # The process's share of the cores, as inference gets (other tasks run beside it)
+    threads = ctx.resources.settings.inference_threads()
+    pairs = method.shortlist(items, params.neighbours, ctx.check_cancel, threads)
     # With a cluster count every edge's score orders the merges: verify every pair
     edges, verified = method.verify_edges(
-        items, pairs, None if params.clusters else threshold, ctx.check_cancel
+        items,
+        pairs,
+        None if params.clusters else threshold,
+        ctx.check_cancel,
+        threads,
     )
     labels = method.families(len(items), edges, threshold, params.min_cluster_size, params.clusters)
     timings["clustering_s"] = time.perf_counter() - t0

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from model.jobs.cluster.verify import BLAS, verify_pairs
+from model.jobs.cluster.verify import BLAS, pool, verify_pairs
 from model.jobs.similarity.features import (
     REGION_FEATURES,
     REGION_SIDE,
@@ -37,6 +37,9 @@ from model.jobs.similarity.features import (
     layout_descriptor,
 )
 
+# Provenance's `method_version`: raised whenever the edges or families a corpus gets can change
+# (2: verification in rounds of items, so the pairs skipped as joined differ)
+VERSION = 2
 DEFAULT_NEIGHBOURS = 8
 # A verified score (similarity's 0-1). Dev seed, this verifier: 0.05 -> ARI 0.727, 0.1 -> 0.741,
 # 0.15 -> 0.723, 0.2 -> 0.723, 0.3 -> 0.685, 0.4 -> 0.667 (no distractor clustered at any)
@@ -113,13 +116,19 @@ def _exact(
 
 
 def shortlist(
-    items: list[ClusterItem], k: int, check: Callable[[], None] = lambda: None
+    items: list[ClusterItem],
+    k: int,
+    check: Callable[[], None] = lambda: None,
+    threads: int = 1,
 ) -> dict[tuple[int, int], bool]:
     """Unordered pairs (i < j) -> whether j is best seen mirrored: each item's k nearest others
     by the mean of the embedding's cosine and the best layout cosine over j's turns and mirror.
-    By blocks of rows (memory O(BLOCK x N)). Past EXACT_ITEMS, two passes: the COARSE best
-    candidates of each row by the same similarity on vectors projected to PROJECTED dimensions
-    (the N x N x turns products are what cost at 10,000 items), then those scored exactly."""
+    By blocks of rows (memory O(BLOCK x N) per thread), on `threads` threads (each block's
+    products on one BLAS thread: the reductions and partitions release the GIL too, so blocks
+    side by side use the cores better than BLAS's threads inside one block). Past EXACT_ITEMS,
+    two passes: the COARSE best candidates of each row by the same similarity on vectors
+    projected to PROJECTED dimensions (the N x N x turns products are what cost at 10,000
+    items), then those scored exactly."""
     n = len(items)
     k = min(k, n - 1)
     if k <= 0:
@@ -139,21 +148,26 @@ def shortlist(
     small_flat = (variants.transpose(1, 0, 2).reshape(v * n, -1) @ to_layout).T.copy()
     small_emb_t = small_emb.T.copy()
     coarse = min(n - 1, max(k, COARSE)) if two_pass else k
-    pairs: dict[tuple[int, int], bool] = {}
-    for start in range(0, n, BLOCK):
-        check()
+
+    def nearest(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One block of rows: their candidates, the k best of those, and which variant."""
         rows = np.arange(start, min(n, start + BLOCK))
         approx = (small_base[rows] @ small_flat).reshape(len(rows), v, n).max(axis=1)
         approx += small_emb[rows] @ small_emb_t
         approx[np.arange(len(rows)), rows] = -np.inf  # never an item with itself
         cands = np.argpartition(-approx, coarse - 1, axis=1)[:, :coarse]
         sims, which = _exact(emb, base, variants, rows, cands)
-        best = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-        for r, row in enumerate(best):
-            i = int(rows[r])
-            for c in (int(x) for x in row):
-                j = int(cands[r, c])
-                pairs.setdefault((min(i, j), max(i, j)), bool(which[r, c] >= v // 2))
+        return rows, cands, np.argpartition(-sims, k - 1, axis=1)[:, :k], which
+
+    pairs: dict[tuple[int, int], bool] = {}
+    with BLAS.limit(limits=1), pool(threads) as workers:
+        for rows, cands, best, which in workers.map(nearest, range(0, n, BLOCK)):
+            check()
+            for r, row in enumerate(best):
+                i = int(rows[r])
+                for c in (int(x) for x in row):
+                    j = int(cands[r, c])
+                    pairs.setdefault((min(i, j), max(i, j)), bool(which[r, c] >= v // 2))
     return dict(sorted(pairs.items()))
 
 
@@ -162,14 +176,18 @@ def verify_edges(
     pairs: dict[tuple[int, int], bool],
     threshold: float | None = DEFAULT_THRESHOLD,
     check: Callable[[], None] = lambda: None,
+    threads: int = 1,
 ) -> tuple[list[Edge], int]:
     """Similarity's verification of the pairs, i upright against j upright or mirrored
     (verify.py); the edges scoring above 0, and how many pairs were verified. With a
     `threshold`, pairs are skipped that could not change `families` at it (already joined)
-    or whose strongest keypoints hardly match (a prescreen); None verifies every pair."""
+    or whose strongest keypoints hardly match (a prescreen); None verifies every pair. On
+    `threads` threads; the edges do not depend on how many."""
     upright = [i.upright for i in items]
     mirrored = [i.mirrored for i in items]
-    scored, verified = verify_pairs(upright, mirrored, pairs, threshold, check=check)
+    scored, verified = verify_pairs(
+        upright, mirrored, pairs, threshold, check=check, threads=threads
+    )
     edges = [Edge(i, j, s.score, s.mirrored) for (i, j), s in sorted(scored.items())]
     return edges, verified
 
