@@ -7,6 +7,7 @@ here; the test that kills host B runs last.
 - Tasks of one key spread over both hosts; uploads reach B through Redis (no file on any disk).
 - A task naming a model runs on the host that has it; /readyz and GET /models see both hosts.
 - A model imported on host A (`models add`) reaches host B through Redis and runs there.
+- A model a `train` task published on one host reaches the other and runs there.
 - `kill -9` of everything host B runs, mid-task: once B's lease lapses (worker.lost_grace_s),
   A's reaper requeues the task and A finishes it, each page reported once.
 """
@@ -23,6 +24,9 @@ from typing import Any
 import pytest
 
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE
+from model.jobs.train.benchmark import build
+from model.jobs.train.dataset import yolo_zip
+from model.jobs.train.yolo_data import CLASS_NAMES
 from server.tests.conftest import ImageServer, jpeg_bytes
 from testkit.live import starts_processes
 from testkit.stack import (
@@ -41,6 +45,7 @@ GRACE_S = 8  # worker.lost_grace_s on both hosts (45 s by default)
 ONLY_A, ONLY_B = "illustrations-only-a", "illustrations-only-b"
 DEMO = "illustrations-demo"
 IMPORTED = "imported-everywhere"
+TRAINED = "trained-on-one-host"
 
 
 def _copy_demo_model(folder: Path, name: str) -> None:
@@ -166,18 +171,31 @@ def test_a_task_naming_a_model_runs_on_the_host_that_has_it(
             assert (provenance["worker"], provenance["model"]) == (host, name)
 
 
-def _busy_host_a(api: Api, image_server: ImageServer, pages) -> str:
-    """A long task only host A can run, started: host B takes the next task."""
-    url = image_server.add("blocker.jpg", jpeg_bytes(pages[1]))
+def _busy_host(api: Api, image_server: ImageServer, pages, only_model: str = ONLY_A) -> str:
+    """A long task only one host can run (the host that has `only_model`), started: the other
+    host takes the next task."""
+    url = image_server.add(f"blocker-{only_model}.jpg", jpeg_bytes(pages[1]))
     blocker = api.submit_ok(
         {
             "type": "detect",
             "input": {"image_urls": [f"{url}?i={i}" for i in range(400)]},
-            "params": {"model": ONLY_A},
+            "params": {"model": only_model},
         }
     )
     api.wait(blocker, {"RUNNING"}, predicate=lambda s: s["progress"]["done"] >= 1)
     return blocker
+
+
+def _hosts_of_model(api: Api, name: str) -> list[str]:
+    models = {m["name"]: m for m in api.request("GET", "/models").json()["models"]}
+    return sorted(models[name]["hosts"]) if name in models else []
+
+
+def _wait_on_both_hosts(api: Api, name: str) -> None:
+    deadline = time.monotonic() + 180
+    while _hosts_of_model(api, name) != ["host-a", "host-b"]:  # no restart, no file copied
+        assert time.monotonic() < deadline, _hosts_of_model(api, name)
+        time.sleep(0.5)
 
 
 def test_an_imported_model_reaches_the_other_host_and_runs_there(
@@ -188,18 +206,11 @@ def test_an_imported_model_reaches_the_other_host_and_runs_there(
     assert done.returncode == 0, done.stderr
     card = json.loads(done.stdout)
 
-    def hosts_of_model() -> list[str]:
-        models = {m["name"]: m for m in api.request("GET", "/models").json()["models"]}
-        return sorted(models[IMPORTED]["hosts"])
-
-    deadline = time.monotonic() + 180
-    while hosts_of_model() != ["host-a", "host-b"]:  # no restart, no file copied by hand
-        assert time.monotonic() < deadline, hosts_of_model()
-        time.sleep(0.5)
+    _wait_on_both_hosts(api, IMPORTED)
     cached = sorted(p.name for p in (b.data_dir / "model-cache").iterdir())
     assert cached == sorted([f"{card['sha256']}.pt", f"{card['onnx_sha256']}.onnx"])
 
-    blocker = _busy_host_a(api, image_server, pages)
+    blocker = _busy_host(api, image_server, pages)
     url = image_server.add("imported.jpg", jpeg_bytes(pages[0]))
     task = api.submit_ok(
         {"type": "detect", "input": {"image_urls": [url]}, "params": {"model": IMPORTED}}
@@ -213,12 +224,49 @@ def test_an_imported_model_reaches_the_other_host_and_runs_there(
     assert a.cli("models", "remove", IMPORTED).returncode == 0
 
 
+def test_a_model_trained_on_one_host_runs_on_the_other(
+    hosts, api: Api, image_server: ImageServer, pages, tmp_path: Path
+) -> None:
+    tiny = build(tmp_path / "tiny", seed=7, train=4, heldout=1)
+    dataset = image_server.add("scale-tiny.zip", yolo_zip(tiny.train, CLASS_NAMES))
+    params = {"name": TRAINED, "epochs": 1, "imgsz": 160, "val_fraction": 0.25}
+    task = api.submit_ok(
+        {
+            "type": "train",
+            "input": {"dataset_url": dataset},
+            "params": {**params, "publish": "always"},
+        }
+    )
+    trained = api.wait(task, timeout_s=900)
+    assert trained["state"] == "SUCCEEDED", trained
+    assert trained["result"]["published"] is True
+    trained_on = trained["result"]["provenance"]["worker"]
+    other, only_there = ("host-b", ONLY_A) if trained_on == "host-a" else ("host-a", ONLY_B)
+    _wait_on_both_hosts(api, TRAINED)
+
+    blocker = _busy_host(api, image_server, pages, only_there)  # the training host is busy
+    url = image_server.add("trained.jpg", jpeg_bytes(pages[0]))
+    task = api.submit_ok(
+        {"type": "detect", "input": {"image_urls": [url]}, "params": {"model": TRAINED}}
+    )
+    body = api.wait(task, timeout_s=120)
+    _check_complete(body, 1)
+    provenance = body["result"]["provenance"]
+    assert (provenance["worker"], provenance["sha256"]) == (
+        other,
+        trained["result"]["new"]["sha256"],
+    )
+    assert api.terminate(blocker).status_code == 202
+    api.wait(blocker, timeout_s=60)
+    assert api.request("DELETE", f"/models/{TRAINED}").status_code == 204  # the key's own
+
+
 def test_a_killed_hosts_task_finishes_on_the_other_each_page_once(
     hosts, api: Api, image_server: ImageServer, pages
 ) -> None:
     a, b = hosts
     # Host A is kept busy with a task only it can run, so host B takes the next one.
-    blocker = _busy_host_a(api, image_server, pages)
+    blocker = _busy_host(api, image_server, pages)
     count = 40
     upload = api.upload([(f"v{i}.jpg", jpeg_bytes(pages[i % len(pages)])) for i in range(count)])
     victim = upload.json()["task_id"]

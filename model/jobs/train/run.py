@@ -106,6 +106,7 @@ def run_train(ctx: JobContext) -> None:
         )
         ctx.check_cancel()  # the last point to stop: past it the model is published whole
         summary = _summary(params, base, dataset, split, result)
+        summary["provenance"]["worker"] = settings.worker_name  # which host trained it
         if summary["published"]:
             extra = _card(params, base, dataset, result, summary["provenance"], key)
             try:
