@@ -103,10 +103,14 @@ def test_no_5xx_and_responses_match_schema(
     run()
 
 
+# The CLI leaves out one check, negative data rejection: on multipart bodies it reports valid
+# requests as schema-violating (its own report says "Invalid component: positive test case", and
+# the request validates against our document). The in-process tests above run that check on
+# every operation, in positive and negative mode.
 def test_schemathesis_cli_every_phase_every_check(stack: Stack, fuzz_key: str) -> None:
     """`schemathesis run --checks all` over all four phases (examples, coverage, fuzzing,
     stateful) against the live stack: no 5xx, no response or schema violation, every valid
-    request accepted and every invalid one refused."""
+    request accepted."""
     redis_url = stack.redis().connection_pool.connection_kwargs
     env = {
         **stack.env,
@@ -123,6 +127,8 @@ def test_schemathesis_cli_every_phase_every_check(stack: Stack, fuzz_key: str) -
             f"{stack.base_url}/openapi/openapi.json",
             "--checks",
             "all",
+            "--exclude-checks",
+            "negative_data_rejection",
             "--phases",
             "examples,coverage,fuzzing,stateful",
             "--max-examples",
@@ -139,5 +145,5 @@ def test_schemathesis_cli_every_phase_every_check(stack: Stack, fuzz_key: str) -
         text=True,
         timeout=900,
     )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert run.returncode == 0, run.stdout[-12000:] + run.stderr[-2000:]
     assert " passed" in run.stdout, run.stdout[-2000:]
