@@ -118,6 +118,24 @@ TaskInput = Annotated[
     Field(discriminator="kind"),
 ]
 
+TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
+
+
+class DetectTaskRequest(BaseModel):
+    """A request input naming one finished detect task of the same key (crops, labels).
+
+    Each job subclasses it under its own name: the OpenAPI document names schemas by class."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    task_id: str = Field(
+        pattern=TASK_ID_PATTERN, description="A finished detect task of the same API key"
+    )
+
+    def task_inputs(self) -> list[TaskInput]:
+        return [SourceTask(task_id=self.task_id)]
+
+
 # Inputs stored by releases before the typed contract: {"url"}, {"upload", "filename"},
 # {"manifest_url"}, {"manifest_upload", "filename"}, {"document", "manifest_url"}. A task queued
 # across an upgrade still runs (uploads then were files on the API host: a `path`).

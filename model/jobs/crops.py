@@ -15,15 +15,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.jobs.contract import SourceTask, TaskInput
+from model.jobs.contract import DetectTaskRequest, SourceTask
 from model.jobs.items import Detection, DetectPage, ResultItem
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits
 
 if TYPE_CHECKING:
     from model.jobs.context import JobContext
-
-TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
 
 
 class CropsParams(BaseModel):
@@ -37,12 +35,8 @@ class CropsParams(BaseModel):
     )
 
 
-class CropsInput(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    task_id: str = Field(
-        pattern=TASK_ID_PATTERN, description="A finished detect task of the same API key"
-    )
+class CropsInput(DetectTaskRequest):
+    """The detect task whose illustrations to cut."""
 
 
 class Crop(BaseModel):
@@ -124,10 +118,6 @@ def run(ctx: JobContext) -> None:
         ctx.emit(result, failed=result.status == "failed")
 
 
-def task_inputs(request_input: CropsInput) -> list[TaskInput]:
-    return [SourceTask(task_id=request_input.task_id)]
-
-
 SPEC = JobSpec(
     name="crops",
     summary="crops: the illustrations of a finished detect task as IIIF region URLs",
@@ -136,7 +126,7 @@ SPEC = JobSpec(
     run=run,
     item=CropsPage,
     docs="docs/api.md#crops-the-illustrations-themselves",
-    task_inputs=task_inputs,
+    task_inputs=CropsInput.task_inputs,
     input_required=True,
     limits=JobLimits(timeout_default_s=120, timeout_max_s=600, max_images=0),
 )

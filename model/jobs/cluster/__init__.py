@@ -15,8 +15,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.jobs.contract import ImageUrl, InputRejected, ManifestUrl, SourceTask, TaskInput
-from model.jobs.crops import TASK_ID_PATTERN
+from model.jobs.contract import (
+    TASK_ID_PATTERN,
+    ImageUrl,
+    InputRejected,
+    ManifestUrl,
+    SourceTask,
+    TaskInput,
+)
 from model.jobs.fields import Integer, bounded_integer
 from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec

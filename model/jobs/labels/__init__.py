@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.jobs.contract import SourceTask, TaskInput
-from model.jobs.crops import TASK_ID_PATTERN
+from model.jobs.contract import DetectTaskRequest, SourceTask
 from model.jobs.items import ResultItem
 from model.jobs.spec import JobSpec
 from model.settings import JobLimits
@@ -28,22 +27,14 @@ class LabelsParams(BaseModel):
     )
 
 
-class LabelsInput(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    task_id: str = Field(
-        pattern=TASK_ID_PATTERN, description="A finished detect task of the same API key"
-    )
+class LabelsInput(DetectTaskRequest):
+    """The detect task whose labels to count."""
 
 
 class LabelsPage(ResultItem):
     """One page of the detect task: how many of its detections carry each label."""
 
     labels: dict[str, int] = Field(default_factory=dict, description="label -> detections")
-
-
-def task_inputs(request_input: LabelsInput) -> list[TaskInput]:
-    return [SourceTask(task_id=request_input.task_id)]
 
 
 def run(ctx: JobContext) -> None:
@@ -76,7 +67,7 @@ SPEC = JobSpec(
     run=run,
     item=LabelsPage,  # the result item model: validated at emit, in the OpenAPI document
     docs="model/jobs/labels/README.md",
-    task_inputs=task_inputs,
+    task_inputs=LabelsInput.task_inputs,
     input_required=True,
     source_task_types=("detect",),  # the API refuses another key's or an unfinished task
     limits=JobLimits(timeout_default_s=60, timeout_max_s=600, max_images=0),
