@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.verify import BLAS, pool, verify_pairs
+from model.jobs.cluster.words import word_vectors
 from model.jobs.similarity.features import (
     REGION_FEATURES,
     REGION_SIDE,
@@ -38,12 +39,13 @@ from model.jobs.similarity.features import (
 )
 
 # Provenance's `method_version`: raised whenever the edges or families a corpus gets can change
-# (2: verification in rounds of items, so the pairs skipped as joined differ)
-VERSION = 2
+# (2: verification in rounds of items, so the pairs skipped as joined differ; 3: the bag of
+# words joins the shortlist, threshold 0.15)
+VERSION = 3
 DEFAULT_NEIGHBOURS = 8
-# A verified score (similarity's 0-1). Dev seed, this verifier: 0.05 -> ARI 0.727, 0.1 -> 0.741,
-# 0.15 -> 0.723, 0.2 -> 0.723, 0.3 -> 0.685, 0.4 -> 0.667 (no distractor clustered at any)
-DEFAULT_THRESHOLD = 0.1
+# A verified score (similarity's 0-1). Dev seed, shortlist with the bag of words (Round 3):
+# 0.1 -> ARI 0.738 (2 distractors clustered), 0.15 -> 0.758, 0.2 -> 0.756, 0.3 -> 0.728
+DEFAULT_THRESHOLD = 0.15
 BLOCK = 256  # rows of the similarity matrix computed at once
 PROJECTED = 64  # dimensions of the shortlist's first pass (layout and embedding each)
 COARSE = 16  # candidates per item that the first pass hands to the exact score
@@ -105,14 +107,35 @@ def _projection(vectors: np.ndarray, dims: int) -> np.ndarray:
 
 
 def _exact(
-    emb: np.ndarray, base: np.ndarray, variants: np.ndarray, rows: np.ndarray, cands: np.ndarray
+    terms: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray, cands: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact shortlist similarity of each row item with its candidates (rows x c), and the
-    index of the candidate's best variant."""
-    layout = np.einsum("rd,rcvd->rcv", base[rows], variants[cands])
-    which = layout.argmax(axis=2)
-    sims = (layout.max(axis=2) + np.einsum("rd,rcd->rc", emb[rows], emb[cands])) / 2
-    return sims, which
+    index of the candidate's best layout variant (the first term's)."""
+    sims = np.zeros(cands.shape, np.float32)
+    which = np.zeros(cands.shape, np.int64)
+    for n, (base, variants) in enumerate(terms):
+        scores = np.einsum("rd,rcvd->rcv", base[rows], variants[cands])
+        if n == 0:
+            which = scores.argmax(axis=2)
+        sims += scores.max(axis=2)
+    return sims / len(terms), which
+
+
+def _terms(items: list[ClusterItem]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The shortlist's similarities, each (n x d queries, n x variants x d targets), averaged
+    (each a max over the target's variants): the layout over turns and mirror (first: it
+    decides the orientation), the embedding, the bag of words upright or mirrored."""
+    upright = [i.upright for i in items]
+    emb = np.stack([u.embedding for u in upright]).astype(np.float32)
+    up, mirrored = word_vectors(upright, [i.mirrored for i in items])
+    return [
+        (
+            np.stack([u.layout for u in upright]).astype(np.float32),
+            np.stack([i.turned for i in items]).astype(np.float32),
+        ),
+        (emb, emb[:, None, :]),
+        (up, np.stack([up, mirrored], axis=1)),
+    ]
 
 
 def shortlist(
@@ -122,41 +145,43 @@ def shortlist(
     threads: int = 1,
 ) -> dict[tuple[int, int], bool]:
     """Unordered pairs (i < j) -> whether j is best seen mirrored: each item's k nearest others
-    by the mean of the embedding's cosine and the best layout cosine over j's turns and mirror.
-    By blocks of rows (memory O(BLOCK x N) per thread), on `threads` threads (each block's
-    products on one BLAS thread: the reductions and partitions release the GIL too, so blocks
-    side by side use the cores better than BLAS's threads inside one block). Past EXACT_ITEMS,
-    two passes: the COARSE best candidates of each row by the same similarity on vectors
-    projected to PROJECTED dimensions (the N x N x turns products are what cost at 10,000
-    items), then those scored exactly."""
+    by the mean of three cosines: the best layout cosine over j's turns and mirror, the
+    embedding's, and the bag of words' (words.py) with j upright or mirrored. By blocks of rows
+    (memory O(BLOCK x N) per thread), on `threads` threads (each block's products on one BLAS
+    thread: the reductions and partitions release the GIL too, so blocks side by side use the
+    cores better than BLAS's threads inside one block). Past EXACT_ITEMS, two passes: the
+    COARSE best candidates of each row by the same similarity on vectors projected to
+    PROJECTED dimensions (the N x N x turns products are what cost at 10,000 items), then
+    those scored exactly."""
     n = len(items)
     k = min(k, n - 1)
     if k <= 0:
         return {}
-    emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
-    base = np.stack([i.upright.layout for i in items]).astype(np.float32)
-    variants = np.stack([i.turned for i in items]).astype(np.float32)  # n x v x d
-    v = variants.shape[1]
+    terms = _terms(items)
+    v = terms[0][1].shape[1]  # layout variants: the mirrored ones are the second half
     # Up to EXACT_ITEMS the first pass is exact (no projection) and hands on k candidates
     two_pass = n > EXACT_ITEMS
-    dims = PROJECTED if two_pass else max(variants.shape[2], emb.shape[1])
-    to_layout = _projection(variants.reshape(n * v, -1), dims)
-    to_emb = _projection(emb, dims)
-    small_base, small_emb = base @ to_layout, emb @ to_emb
-    # Turn-major: the max over turns is then taken across whole rows (fast), not along a
-    # short strided axis
-    small_flat = (variants.transpose(1, 0, 2).reshape(v * n, -1) @ to_layout).T.copy()
-    small_emb_t = small_emb.T.copy()
+    small = []  # per term: projected queries, and targets turn-major (variants * n) x dims.T
+    for base, variants in terms:
+        count, d = variants.shape[1], variants.shape[2]
+        # Turn-major: the max over variants is then taken across whole rows (fast), not
+        # along a short strided axis
+        flat = variants.transpose(1, 0, 2).reshape(count * n, d)
+        if two_pass:
+            to = _projection(variants.reshape(n * count, d), PROJECTED)
+            base, flat = base @ to, flat @ to
+        small.append((base, flat.T.copy(), count))
     coarse = min(n - 1, max(k, COARSE)) if two_pass else k
 
     def nearest(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One block of rows: their candidates, the k best of those, and which variant."""
         rows = np.arange(start, min(n, start + BLOCK))
-        approx = (small_base[rows] @ small_flat).reshape(len(rows), v, n).max(axis=1)
-        approx += small_emb[rows] @ small_emb_t
+        approx = np.zeros((len(rows), n), np.float32)
+        for base, flat, count in small:
+            approx += (base[rows] @ flat).reshape(len(rows), count, n).max(axis=1)
         approx[np.arange(len(rows)), rows] = -np.inf  # never an item with itself
         cands = np.argpartition(-approx, coarse - 1, axis=1)[:, :coarse]
-        sims, which = _exact(emb, base, variants, rows, cands)
+        sims, which = _exact(terms, rows, cands)
         return rows, cands, np.argpartition(-sims, k - 1, axis=1)[:, :k], which
 
     pairs: dict[tuple[int, int], bool] = {}
