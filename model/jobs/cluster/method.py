@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.verify import BLAS, pool, verify_pairs
-from model.jobs.cluster.words import word_vectors
+from model.jobs.cluster.words import codes, word_vectors
 from model.jobs.similarity.features import (
     REGION_FEATURES,
     REGION_SIDE,
@@ -63,6 +63,10 @@ class ClusterItem:
     analysed: np.ndarray  # contrast-normalised grey at REGION_SIDE: what prototypes average
     # Layout descriptors of the item turned by each of TURNS, upright then mirrored
     turned: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # Bag-of-words codes of the strongest keypoints (words.codes), upright and mirrored
+    words: tuple[np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (np.zeros(0, np.int32), np.zeros(0, np.int32))
+    )
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,8 @@ def item_features(index: int, image: Image.Image) -> ClusterItem:
     mirrored, _ = describe(index, None, flipped, box, 1.0, REGION_SIDE, REGION_FEATURES)
     sides = (analysed, np.ascontiguousarray(analysed[:, ::-1]))
     turned = np.stack([layout_descriptor(_turn(g, a)) for g in sides for a in TURNS])
-    return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32))
+    hashed = (codes(upright.local.descriptors), codes(mirrored.local.descriptors))
+    return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32), hashed)
 
 
 def set_embedding(item: ClusterItem, vector: np.ndarray) -> None:
@@ -127,7 +132,7 @@ def _terms(items: list[ClusterItem]) -> list[tuple[np.ndarray, np.ndarray]]:
     decides the orientation), the embedding, the bag of words upright or mirrored."""
     upright = [i.upright for i in items]
     emb = np.stack([u.embedding for u in upright]).astype(np.float32)
-    up, mirrored = word_vectors(upright, [i.mirrored for i in items])
+    up, mirrored = word_vectors([i.words[0] for i in items], [i.words[1] for i in items])
     return [
         (
             np.stack([u.layout for u in upright]).astype(np.float32),
@@ -157,7 +162,8 @@ def shortlist(
     k = min(k, n - 1)
     if k <= 0:
         return {}
-    terms = _terms(items)
+    with BLAS.limit(limits=1):  # small products: BLAS's threads cost more than they give
+        terms = _terms(items)
     v = terms[0][1].shape[1]  # layout variants: the mirrored ones are the second half
     # Up to EXACT_ITEMS the first pass is exact (no projection) and hands on k candidates
     two_pass = n > EXACT_ITEMS
