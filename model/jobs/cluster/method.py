@@ -5,9 +5,10 @@ Chosen by measurement on bench/cluster.py's corpus (figures in docs/cluster.md):
 1. Features per item, as the similarity job computes them for a region (features.describe):
    the embedder's pooled vector, a 16x16 layout thumbnail, RootSIFT keypoints, a small thumb;
    and the same for the item mirrored (SIFT is not mirror-invariant; printers flipped blocks).
-2. Shortlist: each item's `neighbours` nearest items by the global descriptor (embedding and
-   layout, either way round for the mirror), in blocks (no N x N matrix is kept): candidates
-   from vectors projected to fewer dimensions, then scored exactly.
+2. Shortlist: each item's `neighbours` nearest items by the global descriptors (layout,
+   embedding and a bag of words, words.py; either way round for the mirror), in blocks (no
+   N x N matrix is kept): candidates from vectors projected to fewer dimensions, then scored
+   exactly.
 3. Verification: similarity's local-feature check (RANSAC similarity transform + photometric
    correlation) on each shortlisted pair, direct or mirrored, made cheap (verify.py: batched
    matching, the strongest keypoints, a prescreen, no pair that could not change a family).
