@@ -102,11 +102,12 @@ def set_embedding(item: ClusterItem, vector: np.ndarray) -> None:
 
 def _projection(vectors: np.ndarray, dims: int) -> np.ndarray:
     """d x dims: the top right singular vectors of the (uncentred) rows, which keep their dot
-    products best among projections of that size. Identity when dims >= d."""
+    products best among projections of that size. Identity when dims >= d. From a sample of
+    about 5 million values (20,000 layouts; 5,000 bags of words, which cost 0.8 s at 20,000)."""
     d = vectors.shape[1]
     if dims >= d:
         return np.eye(d, dtype=np.float32)
-    sample = vectors[:: max(1, len(vectors) // 20_000)].astype(np.float32)
+    sample = vectors[:: max(1, len(vectors) * d // 5_120_000)].astype(np.float32)
     with BLAS.limit(limits=1):  # tiny: threads on a busy CPU cost more than they give
         _, vecs = np.linalg.eigh((sample.T @ sample).astype(np.float64))
     return np.ascontiguousarray(vecs[:, ::-1][:, :dims]).astype(np.float32)

@@ -44,13 +44,22 @@ def codes(descriptors: np.ndarray) -> np.ndarray:
     return (values + (np.arange(TABLES, dtype=np.int32) << BITS)).ravel()
 
 
+def _counts(codes_of: list[np.ndarray]) -> np.ndarray:
+    """n x WORDS counts: one bincount over all items (each item's codes offset by its row)."""
+    n = len(codes_of)
+    if not n:
+        return np.zeros((0, WORDS), np.float32)
+    rows = np.repeat(np.arange(n, dtype=np.int64) * WORDS, [len(c) for c in codes_of])
+    flat = np.concatenate(codes_of).astype(np.int64) + rows
+    return np.bincount(flat, minlength=n * WORDS).reshape(n, WORDS).astype(np.float32)
+
+
 def word_vectors(
     upright: list[np.ndarray], mirrored: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unit tf-idf vectors (n x WORDS) of the items upright and mirrored, from their codes."""
     n = len(upright)
-    up = np.stack([np.bincount(c, minlength=WORDS) for c in upright]).astype(np.float32)
-    mir = np.stack([np.bincount(c, minlength=WORDS) for c in mirrored]).astype(np.float32)
+    up, mir = _counts(upright), _counts(mirrored)
     # A word in many items says little: weighted by log(n / items holding it), either way round
     held = ((up > 0).sum(axis=0) + (mir > 0).sum(axis=0)) / 2
     idf = np.log(n / (1.0 + held)).astype(np.float32)
