@@ -92,7 +92,8 @@ def item_features(index: int, image: Image.Image) -> ClusterItem:
     mirrored, _ = describe(index, None, flipped, box, 1.0, REGION_SIDE, REGION_FEATURES)
     sides = (analysed, np.ascontiguousarray(analysed[:, ::-1]))
     turned = np.stack([layout_descriptor(_turn(g, a)) for g in sides for a in TURNS])
-    hashed = (codes(upright.local.descriptors), codes(mirrored.local.descriptors))
+    with BLAS.limit(limits=1):  # a tiny product: BLAS's threads would cost 100x its work
+        hashed = (codes(upright.local.descriptors), codes(mirrored.local.descriptors))
     return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32), hashed)
 
 

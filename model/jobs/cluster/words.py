@@ -19,6 +19,8 @@ of 10 bits.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 BITS = 8  # 256 words per table
@@ -28,6 +30,7 @@ SEED = 20261207
 WORDS = TABLES << BITS
 
 
+@functools.cache
 def _planes(dims: int) -> np.ndarray:
     """dims x (TABLES * BITS) projections, each centred (zero sum)."""
     planes = np.random.default_rng(SEED).standard_normal((dims, TABLES * BITS))
