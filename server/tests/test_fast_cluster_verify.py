@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.jobs.cluster import method, verify
+from model.jobs.cluster import method, verify, words
 from model.jobs.similarity.compare import evidence, verify_pair
 from model.jobs.similarity.local import LocalFeatures, _matches
 from testkit.cluster_corpus import appearance, motif
@@ -126,7 +126,8 @@ def test_threaded_shortlist_is_the_one_thread_one(monkeypatch) -> None:
         turned /= np.linalg.norm(turned, axis=1, keepdims=True)
         e = rng.normal(size=16).astype(np.float32)
         upright = SimpleNamespace(layout=turned[2], embedding=e / np.linalg.norm(e))
-        items.append(SimpleNamespace(upright=upright, turned=turned))
+        hashed = tuple(rng.integers(0, words.WORDS, 40) for _ in range(2))
+        items.append(SimpleNamespace(upright=upright, turned=turned, words=hashed))
     monkeypatch.setattr(method, "BLOCK", 7)
     one = method.shortlist(items, 4, threads=1)
     assert len(one) >= 60 * 4 / 2
@@ -153,8 +154,10 @@ def test_the_two_pass_shortlist_matches_the_exact_one(monkeypatch) -> None:
         turned = rng.normal(size=(10, 8)) @ layout_basis
         turned /= np.linalg.norm(turned, axis=1, keepdims=True)
         e = rng.normal(size=8) @ emb_basis
+        # No keypoints: the bag of words (full rank) is zero, the other two terms decide
         upright = SimpleNamespace(layout=turned[2], embedding=e / np.linalg.norm(e))
-        items.append(SimpleNamespace(upright=upright, turned=turned.astype(np.float32)))
+        none = (np.zeros(0, np.int32), np.zeros(0, np.int32))
+        items.append(SimpleNamespace(upright=upright, turned=turned.astype(np.float32), words=none))
     emb = np.stack([i.upright.embedding for i in items])
     turned = np.stack([i.turned for i in items]).reshape(-1, 32)
     layout = (np.stack([i.upright.layout for i in items]) @ turned.T).reshape(60, 60, 10)

@@ -49,7 +49,7 @@ class ClusterParams(BaseModel):
         None,
         ge=0.0,
         le=1.0,
-        description="Least verified similarity (0-1) that links two items; default 0.1",
+        description="Least verified similarity (0-1) that links two items; default 0.15",
     )
     clusters: bounded_integer(1, 10000) | None = Field(  # type: ignore[valid-type]
         None,

@@ -23,7 +23,7 @@ from PIL import Image
 
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.cluster import SPEC, ClusterItem, ClusterParams, method, prototype, verify
+from model.jobs.cluster import SPEC, ClusterItem, ClusterParams, method, prototype, verify, words
 from model.jobs.context import JobContext
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_pages
@@ -44,8 +44,10 @@ MIN_SIDE = 8
 METHOD = {
     "features": "similarity's region features (RootSIFT, layout thumbnail) + the feature "
     "extractor's pooled vector, upright and mirrored",
-    "shortlist": "each item's `neighbours` nearest items: mean of the embedding cosine and the "
-    f"best layout cosine over turns {list(method.TURNS)} and mirror (past "
+    "shortlist": "each item's `neighbours` nearest items: mean of the best layout cosine over "
+    f"turns {list(method.TURNS)} and mirror, the embedding cosine and the cosine of bags of "
+    f"words (RootSIFT hashed by {words.TABLES} x {words.BITS} centred random projections, "
+    "tf-idf; upright or mirrored) (past "
     f"{method.EXACT_ITEMS} items, candidates from {method.PROJECTED}-dimension projections "
     "first)",
     "verification": "similarity's RANSAC similarity transform + photometric correlation, "

@@ -5,9 +5,10 @@ Chosen by measurement on bench/cluster.py's corpus (figures in docs/cluster.md):
 1. Features per item, as the similarity job computes them for a region (features.describe):
    the embedder's pooled vector, a 16x16 layout thumbnail, RootSIFT keypoints, a small thumb;
    and the same for the item mirrored (SIFT is not mirror-invariant; printers flipped blocks).
-2. Shortlist: each item's `neighbours` nearest items by the global descriptor (embedding and
-   layout, either way round for the mirror), in blocks (no N x N matrix is kept): candidates
-   from vectors projected to fewer dimensions, then scored exactly.
+2. Shortlist: each item's `neighbours` nearest items by the global descriptors (layout,
+   embedding and a bag of words, words.py; either way round for the mirror), in blocks (no
+   N x N matrix is kept): candidates from vectors projected to fewer dimensions, then scored
+   exactly.
 3. Verification: similarity's local-feature check (RANSAC similarity transform + photometric
    correlation) on each shortlisted pair, direct or mirrored, made cheap (verify.py: batched
    matching, the strongest keypoints, a prescreen, no pair that could not change a family).
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.verify import BLAS, pool, verify_pairs
+from model.jobs.cluster.words import codes, word_vectors
 from model.jobs.similarity.features import (
     REGION_FEATURES,
     REGION_SIDE,
@@ -38,12 +40,13 @@ from model.jobs.similarity.features import (
 )
 
 # Provenance's `method_version`: raised whenever the edges or families a corpus gets can change
-# (2: verification in rounds of items, so the pairs skipped as joined differ)
-VERSION = 2
+# (2: verification in rounds of items, so the pairs skipped as joined differ; 3: the bag of
+# words joins the shortlist, threshold 0.15)
+VERSION = 3
 DEFAULT_NEIGHBOURS = 8
-# A verified score (similarity's 0-1). Dev seed, this verifier: 0.05 -> ARI 0.727, 0.1 -> 0.741,
-# 0.15 -> 0.723, 0.2 -> 0.723, 0.3 -> 0.685, 0.4 -> 0.667 (no distractor clustered at any)
-DEFAULT_THRESHOLD = 0.1
+# A verified score (similarity's 0-1). Dev seed, shortlist with the bag of words (Round 3):
+# 0.1 -> ARI 0.738 (2 distractors clustered), 0.15 -> 0.758, 0.2 -> 0.756, 0.3 -> 0.728
+DEFAULT_THRESHOLD = 0.15
 BLOCK = 256  # rows of the similarity matrix computed at once
 PROJECTED = 64  # dimensions of the shortlist's first pass (layout and embedding each)
 COARSE = 16  # candidates per item that the first pass hands to the exact score
@@ -61,6 +64,10 @@ class ClusterItem:
     analysed: np.ndarray  # contrast-normalised grey at REGION_SIDE: what prototypes average
     # Layout descriptors of the item turned by each of TURNS, upright then mirrored
     turned: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    # Bag-of-words codes of the strongest keypoints (words.codes), upright and mirrored
+    words: tuple[np.ndarray, np.ndarray] = field(
+        default_factory=lambda: (np.zeros(0, np.int32), np.zeros(0, np.int32))
+    )
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,9 @@ def item_features(index: int, image: Image.Image) -> ClusterItem:
     mirrored, _ = describe(index, None, flipped, box, 1.0, REGION_SIDE, REGION_FEATURES)
     sides = (analysed, np.ascontiguousarray(analysed[:, ::-1]))
     turned = np.stack([layout_descriptor(_turn(g, a)) for g in sides for a in TURNS])
-    return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32))
+    with BLAS.limit(limits=1):  # a tiny product: BLAS's threads would cost 100x its work
+        hashed = (codes(upright.local.descriptors), codes(mirrored.local.descriptors))
+    return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32), hashed)
 
 
 def set_embedding(item: ClusterItem, vector: np.ndarray) -> None:
@@ -94,25 +103,47 @@ def set_embedding(item: ClusterItem, vector: np.ndarray) -> None:
 
 def _projection(vectors: np.ndarray, dims: int) -> np.ndarray:
     """d x dims: the top right singular vectors of the (uncentred) rows, which keep their dot
-    products best among projections of that size. Identity when dims >= d."""
+    products best among projections of that size. Identity when dims >= d. From a sample of
+    about 5 million values (20,000 layouts; 5,000 bags of words, which cost 0.8 s at 20,000)."""
     d = vectors.shape[1]
     if dims >= d:
         return np.eye(d, dtype=np.float32)
-    sample = vectors[:: max(1, len(vectors) // 20_000)].astype(np.float32)
+    sample = vectors[:: max(1, len(vectors) * d // 5_120_000)].astype(np.float32)
     with BLAS.limit(limits=1):  # tiny: threads on a busy CPU cost more than they give
         _, vecs = np.linalg.eigh((sample.T @ sample).astype(np.float64))
     return np.ascontiguousarray(vecs[:, ::-1][:, :dims]).astype(np.float32)
 
 
 def _exact(
-    emb: np.ndarray, base: np.ndarray, variants: np.ndarray, rows: np.ndarray, cands: np.ndarray
+    terms: list[tuple[np.ndarray, np.ndarray]], rows: np.ndarray, cands: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact shortlist similarity of each row item with its candidates (rows x c), and the
-    index of the candidate's best variant."""
-    layout = np.einsum("rd,rcvd->rcv", base[rows], variants[cands])
-    which = layout.argmax(axis=2)
-    sims = (layout.max(axis=2) + np.einsum("rd,rcd->rc", emb[rows], emb[cands])) / 2
-    return sims, which
+    index of the candidate's best layout variant (the first term's)."""
+    sims = np.zeros(cands.shape, np.float32)
+    which = np.zeros(cands.shape, np.int64)
+    for n, (base, variants) in enumerate(terms):
+        scores = np.einsum("rd,rcvd->rcv", base[rows], variants[cands])
+        if n == 0:
+            which = scores.argmax(axis=2)
+        sims += scores.max(axis=2)
+    return sims / len(terms), which
+
+
+def _terms(items: list[ClusterItem]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The shortlist's similarities, each (n x d queries, n x variants x d targets), averaged
+    (each a max over the target's variants): the layout over turns and mirror (first: it
+    decides the orientation), the embedding, the bag of words upright or mirrored."""
+    upright = [i.upright for i in items]
+    emb = np.stack([u.embedding for u in upright]).astype(np.float32)
+    up, mirrored = word_vectors([i.words[0] for i in items], [i.words[1] for i in items])
+    return [
+        (
+            np.stack([u.layout for u in upright]).astype(np.float32),
+            np.stack([i.turned for i in items]).astype(np.float32),
+        ),
+        (emb, emb[:, None, :]),
+        (up, np.stack([up, mirrored], axis=1)),
+    ]
 
 
 def shortlist(
@@ -122,41 +153,44 @@ def shortlist(
     threads: int = 1,
 ) -> dict[tuple[int, int], bool]:
     """Unordered pairs (i < j) -> whether j is best seen mirrored: each item's k nearest others
-    by the mean of the embedding's cosine and the best layout cosine over j's turns and mirror.
-    By blocks of rows (memory O(BLOCK x N) per thread), on `threads` threads (each block's
-    products on one BLAS thread: the reductions and partitions release the GIL too, so blocks
-    side by side use the cores better than BLAS's threads inside one block). Past EXACT_ITEMS,
-    two passes: the COARSE best candidates of each row by the same similarity on vectors
-    projected to PROJECTED dimensions (the N x N x turns products are what cost at 10,000
-    items), then those scored exactly."""
+    by the mean of three cosines: the best layout cosine over j's turns and mirror, the
+    embedding's, and the bag of words' (words.py) with j upright or mirrored. By blocks of rows
+    (memory O(BLOCK x N) per thread), on `threads` threads (each block's products on one BLAS
+    thread: the reductions and partitions release the GIL too, so blocks side by side use the
+    cores better than BLAS's threads inside one block). Past EXACT_ITEMS, two passes: the
+    COARSE best candidates of each row by the same similarity on vectors projected to
+    PROJECTED dimensions (the N x N x turns products are what cost at 10,000 items), then
+    those scored exactly."""
     n = len(items)
     k = min(k, n - 1)
     if k <= 0:
         return {}
-    emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
-    base = np.stack([i.upright.layout for i in items]).astype(np.float32)
-    variants = np.stack([i.turned for i in items]).astype(np.float32)  # n x v x d
-    v = variants.shape[1]
+    with BLAS.limit(limits=1):  # small products: BLAS's threads cost more than they give
+        terms = _terms(items)
+    v = terms[0][1].shape[1]  # layout variants: the mirrored ones are the second half
     # Up to EXACT_ITEMS the first pass is exact (no projection) and hands on k candidates
     two_pass = n > EXACT_ITEMS
-    dims = PROJECTED if two_pass else max(variants.shape[2], emb.shape[1])
-    to_layout = _projection(variants.reshape(n * v, -1), dims)
-    to_emb = _projection(emb, dims)
-    small_base, small_emb = base @ to_layout, emb @ to_emb
-    # Turn-major: the max over turns is then taken across whole rows (fast), not along a
-    # short strided axis
-    small_flat = (variants.transpose(1, 0, 2).reshape(v * n, -1) @ to_layout).T.copy()
-    small_emb_t = small_emb.T.copy()
+    small = []  # per term: projected queries, and targets turn-major (variants * n) x dims.T
+    for base, variants in terms:
+        count, d = variants.shape[1], variants.shape[2]
+        # Turn-major: the max over variants is then taken across whole rows (fast), not
+        # along a short strided axis
+        flat = variants.transpose(1, 0, 2).reshape(count * n, d)
+        if two_pass:
+            to = _projection(variants.reshape(n * count, d), PROJECTED)
+            base, flat = base @ to, flat @ to
+        small.append((base, flat.T.copy(), count))
     coarse = min(n - 1, max(k, COARSE)) if two_pass else k
 
     def nearest(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """One block of rows: their candidates, the k best of those, and which variant."""
         rows = np.arange(start, min(n, start + BLOCK))
-        approx = (small_base[rows] @ small_flat).reshape(len(rows), v, n).max(axis=1)
-        approx += small_emb[rows] @ small_emb_t
+        approx = np.zeros((len(rows), n), np.float32)
+        for base, flat, count in small:
+            approx += (base[rows] @ flat).reshape(len(rows), count, n).max(axis=1)
         approx[np.arange(len(rows)), rows] = -np.inf  # never an item with itself
         cands = np.argpartition(-approx, coarse - 1, axis=1)[:, :coarse]
-        sims, which = _exact(emb, base, variants, rows, cands)
+        sims, which = _exact(terms, rows, cands)
         return rows, cands, np.argpartition(-sims, k - 1, axis=1)[:, :k], which
 
     pairs: dict[tuple[int, int], bool] = {}
