@@ -120,18 +120,21 @@ def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
     return [((int(b) + start) % n, int(e - b)) for b, e in zip(begins, ends, strict=True)]
 
 
-def _trimmed(occupied: np.ndarray, start: int, length: int) -> tuple[int, int]:
+def _trimmed(
+    occupied: np.ndarray, start: int, length: int, solid: int | None = None
+) -> tuple[int, int]:
     """A run without the stray ink bridged onto its ends (a crossing stroke a gap away): each
     end moves inwards to the first SOLID bins inked in a row."""
     n = len(occupied)
     if length >= n:
         return start, length
+    k = solid or SOLID
     inked = occupied[(np.arange(length) + start) % n]
-    solid = np.convolve(inked, np.ones(SOLID), mode="valid") == SOLID
-    if not solid.any():
+    full = np.convolve(inked, np.ones(k), mode="valid") == k
+    if not full.any():
         return start, 0
-    first = int(np.argmax(solid))
-    last = int(len(solid) - 1 - np.argmax(solid[::-1])) + SOLID
+    first = int(np.argmax(full))
+    last = int(len(full) - 1 - np.argmax(full[::-1])) + k
     return (start + first) % n, last - first
 
 
@@ -501,7 +504,56 @@ def vectorize(
     leftover = _leftover_candidates(ink, claimed, thresholds)
     if leftover:
         chosen = _greedy(rounds + lines + leftover, len(ink.points))
+    chosen = _own_ends(ink, chosen, thresholds)
     return [c.shape for c in chosen if c.shape["kind"] in kinds]
+
+
+def _own_ends(ink: _Ink, chosen: list[_Candidate], t: Thresholds) -> list[_Candidate]:
+    """Each arc's ends found again on its own ink: the ink along its ring that no other chosen
+    shape explains. Before, a crossing or touching stroke a bridged gap past an arc's end ran it
+    on (ended only by 8 solid bins of ink), and the short tail of an arc past a crossing, too
+    short to be solid, was cut."""
+    claims = np.zeros(len(ink.points), np.int32)
+    for c in chosen:
+        claims[c.members] += 1
+    band = max(2.5, ink.stroke / 2 + 2)
+    out = []
+    for c in chosen:
+        if c.shape["kind"] != "arc":
+            out.append(c)
+            continue
+        others = claims.copy()
+        others[c.members] -= 1
+        (cx, cy), r = c.shape["center"], c.shape["radius"]
+        dist, angle = _polar(ink.points, cx, cy)
+        near = (np.abs(dist - r) <= band) & (others == 0)
+        n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
+        bins = (angle[near] * n_bins / 360).astype(int) % n_bins
+        occupied = np.bincount(bins, minlength=n_bins) > 0
+        max_gap = max(2, int(MAX_GAP * ink.diag / (2 * math.pi * r) * n_bins))
+        a0 = int(c.shape["start_deg"] * n_bins / 360)
+        span = int(((c.shape["end_deg"] - c.shape["start_deg"]) % 360) * n_bins / 360)
+        was = np.zeros(n_bins, bool)
+        was[(a0 + np.arange(span)) % n_bins] = True
+        best, overlap = None, 0
+        for start, length in _runs(occupied, max_gap):
+            shared = int(was[(start + np.arange(length)) % n_bins].sum())
+            if shared > overlap:
+                best, overlap = (start, length), shared
+        if best is None:
+            out.append(c)
+            continue
+        start, length = _trimmed(occupied, *best, solid=OWN_SOLID)
+        if length * 360 / n_bins < t.min_arc_deg or length >= n_bins:
+            out.append(c)
+            continue
+        a = start * 360 / n_bins
+        shape = dict(c.shape, start_deg=a % 360, end_deg=(a + length * 360 / n_bins) % 360)
+        out.append(_Candidate(shape, c.members, c.fill))
+    return out
+
+
+OWN_SOLID = 3
 
 
 def _leftover_candidates(ink: _Ink, claimed: np.ndarray, t: Thresholds) -> list[_Candidate]:
