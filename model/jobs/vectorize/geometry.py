@@ -509,51 +509,72 @@ def vectorize(
 
 
 def _own_ends(ink: _Ink, chosen: list[_Candidate], t: Thresholds) -> list[_Candidate]:
-    """Each arc's ends found again on its own ink: the ink along its ring that no other chosen
-    shape explains. Before, a crossing or touching stroke a bridged gap past an arc's end ran it
-    on (ended only by 8 solid bins of ink), and the short tail of an arc past a crossing, too
-    short to be solid, was cut."""
+    """Each arc refitted and its ends found again on its own ink: the ink along its ring that
+    no other chosen shape explains. Before, a crossing or touching stroke a bridged gap past an
+    arc's end ran it on (ended only by 8 solid bins of ink), the short tail of an arc past a
+    crossing, too short to be solid, was cut, and crossing strokes pulled the fit."""
     claims = np.zeros(len(ink.points), np.int32)
     for c in chosen:
         claims[c.members] += 1
-    band = max(2.5, ink.stroke / 2 + 2)
     out = []
     for c in chosen:
-        if c.shape["kind"] != "arc":
-            out.append(c)
-            continue
-        others = claims.copy()
-        others[c.members] -= 1
-        (cx, cy), r = c.shape["center"], c.shape["radius"]
-        dist, angle = _polar(ink.points, cx, cy)
-        near = (np.abs(dist - r) <= band) & (others == 0)
-        n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
-        bins = (angle[near] * n_bins / 360).astype(int) % n_bins
-        occupied = np.bincount(bins, minlength=n_bins) > 0
-        max_gap = max(2, int(MAX_GAP * ink.diag / (2 * math.pi * r) * n_bins))
-        a0 = int(c.shape["start_deg"] * n_bins / 360)
-        span = int(((c.shape["end_deg"] - c.shape["start_deg"]) % 360) * n_bins / 360)
-        was = np.zeros(n_bins, bool)
-        was[(a0 + np.arange(span)) % n_bins] = True
-        best, overlap = None, 0
-        for start, length in _runs(occupied, max_gap):
-            shared = int(was[(start + np.arange(length)) % n_bins].sum())
-            if shared > overlap:
-                best, overlap = (start, length), shared
-        if best is None:
-            out.append(c)
-            continue
-        start, length = _trimmed(occupied, *best, solid=OWN_SOLID)
-        if length * 360 / n_bins < t.min_arc_deg or length >= n_bins:
-            out.append(c)
-            continue
-        a = start * 360 / n_bins
-        shape = dict(c.shape, start_deg=a % 360, end_deg=(a + length * 360 / n_bins) % 360)
-        out.append(_Candidate(shape, c.members, c.fill))
+        if c.shape["kind"] == "arc":
+            own = claims.copy()
+            own[c.members] -= 1
+            c = _own_arc(ink, c, own == 0, t)
+        out.append(c)
     return out
 
 
-OWN_SOLID = 3
+def _own_arc(ink: _Ink, c: _Candidate, free: np.ndarray, t: Thresholds) -> _Candidate:
+    """An arc refitted on the free ink (a mask of ink points) of its span, and given the ends
+    of the run of free ink along its ring that overlaps it most."""
+    shape = c.shape
+    band = max(2.5, ink.stroke / 2 + 2)
+    for _ in range(OWN_ROUNDS):
+        (cx, cy), r = shape["center"], shape["radius"]
+        span = (shape["end_deg"] - shape["start_deg"]) % 360
+        dist, angle = _polar(ink.points, cx, cy)
+        near = (np.abs(dist - r) <= band) & free
+        fit = _fit_circle(ink.points[near & (((angle - shape["start_deg"]) % 360) <= span)])
+        if fit is not None and max(math.hypot(fit[0] - cx, fit[1] - cy), abs(fit[2] - r)) <= (
+            0.1 * r + band
+        ):
+            cx, cy, r = fit
+            dist, angle = _polar(ink.points, cx, cy)
+            near = (np.abs(dist - r) <= band) & free
+        n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
+        occupied = np.bincount((angle[near] * n_bins / 360).astype(int) % n_bins, minlength=n_bins)
+        occupied = occupied > 0
+        was = np.zeros(n_bins, bool)
+        was[
+            (int(shape["start_deg"] * n_bins / 360) + np.arange(int(span * n_bins / 360))) % n_bins
+        ] = True
+        max_gap = max(2, int(OWN_GAP * ink.diag / (2 * math.pi * r) * n_bins))
+        runs = [
+            (int(was[(start + np.arange(length)) % n_bins].sum()), start, length)
+            for start, length in _runs(occupied, max_gap)
+        ]
+        if not runs or max(runs)[0] == 0:
+            break
+        _shared, start, length = max(runs)
+        start, length = _trimmed(occupied, start, length, solid=OWN_SOLID)
+        if length * 360 / n_bins < t.min_arc_deg or length >= n_bins:
+            break
+        a = start * 360 / n_bins
+        shape = dict(
+            shape,
+            center=[cx, cy],
+            radius=r,
+            start_deg=a % 360,
+            end_deg=(a + length * 360 / n_bins) % 360,
+        )
+    return _Candidate(shape, c.members, c.fill)
+
+
+OWN_SOLID = 3  # bins inked in a row where an arc's own ink ends
+OWN_GAP = 0.03  # of the diagonal: longest gap in an arc's own ink bridged
+OWN_ROUNDS = 2  # refit, new ends, refit on them, their ends
 
 
 def _leftover_candidates(ink: _Ink, claimed: np.ndarray, t: Thresholds) -> list[_Candidate]:
