@@ -513,17 +513,35 @@ def _own_ends(ink: _Ink, chosen: list[_Candidate], t: Thresholds) -> list[_Candi
     no other chosen shape explains. Before, a crossing or touching stroke a bridged gap past an
     arc's end ran it on (ended only by 8 solid bins of ink), the short tail of an arc past a
     crossing, too short to be solid, was cut, and crossing strokes pulled the fit."""
+    cores = [_core(ink, c) for c in chosen]
     claims = np.zeros(len(ink.points), np.int32)
-    for c in chosen:
-        claims[c.members] += 1
+    for core in cores:
+        claims[core] += 1
     out = []
-    for c in chosen:
+    for c, core in zip(chosen, cores, strict=True):
         if c.shape["kind"] == "arc":
             own = claims.copy()
-            own[c.members] -= 1
+            own[core] -= 1
             c = _own_arc(ink, c, own == 0, t)
         out.append(c)
     return out
+
+
+def _core(ink: _Ink, c: _Candidate) -> np.ndarray:
+    """The members of a shape within CORE strokes of its centre line: where another shape
+    runs alongside an arc (touching circles), only the ink right on it is taken as its."""
+    pts = ink.points[c.members].astype(np.float64)
+    if c.shape["kind"] == "line":
+        a, b = np.array(c.shape["p0"]), np.array(c.shape["p1"])
+        u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+        off = np.abs((pts - a) @ np.array([-u[1], u[0]]))
+    else:
+        (cx, cy), r = c.shape["center"], c.shape["radius"]
+        off = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - r)
+    return c.members[off <= CORE * ink.stroke + 0.5]
+
+
+CORE = 0.5
 
 
 def _own_arc(ink: _Ink, c: _Candidate, free: np.ndarray, t: Thresholds) -> _Candidate:
