@@ -9,6 +9,8 @@
 3. Lines: the ink of the circles and arcs found is erased, the line segment detector (LSD) runs
    on what is left, and collinear fragments (both edges of a stroke, pieces cut by gaps and by
    crossings) are merged into one line each.
+4. Lines, circles and arcs compete for the ink; each arc kept is then refitted, and its ends
+   found again, on its own ink: what no other shape kept has on its centre line.
 
 Chosen by measurement on the synthetic benchmark (bench/vectorize.py, docs/vectorize.md).
 """
