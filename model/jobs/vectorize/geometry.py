@@ -543,7 +543,7 @@ def _core(ink: _Ink, c: _Candidate) -> np.ndarray:
     return c.members[off <= CORE * ink.stroke + 0.5]
 
 
-CORE = 0.5
+CORE = 0.5  # strokes (+0.5 px) from its centre line: the ink that is a shape's alone
 
 
 def _own_arc(ink: _Ink, c: _Candidate, free: np.ndarray, t: Thresholds) -> _Candidate:
