@@ -9,6 +9,8 @@
 3. Lines: the ink of the circles and arcs found is erased, the line segment detector (LSD) runs
    on what is left, and collinear fragments (both edges of a stroke, pieces cut by gaps and by
    crossings) are merged into one line each.
+4. Lines, circles and arcs compete for the ink; each arc kept is then refitted, and its ends
+   found again, on its own ink: what no other shape kept has on its centre line.
 
 Chosen by measurement on the synthetic benchmark (bench/vectorize.py, docs/vectorize.md).
 """
@@ -120,18 +122,21 @@ def _runs(occupied: np.ndarray, max_gap: int) -> list[tuple[int, int]]:
     return [((int(b) + start) % n, int(e - b)) for b, e in zip(begins, ends, strict=True)]
 
 
-def _trimmed(occupied: np.ndarray, start: int, length: int) -> tuple[int, int]:
+def _trimmed(
+    occupied: np.ndarray, start: int, length: int, solid: int | None = None
+) -> tuple[int, int]:
     """A run without the stray ink bridged onto its ends (a crossing stroke a gap away): each
     end moves inwards to the first SOLID bins inked in a row."""
     n = len(occupied)
     if length >= n:
         return start, length
+    k = solid or SOLID
     inked = occupied[(np.arange(length) + start) % n]
-    solid = np.convolve(inked, np.ones(SOLID), mode="valid") == SOLID
-    if not solid.any():
+    full = np.convolve(inked, np.ones(k), mode="valid") == k
+    if not full.any():
         return start, 0
-    first = int(np.argmax(solid))
-    last = int(len(solid) - 1 - np.argmax(solid[::-1])) + SOLID
+    first = int(np.argmax(full))
+    last = int(len(full) - 1 - np.argmax(full[::-1])) + k
     return (start + first) % n, last - first
 
 
@@ -501,7 +506,95 @@ def vectorize(
     leftover = _leftover_candidates(ink, claimed, thresholds)
     if leftover:
         chosen = _greedy(rounds + lines + leftover, len(ink.points))
+    chosen = _own_ends(ink, chosen, thresholds)
     return [c.shape for c in chosen if c.shape["kind"] in kinds]
+
+
+def _own_ends(ink: _Ink, chosen: list[_Candidate], t: Thresholds) -> list[_Candidate]:
+    """Each arc refitted and its ends found again on its own ink: the ink along its ring that
+    no other chosen shape explains. Before, a crossing or touching stroke a bridged gap past an
+    arc's end ran it on (ended only by 8 solid bins of ink), the short tail of an arc past a
+    crossing, too short to be solid, was cut, and crossing strokes pulled the fit."""
+    cores = [_core(ink, c) for c in chosen]
+    claims = np.zeros(len(ink.points), np.int32)
+    for core in cores:
+        claims[core] += 1
+    out = []
+    for c, core in zip(chosen, cores, strict=True):
+        if c.shape["kind"] == "arc":
+            own = claims.copy()
+            own[core] -= 1
+            c = _own_arc(ink, c, own == 0, t)
+        out.append(c)
+    return out
+
+
+def _core(ink: _Ink, c: _Candidate) -> np.ndarray:
+    """The members of a shape within CORE strokes of its centre line: where another shape
+    runs alongside an arc (touching circles), only the ink right on it is taken as its."""
+    pts = ink.points[c.members].astype(np.float64)
+    if c.shape["kind"] == "line":
+        a, b = np.array(c.shape["p0"]), np.array(c.shape["p1"])
+        u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+        off = np.abs((pts - a) @ np.array([-u[1], u[0]]))
+    else:
+        (cx, cy), r = c.shape["center"], c.shape["radius"]
+        off = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - r)
+    return c.members[off <= CORE * ink.stroke + 0.5]
+
+
+CORE = 0.5  # strokes (+0.5 px) from its centre line: the ink that is a shape's alone
+
+
+def _own_arc(ink: _Ink, c: _Candidate, free: np.ndarray, t: Thresholds) -> _Candidate:
+    """An arc refitted on the free ink (a mask of ink points) of its span, and given the ends
+    of the run of free ink along its ring that overlaps it most."""
+    shape = c.shape
+    band = max(2.5, ink.stroke / 2 + 2)
+    for _ in range(OWN_ROUNDS):
+        (cx, cy), r = shape["center"], shape["radius"]
+        span = (shape["end_deg"] - shape["start_deg"]) % 360
+        dist, angle = _polar(ink.points, cx, cy)
+        near = (np.abs(dist - r) <= band) & free
+        fit = _fit_circle(ink.points[near & (((angle - shape["start_deg"]) % 360) <= span)])
+        if fit is not None and max(math.hypot(fit[0] - cx, fit[1] - cy), abs(fit[2] - r)) <= (
+            0.1 * r + band
+        ):
+            cx, cy, r = fit
+            dist, angle = _polar(ink.points, cx, cy)
+            near = (np.abs(dist - r) <= band) & free
+        n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
+        occupied = np.bincount((angle[near] * n_bins / 360).astype(int) % n_bins, minlength=n_bins)
+        occupied = occupied > 0
+        was = np.zeros(n_bins, bool)
+        was[
+            (int(shape["start_deg"] * n_bins / 360) + np.arange(int(span * n_bins / 360))) % n_bins
+        ] = True
+        max_gap = max(2, int(OWN_GAP * ink.diag / (2 * math.pi * r) * n_bins))
+        runs = [
+            (int(was[(start + np.arange(length)) % n_bins].sum()), start, length)
+            for start, length in _runs(occupied, max_gap)
+        ]
+        if not runs or max(runs)[0] == 0:
+            break
+        _shared, start, length = max(runs)
+        start, length = _trimmed(occupied, start, length, solid=OWN_SOLID)
+        if length * 360 / n_bins < t.min_arc_deg or length >= n_bins:
+            break
+        a = start * 360 / n_bins
+        shape = dict(
+            shape,
+            center=[cx, cy],
+            radius=r,
+            start_deg=a % 360,
+            end_deg=(a + length * 360 / n_bins) % 360,
+        )
+    return _Candidate(shape, c.members, c.fill)
+
+
+OWN_SOLID = 3  # bins inked in a row where an arc's own ink ends
+OWN_GAP = 0.03  # of the diagonal: longest gap in an arc's own ink bridged
+OWN_ROUNDS = 2  # refit, new ends, refit on them, their ends
 
 
 def _leftover_candidates(ink: _Ink, claimed: np.ndarray, t: Thresholds) -> list[_Candidate]:

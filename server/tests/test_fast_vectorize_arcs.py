@@ -1,0 +1,60 @@
+"""The vectorize method's arc ends: found again, after the competition, on the ink along the
+arc's ring that no other chosen shape has on its centre line."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from model.jobs.vectorize.geometry import Thresholds, vectorize
+from model.jobs.vectorize.score import angle_gap
+
+CENTRE, RADIUS, INK, WIDTH = (300, 300), 150, 40, 4
+
+
+def _page() -> np.ndarray:
+    return np.full((600, 600), 230, np.uint8)
+
+
+def _arc(gray: np.ndarray, start: int, end: int) -> None:
+    cv2.ellipse(gray, CENTRE, (RADIUS, RADIUS), 0, start, end, INK, WIDTH, cv2.LINE_AA)
+
+
+def _at(angle_deg: float, radius: float) -> tuple[float, float]:
+    a = math.radians(angle_deg)
+    return CENTRE[0] + radius * math.cos(a), CENTRE[1] + radius * math.sin(a)
+
+
+def _the_arc(gray: np.ndarray) -> dict:
+    arcs = [p for p in vectorize(gray, Thresholds()) if p["kind"] == "arc"]
+    assert len(arcs) == 1, arcs
+    assert math.dist(arcs[0]["center"], CENTRE) <= 3
+    assert abs(arcs[0]["radius"] - RADIUS) <= 3
+    return arcs[0]
+
+
+def test_an_arc_ends_where_its_own_ink_ends_not_on_a_stroke_touching_its_ring() -> None:
+    gray = _page()
+    _arc(gray, 0, 120)
+    # A line tangent to the ring at 145 degrees: within a stroke of it over some 30 degrees,
+    # a short gap past the arc's end (it ran the arc on to about 167 degrees).
+    (px, py), a = _at(145, RADIUS), math.radians(145)
+    ux, uy = -math.sin(a) * 120, math.cos(a) * 120
+    cv2.line(gray, (round(px - ux), round(py - uy)), (round(px + ux), round(py + uy)), INK, 4)
+    arc = _the_arc(gray)
+    assert angle_gap(arc["start_deg"], 0) <= 5
+    assert angle_gap(arc["end_deg"], 120) <= 5
+
+
+def test_an_arc_running_alongside_a_touching_circle_keeps_its_ink_there() -> None:
+    gray = _page()
+    _arc(gray, 200, 340)
+    # A circle touching the arc from inside at 225 degrees: its band covers the arc's ink
+    # from about 200 to 240 degrees (which cut the arc's start to about 237).
+    x, y = _at(225, 60)
+    cv2.circle(gray, (round(x), round(y)), RADIUS - 60, INK, WIDTH, cv2.LINE_AA)
+    arc = _the_arc(gray)
+    assert angle_gap(arc["start_deg"], 200) <= 5
+    assert angle_gap(arc["end_deg"], 340) <= 5
