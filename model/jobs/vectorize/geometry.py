@@ -389,12 +389,15 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
     gap_tol = MERGE_GAP * ink.diag
     lines = []
     p0s, p1s = segs[:, :2], segs[:, 2:]
+    # A short fragment's direction is known only to about a stroke over its length.
+    angle_cos = np.cos(np.maximum(np.radians(3), np.arctan2(MERGE_SHORT * ink.stroke, lengths)))
     for i in order:
         if used[i]:
             continue
         group = [i]
         used[i] = True
         a, b = p0s[i], p1s[i]
+        extended = False
         for _ in range(20):  # grow: each pass may bring fragments further along
             d = (b - a) / (np.linalg.norm(b - a) + 1e-9)
             n = np.array([-d[1], d[0]])
@@ -405,12 +408,19 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
             span_lo, span_hi = 0.0, float(np.linalg.norm(b - a))
             gap = np.maximum(lo - span_hi, span_lo - hi)
             seg_dir = (p1s - p0s) / (lengths[:, None] + 1e-9)
-            parallel = np.abs(seg_dir @ d) >= math.cos(math.radians(3))
+            parallel = np.abs(seg_dir @ d) >= angle_cos
             join = (~used) & parallel & (off0 <= offset_tol) & (off1 <= offset_tol)
             join &= gap <= gap_tol
             new = np.nonzero(join)[0]
             if len(new) == 0:
-                break
+                if extended:
+                    break
+                # Extended along its ink (through a crossing LSD broke it at), the line may
+                # reach fragments of itself beyond.
+                a, b = _extend(ink.mask, b, a, ink.stroke), _extend(ink.mask, a, b, ink.stroke)
+                extended = True
+                continue
+            extended = False
             used[new] = True
             group.extend(new.tolist())
             pts = np.concatenate([p0s[group], p1s[group]])
@@ -420,7 +430,8 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
             direction = np.linalg.eigh(cov)[1][:, -1]
             proj = (pts - mean) @ direction
             a, b = mean + proj.min() * direction, mean + proj.max() * direction
-        a, b = _extend(ink.mask, b, a), _extend(ink.mask, a, b)
+        if not extended:
+            a, b = _extend(ink.mask, b, a, ink.stroke), _extend(ink.mask, a, b, ink.stroke)
         length = float(np.linalg.norm(b - a))
         if length < t.min_line * ink.diag:
             continue
@@ -432,26 +443,52 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
 
 
 MERGE_GAP = 0.03  # of the diagonal: longest gap between collinear fragments merged
+MERGE_SHORT = 0.5  # strokes: a fragment's direction error over its length
 EXTEND_REACH = 1  # px around the line's axis where ink counts as its going on
 
 
-def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """b moved outwards along a->b while ink goes on without a break (LSD stops short of
-    junctions and of the ink it shares with a circle). Crossing a gap, even a pen gap of a
-    couple of strokes, ran lines on past their true end more often than it joined them."""
+def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np.ndarray:
+    """b moved outwards along a->b while the line's own ink goes on (LSD stops short of
+    junctions and of the ink it shares with a circle). It stops where the ink breaks (crossing a
+    gap, even a pen gap of a couple of strokes, ran lines on past their true end more often than
+    it joined them) and where the ink on the axis, a stroke wide, drifts off it: another stroke
+    met at a shallow angle (or a circle met near its tangent) led lines on along it."""
     u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
+    normal = np.array([-u[1], u[0]])
     h, w = mask.shape
-    k = EXTEND_REACH
-    last = 0
-    for step in range(1, int(0.2 * math.hypot(w, h))):
-        x, y = (b + u * step).round().astype(int)
-        if (
-            not (k <= x < w - k and k <= y < h - k)
-            or not mask[y - k : y + k + 1, x - k : x + k + 1].any()
-        ):
-            break
-        last = step
-    return b + u * last
+    reach = int(math.ceil(stroke)) + 2  # the cross-section: a stroke and a little each side
+    steps = np.arange(-EXTEND_BACK, int(0.2 * math.hypot(w, h)))
+    across = np.arange(-reach - 1, reach + 2)
+    pts = b + steps[:, None, None] * u + across[None, :, None] * normal
+    xs, ys = np.rint(pts[..., 0]).astype(int), np.rint(pts[..., 1]).astype(int)
+    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    ink = np.zeros(xs.shape, bool)
+    ink[inside] = mask[ys[inside], xs[inside]] > 0
+    # Widened by EXTEND_REACH px each side (symmetrically, so the run's centre stays put).
+    ink = ink[:, :-2] | ink[:, 1:-1] | ink[:, 2:]
+    mid = reach
+    left = np.cumprod(ink[:, mid::-1], axis=1).sum(1)  # inked px from the axis outwards
+    right = np.cumprod(ink[:, mid:], axis=1).sum(1)
+    centre = (right - left) / 2  # of the inked run through the axis
+    width = right + left - 1 - 2 * EXTEND_REACH
+    stroke_like = width <= EXTEND_WIDE * stroke  # wider: a crossing or a junction, unclear
+    behind = centre[:EXTEND_BACK + 1][stroke_like[:EXTEND_BACK + 1] & (left[:EXTEND_BACK + 1] > 0)]
+    ref = float(np.median(behind)) if len(behind) else 0.0
+    drift = np.abs(centre - ref) > max(EXTEND_DRIFT, EXTEND_DRIFT_STROKE * stroke)
+    inked = left[EXTEND_BACK + 1 :] > 0
+    own = (stroke_like & ~drift)[EXTEND_BACK + 1 :]  # the line's own stroke, centred on it
+    unbroken = int(np.argmin(inked)) if not inked.all() else len(inked)
+    ends = np.nonzero(own[:unbroken])[0]
+    last = int(ends[-1]) + 1 if len(ends) else 0
+    # Past its own stroke's last sign, ink on the axis is a junction: half of it (a stroke at
+    # most) is the line's, as a line ending on a crossing stroke ends at its middle.
+    return b + u * (last + min((unbroken - last) / 2, stroke))
+
+
+EXTEND_BACK = 4  # px behind the end where the stroke's own centre is measured
+EXTEND_WIDE = 1.6  # a run through the axis wider than this many strokes: a crossing
+EXTEND_DRIFT = 1.0  # px: the run's centre this far off the stroke's: another stroke
+EXTEND_DRIFT_STROKE = 0.25  # ... or this share of a stroke, if more
 
 
 def _near_segment(ink: _Ink, a: np.ndarray, b: np.ndarray) -> np.ndarray:
