@@ -436,7 +436,7 @@ def _merge_lines(segs: np.ndarray, ink: _Ink, t: Thresholds) -> list[_Candidate]
         if length < t.min_line * ink.diag:
             continue
         support = _support(ink.mask, a, b, ink.stroke)
-        if support >= t.line_support:
+        if support >= t.line_support and not _bowed(ink.mask, a, b, ink.stroke):
             shape = {"kind": "line", "p0": a.tolist(), "p1": b.tolist(), "confidence": support}
             lines.append(_Candidate(shape, _near_segment(ink, a, b), support))
     return lines
@@ -454,16 +454,9 @@ def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np
     it joined them) and where the ink on the axis, a stroke wide, drifts off it: another stroke
     met at a shallow angle (or a circle met near its tangent) led lines on along it."""
     u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
-    normal = np.array([-u[1], u[0]])
-    h, w = mask.shape
-    reach = int(math.ceil(stroke)) + 2  # the cross-section: a stroke and a little each side
-    steps = np.arange(-EXTEND_BACK, int(0.2 * math.hypot(w, h)))
-    across = np.arange(-reach - 1, reach + 2)
-    pts = b + steps[:, None, None] * u + across[None, :, None] * normal
-    xs, ys = np.rint(pts[..., 0]).astype(int), np.rint(pts[..., 1]).astype(int)
-    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
-    ink = np.zeros(xs.shape, bool)
-    ink[inside] = mask[ys[inside], xs[inside]] > 0
+    reach = math.ceil(stroke) + 2  # the cross-section: a stroke and a little each side
+    steps = np.arange(-EXTEND_BACK, int(0.2 * math.hypot(*mask.shape)))
+    ink = _sections(mask, b, u, steps, reach + 1)
     # Widened by EXTEND_REACH px each side (symmetrically, so the run's centre stays put).
     ink = ink[:, :-2] | ink[:, 1:-1] | ink[:, 2:]
     mid = reach
@@ -472,7 +465,9 @@ def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np
     centre = (right - left) / 2  # of the inked run through the axis
     width = right + left - 1 - 2 * EXTEND_REACH
     stroke_like = width <= EXTEND_WIDE * stroke  # wider: a crossing or a junction, unclear
-    behind = centre[:EXTEND_BACK + 1][stroke_like[:EXTEND_BACK + 1] & (left[:EXTEND_BACK + 1] > 0)]
+    behind = centre[: EXTEND_BACK + 1][
+        stroke_like[: EXTEND_BACK + 1] & (left[: EXTEND_BACK + 1] > 0)
+    ]
     ref = float(np.median(behind)) if len(behind) else 0.0
     drift = np.abs(centre - ref) > max(EXTEND_DRIFT, EXTEND_DRIFT_STROKE * stroke)
     inked = left[EXTEND_BACK + 1 :] > 0
@@ -489,6 +484,44 @@ EXTEND_BACK = 4  # px behind the end where the stroke's own centre is measured
 EXTEND_WIDE = 1.6  # a run through the axis wider than this many strokes: a crossing
 EXTEND_DRIFT = 1.0  # px: the run's centre this far off the stroke's: another stroke
 EXTEND_DRIFT_STROKE = 0.25  # ... or this share of a stroke, if more
+
+
+def _sections(mask: np.ndarray, origin: np.ndarray, u: np.ndarray, steps: np.ndarray, reach: int):
+    """Ink across the line origin + t u at each step t: (steps, 2 reach + 1) bools, offsets
+    -reach..reach along the normal (outside the image: no ink)."""
+    across = np.arange(-reach, reach + 1)
+    normal = np.array([-u[1], u[0]])
+    pts = origin + steps[:, None, None] * u + across[None, :, None] * normal
+    xs, ys = np.rint(pts[..., 0]).astype(int), np.rint(pts[..., 1]).astype(int)
+    h, w = mask.shape
+    inside = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    ink = np.zeros(xs.shape, bool)
+    ink[inside] = mask[ys[inside], xs[inside]] > 0
+    return ink
+
+
+def _bowed(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> bool:
+    """Whether the ink along a..b bows like a piece of a circle rather than a straight stroke:
+    a chord that LSD fits to an arc the circle search missed. The stroke's centre across the
+    line (where the section shows one stroke only) is fitted by a parabola; its sagitta is
+    what a circle of under CHORD_RADIUS lengths gives, and more than wobble does."""
+    length = float(np.linalg.norm(b - a))
+    u = (b - a) / (length + 1e-9)
+    reach = math.ceil(stroke) + 3
+    steps = np.arange(0.0, length, 1.0)
+    ink = _sections(mask, a, u, steps, reach)
+    count = ink.sum(1)
+    one = (count > 0) & (count <= EXTEND_WIDE * stroke) & ~ink[:, 0] & ~ink[:, -1]
+    if one.sum() < max(8, 0.3 * len(steps)):
+        return False
+    centre = (ink[one] * np.arange(-reach, reach + 1)).sum(1) / count[one]
+    x = steps[one] / length - 0.5
+    sagitta = abs(np.polyfit(x, centre, 2)[0]) / 4  # the parabola's rise over the half length
+    return sagitta > max(BOW_MIN_PX, length / (8 * CHORD_RADIUS))
+
+
+BOW_MIN_PX = 1.0  # wobble of a straight stroke stays under this along a short line
+CHORD_RADIUS = 5.5  # lengths: straight lines on the tuning seeds bowed as circles of 7 or more
 
 
 def _near_segment(ink: _Ink, a: np.ndarray, b: np.ndarray) -> np.ndarray:
