@@ -475,11 +475,13 @@ def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np
     unbroken = int(np.argmin(inked)) if not inked.all() else len(inked)
     ends = np.nonzero(own[:unbroken])[0]
     last = int(ends[-1]) + 1 if len(ends) else 0
-    # Past its own stroke's last sign, ink on the axis is a junction: half of it (a stroke at
-    # most) is the line's, as a line ending on a crossing stroke ends at its middle.
-    return b + u * (last + min((unbroken - last) / 2, stroke))
+    # Past its own stroke's last sign, ink on the axis a couple of strokes long is a stroke
+    # the line ends on, at its middle; longer, another stroke met at a shallow angle.
+    tail = unbroken - last
+    return b + u * (last + (tail / 2 if tail <= EXTEND_TAIL * stroke else 0))
 
 
+EXTEND_TAIL = 2.0  # strokes: longest ink past the line's own stroke that it ends on
 EXTEND_BACK = 4  # px behind the end where the stroke's own centre is measured
 EXTEND_WIDE = 1.6  # a run through the axis wider than this many strokes: a crossing
 EXTEND_DRIFT = 1.0  # px: the run's centre this far off the stroke's: another stroke
