@@ -455,10 +455,13 @@ def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np
     met at a shallow angle (or a circle met near its tangent) led lines on along it."""
     u = (b - a) / (np.linalg.norm(b - a) + 1e-9)
     reach = math.ceil(stroke) + 2  # the cross-section: a stroke and a little each side
-    steps = np.arange(-EXTEND_BACK, int(0.2 * math.hypot(*mask.shape)))
-    ink = _sections(mask, b, u, steps, reach + 1)
-    # Widened by EXTEND_REACH px each side (symmetrically, so the run's centre stays put).
-    ink = ink[:, :-2] | ink[:, 1:-1] | ink[:, 2:]
+    longest = int(0.2 * math.hypot(*mask.shape))
+    for far in (min(EXTEND_FIRST, longest), longest):  # most ends are near: look there first
+        ink = _sections(mask, b, u, np.arange(-EXTEND_BACK, far), reach + 1)
+        # Widened by EXTEND_REACH px each side (symmetrically: the run's centre stays put).
+        ink = ink[:, :-2] | ink[:, 1:-1] | ink[:, 2:]
+        if not ink[:, reach].all():
+            break
     mid = reach
     left = np.cumprod(ink[:, mid::-1], axis=1).sum(1)  # inked px from the axis outwards
     right = np.cumprod(ink[:, mid:], axis=1).sum(1)
@@ -475,13 +478,14 @@ def _extend(mask: np.ndarray, a: np.ndarray, b: np.ndarray, stroke: float) -> np
     unbroken = int(np.argmin(inked)) if not inked.all() else len(inked)
     ends = np.nonzero(own[:unbroken])[0]
     last = int(ends[-1]) + 1 if len(ends) else 0
-    # Past its own stroke's last sign, ink on the axis a couple of strokes long is a stroke
-    # the line ends on, at its middle; longer, another stroke met at a shallow angle.
-    tail = unbroken - last
-    return b + u * (last + (tail / 2 if tail <= EXTEND_TAIL * stroke else 0))
+    # Past its own stroke's last sign, ink on the axis is a junction: half of it (a stroke at
+    # most) is the line's, as a line ending on a crossing stroke ends at its middle. (None of
+    # it past a shallow-angle meeting, more than two strokes long: tuning F1 +0.003, held-out
+    # -0.002.)
+    return b + u * (last + min((unbroken - last) / 2, stroke))
 
 
-EXTEND_TAIL = 2.0  # strokes: longest ink past the line's own stroke that it ends on
+EXTEND_FIRST = 32  # px looked at first for the end; further only if the ink goes on
 EXTEND_BACK = 4  # px behind the end where the stroke's own centre is measured
 EXTEND_WIDE = 1.6  # a run through the axis wider than this many strokes: a crossing
 EXTEND_DRIFT = 1.0  # px: the run's centre this far off the stroke's: another stroke
