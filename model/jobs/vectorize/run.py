@@ -10,8 +10,7 @@ its primitives are given in the page's coordinates.
 from __future__ import annotations
 
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,30 +75,16 @@ def _pages(ctx: JobContext, params: VectorizeParams, pages: Pages) -> None:
     # (as detect's inference threads: worker.concurrency tasks share the machine).
     threads = max(1, min(settings.inference_threads(), settings.worker.batch_size))
     pool = ThreadPoolExecutor(threads, thread_name_prefix="vectorize")
-    # The next batch is queued before this one is emitted, so no thread waits for the slowest
-    # page of a batch (pages take 0.1-0.6 s each) before it has more to do.
-    queued: deque[tuple[Prepared, Future[list[dict[str, Any]] | None]]] = deque()
     try:
         with pages.batches(pending, loader) as batches:
             for batch in batches:
                 ctx.check_cancel()
-                queued.extend((p, pool.submit(_analysed, p, params)) for p in batch)
-                while len(queued) > len(batch):  # the previous batch's pages, in order
-                    _emit_next(ctx, queued, loader.cache)
-            while queued:
-                _emit_next(ctx, queued, loader.cache)
+                futures = [pool.submit(_analysed, prepared, params) for prepared in batch]
+                for prepared, future in zip(batch, futures, strict=True):
+                    ctx.check_cancel()
+                    _page_done(ctx, prepared, future.result(), loader.cache)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # a cancel drops the pages queued
-
-
-def _emit_next(
-    ctx: JobContext,
-    queued: deque[tuple[Prepared, Future[list[dict[str, Any]] | None]]],
-    cache: DetectionCache,
-) -> None:
-    ctx.check_cancel()
-    prepared, future = queued.popleft()
-    _page_done(ctx, prepared, future.result(), cache)
+        pool.shutdown(wait=True, cancel_futures=True)  # a cancel drops the batch's rest
 
 
 def _analysed(prepared: Prepared, params: VectorizeParams) -> list[dict[str, Any]] | None:
