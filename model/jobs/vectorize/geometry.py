@@ -492,7 +492,9 @@ EXTEND_DRIFT = 1.0  # px: the run's centre this far off the stroke's: another st
 EXTEND_DRIFT_STROKE = 0.25  # ... or this share of a stroke, if more
 
 
-def _sections(mask: np.ndarray, origin: np.ndarray, u: np.ndarray, steps: np.ndarray, reach: int):
+def _sections(
+    mask: np.ndarray, origin: np.ndarray, u: np.ndarray, steps: np.ndarray, reach: int
+) -> np.ndarray:
     """Ink across the line origin + t u at each step t: (steps, 2 reach + 1) bools, offsets
     -reach..reach along the normal (outside the image: no ink)."""
     across = np.arange(-reach, reach + 1)
