@@ -72,5 +72,5 @@ def test_a_line_ends_where_its_ink_breaks() -> None:
     mask = np.zeros((200, 400), np.uint8)
     mask[98:103, 50:200] = 255  # the line, 5 px wide
     mask[98:103, 206:380] = 255  # a collinear stroke beyond a 6 px gap
-    end = _extend(mask, np.array([60.0, 100.0]), np.array([150.0, 100.0]))
+    end = _extend(mask, np.array([60.0, 100.0]), np.array([150.0, 100.0]), 5.0)
     assert 198 <= end[0] <= 201 and end[1] == pytest.approx(100)
