@@ -14,6 +14,10 @@ What makes it cheap, each measured on bench/cluster.py's corpus (docs/cluster.md
 - a pair whose two items are already joined by verified edges at or above the threshold is not
   verified: it could not change the families (single linkage). Not done with a cluster count,
   where every edge's score orders the merges.
+- a second chance on COARSE keypoints (SIFT on the item blurred until fine hatching is tone,
+  coarse.py) for the candidates the fine keypoints did not join: engravings' and plates'
+  repetitive hatching gives ambiguous fine descriptors that the ratio test discards. A coarse
+  edge counts only at COARSE_MIN or more (fewer, less distinctive keypoints).
 - items verified ROUND at a time on the worker's inference threads (two threads: 1.5x where
   two cores are free; about a third of the time holds the GIL).
 """
@@ -52,6 +56,9 @@ KEYPOINTS = 256  # per item and orientation, the strongest (describe() keeps up 
 # that verified at 0.4 had at least 5 there; two thirds of the others had fewer.
 PRESCREEN_KEYPOINTS = 96
 PRESCREEN_MATCHES = 5
+# A coarse second chance's least score. Dev seed (pairs the fine check failed at 0.15): 0.15 ->
+# 33 same-family pairs joined and 1 false, 0.3 -> 20 and 0
+COARSE_MIN = 0.3
 # Items verified between two updates of the pairs already joined (and spread over the threads)
 ROUND = 32
 
@@ -219,9 +226,72 @@ def _verify_item(
     mirrored: list[ItemFeatures],
     threshold: float | None,
     keypoints: int,
+    coarse: Coarse | None = None,
+    coarse_a: ItemFeatures | None = None,
 ) -> list[tuple[int, Scored]]:
     """a (upright) against each candidate upright and mirrored: the candidates that score above
-    0, with their score. Pure (no shared state): items run on several threads at once."""
+    0, with their score; then, with `coarse` features, the candidates not joined by the fine
+    ones again on those (second_chance). Pure (no shared state): items run on several threads
+    at once."""
+    out = _verify_fine(a, candidates, upright, mirrored, threshold, keypoints)
+    if coarse is None or coarse_a is None:
+        return out
+    joined = {j for j, s in out if s.score >= (threshold or 0.0)}
+    rest = [j for j in candidates if j not in joined]
+    again = dict(second_chance(coarse_a, rest, coarse))
+    if not again:
+        return out
+    merged = dict(out)
+    for j, s in again.items():
+        if j not in merged or s.score > merged[j].score:
+            merged[j] = s
+    return [(j, merged[j]) for j in candidates if j in merged]
+
+
+@dataclass(frozen=True)
+class Coarse:
+    """Every item's coarse features (ItemFeatures whose local ones are coarse.py's), upright
+    and mirrored, by item index."""
+
+    upright: list[ItemFeatures]
+    mirrored: list[ItemFeatures]
+
+
+def second_chance(
+    a: ItemFeatures, candidates: list[int], coarse: Coarse
+) -> list[tuple[int, Scored]]:
+    """a's coarse features against each candidate's, upright and mirrored: the candidates that
+    score COARSE_MIN or more, with their score."""
+    if not candidates or len(a.local) < MIN_INLIERS:
+        return []
+    sides = [side for j in candidates for side in (coarse.upright[j], coarse.mirrored[j])]
+    width = max(len(s.local) for s in sides)
+    if width < MIN_INLIERS:
+        return []
+    found = _match(a, sides, width)
+    need = min_matches(COARSE_MIN)
+    out = []
+    for n, j in enumerate(candidates):
+        for o in sorted((0, 1), key=lambda o: -len(found[2 * n + o][0])):
+            ia, ib = found[2 * n + o]
+            if len(ia) < need:
+                break
+            value, _ = fit(a, sides[2 * n + o], ia, ib)
+            if value >= COARSE_MIN:
+                out.append((j, Scored(value, bool(o))))
+                break
+    return out
+
+
+def _verify_fine(
+    a: ItemFeatures,
+    candidates: list[int],
+    upright: list[ItemFeatures],
+    mirrored: list[ItemFeatures],
+    threshold: float | None,
+    keypoints: int,
+) -> list[tuple[int, Scored]]:
+    """The fine keypoints' check of a against each candidate (_verify_item)."""
     need = MIN_INLIERS if threshold is None else min_matches(threshold)
     sides = [side for j in candidates for side in (upright[j], mirrored[j])]
     # First pass on the strongest few keypoints: most unrelated pairs stop here
@@ -286,6 +356,7 @@ def verify_pairs(
     keypoints: int = KEYPOINTS,
     check: Callable[[], None] = lambda: None,
     threads: int = 1,
+    coarse: Coarse | None = None,
 ) -> tuple[dict[tuple[int, int], Scored], int]:
     """Scores of the pairs (i < j) that score above 0, i upright against j upright and
     mirrored, and how many pairs were verified. With a `threshold`, pairs that cannot reach it
@@ -309,7 +380,19 @@ def verify_pairs(
                 if candidates:
                     verified += len(candidates)
                     work.append((i, candidates))
-            args = [(upright[i], c, upright, mirrored, threshold, keypoints) for i, c in work]
+            args = [
+                (
+                    upright[i],
+                    c,
+                    upright,
+                    mirrored,
+                    threshold,
+                    keypoints,
+                    coarse,
+                    coarse and coarse.upright[i],
+                )
+                for i, c in work
+            ]
             for (i, _), scored in zip(work, workers.map(_verify_args, args), strict=True):
                 for j, found in scored:
                     out[(i, j)] = found
