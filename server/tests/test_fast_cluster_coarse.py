@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from model.jobs.cluster import method, verify
+from model.jobs.cluster import coarse, method, verify
 from model.jobs.similarity.local import LocalFeatures
 from testkit.cluster_corpus import appearance, motif
 
@@ -38,7 +38,10 @@ def test_items_carry_coarse_keypoints(engravings: list[method.ClusterItem]) -> N
     for item in engravings:
         assert item.coarse is not None
         upright, mirrored = item.coarse
-        assert 0 < len(upright.local) <= 128 and 0 < len(mirrored.local) <= 128
+        assert (
+            0 < len(upright.local) <= coarse.KEYPOINTS
+            and 0 < len(mirrored.local) <= coarse.KEYPOINTS
+        )
         assert upright.local.size == item.upright.local.size  # the same analysed pixels
 
 
