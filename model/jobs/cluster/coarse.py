@@ -20,7 +20,7 @@ from model.jobs.similarity.features import ItemFeatures
 from model.jobs.similarity.local import extract
 
 BLUR = 2.0  # Gaussian sigma, in analysed pixels
-KEYPOINTS = 96  # the strongest kept (a blurred item has about 130; 96 or 128: the same ARI)
+KEYPOINTS = 128  # the strongest kept (a blurred item has about 130)
 
 
 def coarse_features(item: ItemFeatures, analysed: np.ndarray) -> ItemFeatures:
