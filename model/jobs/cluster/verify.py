@@ -56,16 +56,17 @@ KEYPOINTS = 256  # per item and orientation, the strongest (describe() keeps up 
 # that verified at 0.4 had at least 5 there; two thirds of the others had fewer.
 PRESCREEN_KEYPOINTS = 96
 PRESCREEN_MATCHES = 5
-# A coarse second chance's least score. Dev seed (pairs the fine check failed at 0.15): 0.15 ->
+# A coarse second chance's least score. Dev seed (the shortlisted pairs the fine check failed
+# at 0.15, with 12 bag-of-words neighbours more; docs/cluster.md, Round 4): 0.15 ->
 # 33 same-family pairs joined and 1 false, 0.3 -> 20 and 0
 COARSE_MIN = 0.3
 # The second chance's first pass, as the fine one's: on the dev seed every pair it joined had
 # at least 7 matches among the strongest 48 coarse keypoints; 5 keeps 581 of 2,520 pairs
 COARSE_PRESCREEN_KEYPOINTS = 48
+COARSE_PRESCREEN_MATCHES = 5
 # ... and RANSAC only from this many coarse matches: every pair joined had 10 or more (a third
 # of the ones with 8, the fewest that could score COARSE_MIN, reach 10)
 COARSE_MATCHES = 10
-COARSE_PRESCREEN_MATCHES = 5
 RATIO_SQUARED = RATIO * RATIO
 # Items verified between two updates of the pairs already joined (and spread over the threads)
 ROUND = 32
