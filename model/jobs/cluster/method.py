@@ -28,7 +28,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from model.jobs.cluster.verify import BLAS, pool, verify_pairs
+from model.jobs.cluster.coarse import coarse_features
+from model.jobs.cluster.verify import BLAS, Coarse, pool, verify_pairs
 from model.jobs.cluster.words import codes, word_vectors
 from model.jobs.similarity.features import (
     REGION_FEATURES,
@@ -41,8 +42,8 @@ from model.jobs.similarity.features import (
 
 # Provenance's `method_version`: raised whenever the edges or families a corpus gets can change
 # (2: verification in rounds of items, so the pairs skipped as joined differ; 3: the bag of
-# words joins the shortlist, threshold 0.15)
-VERSION = 3
+# words joins the shortlist, threshold 0.15; 4: the coarse keypoints' second chance)
+VERSION = 4
 DEFAULT_NEIGHBOURS = 8
 # A verified score (similarity's 0-1). Dev seed, shortlist with the bag of words (Round 3):
 # 0.1 -> ARI 0.738 (2 distractors clustered), 0.15 -> 0.758, 0.2 -> 0.756, 0.3 -> 0.728
@@ -68,6 +69,8 @@ class ClusterItem:
     words: tuple[np.ndarray, np.ndarray] = field(
         default_factory=lambda: (np.zeros(0, np.int32), np.zeros(0, np.int32))
     )
+    # Coarse keypoints (coarse.py), upright and mirrored: the pair check's second chance
+    coarse: tuple[ItemFeatures, ItemFeatures] | None = None
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ def item_features(index: int, image: Image.Image) -> ClusterItem:
     turned = np.stack([layout_descriptor(_turn(g, a)) for g in sides for a in TURNS])
     with BLAS.limit(limits=1):  # a tiny product: BLAS's threads would cost 100x its work
         hashed = (codes(upright.local.descriptors), codes(mirrored.local.descriptors))
-    return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32), hashed)
+    coarse = (coarse_features(upright, sides[0]), coarse_features(mirrored, sides[1]))
+    return ClusterItem(upright, mirrored, analysed, turned.astype(np.float32), hashed, coarse)
 
 
 def set_embedding(item: ClusterItem, vector: np.ndarray) -> None:
@@ -216,11 +220,15 @@ def verify_edges(
     (verify.py); the edges scoring above 0, and how many pairs were verified. With a
     `threshold`, pairs are skipped that could not change `families` at it (already joined)
     or whose strongest keypoints hardly match (a prescreen); None verifies every pair. On
-    `threads` threads; the edges do not depend on how many."""
+    `threads` threads; the edges do not depend on how many. Items with coarse features (all
+    of them) get the coarse second chance (verify.second_chance)."""
     upright = [i.upright for i in items]
     mirrored = [i.mirrored for i in items]
+    coarse = None
+    if items and all(i.coarse is not None for i in items):
+        coarse = Coarse([i.coarse[0] for i in items], [i.coarse[1] for i in items])  # type: ignore[index]
     scored, verified = verify_pairs(
-        upright, mirrored, pairs, threshold, check=check, threads=threads
+        upright, mirrored, pairs, threshold, check=check, threads=threads, coarse=coarse
     )
     edges = [Edge(i, j, s.score, s.mirrored) for (i, j), s in sorted(scored.items())]
     return edges, verified

@@ -14,6 +14,10 @@ What makes it cheap, each measured on bench/cluster.py's corpus (docs/cluster.md
 - a pair whose two items are already joined by verified edges at or above the threshold is not
   verified: it could not change the families (single linkage). Not done with a cluster count,
   where every edge's score orders the merges.
+- a second chance on COARSE keypoints (SIFT on the item blurred until fine hatching is tone,
+  coarse.py) for the candidates the fine keypoints did not join: engravings' and plates'
+  repetitive hatching gives ambiguous fine descriptors that the ratio test discards. A coarse
+  edge counts only at COARSE_MIN or more (fewer, less distinctive keypoints).
 - items verified ROUND at a time on the worker's inference threads (two threads: 1.5x where
   two cores are free; about a third of the time holds the GIL).
 """
@@ -52,6 +56,18 @@ KEYPOINTS = 256  # per item and orientation, the strongest (describe() keeps up 
 # that verified at 0.4 had at least 5 there; two thirds of the others had fewer.
 PRESCREEN_KEYPOINTS = 96
 PRESCREEN_MATCHES = 5
+# A coarse second chance's least score. Dev seed (the shortlisted pairs the fine check failed
+# at 0.15, with 12 bag-of-words neighbours more; docs/cluster.md, Round 4): 0.15 ->
+# 33 same-family pairs joined and 1 false, 0.3 -> 20 and 0
+COARSE_MIN = 0.3
+# The second chance's first pass, as the fine one's: on the dev seed every pair it joined had
+# at least 7 matches among the strongest 48 coarse keypoints; 5 keeps 581 of 2,520 pairs
+COARSE_PRESCREEN_KEYPOINTS = 48
+COARSE_PRESCREEN_MATCHES = 5
+# ... and RANSAC only from this many coarse matches: every pair joined had 10 or more (a third
+# of the ones with 8, the fewest that could score COARSE_MIN, reach 10)
+COARSE_MATCHES = 10
+RATIO_SQUARED = RATIO * RATIO
 # Items verified between two updates of the pairs already joined (and spread over the threads)
 ROUND = 32
 
@@ -80,24 +96,24 @@ def mutual_ratio_matches(
     RootSIFT vectors, all >= 0) padded with zero vectors to one width, `counts` its real ones.
     Padding scores 0, never above a real column, so it changes no best or second best. For each
     block, the indices (ia, ib) that pass Lowe's ratio test and are mutual nearest neighbours
-    within the block. Maxima rather than arg-maxima where possible: they vectorise better."""
+    within the block."""
     rows, blocks, width = sims.shape
     if rows == 0 or width < 2:
         return [(np.zeros(0, np.int64), np.zeros(0, np.int64))] * blocks
     best = sims.argmax(axis=2)  # rows x blocks
-    s1 = np.take_along_axis(sims, best[..., None], axis=2)[..., 0]
+    # Plain index grids: take_along_axis / put_along_axis cost more than these small products
+    at = (np.arange(rows)[:, None], np.arange(blocks)[None, :], best)
+    s1 = sims[at]
     column_best = sims.max(axis=0)  # blocks x columns
-    mutual = s1 >= np.take_along_axis(column_best, best.T, axis=1).T
-    np.put_along_axis(sims, best[..., None], -np.inf, axis=2)
+    mutual = s1 >= column_best[at[1], best]
+    sims[at] = -np.inf
     s2 = sims.max(axis=2)  # the second best (the best again where two columns tie)
-    d1 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * s1))
-    d2 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * s2))
-    keep = (d1 < RATIO * d2) & mutual & (counts >= 2)[None]
-    out = []
-    for block in range(blocks):
-        ia = np.flatnonzero(keep[:, block])
-        out.append((ia, best[ia, block]))
-    return out
+    # d1 < RATIO * d2 on distances d = sqrt(2 - 2 s): compared squared, no square roots
+    ratio = np.maximum(0.0, 1.0 - s1) < RATIO_SQUARED * np.maximum(0.0, 1.0 - s2)
+    keep = ratio & mutual & (counts >= 2)[None]
+    block, ia = np.nonzero(keep.T)  # by block, then row
+    cuts = np.searchsorted(block, np.arange(1, blocks))
+    return list(zip(np.split(ia, cuts), np.split(best[ia, block], cuts), strict=True))
 
 
 def _small(points: np.ndarray, item: ItemFeatures) -> bool:
@@ -106,10 +122,11 @@ def _small(points: np.ndarray, item: ItemFeatures) -> bool:
 
 
 def fit(
-    a: ItemFeatures, b: ItemFeatures, ia: np.ndarray, ib: np.ndarray
+    a: ItemFeatures, b: ItemFeatures, ia: np.ndarray, ib: np.ndarray, least: int = MIN_INLIERS
 ) -> tuple[float, np.ndarray | None]:
     """Similarity's score (0-1) of b against a from their matches, as compare.verify_pair
-    gives it, and the 2x3 transform b -> a (None when the score is 0)."""
+    gives it, and the 2x3 transform b -> a (None when the score is 0). Fewer than `least`
+    inliers score 0 without the photometric check (the caller wants no lower score)."""
     if len(ia) < MIN_INLIERS:
         return 0.0, None
     cv2.setRNGSeed(RANSAC_SEED)  # the same two items always give the same answer
@@ -126,7 +143,7 @@ def fit(
     scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
     keep = mask.ravel().astype(bool)
     inliers = int(keep.sum())
-    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] or inliers < MIN_INLIERS:
+    if not SCALE_RANGE[0] <= scale <= SCALE_RANGE[1] or inliers < max(MIN_INLIERS, least):
         return 0.0, None
     points_a, points_b = a.local.points[ia[keep]], b.local.points[ib[keep]]
     if degenerate(points_a) or _small(points_a, a) or _small(points_b, b):
@@ -200,16 +217,72 @@ def _match(
     return mutual_ratio_matches(sims, counts)
 
 
-def _most(found: list[tuple[np.ndarray, np.ndarray]], n: int) -> int:
-    """Matches of candidate n in its better orientation (found holds upright, mirrored)."""
-    return max(len(found[2 * n][0]), len(found[2 * n + 1][0]))
-
-
 def _pairs_by_item(pairs: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
     grouped: dict[int, list[int]] = {}
     for i, j in pairs:
         grouped.setdefault(i, []).append(j)
     return grouped
+
+
+@dataclass(frozen=True)
+class Coarse:
+    """Every item's coarse features (ItemFeatures whose local ones are coarse.py's), upright
+    and mirrored, by item index."""
+
+    upright: list[ItemFeatures]
+    mirrored: list[ItemFeatures]
+
+
+def second_chance(
+    a: ItemFeatures, candidates: list[int], coarse: Coarse
+) -> list[tuple[int, Scored]]:
+    """a's coarse features against each candidate's, upright and mirrored: the candidates that
+    score COARSE_MIN or more, with their score."""
+    if not candidates or len(a.local) < MIN_INLIERS:
+        return []
+    sides = [side for j in candidates for side in (coarse.upright[j], coarse.mirrored[j])]
+    width = max(len(s.local) for s in sides)
+    if width < MIN_INLIERS:
+        return []
+    first = _match(a, sides, min(width, COARSE_PRESCREEN_KEYPOINTS))
+    tried = [t for t in range(len(sides)) if len(first[t][0]) >= COARSE_PRESCREEN_MATCHES]
+    if not tried:
+        return []
+    found = _match(a, [sides[t] for t in tried], width)
+    need = max(COARSE_MATCHES, min_matches(COARSE_MIN))
+    scored = _fit_best(a, sides, tried, found, need, min_matches(COARSE_MIN), COARSE_MIN)
+    return [(candidates[n], s) for n, s in scored]
+
+
+def _fit_best(
+    a: ItemFeatures,
+    sides: list[ItemFeatures],
+    tried: list[int],
+    found: list[tuple[np.ndarray, np.ndarray]],
+    need: int,
+    least_inliers: int = MIN_INLIERS,
+    least: float = 0.0,
+) -> list[tuple[int, Scored]]:
+    """For each candidate n (sides 2n upright, 2n + 1 mirrored) with matches `found` on the
+    `tried` sides: its better side's score (the side with more matches first, the other if
+    that fails; none with fewer than `need` matches), where it is above 0 and at least
+    `least` (fewer than `least_inliers` inliers cannot reach it: fit skips the photometric
+    check)."""
+    by_side = dict(zip(tried, found, strict=True))
+    out = []
+    for n in sorted({t // 2 for t in tried}):
+        order = sorted(
+            (t for t in (2 * n, 2 * n + 1) if t in by_side), key=lambda t: -len(by_side[t][0])
+        )
+        for t in order:
+            ia, ib = by_side[t]
+            if len(ia) < need:
+                break
+            value, _ = fit(a, sides[t], ia, ib, least_inliers)
+            if value > 0 and value >= least:
+                out.append((n, Scored(value, bool(t % 2))))
+                break
+    return out
 
 
 def _verify_item(
@@ -224,26 +297,14 @@ def _verify_item(
     0, with their score. Pure (no shared state): items run on several threads at once."""
     need = MIN_INLIERS if threshold is None else min_matches(threshold)
     sides = [side for j in candidates for side in (upright[j], mirrored[j])]
-    # First pass on the strongest few keypoints: most unrelated pairs stop here
-    hopeful = list(range(len(candidates)))
+    # First pass on the strongest few keypoints: most unrelated pairs stop here, and so does
+    # the orientation of a pair that fails it (the full product then costs half)
+    tried = list(range(len(sides)))
     if threshold is not None:
-        coarse = _match(a, sides, min(PRESCREEN_KEYPOINTS, keypoints))
-        hopeful = [n for n in hopeful if _most(coarse, n) >= PRESCREEN_MATCHES]
-    if not hopeful:
-        return []
-    chosen = [sides[2 * n + o] for n in hopeful for o in (0, 1)]
-    found = _match(a, chosen, keypoints)
-    out = []
-    for m, n in enumerate(hopeful):
-        for o in sorted((0, 1), key=lambda o: -len(found[2 * m + o][0])):
-            ia, ib = found[2 * m + o]
-            if len(ia) < need:
-                break
-            value, _ = fit(a, chosen[2 * m + o], ia, ib)
-            if value > 0:
-                out.append((candidates[n], Scored(value, bool(o))))
-                break
-    return out
+        first = _match(a, sides, min(PRESCREEN_KEYPOINTS, keypoints))
+        tried = [t for t in tried if len(first[t][0]) >= PRESCREEN_MATCHES]
+    found = _match(a, [sides[t] for t in tried], keypoints) if tried else []
+    return [(candidates[n], s) for n, s in _fit_best(a, sides, tried, found, need)]
 
 
 def _verify_args(args: tuple) -> list[tuple[int, Scored]]:
@@ -286,33 +347,82 @@ def verify_pairs(
     keypoints: int = KEYPOINTS,
     check: Callable[[], None] = lambda: None,
     threads: int = 1,
+    coarse: Coarse | None = None,
 ) -> tuple[dict[tuple[int, int], Scored], int]:
     """Scores of the pairs (i < j) that score above 0, i upright against j upright and
     mirrored, and how many pairs were verified. With a `threshold`, pairs that cannot reach it
-    or cannot change the families at it are skipped (module docstring).
+    or cannot change the families at it are skipped (module docstring). With `coarse`
+    features, a second pass gives the pairs still apart (below the threshold; without one,
+    below COARSE_MIN) their second chance; a pair keeps its better score.
 
     Items are verified ROUND at a time, on `threads` threads (the products, the matcher's
     array operations and RANSAC release the GIL). The pairs skipped as already joined are
     decided from the edges of the rounds before, so the answer does not depend on `threads`."""
     joined = Joined(len(upright)) if threshold is not None else None
     out: dict[tuple[int, int], Scored] = {}
-    verified = 0
     grouped = list(_pairs_by_item(pairs).items())
     # Small products: threads inside them only add overhead
     with BLAS.limit(limits=1), pool(threads) as workers:
-        for start in range(0, len(grouped), ROUND):
-            check()
-            work = []
-            for i, candidates in grouped[start : start + ROUND]:
-                if joined is not None:
-                    candidates = [j for j in candidates if joined.find(i) != joined.find(j)]
-                if candidates:
-                    verified += len(candidates)
-                    work.append((i, candidates))
-            args = [(upright[i], c, upright, mirrored, threshold, keypoints) for i, c in work]
-            for (i, _), scored in zip(work, workers.map(_verify_args, args), strict=True):
-                for j, found in scored:
-                    out[(i, j)] = found
-                    if joined is not None and found.score >= (threshold or 0.0):
-                        joined.union(i, j)
+        verified = _rounds(
+            grouped,
+            lambda i, c: (upright[i], c, upright, mirrored, threshold, keypoints),
+            _verify_args,
+            joined,
+            threshold,
+            out,
+            check,
+            workers,
+        )
+        if coarse is not None:
+            bar = COARSE_MIN if threshold is None else threshold
+            rest = [
+                (i, [j for j in c if (i, j) not in out or out[i, j].score < bar])
+                for i, c in grouped
+            ]
+            _rounds(
+                rest,
+                lambda i, c: (coarse.upright[i], c, coarse),
+                _second_args,
+                joined,
+                threshold,
+                out,
+                check,
+                workers,
+            )
     return out, verified
+
+
+def _second_args(args: tuple) -> list[tuple[int, Scored]]:
+    return second_chance(*args)
+
+
+def _rounds(
+    grouped: list[tuple[int, list[int]]],
+    make: Callable[[int, list[int]], tuple],
+    run: Callable[[tuple], list[tuple[int, Scored]]],
+    joined: Joined | None,
+    threshold: float | None,
+    out: dict[tuple[int, int], Scored],
+    check: Callable[[], None],
+    workers: ThreadPoolExecutor | _Inline,
+) -> int:
+    """`run` on each item's candidates ROUND items at a time, skipping the pairs `joined`
+    already; each pair's better score goes into `out`. How many pairs were run."""
+    verified = 0
+    for start in range(0, len(grouped), ROUND):
+        check()
+        work = []
+        for i, candidates in grouped[start : start + ROUND]:
+            if joined is not None:
+                candidates = [j for j in candidates if joined.find(i) != joined.find(j)]
+            if candidates:
+                verified += len(candidates)
+                work.append((i, candidates))
+        args = [make(i, c) for i, c in work]
+        for (i, _), scored in zip(work, workers.map(run, args), strict=True):
+            for j, found in scored:
+                if (i, j) not in out or found.score > out[i, j].score:
+                    out[(i, j)] = found
+                if joined is not None and found.score >= (threshold or 0.0):
+                    joined.union(i, j)
+    return verified
