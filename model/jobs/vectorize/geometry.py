@@ -684,12 +684,16 @@ def _leftover_candidates(ink: _Ink, claimed: np.ndarray, t: Thresholds) -> list[
         return []
     band = max(2.5, ink.stroke / 2 + 2)
     r_min, r_max = t.min_radius * ink.diag, 0.6 * ink.diag
-    circles = _local_circles(free, ink.diag, np.random.default_rng(0))
-    circles = circles[(circles[:, 2] >= r_min) & (circles[:, 2] <= r_max)]
+    pieces = _piece_circles(ink, claimed)
+    circles = np.vstack([pieces, _local_circles(free, ink.diag, np.random.default_rng(0))])
+    keep = (circles[:, 2] >= r_min) & (circles[:, 2] <= r_max)
+    circles, first = circles[keep], keep[: len(pieces)].sum()
     if len(circles) == 0:
         return []
     d = np.hypot(free[None, :, 0] - circles[:, None, 0], free[None, :, 1] - circles[:, None, 1])
     support = (np.abs(d - circles[:, 2:3]) <= band).sum(1)
+    # The pieces' circles first (each a curved stretch's own fit), then RANSAC's.
+    support[:first] += len(free)
     found: list[_Candidate] = []
     tried: list[np.ndarray] = []
     for i in np.argsort(-support):
@@ -705,6 +709,28 @@ def _leftover_candidates(ink: _Ink, claimed: np.ndarray, t: Thresholds) -> list[
         if shape is not None and shape.fill >= MIN_FILL and shape.shape["radius"] >= r_min:
             found.append(shape)
     return found
+
+
+def _piece_circles(ink: _Ink, claimed: np.ndarray) -> np.ndarray:
+    """(k, 3) circles fitted to the connected pieces of the ink nothing explains yet that are
+    round (a circle fits them tightly, a line does not): an arc crossed by other strokes is
+    left, once they are claimed, as curved pieces between the crossings, each of which gives
+    its centre, where the votes (drowned by bigger circles) and RANSAC's triples miss it."""
+    mask = _without(ink, claimed)
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    xy = ink.points.astype(int)
+    label = labels[xy[:, 1], xy[:, 0]]
+    big = np.nonzero(stats[:, cv2.CC_STAT_AREA] >= LEFTOVER_MIN_POINTS)[0]
+    out = []
+    for k in big[big > 0][:PIECES_MAX]:
+        pts = ink.points[label == k]
+        fit = _fit_circle(pts)
+        if fit is not None and _round_enough(pts, *fit, ink.stroke):
+            out.append(fit)
+    return np.array(out, np.float64).reshape(-1, 3)
+
+
+PIECES_MAX = 200  # pieces fitted at most (CPU)
 
 
 def _local_circles(points: np.ndarray, diag: float, rng: np.random.Generator) -> np.ndarray:
