@@ -10,7 +10,7 @@ its primitives are given in the page's coordinates.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from model.jobs.pages import Pages, open_pages
 from model.jobs.vectorize import METHOD, VERSION, VectorizeParams
 from model.jobs.vectorize.geometry import Thresholds, vectorize
 from model.jobs.vectorize.items import VectorizeItem
+from model.jobs.vectorize.processes import analyse_gray, analysis_executor
 from model.jobs.vectorize.transform import Affine, page_transform, transformed
 from model.pipeline.cache import DetectionCache, params_digest
 from model.sources.fetch import FetchError
@@ -35,8 +36,11 @@ from model.sources.images import ImageDecodeError, decode_within
 
 def analyse(image: Image.Image, params: VectorizeParams) -> list[dict[str, Any]]:
     """Primitives in the given image's pixels."""
-    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
-    return vectorize(gray, Thresholds(**params.thresholds()), frozenset(params.primitives))
+    return vectorize(grey(image), Thresholds(**params.thresholds()), frozenset(params.primitives))
+
+
+def grey(image: Image.Image) -> np.ndarray:
+    return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
 
 
 def run_vectorize(ctx: JobContext) -> None:
@@ -71,30 +75,41 @@ def _pages(ctx: JobContext, params: VectorizeParams, pages: Pages) -> None:
         min_side=params.max_side,
         analyse_side=params.max_side,
     )
-    # The pages of a batch are analysed side by side, on this process's share of the cores
-    # (as detect's inference threads: worker.concurrency tasks share the machine).
-    threads = max(1, min(settings.inference_threads(), settings.worker.batch_size))
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="vectorize")
+    # The pages of a batch are analysed side by side in child processes (processes.py: the
+    # method holds the GIL), on this process's share of the cores (as detect's inference
+    # threads: worker.concurrency tasks share the machine).
+    size = max(1, min(settings.inference_threads(), settings.worker.batch_size))
+    executor = analysis_executor(size)
+    futures: list[Future[Any] | None] = []
     try:
         with pages.batches(pending, loader) as batches:
             for batch in batches:
                 ctx.check_cancel()
-                futures = [pool.submit(_analysed, prepared, params) for prepared in batch]
+                futures = [_submit(executor, prepared, params) for prepared in batch]
                 for prepared, future in zip(batch, futures, strict=True):
                     ctx.check_cancel()
-                    _page_done(ctx, prepared, future.result(), loader.cache)
+                    _page_done(ctx, prepared, _analysed(prepared, future), loader.cache)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # a cancel drops the batch's rest
+        for future in futures:  # a cancel or a timeout drops the batch's rest
+            if future is not None:
+                future.cancel()
 
 
-def _analysed(prepared: Prepared, params: VectorizeParams) -> list[dict[str, Any]] | None:
-    """The page's primitives in the decoded image's pixels (None: failed or cached)."""
+def _submit(executor: Executor, prepared: Prepared, params: VectorizeParams) -> Future[Any] | None:
+    """The page's analysis, started (None: failed or cached, nothing to analyse)."""
     if prepared.error is not None or prepared.cached is not None or prepared.image is None:
         return None
-    started = time.perf_counter()
-    found = analyse(prepared.image, params)
-    prepared.timings["analyse_s"] = time.perf_counter() - started
-    prepared.image = None
+    image, prepared.image = prepared.image, None
+    thresholds, kinds = params.thresholds(), frozenset(params.primitives)
+    return executor.submit(analyse_gray, grey(image), thresholds, kinds)
+
+
+def _analysed(prepared: Prepared, future: Future[Any] | None) -> list[dict[str, Any]] | None:
+    """The page's primitives in the decoded image's pixels (None: failed or cached)."""
+    if future is None:
+        return None
+    found, seconds = future.result()
+    prepared.timings["analyse_s"] = seconds
     return transformed(found, Affine.scale(1 / prepared.scale))
 
 
