@@ -31,13 +31,20 @@ def analysis_executor(size: int) -> Executor:
     # The children start a fresh interpreter: they must find this package, which the worker
     # imported with its folder on sys.path only for the while (Celery's cwd_in_path), so the
     # parent's sys.path they copy does not hold it.
-    return get_reusable_executor(
+    executor = get_reusable_executor(
         max_workers=size,
         timeout=IDLE_S,
         reuse=True,
         initializer=site.addsitedir,
         initargs=(str(PROJECT_ROOT),),
     )
+    for _ in range(size):  # children start (about a second) while the first pages are fetched
+        executor.submit(_load_method)
+    return executor
+
+
+def _load_method() -> None:
+    import model.jobs.vectorize.geometry  # noqa: F401
 
 
 def analyse_gray(

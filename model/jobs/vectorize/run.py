@@ -10,6 +10,7 @@ its primitives are given in the page's coordinates.
 from __future__ import annotations
 
 import time
+from collections import deque
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
@@ -80,19 +81,31 @@ def _pages(ctx: JobContext, params: VectorizeParams, pages: Pages) -> None:
     # threads: worker.concurrency tasks share the machine).
     size = max(1, min(settings.inference_threads(), settings.worker.batch_size))
     executor = analysis_executor(size)
-    futures: list[Future[Any] | None] = []
+    # A batch is emitted while the next one is analysed, so no child waits for the slowest
+    # page of a batch (in order: the items and the progress stay page by page).
+    queued: deque[tuple[Prepared, Future[Any] | None]] = deque()
     try:
         with pages.batches(pending, loader) as batches:
             for batch in batches:
                 ctx.check_cancel()
-                futures = [_submit(executor, prepared, params) for prepared in batch]
-                for prepared, future in zip(batch, futures, strict=True):
-                    ctx.check_cancel()
-                    _page_done(ctx, prepared, _analysed(prepared, future), loader.cache)
+                submitted = [(prepared, _submit(executor, prepared, params)) for prepared in batch]
+                _emit_all(ctx, queued, loader.cache)
+                queued.extend(submitted)
+            _emit_all(ctx, queued, loader.cache)
     finally:
-        for future in futures:  # a cancel or a timeout drops the batch's rest
+        for _prepared, future in queued:  # a cancel or a timeout drops what is queued
             if future is not None:
                 future.cancel()
+
+
+def _emit_all(
+    ctx: JobContext, queued: deque[tuple[Prepared, Future[Any] | None]], cache: DetectionCache
+) -> None:
+    while queued:
+        ctx.check_cancel()
+        prepared, future = queued[0]
+        _page_done(ctx, prepared, _analysed(prepared, future), cache)
+        queued.popleft()
 
 
 def _submit(executor: Executor, prepared: Prepared, params: VectorizeParams) -> Future[Any] | None:
