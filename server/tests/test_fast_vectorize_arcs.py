@@ -61,8 +61,10 @@ def test_an_arc_running_alongside_a_touching_circle_keeps_its_ink_there() -> Non
 
 
 def test_small_arcs_crossed_by_strokes_are_found_from_their_leftover_pieces() -> None:
-    # Tuning diagram 21: two of its three arcs are crossed by other strokes and got no
-    # centre from the votes or the leftover triples; fits to their round leftover pieces do.
+    # Tuning diagram 59: two of its five arcs are crossed by other strokes and get no centre
+    # from the votes or the leftover triples (3 of 5 matched without the pieces' circles);
+    # fits to their round leftover pieces give them. (Diagram 21 showed it before the lines'
+    # round 4 changed which ink is left over.)
     import io
 
     from PIL import Image
@@ -73,10 +75,10 @@ def test_small_arcs_crossed_by_strokes_are_found_from_their_leftover_pieces() ->
     from model.jobs.vectorize.transform import Affine, transformed
     from synthetic.diagrams import render_diagram
 
-    d, params = render_diagram(21), VectorizeParams()
+    d, params = render_diagram(59), VectorizeParams()
     image = Image.open(io.BytesIO(d.jpeg))  # as the benchmark analyses it
     k = min(1.0, params.max_side / max(image.size))
     small = image.resize((round(image.width * k), round(image.height * k)))
     found = transformed(analyse(small, params), Affine.scale(1 / k))
     arcs = score_image(found, d.primitives, *image.size)["arc"]
-    assert (arcs.matched, arcs.true) == (3, 3), arcs
+    assert (arcs.matched, arcs.true) == (5, 5), arcs
