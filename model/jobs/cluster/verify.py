@@ -244,14 +244,32 @@ def second_chance(
     width = max(len(s.local) for s in sides)
     if width < MIN_INLIERS:
         return []
-    first = _match(a, sides, min(width, COARSE_PRESCREEN_KEYPOINTS))
-    tried = [t for t in range(len(sides)) if len(first[t][0]) >= COARSE_PRESCREEN_MATCHES]
-    if not tried:
-        return []
-    found = _match(a, [sides[t] for t in tried], width)
+    prescreen = (COARSE_PRESCREEN_KEYPOINTS, COARSE_PRESCREEN_MATCHES)
     need = max(COARSE_MATCHES, min_matches(COARSE_MIN))
-    scored = _fit_best(a, sides, tried, found, need, min_matches(COARSE_MIN), COARSE_MIN)
+    scored = _scored(a, sides, prescreen, width, need, min_matches(COARSE_MIN), COARSE_MIN)
     return [(candidates[n], s) for n, s in scored]
+
+
+def _scored(
+    a: ItemFeatures,
+    sides: list[ItemFeatures],
+    prescreen: tuple[int, int] | None,
+    keypoints: int,
+    need: int,
+    least_inliers: int = MIN_INLIERS,
+    least: float = 0.0,
+) -> list[tuple[int, Scored]]:
+    """a against `sides` (candidate n's upright side 2n, mirrored 2n + 1) on `keypoints`
+    keypoints, scored by _fit_best. With a `prescreen` (keypoints, matches), a first pass on
+    that many of the strongest keypoints drops the sides with fewer matches: most unrelated
+    pairs stop there, and so does the orientation of a pair that fails it (the full product
+    then costs half)."""
+    tried = list(range(len(sides)))
+    if prescreen is not None:
+        first = _match(a, sides, min(prescreen[0], keypoints))
+        tried = [t for t in tried if len(first[t][0]) >= prescreen[1]]
+    found = _match(a, [sides[t] for t in tried], keypoints) if tried else []
+    return _fit_best(a, sides, tried, found, need, least_inliers, least)
 
 
 def _fit_best(
@@ -297,14 +315,8 @@ def _verify_item(
     0, with their score. Pure (no shared state): items run on several threads at once."""
     need = MIN_INLIERS if threshold is None else min_matches(threshold)
     sides = [side for j in candidates for side in (upright[j], mirrored[j])]
-    # First pass on the strongest few keypoints: most unrelated pairs stop here, and so does
-    # the orientation of a pair that fails it (the full product then costs half)
-    tried = list(range(len(sides)))
-    if threshold is not None:
-        first = _match(a, sides, min(PRESCREEN_KEYPOINTS, keypoints))
-        tried = [t for t in tried if len(first[t][0]) >= PRESCREEN_MATCHES]
-    found = _match(a, [sides[t] for t in tried], keypoints) if tried else []
-    return [(candidates[n], s) for n, s in _fit_best(a, sides, tried, found, need)]
+    prescreen = None if threshold is None else (PRESCREEN_KEYPOINTS, PRESCREEN_MATCHES)
+    return [(candidates[n], s) for n, s in _scored(a, sides, prescreen, keypoints, need)]
 
 
 def _verify_args(args: tuple) -> list[tuple[int, Scored]]:
