@@ -194,6 +194,26 @@ class _Candidate:
     fill: float  # share of its angular run actually inked
 
 
+def _ring_band(ink: _Ink) -> float:
+    """How far (px) from a ring its ink may lie: half a stroke and a little wobble."""
+    return max(2.5, ink.stroke / 2 + 2)
+
+
+def _ring_bins(ink: _Ink, r: float, gap: float) -> tuple[int, int]:
+    """Angular bins of the ring of radius r, each about a stroke long (a gap or a stray crossing
+    reads as what it is), and how many bins a gap of `gap` of the diagonal spans (2 at least)."""
+    n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
+    return n_bins, max(2, int(gap * ink.diag / (2 * math.pi * r) * n_bins))
+
+
+def _close_fit(
+    fit: tuple[float, float, float], cx: float, cy: float, r: float, band: float
+) -> bool:
+    """Whether a refit stays near the circle it refines (a short arc's fit can run away)."""
+    nx, ny, nr = fit
+    return max(math.hypot(nx - cx, ny - cy), abs(nr - r)) <= 0.1 * r + band
+
+
 def _shape_at(
     ink: _Ink, pool: np.ndarray, cx: float, cy: float, r: float, band: float, t: Thresholds
 ) -> _Candidate | None:
@@ -205,11 +225,9 @@ def _shape_at(
         near = np.abs(dist - r) <= band
         if near.sum() < 10:
             return None
-        # Bins about a stroke long on the ring: a gap or a stray crossing reads as what it is.
-        n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
+        n_bins, max_gap = _ring_bins(ink, r, MAX_GAP)
         bins = (angle * n_bins / 360).astype(int) % n_bins
         occupied = np.bincount(bins[near], minlength=n_bins) > 0
-        max_gap = max(2, int(MAX_GAP * ink.diag / (2 * math.pi * r) * n_bins))
         runs = _runs(occupied, max_gap=max_gap)
         if not runs:
             return None
@@ -223,10 +241,9 @@ def _shape_at(
         fit = _fit_circle(points[near & in_run])
         if fit is None:
             break
-        nx, ny, nr = fit
-        if math.hypot(nx - cx, ny - cy) > 0.1 * r + band or abs(nr - r) > 0.1 * r + band:
+        if not _close_fit(fit, cx, cy, r, band):
             break  # a short arc's fit can run away: keep the voted one
-        cx, cy, r = nx, ny, nr
+        cx, cy, r = fit
     members = pool[near & in_run]
     if not _round_enough(ink.points[members], cx, cy, r, ink.stroke):
         return None
@@ -318,7 +335,7 @@ LINE_WEIGHT = 1.5
 def round_candidates(ink: _Ink, t: Thresholds) -> list[_Candidate]:
     """Circle and arc candidates around every voted centre, in rounds: the big circles' votes
     drown the centres of small arcs, which a vote on the ink left unexplained finds."""
-    band = max(2.5, ink.stroke / 2 + 2)
+    band = _ring_band(ink)
     claimed = np.zeros(len(ink.points), bool)
     everything: list[_Candidate] = []
     mask = ink.mask
@@ -628,27 +645,24 @@ def _own_arc(ink: _Ink, c: _Candidate, free: np.ndarray, t: Thresholds) -> _Cand
     """An arc refitted on the free ink (a mask of ink points) of its span, and given the ends
     of the run of free ink along its ring that overlaps it most."""
     shape = c.shape
-    band = max(2.5, ink.stroke / 2 + 2)
+    band = _ring_band(ink)
     for _ in range(OWN_ROUNDS):
         (cx, cy), r = shape["center"], shape["radius"]
         span = (shape["end_deg"] - shape["start_deg"]) % 360
         dist, angle = _polar(ink.points, cx, cy)
         near = (np.abs(dist - r) <= band) & free
         fit = _fit_circle(ink.points[near & (((angle - shape["start_deg"]) % 360) <= span)])
-        if fit is not None and max(math.hypot(fit[0] - cx, fit[1] - cy), abs(fit[2] - r)) <= (
-            0.1 * r + band
-        ):
+        if fit is not None and _close_fit(fit, cx, cy, r, band):
             cx, cy, r = fit
             dist, angle = _polar(ink.points, cx, cy)
             near = (np.abs(dist - r) <= band) & free
-        n_bins = int(np.clip(2 * math.pi * r / max(3.0, ink.stroke), 90, 720))
-        occupied = np.bincount((angle[near] * n_bins / 360).astype(int) % n_bins, minlength=n_bins)
-        occupied = occupied > 0
+        n_bins, max_gap = _ring_bins(ink, r, OWN_GAP)
+        bins = (angle[near] * n_bins / 360).astype(int) % n_bins
+        occupied = np.bincount(bins, minlength=n_bins) > 0
         was = np.zeros(n_bins, bool)
         was[
             (int(shape["start_deg"] * n_bins / 360) + np.arange(int(span * n_bins / 360))) % n_bins
         ] = True
-        max_gap = max(2, int(OWN_GAP * ink.diag / (2 * math.pi * r) * n_bins))
         runs = [
             (int(was[(start + np.arange(length)) % n_bins].sum()), start, length)
             for start, length in _runs(occupied, max_gap)
@@ -682,7 +696,7 @@ def _leftover_candidates(ink: _Ink, claimed: np.ndarray, t: Thresholds) -> list[
     free = ink.points[~claimed]
     if len(free) < LEFTOVER_MIN_POINTS:
         return []
-    band = max(2.5, ink.stroke / 2 + 2)
+    band = _ring_band(ink)
     r_min, r_max = t.min_radius * ink.diag, 0.6 * ink.diag
     pieces = _piece_circles(ink, claimed)
     circles = np.vstack([pieces, _local_circles(free, ink.diag, np.random.default_rng(0))])
