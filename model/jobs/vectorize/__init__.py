@@ -35,7 +35,7 @@ Kind = Literal["line", "circle", "arc"]
 KINDS: tuple[Kind, ...] = ("line", "circle", "arc")
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"
 METHOD = "classical-hough-lsd"
-VERSION = "5"
+VERSION = "6"
 
 if TYPE_CHECKING:
     from model.jobs.context import JobContext
