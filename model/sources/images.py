@@ -113,10 +113,12 @@ def _decode_errors() -> Iterator[None]:
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
-    """The image's header read (nothing decoded yet), refused when it has too many pixels."""
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    """The image's header read (nothing decoded yet), refused when it has too many pixels.
+
+    The limit is checked here, not by setting PIL's process-wide `MAX_IMAGE_PIXELS`: that would
+    impose this fetch's limit on every other image the process opens."""
     with warnings.catch_warnings():
-        # PIL only warns between max_pixels and 2x; treat any excess as an error.
+        # PIL's own bomb check (its default limit) warns below 2x; treat that as an error too.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
     width, height = img.size

@@ -54,3 +54,14 @@ def test_truncated_and_oversized_jpegs_are_still_refused(page_as: Callable[[str]
     with pytest.raises(ImageDecodeError) as bomb:
         decode_within(data, 1_000_000, 416)
     assert bomb.value.code == "too_many_pixels"
+
+
+def test_a_refused_image_leaves_pil_s_process_wide_limit_alone(
+    page_as: Callable[[str], bytes],
+) -> None:
+    # The fetch's limit is its own: set as PIL's global, it refused images that other code in
+    # the worker opens (a 2.7-megapixel diagram in the vectorize tests, after a 2-megapixel fetch).
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ImageDecodeError):
+        decode_within(page_as("JPEG"), 1_000, 416)
+    assert before == Image.MAX_IMAGE_PIXELS
