@@ -170,7 +170,7 @@ def export(model: MotifNet, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("model/weights"))
-    parser.add_argument("--motifs", type=int, default=500)
+    parser.add_argument("--motifs", type=int, default=1000)
     parser.add_argument("--views", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=840.0)
     parser.add_argument("--steps", type=int, default=1_000_000, help="stop after this many")
