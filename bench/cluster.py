@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from model.jobs.cluster import method
+from model.jobs.cluster import DEFAULT_EMBED_MODEL, method
 from testkit.cluster_corpus import DISTRACTOR, HELD_OUT_SEEDS, build
 
 DEV_SEED = 1
@@ -75,7 +75,7 @@ def load_embedder(name: str | None = None) -> Any:
 
     settings = get_settings()
     models = discover(settings.model_dirs)
-    return load(models[name or settings.similarity.embed_model], settings.inference_threads())
+    return load(models[name or DEFAULT_EMBED_MODEL], settings.inference_threads())
 
 
 def featurize(
@@ -151,7 +151,9 @@ def threads() -> int:
     return get_settings().inference_threads()
 
 
-def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> dict[str, Scores]:
+def run_methods(
+    items: list[method.ClusterItem], truth: list[int], k: int, link_cosine: float | None = None
+) -> dict[str, Scores]:
     out: dict[str, Scores] = {}
     emb = np.stack([i.upright.embedding for i in items])
     t0 = time.perf_counter()
@@ -172,6 +174,8 @@ def run_methods(items: list[method.ClusterItem], truth: list[int], k: int) -> di
     t0 = time.perf_counter()
     pairs = method.shortlist(items, k, threads=threads())
     edges, _ = method.verify_edges(items, pairs, threads=threads())
+    threshold = method.DEFAULT_THRESHOLD
+    edges += method.embedding_edges(items, pairs, edges, threshold, link_cosine)
     labels = method.families(len(items), edges)
     out[f"shortlist {k} + verified graph (shipped)"] = score(
         truth, labels, time.perf_counter() - t0
@@ -298,7 +302,9 @@ def measure(
         timings = timings or measured
         kind = "held-out" if seed >= HELD_OUT_SEEDS else "dev"
         name = f"seed {seed} ({kind}, {len(items)} items, {corpus.families} families)"
-        scores = run_methods(items, corpus.labels, neighbours)
+        scores = run_methods(
+            items, corpus.labels, neighbours, embedder.info.options.get("link_cosine")
+        )
         quality[name] = {method_name: vars(s) for method_name, s in scores.items()}
         print(f"[cluster bench] {name}: {quality[name]}", flush=True)
         pooled += items

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 EMBED_FORMATS = ("ultralytics-backbone", "onnx", "torchscript")
-# Card keys an embed model may set (how to feed it and pool its output).
-EMBED_OPTIONS = ("layers", "mean", "std", "resize", "pooling")
+# Card keys an embed model may set (how to feed it and pool its output; `link_cosine`: the
+# cosine from which the cluster job links two shortlisted items on the embedding alone).
+EMBED_OPTIONS = ("layers", "mean", "std", "resize", "pooling", "link_cosine")
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from model.jobs.context import JobContext
 
 MAX_SOURCE_TASKS = 50
+# The cluster job's feature extractor when a task names none: a motif embedding trained on
+# synthetic families (scripts/train_motif_embed.py; docs/cluster.md, Round 5), not the
+# similarity job's configured one
+DEFAULT_EMBED_MODEL = "motif-embed"
 
 
 class ClusterParams(BaseModel):
@@ -40,7 +44,7 @@ class ClusterParams(BaseModel):
 
     model: str | None = Field(
         None,
-        description="Feature extractor (GET /models, task 'embed'); the configured one if omitted",
+        description="Feature extractor (GET /models, task 'embed'); motif-embed if omitted",
     )
     min_cluster_size: Integer = Field(
         2, ge=2, le=1000, description="Smallest family; smaller groups are left unclustered"

@@ -23,7 +23,16 @@ from PIL import Image
 
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed
-from model.jobs.cluster import SPEC, ClusterItem, ClusterParams, method, prototype, verify, words
+from model.jobs.cluster import (
+    DEFAULT_EMBED_MODEL,
+    SPEC,
+    ClusterItem,
+    ClusterParams,
+    method,
+    prototype,
+    verify,
+    words,
+)
 from model.jobs.context import JobContext
 from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_pages
@@ -54,6 +63,9 @@ METHOD = {
     "direct or mirrored, on the strongest keypoints after a prescreen; pairs already joined "
     f"at the threshold (by the rounds of {verify.ROUND} items before) are skipped; the score "
     "(0-1) is the edge's weight; on the worker's inference threads",
+    "embedding edges": "a shortlisted pair no verified edge links at the threshold is linked "
+    "at the threshold when its embeddings' cosine reaches the model card's `link_cosine` "
+    "(none without one)",
     "families": "edges of at least `threshold` joined strongest first (Kruskal); groups under "
     "`min_cluster_size` unclustered; with `clusters`, merging stops at that many families",
     "prototype": "members aligned onto the medoid by their RANSAC transform and averaged; a "
@@ -288,7 +300,7 @@ def _member(index: int, score: float, described: dict[str, Any]) -> dict[str, An
 def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
     resources = ctx.resources
     settings = resources.settings
-    embedder = embedder_named(resources, params.model)
+    embedder = embedder_named(resources, params.model or DEFAULT_EMBED_MODEL)
     provenance: dict[str, Any] = {
         "method": METHOD,
         "method_version": method.VERSION,
@@ -357,6 +369,10 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
         None if params.clusters else threshold,
         ctx.check_cancel,
         threads,
+    )
+    # A model card calibrated for it (motif-embed) also links pairs on the embedding alone
+    edges += method.embedding_edges(
+        items, pairs, edges, threshold, run.embedder.info.options.get("link_cosine")
     )
     labels = method.families(len(items), edges, threshold, params.min_cluster_size, params.clusters)
     timings["clustering_s"] = time.perf_counter() - t0

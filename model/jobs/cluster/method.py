@@ -12,6 +12,8 @@ Chosen by measurement on bench/cluster.py's corpus (figures in docs/cluster.md):
 3. Verification: similarity's local-feature check (RANSAC similarity transform + photometric
    correlation) on each shortlisted pair, direct or mirrored, made cheap (verify.py: batched
    matching, the strongest keypoints, a prescreen, no pair that could not change a family).
+   A motif embedding calibrated for it (its card's `link_cosine`) also links the shortlisted
+   pairs whose cosine reaches that value (embedding_edges).
 4. Families: connected groups of edges scoring at least `threshold` (single linkage on a verified
    graph: a verified copy is rarely wrong, so chains are trustworthy); groups smaller than
    `min_cluster_size` are unclustered. Asked for `clusters`: the strongest edges are kept until
@@ -42,8 +44,9 @@ from model.jobs.similarity.features import (
 
 # Provenance's `method_version`: raised whenever the edges or families a corpus gets can change
 # (2: verification in rounds of items, so the pairs skipped as joined differ; 3: the bag of
-# words joins the shortlist, threshold 0.15; 4: the coarse keypoints' second chance)
-VERSION = 4
+# words joins the shortlist, threshold 0.15; 4: the coarse keypoints' second chance; 5: the
+# motif embedding (the job's default model) and its cosine as edges)
+VERSION = 5
 DEFAULT_NEIGHBOURS = 8
 # A verified score (similarity's 0-1). Dev seed, shortlist with the bag of words (Round 3):
 # 0.1 -> ARI 0.738 (2 distractors clustered), 0.15 -> 0.758, 0.2 -> 0.756, 0.3 -> 0.728
@@ -232,6 +235,29 @@ def verify_edges(
     )
     edges = [Edge(i, j, s.score, s.mirrored) for (i, j), s in sorted(scored.items())]
     return edges, verified
+
+
+def embedding_edges(
+    items: list[ClusterItem],
+    pairs: dict[tuple[int, int], bool],
+    edges: list[Edge],
+    threshold: float,
+    link_cosine: float | None,
+) -> list[Edge]:
+    """Edges at `threshold` (the weakest that joins) for the shortlisted pairs that no edge
+    links at it and whose embeddings' cosine is at least `link_cosine`: copies the pair check
+    misses (re-drawn hatching, smooth plates) that a motif embedding trained for it still
+    tells apart. None (an embedding not calibrated for it, such as a detector's backbone,
+    whose cosines are high for any two items): no edge."""
+    if link_cosine is None or not pairs:
+        return []
+    linked = {(e.a, e.b) for e in edges if e.score >= threshold}
+    emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
+    out = []
+    for (i, j), flipped in pairs.items():
+        if (i, j) not in linked and float(emb[i] @ emb[j]) >= link_cosine:
+            out.append(Edge(i, j, threshold, flipped))
+    return out
 
 
 def _find(parent: list[int], x: int) -> int:
