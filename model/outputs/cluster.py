@@ -62,6 +62,8 @@ def _picture(member: dict[str, Any]) -> str | None:
 def _where(member: dict[str, Any]) -> str:
     if member.get("image_url"):
         return str(member["image_url"])
+    if not (member.get("canvas_id") or member.get("page_url")):  # an upload: upload:<name>
+        return str(member.get("source") or f"item {member['index']}")
     return f"{member.get('canvas_id') or member.get('page_url')} xywh={member.get('xywh')}"
 
 
@@ -118,6 +120,8 @@ def _canvas(manifest_id: str, position: int, member: dict[str, Any], item: dict 
         width = (item or {}).get("width") or 1000
         height = (item or {}).get("height") or 1000
         body_id = member.get("image_url") or member.get("page_url")
+    # An uploaded image is kept nowhere once the task ends: its canvas has nothing painted
+    painting = [] if body_id is None else [_painting(canvas_id, body_id, width, height)]
     return {
         "id": canvas_id,
         "type": "Canvas",
@@ -125,27 +129,23 @@ def _canvas(manifest_id: str, position: int, member: dict[str, Any], item: dict 
         "width": width,
         "height": height,
         "metadata": [{"label": _label("source"), "value": _label(_where(member))}],
-        "items": [
-            {
-                "id": f"{canvas_id}/page",
-                "type": "AnnotationPage",
-                "items": [
-                    {
-                        "id": f"{canvas_id}/page/image",
-                        "type": "Annotation",
-                        "motivation": "painting",
-                        "body": {
-                            "id": body_id,
-                            "type": "Image",
-                            "format": "image/jpeg",
-                            "width": width,
-                            "height": height,
-                        },
-                        "target": canvas_id,
-                    }
-                ],
-            }
-        ],
+        "items": [{"id": f"{canvas_id}/page", "type": "AnnotationPage", "items": painting}],
+    }
+
+
+def _painting(canvas_id: str, body_id: str, width: int, height: int) -> dict[str, Any]:
+    return {
+        "id": f"{canvas_id}/page/image",
+        "type": "Annotation",
+        "motivation": "painting",
+        "body": {
+            "id": body_id,
+            "type": "Image",
+            "format": "image/jpeg",
+            "width": width,
+            "height": height,
+        },
+        "target": canvas_id,
     }
 
 

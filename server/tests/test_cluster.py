@@ -159,6 +159,49 @@ def test_bad_input_is_refused_with_4xx(iiif_stack: Stack, iiif_api: Api) -> None
     assert iiif_api.submit({"type": "cluster"}).status_code == 422
 
 
+def test_uploaded_images_are_items(iiif_api: Api) -> None:
+    """Two families uploaded (multipart, no `input`), and one upload that is no image inside:
+    the families come back with the uploads as members, the bad one as a failed item."""
+    corpus = build(CLUSTER_SEED, families=3, members=(3, 3), distractors=2)
+    chosen = [
+        (image, label)
+        for image, label in zip(corpus.images, corpus.labels, strict=True)
+        if label < 2
+    ]
+    uploads = [(f"item{n}.jpg", jpeg(image, 90)) for n, (image, _) in enumerate(chosen)]
+    family = {
+        f"upload:{name}": label for (name, _), (_, label) in zip(uploads, chosen, strict=True)
+    }
+    corrupt = ("bad.jpg", b"\xff\xd8\xff\xe0" + b"no pixels here" * 20)  # a JPEG by its magic
+    answer = iiif_api.upload([*uploads, corrupt], type="cluster")
+    assert answer.status_code == 202, answer.text
+    body = iiif_api.wait(answer.json()["task_id"], timeout_s=240)
+    assert body["state"] == "SUCCEEDED", body
+    result = body["result"]
+    assert body["progress"]["total"] == len(uploads) + 1
+    failed = [item for item in result["items"] if item["status"] == "failed"]
+    assert [(f["source"], f["error"]["code"]) for f in failed] == [
+        ("upload:bad.jpg", "corrupt_image")
+    ]
+    ok = [item for item in result["items"] if item["status"] == "ok"]
+    assert sorted(item["source"] for item in ok) == sorted(family)
+    assert all(item.get("image_url") is None and item["width"] > 0 for item in ok)
+    found = []
+    for cluster in result["clusters"]:
+        assert all(m.get("image_url") is None for m in cluster["members"])
+        found.append({family[m["source"]] for m in cluster["members"]})
+    assert sorted(f for motifs in found for f in motifs) == [0, 1], found  # both, each pure
+    assert sum(len(c["members"]) for c in result["clusters"]) >= 5
+    # The contact sheet and the family's manifest name the uploads (no picture to show)
+    task_id = body["task_id"]
+    page = iiif_api.request("GET", f"/result/{task_id}", params={"format": "html"})
+    assert page.status_code == 200 and 'title="upload:item' in page.text
+    manifest = iiif_api.request("GET", f"/result/{task_id}/clusters/0/manifest").json()
+    sources = [c["metadata"][0]["value"]["none"][0] for c in manifest["items"]]
+    assert sources == [m["source"] for m in result["clusters"][0]["members"]]
+    assert all(not c["items"][0]["items"] for c in manifest["items"])
+
+
 def _slow_urls(server: IiifServer, name: str, count: int, delay_s: float) -> list[str]:
     image = build(CLUSTER_SEED + 1, families=1, members=(2, 2), distractors=0).images[0]
     urls = []

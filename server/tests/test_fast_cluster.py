@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.jobs.cluster import ClusterInput, check, method, prototype, task_inputs
-from model.jobs.contract import InputRejected
+from model.jobs.cluster import SPEC, ClusterInput, check, method, prototype, task_inputs
+from model.jobs.contract import ImageUpload, InputRejected, ManifestUpload, TaskInput
 from model.outputs.annotations import ResultLinks
 from model.outputs.cluster import CONTENT_SECURITY_POLICY, STYLE, collection, contact_sheet
 from model.settings import Settings
@@ -174,6 +174,30 @@ def test_requests_need_two_items() -> None:
     from_task = ClusterInput(task_ids=["a" * 32, "a" * 32])
     assert len(task_inputs(from_task)) == 1  # the same task once
     check(from_task, task_inputs(from_task), settings)  # its illustrations are counted later
+
+
+def _uploads(count: int) -> list[TaskInput]:
+    return [ImageUpload(key=f"sc:upload:t:{n:05d}", filename=f"{n}.jpg") for n in range(count)]
+
+
+def test_uploaded_images_are_items() -> None:
+    settings = Settings()
+    empty = ClusterInput()
+    with pytest.raises(InputRejected) as refused:
+        check(empty, _uploads(1), settings)  # one upload alone is one item
+    assert refused.value.code == "too_few_items"
+    check(empty, _uploads(2), settings)  # uploads alone, no `input`
+    one = ClusterInput(image_urls=["http://h.example/a.jpg"])
+    check(one, [*task_inputs(one), *_uploads(1)], settings)  # a URL and an upload
+    assert SPEC.initial_total([*task_inputs(one), *_uploads(2)]) == 3
+    most = SPEC.limits_in(settings).max_images
+    with pytest.raises(InputRejected) as refused:
+        check(one, [*task_inputs(one), *_uploads(most)], settings)
+    assert refused.value.code == "too_many_items"
+    manifest = ManifestUpload(key="sc:upload:t:00009", filename="m.json")
+    with pytest.raises(InputRejected) as refused:
+        check(empty, [*_uploads(2), manifest], settings)  # cluster takes no manifest uploads
+    assert refused.value.code == "invalid_input"
 
 
 def test_kept_files_live_beside_the_manifests_without_hiding_them(store, clean_redis) -> None:

@@ -1,8 +1,9 @@
 """The cluster job: group illustrations into families (recurring motifs, printers' ornaments,
 diagram types), each with a prototype image — what the members share once aligned.
 
-Items: each image URL is one; each illustration a finished detect task found is one (cut from
-its page through the IIIF image service where there is one). Method and figures:
+Items: each image URL or uploaded image (multipart part `images`) is one; each illustration a
+finished detect task found is one (cut from its page through the IIIF image service where there
+is one). Method and figures:
 model/jobs/cluster/method.py, docs/cluster.md. Result: `clusters` (members, prototype URL,
 cohesion), `unclustered`, and one result item per input item (failed ones with their reason).
 
@@ -17,8 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.jobs.contract import (
     TASK_ID_PATTERN,
+    DatasetUpload,
+    ImageUpload,
     ImageUrl,
     InputRejected,
+    ManifestUpload,
     ManifestUrl,
     SourceTask,
     TaskInput,
@@ -117,6 +121,10 @@ class ClusterInput(BaseModel):
 
 _WHERE = {
     "index": {"type": "integer", "description": "The item's result item (result.items[].index)"},
+    "source": {
+        "type": "string",
+        "description": "What the item was made from, as its result item says: URL, upload:<name>",
+    },
     "image_url": {"type": "string", "description": "URL inputs: the image"},
     "task_id": {"type": "string", "description": "Region inputs: the detect task"},
     "canvas_id": {
@@ -189,13 +197,23 @@ def task_inputs(request_input: ClusterInput) -> list[TaskInput]:
     ]
 
 
+def _images(inputs: list[TaskInput]) -> int:
+    """Image URLs and uploaded images: one item each."""
+    return sum(isinstance(e, ImageUrl | ImageUpload) for e in inputs)
+
+
 def check(_input: ClusterInput, inputs: list[TaskInput], settings: Settings) -> None:
-    images = sum(isinstance(e, ImageUrl) for e in inputs)
+    if any(isinstance(e, ManifestUpload | DatasetUpload) for e in inputs):
+        raise InputRejected(
+            "invalid_input", "cluster takes uploaded images only (manifests: input.manifest_urls)"
+        )
+    images = _images(inputs)
     tasks = sum(isinstance(e, SourceTask | ManifestUrl) for e in inputs)
     if images + tasks == 0 or (tasks == 0 and images < 2):
         raise InputRejected(
             "too_few_items",
-            "give at least 2 items: input.image_urls, input.task_ids and/or input.manifest_urls",
+            "give at least 2 items: input.image_urls, input.task_ids, input.manifest_urls "
+            "and/or uploaded 'images'",
         )
     manifests = sum(isinstance(e, ManifestUrl) for e in inputs)
     if manifests > settings.iiif.max_manifests:
@@ -219,8 +237,8 @@ def input_schema(ref: str) -> dict[str, Any]:
 
 
 class ClusterItem(ResultItem):
-    """One item clustered: an image URL, or an illustration (of a detect task, or found on a
-    manifest's canvas). Families are in the result's `clusters`."""
+    """One item clustered: an image (URL or upload), or an illustration (of a detect task, or
+    found on a manifest's canvas). Families are in the result's `clusters`."""
 
     width: int | None = Field(None, description="The pixels clustered (px)")
     height: int | None = None
@@ -257,11 +275,13 @@ SPEC = JobSpec(
     docs="docs/cluster.md",
     task_inputs=task_inputs,
     check=check,
-    input_required=True,
+    # Uploads alone (multipart with no `input`) are a request: check() asks for 2 items.
+    input_required=False,
+    uploads=True,
     model_fields={"model": "embed", "detector": "detect"},
     # max_images: the most items (images and detected illustrations) one task clusters
     limits=JobLimits(timeout_default_s=1800, timeout_max_s=7200, max_images=10000),
-    initial_total=lambda inputs: sum(isinstance(e, ImageUrl) for e in inputs),
+    initial_total=_images,
     input_schema=input_schema,
     source_task_types=("detect",),
 )

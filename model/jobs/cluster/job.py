@@ -1,7 +1,8 @@
 """The cluster job in the worker.
 
 Stages, and what survives an interruption:
-1. Items (progress counts them): each image URL, and each illustration of the detect tasks
+1. Items (progress counts them): each image URL, each uploaded image (read from the task's
+   uploads, model/uploads.py), and each illustration of the detect tasks
    named (cut through the page's IIIF image service where there is one, else from the page
    image). Each is fetched (the safe fetcher: timeout, size cap, SSRF guard), described
    (method.item_features) and embedded in batches; each becomes a result item as it is done,
@@ -22,7 +23,7 @@ import cv2
 from PIL import Image
 
 from model.inference.provenance import model_provenance
-from model.jobs import JobFailed
+from model.jobs import JobFailed, UploadMissing
 from model.jobs.cluster import (
     DEFAULT_EMBED_MODEL,
     SPEC,
@@ -34,7 +35,7 @@ from model.jobs.cluster import (
     words,
 )
 from model.jobs.context import JobContext
-from model.jobs.contract import ImageUrl, ManifestUrl, SourceTask, TaskSpec
+from model.jobs.contract import ImageUpload, ImageUrl, ManifestUrl, SourceTask, TaskSpec
 from model.jobs.crops import CropsParams, crops_of, detect_pages
 from model.jobs.items import DetectPage
 from model.jobs.loading import Prepared, to_output_box
@@ -75,7 +76,8 @@ METHOD = {
 
 @dataclass
 class Planned:
-    """One item to fetch: `url` (an image, a region of one, or a page to cut `box` from)."""
+    """One item to fetch: `url` (an image, a region of one, or a page to cut `box` from), or
+    `upload` (then `url` is upload:<name>, what the item reports as its source)."""
 
     index: int
     url: str
@@ -85,6 +87,7 @@ class Planned:
     # A region URL the service refused (a level-0 service cuts nothing): the page and the box
     fallback: Planned | None = None
     image: Image.Image | None = None  # manifest_urls: cut from the page already
+    upload: ImageUpload | None = None
 
 
 @dataclass
@@ -100,10 +103,12 @@ class _Run:
 
 
 def plan(ctx: JobContext, params: ClusterParams) -> list[Planned]:
-    """Every item, numbered: image URLs first, then each detect task's illustrations."""
+    """Every item, numbered: image URLs first, uploads, then each detect task's illustrations."""
     planned: list[Planned] = []
     for entry in ctx.spec.of_kind(ImageUrl):
         planned.append(Planned(len(planned), entry.url, {"image_url": entry.url}))
+    for upload in ctx.spec.of_kind(ImageUpload):
+        planned.append(Planned(len(planned), f"upload:{upload.filename}", {}, upload=upload))
     crop_params = CropsParams(min_confidence=params.min_confidence)
     for source in ctx.spec.of_kind(SourceTask):
         for page in detect_pages(ctx, source.task_id)[0]:
@@ -142,7 +147,12 @@ def _load(run: _Run, planned: Planned) -> Image.Image:
     if planned.box is not None and run.page is not None and run.page[0] == planned.url:
         image = run.page[1]
     else:
-        data = run.ctx.resources.fetcher.get(planned.url).content
+        resources = run.ctx.resources
+        if planned.upload is not None:
+            data = resources.uploads.read(planned.upload)
+        else:
+            data = resources.fetcher.get(planned.url).content
+        # Every image through the one safe decoder: the pixel limit, the process's budget
         side = None if planned.box is not None else MAX_SIDE
         image, _, _ = decode_within(data, settings.fetch.max_pixels, side, process_budget())
         if planned.box is not None:
@@ -189,7 +199,7 @@ def _take(run: _Run, planned: Planned, finished: set[int]) -> None:
             image = _load(run, planned.fallback)
         if min(image.size) < MIN_SIDE:
             raise ImageDecodeError("too_small", f"{image.width}x{image.height} px")
-    except (FetchError, ImageDecodeError) as exc:
+    except (FetchError, ImageDecodeError, UploadMissing) as exc:
         _failed(run, planned.index, planned.url, planned.describe, (exc.code, exc.message))
         return
     if not run.pending:
@@ -293,8 +303,10 @@ def _summary(state: str, **extra: Any) -> dict[str, Any]:
     return {"clusters": [], "unclustered": [], "clustering": {"state": state, **extra}}
 
 
-def _member(index: int, score: float, described: dict[str, Any]) -> dict[str, Any]:
-    return {"index": index, "score": score, **described}
+def _where(planned: Planned) -> dict[str, Any]:
+    """How a member (or an unclustered item) is found again: its result item's index and
+    source (an upload has no URL), and where it comes from."""
+    return {"index": planned.index, "source": planned.url, **planned.describe}
 
 
 def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
@@ -384,7 +396,7 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
         proto = prototype.build(items, members, edges)
         ctx.keep_file(f"prototype-{number}.png", proto.png)
         described = [
-            _member(order[p], score, planned[order[p]].describe)
+            {**_where(planned[order[p]]), "score": score}
             for p, score in zip(members, proto.scores, strict=True)
         ]
         described.sort(key=lambda m: -m["score"])
@@ -399,9 +411,7 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
             }
         )
     timings["prototypes_s"] = time.perf_counter() - t0
-    unclustered = [
-        {"index": order[p], **planned[order[p]].describe} for p in (labels < 0).nonzero()[0]
-    ]
+    unclustered = [_where(planned[order[p]]) for p in (labels < 0).nonzero()[0]]
     ctx.set_summary(
         {
             "clusters": clusters,
