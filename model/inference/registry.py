@@ -63,6 +63,21 @@ def _sha256(path: Path, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
+def _embed_options(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's embed options. A `link_cosine` that is no cosine in (0, 1] (a string, a
+    bool, NaN; 0 or less would link any two items) makes the card unreadable, rather than fail
+    or merge every cluster task later."""
+    options = {k: v for k, v in card.items() if k in EMBED_OPTIONS}
+    if "link_cosine" in options:
+        value = options["link_cosine"]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("link_cosine is not a number")
+        if not 0.0 < value <= 1.0:  # NaN fails this too
+            raise ValueError("link_cosine is not a cosine in (0, 1]")
+        options["link_cosine"] = float(value)
+    return options
+
+
 def _load_card(card_path: Path) -> ModelInfo | None:
     try:
         card = json.loads(card_path.read_text())
@@ -87,7 +102,7 @@ def _load_card(card_path: Path) -> ModelInfo | None:
             onnx=onnx if onnx and onnx.is_file() else None,
             sha256=_sha256(weights, weights.stat().st_mtime_ns),
             format=fmt,
-            options={k: v for k, v in card.items() if k in EMBED_OPTIONS},
+            options=_embed_options(card),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # an unreadable card is not a model; it is simply not listed

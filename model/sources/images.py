@@ -118,8 +118,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     The limit is checked here, not by setting PIL's process-wide `MAX_IMAGE_PIXELS`: that would
     impose this fetch's limit on every other image the process opens."""
     with warnings.catch_warnings():
-        # PIL's own bomb check (its default limit) warns below 2x; treat that as an error too.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # PIL's own check (its default limit, which is half of `fetch.max_pixels`' default)
+        # only warns below twice that limit: the limit that counts is checked just below.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         img = Image.open(io.BytesIO(data))
     width, height = img.size
     if width * height > max_pixels:

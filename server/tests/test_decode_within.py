@@ -4,11 +4,14 @@ same size, scale and refusals as decoding it whole and shrinking it with fit_wit
 from __future__ import annotations
 
 import functools
+import struct
+import zlib
 from collections.abc import Callable
 
 import pytest
 from PIL import Image
 
+from model.settings import Settings
 from model.sources.images import ImageDecodeError, decode_image, decode_within, fit_within
 from synthetic import render_page
 from testkit.files import encoded
@@ -65,3 +68,28 @@ def test_a_refused_image_leaves_pil_s_process_wide_limit_alone(
     with pytest.raises(ImageDecodeError):
         decode_within(page_as("JPEG"), 1_000, 416)
     assert before == Image.MAX_IMAGE_PIXELS
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG's signature, IHDR and an empty IDAT: its size is read, no pixel is there."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"")
+
+
+def test_the_configured_pixel_limit_is_the_one_that_counts() -> None:
+    # 100 megapixels: over PIL's own default (89.5 M, where it only warns) and under the
+    # configured default (179 M). Such a scan is let through to decoding (which fails here, on
+    # a header with nothing after it), not refused as too many pixels.
+    limit = Settings().fetch.max_pixels
+    with pytest.raises(ImageDecodeError) as headed:
+        decode_within(_png_header(10_000, 10_000), limit, 416)
+    assert headed.value.code == "corrupt_image", headed.value
+    with pytest.raises(ImageDecodeError) as over:
+        decode_within(_png_header(10_000, 10_000), 99_999_999, 416)
+    assert over.value.code == "too_many_pixels"

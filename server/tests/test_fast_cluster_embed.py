@@ -5,6 +5,10 @@ benchmark (1, 1001, 1002) uses."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -14,6 +18,8 @@ from model.jobs.cluster import DEFAULT_EMBED_MODEL, method
 from model.jobs.similarity.embedders import load_embedder
 from model.settings import Settings
 from testkit.cluster_corpus import build
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +82,18 @@ def test_embedding_edges_link_close_pairs_the_check_missed() -> None:
 def test_no_embedding_edges_without_a_calibrated_cosine() -> None:
     items = _items([[1, 0], [1, 0.1]])
     assert method.embedding_edges(items, {(0, 1): False}, [], 0.15, None) == []
+
+
+@pytest.mark.parametrize("value", ["0.9", [0.9], True, float("nan"), 0, -1, 1.5])
+def test_a_card_whose_link_cosine_is_no_cosine_is_not_a_model(
+    value: object, tmp_path: Path
+) -> None:
+    # Read as given, a string failed every cluster task after its items were embedded, and
+    # -1 linked every shortlisted pair; such a card is now unreadable, like any broken card.
+    card = json.loads((WEIGHTS / f"{DEFAULT_EMBED_MODEL}.json").read_text())
+    shutil.copy(WEIGHTS / card["weights"], tmp_path / card["weights"])
+    (tmp_path / "ok.json").write_text(json.dumps({**card, "name": "ok"}))
+    (tmp_path / "bad.json").write_text(json.dumps({**card, "name": "bad", "link_cosine": value}))
+    found = discover([tmp_path])
+    assert found["ok"].options["link_cosine"] == card["link_cosine"]
+    assert "bad" not in found
