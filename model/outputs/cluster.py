@@ -67,6 +67,19 @@ def _where(member: dict[str, Any]) -> str:
     return f"{member.get('canvas_id') or member.get('page_url')} xywh={member.get('xywh')}"
 
 
+def _cell(member: dict[str, Any], css: str, caption: str) -> str:
+    """One item on the sheet: its picture (or its number), linking to where it comes from."""
+    picture = _picture(member)
+    image = (
+        f'<img src="{escape(picture)}" alt="item {member["index"]}" loading="lazy">'
+        if picture
+        else f"item {member['index']}"
+    )
+    link = escape(picture or member.get("page_url") or "#")
+    title = escape(_where(member))
+    return f'<a class="{css}" href="{link}" title="{title}">{image}{caption}</a>'
+
+
 def contact_sheet(task_id: str, summary: dict[str, Any], links: ResultLinks) -> str:
     rows = []
     state = (summary.get("clustering") or {}).get("state", "")
@@ -77,25 +90,10 @@ def contact_sheet(task_id: str, summary: dict[str, Any], links: ResultLinks) -> 
             f'<img class="proto" src="{escape(cluster["prototype_url"])}" '
             f'alt="prototype of family {cluster["id"]}">',
         ]
-        for member in cluster["members"]:
-            picture = _picture(member)
-            title = escape(_where(member))
-            image = (
-                f'<img src="{escape(picture)}" alt="item {member["index"]}" loading="lazy">'
-                if picture
-                else f"item {member['index']}"
-            )
-            link = escape(picture or member.get("page_url") or "#")
-            cells.append(
-                f'<a class="member" href="{link}" title="{title}">{image}{member["score"]:.2f}</a>'
-            )
+        cells += [_cell(m, "member", f"{m['score']:.2f}") for m in cluster["members"]]
         rows.append(f'<div class="row">{"".join(cells)}</div>')
-    lone = [
-        f'<a class="member lone" href="{escape(p)}" title="{escape(_where(m))}">'
-        f'<img src="{escape(p)}" alt="item {m["index"]}" loading="lazy"></a>'
-        for m in summary.get("unclustered", [])
-        if (p := _picture(m))
-    ]
+    # Every unclustered item, pictured or not (an upload has no URL left to show)
+    lone = [_cell(m, "member lone", "") for m in summary.get("unclustered", [])]
     if lone:
         rows.append(f'<div class="row"><h2>Unclustered ({len(lone)})</h2>{"".join(lone)}</div>')
     count = len(summary.get("clusters", []))

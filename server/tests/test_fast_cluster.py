@@ -156,6 +156,16 @@ def test_contact_sheet_is_self_contained_and_escaped() -> None:
     assert "script-src" not in CONTENT_SECURITY_POLICY
 
 
+def test_every_unclustered_item_is_on_the_sheet_uploads_too() -> None:
+    # An uploaded image has no URL to show once the task ends: it was left off the sheet, and
+    # the count of unclustered items with it
+    upload = {"index": 2, "source": "upload:plate.png"}
+    summary = {**SUMMARY, "unclustered": [*SUMMARY["unclustered"], upload]}
+    page = contact_sheet("abc", summary, ResultLinks("https://api.example/result/abc"))
+    assert "Unclustered (2)" in page
+    assert 'title="upload:plate.png">item 2</a>' in page
+
+
 def test_collection_has_a_manifest_per_family() -> None:
     links = ResultLinks("https://api.example/result/abc")
     document = collection("abc", SUMMARY, links)
