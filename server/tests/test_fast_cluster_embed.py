@@ -79,6 +79,19 @@ def test_embedding_edges_link_close_pairs_the_check_missed() -> None:
     assert labels[0] == labels[1] != labels[2] == labels[3]
 
 
+def test_an_embedding_edge_does_not_join_two_verified_families() -> None:
+    # Two families of three verified copies (0-2, 3-5) and a lone item 6, all close by the
+    # embedding: 6 may join a family, but no embedding edge may merge the two families
+    items = _items([[1, 0.01 * n] for n in range(7)])
+    verified = [method.Edge(a, b, 0.5, False) for a, b in ((0, 1), (1, 2), (3, 4), (4, 5))]
+    pairs = {(2, 3): False, (2, 6): False, (5, 6): False}
+    edges = method.embedding_edges(items, pairs, verified, 0.15, 0.92)
+    labels = method.families(len(items), verified + edges, 0.15)
+    assert labels[0] == labels[2] != labels[3] == labels[5]
+    assert labels[6] in (labels[0], labels[3])
+    assert len(edges) == 1
+
+
 def test_no_embedding_edges_without_a_calibrated_cosine() -> None:
     items = _items([[1, 0], [1, 0.1]])
     assert method.embedding_edges(items, {(0, 1): False}, [], 0.15, None) == []

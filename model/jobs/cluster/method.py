@@ -13,7 +13,8 @@ Chosen by measurement on bench/cluster.py's corpus (figures in docs/cluster.md):
    correlation) on each shortlisted pair, direct or mirrored, made cheap (verify.py: batched
    matching, the strongest keypoints, a prescreen, no pair that could not change a family).
    A motif embedding calibrated for it (its card's `link_cosine`) also links the shortlisted
-   pairs whose cosine reaches that value (embedding_edges).
+   pairs whose cosine reaches that value (embedding_edges), unless the edge would join two
+   groups of EMBEDDING_GUARD items or more.
 4. Families: connected groups of edges scoring at least `threshold` (single linkage on a verified
    graph: a verified copy is rarely wrong, so chains are trustworthy); groups smaller than
    `min_cluster_size` are unclustered. Asked for `clusters`: the strongest edges are kept until
@@ -45,12 +46,16 @@ from model.jobs.similarity.features import (
 # Provenance's `method_version`: raised whenever the edges or families a corpus gets can change
 # (2: verification in rounds of items, so the pairs skipped as joined differ; 3: the bag of
 # words joins the shortlist, threshold 0.15; 4: the coarse keypoints' second chance; 5: the
-# motif embedding (the job's default model) and its cosine as edges)
-VERSION = 5
+# motif embedding (the job's default model) and its cosine as edges; 6: an embedding edge no
+# longer joins two groups of EMBEDDING_GUARD items or more)
+VERSION = 6
 DEFAULT_NEIGHBOURS = 8
 # A verified score (similarity's 0-1). Dev seed, shortlist with the bag of words (Round 3):
 # 0.1 -> ARI 0.738 (2 distractors clustered), 0.15 -> 0.758, 0.2 -> 0.756, 0.3 -> 0.728
 DEFAULT_THRESHOLD = 0.15
+# An embedding edge may not join two groups this large (Round 5's guard; dev seed: 2 -> ARI
+# 0.876, 3 -> 0.900 as without it; held-out 1002: 0.862 -> 0.871)
+EMBEDDING_GUARD = 3
 BLOCK = 256  # rows of the similarity matrix computed at once
 PROJECTED = 64  # dimensions of the shortlist's first pass (layout and embedding each)
 COARSE = 16  # candidates per item that the first pass hands to the exact score
@@ -243,21 +248,47 @@ def embedding_edges(
     edges: list[Edge],
     threshold: float,
     link_cosine: float | None,
+    guard: int = EMBEDDING_GUARD,
 ) -> list[Edge]:
     """Edges at `threshold` (the weakest that joins) for the shortlisted pairs that no edge
     links at it and whose embeddings' cosine is at least `link_cosine`: copies the pair check
     misses (re-drawn hatching, smooth plates) that a motif embedding trained for it still
     tells apart. None (an embedding not calibrated for it, such as a detector's backbone,
-    whose cosines are high for any two items): no edge."""
+    whose cosines are high for any two items): no edge. Taken highest cosine first after the
+    edges at `threshold`, an edge that would join two groups of at least `guard` items each
+    is dropped: under single linkage one false edge there merges two whole families."""
     if link_cosine is None or not pairs:
         return []
-    linked = {(e.a, e.b) for e in edges if e.score >= threshold}
+    parent = list(range(len(items)))
+    size = [1] * len(items)
+
+    def join(a: int, b: int) -> None:
+        ra, rb = _find(parent, a), _find(parent, b)
+        if ra != rb:
+            if size[ra] < size[rb]:
+                ra, rb = rb, ra
+            parent[rb] = ra
+            size[ra] += size[rb]
+
+    linked = set()
+    for e in edges:
+        if e.score >= threshold:
+            linked.add((e.a, e.b))
+            join(e.a, e.b)
     emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
-    out = []
+    close = []
     for (i, j), flipped in pairs.items():
-        if (i, j) not in linked and float(emb[i] @ emb[j]) >= link_cosine:
-            out.append(Edge(i, j, threshold, flipped))
-    return out
+        cosine = float(emb[i] @ emb[j])
+        if (i, j) not in linked and cosine >= link_cosine:
+            close.append((-cosine, i, j, flipped))
+    out = []
+    for _, i, j, flipped in sorted(close):
+        ri, rj = _find(parent, i), _find(parent, j)
+        if ri != rj and min(size[ri], size[rj]) >= guard:
+            continue
+        join(i, j)
+        out.append(Edge(i, j, threshold, flipped))
+    return sorted(out, key=lambda e: (e.a, e.b))
 
 
 def _find(parent: list[int], x: int) -> int:
