@@ -259,22 +259,12 @@ def embedding_edges(
     is dropped: under single linkage one false edge there merges two whole families."""
     if link_cosine is None or not pairs:
         return []
-    parent = list(range(len(items)))
-    size = [1] * len(items)
-
-    def join(a: int, b: int) -> None:
-        ra, rb = _find(parent, a), _find(parent, b)
-        if ra != rb:
-            if size[ra] < size[rb]:
-                ra, rb = rb, ra
-            parent[rb] = ra
-            size[ra] += size[rb]
-
+    groups = _Groups(len(items))
     linked = set()
     for e in edges:
         if e.score >= threshold:
             linked.add((e.a, e.b))
-            join(e.a, e.b)
+            groups.join(groups.find(e.a), groups.find(e.b))
     emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
     close = []
     for (i, j), flipped in pairs.items():
@@ -283,19 +273,36 @@ def embedding_edges(
             close.append((-cosine, i, j, flipped))
     out = []
     for _, i, j, flipped in sorted(close):
-        ri, rj = _find(parent, i), _find(parent, j)
-        if ri != rj and min(size[ri], size[rj]) >= guard:
+        ri, rj = groups.find(i), groups.find(j)
+        if ri != rj and min(groups.size[ri], groups.size[rj]) >= guard:
             continue
-        join(i, j)
+        groups.join(ri, rj)
         out.append(Edge(i, j, threshold, flipped))
     return sorted(out, key=lambda e: (e.a, e.b))
 
 
-def _find(parent: list[int], x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
+class _Groups:
+    """Union-find by size over items 0..n-1 (path halving)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+        self.size = [1] * n
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def join(self, ra: int, rb: int) -> None:
+        """Merge the groups of two roots (found by `find`); the larger root stays."""
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
 
 
 def families(
@@ -308,8 +315,8 @@ def families(
     """Labels 0..F-1 (largest family first), -1 for unclustered items. Edges scoring at least
     `threshold` are joined strongest first (Kruskal). With `clusters`, a join that would merge
     two families (each at least min_cluster_size) is skipped once only that many are left."""
-    parent = list(range(n))
-    size = [1] * n
+    groups = _Groups(n)
+    size = groups.size
     big = 0  # families of at least min_cluster_size so far
 
     def is_big(count: int) -> int:
@@ -318,18 +325,15 @@ def families(
     for edge in sorted(edges, key=lambda e: (-e.score, e.a, e.b)):
         if edge.score < threshold:
             break
-        ra, rb = _find(parent, edge.a), _find(parent, edge.b)
+        ra, rb = groups.find(edge.a), groups.find(edge.b)
         if ra == rb:
             continue
         after = big - is_big(size[ra]) - is_big(size[rb]) + is_big(size[ra] + size[rb])
         if clusters is not None and after < big and after < clusters:
             continue
-        if size[ra] < size[rb]:
-            ra, rb = rb, ra
-        parent[rb] = ra
-        size[ra] += size[rb]
+        groups.join(ra, rb)
         big = after
-    roots = [_find(parent, i) for i in range(n)]
+    roots = [groups.find(i) for i in range(n)]
     counts: dict[int, int] = {}
     for root in roots:
         counts[root] = counts.get(root, 0) + 1
