@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.coarse import coarse_features
-from model.jobs.cluster.verify import BLAS, Coarse, pool, verify_pairs
+from model.jobs.cluster.verify import BLAS, Coarse, Joined, pool, verify_pairs
 from model.jobs.cluster.words import codes, word_vectors
 from model.jobs.similarity.features import (
     REGION_FEATURES,
@@ -259,12 +259,12 @@ def embedding_edges(
     is dropped: under single linkage one false edge there merges two whole families."""
     if link_cosine is None or not pairs:
         return []
-    groups = _Groups(len(items))
+    groups = Joined(len(items))
     linked = set()
     for e in edges:
         if e.score >= threshold:
             linked.add((e.a, e.b))
-            groups.join(groups.find(e.a), groups.find(e.b))
+            groups.union(e.a, e.b)
     emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
     close = []
     for (i, j), flipped in pairs.items():
@@ -281,30 +281,6 @@ def embedding_edges(
     return sorted(out, key=lambda e: (e.a, e.b))
 
 
-class _Groups:
-    """Union-find by size over items 0..n-1 (path halving)."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-        self.size = [1] * n
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def join(self, ra: int, rb: int) -> None:
-        """Merge the groups of two roots (found by `find`); the larger root stays."""
-        if ra == rb:
-            return
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
-
-
 def families(
     n: int,
     edges: list[Edge],
@@ -315,7 +291,7 @@ def families(
     """Labels 0..F-1 (largest family first), -1 for unclustered items. Edges scoring at least
     `threshold` are joined strongest first (Kruskal). With `clusters`, a join that would merge
     two families (each at least min_cluster_size) is skipped once only that many are left."""
-    groups = _Groups(n)
+    groups = Joined(n)
     size = groups.size
     big = 0  # families of at least min_cluster_size so far
 

@@ -178,10 +178,12 @@ def alignments(
 
 
 class Joined:
-    """Union-find over the items: which are already in one family by strong edges."""
+    """Union-find by size over the items (path halving): which are in one group by the edges
+    joined so far (the pair check's skip, the families, the embedding edges' guard)."""
 
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
+        self.size = [1] * n
 
     def find(self, x: int) -> int:
         parent = self.parent
@@ -190,10 +192,17 @@ class Joined:
             x = parent[x]
         return x
 
+    def join(self, ra: int, rb: int) -> None:
+        """Merge the groups of two roots (found by `find`); the larger root stays."""
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+
     def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        self.join(self.find(a), self.find(b))
 
 
 def _descriptors(item: ItemFeatures, keypoints: int) -> np.ndarray:
