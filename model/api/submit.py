@@ -385,9 +385,9 @@ def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
 
 @api.post(
     "/task",
-    # 403: a param this key may not set (train's visibility "everyone" without an admin key);
-    # 409: a source task unusable.
-    responses={202: TaskCreated, **ERRORS, 403: ErrorResponse, 409: ErrorResponse},
+    # 403: a param this key may not set (train's visibility "everyone" without an admin key).
+    # A source task refused is in ERRORS: 404 (not this key's) or 422 (`source_unusable`).
+    responses={202: TaskCreated, **ERRORS, 403: ErrorResponse},
     # The body is documented by the app, from its settings (request_doc.document_task_body).
 )
 def submit_task() -> Response:
