@@ -221,7 +221,9 @@ def read_submission() -> Submission:
 # --- checking it --------------------------------------------------------------------------------
 
 
-def _check_model(svc: Services, name: str | None, task: str) -> None:
+def _check_model(svc: Services, name: str | None, task: str, named: bool = True) -> None:
+    """`name` (None: the service's default model) exists for this key and does `task`; named:
+    the request names it, else it is the job's own default for a param left out."""
     if name is None:
         return
     if any(part in name for part in ("/", "\\", "..")) or name.endswith((".pt", ".onnx")):
@@ -230,7 +232,8 @@ def _check_model(svc: Services, name: str | None, task: str) -> None:
         )
     found = known_models(svc, g.owner).get(name)
     if found is None:
-        raise ApiError(422, "unknown_model", f"no model named {name!r}; see GET /models")
+        what = "" if named else " (the job's default, as the request names none)"
+        raise ApiError(422, "unknown_model", f"no model named {name!r}{what}; see GET /models")
     if found["task"] != task:
         raise ApiError(
             422,
@@ -385,9 +388,9 @@ def _webhook(svc: Services, webhook: Webhook | None) -> dict[str, Any] | None:
 
 @api.post(
     "/task",
-    # 403: a param this key may not set (train's visibility "everyone" without an admin key);
-    # 409: a source task unusable.
-    responses={202: TaskCreated, **ERRORS, 403: ErrorResponse, 409: ErrorResponse},
+    # 403: a param this key may not set (train's visibility "everyone" without an admin key).
+    # A source task refused is in ERRORS: 404 (not this key's) or 422 (`source_unusable`).
+    responses={202: TaskCreated, **ERRORS, 403: ErrorResponse},
     # The body is documented by the app, from its settings (request_doc.document_task_body).
 )
 def submit_task() -> Response:
@@ -401,8 +404,9 @@ def submit_task() -> Response:
     earlier = earlier_submit(svc, fingerprint)
     if earlier is not None and (existing := svc.store.get(earlier)) is not None:
         return created_response(earlier, existing.state)  # a retried submit
-    for field_name, task in job.model_fields.items():
-        _check_model(svc, getattr(task_request.params, field_name), task)
+    asked = task_request.params.model_dump()
+    for field_name, name in job.models_of(asked).items():
+        _check_model(svc, name, job.model_fields[field_name], named=bool(asked[field_name]))
     if job.publishes_model:
         params = publishing.for_key(svc, task_request.params, g.owner, is_admin())
         task_request = task_request.model_copy(update={"params": params})
@@ -442,7 +446,7 @@ def _enqueue(
     idempotency: tuple[str, str] | None = None,
 ) -> Response:
     total = job.initial_total(spec.inputs)
-    named = [spec.params.get(name) for name in job.model_fields]
+    named = list(job.models_of(spec.params).values())  # a job's own default routes as if named
     queue = job.queue or queue_for(svc.settings, named, catalog(svc).cards() if any(named) else ())
     record = svc.store.create(
         g.owner,

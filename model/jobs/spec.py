@@ -6,7 +6,7 @@ Torch-free and light: the HTTP process imports it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,10 @@ class JobSpec:
     source_task_types: tuple[str, ...] = ()
     # Params naming a model -> the task of the models they may name (checked at submit).
     model_fields: dict[str, str] = field(default_factory=dict)
+    # Those a task may leave out that the job then fills with a model of its own choosing
+    # (cluster's `model`: motif-embed), not one of the service's defaults every worker loads
+    # (models.default, similarity.embed_model): checked at submit and routed as if named.
+    model_defaults: dict[str, str] = field(default_factory=dict)
     # Its default limits; flask_config.yaml `jobs.<name>` (or SCRIPTORIUM_JOBS__<NAME>__...)
     # overrides any of them, and need not list the type at all.
     limits: JobLimits = field(default_factory=JobLimits)
@@ -70,6 +74,13 @@ class JobSpec:
     # Its tasks publish a model (train): params.visibility says for whom; the API resolves it
     # for the key and refuses, at submit, what the key may not publish (model/api/publishing.py).
     publishes_model: bool = False
+
+    def models_of(self, params: Mapping[str, Any]) -> dict[str, str | None]:
+        """Each model param's model as the task will run it: the one named, else the job's own
+        default (None: the service's default, models.default or similarity.embed_model)."""
+        return {
+            name: params.get(name) or self.model_defaults.get(name) for name in self.model_fields
+        }
 
     def limits_in(self, settings: Settings) -> JobLimits:
         """Its own limits, with those configured for this type (flask_config.yaml jobs.<name>)

@@ -73,15 +73,24 @@ def drawings() -> tuple[list[method.ClusterItem], list[int]]:
 
 
 def test_verified_shortlist_finds_the_families(drawings) -> None:
+    """method.cluster, the job's and the benchmark's one call: shortlist, verification,
+    (no) embedding edges, families."""
     items, labels = drawings
-    pairs = method.shortlist(items, 3)
-    edges, _ = method.verify_edges(items, pairs)
-    found = method.families(len(items), edges)
+    clustered = method.cluster(items, 3)
+    found = clustered.labels
+    assert clustered.threshold == method.DEFAULT_THRESHOLD
+    assert clustered.pairs == method.shortlist(items, 3)
+    assert 0 < clustered.verified <= len(clustered.pairs)
     truth = np.array(labels)
     for family in set(found.tolist()) - {-1}:
         assert len(set(truth[found == family].tolist())) == 1  # pure
     assert found[-1] == -1  # the lone motif is in no family
     assert len(set(found.tolist()) - {-1}) == 2
+    # With a family count, every edge may join and every shortlisted pair is verified
+    counted = method.cluster(items, 3, clusters=2)
+    assert counted.threshold < method.DEFAULT_THRESHOLD
+    assert counted.verified == len(counted.pairs)
+    assert counted.labels.max() + 1 >= 2
 
 
 def test_a_mirrored_copy_is_verified_mirrored() -> None:

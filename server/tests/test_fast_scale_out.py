@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 
 from model.celery_app import MODEL_QUEUE_PREFIX, QUEUE, queue_for, worker_queues
+from model.jobs.cluster import DEFAULT_EMBED_MODEL
 from model.keyspace import lease_key
 from model.settings import Settings
 from model.tasks import fleet
@@ -86,6 +87,34 @@ def test_submit_routes_by_the_named_model_of_a_live_worker(app_client, clean_red
     # The Celery messages wait in the lists the workers having those models take.
     assert waiting_messages(clean_redis, MODEL_QUEUE_PREFIX + OTHER) == 1
     assert waiting_messages(clean_redis, QUEUE) == 1
+
+
+def test_a_jobs_own_default_model_is_checked_and_routed_as_if_named(
+    make_app, clean_redis, tmp_path: Path
+) -> None:
+    """A cluster task naming no feature extractor runs motif-embed (the job's own default, not
+    one of the service's): it goes to that model's queue, as one naming it does, and a service
+    where no host has it refuses both at submit (not FAILED model_unavailable at run time)."""
+    embed = DEFAULT_EMBED_MODEL
+    body = {"type": "cluster", "input": {"image_urls": ["https://example.org/a.jpg"] * 2}}
+    client = make_app()
+    client.environ_base["HTTP_X_API_KEY"] = client.keys.create("fast")
+    named = client.post("/task", json={**body, "params": {"model": embed}})
+    plain = client.post("/task", json=body)
+    assert (named.status_code, plain.status_code) == (202, 202), (named.json, plain.json)
+    for resp in (named, plain):
+        assert clean_redis.hget(f"sc:task:{resp.json['task_id']}", "queue") == (
+            MODEL_QUEUE_PREFIX + embed
+        )
+    (tmp_path / "models").mkdir()
+    lacking = make_app(models={"dirs": [str(tmp_path / "models")]})
+    lacking.environ_base["HTTP_X_API_KEY"] = lacking.keys.create("other")
+    for params in ({"model": embed}, {}):
+        resp = lacking.post("/task", json={**body, "params": params})
+        assert resp.status_code == 422, resp.json
+        assert (
+            resp.json["error"]["code"] == "unknown_model" and embed in resp.json["error"]["message"]
+        )
 
 
 # --- the fleet as the API reads it ------------------------------------------------------------

@@ -123,6 +123,21 @@ def test_the_openapi_document_describes_every_job_types_items(app_client) -> Non
     assert pairs["items"]["$ref"].endswith("/DocumentPair")
 
 
+def test_post_task_documents_the_codes_a_refused_source_task_gets(app_client, store) -> None:
+    """A source task refused at submit is a 404 or a 422 (no 409: nothing on POST /task answers
+    one), and the OpenAPI document promises just those (schemathesis holds responses to it)."""
+    responses = app_client.get("/openapi/openapi.json").json["paths"]["/task"]["post"]["responses"]
+    running = store.create("fast", "detect", TaskSpec().model_dump(), 2, 60).id
+    for task_id, status, code in (
+        (running, 422, "source_unusable"),
+        ("0" * 32, 404, "source_not_found"),
+    ):
+        resp = app_client.post("/task", json={"type": "vectorize", "input": {"task_id": task_id}})
+        assert (resp.status_code, resp.json["error"]["code"]) == (status, code)
+        assert str(status) in responses
+    assert {"202", "403"} <= set(responses) and "409" not in responses
+
+
 def test_get_jobs_lists_every_registered_type_with_its_docs_and_limits(make_app) -> None:
     client = make_app(jobs={"crops": {"timeout_max_s": 300}})
     assert client.get("/jobs").status_code == 401

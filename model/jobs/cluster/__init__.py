@@ -279,6 +279,7 @@ SPEC = JobSpec(
     input_required=False,
     uploads=True,
     model_fields={"model": "embed", "detector": "detect"},
+    model_defaults={"model": DEFAULT_EMBED_MODEL},
     # max_images: the most items (images and detected illustrations) one task clusters
     limits=JobLimits(timeout_default_s=1800, timeout_max_s=7200, max_images=10000),
     initial_total=_images,

@@ -368,25 +368,19 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
         ctx.set_summary(_summary("skipped", message=f"{len(items)} item(s) loaded; at least 2"))
         return
     t0 = time.perf_counter()
-    threshold = params.threshold
-    if threshold is None:
-        threshold = 1e-6 if params.clusters else method.DEFAULT_THRESHOLD
-    # The process's share of the cores, as inference gets (other tasks run beside it)
-    threads = ctx.resources.settings.inference_threads()
-    pairs = method.shortlist(items, params.neighbours, ctx.check_cancel, threads)
-    # With a cluster count every edge's score orders the merges: verify every pair
-    edges, verified = method.verify_edges(
+    found = method.cluster(
         items,
-        pairs,
-        None if params.clusters else threshold,
+        params.neighbours,
+        params.threshold,
+        params.min_cluster_size,
+        params.clusters,
+        # A model card calibrated for it (motif-embed) also links pairs on the embedding alone
+        run.embedder.info.options.get("link_cosine"),
         ctx.check_cancel,
-        threads,
+        # The process's share of the cores, as inference gets (other tasks run beside it)
+        ctx.resources.settings.inference_threads(),
     )
-    # A model card calibrated for it (motif-embed) also links pairs on the embedding alone
-    edges += method.embedding_edges(
-        items, pairs, edges, threshold, run.embedder.info.options.get("link_cosine")
-    )
-    labels = method.families(len(items), edges, threshold, params.min_cluster_size, params.clusters)
+    labels, edges = found.labels, found.edges
     timings["clustering_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     clusters = []
@@ -419,9 +413,9 @@ def _cluster(run: _Run, planned: list[Planned], timings: dict[str, float]) -> No
             "clustering": {
                 "state": "done",
                 "items": len(items),
-                "pairs_verified": verified,
+                "pairs_verified": found.verified,
                 "edges": len(edges),
-                "threshold": threshold,
+                "threshold": found.threshold,
             },
         }
     )

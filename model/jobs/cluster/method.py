@@ -24,6 +24,7 @@ A pure embedding + HDBSCAN baseline (`embedding_hdbscan`) is kept for the benchm
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -318,6 +319,48 @@ def families(
     )
     number = {root: label for label, root in enumerate(kept)}
     return np.array([number.get(root, -1) for root in roots], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """What `cluster` made of the items, and the figures a result or a benchmark reports."""
+
+    labels: np.ndarray  # per item: its family 0..F-1 (largest first), -1 unclustered
+    edges: list[Edge]  # verified ones, then embedding ones: the prototypes align along them
+    threshold: float  # the one joined at (resolved when asked for none)
+    pairs: dict[tuple[int, int], bool]  # the shortlist (`shortlist`)
+    verified: int  # shortlisted pairs the local-feature check ran on
+    seconds: dict[str, float]  # per stage: shortlist, verify, embedding, families
+
+
+def cluster(
+    items: list[ClusterItem],
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    threshold: float | None = None,
+    min_cluster_size: int = 2,
+    clusters: int | None = None,
+    link_cosine: float | None = None,
+    check: Callable[[], None] = lambda: None,
+    threads: int = 1,
+) -> Clustering:
+    """The whole method once the items are described and embedded: shortlist, verification,
+    embedding edges (`link_cosine`: the embedder card's, None for none), families. No
+    `threshold`: DEFAULT_THRESHOLD, or with `clusters` any edge (the count stops merging)."""
+    if threshold is None:
+        threshold = 1e-6 if clusters else DEFAULT_THRESHOLD
+    t0 = time.perf_counter()
+    pairs = shortlist(items, neighbours, check, threads)
+    t1 = time.perf_counter()
+    # With a cluster count every edge's score orders the merges: verify every pair
+    verify_at = None if clusters else threshold
+    edges, verified = verify_edges(items, pairs, verify_at, check, threads)
+    t2 = time.perf_counter()
+    edges += embedding_edges(items, pairs, edges, threshold, link_cosine)
+    t3 = time.perf_counter()
+    labels = families(len(items), edges, threshold, min_cluster_size, clusters)
+    t4 = time.perf_counter()
+    seconds = {"shortlist": t1 - t0, "verify": t2 - t1, "embedding": t3 - t2, "families": t4 - t3}
+    return Clustering(labels, edges, threshold, pairs, verified, seconds)
 
 
 def embedding_hdbscan(vectors: np.ndarray, min_cluster_size: int = 2) -> np.ndarray:

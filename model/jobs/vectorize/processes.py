@@ -47,18 +47,26 @@ def _load_method() -> None:
     import model.jobs.vectorize.geometry  # noqa: F401
 
 
-def analyse_gray(
+def find_primitives(
     gray: np.ndarray, thresholds: dict[str, float], primitives: frozenset[str]
 ) -> tuple[list[dict[str, Any]], float]:
-    """The primitives of a grey image, in its pixels, and the seconds it took (in a child)."""
-    import cv2
-
+    """The primitives of a grey image, in its pixels, and the seconds it took: the method, in
+    whichever process calls it (run.analyse: this one; analyse_gray: a child)."""
     from model.jobs.vectorize.geometry import Thresholds, vectorize
 
-    cv2.setNumThreads(1)  # the parallelism is the processes; more threads only contend
     started = time.perf_counter()
     found = vectorize(gray, Thresholds(**thresholds), primitives)
     return found, time.perf_counter() - started
+
+
+def analyse_gray(
+    gray: np.ndarray, thresholds: dict[str, float], primitives: frozenset[str]
+) -> tuple[list[dict[str, Any]], float]:
+    """find_primitives in a child of analysis_executor, on one OpenCV thread."""
+    import cv2
+
+    cv2.setNumThreads(1)  # the parallelism is the processes; more threads only contend
+    return find_primitives(gray, thresholds, primitives)
 
 
 def _allow_children() -> None:

@@ -26,9 +26,8 @@ from model.jobs.items import DetectPage
 from model.jobs.loading import Prepared, page_item
 from model.jobs.pages import Pages, open_pages
 from model.jobs.vectorize import METHOD, VERSION, VectorizeParams
-from model.jobs.vectorize.geometry import Thresholds, vectorize
 from model.jobs.vectorize.items import VectorizeItem
-from model.jobs.vectorize.processes import analyse_gray, analysis_executor
+from model.jobs.vectorize.processes import analyse_gray, analysis_executor, find_primitives
 from model.jobs.vectorize.transform import Affine, page_transform, transformed
 from model.pipeline.cache import DetectionCache, params_digest
 from model.sources.fetch import FetchError
@@ -36,12 +35,20 @@ from model.sources.images import ImageDecodeError, decode_within
 
 
 def analyse(image: Image.Image, params: VectorizeParams) -> list[dict[str, Any]]:
-    """Primitives in the given image's pixels."""
-    return vectorize(grey(image), Thresholds(**params.thresholds()), frozenset(params.primitives))
+    """Primitives in the given image's pixels, found in this process."""
+    found, _ = find_primitives(*_method_args(image, params))
+    return found
 
 
 def grey(image: Image.Image) -> np.ndarray:
     return cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+
+
+def _method_args(
+    image: Image.Image, params: VectorizeParams
+) -> tuple[np.ndarray, dict[str, float], frozenset[str]]:
+    """What the method (processes.find_primitives) takes: grey pixels, thresholds, kinds."""
+    return grey(image), params.thresholds(), frozenset(params.primitives)
 
 
 def run_vectorize(ctx: JobContext) -> None:
@@ -113,8 +120,7 @@ def _submit(executor: Executor, prepared: Prepared, params: VectorizeParams) -> 
     if prepared.error is not None or prepared.cached is not None or prepared.image is None:
         return None
     image, prepared.image = prepared.image, None
-    thresholds, kinds = params.thresholds(), frozenset(params.primitives)
-    return executor.submit(analyse_gray, grey(image), thresholds, kinds)
+    return executor.submit(analyse_gray, *_method_args(image, params))
 
 
 def _analysed(prepared: Prepared, future: Future[Any] | None) -> list[dict[str, Any]] | None:
