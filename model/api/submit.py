@@ -446,7 +446,10 @@ def _enqueue(
     idempotency: tuple[str, str] | None = None,
 ) -> Response:
     total = job.initial_total(spec.inputs)
-    named = list(job.models_of(spec.params).values())  # a job's own default routes as if named
+    # The models the request names route first, then a job's own default (cluster's
+    # motif-embed): a task naming its own detector goes where that detector is
+    resolved = job.models_of(spec.params)
+    named = [spec.params.get(name) for name in resolved] + list(resolved.values())
     queue = job.queue or queue_for(svc.settings, named, catalog(svc).cards() if any(named) else ())
     record = svc.store.create(
         g.owner,

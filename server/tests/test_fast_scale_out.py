@@ -4,6 +4,7 @@ test_scale_out.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from model.tasks.states import State
 from model.tasks.store import TaskStore
 from model.uploads import UploadStore
 
+WEIGHTS = Path(__file__).resolve().parents[2] / "model" / "weights"
 OTHER = "illustrations-other"  # a model only some (fake) worker has
 
 
@@ -106,6 +108,19 @@ def test_a_jobs_own_default_model_is_checked_and_routed_as_if_named(
         assert clean_redis.hget(f"sc:task:{resp.json['task_id']}", "queue") == (
             MODEL_QUEUE_PREFIX + embed
         )
+    # A detector the request names routes before the job's own default: its hosts have it
+    team = tmp_path / "team"
+    team.mkdir()
+    card = json.loads((WEIGHTS / "illustrations-demo.json").read_text())
+    (team / "team-detector.json").write_text(json.dumps({**card, "name": "team-detector"}))
+    for weights in (card["weights"], card["onnx"]):
+        (team / weights).symlink_to(WEIGHTS / weights)
+    teamed = make_app(models={"dirs": [str(WEIGHTS), str(team)]})
+    teamed.environ_base["HTTP_X_API_KEY"] = teamed.keys.create("team")
+    resp = teamed.post("/task", json={**body, "params": {"detector": "team-detector"}})
+    assert resp.status_code == 202, resp.json
+    queue = clean_redis.hget(f"sc:task:{resp.json['task_id']}", "queue")
+    assert queue == MODEL_QUEUE_PREFIX + "team-detector"
     (tmp_path / "models").mkdir()
     lacking = make_app(models={"dirs": [str(tmp_path / "models")]})
     lacking.environ_base["HTTP_X_API_KEY"] = lacking.keys.create("other")
