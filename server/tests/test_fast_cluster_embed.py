@@ -74,22 +74,50 @@ def test_embedding_edges_link_close_pairs_the_check_missed() -> None:
     pairs = {(0, 1): True, (0, 2): False, (2, 3): False}
     verified = [method.Edge(2, 3, 0.5, False)]  # already linked by the pair check
     edges = method.embedding_edges(items, pairs, verified, 0.15, 0.92)
-    assert edges == [method.Edge(0, 1, 0.15, True)]
+    assert [(e.a, e.b, e.score, e.mirrored) for e in edges] == [(0, 1, 0.15, True)]
+    assert edges[0].cosine == pytest.approx(1 / np.sqrt(1.01))
     labels = method.families(len(items), verified + edges, 0.15)
     assert labels[0] == labels[1] != labels[2] == labels[3]
 
 
-def test_an_embedding_edge_does_not_join_two_verified_families() -> None:
-    # Two families of three verified copies (0-2, 3-5) and a lone item 6, all close by the
-    # embedding: 6 may join a family, but no embedding edge may merge the two families
-    items = _items([[1, 0.01 * n] for n in range(7)])
-    verified = [method.Edge(a, b, 0.5, False) for a, b in ((0, 1), (1, 2), (3, 4), (4, 5))]
-    pairs = {(2, 3): False, (2, 6): False, (5, 6): False}
-    edges = method.embedding_edges(items, pairs, verified, 0.15, 0.92)
-    labels = method.families(len(items), verified + edges, 0.15)
-    assert labels[0] == labels[2] != labels[3] == labels[5]
-    assert labels[6] in (labels[0], labels[3])
-    assert len(edges) == 1
+def _family(members: range, score: float = 0.5) -> list[method.Edge]:
+    """A verified chain through these items."""
+    return [method.Edge(a, a + 1, score, False) for a in members[:-1]]
+
+
+def test_one_stray_edge_does_not_merge_two_families() -> None:
+    # Two verified families of 4 (0-3, 4-7): one edge between them is 1 of the 16 pairs, under
+    # DENSITY x 16 (single linkage merged them); 2 are enough, and an edge is an edge, verified
+    # or the embedding's
+    verified = _family(range(4)) + _family(range(4, 8))
+    for stray in (method.Edge(3, 4, 0.2, False), method.Edge(3, 4, 0.15, False, 0.99)):
+        labels = method.families(8, [*verified, stray], 0.15)
+        assert labels[0] == labels[3] != labels[4] == labels[7]
+    second = method.Edge(2, 5, 0.15, False, 0.95)
+    labels = method.families(8, [*verified, method.Edge(3, 4, 0.2, False), second], 0.15)
+    assert len(set(labels.tolist())) == 1
+
+
+def test_a_lone_item_joins_a_large_family_on_several_edges() -> None:
+    # A family of 8 (0-7, a verified chain: each copy verified to one other is enough) and a
+    # lone item 8: one embedding edge to it is not a quarter of the family's size (a
+    # distractor close to one member); a verified edge or a second edge is enough
+    verified = _family(range(8))
+    assert method.families(8, verified, 0.15).tolist() == [0] * 8
+    one = method.families(9, [*verified, method.Edge(7, 8, 0.15, False, 0.95)], 0.15)
+    assert one[8] == -1 and one[0] == one[7] != -1
+    two = [*verified, method.Edge(7, 8, 0.15, False, 0.95), method.Edge(2, 8, 0.3, False)]
+    assert method.families(9, two, 0.15)[8] == method.families(9, two, 0.15)[0] != -1
+    small = method.families(3, [method.Edge(0, 1, 0.5, False), method.Edge(1, 2, 0.2, False)])
+    assert small.tolist() == [0, 0, 0]
+
+
+def test_what_a_join_needs() -> None:
+    # Two lone items: one edge; two groups of 4: 2 edges (DENSITY x 16); a lone item and a
+    # family of 8: 2 embedding edges (LONE x 8), or one verified
+    assert method.joinable(1, 1, 1, 0) and method.joinable(4, 4, 2, 0)
+    assert not method.joinable(4, 4, 1, 1) and method.joinable(8, 1, 2, 0)
+    assert not method.joinable(8, 1, 1, 0) and method.joinable(8, 1, 1, 1)
 
 
 def test_no_embedding_edges_without_a_calibrated_cosine() -> None:

@@ -13,18 +13,19 @@ Chosen by measurement on bench/cluster.py's corpus (figures in docs/cluster.md):
    correlation) on each shortlisted pair, direct or mirrored, made cheap (verify.py: batched
    matching, the strongest keypoints, a prescreen, no pair that could not change a family).
    A motif embedding calibrated for it (its card's `link_cosine`) also links the shortlisted
-   pairs whose cosine reaches that value (embedding_edges), unless the edge would join two
-   groups of EMBEDDING_GUARD items or more.
-4. Families: connected groups of edges scoring at least `threshold` (single linkage on a verified
-   graph: a verified copy is rarely wrong, so chains are trustworthy); groups smaller than
-   `min_cluster_size` are unclustered. Asked for `clusters`: the strongest edges are kept until
-   the graph has that many families (or no more edges).
+   pairs whose cosine reaches that value (embedding_edges).
+4. Families: edges scoring at least `threshold` joined strongest first, two groups only where
+   the edges between them are dense enough (`joinable`: average linkage on the graph, so one
+   stray edge does not merge two families, nor pull a lone item into a large one); groups
+   smaller than `min_cluster_size` are unclustered. Asked for `clusters`: the strongest edges
+   are kept until the graph has that many families (or no more edges).
 A pure embedding + HDBSCAN baseline (`embedding_hdbscan`) is kept for the benchmark.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,15 +49,20 @@ from model.jobs.similarity.features import (
 # (2: verification in rounds of items, so the pairs skipped as joined differ; 3: the bag of
 # words joins the shortlist, threshold 0.15; 4: the coarse keypoints' second chance; 5: the
 # motif embedding (the job's default model) and its cosine as edges; 6: an embedding edge no
-# longer joins two groups of EMBEDDING_GUARD items or more)
-VERSION = 6
+# longer joins two groups of EMBEDDING_GUARD items or more; 7: a join needs dense enough edges
+# between the two groups (`joinable`), the guard's successor; motif-embed retrained)
+VERSION = 7
 DEFAULT_NEIGHBOURS = 8
 # A verified score (similarity's 0-1). Dev seed, shortlist with the bag of words (Round 3):
 # 0.1 -> ARI 0.738 (2 distractors clustered), 0.15 -> 0.758, 0.2 -> 0.756, 0.3 -> 0.728
 DEFAULT_THRESHOLD = 0.15
-# An embedding edge may not join two groups this large (Round 5's guard; dev seed: 2 -> ARI
-# 0.876, 3 -> 0.900 as without it; held-out 1002: 0.862 -> 0.871)
-EMBEDDING_GUARD = 3
+# Two groups join only where the edges between them number at least DENSITY x the product of
+# their sizes, and a lone item with no verified edge to a group only on LONE x the group's size
+# of embedding edges (Round 6, dev seeds 1-3, motif-embed's link_cosine 0.9: mean ARI 0.913
+# with neither, 0.924 with DENSITY 0.1, 0.925 with LONE 0.25 too, which keeps 95-100 % of the
+# distractors out, not 91-99 %)
+DENSITY = 0.1
+LONE = 0.25
 BLOCK = 256  # rows of the similarity matrix computed at once
 PROJECTED = 64  # dimensions of the shortlist's first pass (layout and embedding each)
 COARSE = 16  # candidates per item that the first pass hands to the exact score
@@ -88,6 +94,8 @@ class Edge:
     b: int
     score: float
     mirrored: bool
+    # An embedding edge's cosine (it orders those edges, all at the threshold); 0: verified
+    cosine: float = 0.0
 
 
 def _turn(gray: np.ndarray, angle: float) -> np.ndarray:
@@ -249,37 +257,35 @@ def embedding_edges(
     edges: list[Edge],
     threshold: float,
     link_cosine: float | None,
-    guard: int = EMBEDDING_GUARD,
 ) -> list[Edge]:
     """Edges at `threshold` (the weakest that joins) for the shortlisted pairs that no edge
     links at it and whose embeddings' cosine is at least `link_cosine`: copies the pair check
     misses (re-drawn hatching, smooth plates) that a motif embedding trained for it still
     tells apart. None (an embedding not calibrated for it, such as a detector's backbone,
-    whose cosines are high for any two items): no edge. Taken highest cosine first after the
-    edges at `threshold`, an edge that would join two groups of at least `guard` items each
-    is dropped: under single linkage one false edge there merges two whole families."""
+    whose cosines are high for any two items): no edge. `families` joins them after the
+    verified edges, highest cosine first, where the groups' edges are dense enough."""
     if link_cosine is None or not pairs:
         return []
-    groups = Joined(len(items))
-    linked = set()
-    for e in edges:
-        if e.score >= threshold:
-            linked.add((e.a, e.b))
-            groups.union(e.a, e.b)
+    linked = {(e.a, e.b) for e in edges if e.score >= threshold}
     emb = np.stack([i.upright.embedding for i in items]).astype(np.float32)
-    close = []
+    out = []
     for (i, j), flipped in pairs.items():
         cosine = float(emb[i] @ emb[j])
         if (i, j) not in linked and cosine >= link_cosine:
-            close.append((-cosine, i, j, flipped))
-    out = []
-    for _, i, j, flipped in sorted(close):
-        ri, rj = groups.find(i), groups.find(j)
-        if ri != rj and min(groups.size[ri], groups.size[rj]) >= guard:
-            continue
-        groups.join(ri, rj)
-        out.append(Edge(i, j, threshold, flipped))
-    return sorted(out, key=lambda e: (e.a, e.b))
+            out.append(Edge(i, j, threshold, flipped, cosine))
+    return out
+
+
+def joinable(size_a: int, size_b: int, between: int, verified: int) -> bool:
+    """Whether `between` edges (`verified` of them by the pair check) are enough to join groups
+    of these sizes: DENSITY x size_a x size_b (average linkage on the graph: two families of 4
+    need 2, of 10 need 10; single linkage merged two whole families on one false edge). A lone
+    item with no verified edge to the group needs LONE x its size of embedding edges (a
+    quarter of a family of 8: 2): a distractor is close to a member or two, a copy to more."""
+    need = DENSITY * size_a * size_b
+    if min(size_a, size_b) == 1 and not verified:
+        need = max(need, LONE * max(size_a, size_b))
+    return between >= need - 1e-9
 
 
 def families(
@@ -290,8 +296,19 @@ def families(
     clusters: int | None = None,
 ) -> np.ndarray:
     """Labels 0..F-1 (largest family first), -1 for unclustered items. Edges scoring at least
-    `threshold` are joined strongest first (Kruskal). With `clusters`, a join that would merge
-    two families (each at least min_cluster_size) is skipped once only that many are left."""
+    `threshold` are taken strongest first (embedding edges, all at the threshold, by cosine),
+    each joining its two groups if the edges between them are dense enough (`joinable`). With
+    `clusters`, a join that would merge two families (each at least min_cluster_size) is
+    skipped once only that many are left."""
+    kept = sorted((e for e in edges if e.score >= threshold), key=lambda e: (-e.score, -e.cosine))
+    # Edges between groups, all and verified, by root: merged into the larger group's as
+    # groups join
+    between: list[Counter[int]] = [Counter() for _ in range(n)]
+    verified: list[Counter[int]] = [Counter() for _ in range(n)]
+    for e in kept:
+        for counts in (between, verified) if not e.cosine else (between,):
+            counts[e.a][e.b] += 1
+            counts[e.b][e.a] += 1
     groups = Joined(n)
     size = groups.size
     big = 0  # families of at least min_cluster_size so far
@@ -299,26 +316,38 @@ def families(
     def is_big(count: int) -> int:
         return int(count >= min_cluster_size)
 
-    for edge in sorted(edges, key=lambda e: (-e.score, e.a, e.b)):
-        if edge.score < threshold:
-            break
+    for edge in kept:
         ra, rb = groups.find(edge.a), groups.find(edge.b)
-        if ra == rb:
+        if ra == rb or not joinable(size[ra], size[rb], between[ra][rb], verified[ra][rb]):
             continue
         after = big - is_big(size[ra]) - is_big(size[rb]) + is_big(size[ra] + size[rb])
         if clusters is not None and after < big and after < clusters:
             continue
         groups.join(ra, rb)
         big = after
+        root = groups.find(ra)
+        for counts in (between, verified):
+            _merge_neighbours(counts, root, rb if root == ra else ra)
     roots = [groups.find(i) for i in range(n)]
     counts: dict[int, int] = {}
     for root in roots:
         counts[root] = counts.get(root, 0) + 1
-    kept = sorted(
+    big_roots = sorted(
         (r for r, c in counts.items() if c >= min_cluster_size), key=lambda r: (-counts[r], r)
     )
-    number = {root: label for label, root in enumerate(kept)}
+    number = {root: label for label, root in enumerate(big_roots)}
     return np.array([number.get(root, -1) for root in roots], dtype=np.int64)
+
+
+def _merge_neighbours(between: list[Counter[int]], root: int, gone: int) -> None:
+    """Group `gone` joined group `root`: its edges to other groups become root's."""
+    for other, count in between[gone].items():
+        if other != root:
+            between[root][other] += count
+            between[other][root] += count
+            del between[other][gone]
+    between[root].pop(gone, None)
+    between[gone] = Counter()
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ def alignments(
 
 class Joined:
     """Union-find by size over the items (path halving): which are in one group by the edges
-    joined so far (the pair check's skip, the families, the embedding edges' guard)."""
+    joined so far (the pair check's skip, the families)."""
 
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
