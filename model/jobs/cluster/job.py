@@ -67,8 +67,11 @@ METHOD = {
     "embedding edges": "a shortlisted pair no verified edge links at the threshold is linked "
     "at the threshold when its embeddings' cosine reaches the model card's `link_cosine` "
     "(none without one)",
-    "families": "edges of at least `threshold` joined strongest first (Kruskal); groups under "
-    "`min_cluster_size` unclustered; with `clusters`, merging stops at that many families",
+    "families": "edges of at least `threshold` taken strongest first (embedding edges last, "
+    "by cosine), each joining two groups only where the edges between them reach "
+    f"{method.DENSITY} x the product of their sizes (a lone item with no verified edge to "
+    f"the group: {method.LONE} x its size); groups under `min_cluster_size` unclustered; "
+    "with `clusters`, merging stops at that many families",
     "prototype": "members aligned onto the medoid by their RANSAC transform and averaged; a "
     "member's score is its correlation with the prototype",
 }
