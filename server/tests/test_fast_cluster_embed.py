@@ -86,38 +86,57 @@ def _family(members: range, score: float = 0.5) -> list[method.Edge]:
 
 
 def test_one_stray_edge_does_not_merge_two_families() -> None:
-    # Two verified families of 4 (0-3, 4-7): one edge between them is 1 of the 16 pairs, under
-    # DENSITY x 16 (single linkage merged them); 2 are enough, and an edge is an edge, verified
-    # or the embedding's
+    # Two verified families of 4 (0-3, 4-7): one edge between them, verified or the
+    # embedding's, is under DENSITY x 4 x 4 (single linkage merged them); two are enough
     verified = _family(range(4)) + _family(range(4, 8))
     for stray in (method.Edge(3, 4, 0.2, False), method.Edge(3, 4, 0.15, False, 0.99)):
         labels = method.families(8, [*verified, stray], 0.15)
         assert labels[0] == labels[3] != labels[4] == labels[7]
+        merged = method.families(8, [*verified, stray], 0.15, single_linkage=True)
+        assert merged.tolist() == [0] * 8  # the methods before, kept as the bench's baseline
     second = method.Edge(2, 5, 0.15, False, 0.95)
     labels = method.families(8, [*verified, method.Edge(3, 4, 0.2, False), second], 0.15)
     assert len(set(labels.tolist())) == 1
 
 
-def test_a_lone_item_joins_a_large_family_on_several_edges() -> None:
-    # A family of 8 (0-7, a verified chain: each copy verified to one other is enough) and a
-    # lone item 8: one embedding edge to it is not a quarter of the family's size (a
-    # distractor close to one member); a verified edge or a second edge is enough
+def test_a_lone_item_joins_a_large_family_on_a_verified_edge_or_several_others() -> None:
+    # A family of 8 (0-7) and a lone item 8: one embedding edge (a distractor close to one
+    # member) is not enough, nor 3; LONE x 8 = 4 are, or a single verified edge
     verified = _family(range(8))
     assert method.families(8, verified, 0.15).tolist() == [0] * 8
-    one = method.families(9, [*verified, method.Edge(7, 8, 0.15, False, 0.95)], 0.15)
-    assert one[8] == -1 and one[0] == one[7] != -1
-    two = [*verified, method.Edge(7, 8, 0.15, False, 0.95), method.Edge(2, 8, 0.3, False)]
-    assert method.families(9, two, 0.15)[8] == method.families(9, two, 0.15)[0] != -1
-    small = method.families(3, [method.Edge(0, 1, 0.5, False), method.Edge(1, 2, 0.2, False)])
-    assert small.tolist() == [0, 0, 0]
+    close = [method.Edge(m, 8, 0.15, False, 0.95) for m in (7, 5, 3, 1)]
+    for count, joined in ((1, False), (3, False), (4, True)):
+        labels = method.families(9, [*verified, *close[:count]], 0.15)
+        assert bool(labels[8] == labels[0] != -1) is joined, count
+    one_verified = method.families(9, [*verified, method.Edge(7, 8, 0.15, False)], 0.15)
+    assert one_verified[8] == one_verified[0] != -1
+
+
+def test_a_large_family_stays_one() -> None:
+    # 150 copies, each verified against 8 others (what the shortlist gives it), scores in any
+    # order: the join rule counts a group's size only up to the shortlist's reach, so a large
+    # family is not broken up for lack of edges no shortlist could supply
+    rng = np.random.default_rng(0)
+    edges = {
+        (min(i, j), max(i, j)): float(rng.uniform(0.2, 0.9))
+        for i in range(150)
+        for j in rng.choice([x for x in range(150) if x != i], 8, replace=False)
+    }
+    labels = method.families(150, [method.Edge(a, b, s, False) for (a, b), s in edges.items()])
+    assert labels.tolist() == [0] * 150
 
 
 def test_what_a_join_needs() -> None:
-    # Two lone items: one edge; two groups of 4: 2 edges (DENSITY x 16); a lone item and a
-    # family of 8: 2 embedding edges (LONE x 8), or one verified
-    assert method.joinable(1, 1, 1, 0) and method.joinable(4, 4, 2, 0)
-    assert not method.joinable(4, 4, 1, 1) and method.joinable(8, 1, 2, 0)
-    assert not method.joinable(8, 1, 1, 0) and method.joinable(8, 1, 1, 1)
+    # Two lone items: one edge; two groups of 4: 2 (DENSITY x 4 x 4); a lone item and a
+    # family of 8: 4 embedding edges (LONE x 8) or one verified; two groups of 100: 80, as
+    # for groups of 100 and 8 (the larger counted up to the shortlist's reach)
+    assert method.joinable(1, 1, 1, 0, 8) and method.joinable(4, 4, 2, 0, 8)
+    assert not method.joinable(4, 4, 1, 1, 8) and method.joinable(8, 1, 4, 0, 8)
+    assert not method.joinable(8, 1, 3, 0, 8) and method.joinable(8, 1, 1, 1, 8)
+    assert method.joinable(100, 100, 80, 80, 8) and not method.joinable(100, 100, 79, 79, 8)
+    # An edge of an item with itself (none should come) is ignored, not a crash
+    self_edge = [method.Edge(0, 1, 0.5, False), method.Edge(1, 1, 0.9, False)]
+    assert method.families(3, [*self_edge, method.Edge(1, 2, 0.4, False)]).tolist() == [0] * 3
 
 
 def test_no_embedding_edges_without_a_calibrated_cosine() -> None:

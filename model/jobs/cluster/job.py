@@ -61,17 +61,18 @@ METHOD = {
     f"{method.EXACT_ITEMS} items, candidates from {method.PROJECTED}-dimension projections "
     "first)",
     "verification": "similarity's RANSAC similarity transform + photometric correlation, "
-    "direct or mirrored, on the strongest keypoints after a prescreen; pairs already joined "
-    f"at the threshold (by the rounds of {verify.ROUND} items before) are skipped; the score "
+    "direct or mirrored, on the strongest keypoints after a prescreen, every shortlisted "
+    f"pair ({verify.ROUND} items at a time); the score "
     "(0-1) is the edge's weight; on the worker's inference threads",
     "embedding edges": "a shortlisted pair no verified edge links at the threshold is linked "
     "at the threshold when its embeddings' cosine reaches the model card's `link_cosine` "
     "(none without one)",
     "families": "edges of at least `threshold` taken strongest first (embedding edges last, "
     "by cosine), each joining two groups only where the edges between them reach "
-    f"{method.DENSITY} x the product of their sizes (a lone item with no verified edge to "
-    f"the group: {method.LONE} x its size); groups under `min_cluster_size` unclustered; "
-    "with `clusters`, merging stops at that many families",
+    f"{method.DENSITY} x the smaller size x the larger (counted up to `neighbours`); a lone "
+    f"item with no verified edge to the group needs {method.LONE} x the group's size (up to "
+    "`neighbours`) in embedding edges; groups under `min_cluster_size` unclustered; with "
+    "`clusters`, merging stops at that many families (or where the join rule stops it)",
     "prototype": "members aligned onto the medoid by their RANSAC transform and averaged; a "
     "member's score is its correlation with the prototype",
 }

@@ -11,14 +11,16 @@ Chosen by measurement on bench/cluster.py's corpus (figures in docs/cluster.md):
    exactly.
 3. Verification: similarity's local-feature check (RANSAC similarity transform + photometric
    correlation) on each shortlisted pair, direct or mirrored, made cheap (verify.py: batched
-   matching, the strongest keypoints, a prescreen, no pair that could not change a family).
+   matching, the strongest keypoints, a prescreen; every shortlisted pair, since the families'
+   join rule counts the edges between groups).
    A motif embedding calibrated for it (its card's `link_cosine`) also links the shortlisted
    pairs whose cosine reaches that value (embedding_edges).
-4. Families: edges scoring at least `threshold` joined strongest first, two groups only where
-   the edges between them are dense enough (`joinable`: average linkage on the graph, so one
-   stray edge does not merge two families, nor pull a lone item into a large one); groups
-   smaller than `min_cluster_size` are unclustered. Asked for `clusters`: the strongest edges
-   are kept until the graph has that many families (or no more edges).
+4. Families: edges scoring at least `threshold` taken strongest first, joining two groups only
+   where the edges between them are dense enough (`joinable`: average linkage on the graph,
+   the larger group counted up to the shortlist's reach, so one stray edge does not merge two
+   families, nor pull a lone item into a large one); groups smaller than `min_cluster_size`
+   are unclustered. Asked for `clusters`: the strongest edges are kept until the graph has
+   that many families (or no more edges that the join rule takes).
 A pure embedding + HDBSCAN baseline (`embedding_hdbscan`) is kept for the benchmark.
 """
 
@@ -50,19 +52,21 @@ from model.jobs.similarity.features import (
 # words joins the shortlist, threshold 0.15; 4: the coarse keypoints' second chance; 5: the
 # motif embedding (the job's default model) and its cosine as edges; 6: an embedding edge no
 # longer joins two groups of EMBEDDING_GUARD items or more; 7: a join needs dense enough edges
-# between the two groups (`joinable`), the guard's successor; motif-embed retrained)
+# between the two groups (`joinable`), the guard's successor; every shortlisted pair verified;
+# motif-embed retrained)
 VERSION = 7
 DEFAULT_NEIGHBOURS = 8
 # A verified score (similarity's 0-1). Dev seed, shortlist with the bag of words (Round 3):
 # 0.1 -> ARI 0.738 (2 distractors clustered), 0.15 -> 0.758, 0.2 -> 0.756, 0.3 -> 0.728
 DEFAULT_THRESHOLD = 0.15
-# Two groups join only where the edges between them number at least DENSITY x the product of
-# their sizes, and a lone item with no verified edge to a group only on LONE x the group's size
-# of embedding edges (Round 6, dev seeds 1-3, motif-embed's link_cosine 0.9: mean ARI 0.913
-# with neither, 0.924 with DENSITY 0.1, 0.925 with LONE 0.25 too, which keeps 95-100 % of the
-# distractors out, not 91-99 %)
+# Two groups join only where the edges between them number at least DENSITY x the smaller size
+# x the larger one (counted up to the neighbours), and a lone item with no verified edge to a
+# group only on LONE x the group's size (up to the neighbours) of embedding edges. Round 6,
+# dev seeds 1-3, every pair verified, motif-embed's link_cosine 0.9: mean ARI 0.913 with
+# neither, 0.919 with DENSITY 0.1, 0.917 with LONE 0.5 too, which keeps 95-100 % of the
+# distractors out, not 91-99 %
 DENSITY = 0.1
-LONE = 0.25
+LONE = 0.5
 BLOCK = 256  # rows of the similarity matrix computed at once
 PROJECTED = 64  # dimensions of the shortlist's first pass (layout and embedding each)
 COARSE = 16  # candidates per item that the first pass hands to the exact score
@@ -235,8 +239,8 @@ def verify_edges(
 ) -> tuple[list[Edge], int]:
     """Similarity's verification of the pairs, i upright against j upright or mirrored
     (verify.py); the edges scoring above 0, and how many pairs were verified. With a
-    `threshold`, pairs are skipped that could not change `families` at it (already joined)
-    or whose strongest keypoints hardly match (a prescreen); None verifies every pair. On
+    `threshold`, pairs whose strongest keypoints hardly match (a prescreen) or that cannot
+    reach it are not matched in full; None matches every pair in full. On
     `threads` threads; the edges do not depend on how many. Items with coarse features (all
     of them) get the coarse second chance (verify.second_chance)."""
     upright = [i.upright for i in items]
@@ -276,15 +280,27 @@ def embedding_edges(
     return out
 
 
-def joinable(size_a: int, size_b: int, between: int, verified: int) -> bool:
+def joinable(
+    size_a: int,
+    size_b: int,
+    between: int,
+    verified: int,
+    reach: int,
+    density: float = DENSITY,
+    lone: float = LONE,
+) -> bool:
     """Whether `between` edges (`verified` of them by the pair check) are enough to join groups
-    of these sizes: DENSITY x size_a x size_b (average linkage on the graph: two families of 4
-    need 2, of 10 need 10; single linkage merged two whole families on one false edge). A lone
-    item with no verified edge to the group needs LONE x its size of embedding edges (a
-    quarter of a family of 8: 2): a distractor is close to a member or two, a copy to more."""
-    need = DENSITY * size_a * size_b
-    if min(size_a, size_b) == 1 and not verified:
-        need = max(need, LONE * max(size_a, size_b))
+    of these sizes: DENSITY x the smaller size x the larger one, the larger counted up to
+    `reach` (the shortlist's neighbours: no item has many more partners than that, so a family
+    of 100 joins as one of `reach` would). Average linkage on the graph: two families of 4
+    need 2 edges, so one stray edge does not merge them as it did under single linkage. A lone
+    item with no verified edge to the group needs LONE x the group's size (up to `reach`) in
+    embedding edges: a distractor is close to a member or two of a family of 8, a copy to
+    more."""
+    small, large = sorted((size_a, size_b))
+    need = density * small * min(large, reach)
+    if small == 1 and not verified:
+        need = max(need, lone * min(large, reach))
     return between >= need - 1e-9
 
 
@@ -294,19 +310,26 @@ def families(
     threshold: float = DEFAULT_THRESHOLD,
     min_cluster_size: int = 2,
     clusters: int | None = None,
+    reach: int = DEFAULT_NEIGHBOURS,
+    single_linkage: bool = False,
 ) -> np.ndarray:
     """Labels 0..F-1 (largest family first), -1 for unclustered items. Edges scoring at least
-    `threshold` are taken strongest first (embedding edges, all at the threshold, by cosine),
-    each joining its two groups if the edges between them are dense enough (`joinable`). With
-    `clusters`, a join that would merge two families (each at least min_cluster_size) is
-    skipped once only that many are left."""
-    kept = sorted((e for e in edges if e.score >= threshold), key=lambda e: (-e.score, -e.cosine))
+    `threshold` are taken strongest first (the verified ones, then the embedding edges, highest
+    cosine first), each joining its two groups only where the edges between them are dense
+    enough (`joinable`, `reach` the shortlist's neighbours). With `clusters`, a join that would
+    merge two families (each at least min_cluster_size) is skipped once only that many are left
+    (the join rule may leave more). `single_linkage`: every edge joins (the methods before
+    Round 6, kept for the benchmark's baseline)."""
+    kept = sorted(
+        (e for e in edges if e.score >= threshold and e.a != e.b),
+        key=lambda e: (-e.score, e.cosine > 0, -e.cosine, e.a, e.b),
+    )
     # Edges between groups, all and verified, by root: merged into the larger group's as
     # groups join
     between: list[Counter[int]] = [Counter() for _ in range(n)]
     verified: list[Counter[int]] = [Counter() for _ in range(n)]
     for e in kept:
-        for counts in (between, verified) if not e.cosine else (between,):
+        for counts in (between,) if e.cosine else (between, verified):
             counts[e.a][e.b] += 1
             counts[e.b][e.a] += 1
     groups = Joined(n)
@@ -316,9 +339,12 @@ def families(
     def is_big(count: int) -> int:
         return int(count >= min_cluster_size)
 
+    rule = (0.0, 0.0) if single_linkage else (DENSITY, LONE)
     for edge in kept:
         ra, rb = groups.find(edge.a), groups.find(edge.b)
-        if ra == rb or not joinable(size[ra], size[rb], between[ra][rb], verified[ra][rb]):
+        if ra == rb:
+            continue
+        if not joinable(size[ra], size[rb], between[ra][rb], verified[ra][rb], reach, *rule):
             continue
         after = big - is_big(size[ra]) - is_big(size[rb]) + is_big(size[ra] + size[rb])
         if clusters is not None and after < big and after < clusters:
@@ -386,7 +412,7 @@ def cluster(
     t2 = time.perf_counter()
     edges += embedding_edges(items, pairs, edges, threshold, link_cosine)
     t3 = time.perf_counter()
-    labels = families(len(items), edges, threshold, min_cluster_size, clusters)
+    labels = families(len(items), edges, threshold, min_cluster_size, clusters, neighbours)
     t4 = time.perf_counter()
     seconds = {"shortlist": t1 - t0, "verify": t2 - t1, "embedding": t3 - t2, "families": t4 - t3}
     return Clustering(labels, edges, threshold, pairs, verified, seconds)

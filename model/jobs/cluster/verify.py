@@ -11,9 +11,9 @@ What makes it cheap, each measured on bench/cluster.py's corpus (docs/cluster.md
   reach the threshold (inliers <= matches; the score is at most evidence(inliers));
 - a first pass on each item's PRESCREEN_KEYPOINTS strongest keypoints: a pair with too few
   matches there is not matched in full (with a threshold only);
-- a pair whose two items are already joined by verified edges at or above the threshold is not
-  verified: it could not change the families (single linkage). Not done with a cluster count,
-  where every edge's score orders the merges.
+- (every shortlisted pair is verified: a pair whose items were already joined by other edges
+  was skipped while families were single linkage, but the families' join rule now counts the
+  edges between groups, so each one matters; the skip saved ~9% of the time)
 - a second chance on COARSE keypoints (SIFT on the item blurred until fine hatching is tone,
   coarse.py) for the candidates the fine keypoints did not join: engravings' and plates'
   repetitive hatching gives ambiguous fine descriptors that the ratio test discards. A coarse
@@ -68,7 +68,7 @@ COARSE_PRESCREEN_MATCHES = 5
 # of the ones with 8, the fewest that could score COARSE_MIN, reach 10)
 COARSE_MATCHES = 10
 RATIO_SQUARED = RATIO * RATIO
-# Items verified between two updates of the pairs already joined (and spread over the threads)
+# Items verified at a time (spread over the threads; a cancel is seen between them)
 ROUND = 32
 
 
@@ -179,7 +179,7 @@ def alignments(
 
 class Joined:
     """Union-find by size over the items (path halving): which are in one group by the edges
-    joined so far (the pair check's skip, the families)."""
+    joined so far (the families)."""
 
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
@@ -372,14 +372,12 @@ def verify_pairs(
 ) -> tuple[dict[tuple[int, int], Scored], int]:
     """Scores of the pairs (i < j) that score above 0, i upright against j upright and
     mirrored, and how many pairs were verified. With a `threshold`, pairs that cannot reach it
-    or cannot change the families at it are skipped (module docstring). With `coarse`
+    are not matched in full (module docstring). With `coarse`
     features, a second pass gives the pairs still apart (below the threshold; without one,
     below COARSE_MIN) their second chance; a pair keeps its better score.
 
     Items are verified ROUND at a time, on `threads` threads (the products, the matcher's
-    array operations and RANSAC release the GIL). The pairs skipped as already joined are
-    decided from the edges of the rounds before, so the answer does not depend on `threads`."""
-    joined = Joined(len(upright)) if threshold is not None else None
+    array operations and RANSAC release the GIL); the answer does not depend on `threads`."""
     out: dict[tuple[int, int], Scored] = {}
     grouped = list(_pairs_by_item(pairs).items())
     # Small products: threads inside them only add overhead
@@ -388,8 +386,6 @@ def verify_pairs(
             grouped,
             lambda i, c: (upright[i], c, upright, mirrored, threshold, keypoints),
             _verify_args,
-            joined,
-            threshold,
             out,
             check,
             workers,
@@ -404,8 +400,6 @@ def verify_pairs(
                 rest,
                 lambda i, c: (coarse.upright[i], c, coarse),
                 _second_args,
-                joined,
-                threshold,
                 out,
                 check,
                 workers,
@@ -421,21 +415,17 @@ def _rounds(
     grouped: list[tuple[int, list[int]]],
     make: Callable[[int, list[int]], tuple],
     run: Callable[[tuple], list[tuple[int, Scored]]],
-    joined: Joined | None,
-    threshold: float | None,
     out: dict[tuple[int, int], Scored],
     check: Callable[[], None],
     workers: ThreadPoolExecutor | _Inline,
 ) -> int:
-    """`run` on each item's candidates ROUND items at a time, skipping the pairs `joined`
-    already; each pair's better score goes into `out`. How many pairs were run."""
+    """`run` on each item's candidates ROUND items at a time (a cancel is seen between
+    rounds); each pair's better score goes into `out`. How many pairs were run."""
     verified = 0
     for start in range(0, len(grouped), ROUND):
         check()
         work = []
         for i, candidates in grouped[start : start + ROUND]:
-            if joined is not None:
-                candidates = [j for j in candidates if joined.find(i) != joined.find(j)]
             if candidates:
                 verified += len(candidates)
                 work.append((i, candidates))
@@ -444,6 +434,4 @@ def _rounds(
             for j, found in scored:
                 if (i, j) not in out or found.score > out[i, j].score:
                     out[(i, j)] = found
-                if joined is not None and found.score >= (threshold or 0.0):
-                    joined.union(i, j)
     return verified
