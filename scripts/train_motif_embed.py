@@ -148,7 +148,8 @@ def train(data: np.ndarray, steps: int, families: int = 32, per: int = 4) -> Mot
     for step in range(1, steps + 1):
         # Every other batch draws its motifs from one kind only (motif n is kind n % KINDS):
         # the motifs that pass for a family's are of its kind, so those negatives teach most
-        pool = np.arange(int(rng.integers(KINDS)), m, KINDS) if step % 2 else np.arange(m)
+        one_kind = step % 2 and m >= KINDS * families  # (enough motifs of each kind)
+        pool = np.arange(int(rng.integers(KINDS)), m, KINDS) if one_kind else np.arange(m)
         fam = rng.choice(pool, families, replace=False)
         view = np.stack([rng.choice(v, per, replace=False) for _ in fam])
         x = images[torch.from_numpy(np.repeat(fam, per)), torch.from_numpy(view.ravel())]
