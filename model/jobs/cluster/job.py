@@ -25,7 +25,6 @@ from PIL import Image
 from model.inference.provenance import model_provenance
 from model.jobs import JobFailed, UploadMissing
 from model.jobs.cluster import (
-    DEFAULT_EMBED_MODEL,
     SPEC,
     ClusterItem,
     ClusterParams,
@@ -316,7 +315,8 @@ def _where(planned: Planned) -> dict[str, Any]:
 def run_cluster(ctx: JobContext, params: ClusterParams) -> None:
     resources = ctx.resources
     settings = resources.settings
-    embedder = embedder_named(resources, params.model or DEFAULT_EMBED_MODEL)
+    # The model submit checked and routed the task for (the job's own default if none)
+    embedder = embedder_named(resources, SPEC.models_of(params.model_dump())["model"])
     provenance: dict[str, Any] = {
         "method": METHOD,
         "method_version": method.VERSION,

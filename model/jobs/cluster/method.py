@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from model.jobs.cluster.coarse import coarse_features
-from model.jobs.cluster.verify import BLAS, Coarse, Joined, pool, verify_pairs
+from model.jobs.cluster.verify import BLAS, Coarse, pool, verify_pairs
 from model.jobs.cluster.words import codes, word_vectors
 from model.jobs.similarity.features import (
     REGION_FEATURES,
@@ -278,6 +278,31 @@ def embedding_edges(
         if (i, j) not in linked and cosine >= link_cosine:
             out.append(Edge(i, j, threshold, flipped, cosine))
     return out
+
+
+class Joined:
+    """Union-find by size over the items (path halving): which are in one group by the edges
+    joined so far (the families)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+        self.size = [1] * n
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def join(self, ra: int, rb: int) -> None:
+        """Merge the groups of two roots (found by `find`); the larger root stays."""
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
 
 
 def joinable(

@@ -177,34 +177,6 @@ def alignments(
     return out
 
 
-class Joined:
-    """Union-find by size over the items (path halving): which are in one group by the edges
-    joined so far (the families)."""
-
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-        self.size = [1] * n
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def join(self, ra: int, rb: int) -> None:
-        """Merge the groups of two roots (found by `find`); the larger root stays."""
-        if ra == rb:
-            return
-        if self.size[ra] < self.size[rb]:
-            ra, rb = rb, ra
-        self.parent[rb] = ra
-        self.size[ra] += self.size[rb]
-
-    def union(self, a: int, b: int) -> None:
-        self.join(self.find(a), self.find(b))
-
-
 def _descriptors(item: ItemFeatures, keypoints: int) -> np.ndarray:
     return item.local.descriptors[:keypoints]
 
